@@ -1,0 +1,38 @@
+# ocistrap: `make demo` installs everything and builds; `make test` runs the tests.
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: deps venv test test-here unit demo bench clean
+
+deps:
+	sh scripts/host-deps.sh
+
+$(BIN)/ocistrap: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/ocistrap
+
+# As root this re-runs itself as an unprivileged account with subuids.
+test: deps
+	sh scripts/test.sh
+
+test-here: venv
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+# Fast tests only: no network, no namespaces.
+unit: venv
+	$(BIN)/python -m pytest -ra -m "not e2e and not network" $(PYTEST_ARGS)
+
+demo: deps venv
+	sh scripts/demo.sh
+
+bench: deps venv
+	sh scripts/bench.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info

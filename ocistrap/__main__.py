@@ -1,0 +1,3 @@
+from ocistrap.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Run the test suite as an unprivileged account with subuid/subgid ranges.
+# Started as root (as CI is), it creates that account, copies the source tree
+# into its home and runs the suite there as it; started as a normal user, it
+# runs the suite directly.
+set -eu
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ "$(id -u)" -ne 0 ]; then
+    exec make -C "$here" test-here
+fi
+user=${OCISTRAP_TEST_USER:-ocistrap-test}
+id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
+grep -q "^$user:" /etc/subuid || usermod --add-subuids 300000-365535 "$user"
+grep -q "^$user:" /etc/subgid || usermod --add-subgids 300000-365535 "$user"
+home=$(getent passwd "$user" | cut -d: -f6)
+uid=$(id -u "$user")
+dest="$home/ocistrap-src"
+mkdir -p "$dest"
+# keep the account's venv between runs; refresh the sources
+find "$dest" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +
+tar -C "$here" --exclude=./.venv --exclude=./.git --exclude='*/__pycache__' -cf - . | tar -C "$dest" -xf -
+chown -R "$user:" "$dest"
+runtime="/tmp/ocistrap-test-runtime-$uid"
+mkdir -p "$runtime" && chown "$user:" "$runtime" && chmod 700 "$runtime"
+exec runuser -u "$user" -- env -i HOME="$home" USER="$user" LOGNAME="$user" \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    XDG_RUNTIME_DIR="$runtime" LANG=C.UTF-8 CI="${CI:-}" \
+    PYTEST_ARGS="${PYTEST_ARGS:-}" make -C "$dest" test-here

@@ -1,0 +1,1 @@
+"""JSON Schemas of ocistrap's files and of the OCI documents it writes and checks."""
