@@ -1,0 +1,165 @@
+"""A content-addressed store of verified files (InRelease, indices, .debs).
+
+Layout under the cache root:
+  blobs/sha256/HEX   a file whose SHA256 is HEX; only ever created by rename
+                     after verification, so a present blob is a verified blob
+  partial/HEX        an interrupted download of HEX, resumed next time
+  refs/NAME          the SHA256 of the last verified InRelease of a suite,
+                     so that ``--offline`` can find it without a lockfile
+  parsed/HEX.marshal a parsed Packages index, keyed by the index's SHA256
+
+Several processes may share one cache: every write goes to a unique temp file
+and is renamed into place; identical content makes a concurrent rename harmless.
+"""
+
+import hashlib
+import marshal
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ocistrap.errors import OcistrapError
+
+
+class CacheError(OcistrapError):
+    """The cache cannot be read or written, or holds a damaged file."""
+
+
+CHUNK = 1 << 20
+
+
+def default_root() -> Path:
+    """``$XDG_CACHE_HOME/ocistrap``, as other desktop tools place caches."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ocistrap"
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    """Size and SHA256 of a file, read in bounded chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class Cache:
+    """The verified store; see the module docstring for its layout."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            for sub in ("blobs/sha256", "partial", "refs", "parsed"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"cannot create cache directory {root}: {e.strerror}",
+                             hint="choose another with --cache-dir") from e
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / "blobs" / "sha256" / sha256
+
+    def partial_path(self, sha256: str) -> Path:
+        return self.root / "partial" / sha256
+
+    def lookup(self, sha256: str, size: int) -> Path | None:
+        """The blob's path if present with the right size (its name vouches for its hash)."""
+        path = self.blob_path(sha256)
+        try:
+            if path.stat().st_size == size:
+                return path
+        except FileNotFoundError:
+            return None
+        return None
+
+    def read(self, sha256: str) -> bytes | None:
+        """A small blob's bytes, re-hashed on the way out; None if absent."""
+        try:
+            data = self.blob_path(sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            self.blob_path(sha256).unlink(missing_ok=True)
+            raise CacheError(f"cache blob {sha256} was damaged on disk and has been removed",
+                             hint="run the command again to download it afresh")
+        return data
+
+    def put_bytes(self, data: bytes, verify: Callable[[bytes], None]) -> Path:
+        """Store DATA after VERIFY accepted it (VERIFY raises on mismatch)."""
+        verify(data)
+        sha256 = hashlib.sha256(data).hexdigest()
+        path = self.blob_path(sha256)
+        if path.exists():
+            return path
+        with self._temp() as (tmp, f):
+            f.write(data)
+        self._commit(tmp, path)
+        return path
+
+    def commit_partial(self, sha256: str, verify: Callable[[Path], None]) -> Path:
+        """Move a completed download into the store once VERIFY accepted its file."""
+        partial = self.partial_path(sha256)
+        verify(partial)
+        path = self.blob_path(sha256)
+        self._commit(partial, path)
+        return path
+
+    def set_ref(self, name: str, sha256: str) -> None:
+        with self._temp() as (tmp, f):
+            f.write(sha256.encode() + b"\n")
+        os.replace(tmp, self.root / "refs" / _safe(name))
+
+    def get_ref(self, name: str) -> str | None:
+        try:
+            return (self.root / "refs" / _safe(name)).read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def load_parsed(self, sha256: str) -> Any | None:
+        try:
+            with open(self.root / "parsed" / f"{sha256}.marshal", "rb") as f:
+                return marshal.load(f)
+        except (FileNotFoundError, EOFError, ValueError, TypeError):
+            return None
+
+    def store_parsed(self, sha256: str, value: Any) -> None:
+        with self._temp() as (tmp, f):
+            marshal.dump(value, f)
+        os.replace(tmp, self.root / "parsed" / f"{sha256}.marshal")
+
+    def _temp(self) -> "_TempFile":
+        return _TempFile(self.root / "partial")
+
+    def _commit(self, tmp: Path, path: Path) -> None:
+        try:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise CacheError(f"cannot write {path}: {e.strerror}") from e
+
+
+class _TempFile:
+    """A uniquely named temp file, removed if the block fails."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def __enter__(self) -> tuple[Path, BinaryIO]:
+        fd, name = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        self.path = Path(name)
+        self.file = os.fdopen(fd, "wb")
+        return self.path, self.file
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        self.file.close()
+        if kind is not None:
+            self.path.unlink(missing_ok=True)
+            if isinstance(value, OSError):
+                raise CacheError(f"cannot write to the cache in {self.directory}: {value.strerror}") from value
+
+
+def _safe(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:32]

@@ -1,0 +1,167 @@
+"""The signed view of one suite on one mirror: the trust chain, step by step.
+
+InRelease (or Release + Release.gpg) is verified with the keyrings and only its
+signed text is used; each Packages index is checked for size and SHA256
+against that text before a byte of it is parsed; the verified files go to the
+cache so that ``--offline`` works later.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ocistrap import archive, openpgp
+from ocistrap.archive import ArchiveError, Package, Release
+from ocistrap.cache import Cache
+from ocistrap.fetch import Fetcher, NotFound, sha256_hex
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+_PACKAGE_FIELDS = [f.name for f in dataclasses.fields(Package)]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where packages come from and what vouches for them."""
+
+    mirror: str = DEFAULT_MIRROR
+    suite: str = "bookworm"
+    components: tuple[str, ...] = ("main",)
+    keyrings: tuple[Path, ...] = (DEFAULT_KEYRING,)
+    check_valid_until: bool = True
+
+    def url(self, path: str) -> str:
+        return f"{self.mirror.rstrip('/')}/{path}"
+
+    @property
+    def ref_name(self) -> str:
+        return f"{self.mirror.rstrip('/')} {self.suite}"
+
+
+@dataclass(frozen=True)
+class SignedRelease:
+    release: Release
+    path: str
+    sha256: str
+
+
+def open_release(source: Source, fetcher: Fetcher, cache: Cache, *,
+                 sha256: str | None = None, now: datetime | None = None,
+                 check_valid_until: bool | None = None) -> SignedRelease:
+    """Fetch (or take from the cache) and verify the suite's Release.
+
+    With SHA256 (from a lockfile) the cached copy of exactly that file is used.
+    Offline without SHA256, the last verified InRelease of the suite is used.
+    """
+    check = source.check_valid_until if check_valid_until is None else check_valid_until
+    raw, path = _release_bytes(source, fetcher, cache, sha256)
+    signed = _verify(source, fetcher, raw, path)
+    what = source.url(path)
+    release = archive.parse_release(signed.decode("utf-8", "replace"), what=what)
+    if source.suite not in (release.suite, release.codename):
+        raise ArchiveError(
+            f"{what} is signed for suite {release.suite!r} (codename {release.codename!r}), "
+            f"not {source.suite!r}; refusing it", hint="the mirror may be serving another suite")
+    archive.check_valid_until(release, now or datetime.now(timezone.utc),
+                              allow_expired=not check, what=what)
+    digest = sha256_hex(raw)
+    if cache.lookup(digest, len(raw)) is None:
+        cache.put_bytes(raw, lambda data: None)
+    cache.set_ref(source.ref_name, digest)
+    return SignedRelease(release=release, path=path, sha256=digest)
+
+
+def _release_bytes(source: Source, fetcher: Fetcher, cache: Cache,
+                   sha256: str | None) -> tuple[bytes, str]:
+    inrelease = f"dists/{source.suite}/InRelease"
+    wanted = sha256 or (cache.get_ref(source.ref_name) if fetcher.offline else None)
+    if wanted is not None:
+        data = cache.read(wanted)
+        if data is not None:
+            return data, _stored_path(data, source)
+        if fetcher.offline:
+            raise ArchiveError(f"the Release of {source.suite} is not in the cache",
+                               hint="run once with network access, or use the cache that made the lockfile")
+    if fetcher.offline:
+        raise ArchiveError(f"no verified Release of {source.suite} from {source.mirror} in the cache",
+                           hint="run `ocistrap lock` once with network access")
+    try:
+        return fetcher.get(source.url(inrelease), what=source.url(inrelease)), inrelease
+    except NotFound:
+        pass
+    release_path = f"dists/{source.suite}/Release"
+    try:
+        data = fetcher.get(source.url(release_path), what=source.url(release_path))
+    except NotFound:
+        raise ArchiveError(f"suite {source.suite!r} not found on {source.mirror} "
+                           f"(neither InRelease nor Release exists)",
+                           hint="check the suite name (e.g. bookworm, trixie, sid) and --mirror") from None
+    signature = fetcher.get(source.url(release_path + ".gpg"), what=source.url(release_path + ".gpg"))
+    return _detached_bundle(data, signature), release_path
+
+
+# A Release with a detached signature is kept in the cache as one blob:
+# the signature, a separator line, then the Release bytes.
+_SEPARATOR = b"\n--ocistrap-detached-release--\n"
+
+
+def _detached_bundle(release: bytes, signature: bytes) -> bytes:
+    return signature + _SEPARATOR + release
+
+
+def _stored_path(data: bytes, source: Source) -> str:
+    name = "Release" if _SEPARATOR in data else "InRelease"
+    return f"dists/{source.suite}/{name}"
+
+
+def _verify(source: Source, fetcher: Fetcher, raw: bytes, path: str) -> bytes:
+    what = source.url(path)
+    if _SEPARATOR in raw:
+        signature, release = raw.split(_SEPARATOR, 1)
+        openpgp.verify_detached(release, signature, source.keyrings, what=what)
+        return release
+    return openpgp.verify_clearsigned(raw, source.keyrings, what=what)
+
+
+def load_packages(source: Source, signed: SignedRelease, arch: str,
+                  fetcher: Fetcher, cache: Cache) -> list[Package]:
+    """Every package of the suite's components for ARCH, from verified indices only."""
+    packages: list[Package] = []
+    for component in source.components:
+        packages.extend(_component_packages(source, signed, component, arch, fetcher, cache))
+    return packages
+
+
+def _component_packages(source: Source, signed: SignedRelease, component: str, arch: str,
+                        fetcher: Fetcher, cache: Cache) -> list[Package]:
+    path, entry = archive.index_path(signed.release, component, arch)
+    parsed = cache.load_parsed(entry.sha256)
+    if parsed is not None:
+        return [Package(*row) for row in parsed]
+    what = source.url(f"dists/{source.suite}/{path}")
+    data = cache.read(entry.sha256)
+    if data is None:
+        data = _fetch_index(source, signed, path, entry, fetcher, what)
+        cache.put_bytes(data, lambda d: archive.verify_bytes(d, entry, what=what))
+    else:
+        archive.verify_bytes(data, entry, what=what)
+    packages = archive.parse_packages(archive.decompress(data, path), what=what)
+    cache.store_parsed(entry.sha256, [tuple(getattr(p, f) for f in _PACKAGE_FIELDS) for p in packages])
+    return packages
+
+
+def _fetch_index(source: Source, signed: SignedRelease, path: str, entry: archive.FileEntry,
+                 fetcher: Fetcher, what: str) -> bytes:
+    base = f"dists/{source.suite}/"
+    if signed.release.acquire_by_hash:
+        by_hash = base + archive.by_hash_path(path, entry)
+        try:
+            data = fetcher.get(source.url(by_hash), what=source.url(by_hash))
+            archive.verify_bytes(data, entry, what=source.url(by_hash))
+            return data
+        except NotFound:
+            pass
+    data = fetcher.get(source.url(base + path), what=what)
+    archive.verify_bytes(data, entry, what=what)
+    return data
