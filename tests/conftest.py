@@ -1,6 +1,7 @@
 import os
 
 import pytest
+from repo_factory import *  # noqa: F401,F403  (signed test repository and hostile mirror fixtures)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
