@@ -1,0 +1,635 @@
+"""Choose the packages of a variant exactly as rootless mmdebstrap 1.3.5 does.
+
+mmdebstrap asks apt twice.  First, with an empty dpkg status and apt not forced
+essential, ``apt-get install`` of every Essential:yes package of the native
+architecture: what that downloads is unpacked and installed with dpkg (the
+*essential* stage).  Then, on top of that, ``apt-get install`` of the includes,
+``build-essential`` for buildd and the packages of the variant's priorities that
+are not essential (the *rest*).
+
+The set apt picks depends on the order it visits packages and alternatives, so
+this module replays apt 2.6's ``pkgDepCache::MarkInstall`` rather than solving
+the dependency problem its own way: requested packages are marked first, then
+each gets its dependencies installed in apt's hash-table order, depth first; an
+or-group already satisfied is left alone; otherwise its solutions are tried in
+``CompareProviders`` order and the first that installs wins.  Where apt would
+remove packages or call its problem resolver, this module raises
+:class:`ResolveError` instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+
+from debian.debian_support import version_compare
+
+from ocistrap.archive import Package
+from ocistrap.errors import OcistrapError
+
+
+class ResolveError(OcistrapError):
+    """The requested package set cannot be installed as asked."""
+
+
+VARIANTS = ("essential", "minbase", "required", "buildd", "important", "standard", "custom")
+"""mmdebstrap's variants that install packages (``minbase`` is ``required``)."""
+
+_STAGE2_PRIORITIES = {
+    "required": ("required",),
+    "buildd": ("required",),
+    "important": ("required", "important"),
+    "standard": ("required", "important", "standard"),
+}
+
+# apt's pkgCache::State::VerPriority; a stanza without Priority stays 0.
+_PRIORITY_RANK = {"": 0, "required": 1, "important": 2, "standard": 3, "optional": 4, "extra": 5}
+
+_CRITICAL = ("pre_depends", "depends")
+
+_ALTERNATIVE = re.compile(
+    r"\s*(?P<name>[A-Za-z0-9][A-Za-z0-9+.\-]*)"
+    r"(?::(?P<archqual>[A-Za-z0-9][A-Za-z0-9\-]*))?"
+    r"\s*(?:\(\s*(?P<op><<|<=|>=|>>|=|<|>)\s*(?P<version>[^\s)]+)\s*\))?"
+    r"\s*(?:\[(?P<arches>[^\]]*)\])?"
+    r"\s*(?:<[^>]*>\s*)*$"
+)
+_OBSOLETE_OPS = {"<": "<=", ">": ">="}
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    """One ``name[:arch] (op version)`` of an or-group."""
+
+    name: str
+    archqual: str | None = None
+    op: str | None = None
+    version: str | None = None
+
+    def __str__(self) -> str:
+        text = self.name if self.archqual is None else f"{self.name}:{self.archqual}"
+        return text if self.op is None else f"{text} ({self.op} {self.version})"
+
+
+Group = tuple[Alternative, ...]
+
+
+def _arch_matches(native: str, spec: str) -> bool:
+    return spec in (native, "any", "linux-any", f"any-{native}")
+
+
+def _arch_allowed(native: str, arches: str | None) -> bool:
+    """Whether an ``[arch ...]`` restriction keeps this alternative for ``native``."""
+    if arches is None:
+        return True
+    specs = arches.split()
+    if not specs:
+        return True
+    if specs[0].startswith("!"):
+        return not any(_arch_matches(native, s[1:]) for s in specs)
+    return any(_arch_matches(native, s) for s in specs)
+
+
+def parse_relations(text: str, *, arch: str, what: str = "relationship field") -> tuple[Group, ...]:
+    """Parse a Depends-style field into or-groups, dropping alternatives for other arches.
+
+    Obsolete ``<`` and ``>`` mean ``<=`` and ``>=`` as in dpkg; build profiles
+    are ignored (binary packages carry none).
+    """
+    groups: list[Group] = []
+    for group_text in text.split(","):
+        if not group_text.strip():
+            continue
+        alternatives = []
+        for alt_text in group_text.split("|"):
+            match = _ALTERNATIVE.match(alt_text)
+            if match is None:
+                raise ResolveError(f"cannot parse {alt_text.strip()!r} in {what}")
+            if not _arch_allowed(arch, match["arches"]):
+                continue
+            op = match["op"]
+            alternatives.append(
+                Alternative(match["name"], match["archqual"], _OBSOLETE_OPS.get(op, op), match["version"])
+            )
+        if alternatives:
+            groups.append(tuple(alternatives))
+    return tuple(groups)
+
+
+def version_satisfies(version: str | None, op: str | None, wanted: str | None) -> bool:
+    """dpkg's relation check; a missing version (an unversioned Provides) never satisfies a versioned one."""
+    if op is None:
+        return True
+    if version is None:
+        return False
+    cmp = version_compare(version, wanted)
+    return {"<<": cmp < 0, "<=": cmp <= 0, "=": cmp == 0, ">=": cmp >= 0, ">>": cmp > 0}[op]
+
+
+# The fields apt's list parser reads, in the order it creates the packages they name.
+_APT_FIELD_ORDER = ("pre_depends", "depends", "conflicts", "breaks", "recommends", "suggests", "replaces", "enhances")
+_ORDER_FIELDS = tuple(f for f in _APT_FIELD_ORDER if f in {f.name for f in fields(Package)})
+
+
+def _named(text: str, *, provides: bool = False) -> Iterable[str]:
+    """The package names a relationship field creates in apt's cache, in order.
+
+    ``name:any`` and other arch-qualified dependencies create a package of
+    another name, so they are skipped; ``Provides: name:arch`` creates ``name``.
+    """
+    for item in text.replace("|", ",").split(","):
+        words = item.split(None, 1)
+        if not words:
+            continue
+        name = words[0].partition("(")[0]
+        if ":" not in name:
+            yield name
+        elif provides and not name.endswith(":any"):
+            yield name.partition(":")[0]
+
+
+def _mentions(packages: Iterable[Package]) -> Iterable[str]:
+    """Every name in the order apt's cache generator creates packages for these stanzas."""
+    for package in packages:
+        yield package.name
+        for kind in _ORDER_FIELDS:
+            text = getattr(package, kind)
+            if text:
+                yield from _named(text)
+        if package.provides:
+            yield from _named(package.provides, provides=True)
+
+
+def _parse_provides(text: str, package: Package) -> list[tuple[str, str | None]]:
+    """Provides is the one field parsed for every package, so it gets a fast path."""
+    provided = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "(" not in item:
+            provided.append((item, None))
+            continue
+        name, _, rest = item.partition("(")
+        op, _, version = rest.rstrip(") ").strip().partition(" ")
+        if op == "=" and version.strip():
+            provided.append((name.strip(), version.strip()))
+        elif op.startswith("=") and len(op) > 1:
+            provided.append((name.strip(), op[1:]))
+        else:
+            raise ResolveError(f"cannot parse {item!r} in Provides of {package.name} {package.version}")
+    return provided
+
+
+@dataclass(frozen=True, slots=True)
+class _Provide:
+    owner: Package
+    version: str | None
+
+
+class Universe:
+    """The candidates of one suite for one native architecture, indexed for resolution.
+
+    Built once; relationship fields are parsed only for packages resolution visits.
+    """
+
+    def __init__(self, packages: Iterable[Package], *, arch: str) -> None:
+        self.arch = arch
+        self._stream: list[Package] = []
+        self._by_name: dict[str, list[Package]] = {}
+        for package in packages:
+            if package.architecture in (arch, "all"):
+                self._stream.append(package)
+                self._by_name.setdefault(package.name, []).append(package)
+        self._candidates = {
+            name: found[0] if len(found) == 1 else max(found, key=_VersionKey)
+            for name, found in self._by_name.items()
+        }
+        self._relations: dict[str, tuple[Group, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    @property
+    def names(self) -> Iterable[str]:
+        return self._by_name.keys()
+
+    def versions(self, name: str) -> list[Package]:
+        """Every package called ``name``, highest version first."""
+        found = list(self._by_name.get(name, ()))
+        found.sort(key=_VersionKey, reverse=True)
+        return found
+
+    def candidate(self, name: str) -> Package | None:
+        """The highest version of ``name``, as apt picks it with all sources at one pin."""
+        return self._candidates.get(name)
+
+    def candidates(self) -> Iterable[Package]:
+        return self._candidates.values()
+
+    @cached_property
+    def _creation_order(self) -> dict[str, int]:
+        first_mentions = dict.fromkeys(_mentions(self._stream))
+        return {name: rank for rank, name in enumerate(first_mentions)}
+
+    def creation_rank(self, name: str) -> int:
+        """apt's package ID: where ``name`` is first mentioned in the indices, in input order.
+
+        ``apt-get install PATTERN`` auto-installs the matches in this order, and
+        CompareProviders prefers the higher one on a tie; so this order decides
+        or-groups and providers where nothing else does.
+        """
+        return self._creation_order[name]
+
+    @cached_property
+    def essential_names(self) -> list[str]:
+        """Essential:yes candidates in the order ``apt-get install ?essential`` visits them."""
+        return self.in_apt_order(p.name for p in self.candidates() if p.essential)
+
+    def in_apt_order(self, names: Iterable[str]) -> list[str]:
+        return sorted(names, key=self.creation_rank)
+
+    def relations(self, package: Package, kind: str) -> tuple[Group, ...]:
+        """The parsed ``kind`` field (``depends``, ``breaks``, ...) of ``package``, cached by text."""
+        text = getattr(package, kind)
+        if not text:
+            return ()
+        parsed = self._relations.get(text)
+        if parsed is None:
+            what = f"{kind.replace('_', '-').title()} of {package.name} {package.version}"
+            parsed = parse_relations(text, arch=self.arch, what=what)
+            self._relations[text] = parsed
+        return parsed
+
+    @cached_property
+    def _provides(self) -> dict[str, list[_Provide]]:
+        index: dict[str, list[_Provide]] = {}
+        for package in self.candidates():
+            if package.provides:
+                for name, version in _parse_provides(package.provides, package):
+                    if ":" in name:
+                        bare, _, qualifier = name.partition(":")
+                        if qualifier not in ("any", self.arch):
+                            continue
+                        name = bare if qualifier == self.arch else name
+                    index.setdefault(name, []).append(_Provide(package, version))
+        return index
+
+    def providers(self, name: str) -> list[_Provide]:
+        """Candidates that provide ``name`` (``name:any`` for explicit ``Provides: name:any``)."""
+        return self._provides.get(name, [])
+
+    def solutions(self, alt: Alternative) -> list[Package]:
+        """Candidates that satisfy ``alt``: the package itself, then its providers."""
+        found: list[Package] = []
+        if alt.archqual not in (None, "any", "native", self.arch):
+            return found
+        wildcard = alt.archqual == "any"
+        real = self.candidate(alt.name)
+        if real is not None and (not wildcard or real.multi_arch == "allowed"):
+            if version_satisfies(real.version, alt.op, alt.version):
+                found.append(real)
+        provides = self.providers(alt.name)
+        if wildcard:
+            provides = [p for p in provides if p.owner.multi_arch == "allowed"]
+            provides = provides + self.providers(f"{alt.name}:any")
+        for provide in provides:
+            if version_satisfies(provide.version, alt.op, alt.version):
+                found.append(provide.owner)
+        return found
+
+    def near_names(self, name: str) -> list[str]:
+        """A few existing names close to a misspelt one."""
+        pool = [n for n in self._by_name if n[:1] == name[:1]] or list(self._by_name)
+        return difflib.get_close_matches(name, pool, n=3)
+
+
+class _VersionKey:
+    """Sort packages by Debian version order."""
+
+    __slots__ = ("version",)
+
+    def __init__(self, package: Package) -> None:
+        self.version = package.version
+
+    def __lt__(self, other: _VersionKey) -> bool:
+        return version_compare(self.version, other.version) < 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _VersionKey) and version_compare(self.version, other.version) == 0
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What mmdebstrap installs: ``essential`` with dpkg first, then ``rest`` with apt."""
+
+    essential: list[Package]
+    rest: list[Package]
+
+    @property
+    def all(self) -> list[Package]:
+        return sorted(self.essential + self.rest, key=lambda p: p.name)
+
+
+@dataclass
+class _Marker:
+    """apt's pkgDepCache marking state for one ``apt-get install`` run."""
+
+    universe: Universe
+    install_recommends: bool
+    installed: dict[str, Package] = field(default_factory=dict)
+    marked: dict[str, Package] = field(default_factory=dict)
+    protected: set[str] = field(default_factory=set)
+    discarded: dict[str, str] = field(default_factory=dict)
+    pinned: dict[str, Package] = field(default_factory=dict)
+    broken: list[str] = field(default_factory=list)
+    required_by: dict[str, str] = field(default_factory=dict)
+
+    def candidate(self, name: str) -> Package | None:
+        if name in self.discarded:
+            return None
+        return self.pinned.get(name) or self.universe.candidate(name)
+
+    def selected(self, name: str) -> Package | None:
+        return self.marked.get(name) or self.installed.get(name)
+
+    def satisfied(self, group: Group) -> bool:
+        return any(self._alt_satisfied(alt) for alt in group)
+
+    def _alt_satisfied(self, alt: Alternative) -> bool:
+        return any(self.selected(p.name) is p for p in self._solutions(alt))
+
+    def _solutions(self, alt: Alternative) -> list[Package]:
+        found = self.universe.solutions(alt)
+        pinned = self.pinned.get(alt.name)
+        if pinned is not None and pinned not in found:
+            if version_satisfies(pinned.version, alt.op, alt.version):
+                found = [pinned, *found]
+        return found
+
+    def kinds(self) -> tuple[str, ...]:
+        return _CRITICAL + ("recommends",) if self.install_recommends else _CRITICAL
+
+    def request(self, names: Sequence[str]) -> None:
+        """``apt-get install NAMES``: mark all, then auto-install each in order."""
+        for name in names:
+            self.protected.add(name)
+            if name not in self.installed:
+                self.marked[name] = self.candidate(name)  # type: ignore[assignment]
+        for name in names:
+            self.mark_install(name)
+        if self.broken:
+            raise ResolveError(self.broken[0])
+
+    def possible_solutions(self, group: Group, target: Alternative) -> list[Package]:
+        """getAllPossibleSolutions: per alternative, candidates in CompareProviders order."""
+        ordered: list[Package] = []
+        for alt in group:
+            found = [p for p in self._solutions(alt) if self.candidate(p.name) is p]
+            found.sort(key=lambda p: self._provider_key(p, alt))
+            ordered.extend(found)
+        unique = [p for i, p in enumerate(ordered) if i == 0 or ordered[i - 1] is not p]
+        return [p for p in unique if not (p.name in self.protected and self.selected(p.name) is None)]
+
+    def _provider_key(self, package: Package, alt: Alternative) -> tuple:
+        target = alt.name if alt.archqual is None else f"{alt.name}:{alt.archqual}"
+        return (
+            package.name not in self.protected,
+            package.name not in self.installed,
+            package.name != target,
+            not package.essential,
+            _PRIORITY_RANK.get(package.priority, 5),
+            -self.universe.creation_rank(package.name),
+        )
+
+    def mark_install(self, name: str) -> bool:
+        """pkgDepCache::MarkInstall(Pkg, AutoInst=true); False if it cannot be installed."""
+        package = self.candidate(name)
+        if package is None:
+            return False
+        is_protected = name in self.protected
+        if not is_protected and self.selected(name) is package:
+            return True
+        clash = self._clash(package)
+        if clash is not None:
+            if not is_protected:
+                return False
+            self.broken.append(clash)
+        groups = [
+            (kind, group)
+            for kind in self.kinds()
+            for group in self.universe.relations(package, kind)
+            if is_protected or not self.satisfied(group)
+        ]
+        if name not in self.installed:
+            self.marked[name] = package
+        failed = False
+        for kind, group in groups:
+            critical = kind in _CRITICAL
+            if self.satisfied(group):
+                if is_protected and critical:
+                    self._propagate_protection(group)
+                continue
+            if self._install_group(package, kind, group, is_protected):
+                continue
+            if not critical:
+                continue
+            reason = self._explain(package, kind, group)
+            if not is_protected:
+                del self.marked[name]
+                self.discarded[name] = reason
+                return False
+            self.broken.append(reason)
+            failed = True
+        return not failed
+
+    def _install_group(self, package: Package, kind: str, group: Group, is_protected: bool) -> bool:
+        solutions = self.possible_solutions(group, group[0])
+        single_critical = is_protected and kind in _CRITICAL and len(solutions) == 1
+        for solution in solutions:
+            self.required_by.setdefault(solution.name, package.name)
+            if single_critical:
+                if solution.name not in self.installed:
+                    self.marked[solution.name] = solution
+                self.protected.add(solution.name)
+            if self.mark_install(solution.name):
+                return True
+        return False
+
+    def _propagate_protection(self, group: Group) -> None:
+        """A protected package's satisfied dependency with one possible solution gets protected too."""
+        solutions = {p.name for alt in group for p in self._solutions(alt)}
+        solutions = {n for n in solutions if self.candidate(n) is not None or n in self.installed}
+        if len(solutions) != 1:
+            return
+        (only,) = solutions
+        if only in self.protected:
+            return
+        self.protected.add(only)
+        self.mark_install(only)
+
+    def _clash(self, package: Package) -> str | None:
+        """A Conflicts/Breaks between ``package`` and what is already selected, as a message."""
+        others = {**self.installed, **self.marked}
+        others.pop(package.name, None)
+        for kind in ("conflicts", "breaks"):
+            for group in self.universe.relations(package, kind):
+                for alt in group:
+                    for hit in _negative_hits(self.universe, alt, others, package):
+                        return _clash_message(package, kind, alt, hit)
+        for other in others.values():
+            for kind in ("conflicts", "breaks"):
+                for group in self.universe.relations(other, kind):
+                    for alt in group:
+                        if any(hit is package for hit in _negative_hits(self.universe, alt, {package.name: package}, other)):
+                            return _clash_message(other, kind, alt, package)
+        return None
+
+    def _explain(self, package: Package, kind: str, group: Group) -> str:
+        """Why no alternative of ``group`` could be installed, naming the chain."""
+        verb = "pre-depends on" if kind == "pre_depends" else kind.rstrip("s") + "s on"
+        reasons = [self._explain_alt(alt) for alt in group]
+        chain = self._chain(package.name)
+        return f"{package.name} {package.version} {verb} {' | '.join(map(str, group))} but {'; '.join(reasons)}{chain}"
+
+    def _explain_alt(self, alt: Alternative) -> str:
+        solutions = [p for p in self._solutions(alt)]
+        for solution in solutions:
+            if solution.name in self.discarded:
+                return f"{solution.name} cannot be installed ({self.discarded[solution.name]})"
+        if solutions:
+            return f"{alt} cannot be installed"
+        available = self.universe.versions(alt.name)
+        if available and alt.op is not None:
+            return f"only {', '.join(p.version for p in available)} of {alt.name} is available"
+        if available and alt.archqual == "any":
+            return f"{alt.name} is not Multi-Arch: allowed"
+        return f"{alt.name} is not available"
+
+    def _chain(self, name: str) -> str:
+        seen = [name]
+        while seen[-1] in self.required_by and self.required_by[seen[-1]] not in seen:
+            seen.append(self.required_by[seen[-1]])
+        if len(seen) == 1:
+            return ""
+        return " (needed by " + " <- ".join(seen[1:]) + ")"
+
+
+def _negative_hits(universe: Universe, alt: Alternative, selected: dict[str, Package], owner: Package) -> list[Package]:
+    """Selected packages that a Conflicts/Breaks alternative of ``owner`` matches (never itself)."""
+    hits = []
+    real = selected.get(alt.name)
+    if real is not None and real is not owner and version_satisfies(real.version, alt.op, alt.version):
+        hits.append(real)
+    for provide in universe.providers(alt.name):
+        other = selected.get(provide.owner.name)
+        if other is provide.owner and other is not owner and version_satisfies(provide.version, alt.op, alt.version):
+            hits.append(other)
+    return hits
+
+
+def _clash_message(owner: Package, kind: str, alt: Alternative, hit: Package) -> str:
+    verb = "conflicts with" if kind == "conflicts" else "breaks"
+    return (
+        f"{owner.name} {owner.version} {verb} {alt}, but {hit.name} {hit.version} is selected too "
+        "(drop one of them from --include)"
+    )
+
+
+def _priority_names(universe: Universe, priorities: tuple[str, ...]) -> list[str]:
+    return universe.in_apt_order(
+        p.name for p in universe.candidates() if p.priority in priorities and not p.essential
+    )
+
+
+def _parse_include(universe: Universe, entry: str) -> tuple[str, Package | None]:
+    """Map an include (``name`` or ``name=version``) to a real package name and a pinned version."""
+    name, _, version = entry.partition("=")
+    name = name.strip()
+    if name.endswith(f":{universe.arch}"):
+        name = name[: -len(universe.arch) - 1]
+    if not name or ":" in name or name.startswith(("?", "~", "/", ".")):
+        raise ResolveError(f"cannot include {entry!r}", hint="give a package name, optionally name=version")
+    if name not in universe:
+        providers = sorted({p.owner.name for p in universe.providers(name)})
+        if len(providers) == 1 and not version:
+            return providers[0], None
+        if providers:
+            raise ResolveError(
+                f"{name} is a virtual package provided by {', '.join(providers)}",
+                hint="include one of them explicitly",
+            )
+        near = universe.near_names(name)
+        hint = f"did you mean {', '.join(near)}?" if near else "check the suite and the spelling"
+        raise ResolveError(f"unknown package {name!r} in --include", hint=hint)
+    if not version:
+        return name, None
+    for package in universe.versions(name):
+        if package.version == version:
+            return name, package
+    available = ", ".join(p.version for p in universe.versions(name))
+    raise ResolveError(f"version {version} of {name} is not available (only {available})")
+
+
+def resolve(
+    universe: Universe,
+    *,
+    variant: str,
+    include: Sequence[str] = (),
+    install_recommends: bool = False,
+) -> Resolution:
+    """Replay mmdebstrap's two ``apt-get install`` runs for ``variant`` plus ``include``."""
+    if variant not in VARIANTS:
+        raise ResolveError(f"unknown variant {variant!r}", hint=f"choose one of {', '.join(VARIANTS)}")
+    variant = "required" if variant == "minbase" else variant
+    requested: list[str] = []
+    pinned: dict[str, Package] = {}
+    for entry in include:
+        name, version = _parse_include(universe, entry)
+        if name not in requested:
+            requested.append(name)
+        if version is not None:
+            pinned[name] = version
+    if variant == "buildd":
+        requested.append("build-essential")
+    if variant in _STAGE2_PRIORITIES:
+        requested.extend(_priority_names(universe, _STAGE2_PRIORITIES[variant]))
+    requested = list(dict.fromkeys(requested))
+
+    first = _Marker(universe, install_recommends)
+    if variant == "custom":
+        first.pinned = pinned
+        first.request(_checked(universe, requested))
+        return _resolution(first.marked, {})
+    first.request(universe.essential_names)
+    second = _Marker(universe, install_recommends, installed=dict(first.marked), pinned=pinned)
+    for name, package in pinned.items():
+        if name in second.installed and second.installed[name] is not package:
+            raise ResolveError(
+                f"{name} {package.version} was asked for, but the essential set needs {name} "
+                f"{second.installed[name].version}"
+            )
+    if requested:
+        second.request(_checked(universe, requested))
+    return _resolution(first.marked, second.marked)
+
+
+def _checked(universe: Universe, names: list[str]) -> list[str]:
+    for name in names:
+        if name not in universe:
+            raise ResolveError(f"{name} is needed by the variant but is not in the archive")
+    return names
+
+
+def _resolution(essential: dict[str, Package], rest: dict[str, Package]) -> Resolution:
+    by_name = lambda p: p.name  # noqa: E731
+    return Resolution(
+        essential=sorted(essential.values(), key=by_name),
+        rest=sorted(rest.values(), key=by_name),
+    )
