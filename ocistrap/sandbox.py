@@ -1,0 +1,792 @@
+"""Run commands as root of a private user namespace, and the mounts a chroot needs.
+
+The only module that knows about user namespaces, /etc/subuid, newuidmap and
+mount(2). ``spawn()`` runs on the host as the caller: it starts this module
+as a small helper that unshares user, mount, PID, IPC and UTS namespaces,
+waits while the caller maps ids 0..65535 with newuidmap/newgidmap, becomes
+uid 0, and forks an init (PID 1 of the new PID namespace) that runs the
+payload. The helper and the init die with their parent (PR_SET_PDEATHSIG),
+and when the init dies the kernel kills everything in its PID namespace, so
+no process outlives the caller.
+
+The mount helpers (``mount_staging``, ``prepare_chroot``, ``release_chroot``,
+``chroot_run``, ``bind_mount``, ``unmount``) only work in code running inside
+such a sandbox.
+"""
+
+import ctypes
+import errno
+import json
+import os
+import pwd
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal, NoReturn
+
+from ocistrap.errors import OcistrapError
+
+SUBUID = Path("/etc/subuid")
+SUBGID = Path("/etc/subgid")
+# Inner ids 1..65535 come from the subordinate ranges; 0 is the caller.
+SUBORDINATE_IDS = 65535
+DEFAULT_SUBID_START = 100000
+MAPPER_PATH = "/usr/bin:/usr/sbin:/bin:/sbin"
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+NAMESPACES = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_RELATIME = 0x200000
+MNT_DETACH = 0x2
+PR_SET_PDEATHSIG = 1
+
+CAP_SETGID = 6
+CAP_SETUID = 7
+VFS_CAP_REVISION_MASK = 0xFF000000
+VFS_CAP_REVISION_1 = 0x01000000
+
+# statvfs flag -> mount flag, for the flags a bind remount must keep (the kernel
+# refuses to drop a flag a more privileged namespace locked).
+KEPT_FLAGS = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+              (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME),
+              (os.ST_RELATIME, MS_RELATIME))
+
+CHROOT_DIRS = ("dev", "proc", "sys")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ)
+
+USERNS_SYSCTLS = ("kernel.unprivileged_userns_clone", "user.max_user_namespaces",
+                  "kernel.apparmor_restrict_unprivileged_userns")
+
+
+class SandboxError(OcistrapError):
+    """The sandbox cannot be set up, or a command in it failed."""
+
+
+class ChrootCommandError(SandboxError):
+    """A command run by ``chroot_run(check=True)`` exited non-zero."""
+
+    def __init__(self, message: str, *, returncode: int, stderr: bytes | None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+# ---- id maps (pure) ----
+
+@dataclass(frozen=True)
+class SubIdRange:
+    """One ``name:start:count`` line of /etc/subuid or /etc/subgid."""
+
+    start: int
+    count: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.count
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """One line of a uid_map/gid_map: COUNT ids from INNER map to ids from OUTER."""
+
+    inner: int
+    outer: int
+    count: int
+
+
+@dataclass(frozen=True)
+class IdMaps:
+    """The uid and gid maps of a sandbox."""
+
+    uid: tuple[IdRange, ...]
+    gid: tuple[IdRange, ...]
+
+
+def _subid_lines(text: str) -> Iterable[tuple[str, SubIdRange]]:
+    """Well-formed ``owner:start:count`` lines; newuidmap ignores the others too."""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split(":")
+        if len(fields) != 3 or not fields[1].isdigit() or not fields[2].isdigit():
+            continue
+        if int(fields[2]) > 0:
+            yield fields[0], SubIdRange(int(fields[1]), int(fields[2]))
+
+
+def parse_subid(text: str, *, user: str, uid: int) -> list[SubIdRange]:
+    """USER's ranges in a subuid/subgid file, in file order (lines name USER or UID)."""
+    return [r for owner, r in _subid_lines(text) if owner in (user, str(uid))]
+
+
+def free_subid_start(text: str) -> int:
+    """A start for a new range that overlaps no range of the file, to suggest to the user."""
+    ends = [r.end for _, r in _subid_lines(text)]
+    return max([DEFAULT_SUBID_START, *ends])
+
+
+def add_range_advice(user: str, kind: Literal["uid", "gid"], start: int,
+                     count: int = SUBORDINATE_IDS + 1) -> str:
+    """The exact command (and line) that gives USER COUNT more subordinate ids."""
+    return (f"run `sudo usermod --add-sub{kind}s {start}-{start + count - 1} {user}` "
+            f"(or add the line `{user}:{start}:{count}` to /etc/sub{kind})")
+
+
+def id_map(own_id: int, ranges: Sequence[SubIdRange], *, user: str,
+           kind: Literal["uid", "gid"] = "uid", path: str | None = None,
+           suggest_start: int = DEFAULT_SUBID_START) -> list[IdRange]:
+    """Inner 0 -> OWN_ID, inner 1..65535 -> RANGES (read from PATH) concatenated in order.
+
+    Fewer than 65535 subordinate ids is an error, never a smaller map: files of
+    the packages would get the wrong owners.
+    """
+    path = path or f"/etc/sub{kind}"
+    if not ranges:
+        raise SandboxError(f"{path} has no range for {user}; the sandbox needs "
+                           f"{SUBORDINATE_IDS + 1} subordinate {kind}s",
+                           hint=add_range_advice(user, kind, suggest_start))
+    _check_disjoint(own_id, ranges, user=user, kind=kind, path=path)
+    result = [IdRange(0, own_id, 1)]
+    inner = 1
+    for r in ranges:
+        count = min(r.count, SUBORDINATE_IDS + 1 - inner)
+        if count <= 0:
+            break
+        result.append(IdRange(inner, r.start, count))
+        inner += count
+    have = inner - 1
+    if have < SUBORDINATE_IDS:
+        raise SandboxError(f"{path} gives {user} only {have} subordinate {kind}s; the sandbox "
+                           f"needs {SUBORDINATE_IDS} (ids 1-{SUBORDINATE_IDS} of the image)",
+                           hint=add_range_advice(user, kind, suggest_start))
+    return result
+
+
+def _check_disjoint(own_id: int, ranges: Sequence[SubIdRange], *, user: str, kind: str,
+                    path: str) -> None:
+    """The kernel rejects maps whose outer ids overlap; say which lines do."""
+    spans = sorted([(own_id, own_id + 1, f"{user}'s own {kind} {own_id}")]
+                   + [(r.start, r.end, f"{user}:{r.start}:{r.count}") for r in ranges])
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise SandboxError(f"{path}: {second} overlaps {first}",
+                               hint=f"fix or remove one of these ranges in {path}")
+
+
+def inner_id(outer: int, ranges: Sequence[IdRange]) -> int | None:
+    """The id inside the sandbox that host id OUTER shows as, or None if unmapped."""
+    for r in ranges:
+        if r.outer <= outer < r.outer + r.count:
+            return r.inner + outer - r.outer
+    return None
+
+
+def map_args(ranges: Sequence[IdRange]) -> list[str]:
+    """The ``inner outer count ...`` arguments of newuidmap/newgidmap."""
+    return [str(n) for r in ranges for n in (r.inner, r.outer, r.count)]
+
+
+def _read_subid_file(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        raise SandboxError(f"cannot read {path}: {e.strerror}") from e
+
+
+def current_user() -> tuple[str, int, int]:
+    """Name, uid and gid of the caller; the name is the uid if there is no passwd entry."""
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return name, uid, os.getgid()
+
+
+def load_maps(*, subuid: Path = SUBUID, subgid: Path = SUBGID, user: str | None = None,
+              uid: int | None = None, gid: int | None = None) -> IdMaps:
+    """The caller's (or USER's) id maps from the subordinate id files."""
+    me, my_uid, my_gid = current_user()
+    user = me if user is None else user
+    uid = my_uid if uid is None else uid
+    gid = my_gid if gid is None else gid
+    maps = []
+    for kind, path, own in (("uid", subuid, uid), ("gid", subgid, gid)):
+        text = _read_subid_file(path)
+        maps.append(tuple(id_map(own, parse_subid(text, user=user, uid=uid), user=user,
+                                 kind=kind, path=str(path), suggest_start=free_subid_start(text))))
+    return IdMaps(uid=maps[0], gid=maps[1])
+
+
+# ---- host checks (pure verdicts + probes) ----
+
+def file_caps(xattr: bytes | None) -> frozenset[int]:
+    """Permitted capabilities of a ``security.capability`` xattr (vfs_cap_data)."""
+    if not xattr or len(xattr) < 12:
+        return frozenset()
+    magic = int.from_bytes(xattr[0:4], "little")
+    words = [int.from_bytes(xattr[4:8], "little")]
+    if magic & VFS_CAP_REVISION_MASK != VFS_CAP_REVISION_1 and len(xattr) >= 20:
+        words.append(int.from_bytes(xattr[12:16], "little"))
+    permitted = sum(w << (32 * i) for i, w in enumerate(words))
+    return frozenset(bit for bit in range(64) if permitted >> bit & 1)
+
+
+def mapper_verdict(name: str, path: str | None, *, mode: int = 0, owner: int = -1,
+                   caps: frozenset[int] = frozenset()) -> str | None:
+    """What is wrong with newuidmap/newgidmap at PATH, or None if it can map ids."""
+    if path is None:
+        return (f"{name} is not installed: run `sudo apt install uidmap` "
+                f"(the package is called shadow-utils or shadow on other distributions)")
+    needed = CAP_SETUID if name == "newuidmap" else CAP_SETGID
+    if owner == 0 and mode & 0o4000:
+        return None
+    if needed in caps:
+        return None
+    cap = "cap_setuid" if needed == CAP_SETUID else "cap_setgid"
+    return (f"{path} is neither setuid root nor has the {cap} file capability: "
+            f"run `sudo chmod u+s {path}` or `sudo setcap {cap}+ep {path}` "
+            f"(or reinstall: `sudo apt install --reinstall uidmap`)")
+
+
+def find_mapper(name: str) -> tuple[str | None, str | None]:
+    """(path, problem) of newuidmap or newgidmap on this host."""
+    search = os.pathsep.join(filter(None, [os.environ.get("PATH"), MAPPER_PATH]))
+    path = shutil.which(name, path=search)
+    if path is None:
+        return None, mapper_verdict(name, None)
+    st = os.stat(path)
+    try:
+        caps = file_caps(os.getxattr(path, "security.capability"))
+    except OSError:
+        caps = frozenset()
+    return path, mapper_verdict(name, path, mode=st.st_mode, owner=st.st_uid, caps=caps)
+
+
+def _mappers() -> tuple[str, str]:
+    paths = []
+    for name in ("newuidmap", "newgidmap"):
+        path, problem = find_mapper(name)
+        if problem or path is None:
+            raise SandboxError(problem or f"{name} not found")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def read_sysctls(names: Sequence[str] = USERNS_SYSCTLS) -> dict[str, str]:
+    """The values of NAMES that exist on this kernel."""
+    values = {}
+    for name in names:
+        try:
+            values[name] = Path("/proc/sys", *name.split(".")).read_text().strip()
+        except OSError:
+            continue
+    return values
+
+
+def userns_advice(err: int, sysctls: Mapping[str, str]) -> str:
+    """Why creating a user namespace failed with ERR, and what to enable."""
+    persist = "and persist it in /etc/sysctl.d/"
+    if sysctls.get("kernel.unprivileged_userns_clone") == "0":
+        return ("unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0): "
+                f"run `sudo sysctl -w kernel.unprivileged_userns_clone=1` {persist}")
+    if sysctls.get("user.max_user_namespaces") == "0":
+        return ("user namespaces are disabled (user.max_user_namespaces=0): "
+                f"run `sudo sysctl -w user.max_user_namespaces=15000` {persist}")
+    if sysctls.get("kernel.apparmor_restrict_unprivileged_userns") == "1":
+        return ("AppArmor restricts unprivileged user namespaces "
+                "(kernel.apparmor_restrict_unprivileged_userns=1, as on Ubuntu 24.04): run "
+                f"`sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` {persist}, "
+                "or give the Python interpreter an AppArmor profile that allows `userns,`")
+    if err == errno.ENOSPC:
+        return ("the limit of user namespaces is reached (user.max_user_namespaces): "
+                "raise it with `sudo sysctl -w user.max_user_namespaces=15000`")
+    return (f"cannot create a user namespace: {os.strerror(err)}; the kernel may lack "
+            "CONFIG_USER_NS, or a container runtime's seccomp policy forbids unshare "
+            "(run ocistrap on the host, or give the container its own user namespaces)")
+
+
+# ---- libc ----
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong]
+
+
+def _check(result: int, target: str | Path | None = None) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), None if target is None else str(target))
+
+
+def _bytes(value: str | Path | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def _mount(source: str | Path | None, target: str | Path, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    _check(_libc.mount(_bytes(source), _bytes(target), _bytes(fstype), flags, _bytes(data)),
+           target)
+
+
+def _umount(target: str | Path, flags: int = 0) -> None:
+    _check(_libc.umount2(_bytes(target), flags), target)
+
+
+def _unshare(flags: int) -> None:
+    _check(_libc.unshare(flags))
+
+
+def _die_with_parent() -> None:
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
+
+
+# ---- spawn: runs on the host ----
+
+def _helper_argv(mode: str, *args: str) -> list[str]:
+    """Start this module in an isolated interpreter that still finds this package."""
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    boot = (f"import sys; sys.path.insert(0, {package_parent!r}); "
+            "from ocistrap.sandbox import _helper_main; _helper_main(sys.argv[1:])")
+    return [sys.executable, "-I", "-c", boot, mode, *args]
+
+
+def _read_message(stream: IO[bytes]) -> dict[str, Any] | None:
+    line = stream.readline()
+    return json.loads(line) if line else None
+
+
+def _raise_for(message: dict[str, Any], argv: Sequence[str]) -> NoReturn:
+    err = message["errno"]
+    step = message["step"]
+    if step == "unshare":
+        raise SandboxError(userns_advice(err, read_sysctls()))
+    if step == "exec":
+        raise SandboxError(f"cannot run {argv[0]} in the sandbox: {os.strerror(err)}")
+    if err == errno.EPERM and read_sysctls().get("kernel.apparmor_restrict_unprivileged_userns") == "1":
+        raise SandboxError(userns_advice(err, read_sysctls()))
+    raise SandboxError(f"setting up the sandbox failed at {step}: {os.strerror(err)}")
+
+
+def _write_maps(pid: int, maps: IdMaps) -> None:
+    newuidmap, newgidmap = _mappers()
+    for tool, ranges, kind in ((newuidmap, maps.uid, "uid"), (newgidmap, maps.gid, "gid")):
+        result = subprocess.run([tool, str(pid), *map_args(ranges)], capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            raise SandboxError(f"{Path(tool).name} refused the {kind} map "
+                               f"{' '.join(map_args(ranges))}: {result.stderr.strip()}",
+                               hint=f"check the ranges for you in /etc/sub{kind}")
+
+
+def spawn(argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
+          pass_fds: Sequence[int] = (), env: Mapping[str, str] | None = None,
+          cwd: str | Path | None = None, maps: IdMaps | None = None) -> subprocess.Popen:
+    """Run ARGV as uid 0 in new user, mount, PID, IPC and UTS namespaces.
+
+    Returns once ARGV is executing (or raises SandboxError). stdin/stdout/stderr
+    take what subprocess.Popen takes; the returned Popen's returncode is ARGV's
+    exit status (128+N if a signal N killed it). terminate() reaches ARGV.
+    The sandbox is killed when the thread that called spawn() exits.
+    """
+    maps = load_maps() if maps is None else maps
+    _mappers()
+    up_r, up_w = os.pipe()
+    down_r, down_w = os.pipe()
+    try:
+        proc = subprocess.Popen(_helper_argv("run", str(os.getpid()), str(up_w), str(down_r)),
+                                stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
+                                pass_fds=(up_w, down_r, *pass_fds))
+    except BaseException:
+        for fd in (up_r, up_w, down_r, down_w):
+            os.close(fd)
+        raise
+    os.close(up_w)
+    os.close(down_r)
+    with os.fdopen(up_r, "rb") as up, os.fdopen(down_w, "wb") as down:
+        try:
+            _handshake(proc, up, down, argv, dict(os.environ if env is None else env), maps)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    return proc
+
+
+def _handshake(proc: subprocess.Popen, up: IO[bytes], down: IO[bytes], argv: Sequence[str],
+               env: dict[str, str], maps: IdMaps) -> None:
+    message = _read_message(up)
+    if message is None:
+        raise SandboxError(f"the sandbox helper exited early with status {proc.wait()}")
+    if "errno" in message:
+        _raise_for(message, argv)
+    _write_maps(proc.pid, maps)
+    down.write(json.dumps({"argv": list(argv), "env": env}).encode())
+    down.close()
+    message = _read_message(up)
+    if message is not None:
+        _raise_for(message, argv)
+
+
+def probe_userns() -> str | None:
+    """None if this host lets the caller create user and mount namespaces, else what to do."""
+    result = subprocess.run(_helper_argv("probe"), capture_output=True)
+    message = json.loads(result.stdout or b"null")
+    if message is None and result.returncode == 0:
+        return None
+    if message is None:
+        return f"the user namespace probe failed: {result.stderr.decode(errors='replace').strip()}"
+    return userns_advice(message["errno"], read_sysctls())
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a tree built in a sandbox: its files belong to subordinate ids the caller
+    cannot remove on the host."""
+    if not path.exists() and not path.is_symlink():
+        return
+    proc = spawn(["rm", "-rf", "--one-file-system", "--", str(path)])
+    if proc.wait() != 0:
+        raise SandboxError(f"cannot remove {path} (rm exited with status {proc.returncode})")
+
+
+# ---- the helper: runs in the namespaces ----
+
+def _send(fd: int, **message: Any) -> None:
+    os.write(fd, json.dumps(message).encode() + b"\n")
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def _helper_main(args: list[str]) -> None:
+    if args[0] == "probe":
+        _probe()
+    parent, up, down = (int(a) for a in args[1:])
+    _helper_run(parent, up, down)
+
+
+def _probe() -> None:
+    try:
+        _unshare(CLONE_NEWUSER | CLONE_NEWNS)
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    except OSError as e:
+        print(json.dumps({"errno": e.errno}))
+        os._exit(1)
+    os._exit(0)
+
+
+def _helper_run(parent: int, up: int, down: int) -> None:
+    """Unshare, let the parent map ids, become root, fork the init; exit as it does."""
+    _die_with_parent()
+    if os.getppid() != parent:
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.set_inheritable(up, False)
+    try:
+        _unshare(NAMESPACES)
+    except OSError as e:
+        _send(up, step="unshare", errno=e.errno)
+        os._exit(1)
+    _send(up, ready=True)
+    data = _read_all(down)
+    if not data:
+        os._exit(1)
+    request = json.loads(data)
+    step = "setting ids"
+    try:
+        os.setgroups([])
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        step = "making mounts private"
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    except OSError as e:
+        _send(up, step=step, errno=e.errno)
+        os._exit(1)
+    lifeline_r, lifeline_w = os.pipe()
+    init = os.fork()
+    if init == 0:
+        os.close(lifeline_w)
+        _init(request["argv"], request["env"], up, lifeline_r)
+    os.close(lifeline_r)
+    os.close(up)
+    _forward_signals(init)
+    _, status = os.waitpid(init, 0)
+    os._exit(_exit_code(status))
+
+
+def _exit_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _forward_signals(pid: int) -> None:
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    for signum in FORWARDED_SIGNALS:
+        signal.signal(signum, forward)
+
+
+def _init(argv: list[str], env: dict[str, str], up: int, lifeline: int) -> None:
+    """PID 1 of the new PID namespace: run the payload, reap orphans, exit as the payload did."""
+    try:
+        _die_with_parent()
+        if select.select([lifeline], [], [], 0)[0]:
+            os._exit(1)
+        payload = os.fork()
+        if payload == 0:
+            _exec_payload(argv, env, up, lifeline)
+        os.close(up)
+        _forward_signals(payload)
+        while True:
+            pid, status = os.wait()
+            if pid == payload:
+                os._exit(_exit_code(status))
+    finally:
+        os._exit(1)
+
+
+def _exec_payload(argv: list[str], env: dict[str, str], up: int, lifeline: int) -> None:
+    os.close(lifeline)
+    for signum in RESET_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        _send(up, step="exec", errno=e.errno)
+        os._exit(127 if e.errno == errno.ENOENT else 126)
+
+
+# ---- mounts: run as root inside the sandbox ----
+
+def mount_staging(path: Path, *, tmpfs: bool = True) -> None:
+    """Give the staging root its own tmpfs (memory, gone with the sandbox), or just make
+    sure the on-disk directory exists when building in a --workdir."""
+    path.mkdir(parents=True, exist_ok=True)
+    if tmpfs:
+        _mount_or_fail("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+
+
+def bind_mount(source: Path, target: Path, *, readonly: bool = False) -> None:
+    """Make SOURCE visible at TARGET (read-only if asked)."""
+    _mount_or_fail(source, target, None, MS_BIND | MS_REC)
+    if readonly:
+        try:
+            _remount_readonly(target)
+        except OSError as e:
+            _umount(target, MNT_DETACH)
+            raise SandboxError(f"cannot make {target} read-only: {e.strerror}") from e
+
+
+def unmount(target: Path) -> None:
+    """Detach the mount at TARGET (and everything below it)."""
+    try:
+        _umount(target, MNT_DETACH)
+    except OSError as e:
+        raise SandboxError(f"cannot unmount {target}: {e.strerror}") from e
+
+
+def _mount_or_fail(source: str | Path | None, target: Path, fstype: str | None, flags: int,
+                   data: str | None = None) -> None:
+    try:
+        _mount(source, target, fstype, flags, data)
+    except OSError as e:
+        raise SandboxError(f"cannot mount {fstype or source} on {target}: {e.strerror}",
+                           hint="mounts only work inside the sandbox (sandbox.spawn)") from e
+
+
+def _remount_readonly(target: Path) -> None:
+    kept = os.statvfs(target).f_flag
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+    for st_flag, ms_flag in KEPT_FLAGS:
+        if kept & st_flag:
+            flags |= ms_flag
+    _mount(None, target, None, flags)
+
+
+def _placeholder(path: Path) -> None:
+    if not path.exists() and not path.is_symlink():
+        path.touch(mode=0o644)
+
+
+def prepare_chroot(root: Path) -> None:
+    """Give ROOT the /dev, /proc and /sys that maintainer scripts expect.
+
+    Device nodes cannot be created in a user namespace, so the host's are
+    bind-mounted onto empty files. /sys is left empty if the kernel refuses
+    a read-only bind of it.
+    """
+    root = root.resolve()
+    try:
+        _prepare(root)
+    except (OSError, SandboxError) as e:
+        release_chroot(root)
+        if isinstance(e, SandboxError):
+            raise
+        raise SandboxError(f"cannot prepare {root} for chroot: {e}") from e
+
+
+def _prepare(root: Path) -> None:
+    dev = root / "dev"
+    for d in CHROOT_DIRS:
+        (root / d).mkdir(mode=0o755, exist_ok=True)
+    for name in DEVICES:
+        _placeholder(dev / name)
+        _mount_or_fail(f"/dev/{name}", dev / name, None, MS_BIND)
+    (dev / "pts").mkdir(mode=0o755, exist_ok=True)
+    _mount_or_fail("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC,
+                   "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    ptmx = dev / "ptmx"
+    if ptmx.is_symlink() or (ptmx.is_file() and ptmx.stat().st_size == 0):
+        ptmx.unlink()
+    if not ptmx.exists():
+        ptmx.symlink_to("pts/ptmx")
+    (dev / "shm").mkdir(mode=0o1777, exist_ok=True)
+    _mount_or_fail("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    _mount_or_fail("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _bind_sys(root / "sys")
+
+
+def _bind_sys(target: Path) -> None:
+    try:
+        _mount("/sys", target, None, MS_BIND | MS_REC)
+    except OSError as e:
+        print(f"ocistrap: leaving {target} empty: the kernel refused to bind /sys ({e.strerror})",
+              file=sys.stderr)
+        return
+    try:
+        _remount_readonly(target)
+    except OSError as e:
+        _umount(target, MNT_DETACH)
+        print(f"ocistrap: leaving {target} empty: cannot make a /sys bind read-only "
+              f"({e.strerror})", file=sys.stderr)
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[str]:
+    """The mount points listed in /proc/self/mountinfo, in its order."""
+    return [_unescape_mountinfo(line.split()[4]) for line in text.splitlines() if line.strip()]
+
+
+def mounts_below(root: str, mount_points: Iterable[str]) -> list[str]:
+    """Mount points strictly inside ROOT, deepest (and latest) first."""
+    prefix = root.rstrip("/") + "/"
+    inside = [m for m in mount_points if m.startswith(prefix)]
+    order = {m: i for i, m in enumerate(inside)}
+    return sorted(set(inside), key=lambda m: (m.count("/"), order[m]), reverse=True)
+
+
+def _chroot_mounts(root: Path) -> list[str]:
+    """Mounts of ROOT's dev, proc and sys (and anything below them), deepest first."""
+    points = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    return [m for d in CHROOT_DIRS for m in [str(root / d)] + mounts_below(str(root / d), points)
+            if m in points]
+
+
+def release_chroot(root: Path) -> None:
+    """Undo ``prepare_chroot``: unmount ROOT's dev, proc and sys and remove the placeholders,
+    so a walk of the tree afterwards sees no host content and no /dev entries.
+
+    Mounts elsewhere below ROOT (``bind_mount``) stay; ``unmount`` them.
+    """
+    root = root.resolve()
+    for _ in range(3):
+        remaining = _chroot_mounts(root)
+        if not remaining:
+            break
+        for mount_point in sorted(remaining, key=lambda m: m.count("/"), reverse=True):
+            try:
+                _umount(mount_point, MNT_DETACH)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOENT):
+                    raise SandboxError(f"cannot unmount {mount_point}: {e.strerror}") from e
+    if remaining := _chroot_mounts(root):
+        raise SandboxError(f"still mounted in {root}: {', '.join(remaining)}")
+    _remove_placeholders(root / "dev")
+
+
+def _remove_placeholders(dev: Path) -> None:
+    for name in DEVICES:
+        node = dev / name
+        if node.is_file() and not node.is_symlink() and node.stat().st_size == 0:
+            node.unlink()
+    ptmx = dev / "ptmx"
+    if ptmx.is_symlink() and os.readlink(ptmx) == "pts/ptmx":
+        ptmx.unlink()
+    for name in ("pts", "shm"):
+        try:
+            (dev / name).rmdir()
+        except OSError:
+            continue
+
+
+def chroot_run(root: Path, argv: Sequence[str], *, env: Mapping[str, str], check: bool = True,
+               input: bytes | None = None, stdout: Any = None,
+               stderr: Any = None) -> subprocess.CompletedProcess:
+    """Run ARGV chrooted into ROOT with working directory / and exactly ENV.
+
+    ARGV[0] is looked up in ENV's PATH inside ROOT.
+    """
+    def enter() -> None:
+        os.chroot(root)
+        os.chdir("/")
+    try:
+        result = subprocess.run(list(argv), env=dict(env), input=input, stdout=stdout,
+                                stderr=stderr, preexec_fn=enter)
+    except OSError as e:
+        raise SandboxError(f"cannot run {argv[0]} in {root}: {e.strerror}") from e
+    if check and result.returncode != 0:
+        detail = result.stderr.decode(errors="replace").strip() if isinstance(result.stderr, bytes) else ""
+        raise ChrootCommandError(f"`{shlex.join(argv)}` failed in {root} with exit status "
+                                 f"{result.returncode}" + (f": {detail}" if detail else ""),
+                                 returncode=result.returncode, stderr=result.stderr)
+    return result

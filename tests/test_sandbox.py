@@ -1,0 +1,388 @@
+import errno
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ocistrap import sandbox
+from ocistrap.sandbox import IdMaps, IdRange, SandboxError, SubIdRange
+
+SUBUID = """\
+# comment
+alice:100000:65536
+
+bob:165536:65536
+1001:231072:10
+broken line
+carol:x:5
+"""
+
+
+# ---- parsing and maps ----
+
+def test_parse_subid_matches_name_or_uid_and_skips_the_rest() -> None:
+    assert sandbox.parse_subid(SUBUID, user="alice", uid=1000) == [SubIdRange(100000, 65536)]
+    assert sandbox.parse_subid(SUBUID, user="bob", uid=1001) == [SubIdRange(165536, 65536),
+                                                                 SubIdRange(231072, 10)]
+    assert sandbox.parse_subid(SUBUID, user="carol", uid=1002) == []
+
+
+def test_id_map_maps_root_to_the_caller_and_the_rest_to_subordinate_ids() -> None:
+    ranges = [SubIdRange(100000, 65536)]
+    assert sandbox.id_map(1000, ranges, user="alice") == [IdRange(0, 1000, 1),
+                                                          IdRange(1, 100000, 65535)]
+
+
+def test_id_map_concatenates_several_ranges_and_stops_at_65535() -> None:
+    ranges = [SubIdRange(200000, 30000), SubIdRange(400000, 40000), SubIdRange(500000, 9)]
+    assert sandbox.id_map(1000, ranges, user="alice") == [IdRange(0, 1000, 1),
+                                                          IdRange(1, 200000, 30000),
+                                                          IdRange(30001, 400000, 35535)]
+
+
+def test_id_map_without_ranges_says_which_line_to_add() -> None:
+    with pytest.raises(SandboxError) as e:
+        sandbox.id_map(1000, [], user="alice", suggest_start=231072)
+    text = str(e.value)
+    assert "/etc/subuid has no range for alice" in text
+    assert "sudo usermod --add-subuids 231072-296607 alice" in text
+    assert "alice:231072:65536" in text
+
+
+def test_id_map_refuses_a_short_range_instead_of_a_smaller_map() -> None:
+    with pytest.raises(SandboxError) as e:
+        sandbox.id_map(1000, [SubIdRange(100000, 1000)], user="alice", kind="gid",
+                       suggest_start=165536)
+    text = str(e.value)
+    assert "/etc/subgid gives alice only 1000 subordinate gids" in text
+    assert "sudo usermod --add-subgids 165536-231071 alice" in text
+
+
+@pytest.mark.parametrize("ranges", [
+    [SubIdRange(100000, 65536), SubIdRange(150000, 65536)],
+    [SubIdRange(900, 65536)],
+])
+def test_id_map_refuses_overlapping_ranges(ranges: list[SubIdRange]) -> None:
+    with pytest.raises(SandboxError, match="overlaps"):
+        sandbox.id_map(1000, ranges, user="alice")
+
+
+def test_free_subid_start_is_past_every_range() -> None:
+    assert sandbox.free_subid_start(SUBUID) == 231082
+    assert sandbox.free_subid_start("") == 100000
+
+
+def test_inner_id_and_map_args() -> None:
+    ranges = sandbox.id_map(1000, [SubIdRange(100000, 65536)], user="alice")
+    assert sandbox.inner_id(1000, ranges) == 0
+    assert sandbox.inner_id(100999, ranges) == 1000
+    assert sandbox.inner_id(5, ranges) is None
+    assert sandbox.map_args(ranges) == ["0", "1000", "1", "1", "100000", "65535"]
+
+
+def test_load_maps_reads_both_files(tmp_path: Path) -> None:
+    (tmp_path / "subuid").write_text(SUBUID)
+    (tmp_path / "subgid").write_text("alice:300000:65536\n")
+    maps = sandbox.load_maps(subuid=tmp_path / "subuid", subgid=tmp_path / "subgid",
+                             user="alice", uid=1000, gid=1000)
+    assert maps == IdMaps(uid=(IdRange(0, 1000, 1), IdRange(1, 100000, 65535)),
+                          gid=(IdRange(0, 1000, 1), IdRange(1, 300000, 65535)))
+
+
+def test_load_maps_names_the_file_that_lacks_the_user(tmp_path: Path) -> None:
+    (tmp_path / "subuid").write_text(SUBUID)
+    with pytest.raises(SandboxError) as e:
+        sandbox.load_maps(subuid=tmp_path / "subuid", subgid=tmp_path / "missing",
+                          user="alice", uid=1000, gid=1000)
+    assert f"{tmp_path / 'missing'} has no range for alice" in str(e.value)
+    assert "--add-subgids 100000-165535 alice" in str(e.value)
+
+
+# ---- host checks ----
+
+def _caps_xattr(revision: int, low: int, high: int = 0) -> bytes:
+    data = struct.pack("<III", revision | 1, low, 0)
+    if revision == sandbox.VFS_CAP_REVISION_1:
+        return data
+    return data + struct.pack("<II", high, 0) + (b"\0" * 4 if revision == 0x03000000 else b"")
+
+
+@pytest.mark.parametrize("revision", [0x01000000, 0x02000000, 0x03000000])
+def test_file_caps_reads_permitted_capabilities(revision: int) -> None:
+    xattr = _caps_xattr(revision, 1 << sandbox.CAP_SETUID)
+    assert sandbox.file_caps(xattr) == {sandbox.CAP_SETUID}
+
+
+def test_file_caps_reads_the_high_word_and_tolerates_nothing() -> None:
+    assert sandbox.file_caps(_caps_xattr(0x02000000, 0, 1)) == {32}
+    assert sandbox.file_caps(None) == frozenset()
+    assert sandbox.file_caps(b"\1\2") == frozenset()
+
+
+def test_mapper_verdicts() -> None:
+    assert "sudo apt install uidmap" in sandbox.mapper_verdict("newuidmap", None)
+    assert sandbox.mapper_verdict("newuidmap", "/usr/bin/newuidmap", mode=0o104755, owner=0) is None
+    assert sandbox.mapper_verdict("newgidmap", "/usr/bin/newgidmap", mode=0o100755, owner=0,
+                                  caps=frozenset({sandbox.CAP_SETGID})) is None
+    plain = sandbox.mapper_verdict("newuidmap", "/usr/bin/newuidmap", mode=0o100755, owner=0,
+                                   caps=frozenset({sandbox.CAP_SETGID}))
+    assert "sudo chmod u+s /usr/bin/newuidmap" in plain
+    assert "sudo setcap cap_setuid+ep /usr/bin/newuidmap" in plain
+    not_root = sandbox.mapper_verdict("newgidmap", "/x/newgidmap", mode=0o104755, owner=1000)
+    assert "cap_setgid" in not_root
+
+
+@pytest.mark.parametrize("sysctls, expected", [
+    ({"kernel.unprivileged_userns_clone": "0"}, "sysctl -w kernel.unprivileged_userns_clone=1"),
+    ({"user.max_user_namespaces": "0"}, "sysctl -w user.max_user_namespaces=15000"),
+    ({"kernel.apparmor_restrict_unprivileged_userns": "1"},
+     "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
+    ({}, "seccomp"),
+])
+def test_userns_advice_names_what_to_enable(sysctls: dict[str, str], expected: str) -> None:
+    assert expected in sandbox.userns_advice(errno.EPERM, sysctls)
+
+
+def test_userns_advice_for_an_exhausted_limit() -> None:
+    assert "raise it" in sandbox.userns_advice(errno.ENOSPC, {"user.max_user_namespaces": "5"})
+
+
+# ---- mountinfo ----
+
+MOUNTINFO = r"""
+22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 22 0:40 / /tmp/st rw - tmpfs t rw
+41 40 0:5 /null /tmp/st/dev/null rw - devtmpfs udev rw
+42 40 0:41 / /tmp/st/dev/pts rw - devpts devpts rw
+43 40 0:42 / /tmp/st/sys ro - sysfs sysfs rw
+44 43 0:43 / /tmp/st/sys/fs/cgroup ro - cgroup2 cgroup rw
+45 22 0:44 / /tmp/st2/x rw - tmpfs t rw
+46 40 0:45 / /tmp/st/with\040space rw - tmpfs t rw
+"""
+
+
+def test_parse_mountinfo_unescapes_mount_points() -> None:
+    points = sandbox.parse_mountinfo(MOUNTINFO)
+    assert points[0] == "/" and points[-1] == "/tmp/st/with space"
+
+
+def test_mounts_below_lists_only_inside_and_deepest_first() -> None:
+    below = sandbox.mounts_below("/tmp/st", sandbox.parse_mountinfo(MOUNTINFO))
+    assert below[0] == "/tmp/st/sys/fs/cgroup"
+    assert set(below) == {"/tmp/st/dev/null", "/tmp/st/dev/pts", "/tmp/st/sys",
+                          "/tmp/st/sys/fs/cgroup", "/tmp/st/with space"}
+
+
+def test_mount_helpers_refuse_outside_the_sandbox(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root can mount on the host")
+    with pytest.raises(SandboxError, match="only work inside the sandbox"):
+        sandbox.mount_staging(tmp_path / "staging")
+
+
+# ---- end to end, as an unprivileged account ----
+
+def _inside(code: str, **kwargs: object) -> subprocess.CompletedProcess:
+    """Run Python CODE as root of a fresh sandbox."""
+    proc = sandbox.spawn([sys.executable, "-c", textwrap.dedent(code)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
+
+
+@pytest.mark.e2e
+def test_spawn_runs_as_root_with_the_full_map() -> None:
+    proc = sandbox.spawn(["sh", "-c", "id -u; id -g; cat /proc/self/uid_map; echo $$"],
+                         stdout=subprocess.PIPE)
+    out = proc.communicate(timeout=30)[0].decode().split()
+    subordinate = sandbox.load_maps().uid[1].outer
+    assert proc.returncode == 0
+    assert out == ["0", "0", "0", str(os.getuid()), "1", "1", str(subordinate), "65535", "2"]
+
+
+@pytest.mark.e2e
+def test_spawn_propagates_exit_status_signals_and_pipes() -> None:
+    assert sandbox.spawn(["sh", "-c", "exit 7"]).wait() == 7
+    assert sandbox.spawn(["sh", "-c", "kill -TERM $$"]).wait() == 128 + signal.SIGTERM
+    proc = sandbox.spawn(["tr", "a-z", "A-Z"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert proc.communicate(b"hello", timeout=30)[0] == b"HELLO"
+
+
+@pytest.mark.e2e
+def test_terminate_reaches_the_payload() -> None:
+    proc = sandbox.spawn(["sleep", "1000"])
+    proc.terminate()
+    assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+
+
+@pytest.mark.e2e
+def test_spawn_reports_a_missing_command() -> None:
+    with pytest.raises(SandboxError, match="cannot run no-such-command in the sandbox"):
+        sandbox.spawn(["no-such-command"])
+
+
+@pytest.mark.e2e
+def test_spawn_reports_a_map_newuidmap_refuses() -> None:
+    maps = sandbox.load_maps()
+    foreign = (maps.uid[0], IdRange(1, 7000000, 65535))
+    with pytest.raises(SandboxError, match="newuidmap refused the uid map"):
+        sandbox.spawn(["true"], maps=IdMaps(uid=foreign, gid=maps.gid))
+
+
+@pytest.mark.e2e
+def test_missing_subuid_entry_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "subuid").write_text("someone-else:100000:65536\n")
+    with pytest.raises(SandboxError) as e:
+        sandbox.spawn(["true"], maps=sandbox.load_maps(subuid=tmp_path / "subuid"))
+    assert "has no range for" in str(e.value) and "usermod --add-subuids" in str(e.value)
+
+
+@pytest.mark.e2e
+def test_probe_userns_finds_user_namespaces_usable() -> None:
+    assert sandbox.probe_userns() is None
+
+
+@pytest.mark.e2e
+def test_staging_tmpfs_keeps_owners(tmp_path: Path) -> None:
+    result = _inside(f"""
+        import os
+        from pathlib import Path
+        from ocistrap import sandbox
+        root = Path({str(tmp_path / "staging")!r})
+        sandbox.mount_staging(root)
+        f = root / "owned"
+        f.write_text("x")
+        os.chown(f, 1000, 1000)
+        st = os.stat(f)
+        print(st.st_uid, st.st_gid, os.statvfs(root).f_bsize > 0)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1000", "1000", "True"]
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+@pytest.mark.e2e
+def test_bind_mount_readonly() -> None:
+    result = _inside("""
+        import tempfile
+        from pathlib import Path
+        from ocistrap import sandbox
+        with tempfile.TemporaryDirectory() as d:
+            src, dst = Path(d, "src"), Path(d, "dst")
+            src.mkdir(); dst.mkdir()
+            (src / "f").write_text("x")
+            sandbox.bind_mount(src, dst, readonly=True)
+            print((dst / "f").read_text())
+            try:
+                (dst / "g").write_text("y")
+            except OSError as e:
+                print(e.errno)
+            sandbox.unmount(dst)
+            print(list(dst.iterdir()))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["x", str(errno.EROFS), "[]"]
+
+
+CHROOT_PAYLOAD = """
+    import os, subprocess, sys
+    from pathlib import Path
+    from ocistrap import sandbox
+    root = Path(sys.argv[1])
+    sandbox.mount_staging(root)
+    for name in ("bin", "lib", "lib64", "sbin"):
+        if Path("/", name).is_symlink():
+            (root / name).symlink_to(os.readlink(Path("/", name)))
+    (root / "usr").mkdir()
+    sandbox.bind_mount(Path("/usr"), root / "usr", readonly=True)
+    sandbox.prepare_chroot(root)
+    env = {"PATH": "/usr/bin:/bin"}
+    r = sandbox.chroot_run(root, ["sh", "-c",
+        "echo x > /dev/null && test -c /dev/null && head -c 4 /dev/zero | wc -c && "
+        "test -L /dev/ptmx && test -d /proc/self && test -d /sys/kernel && id -u && pwd"],
+        env=env, stdout=sys.stdout.buffer.fileno())
+    try:
+        sandbox.chroot_run(root, ["sh", "-c", "echo nope >&2; exit 4"], env=env,
+                           stderr=subprocess.PIPE)
+    except sandbox.ChrootCommandError as e:
+        print("failed", e.returncode, "nope" in str(e), flush=True)
+    sandbox.release_chroot(root)
+    sandbox.unmount(root / "usr")
+    for d in ("dev", "proc", "sys", "usr"):
+        print(d, sorted(p.name for p in (root / d).iterdir()), flush=True)
+"""
+
+
+@pytest.mark.e2e
+def test_prepare_chroot_run_and_release(tmp_path: Path) -> None:
+    proc = sandbox.spawn([sys.executable, "-c", textwrap.dedent(CHROOT_PAYLOAD),
+                          str(tmp_path / "root")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ["4", "0", "/", "failed 4 True",
+                                         "dev []", "proc []", "sys []", "usr []"]
+
+
+@pytest.mark.e2e
+def test_remove_tree_deletes_files_of_subordinate_ids(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    result = _inside(f"""
+        import os
+        from pathlib import Path
+        d = Path({str(tree)!r}, "locked")
+        d.mkdir(parents=True)
+        (d / "f").write_text("x")
+        os.chown(d / "f", 1000, 1000)
+        os.chown(d, 1000, 1000)
+        d.chmod(0o700)
+    """)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(PermissionError):
+        list((tree / "locked").iterdir())
+    sandbox.remove_tree(tree)
+    assert not tree.exists()
+
+
+KILLED_PARENT = """
+    import sys, time
+    from ocistrap import sandbox
+    proc = sandbox.spawn(["sleep", sys.argv[1]])
+    print("ready", flush=True)
+    time.sleep(1000)
+"""
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.e2e
+def test_killing_the_caller_kills_the_whole_sandbox() -> None:
+    marker = f"1000.{uuid.uuid4().int % 10**9}"
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED_PARENT), marker],
+                              stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    assert parent.stdout.readline() == b"ready\n"
+    sleepers = [p for p in _processes_with(marker) if p != parent.pid]
+    assert len(sleepers) == 1
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while [p for p in _processes_with(marker) if p != parent.pid] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in _processes_with(marker) if p != parent.pid] == []
