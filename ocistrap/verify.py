@@ -1,0 +1,355 @@
+"""Check an image end to end: every blob, every diff_id, every document against its schema.
+
+Nothing is trusted: each blob is streamed once, hashing the stored bytes and,
+for layers, the decompressed tar in the same pass, so a multi-gigabyte layer
+never sits in memory. The first mismatch stops the run with one line naming
+the blob and the check that failed.
+"""
+
+import gzip
+import hashlib
+import io
+import json
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+
+from ocistrap.errors import OcistrapError
+from ocistrap.image import (
+    CONFIG_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
+    LAYER_COMPRESSION,
+    MANIFEST_MEDIA_TYPES,
+    Descriptor,
+    ImageError,
+    Platform,
+)
+from ocistrap.schema import SchemaError, validate
+from ocistrap.transports import Reference, TransportError, docker_archive, oci, oci_archive, parse_reference
+
+_CHUNK = 1 << 20
+
+
+class VerifyError(OcistrapError):
+    """An image's blobs or documents do not match what refers to them."""
+
+
+@dataclass
+class VerifyReport:
+    """What a successful verification covered."""
+
+    reference: str
+    manifests: int = 0
+    layers: int = 0
+    blobs: int = 0
+    bytes: int = 0
+    tags: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.reference}: OK, {self.manifests} image(s), {self.layers} layer(s), "
+            f"{self.blobs} blob(s), {self.bytes} bytes checked"
+        )
+
+
+def verify(ref: str | Reference) -> VerifyReport:
+    """Verify the image(s) at REF (oci:, oci-archive: or docker-archive:)."""
+    reference = parse_reference(ref) if isinstance(ref, str) else ref
+    report = VerifyReport(str(reference))
+    verifier = _VERIFIERS.get(reference.transport)
+    if verifier is None:
+        raise VerifyError(
+            f"cannot verify {reference.transport}: images",
+            hint="verify works on oci:, oci-archive: and docker-archive:",
+        )
+    try:
+        verifier(reference, report)
+    except (TransportError, ImageError, SchemaError) as exc:
+        raise VerifyError(str(exc)) from exc
+    return report
+
+
+def _verify_oci(ref: Reference, report: VerifyReport) -> None:
+    assert ref.path is not None
+    _LayoutChecker(ref.path, report).run(ref.tag)
+
+
+def _verify_oci_archive(ref: Reference, report: VerifyReport) -> None:
+    assert ref.path is not None
+    _require_file(ref.path)
+    with oci_archive.read(ref.path, ref.tag) as (layout, _):
+        _LayoutChecker(layout, report, shown=ref.path).run(ref.tag)
+
+
+def _verify_docker_archive(ref: Reference, report: VerifyReport) -> None:
+    assert ref.path is not None
+    _require_file(ref.path)
+    with docker_archive.read(ref.path) as archive:
+        for image in archive.images:
+            _check_docker_image(archive.root, image, report, ref.path)
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise VerifyError(f"{path}: no such archive")
+
+
+_VERIFIERS: dict[str, Callable[[Reference, VerifyReport], None]] = {
+    "oci": _verify_oci,
+    "oci-archive": _verify_oci_archive,
+    "docker-archive": _verify_docker_archive,
+}
+
+
+class _LayoutChecker:
+    """Walks an OCI layout from index.json down, checking each blob once."""
+
+    def __init__(self, root: Path, report: VerifyReport, *, shown: Path | None = None) -> None:
+        self.root = root
+        self.report = report
+        self.shown = shown or root
+        self.done: set[str] = set()
+
+    def run(self, tag: str | None) -> None:
+        _check_layout_file(self.root, self.shown)
+        index = oci.load_index(self.root)
+        if tag is not None:
+            _, desc = oci.read(self.root, tag)
+            roots = [desc]
+        else:
+            roots = [self._descriptor(d, "index.json") for d in index["manifests"]]
+        if not roots:
+            raise VerifyError(f"{self.shown}/{oci.INDEX_FILE}: the layout holds no images")
+        self.report.tags = sorted(d.ref_name for d in roots if d.ref_name)
+        for desc in roots:
+            self.node(desc, f"{desc.ref_name or desc.digest} in index.json")
+
+    def node(self, desc: Descriptor, where: str) -> None:
+        if desc.media_type in INDEX_MEDIA_TYPES:
+            self.index(desc, where)
+        elif desc.media_type in MANIFEST_MEDIA_TYPES:
+            self.manifest(desc, where)
+        else:
+            raise VerifyError(f"{where}: media type {desc.media_type} is neither an image index nor a manifest")
+
+    def index(self, desc: Descriptor, where: str) -> None:
+        doc = self.document(desc, "oci-index", where)
+        for i, child in enumerate(doc["manifests"]):
+            self.node(self._descriptor(child, f"index {desc.digest}"), f"manifests[{i}] of index {desc.digest}")
+
+    def manifest(self, desc: Descriptor, where: str) -> None:
+        doc = self.document(desc, "oci-manifest", where)
+        here = f"manifest {desc.digest}"
+        config_desc = self._descriptor(doc["config"], here)
+        if config_desc.media_type not in CONFIG_MEDIA_TYPES:
+            raise VerifyError(f"{here}: config media type {config_desc.media_type} is not an image config")
+        config = self.document(config_desc, "oci-config", f"config of {here}")
+        layers = [self._descriptor(d, here) for d in doc["layers"]]
+        diff_ids = config["rootfs"]["diff_ids"]
+        if len(diff_ids) != len(layers):
+            raise VerifyError(f"{here}: {len(layers)} layers but its config lists {len(diff_ids)} diff_ids")
+        _check_platform(desc, config, here)
+        for i, (layer, diff_id) in enumerate(zip(layers, diff_ids)):
+            self.layer(layer, diff_id, f"layer {i} of {here}")
+        self.report.manifests += 1
+
+    def document(self, desc: Descriptor, schema: str, where: str) -> dict[str, Any]:
+        path = self._blob(desc, where)
+        data = path.read_bytes()
+        self._count(desc, _digest_mismatch(desc, len(data), "sha256:" + hashlib.sha256(data).hexdigest()), path)
+        doc = _load_json(data, f"{self._name(path)} ({where})")
+        validate(doc, schema, what=f"{self._name(path)} ({where})")
+        declared = doc.get("mediaType")
+        if declared is not None and declared != desc.media_type:
+            raise VerifyError(
+                f"{self._name(path)} ({where}): document says mediaType {declared}, its descriptor {desc.media_type}"
+            )
+        return doc
+
+    def layer(self, desc: Descriptor, diff_id: str, where: str) -> None:
+        if desc.media_type not in LAYER_COMPRESSION:
+            raise VerifyError(f"{where} ({desc.digest}): media type {desc.media_type} is not a layer type")
+        path = self._blob(desc, where)
+        if desc.digest in self.done:
+            return
+        with open(path, "rb") as handle:
+            hashes = _hash_layer(handle, LAYER_COMPRESSION[desc.media_type])
+        problem = _digest_mismatch(desc, hashes.size, hashes.digest) or hashes.diff_id_problem(diff_id)
+        self._count(desc, problem, path, where)
+        self.report.layers += 1
+
+    def _count(self, desc: Descriptor, problem: str | None, path: Path, where: str = "") -> None:
+        if problem is not None:
+            context = f" ({where})" if where else ""
+            raise VerifyError(f"{self._name(path)}{context}: {problem}")
+        if desc.digest not in self.done:
+            self.done.add(desc.digest)
+            self.report.blobs += 1
+            self.report.bytes += desc.size
+
+    def _blob(self, desc: Descriptor, where: str) -> Path:
+        path = oci.blob_path(self.root, desc.digest)
+        if not path.is_file():
+            raise VerifyError(f"{self._name(path)} ({where}): blob is missing")
+        return path
+
+    def _name(self, path: Path) -> str:
+        return f"{self.shown}/{path.relative_to(self.root).as_posix()}"
+
+    @staticmethod
+    def _descriptor(doc: Any, where: str) -> Descriptor:
+        try:
+            return Descriptor.from_json(doc)
+        except ImageError as exc:
+            raise VerifyError(f"{where}: {exc}") from None
+
+
+def _check_layout_file(root: Path, shown: Path) -> None:
+    oci.check_layout(root)
+    layout = _load_json((root / oci.LAYOUT_FILE).read_bytes(), f"{shown}/{oci.LAYOUT_FILE}")
+    if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
+        raise VerifyError(f"{shown}/{oci.LAYOUT_FILE}: needs a JSON object with imageLayoutVersion")
+
+
+def _check_platform(desc: Descriptor, config: dict[str, Any], here: str) -> None:
+    if desc.platform is None:
+        return
+    actual = Platform(os=config["os"], architecture=config["architecture"], variant=config.get("variant"))
+    if (actual.os, actual.architecture) != (desc.platform.os, desc.platform.architecture) or (
+        desc.platform.variant and desc.platform.variant != actual.variant
+    ):
+        raise VerifyError(f"{here}: descriptor platform {desc.platform} but config says {actual}")
+
+
+def _digest_mismatch(desc: Descriptor, size: int, digest: str) -> str | None:
+    if size != desc.size:
+        return f"size mismatch: blob is {size} bytes, descriptor says {desc.size}"
+    if digest != desc.digest:
+        return f"digest mismatch: content hashes to {digest}, descriptor says {desc.digest}"
+    return None
+
+
+def _load_json(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VerifyError(f"{what}: not valid JSON: {exc}") from None
+
+
+class _HashingReader(io.RawIOBase):
+    """A read-only stream that hashes and counts every byte read through it."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            self.hash.update(memoryview(buffer)[:count])
+            self.size += count
+        return count or 0
+
+    def drain(self) -> tuple[int, str]:
+        """Read to the end; return (size, digest) of everything read."""
+        while self.read(_CHUNK):
+            pass
+        return self.size, "sha256:" + self.hash.hexdigest()
+
+
+def _decompressed(stream: IO[bytes], compression: str | None) -> IO[bytes]:
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)  # type: ignore[return-value]
+    return stream
+
+
+@dataclass(frozen=True)
+class _LayerHashes:
+    """One pass over a layer blob: its stored size and digest, and its diff_id or why there is none."""
+
+    size: int
+    digest: str
+    compression: str | None
+    diff_id: str | None
+    error: str | None
+
+    def diff_id_problem(self, expected: str) -> str | None:
+        if self.error is not None:
+            return f"cannot decompress ({self.compression}): {self.error}"
+        if self.diff_id != expected:
+            return f"diff_id mismatch: uncompressed tar hashes to {self.diff_id}, config says {expected}"
+        return None
+
+
+def _hash_layer(handle: IO[bytes], compression: str | None) -> _LayerHashes:
+    """Stream HANDLE once, hashing both the stored bytes and their decompressed form."""
+    stored = _HashingReader(handle)
+    uncompressed = hashlib.sha256()
+    diff_id = error = None
+    try:
+        reader = _decompressed(stored, compression)
+        while chunk := reader.read(_CHUNK):
+            uncompressed.update(chunk)
+        diff_id = "sha256:" + uncompressed.hexdigest()
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
+        error = str(exc) or type(exc).__name__
+    size, digest = stored.drain()
+    return _LayerHashes(size, digest, compression, diff_id, error)
+
+
+def sniff_compression(path: Path) -> str | None:
+    """Guess a layer file's compression from its magic bytes (docker-archives carry no media types)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    return None
+
+
+def _check_docker_image(root: Path, image: docker_archive.DockerImage, report: VerifyReport, shown: Path) -> None:
+    def name(path: Path) -> str:
+        return f"{shown}:{path.relative_to(root).as_posix()}"
+
+    data = image.config.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    expected = _hex_in_name(image.config)
+    if expected is not None and digest != f"sha256:{expected}":
+        raise VerifyError(f"{name(image.config)}: digest mismatch: content hashes to {digest}, file name says {expected}")
+    config = _load_json(data, name(image.config))
+    validate(config, "oci-config", what=name(image.config))
+    diff_ids = config["rootfs"]["diff_ids"]
+    if len(diff_ids) != len(image.layers):
+        raise VerifyError(f"{name(image.config)}: {len(image.layers)} layers but the config lists {len(diff_ids)} diff_ids")
+    for i, (layer, diff_id) in enumerate(zip(image.layers, diff_ids)):
+        with open(layer, "rb") as handle:
+            hashes = _hash_layer(handle, sniff_compression(layer))
+        problem = hashes.diff_id_problem(diff_id)
+        if problem is not None:
+            raise VerifyError(f"{name(layer)} (layer {i}): {problem}")
+        report.layers += 1
+        report.blobs += 1
+        report.bytes += hashes.size
+    report.blobs += 1
+    report.bytes += len(data)
+    report.manifests += 1
+    report.tags.extend(image.repo_tags)
+
+
+def _hex_in_name(path: Path) -> str | None:
+    """The digest a docker-archive file name claims (``<hex>.json`` or ``blobs/sha256/<hex>``), if any."""
+    stem = path.name.split(".", 1)[0]
+    if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem):
+        return stem
+    return None
