@@ -235,12 +235,17 @@ def load_maps(*, subuid: Path = SUBUID, subgid: Path = SUBGID, user: str | None 
     user = me if user is None else user
     uid = my_uid if uid is None else uid
     gid = my_gid if gid is None else gid
-    maps = []
-    for kind, path, own in (("uid", subuid, uid), ("gid", subgid, gid)):
-        text = _read_subid_file(path)
-        maps.append(tuple(id_map(own, parse_subid(text, user=user, uid=uid), user=user,
-                                 kind=kind, path=str(path), suggest_start=free_subid_start(text))))
-    return IdMaps(uid=maps[0], gid=maps[1])
+    return IdMaps(uid=tuple(subid_map(_read_subid_file(subuid), kind="uid", user=user, uid=uid,
+                                      own_id=uid, path=str(subuid))),
+                  gid=tuple(subid_map(_read_subid_file(subgid), kind="gid", user=user, uid=uid,
+                                      own_id=gid, path=str(subgid))))
+
+
+def subid_map(text: str, *, kind: Literal["uid", "gid"], user: str, uid: int, own_id: int,
+              path: str | None = None) -> list[IdRange]:
+    """The map for USER from the text of a subuid/subgid file (raises with advice)."""
+    return id_map(own_id, parse_subid(text, user=user, uid=uid), user=user, kind=kind,
+                  path=path, suggest_start=free_subid_start(text))
 
 
 # ---- host checks (pure verdicts + probes) ----

@@ -1,0 +1,198 @@
+"""Host checks for ``ocistrap doctor``: what a rootless build needs, and how to get it.
+
+Every probe of the machine goes through a ``Host`` so that each verdict can be
+tested with a fake one; the verdicts themselves are pure.
+"""
+
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from ocistrap import sandbox
+
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+QEMU_INSTALL = "sudo apt install qemu-user-static binfmt-support"
+BINFMT_MOUNT = ("sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc "
+                "&& sudo update-binfmts --enable")
+
+# Debian architecture -> the name qemu-user-static registers in binfmt_misc.
+QEMU_NAMES = {
+    "amd64": "x86_64", "i386": "i386", "arm64": "aarch64", "armhf": "arm", "armel": "arm",
+    "ppc64el": "ppc64le", "ppc64": "ppc64", "powerpc": "ppc", "s390x": "s390x",
+    "riscv64": "riscv64", "mips64el": "mips64el", "mipsel": "mipsel", "loong64": "loongarch64",
+    "hppa": "hppa", "m68k": "m68k", "sh4": "sh4", "sparc64": "sparc64", "alpha": "alpha",
+}
+# Foreign architectures the CPU runs without an emulator.
+NATIVE_COMPAT = {"amd64": {"i386"}, "arm64": {"armhf", "armel"}}
+# platform.machine() -> Debian architecture, when dpkg is not there to ask.
+MACHINE_ARCH = {
+    "x86_64": "amd64", "i686": "i386", "i386": "i386", "aarch64": "arm64", "armv7l": "armhf",
+    "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64", "loongarch64": "loong64",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's report: DETAIL says what is fine or exactly what to do."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+class Host(Protocol):
+    """What the doctor looks at."""
+
+    def identity(self) -> tuple[str, int, int]: ...
+    def userns_problem(self) -> str | None: ...
+    def mapper(self, name: str) -> tuple[str | None, str | None]: ...
+    def which(self, name: str) -> str | None: ...
+    def read_text(self, path: Path) -> str | None: ...
+    def readable(self, path: Path) -> bool: ...
+    def native_arch(self) -> str: ...
+
+
+class SystemHost:
+    """This machine, probed for real."""
+
+    def identity(self) -> tuple[str, int, int]:
+        return sandbox.current_user()
+
+    def userns_problem(self) -> str | None:
+        return sandbox.probe_userns()
+
+    def mapper(self, name: str) -> tuple[str | None, str | None]:
+        return sandbox.find_mapper(name)
+
+    def which(self, name: str) -> str | None:
+        return shutil.which(name)
+
+    def read_text(self, path: Path) -> str | None:
+        try:
+            return path.read_text()
+        except OSError:
+            return None
+
+    def readable(self, path: Path) -> bool:
+        return path.is_file() and os.access(path, os.R_OK)
+
+    def native_arch(self) -> str:
+        return native_arch()
+
+
+def native_arch() -> str:
+    """The Debian architecture of this machine (dpkg's answer, else guessed from the CPU)."""
+    try:
+        result = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True)
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip()
+    except OSError:
+        pass
+    machine = platform.machine()
+    return MACHINE_ARCH.get(machine, machine)
+
+
+def check_userns(host: Host) -> Check:
+    problem = host.userns_problem()
+    if problem:
+        return Check("user namespaces", False, problem)
+    return Check("user namespaces", True, "an unprivileged user and mount namespace can be created")
+
+
+def check_subids(host: Host, kind: Literal["uid", "gid"]) -> Check:
+    name = f"sub{kind}"
+    path = Path(f"/etc/{name}")
+    user, uid, gid = host.identity()
+    text = host.read_text(path) or ""
+    try:
+        sandbox.subid_map(text, kind=kind, user=user, uid=uid, own_id=uid if kind == "uid" else gid)
+    except sandbox.SandboxError as e:
+        return Check(name, False, str(e))
+    ranges = sandbox.parse_subid(text, user=user, uid=uid)
+    listed = ", ".join(f"{r.start}-{r.end - 1}" for r in ranges)
+    total = sum(r.count for r in ranges)
+    return Check(name, True, f"{user} has {total} subordinate {kind}s ({listed}) in {path}")
+
+
+def check_mapper(host: Host, name: str) -> Check:
+    path, problem = host.mapper(name)
+    if problem:
+        return Check(name, False, problem)
+    return Check(name, True, f"{path} may map subordinate ids")
+
+
+def check_verifier(host: Host) -> Check:
+    for tool in ("gpgv", "sqv"):
+        path = host.which(tool)
+        if path:
+            return Check("signature verifier", True, f"{tool} at {path}")
+    return Check("signature verifier", False, "neither gpgv nor sqv is installed: run `sudo apt install gpgv`")
+
+
+def check_keyring(host: Host, keyring: Path = KEYRING) -> Check:
+    if host.readable(keyring):
+        return Check("archive keyring", True, f"{keyring} is readable")
+    return Check("archive keyring", False,
+                 f"{keyring} is missing or unreadable: run `sudo apt install debian-archive-keyring` "
+                 "(or pass the suite's keyring with --keyring)")
+
+
+def binfmt_verdict(arch: str, native: str, entry: str | None, mounted: bool) -> Check:
+    """Whether ARCH's binaries can run here, from the qemu-ARCH binfmt_misc entry's text."""
+    name = f"binfmt {arch}"
+    if arch == native or arch in NATIVE_COMPAT.get(native, set()):
+        return Check(name, True, f"{arch} runs natively on {native}")
+    qemu = QEMU_NAMES.get(arch)
+    if qemu is None:
+        return Check(name, False, f"unknown Debian architecture {arch!r}")
+    if not mounted:
+        return Check(name, False, f"binfmt_misc is not mounted: run `{BINFMT_MOUNT}` "
+                                  f"(and `{QEMU_INSTALL}` if qemu-{qemu} is not registered then)")
+    if entry is None:
+        return Check(name, False, f"no qemu-{qemu} binfmt handler: run `{QEMU_INSTALL}`")
+    lines = entry.splitlines()
+    if not lines or lines[0].strip() != "enabled":
+        return Check(name, False, f"the qemu-{qemu} binfmt handler is disabled: "
+                                  f"run `sudo update-binfmts --enable qemu-{qemu}`")
+    flags = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("flags:")), "")
+    if "F" not in flags:
+        return Check(name, False, f"the qemu-{qemu} binfmt handler lacks the F flag, so it cannot "
+                                  f"run inside a chroot: reinstall it with `{QEMU_INSTALL}` "
+                                  "(qemu-user-static registers it with F)")
+    return Check(name, True, f"qemu-{qemu} is registered with flags {flags}")
+
+
+def check_binfmt(host: Host, arch: str, native: str) -> Check:
+    qemu = QEMU_NAMES.get(arch, arch)
+    mounted = host.read_text(BINFMT_DIR / "status") is not None
+    return binfmt_verdict(arch, native, host.read_text(BINFMT_DIR / f"qemu-{qemu}"), mounted)
+
+
+def checks(arch: Sequence[str], *, host: Host | None = None) -> list[Check]:
+    """Everything a build for the architectures ARCH needs, checked on HOST (this machine)."""
+    host = SystemHost() if host is None else host
+    native = host.native_arch()
+    return [
+        Check("native architecture", True, native),
+        check_userns(host),
+        check_subids(host, "uid"),
+        check_subids(host, "gid"),
+        check_mapper(host, "newuidmap"),
+        check_mapper(host, "newgidmap"),
+        check_verifier(host),
+        check_keyring(host),
+        *(check_binfmt(host, a, native) for a in dict.fromkeys(arch)),
+    ]
+
+
+def format_checks(results: Sequence[Check]) -> str:
+    """One aligned line per check: ``ok`` or ``FAIL``, its name, and the detail."""
+    width = max((len(c.name) for c in results), default=0)
+    return "\n".join(f"{'ok  ' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}"
+                     for c in results)

@@ -1,0 +1,122 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ocistrap import doctor
+from ocistrap.doctor import Check
+
+ARM64_ENTRY = ("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\n"
+               "offset 0\nmagic 7f454c460201010000000000000000000200b700\n")
+
+
+@dataclass
+class FakeHost:
+    user: str = "alice"
+    files: dict[str, str] = field(default_factory=lambda: {
+        "/etc/subuid": "alice:100000:65536\n",
+        "/etc/subgid": "alice:100000:65536\n",
+        "/proc/sys/fs/binfmt_misc/status": "enabled\n",
+        "/proc/sys/fs/binfmt_misc/qemu-aarch64": ARM64_ENTRY,
+    })
+    userns: str | None = None
+    mappers: dict[str, tuple[str | None, str | None]] = field(default_factory=lambda: {
+        "newuidmap": ("/usr/bin/newuidmap", None), "newgidmap": ("/usr/bin/newgidmap", None)})
+    tools: dict[str, str] = field(default_factory=lambda: {"gpgv": "/usr/bin/gpgv"})
+    keyring_readable: bool = True
+    arch: str = "amd64"
+
+    def identity(self) -> tuple[str, int, int]:
+        return self.user, 1000, 1000
+
+    def userns_problem(self) -> str | None:
+        return self.userns
+
+    def mapper(self, name: str) -> tuple[str | None, str | None]:
+        return self.mappers[name]
+
+    def which(self, name: str) -> str | None:
+        return self.tools.get(name)
+
+    def read_text(self, path: Path) -> str | None:
+        return self.files.get(str(path))
+
+    def readable(self, path: Path) -> bool:
+        return self.keyring_readable
+
+    def native_arch(self) -> str:
+        return self.arch
+
+
+def _by_name(results: list[Check]) -> dict[str, Check]:
+    return {c.name: c for c in results}
+
+
+def test_a_healthy_host_passes_every_check() -> None:
+    results = doctor.checks(["amd64", "arm64", "i386"], host=FakeHost())
+    assert [c.name for c in results] == [
+        "native architecture", "user namespaces", "subuid", "subgid", "newuidmap", "newgidmap",
+        "signature verifier", "archive keyring", "binfmt amd64", "binfmt arm64", "binfmt i386"]
+    assert all(c.ok for c in results), doctor.format_checks(results)
+    found = _by_name(results)
+    assert found["native architecture"].detail == "amd64"
+    assert found["subuid"].detail == "alice has 65536 subordinate uids (100000-165535) in /etc/subuid"
+    assert "runs natively on amd64" in found["binfmt i386"].detail
+
+
+def test_missing_subuid_entry_says_what_to_add() -> None:
+    host = FakeHost(files={"/etc/subuid": "bob:100000:65536\n", "/etc/subgid": "alice:5:3\n"})
+    found = _by_name(doctor.checks([], host=host))
+    assert not found["subuid"].ok
+    assert "sudo usermod --add-subuids 165536-231071 alice" in found["subuid"].detail
+    assert not found["subgid"].ok
+    assert "only 3 subordinate gids" in found["subgid"].detail
+
+
+def test_problems_of_namespaces_mappers_verifier_and_keyring_are_reported() -> None:
+    host = FakeHost(userns="enable it", tools={}, keyring_readable=False,
+                    mappers={"newuidmap": (None, "install uidmap"),
+                             "newgidmap": ("/usr/bin/newgidmap", None)})
+    found = _by_name(doctor.checks([], host=host))
+    assert found["user namespaces"] == Check("user namespaces", False, "enable it")
+    assert found["newuidmap"] == Check("newuidmap", False, "install uidmap")
+    assert found["newgidmap"].ok
+    assert "sudo apt install gpgv" in found["signature verifier"].detail
+    assert "sudo apt install debian-archive-keyring" in found["archive keyring"].detail
+
+
+def test_sqv_is_an_accepted_verifier() -> None:
+    found = _by_name(doctor.checks([], host=FakeHost(tools={"sqv": "/usr/bin/sqv"})))
+    assert found["signature verifier"] == Check("signature verifier", True, "sqv at /usr/bin/sqv")
+
+
+@pytest.mark.parametrize("entry, mounted, expected", [
+    (None, False, "binfmt_misc is not mounted: run `sudo mount -t binfmt_misc"),
+    (None, True, "no qemu-aarch64 binfmt handler: run `sudo apt install qemu-user-static binfmt-support`"),
+    (ARM64_ENTRY.replace("enabled", "disabled"), True, "sudo update-binfmts --enable qemu-aarch64"),
+    (ARM64_ENTRY.replace("POCF", "POC"), True, "lacks the F flag"),
+])
+def test_binfmt_problems(entry: str | None, mounted: bool, expected: str) -> None:
+    check = doctor.binfmt_verdict("arm64", "amd64", entry, mounted)
+    assert not check.ok and expected in check.detail
+
+
+def test_binfmt_of_an_unknown_architecture() -> None:
+    assert not doctor.binfmt_verdict("vax", "amd64", None, True).ok
+
+
+def test_armhf_looks_for_qemu_arm() -> None:
+    host = FakeHost(files={"/proc/sys/fs/binfmt_misc/status": "enabled\n"})
+    check = doctor.check_binfmt(host, "armhf", "amd64")
+    assert "qemu-arm binfmt" in check.detail
+
+
+def test_format_checks_aligns_names() -> None:
+    text = doctor.format_checks([Check("a", True, "fine"), Check("longer", False, "do this")])
+    assert text == "ok    a       fine\nFAIL  longer  do this"
+
+
+@pytest.mark.e2e
+def test_this_host_is_ready_for_native_builds() -> None:
+    results = doctor.checks([doctor.native_arch()])
+    assert all(c.ok for c in results), doctor.format_checks(results)
