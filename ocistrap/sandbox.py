@@ -73,6 +73,8 @@ KEPT_FLAGS = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC,
 
 CHROOT_DIRS = ("dev", "proc", "sys")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+             "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ)
 
@@ -678,11 +680,12 @@ def _prepare(root: Path) -> None:
     (dev / "pts").mkdir(mode=0o755, exist_ok=True)
     _mount_or_fail("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC,
                    "newinstance,ptmxmode=0666,mode=0620,gid=5")
-    ptmx = dev / "ptmx"
-    if ptmx.is_symlink() or (ptmx.is_file() and ptmx.stat().st_size == 0):
-        ptmx.unlink()
-    if not ptmx.exists():
-        ptmx.symlink_to("pts/ptmx")
+    for name, target in DEV_LINKS.items():
+        link = dev / name
+        if link.is_symlink() or (link.is_file() and link.stat().st_size == 0):
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(target)
     (dev / "shm").mkdir(mode=0o1777, exist_ok=True)
     _mount_or_fail("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     _mount_or_fail("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -764,9 +767,10 @@ def _remove_placeholders(dev: Path) -> None:
         node = dev / name
         if node.is_file() and not node.is_symlink() and node.stat().st_size == 0:
             node.unlink()
-    ptmx = dev / "ptmx"
-    if ptmx.is_symlink() and os.readlink(ptmx) == "pts/ptmx":
-        ptmx.unlink()
+    for name, target in DEV_LINKS.items():
+        link = dev / name
+        if link.is_symlink() and os.readlink(link) == target:
+            link.unlink()
     for name in ("pts", "shm"):
         try:
             (dev / name).rmdir()

@@ -307,7 +307,8 @@ CHROOT_PAYLOAD = """
     env = {"PATH": "/usr/bin:/bin"}
     r = sandbox.chroot_run(root, ["sh", "-c",
         "echo x > /dev/null && test -c /dev/null && head -c 4 /dev/zero | wc -c && "
-        "test -L /dev/ptmx && test -d /proc/self && test -d /sys/kernel && id -u && pwd"],
+        "test -L /dev/ptmx && test -d /proc/self && test -d /sys/kernel && "
+        "echo ok > /dev/stderr && id -u && pwd"],
         env=env, stdout=sys.stdout.buffer.fileno())
     try:
         sandbox.chroot_run(root, ["sh", "-c", "echo nope >&2; exit 4"], env=env,
@@ -372,15 +373,20 @@ def _processes_with(marker: str) -> list[int]:
 
 
 @pytest.mark.e2e
-def test_killing_the_caller_kills_the_whole_sandbox() -> None:
+@pytest.mark.parametrize("how", ["SIGKILL to the caller", "Ctrl-C to the process group"])
+def test_killing_the_caller_kills_the_whole_sandbox(how: str) -> None:
     marker = f"1000.{uuid.uuid4().int % 10**9}"
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED_PARENT), marker],
-                              stdout=subprocess.PIPE)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     assert parent.stdout is not None
     assert parent.stdout.readline() == b"ready\n"
     sleepers = [p for p in _processes_with(marker) if p != parent.pid]
     assert len(sleepers) == 1
-    parent.kill()
+    if how.startswith("SIGKILL"):
+        parent.kill()
+    else:
+        os.killpg(parent.pid, signal.SIGINT)
     parent.wait()
     deadline = time.monotonic() + 10
     while [p for p in _processes_with(marker) if p != parent.pid] and time.monotonic() < deadline:
