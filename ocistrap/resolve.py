@@ -10,10 +10,12 @@ are not essential (the *rest*).
 The set apt picks depends on the order it visits packages and alternatives, so
 this module replays apt 2.6's ``pkgDepCache::MarkInstall`` rather than solving
 the dependency problem its own way: requested packages are marked first, then
-each gets its dependencies installed in apt's hash-table order, depth first; an
-or-group already satisfied is left alone; otherwise its solutions are tried in
-``CompareProviders`` order and the first that installs wins.  Where apt would
-remove packages or call its problem resolver, this module raises
+each gets its dependencies installed, depth first, in the order apt created
+their packages (the first mention of each name in the indices, in sources.list
+order); an or-group already satisfied is left alone; otherwise its solutions are
+tried in ``CompareProviders`` order and the first that installs wins.  Where apt
+would remove an already chosen package for a Conflicts/Breaks or call its
+problem resolver, this module skips that solution or raises
 :class:`ResolveError` instead.
 """
 
@@ -191,12 +193,15 @@ class _Provide:
 
 
 class Universe:
-    """The candidates of one suite for one native architecture, indexed for resolution.
+    """The candidates for one native architecture, indexed for resolution.
 
-    Built once; relationship fields are parsed only for packages resolution visits.
+    Give it every index mmdebstrap's sources.list names (for a stable suite:
+    SUITE, SUITE-updates and SUITE-security), in that order and each in file
+    order, since apt's choices follow the order it first met each name.  Built
+    once; relationship fields are parsed only for packages resolution visits.
     """
 
-    def __init__(self, packages: Iterable[Package], *, arch: str) -> None:
+    def __init__(self, packages: Iterable[Package], arch: str) -> None:
         self.arch = arch
         self._stream: list[Package] = []
         self._by_name: dict[str, list[Package]] = {}
@@ -215,10 +220,6 @@ class Universe:
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
-
-    @property
-    def names(self) -> Iterable[str]:
-        return self._by_name.keys()
 
     def versions(self, name: str) -> list[Package]:
         """Every package called ``name``, highest version first."""
@@ -387,7 +388,7 @@ class _Marker:
         if self.broken:
             raise ResolveError(self.broken[0])
 
-    def possible_solutions(self, group: Group, target: Alternative) -> list[Package]:
+    def possible_solutions(self, group: Group) -> list[Package]:
         """getAllPossibleSolutions: per alternative, candidates in CompareProviders order."""
         ordered: list[Package] = []
         for alt in group:
@@ -445,12 +446,12 @@ class _Marker:
                 del self.marked[name]
                 self.discarded[name] = reason
                 return False
-            self.broken.append(reason)
+            self.broken.append(reason + self._chain(name))
             failed = True
         return not failed
 
     def _install_group(self, package: Package, kind: str, group: Group, is_protected: bool) -> bool:
-        solutions = self.possible_solutions(group, group[0])
+        solutions = self.possible_solutions(group)
         single_critical = is_protected and kind in _CRITICAL and len(solutions) == 1
         for solution in solutions:
             self.required_by.setdefault(solution.name, package.name)
@@ -478,25 +479,27 @@ class _Marker:
         """A Conflicts/Breaks between ``package`` and what is already selected, as a message."""
         others = {**self.installed, **self.marked}
         others.pop(package.name, None)
+        for kind, alt in self._negatives(package):
+            for hit in _negative_hits(self.universe, alt, others, package):
+                return _clash_message(package, kind, alt, hit)
+        alone = {package.name: package}
+        for other in others.values():
+            for kind, alt in self._negatives(other):
+                if _negative_hits(self.universe, alt, alone, other):
+                    return _clash_message(other, kind, alt, package)
+        return None
+
+    def _negatives(self, package: Package) -> Iterable[tuple[str, Alternative]]:
         for kind in ("conflicts", "breaks"):
             for group in self.universe.relations(package, kind):
                 for alt in group:
-                    for hit in _negative_hits(self.universe, alt, others, package):
-                        return _clash_message(package, kind, alt, hit)
-        for other in others.values():
-            for kind in ("conflicts", "breaks"):
-                for group in self.universe.relations(other, kind):
-                    for alt in group:
-                        if any(hit is package for hit in _negative_hits(self.universe, alt, {package.name: package}, other)):
-                            return _clash_message(other, kind, alt, package)
-        return None
+                    yield kind, alt
 
     def _explain(self, package: Package, kind: str, group: Group) -> str:
         """Why no alternative of ``group`` could be installed, naming the chain."""
         verb = "pre-depends on" if kind == "pre_depends" else kind.rstrip("s") + "s on"
         reasons = [self._explain_alt(alt) for alt in group]
-        chain = self._chain(package.name)
-        return f"{package.name} {package.version} {verb} {' | '.join(map(str, group))} but {'; '.join(reasons)}{chain}"
+        return f"{package.name} {package.version} {verb} {' | '.join(map(str, group))} but {'; '.join(reasons)}"
 
     def _explain_alt(self, alt: Alternative) -> str:
         solutions = [p for p in self._solutions(alt)]

@@ -93,7 +93,7 @@ def main() -> int:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    universe = Universe([p for path in args.packages for p in load_packages(path)], arch=args.arch)
+    universe = Universe([p for path in args.packages for p in load_packages(path)], args.arch)
     loaded = time.perf_counter()
     include = [i for i in args.include.replace(",", " ").split() if i]
     resolution = resolve(universe, variant=args.variant, include=include)

@@ -1,0 +1,471 @@
+"""Resolution on synthetic universes.
+
+Where a test pins a choice that depends on apt's order (which or-group
+alternative, which provider), the expected set was confirmed by running
+``apt-get -s install '?essential'`` (apt 2.6.1, ``pkgCacheGen::ForceEssential ","``,
+empty dpkg status) on the same stanzas written as a Packages file.
+"""
+
+import time
+from pathlib import Path
+
+import pytest
+from debian.deb822 import PkgRelation
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ocistrap.archive import Package
+from ocistrap.resolve import (
+    VARIANTS,
+    Alternative,
+    ResolveError,
+    Universe,
+    parse_relations,
+    resolve,
+    version_satisfies,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def pkg(name: str, version: str = "1", **fields: object) -> Package:
+    fields.setdefault("architecture", "amd64")
+    return Package(name=name, version=version, **fields)  # type: ignore[arg-type]
+
+
+def ess(name: str, version: str = "1", **fields: object) -> Package:
+    return pkg(name, version, essential=True, priority="required", **fields)
+
+
+def names(packages: list[Package]) -> list[str]:
+    return [p.name for p in packages]
+
+
+def essential_set(*packages: Package, include: tuple[str, ...] = ()) -> list[str]:
+    return names(resolve(Universe(packages, "amd64"), variant="essential", include=include).all)
+
+
+# --- relationship parsing -------------------------------------------------
+
+RELATION_SAMPLES = [
+    "libc6 (>= 2.34), libgcc-s1",
+    "debconf (>= 0.5) | debconf-2.0",
+    "perl:any, python3:any (>= 3.11~), foo:native",
+    "a (<< 1:2.0~rc1-3), b (>> 0), c (= 1.0+dfsg-1~bpo12+1), d (<= 2)",
+    "old (< 1), older (> 2)",
+    "libfoo-dev <!nocheck> | libbar-dev <stage1 cross>",
+    "  spaced   (  >=  1.0 ) ,tight(>=2)|other  ",
+]
+
+
+@pytest.mark.parametrize("text", RELATION_SAMPLES)
+def test_parse_relations_agrees_with_python_debian(text: str) -> None:
+    obsolete = {"<": "<=", ">": ">="}
+    expected = []
+    for group in PkgRelation.parse_relations(text):
+        alts = []
+        for alt in group:
+            version = alt["version"]
+            op, ver = (obsolete.get(version[0], version[0]), version[1]) if version else (None, None)
+            alts.append(Alternative(alt["name"], alt["archqual"], op, ver))
+        if alts:
+            expected.append(tuple(alts))
+    assert list(parse_relations(text, arch="amd64")) == expected
+
+
+def test_parse_relations_drops_other_architectures() -> None:
+    groups = parse_relations("x [amd64] | y [!amd64], z [i386 arm64], w", arch="amd64")
+    assert groups == ((Alternative("x"),), (Alternative("w"),))
+
+
+def test_parse_relations_rejects_garbage() -> None:
+    with pytest.raises(ResolveError, match="Depends of p 1"):
+        resolve(Universe([ess("p", depends="ok, (>= 1)")], "amd64"), variant="essential")
+
+
+@pytest.mark.parametrize(
+    ("version", "op", "wanted", "result"),
+    [
+        ("1:1.0", ">>", "9.9", True),
+        ("1.0~rc1", "<<", "1.0", True),
+        ("1.0~~", "<<", "1.0~", True),
+        ("1.0", ">=", "1.0-0", True),
+        ("2.36-9+deb12u4", ">=", "2.36-9+deb12u10", False),
+        ("1.0", "=", "1.0", True),
+        ("1.0", "<=", "0:1.0", True),
+        (None, ">=", "1", False),
+        (None, None, None, True),
+    ],
+)
+def test_version_satisfies(version: str | None, op: str | None, wanted: str | None, result: bool) -> None:
+    assert version_satisfies(version, op, wanted) is result
+
+
+# --- variants and stages --------------------------------------------------
+
+
+def small_archive() -> list[Package]:
+    return [
+        ess("base", depends="libc"),
+        pkg("libc", priority="optional"),
+        pkg("apt", priority="required", depends="libapt, libc"),
+        pkg("libapt", priority="important"),
+        pkg("tool", priority="important", depends="libc"),
+        pkg("extra", priority="standard"),
+        pkg("build-essential", priority="optional", depends="make"),
+        pkg("make", priority="optional"),
+        pkg("i386-only", architecture="i386", essential=True),
+        pkg("hello", architecture="all"),
+    ]
+
+
+def test_essential_stage_and_rest_follow_mmdebstrap() -> None:
+    universe = Universe(small_archive(), "amd64")
+    minbase = resolve(universe, variant="minbase")
+    assert names(minbase.essential) == ["base", "libc"]
+    assert names(minbase.rest) == ["apt", "libapt"]
+    assert names(minbase.all) == ["apt", "base", "libapt", "libc"]
+    assert resolve(universe, variant="required") == minbase
+
+
+@pytest.mark.parametrize(
+    ("variant", "rest"),
+    [
+        ("essential", []),
+        ("buildd", ["apt", "build-essential", "libapt", "make"]),
+        ("important", ["apt", "libapt", "tool"]),
+        ("standard", ["apt", "extra", "libapt", "tool"]),
+    ],
+)
+def test_variants(variant: str, rest: list[str]) -> None:
+    resolution = resolve(Universe(small_archive(), "amd64"), variant=variant)
+    assert names(resolution.essential) == ["base", "libc"]
+    assert names(resolution.rest) == rest
+
+
+def test_custom_installs_only_the_includes_in_one_stage() -> None:
+    resolution = resolve(Universe(small_archive(), "amd64"), variant="custom", include=["apt"])
+    assert names(resolution.essential) == ["apt", "libapt", "libc"]
+    assert resolution.rest == []
+
+
+def test_includes_go_to_the_second_stage() -> None:
+    resolution = resolve(Universe(small_archive(), "amd64"), variant="essential", include=["hello", "base"])
+    assert names(resolution.rest) == ["hello"]
+
+
+def test_unknown_variant() -> None:
+    with pytest.raises(ResolveError, match="unknown variant 'apt'"):
+        resolve(Universe([], "amd64"), variant="apt")
+    assert "minbase" in VARIANTS
+
+
+def test_candidate_is_the_highest_version() -> None:
+    universe = Universe([ess("a", "1.0"), ess("a", "1:0.1"), ess("a", "2.0~rc1")], "amd64")
+    assert [(p.name, p.version) for p in resolve(universe, variant="essential").all] == [("a", "1:0.1")]
+
+
+def test_include_with_version_pins_it() -> None:
+    universe = Universe([ess("base"), pkg("hello", "2"), pkg("hello", "1")], "amd64")
+    rest = resolve(universe, variant="essential", include=["hello=1"]).rest
+    assert [(p.name, p.version) for p in rest] == [("hello", "1")]
+    with pytest.raises(ResolveError, match=r"version 3 of hello is not available \(only 2, 1\)"):
+        resolve(universe, variant="essential", include=["hello=3"])
+
+
+# --- apt's choices ----------------------------------------------------------
+
+
+def test_first_satisfiable_alternative_wins() -> None:
+    assert essential_set(ess("a", depends="missing | b (>= 2) | c | d"), pkg("b"), pkg("c"), pkg("d")) == ["a", "c"]
+
+
+def test_satisfied_or_group_is_left_alone_in_apt_order() -> None:
+    """apt marks requested packages in the order it first met their names."""
+    y_first = [ess("b", depends="y"), ess("a", depends="x | y"), pkg("x"), pkg("y")]
+    assert essential_set(*y_first) == ["a", "b", "y"]
+    x_first = [ess("a", depends="x | y"), ess("b", depends="y"), pkg("x"), pkg("y")]
+    assert essential_set(*x_first) == ["a", "b", "x", "y"]
+
+
+def test_order_is_by_first_mention_not_by_name() -> None:
+    """``mawk`` is mentioned first (confirmed against apt), though ``dash`` sorts first."""
+    universe = [ess("mawk", depends="x | y"), ess("dash", depends="y"), pkg("x"), pkg("y")]
+    assert essential_set(*universe) == ["dash", "mawk", "x", "y"]
+
+
+def test_virtual_package_with_one_provider() -> None:
+    assert essential_set(ess("a", depends="awk"), pkg("mawk", provides="awk"), pkg("other")) == ["a", "mawk"]
+
+
+def test_several_providers_prefer_priority_then_the_later_package() -> None:
+    providers = [pkg("p1", provides="v"), pkg("p2", provides="v"), pkg("p3", provides="v", priority="extra")]
+    assert essential_set(ess("a", depends="v"), *providers) == ["a", "p2"]
+    important = [pkg("p1", provides="v"), pkg("p2", provides="v"), pkg("p3", provides="v", priority="important")]
+    assert essential_set(ess("a", depends="v"), *important) == ["a", "p3"]
+
+
+def test_real_package_beats_providers() -> None:
+    universe = [ess("a", depends="u"), pkg("u", architecture="all"), pkg("e", priority="required", provides="u")]
+    assert essential_set(*universe) == ["a", "u"]
+
+
+def test_versioned_provides() -> None:
+    universe = [
+        ess("a", depends="v (>= 2)"),
+        pkg("plain", provides="v"),
+        pkg("old", provides="v (= 1)"),
+        pkg("new", provides="v (= 2.0~beta), w"),
+        pkg("newest", provides="v (=3)"),
+    ]
+    assert essential_set(*universe) == ["a", "newest"]
+    assert essential_set(ess("a", depends="v (<< 2)"), *universe[1:]) == ["a", "old"]
+
+
+def test_versioned_constraints_with_epochs_and_tildes() -> None:
+    assert essential_set(ess("a", depends="b (>= 2)"), pkg("b", "1:1")) == ["a", "b"]
+    assert essential_set(ess("a", depends="b (<< 2) | c"), pkg("b", "2~rc1"), pkg("c")) == ["a", "b"]
+    with pytest.raises(ResolveError, match=r"a 1 depends on b \(>= 2\) but only 2~rc1 of b is available"):
+        essential_set(ess("a", depends="b (>= 2)"), pkg("b", "2~rc1"))
+
+
+def test_pre_depends_are_installed() -> None:
+    universe = [ess("a", pre_depends="b"), pkg("b", depends="c"), pkg("c")]
+    assert essential_set(*universe) == ["a", "b", "c"]
+
+
+def test_any_qualifier_needs_multi_arch_allowed() -> None:
+    universe = [
+        ess("a", depends="w:any | z, t:any, q:any | r"),
+        pkg("w", multi_arch="foreign"),
+        pkg("z"),
+        pkg("t", multi_arch="allowed"),
+        pkg("s", multi_arch="allowed", provides="q"),
+        pkg("r"),
+    ]
+    assert essential_set(*universe) == ["a", "s", "t", "z"]
+
+
+def test_native_qualifier_and_foreign_architectures() -> None:
+    universe = [ess("a", depends="b:native, c:i386 | d"), pkg("b", multi_arch="same"), pkg("c"), pkg("d")]
+    assert essential_set(*universe) == ["a", "b", "d"]
+
+
+def test_recommends_only_when_asked() -> None:
+    universe = Universe([ess("a", recommends="r | s, missing"), pkg("r", depends="d"), pkg("d"), pkg("s")], "amd64")
+    assert names(resolve(universe, variant="essential").all) == ["a"]
+    with_recommends = resolve(universe, variant="essential", install_recommends=True)
+    assert names(with_recommends.all) == ["a", "d", "r"]
+
+
+def test_dependency_cycles_terminate() -> None:
+    universe = [ess("a", depends="b"), pkg("b", pre_depends="c"), pkg("c", depends="a, b")]
+    assert essential_set(*universe) == ["a", "b", "c"]
+
+
+def test_a_failing_alternative_falls_through_to_the_next() -> None:
+    universe = [ess("a", depends="b | c"), pkg("b", depends="gone"), pkg("c")]
+    assert essential_set(*universe) == ["a", "c"]
+
+
+def test_stage_two_reuses_what_the_essential_stage_installed() -> None:
+    universe = Universe(
+        [ess("base", depends="x | y"), pkg("tool", priority="required", depends="y | x"), pkg("x"), pkg("y")],
+        "amd64",
+    )
+    resolution = resolve(universe, variant="minbase")
+    assert names(resolution.essential) == ["base", "x"]
+    assert names(resolution.rest) == ["tool"]
+
+
+# --- errors -----------------------------------------------------------------
+
+
+def test_unknown_include_suggests_near_names() -> None:
+    universe = Universe([ess("base"), pkg("hello"), pkg("help")], "amd64")
+    with pytest.raises(ResolveError, match="unknown package 'helo'") as caught:
+        resolve(universe, variant="minbase", include=["helo"])
+    assert "hello" in str(caught.value)
+
+
+def test_virtual_include() -> None:
+    universe = Universe([ess("base"), pkg("mawk", provides="awk"), pkg("gawk", provides="awk, x")], "amd64")
+    assert names(resolve(universe, variant="essential", include=["x"]).rest) == ["gawk"]
+    with pytest.raises(ResolveError, match="awk is a virtual package provided by gawk, mawk"):
+        resolve(universe, variant="essential", include=["awk"])
+
+
+def test_patterns_are_not_includes() -> None:
+    with pytest.raises(ResolveError, match="cannot include"):
+        resolve(Universe([ess("base")], "amd64"), variant="essential", include=["?priority(important)"])
+
+
+def test_unsatisfiable_dependency_names_the_chain() -> None:
+    universe = [ess("a", depends="b"), pkg("b", depends="c (>= 2)"), pkg("c", "1")]
+    with pytest.raises(ResolveError) as caught:
+        essential_set(*universe)
+    assert str(caught.value) == "b 1 depends on c (>= 2) but only 1 of c is available (needed by a)"
+
+
+def test_failure_below_a_choice_is_explained() -> None:
+    universe = [ess("a", depends="b | c"), pkg("b", depends="nothere"), pkg("c", depends="old (>= 2)"), pkg("old")]
+    with pytest.raises(ResolveError) as caught:
+        essential_set(*universe)
+    assert str(caught.value) == (
+        "a 1 depends on b | c but b cannot be installed (b 1 depends on nothere but nothere is not available); "
+        "c cannot be installed (c 1 depends on old (>= 2) but only 1 of old is available)"
+    )
+
+
+def test_missing_dependency() -> None:
+    with pytest.raises(ResolveError, match="a 1 pre-depends on nothere but nothere is not available"):
+        essential_set(ess("a", pre_depends="nothere"))
+
+
+def test_conflicting_includes() -> None:
+    universe = Universe([ess("base"), pkg("a", conflicts="b"), pkg("b")], "amd64")
+    with pytest.raises(ResolveError, match="a 1 conflicts with b, but b 1 is selected too"):
+        resolve(universe, variant="essential", include=["a", "b"])
+
+
+def test_breaks_through_a_virtual_package() -> None:
+    universe = Universe([ess("base", breaks="v (<< 2)"), pkg("p", provides="v (= 1)")], "amd64")
+    with pytest.raises(ResolveError, match="base 1 breaks v \\(<< 2\\), but p 1 is selected too"):
+        resolve(universe, variant="essential", include=["p"])
+
+
+def test_a_conflicting_alternative_is_skipped() -> None:
+    universe = [ess("a", depends="b | c"), ess("z"), pkg("b", conflicts="z"), pkg("c")]
+    assert essential_set(*universe) == ["a", "c", "z"]
+
+
+def test_self_conflicts_through_provides_are_allowed() -> None:
+    assert essential_set(ess("mawk", provides="awk", conflicts="awk")) == ["mawk"]
+
+
+# --- properties -------------------------------------------------------------
+
+NAMES = [f"p{i}" for i in range(6)]
+VERSIONS = ["1", "2", "1:0.5", "2~rc1"]
+
+
+@st.composite
+def alternatives(draw: st.DrawFn) -> str:
+    name = draw(st.sampled_from(NAMES + ["v1", "v2"]))
+    if draw(st.booleans()):
+        return name
+    return f"{name} ({draw(st.sampled_from(['<<', '<=', '=', '>=', '>>']))} {draw(st.sampled_from(VERSIONS))})"
+
+
+def relation_field() -> st.SearchStrategy[str]:
+    groups = st.lists(st.lists(alternatives(), min_size=1, max_size=3).map(" | ".join), max_size=3)
+    return groups.map(", ".join)
+
+
+@st.composite
+def universes(draw: st.DrawFn) -> list[Package]:
+    packages = []
+    for name in draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=6, unique=True)):
+        provides = draw(st.sampled_from(["", "v1", "v2 (= 1)", "v1 (= 2), v2"]))
+        packages.append(
+            Package(
+                name=name,
+                version=draw(st.sampled_from(VERSIONS)),
+                architecture=draw(st.sampled_from(["amd64", "all", "i386"])),
+                essential=draw(st.booleans()),
+                priority=draw(st.sampled_from(["required", "important", "optional"])),
+                depends=draw(relation_field()),
+                pre_depends=draw(st.sampled_from(["", "p0", "v1 (>= 2)"])),
+                provides=provides,
+                breaks=draw(st.sampled_from(["", "", "p1", "v2"])),
+            )
+        )
+    return packages
+
+
+@settings(max_examples=300, deadline=None)
+@given(universes(), st.sampled_from(VARIANTS), st.lists(st.sampled_from(NAMES), max_size=2))
+def test_resolution_is_closed_or_an_error(packages: list[Package], variant: str, include: list[str]) -> None:
+    universe = Universe(packages, "amd64")
+    try:
+        resolution = resolve(universe, variant=variant, include=include)
+    except ResolveError:
+        return
+    selected = {p.name: p for p in resolution.all}
+    assert len(selected) == len(resolution.essential) + len(resolution.rest)
+    for package in selected.values():
+        assert package.architecture in ("amd64", "all")
+        for kind in ("pre_depends", "depends"):
+            for group in universe.relations(package, kind):
+                assert any(selected.get(s.name) is s for alt in group for s in universe.solutions(alt)), (
+                    package,
+                    group,
+                )
+
+
+# --- reference fixtures -------------------------------------------------------
+
+
+def read_fixture(name: str) -> set[tuple[str, ...]]:
+    lines = (DATA / name).read_text().splitlines()
+    return {tuple(line.split()) for line in lines if line and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("mmdebstrap-*.txt")))
+def test_reference_fixtures_are_consistent(name: str) -> None:
+    """Each stage list is a subset of its full list; essential stages repeat per suite."""
+    rows = read_fixture(name)
+    assert rows and all(len(row) == 3 for row in rows)
+    if ".essential-stage" in name:
+        assert rows <= read_fixture(name.replace(".essential-stage", ""))
+
+
+# --- against the real archive ---------------------------------------------------
+
+MIRROR = "http://deb.debian.org"
+SUITE_INDICES = {
+    # mmdebstrap adds -updates and -security for a stable suite; sid is alone.
+    "bookworm": ["debian/dists/bookworm", "debian/dists/bookworm-updates", "debian-security/dists/bookworm-security"],
+    "sid": ["debian/dists/sid"],
+}
+REFERENCE_RUNS = [
+    ("bookworm", "minbase", ()),
+    ("bookworm", "minbase", ("hello", "procps")),
+    ("bookworm", "essential", ()),
+    ("bookworm", "buildd", ()),
+    ("sid", "minbase", ()),
+    ("sid", "buildd", ()),
+]
+
+
+@pytest.fixture(scope="module")
+def live_universes() -> dict[str, Universe]:
+    import lzma
+    import urllib.request
+
+    from ocistrap.archive import parse_packages
+
+    universes = {}
+    for suite, indices in SUITE_INDICES.items():
+        packages: list[Package] = []
+        for index in indices:
+            url = f"{MIRROR}/{index}/main/binary-amd64/Packages.xz"
+            with urllib.request.urlopen(url, timeout=120) as response:
+                packages += parse_packages(lzma.decompress(response.read()), what=url)
+        universes[suite] = Universe(packages, "amd64")
+    return universes
+
+
+@pytest.mark.network
+@pytest.mark.parametrize(("suite", "variant", "include"), REFERENCE_RUNS)
+def test_matches_recorded_mmdebstrap_runs(
+    live_universes: dict[str, Universe], suite: str, variant: str, include: tuple[str, ...]
+) -> None:
+    """The frozen mirror still serves what mmdebstrap 1.3.5 installed from it (tests/data)."""
+    stem = "-".join([f"mmdebstrap-{suite}-{variant}", *include])
+    started = time.perf_counter()
+    resolution = resolve(live_universes[suite], variant=variant, include=include)
+    assert time.perf_counter() - started < 1.0
+    assert {(p.name, p.version, p.architecture) for p in resolution.all} == read_fixture(f"{stem}.txt")
+    essential = {(p.name, p.version, p.architecture) for p in resolution.essential}
+    assert essential == read_fixture(f"{stem}.essential-stage.txt")
