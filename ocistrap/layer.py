@@ -1,0 +1,625 @@
+"""Root filesystem trees as deterministic OCI layer tar streams, and those streams as blobs.
+
+The two halves run in different processes: ``write_tree``/``write_diff`` walk the
+tree inside the user namespace (where owners are the in-image ids) and write a tar
+stream to a pipe; ``write_blob`` reads that pipe outside, as the host user, and
+stores the compressed blob under its digest. They share nothing but the byte
+stream, so each is testable on a plain temp dir.
+
+Determinism: the same tree gives the same bytes. Entries are in depth-first order
+with each directory's names sorted by their bytes (parents before children), mtimes
+are clamped to ``epoch`` as integers, no atime/ctime/uname/gname are written, and the
+compressed bytes depend only on the uncompressed bytes (not on read sizes or the
+number of cores).
+
+Run inside the namespace as ``python -m ocistrap.layer tree ROOT --epoch N`` (see
+``main``); the tar stream goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import errno
+import hashlib
+import json
+import os
+import stat
+import struct
+import sys
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
+
+import zstandard
+
+from ocistrap.errors import OcistrapError
+
+MOUNT_POINTS: tuple[str, ...] = ("dev", "proc", "sys")
+"""Directories whose contents the runtime provides: written empty."""
+
+XATTR_ALLOW: tuple[str, ...] = ("security.capability",)
+"""Extended attributes carried into layers; others (e.g. SELinux labels of the host) are not."""
+
+WHITEOUT_PREFIX = ".wh."
+
+MEDIA_TYPES: dict[str, str] = {
+    "none": "application/vnd.oci.image.layer.v1.tar",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+
+GZIP_LEVEL = 6
+ZSTD_LEVEL = 3
+CHUNK_SIZE = 1 << 20
+"""Unit of reading, hashing and (for gzip) independent deflate; part of the gzip bytes."""
+
+_BLOCK = tarfile.BLOCKSIZE
+_END_OF_ARCHIVE = bytes(2 * _BLOCK)
+_PAX = tarfile.PAX_FORMAT
+
+XattrReader = Callable[[str], dict[str, bytes]]
+
+
+class LayerError(OcistrapError):
+    """A tree could not be written as a layer, or a blob could not be stored."""
+
+
+@dataclass(frozen=True)
+class TreeStats:
+    """What went into a tar stream."""
+
+    entries: int
+    file_bytes: int
+    whiteouts: int
+    skipped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    """A stored layer: what a manifest (digest, size, media type) and a config (diff_id) need."""
+
+    digest: str
+    size: int
+    diff_id: str
+    media_type: str
+    uncompressed_size: int
+
+
+class Signature(NamedTuple):
+    """Enough of an lstat to tell that a path changed; ctime catches chmod, chown, xattrs, writes."""
+
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    nlink: int
+    rdev: int
+    target: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The signature of every path of a tree, by relative path, to diff a later state against."""
+
+    paths: dict[str, Signature]
+
+    def dumps(self) -> str:
+        """Serialize for the next process inside the namespace (surrogates survive via escapes)."""
+        return json.dumps({"version": 1, "paths": [[p, *s] for p, s in self.paths.items()]})
+
+    @classmethod
+    def loads(cls, text: str) -> "Snapshot":
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("version") != 1:
+            raise LayerError("not an ocistrap tree snapshot (version 1)")
+        return cls({row[0]: Signature(*row[1:]) for row in doc["paths"]})
+
+
+# --- Tree walking -----------------------------------------------------------------
+
+
+class _Entry(NamedTuple):
+    rel: str
+    path: str
+    st: os.stat_result
+
+
+def _walk(root: Path, empty_dirs: frozenset[str]) -> Iterator[_Entry]:
+    """Every path under ROOT (not ROOT itself), depth-first, names sorted by bytes."""
+
+    def visit(directory: str, prefix: str) -> Iterator[_Entry]:
+        try:
+            with os.scandir(directory) as it:
+                names = sorted((e.name for e in it), key=os.fsencode)
+        except OSError as exc:
+            raise LayerError(f"cannot list {directory}: {exc.strerror}") from exc
+        for name in names:
+            path = os.path.join(directory, name)
+            rel = prefix + name
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                raise LayerError(f"cannot stat {path}: {exc.strerror}") from exc
+            yield _Entry(rel, path, st)
+            if stat.S_ISDIR(st.st_mode) and rel not in empty_dirs:
+                yield from visit(path, rel + "/")
+
+    yield from visit(os.fspath(root), "")
+
+
+def _normalized_dirs(empty_dirs: Iterable[str]) -> frozenset[str]:
+    return frozenset(d.strip("/") for d in empty_dirs)
+
+
+def read_xattrs(path: str) -> dict[str, bytes]:
+    """The allowed xattrs of PATH (not following symlinks); absent or unsupported ones are skipped."""
+    found = {}
+    for name in XATTR_ALLOW:
+        try:
+            found[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+                raise LayerError(f"cannot read xattr {name} of {path}: {exc.strerror}") from exc
+    return found
+
+
+def _read_link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        raise LayerError(f"cannot read symlink {path}: {exc.strerror}") from exc
+
+
+_TYPES: dict[int, bytes] = {
+    stat.S_IFREG: tarfile.REGTYPE,
+    stat.S_IFDIR: tarfile.DIRTYPE,
+    stat.S_IFLNK: tarfile.SYMTYPE,
+    stat.S_IFCHR: tarfile.CHRTYPE,
+    stat.S_IFBLK: tarfile.BLKTYPE,
+    stat.S_IFIFO: tarfile.FIFOTYPE,
+}
+
+
+def tar_header(
+    rel: str,
+    st: os.stat_result,
+    *,
+    epoch: int,
+    symlink_target: str = "",
+    hardlink_to: str | None = None,
+    xattrs: dict[str, bytes] | None = None,
+) -> bytes:
+    """The PAX header blocks of one entry (of a type in ``_TYPES``: sockets have no tar form).
+
+    Pure: everything comes from the arguments, so owners, devices and capabilities
+    are testable without privileges.
+    """
+    kind = _TYPES[stat.S_IFMT(st.st_mode)]
+    info = tarfile.TarInfo(rel)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uname = info.gname = ""
+    info.mtime = min(st.st_mtime_ns // 1_000_000_000, epoch)
+    if hardlink_to is not None:
+        info.type, info.linkname = tarfile.LNKTYPE, hardlink_to
+    else:
+        info.type = kind
+        info.linkname = symlink_target
+        if kind == tarfile.REGTYPE:
+            info.size = st.st_size
+        elif kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    for name, value in sorted((xattrs or {}).items()):
+        info.pax_headers["SCHILY.xattr." + name] = value.decode("utf-8", "surrogateescape")
+    return info.tobuf(_PAX, "utf-8", "surrogateescape")
+
+
+def whiteout_header(rel: str, *, epoch: int) -> bytes:
+    """The OCI whiteout entry that deletes REL of the layers below."""
+    parent, _, name = rel.rpartition("/")
+    info = tarfile.TarInfo((parent + "/" if parent else "") + WHITEOUT_PREFIX + name)
+    info.mode, info.mtime, info.uname, info.gname = 0o644, epoch, "", ""
+    return info.tobuf(_PAX, "utf-8", "surrogateescape")
+
+
+class _TarWriter:
+    """Writes entries to OUT, streaming file contents, linking repeated inodes."""
+
+    def __init__(self, out: BinaryIO, epoch: int, read_xattrs: XattrReader) -> None:
+        self.out = out
+        self.epoch = epoch
+        self.read_xattrs = read_xattrs
+        self.first_path: dict[tuple[int, int], str] = {}
+        self.buffer = bytearray(CHUNK_SIZE)
+        self.entries = self.file_bytes = self.whiteouts = 0
+        self.skipped: list[str] = []
+
+    def add(self, entry: _Entry) -> None:
+        st = entry.st
+        if stat.S_IFMT(st.st_mode) not in _TYPES:
+            self.skipped.append(entry.rel)
+            return
+        hardlink_to = None
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            hardlink_to = self.first_path.setdefault((st.st_dev, st.st_ino), entry.rel)
+            if hardlink_to == entry.rel:
+                hardlink_to = None
+        target = _read_link(entry.path) if stat.S_ISLNK(st.st_mode) else ""
+        xattrs = self.read_xattrs(entry.path) if stat.S_ISREG(st.st_mode) and hardlink_to is None else {}
+        header = tar_header(
+            entry.rel, st, epoch=self.epoch, symlink_target=target, hardlink_to=hardlink_to, xattrs=xattrs
+        )
+        self.out.write(header)
+        self.entries += 1
+        if stat.S_ISREG(st.st_mode) and hardlink_to is None:
+            self._copy(entry.path, st.st_size)
+
+    def add_whiteout(self, rel: str) -> None:
+        self.out.write(whiteout_header(rel, epoch=self.epoch))
+        self.entries += 1
+        self.whiteouts += 1
+
+    def _copy(self, path: str, size: int) -> None:
+        view = memoryview(self.buffer)
+        left = size
+        try:
+            with open(path, "rb", buffering=0) as f:
+                while left:
+                    n = f.readinto(view[: min(left, CHUNK_SIZE)])
+                    if not n:
+                        raise LayerError(f"{path} shrank while it was being archived")
+                    self.out.write(view[:n])
+                    left -= n
+        except OSError as exc:
+            raise LayerError(f"cannot read {path}: {exc.strerror}") from exc
+        self.file_bytes += size
+        if size % _BLOCK:
+            self.out.write(bytes(_BLOCK - size % _BLOCK))
+
+    def finish(self) -> TreeStats:
+        self.out.write(_END_OF_ARCHIVE)
+        self.out.flush()
+        return TreeStats(self.entries, self.file_bytes, self.whiteouts, tuple(self.skipped))
+
+
+def write_tree(
+    root: Path,
+    out: BinaryIO,
+    *,
+    epoch: int,
+    empty_dirs: Iterable[str] = MOUNT_POINTS,
+    read_xattrs: XattrReader = read_xattrs,
+) -> TreeStats:
+    """Write the whole tree under ROOT to OUT as one layer tar stream (ROOT itself is not an entry)."""
+    writer = _TarWriter(out, epoch, read_xattrs)
+    for entry in _walk(root, _normalized_dirs(empty_dirs)):
+        writer.add(entry)
+    return writer.finish()
+
+
+# --- Snapshots and diffs --------------------------------------------------------------
+
+
+def _signature(entry: _Entry) -> Signature:
+    st = entry.st
+    target = _read_link(entry.path) if stat.S_ISLNK(st.st_mode) else ""
+    return Signature(
+        st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+        st.st_ino, st.st_nlink, st.st_rdev, target,
+    )  # fmt: skip
+
+
+def snapshot(root: Path, *, empty_dirs: Iterable[str] = MOUNT_POINTS) -> Snapshot:
+    """Record the tree under ROOT so that ``write_diff`` can later emit only what changed."""
+    return Snapshot({e.rel: _signature(e) for e in _walk(root, _normalized_dirs(empty_dirs))})
+
+
+def _parent(rel: str) -> str:
+    return rel.rpartition("/")[0]
+
+
+def _ancestors(rel: str) -> Iterator[str]:
+    parent = _parent(rel)
+    while parent:
+        yield parent
+        parent = _parent(parent)
+
+
+def removed_paths(before: dict[str, Signature], after: dict[str, Signature]) -> list[str]:
+    """The topmost paths of BEFORE that AFTER no longer has (a directory that became
+    something else counts as removed, so that nothing of it survives below the new entry)."""
+    gone = {
+        rel
+        for rel, old in before.items()
+        if rel not in after or (stat.S_ISDIR(old.mode) and not stat.S_ISDIR(after[rel].mode))
+    }
+    return sorted((r for r in gone if not any(a in gone for a in _ancestors(r))), key=os.fsencode)
+
+
+def changed_paths(before: dict[str, Signature], after: dict[str, Signature]) -> set[str]:
+    """Paths of AFTER that are new or differ, plus the directories that must hold them and
+    the whiteouts of removed paths."""
+    changed = {rel for rel, sig in after.items() if before.get(rel) != sig}
+    holders = changed.union(removed_paths(before, after))
+    return changed | {a for rel in holders for a in _ancestors(rel)}
+
+
+def write_diff(
+    root: Path,
+    before: Snapshot,
+    out: BinaryIO,
+    *,
+    epoch: int,
+    empty_dirs: Iterable[str] = MOUNT_POINTS,
+    read_xattrs: XattrReader = read_xattrs,
+) -> TreeStats:
+    """Write the changes of ROOT since BEFORE as a layer: new and changed entries, their
+    parent directories, and a whiteout for each removed path (before its parent's other children)."""
+    entries = list(_walk(root, _normalized_dirs(empty_dirs)))
+    after = {e.rel: _signature(e) for e in entries}
+    include = changed_paths(before.paths, after)
+    whiteouts: dict[str, list[str]] = collections.defaultdict(list)
+    for rel in removed_paths(before.paths, after):
+        whiteouts[_parent(rel)].append(rel)
+    writer = _TarWriter(out, epoch, read_xattrs)
+    for rel in whiteouts.get("", []):
+        writer.add_whiteout(rel)
+    for entry in entries:
+        if entry.rel in include:
+            writer.add(entry)
+            for rel in whiteouts.get(entry.rel, []):
+                writer.add_whiteout(rel)
+    return writer.finish()
+
+
+# --- Tar stream -> blob -----------------------------------------------------------------
+
+
+def _chunks(stream: BinaryIO, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Fixed-size chunks of STREAM (only the last may be short), whatever its read sizes."""
+    while True:
+        buf = bytearray(size)
+        view = memoryview(buf)
+        filled = 0
+        while filled < size:
+            n = stream.readinto(view[filled:])
+            if not n:
+                break
+            filled += n
+        if filled:
+            yield bytes(view[:filled]) if filled < size else bytes(buf)
+        if filled < size:
+            return
+
+
+class _Codec:
+    """Uncompressed chunks in, compressed byte strings out (in order)."""
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        yield chunk
+
+    def finish(self) -> Iterator[bytes]:
+        yield from ()
+
+
+class _Zstd(_Codec):
+    def __init__(self, threads: int) -> None:
+        self.obj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=max(1, threads)).compressobj()
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        out = self.obj.compress(chunk)
+        if out:
+            yield out
+
+    def finish(self) -> Iterator[bytes]:
+        yield self.obj.flush()
+
+
+def _deflate(chunk: bytes, dictionary: bytes, level: int) -> bytes:
+    """One chunk as raw deflate blocks ending on a byte boundary, primed with the previous 32 KiB."""
+    if dictionary:
+        obj = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, zdict=dictionary)
+    else:
+        obj = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL)
+    return obj.compress(chunk) + obj.flush(zlib.Z_SYNC_FLUSH)
+
+
+class _ParallelGzip(_Codec):
+    """One gzip member whose deflate stream is made of independently compressed chunks
+    (pigz's scheme): the bytes depend on the input only, not on the number of workers."""
+
+    HEADER = b"\x1f\x8b\x08\x00" + b"\x00\x00\x00\x00" + b"\x00\xff"  # no name, mtime 0, OS unknown
+    FINAL_EMPTY_BLOCK = b"\x03\x00"
+
+    def __init__(self, workers: int, level: int = GZIP_LEVEL) -> None:
+        self.level = level
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
+        self.pending: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+        self.depth = 2 * max(1, workers)
+        self.previous_tail = b""
+        self.crc = 0
+        self.length = 0
+        self.started = False
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        if not self.started:
+            self.started = True
+            yield self.HEADER
+        self.crc = zlib.crc32(chunk, self.crc)
+        self.length += len(chunk)
+        self.pending.append(self.pool.submit(_deflate, chunk, self.previous_tail, self.level))
+        self.previous_tail = chunk[-(1 << 15) :]
+        while len(self.pending) > self.depth:
+            yield self.pending.popleft().result()
+
+    def finish(self) -> Iterator[bytes]:
+        if not self.started:
+            yield self.HEADER
+        while self.pending:
+            yield self.pending.popleft().result()
+        self.pool.shutdown()
+        yield self.FINAL_EMPTY_BLOCK + struct.pack("<II", self.crc, self.length & 0xFFFFFFFF)
+
+    def close(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _codec(compression: str, workers: int) -> _Codec:
+    if compression == "gzip":
+        return _ParallelGzip(workers)
+    if compression == "zstd":
+        return _Zstd(workers)
+    return _Codec()
+
+
+class _TarTail:
+    """Keeps the last two blocks seen, to tell a complete tar stream from a truncated one."""
+
+    def __init__(self) -> None:
+        self.tail = b""
+
+    def update(self, chunk: bytes) -> None:
+        self.tail = (self.tail + chunk[-len(_END_OF_ARCHIVE) :])[-len(_END_OF_ARCHIVE) :]
+
+    def complete(self, size: int) -> bool:
+        return size % _BLOCK == 0 and self.tail == _END_OF_ARCHIVE
+
+
+def write_blob(
+    stream: BinaryIO, blobs_dir: Path, *, compression: str, workers: int | None = None
+) -> LayerBlob:
+    """Compress the tar STREAM into BLOBS_DIR/<hex of sha256> in one pass, atomically.
+
+    The blob appears only when complete and synced; a failed or truncated stream
+    leaves nothing behind. WORKERS (default: the usable cores) changes speed, never bytes.
+    """
+    if compression not in MEDIA_TYPES:
+        raise LayerError(f"unknown layer compression {compression!r}", hint="use gzip, zstd or none")
+    codec = _codec(compression, workers or _cores())
+    raw, packed, tail = hashlib.sha256(), hashlib.sha256(), _TarTail()
+    raw_size = packed_size = 0
+    try:
+        fd, tmp = tempfile.mkstemp(dir=blobs_dir, prefix=".tmp-", suffix=".blob")
+    except OSError as exc:
+        raise _storage_error(exc, blobs_dir) from exc
+    try:
+        with open(fd, "wb") as f:
+            for chunk in _chunks(stream):
+                raw.update(chunk)
+                tail.update(chunk)
+                raw_size += len(chunk)
+                for out in codec.feed(chunk):
+                    packed.update(out)
+                    packed_size += len(out)
+                    f.write(out)
+            if not tail.complete(raw_size):
+                raise LayerError(
+                    f"the layer tar stream ended early after {raw_size} bytes",
+                    hint="the tree writer failed; see its error above",
+                )
+            for out in codec.finish():
+                packed.update(out)
+                packed_size += len(out)
+                f.write(out)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+        final = blobs_dir / packed.hexdigest()
+        if final.exists():
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, final)
+            _fsync_dir(blobs_dir)
+    except OSError as exc:
+        _discard(tmp)
+        raise _storage_error(exc, blobs_dir) from exc
+    except BaseException:
+        _discard(tmp)
+        raise
+    finally:
+        if isinstance(codec, _ParallelGzip):
+            codec.close()
+    return LayerBlob(
+        digest="sha256:" + packed.hexdigest(),
+        size=packed_size,
+        diff_id="sha256:" + raw.hexdigest(),
+        media_type=MEDIA_TYPES[compression],
+        uncompressed_size=raw_size,
+    )
+
+
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _storage_error(exc: OSError, blobs_dir: Path) -> LayerError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LayerError(f"no space left writing a layer blob in {blobs_dir}", hint="free space or choose another output")
+    return LayerError(f"cannot write a layer blob in {blobs_dir}: {exc.strerror or exc}")
+
+
+# --- Entry point inside the namespace ---------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tree ROOT``, ``diff ROOT --before SNAP`` or ``snapshot ROOT``: tar to stdout, snapshot to a file."""
+    parser = argparse.ArgumentParser(prog="python -m ocistrap.layer")
+    parser.add_argument("command", choices=("tree", "diff", "snapshot"))
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--epoch", type=int, default=0)
+    parser.add_argument("--before", type=Path, help="snapshot file the diff is against")
+    parser.add_argument("--snapshot-out", type=Path, help="write a snapshot of ROOT here afterwards")
+    parser.add_argument("--empty-dir", action="append", dest="empty_dirs", help="omit this directory's contents")
+    args = parser.parse_args(argv)
+    empty_dirs = MOUNT_POINTS if args.empty_dirs is None else tuple(args.empty_dirs)
+    try:
+        if args.command == "tree":
+            write_tree(args.root, sys.stdout.buffer, epoch=args.epoch, empty_dirs=empty_dirs)
+        elif args.command == "diff":
+            if args.before is None:
+                parser.error("diff needs --before SNAPSHOT")
+            before = Snapshot.loads(args.before.read_text())
+            write_diff(args.root, before, sys.stdout.buffer, epoch=args.epoch, empty_dirs=empty_dirs)
+        if args.snapshot_out is not None or args.command == "snapshot":
+            target = args.snapshot_out
+            text = snapshot(args.root, empty_dirs=empty_dirs).dumps()
+            if target is None:
+                sys.stdout.write(text)
+            else:
+                target.write_text(text)
+    except OcistrapError as exc:
+        print(f"ocistrap.layer: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        print("ocistrap.layer: the reader of the tar stream went away", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
