@@ -166,7 +166,7 @@ def read_xattrs(path: str) -> dict[str, bytes]:
         try:
             found[name] = os.getxattr(path, name, follow_symlinks=False)
         except OSError as exc:
-            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
                 raise LayerError(f"cannot read xattr {name} of {path}: {exc.strerror}") from exc
     return found
 
@@ -385,29 +385,34 @@ def write_diff(
 
 def _chunks(stream: BinaryIO, size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """Fixed-size chunks of STREAM (only the last may be short), whatever its read sizes."""
+    view = memoryview(bytearray(size))
     while True:
-        buf = bytearray(size)
-        view = memoryview(buf)
         filled = 0
         while filled < size:
-            n = stream.readinto(view[filled:])
+            try:
+                n = stream.readinto(view[filled:])
+            except OSError as exc:
+                raise LayerError(f"cannot read the layer tar stream: {exc.strerror or exc}") from exc
             if not n:
                 break
             filled += n
         if filled:
-            yield bytes(view[:filled]) if filled < size else bytes(buf)
+            yield bytes(view[:filled])
         if filled < size:
             return
 
 
 class _Codec:
-    """Uncompressed chunks in, compressed byte strings out (in order)."""
+    """Uncompressed chunks in, compressed byte strings out, in order; this base stores them as they are."""
 
     def feed(self, chunk: bytes) -> Iterator[bytes]:
         yield chunk
 
     def finish(self) -> Iterator[bytes]:
         yield from ()
+
+    def close(self) -> None:
+        """Release workers, also after a failure."""
 
 
 class _Zstd(_Codec):
@@ -502,7 +507,8 @@ class _TarTail:
 def write_blob(
     stream: BinaryIO, blobs_dir: Path, *, compression: str, workers: int | None = None
 ) -> LayerBlob:
-    """Compress the tar STREAM into BLOBS_DIR/<hex of sha256> in one pass, atomically.
+    """Compress the tar STREAM (anything with ``readinto``, e.g. a pipe) into
+    BLOBS_DIR/<hex of sha256> in one pass, atomically.
 
     The blob appears only when complete and synced; a failed or truncated stream
     leaves nothing behind. WORKERS (default: the usable cores) changes speed, never bytes.
@@ -551,8 +557,7 @@ def write_blob(
         _discard(tmp)
         raise
     finally:
-        if isinstance(codec, _ParallelGzip):
-            codec.close()
+        codec.close()
     return LayerBlob(
         digest="sha256:" + packed.hexdigest(),
         size=packed_size,
@@ -579,7 +584,9 @@ def _fsync_dir(directory: Path) -> None:
 
 def _storage_error(exc: OSError, blobs_dir: Path) -> LayerError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return LayerError(f"no space left writing a layer blob in {blobs_dir}", hint="free space or choose another output")
+        return LayerError(
+            f"no space left writing a layer blob in {blobs_dir}", hint="free space or choose another output"
+        )
     return LayerError(f"cannot write a layer blob in {blobs_dir}: {exc.strerror or exc}")
 
 
