@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -160,7 +160,7 @@ class _LayoutChecker:
     def document(self, desc: Descriptor, schema: str, where: str) -> dict[str, Any]:
         path = self._blob(desc, where)
         data = path.read_bytes()
-        self._count(desc, _digest_mismatch(desc, len(data), "sha256:" + hashlib.sha256(data).hexdigest()), path)
+        self._count(desc, _digest_mismatch(desc, len(data), "sha256:" + hashlib.sha256(data).hexdigest()), path, where)
         doc = _load_json(data, f"{self._name(path)} ({where})")
         validate(doc, schema, what=f"{self._name(path)} ({where})")
         declared = doc.get("mediaType")

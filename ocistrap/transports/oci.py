@@ -34,7 +34,6 @@ LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
 LOCK_FILE = ".ocistrap.lock"
 LAYOUT_VERSION = "1.0.0"
-_CHUNK = 1 << 20
 
 
 def blob_path(root: Path, digest: str) -> Path:

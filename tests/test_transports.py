@@ -1,0 +1,536 @@
+"""Reference parsing and the local transports (oci, oci-archive, docker-archive), with real clients.
+
+The tiny images here are built from generated layer tars; the helpers at the
+top are shared with test_verify.py (``ocistrap.layer`` is not used, so these
+tests stand on their own).
+"""
+
+import gzip
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from ocistrap import image
+from ocistrap.image import Descriptor
+from ocistrap.transports import (
+    Reference,
+    TransportError,
+    docker_archive,
+    extract_archive,
+    oci,
+    oci_archive,
+    parse_reference,
+    replacing,
+)
+from ocistrap.transports import write as write_to
+
+COMPRESSORS = {
+    image.MEDIA_TYPE_LAYER: lambda raw: raw,
+    image.MEDIA_TYPE_LAYER_GZIP: lambda raw: gzip.compress(raw, mtime=0),
+    image.MEDIA_TYPE_LAYER_ZSTD: lambda raw: zstandard.ZstdCompressor().compress(raw),
+}
+
+
+def layer_tar(files: Mapping[str, bytes]) -> bytes:
+    """A reproducible uncompressed layer tar holding FILES."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def build_image(
+    root: Path,
+    layers: Sequence[Mapping[str, bytes]] = ({"etc/hostname": b"ocistrap\n"},),
+    *,
+    media_type: str = image.MEDIA_TYPE_LAYER_GZIP,
+    arch: str = "amd64",
+    created: int = 0,
+) -> Descriptor:
+    """Write a small image's blobs into the layout ROOT; return its manifest descriptor (untagged)."""
+    oci.init_layout(root)
+    raws = [layer_tar(files) for files in layers]
+    layer_descs = []
+    for raw in raws:
+        blob = COMPRESSORS[media_type](raw)
+        oci.put_bytes(root, blob)
+        layer_descs.append(Descriptor.of(blob, media_type))
+    config = image.make_config(arch=arch, created=created, diff_ids=[image.sha256_digest(r) for r in raws])
+    config_desc = oci.put_json(root, config, image.MEDIA_TYPE_CONFIG)
+    manifest = image.make_manifest(config_desc, layer_descs)
+    return oci.put_json(root, manifest, image.MEDIA_TYPE_MANIFEST, platform=image.debian_platform(arch))
+
+
+def blob_files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "blobs" / "sha256").iterdir())
+
+
+def index_tags(root: Path) -> dict[str, str]:
+    return {tag: desc.digest for tag, desc in oci.tags(root).items()}
+
+
+# --- reference parsing ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("oci:out", Reference("oci", path=Path("out"))),
+        ("oci:out:bookworm", Reference("oci", path=Path("out"), tag="bookworm")),
+        ("oci:/abs/dir:debian/bookworm:1", Reference("oci", path=Path("/abs/dir"), tag="debian/bookworm:1")),
+        ("oci:out:", Reference("oci", path=Path("out"))),
+        ("oci-archive:img.tar:v1.0", Reference("oci-archive", path=Path("img.tar"), tag="v1.0")),
+        ("docker-archive:img.tar", Reference("docker-archive", path=Path("img.tar"))),
+        (
+            "docker-archive:img.tar:debian:bookworm",
+            Reference("docker-archive", path=Path("img.tar"), name="debian", tag="bookworm"),
+        ),
+        (
+            "docker-archive:img.tar:localhost:5000/x/debian",
+            Reference("docker-archive", path=Path("img.tar"), name="localhost:5000/x/debian", tag="latest"),
+        ),
+        ("tar:rootfs.tar", Reference("tar", path=Path("rootfs.tar"))),
+        ("docker://debian", Reference("docker", name="debian", tag="latest")),
+        (
+            "docker://127.0.0.1:5000/ocistrap/debian:sid",
+            Reference("docker", name="127.0.0.1:5000/ocistrap/debian", tag="sid"),
+        ),
+        (
+            f"docker://localhost/debian@sha256:{'b' * 64}",
+            Reference("docker", name="localhost/debian", digest=f"sha256:{'b' * 64}"),
+        ),
+        ("containers-storage:", Reference("containers-storage")),
+        ("containers-storage:localhost/debian:bookworm", Reference("containers-storage", name="localhost/debian", tag="bookworm")),
+        ("containers-storage:debian", Reference("containers-storage", name="debian")),
+    ],
+)
+def test_parse_reference(text, expected):
+    ref = parse_reference(text)
+    assert ref == expected
+    assert parse_reference(str(ref)) == ref
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("out", "unknown transport 'out'"),
+        ("dir:out", "unknown transport 'dir'"),
+        ("OCI:out", "unknown transport 'OCI'"),
+        ("oci:", "missing after the transport"),
+        ("oci::tag", "missing after the transport"),
+        ("oci:out:bad tag", "not a valid image-layout tag"),
+        ("oci:out:-x", "not a valid image-layout tag"),
+        ("docker-archive:a.tar:Debian", "not a valid image name"),
+        (f"docker-archive:a.tar:debian@sha256:{'b' * 64}", "takes a tag, not a digest"),
+        ("docker:debian", "expected docker://"),
+        ("docker://", "expected docker://"),
+        ("docker://debian:", "not a valid image name"),
+        ("docker://debian/Case", "not a valid image name"),
+        ("tar:", "missing after the transport"),
+        ("containers-storage:[vfs@/x]debian", "store specifications"),
+    ],
+)
+def test_parse_reference_rejects(text, message):
+    with pytest.raises(TransportError, match=message) as info:
+        parse_reference(text)
+    assert info.value.exit_code == 2
+
+
+def test_unknown_transport_lists_the_valid_ones():
+    with pytest.raises(TransportError) as info:
+        parse_reference("registry:foo")
+    for transport in ("oci:", "oci-archive:", "docker-archive:", "tar:", "docker:", "containers-storage:"):
+        assert transport in str(info.value)
+
+
+def test_write_to_a_transport_without_writer(tmp_path):
+    desc = build_image(tmp_path / "build")
+    with pytest.raises(TransportError, match="cannot write images to docker:"):
+        write_to(tmp_path / "build", desc, parse_reference("docker://localhost/x"))
+
+
+# --- shared helpers ------------------------------------------------------------------
+
+
+def test_replacing_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), replacing(target) as temp:
+        temp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["file"]
+
+
+def test_replacing_honours_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with replacing(tmp_path / "file") as temp:
+            temp.write_text("new")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "file").stat().st_mode & 0o777 == 0o644
+
+
+def _hostile_tar(path: Path, name: str, kind: bytes = tarfile.REGTYPE) -> None:
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        tar.addfile(info, io.BytesIO(b""))
+
+
+@pytest.mark.parametrize(
+    "name, kind, message",
+    [
+        ("../evil", tarfile.REGTYPE, "outside the archive"),
+        ("/etc/evil", tarfile.REGTYPE, "outside the archive"),
+        ("dev", tarfile.CHRTYPE, "device or fifo"),
+    ],
+)
+def test_extract_archive_refuses_hostile_members(tmp_path, name, kind, message):
+    _hostile_tar(tmp_path / "a.tar", name, kind)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(TransportError, match=message):
+        extract_archive(tmp_path / "a.tar", tmp_path / "out")
+    assert not (tmp_path / "evil").exists()
+
+
+def test_extract_archive_skips_links(tmp_path):
+    with tarfile.open(tmp_path / "a.tar", "w") as tar:
+        link = tarfile.TarInfo("escape")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    (tmp_path / "out").mkdir()
+    extract_archive(tmp_path / "a.tar", tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_extract_archive_rejects_garbage(tmp_path):
+    (tmp_path / "a.tar").write_bytes(b"no tar here" * 100)
+    with pytest.raises(TransportError, match="not a readable tar archive"):
+        extract_archive(tmp_path / "a.tar", tmp_path)
+
+
+# --- oci: ------------------------------------------------------------------------------
+
+
+def test_write_tags_and_dedups_blobs(tmp_path):
+    build = tmp_path / "build"
+    first = build_image(build, [{"etc/a": b"a"}, {"etc/b": b"b"}])
+    second = build_image(build, [{"etc/a": b"a"}, {"etc/c": b"c"}], created=5)
+    dest = tmp_path / "out"
+    oci.write(build, first, dest, "one")
+    oci.write(build, second, dest, "two")
+    assert index_tags(dest) == {"one": first.digest, "two": second.digest}
+    # the shared base layer is stored once: 2 manifests + 2 configs + 3 distinct layers
+    assert len(blob_files(dest)) == 7
+    assert json.loads((dest / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    assert oci.read(dest, "two") == (dest, oci.tags(dest)["two"])
+
+
+def test_write_copies_only_reachable_blobs_and_hardlinks_them(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build)
+    stray = oci.put_bytes(build, b"unrelated")
+    dest = tmp_path / "out"
+    stored = oci.write(build, desc, dest, "t")
+    assert stray.removeprefix("sha256:") not in blob_files(dest)
+    assert len(blob_files(dest)) == 3
+    assert stored.ref_name == "t" and stored.platform == image.debian_platform("amd64")
+    for name in blob_files(dest):
+        assert os.path.samefile(dest / "blobs/sha256" / name, build / "blobs/sha256" / name)
+
+
+def test_retag_replaces_the_entry(tmp_path):
+    build = tmp_path / "build"
+    old, new = build_image(build, created=1), build_image(build, created=2)
+    dest = tmp_path / "out"
+    oci.write(build, old, dest, "latest")
+    oci.write(build, new, dest, "latest")
+    oci.write(build, new, dest, "latest")
+    assert index_tags(dest) == {"latest": new.digest}
+    assert len(oci.load_index(dest)["manifests"]) == 1
+
+
+def test_untagged_write_adds_the_image_once(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build)
+    oci.write(build, desc, tmp_path / "out", None)
+    oci.write(build, desc, tmp_path / "out", None)
+    root, found = oci.read(tmp_path / "out")
+    assert found == desc and root == tmp_path / "out"
+
+
+def test_writing_into_the_build_layout_itself(tmp_path):
+    desc = build_image(tmp_path)
+    oci.write(tmp_path, desc, tmp_path, "here")
+    assert index_tags(tmp_path) == {"here": desc.digest}
+
+
+def test_read_errors_name_the_tags(tmp_path):
+    build = tmp_path / "build"
+    dest = tmp_path / "out"
+    oci.write(build, build_image(build, created=1), dest, "a")
+    oci.write(build, build_image(build, created=2), dest, "b")
+    with pytest.raises(TransportError, match="no image tagged 'c'.*tags here: a, b"):
+        oci.read(dest, "c")
+    with pytest.raises(TransportError, match="holds 2 images"):
+        oci.read(dest)
+    with pytest.raises(TransportError, match="not an OCI image layout"):
+        oci.read(tmp_path / "nothing")
+
+
+def test_write_refuses_a_corrupt_source_blob(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build)
+    layer = oci.children(build, desc)[1]
+    path = oci.blob_path(build, layer.digest)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    dest = tmp_path / "out"
+    with pytest.raises(TransportError, match="content hashes to"):
+        oci.write(build, desc, dest, "t")
+    assert layer.hex not in blob_files(dest)
+    assert not (dest / "index.json").exists()
+    assert not [p for p in (dest / "blobs/sha256").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_write_refuses_a_missing_blob(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build)
+    config = oci.children(build, desc)[0]
+    oci.blob_path(build, config.digest).unlink()
+    with pytest.raises(TransportError, match="is missing"):
+        oci.write(build, desc, tmp_path / "out", "t")
+
+
+def _write_tag(args: tuple[str, str, str]) -> None:
+    build, dest, tag = args
+    desc = build_image(Path(build) / tag, [{f"etc/{tag}": tag.encode()}])
+    oci.write(Path(build) / tag, desc, Path(dest), tag)
+
+
+def test_concurrent_writers_never_lose_a_tag(tmp_path):
+    tags = [f"t{i}" for i in range(24)]
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        pool.map(_write_tag, [(str(tmp_path / "builds"), str(tmp_path / "out"), t) for t in tags])
+    assert sorted(index_tags(tmp_path / "out")) == sorted(tags)
+    leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_write_dispatch_by_reference(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build)
+    write_to(build, desc, parse_reference(f"oci:{tmp_path / 'out'}:x"))
+    assert index_tags(tmp_path / "out") == {"x": desc.digest}
+
+
+# --- oci-archive: ----------------------------------------------------------------------
+
+
+def test_oci_archive_round_trip_is_reproducible(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build)
+    oci_archive.write(build, desc, tmp_path / "a.tar", "bookworm")
+    oci_archive.write(build, desc, tmp_path / "b.tar", "bookworm")
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        names = tar.getnames()
+        assert all(m.uid == 0 and m.mtime == 0 for m in tar.getmembers())
+    assert {"oci-layout", "index.json", "blobs", "blobs/sha256"} <= set(names)
+    assert oci.LOCK_FILE not in names
+    with oci_archive.read(tmp_path / "a.tar", "bookworm") as (layout, found):
+        assert found.digest == desc.digest and found.ref_name == "bookworm"
+        assert oci.read_json(layout, found)["schemaVersion"] == 2
+    assert not layout.exists()
+    assert sorted(os.listdir(tmp_path)) == ["a.tar", "b.tar", "build"]
+
+
+def test_oci_archive_write_replaces_and_leaves_no_temp_on_failure(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build)
+    (tmp_path / "a.tar").write_bytes(b"previous")
+    oci.blob_path(build, oci.children(build, desc)[0].digest).unlink()
+    with pytest.raises(TransportError):
+        oci_archive.write(build, desc, tmp_path / "a.tar", "t")
+    assert (tmp_path / "a.tar").read_bytes() == b"previous"
+    assert sorted(os.listdir(tmp_path)) == ["a.tar", "build"]
+
+
+# --- docker-archive: -------------------------------------------------------------------
+
+
+def test_docker_archive_layout(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build, [{"a": b"1"}, {"b": b"2"}])
+    config, *layers = oci.children(build, desc)
+    docker_archive.write(build, desc, tmp_path / "d.tar", ["localhost/debian:bookworm"])
+    with docker_archive.read(tmp_path / "d.tar") as archive:
+        manifest = json.loads((archive.root / "manifest.json").read_text())
+        assert manifest == [
+            {
+                "Config": f"{config.hex}.json",
+                "RepoTags": ["localhost/debian:bookworm"],
+                "Layers": [f"{layer.hex}.tar.gz" for layer in layers],
+            }
+        ]
+        (img,) = archive.images
+        assert img.config.read_bytes() == oci.blob_path(build, config.digest).read_bytes()
+        assert [p.read_bytes() for p in img.layers] == [oci.blob_path(build, l.digest).read_bytes() for l in layers]
+        assert img.repo_tags == ["localhost/debian:bookworm"]
+
+
+def test_docker_archive_refuses_multi_platform_index(tmp_path):
+    build = tmp_path / "build"
+    amd, arm = build_image(build, arch="amd64"), build_image(build, arch="arm64")
+    index = oci.put_json(build, image.make_index([amd, arm]), image.MEDIA_TYPE_INDEX)
+    with pytest.raises(TransportError, match="one platform.*linux/amd64, linux/arm64/v8"):
+        docker_archive.write(build, index, tmp_path / "d.tar", [])
+    assert not (tmp_path / "d.tar").exists()
+    single = oci.put_json(build, image.make_index([arm]), image.MEDIA_TYPE_INDEX)
+    docker_archive.write(build, single, tmp_path / "d.tar", [])
+    assert (tmp_path / "d.tar").exists()
+
+
+@pytest.mark.parametrize(
+    "manifest, message",
+    [
+        (None, "no manifest.json"),
+        (b"{", "not valid JSON"),
+        (b"[]", "non-empty list"),
+        (b'[{"Config": 1, "Layers": []}]', "needs Config"),
+        (b'[{"Config": "../x.json", "Layers": []}]', "not a path inside"),
+        (b'[{"Config": "gone.json", "Layers": []}]', "gone.json is missing"),
+    ],
+)
+def test_docker_archive_read_rejects_bad_manifests(tmp_path, manifest, message):
+    with tarfile.open(tmp_path / "d.tar", "w") as tar:
+        if manifest is not None:
+            info = tarfile.TarInfo("manifest.json")
+            info.size = len(manifest)
+            tar.addfile(info, io.BytesIO(manifest))
+    with pytest.raises(TransportError, match=message), docker_archive.read(tmp_path / "d.tar"):
+        pass
+
+
+# --- real clients ----------------------------------------------------------------------
+
+
+def needs(tool: str):
+    return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} is not installed")
+
+
+def run(*argv: str, **kwargs) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{argv}: {result.stderr}"
+    return result.stdout
+
+
+@needs("skopeo")
+def test_skopeo_reads_our_layout_and_archives(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build, [{"etc/a": b"a"}, {"etc/b": b"b"}], media_type=image.MEDIA_TYPE_LAYER_ZSTD)
+    oci.write(build, desc, tmp_path / "out", "bookworm")
+    oci.write(build, build_image(build, arch="arm64"), tmp_path / "out", "arm")
+    config, *layers = oci.children(build, desc)
+    info = json.loads(run("skopeo", "inspect", f"oci:{tmp_path / 'out'}:bookworm"))
+    assert info["Digest"] == desc.digest
+    assert info["Layers"] == [layer.digest for layer in layers]
+    assert info["Architecture"] == "amd64" and info["Env"] == [image.DEFAULT_PATH]
+    raw = json.loads(run("skopeo", "inspect", "--config", "--raw", f"oci:{tmp_path / 'out'}:bookworm"))
+    assert raw == oci.read_json(build, config)
+
+    oci_archive.write(build, desc, tmp_path / "ours.tar", "t")
+    assert json.loads(run("skopeo", "inspect", f"oci-archive:{tmp_path / 'ours.tar'}:t"))["Digest"] == desc.digest
+    docker_archive.write(build, desc, tmp_path / "d.tar", ["localhost/ocistrap:t"])
+    info = json.loads(run("skopeo", "inspect", f"docker-archive:{tmp_path / 'd.tar'}"))
+    assert info["Layers"] == raw["rootfs"]["diff_ids"]
+    assert info["Architecture"] == "amd64"
+
+
+@needs("skopeo")
+def test_skopeo_copies_our_layout_to_an_archive_we_read(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build)
+    oci.write(build, desc, tmp_path / "out", "bookworm")
+    run("skopeo", "copy", f"oci:{tmp_path / 'out'}:bookworm", f"oci-archive:{tmp_path / 'sk.tar'}:copied")
+    with oci_archive.read(tmp_path / "sk.tar", "copied") as (layout, found):
+        assert found.digest == desc.digest
+        assert oci.read_json(layout, found) == oci.read_json(build, desc)
+
+
+@needs("umoci")
+def test_umoci_unpacks_our_layout(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build, [{"etc/a": b"first"}, {"etc/a": b"second", "usr/b": b"b"}])
+    oci.write(build, desc, tmp_path / "out", "bookworm")
+    run("umoci", "unpack", "--rootless", "--image", f"{tmp_path / 'out'}:bookworm", str(tmp_path / "bundle"))
+    rootfs = tmp_path / "bundle" / "rootfs"
+    assert (rootfs / "etc/a").read_bytes() == b"second"
+    assert (rootfs / "usr/b").read_bytes() == b"b"
+    runtime = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    assert runtime["process"]["args"] == ["bash"]
+
+
+CONTAINERS_CONF = """[containers]
+netns="host"
+[engine]
+runtime="runc"
+cgroup_manager="cgroupfs"
+events_logger="file"
+"""
+
+
+def podman_env(tmp_path: Path) -> dict[str, str]:
+    """Rootless podman settings for this machine (see ENVIRONMENT.md), created only if missing."""
+    conf = Path.home() / ".config" / "containers" / "containers.conf"
+    if not conf.exists():
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(CONTAINERS_CONF)
+    env = dict(os.environ)
+    if not env.get("XDG_RUNTIME_DIR"):
+        runtime = tmp_path / "xdg-runtime"
+        runtime.mkdir(mode=0o700)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+    return env
+
+
+@pytest.mark.e2e
+@needs("podman")
+def test_podman_loads_our_docker_archive(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build, [{"etc/a": b"a"}, {"etc/hostname": b"ocistrap\n"}])
+    config, *layers = oci.children(build, desc)
+    diff_ids = oci.read_json(build, config)["rootfs"]["diff_ids"]
+    name = f"localhost/ocistrap-test-load:{os.getpid()}"
+    docker_archive.write(build, desc, tmp_path / "d.tar", [name])
+    env = podman_env(tmp_path)
+    podman = ("podman", "--log-level=error")
+    try:
+        assert name in run(*podman, "load", "-i", str(tmp_path / "d.tar"), env=env)
+        info = json.loads(run(*podman, "image", "inspect", name, env=env))[0]
+        assert info["Id"] == config.hex
+        assert info["RootFS"]["Layers"] == diff_ids
+        container = run(*podman, "create", name, env=env).strip()
+        try:
+            run(*podman, "export", "-o", str(tmp_path / "fs.tar"), container, env=env)
+        finally:
+            run(*podman, "rm", container, env=env)
+        with tarfile.open(tmp_path / "fs.tar") as tar:
+            assert tar.extractfile("etc/hostname").read() == b"ocistrap\n"
+    finally:
+        subprocess.run([*podman, "rmi", "--force", name], env=env, capture_output=True)
