@@ -113,6 +113,7 @@ class _LayoutChecker:
         self.report = report
         self.shown = shown or root
         self.done: set[str] = set()
+        self.layers: dict[str, _LayerHashes] = {}
 
     def run(self, tag: str | None) -> None:
         _check_layout_file(self.root, self.shown)
@@ -174,13 +175,13 @@ class _LayoutChecker:
         if desc.media_type not in LAYER_COMPRESSION:
             raise VerifyError(f"{where} ({desc.digest}): media type {desc.media_type} is not a layer type")
         path = self._blob(desc, where)
-        if desc.digest in self.done:
-            return
-        with open(path, "rb") as handle:
-            hashes = _hash_layer(handle, LAYER_COMPRESSION[desc.media_type])
+        hashes = self.layers.get(desc.digest)
+        if hashes is None:
+            with open(path, "rb") as handle:
+                hashes = self.layers[desc.digest] = _hash_layer(handle, LAYER_COMPRESSION[desc.media_type])
+            self.report.layers += 1
         problem = _digest_mismatch(desc, hashes.size, hashes.digest) or hashes.diff_id_problem(diff_id)
         self._count(desc, problem, path, where)
-        self.report.layers += 1
 
     def _count(self, desc: Descriptor, problem: str | None, path: Path, where: str = "") -> None:
         if problem is not None:

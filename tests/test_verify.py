@@ -81,6 +81,20 @@ def test_verifies_every_image_and_nested_indexes(tmp_path):
     assert (report.manifests, report.layers) == (3, 3)
 
 
+def test_a_shared_layer_is_hashed_once_but_checked_against_every_config(tmp_path):
+    build = tmp_path / "build"
+    good = build_image(build, [{"a": b"1"}])
+    other = build_image(build, [{"a": b"1"}], created=9)
+    oci.write(build, good, tmp_path / "out", "good")
+    oci.write(build, other, tmp_path / "out", "other")
+    assert verify(f"oci:{tmp_path / 'out'}").layers == 1
+    wrong = image.sha256_digest(b"not the tar")
+    bad = rewrite_config(build, other, lambda c: c["rootfs"].update(diff_ids=[wrong]))
+    oci.write(build, bad, tmp_path / "out", "other")
+    with pytest.raises(VerifyError, match=f"config says {wrong}"):
+        verify(f"oci:{tmp_path / 'out'}")
+
+
 def test_flipped_byte_in_a_layer(tmp_path):
     layout, desc = tagged(tmp_path)
     layer = oci.children(layout, desc)[1]
