@@ -1,28 +1,27 @@
 """The command line: parse arguments, call the pipeline, turn errors into one line."""
 
 import argparse
+import json
+import os
+import shlex
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocistrap import __version__, lock, log, pipeline
+from ocistrap import __version__, doctor, lock, log, pipeline
+from ocistrap.assemble import ImageOptions
 from ocistrap.cache import Cache, default_root
-from ocistrap.errors import OcistrapError
+from ocistrap.doctor import native_arch
+from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.fetch import Fetcher
 from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR, Source
+from ocistrap.transports import parse_reference
+from ocistrap.verify import verify
 
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _host_arch() -> str:
-    import platform
-
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386",
-            "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +32,31 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offline", action="store_true", help="never use the network; the cache must hold everything")
 
 
-def _resolution(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", help="Debian suite or codename, e.g. bookworm, trixie, sid")
+def _json_or_words(value: str) -> tuple[str, ...]:
+    if value.lstrip().startswith("["):
+        try:
+            words = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"not a JSON list: {e}") from None
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise argparse.ArgumentTypeError("expected a JSON list of strings")
+        return tuple(words)
+    return tuple(shlex.split(value))
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} {value!r} is not KEY=VALUE")
+        pairs[key] = val
+    return pairs
+
+
+def _resolution(parser: argparse.ArgumentParser, *, suite_required: bool = True) -> None:
+    parser.add_argument("suite", nargs=None if suite_required else "?",
+                        help="Debian suite or codename, e.g. bookworm, trixie, sid")
     parser.add_argument("--mirror", default=DEFAULT_MIRROR, help=f"archive URL (default {DEFAULT_MIRROR})")
     parser.add_argument("--components", type=_csv, default=["main"], help="comma-separated (default main)")
     parser.add_argument("--variant", default="minbase",
@@ -43,6 +65,10 @@ def _resolution(parser: argparse.ArgumentParser) -> None:
                         help="extra packages, comma-separated (repeatable)")
     parser.add_argument("--install-recommends", action="store_true", help="also install Recommends")
     parser.add_argument("--arch", type=_csv, default=None, help="architectures, comma-separated (default: the host's)")
+    parser.add_argument("--no-updates", action="store_true",
+                        help="for a stable release, do not add its -updates and -security suites")
+    parser.add_argument("--security-mirror", default=None,
+                        help="archive URL of SUITE-security (default: MIRROR-security)")
     parser.add_argument("--no-check-valid-until", action="store_true",
                         help="accept a Release whose Valid-Until has passed (frozen mirrors, snapshots)")
 
@@ -60,6 +86,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=Path("ocistrap.lock"), help="lockfile to write")
     p.set_defaults(run=cmd_lock)
 
+    p = commands.add_parser("build", help="build an OCI image (lock, fetch, install rootless, layer, deliver)")
+    _resolution(p, suite_required=False)
+    _common(p)
+    p.add_argument("--lock", type=Path, default=None,
+                   help="build exactly this lockfile (the suite and package options then come from it)")
+    p.add_argument("--write-lock", type=Path, default=None, help="also save the resolved lockfile here")
+    p.add_argument("--output", "-o", action="append", default=[], metavar="REF",
+                   help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REPO:TAG], "
+                        "tar:FILE (repeatable; default oci:./ocistrap-images:SUITE)")
+    p.add_argument("--compression", choices=("gzip", "zstd"), default="gzip", help="layer compression (default gzip)")
+    p.add_argument("--staging-dir", type=Path, default=None,
+                   help="build the tree on disk under DIR instead of in memory (big images)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="image environment (repeatable)")
+    p.add_argument("--cmd", type=_json_or_words, default=None, help='image Cmd, e.g. \'["bash"]\' or "bash -l"')
+    p.add_argument("--entrypoint", type=_json_or_words, default=None, help="image Entrypoint")
+    p.add_argument("--workdir", default=None, help="image working directory")
+    p.add_argument("--user", default=None, help="image default user")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="image label (repeatable)")
+    p.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE",
+                   help="manifest annotation (repeatable)")
+    p.set_defaults(run=cmd_build)
+
+    p = commands.add_parser("verify", help="check every digest, diff_id and document of an image")
+    p.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE")
+    p.set_defaults(run=cmd_verify)
+
+    p = commands.add_parser("doctor", help="check that this host can build images without root")
+    p.add_argument("--arch", type=_csv, default=None, help="architectures you intend to build")
+    p.set_defaults(run=cmd_doctor)
+
     p = commands.add_parser("fetch", help="download and verify every package of a lockfile into the cache")
     p.add_argument("lockfile", type=Path)
     _common(p)
@@ -75,14 +131,19 @@ def _cache(args: argparse.Namespace) -> Cache:
     return Cache(args.cache_dir or default_root())
 
 
-def cmd_lock(args: argparse.Namespace) -> int:
+def _make_lock(args: argparse.Namespace, fetcher: Fetcher, cache: Cache) -> lock.Lockfile:
     source = Source(mirror=args.mirror, suite=args.suite, components=tuple(args.components),
                     keyrings=_keyrings(args), check_valid_until=not args.no_check_valid_until)
     selection = pipeline.Selection(variant=args.variant,
                                    include=tuple(p for group in args.include for p in group),
                                    install_recommends=args.install_recommends)
-    arches = tuple(args.arch or [_host_arch()])
-    result = pipeline.make_lock(source, selection, arches, Fetcher(offline=args.offline), _cache(args))
+    arches = tuple(args.arch or [native_arch()])
+    return pipeline.make_lock(source, selection, arches, fetcher, cache, updates=not args.no_updates,
+                              security_mirror=args.security_mirror)
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    result = _make_lock(args, Fetcher(offline=args.offline), _cache(args))
     lock.write(result, args.output)
     count = sum(len(a.packages) for a in result.architectures.values())
     print(f"{args.output}: {count} packages locked ({result.digest()})")
@@ -95,6 +156,54 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     count = sum(len(p) for p in paths.values())
     print(f"{count} packages verified in {(args.cache_dir or default_root())}")
     return 0
+
+
+def _epoch() -> int | None:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if not value:
+        return None
+    if not value.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds")
+    return int(value)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    fetcher, cache = Fetcher(offline=args.offline), _cache(args)
+    if args.lock is not None:
+        locked = lock.read(args.lock)
+    elif args.suite is None:
+        raise UsageError("name a suite (e.g. `ocistrap build bookworm`) or a lockfile with --lock")
+    else:
+        locked = _make_lock(args, fetcher, cache)
+    if args.write_lock is not None:
+        lock.write(locked, args.write_lock)
+    outputs = tuple(parse_reference(o) for o in args.output) or (
+        parse_reference(f"oci:./ocistrap-images:{locked.suite}"),)
+    _pairs(args.env, "--env")
+    options = ImageOptions(
+        env=tuple(args.env),
+        cmd=args.cmd if args.cmd is not None else ImageOptions.cmd,
+        entrypoint=args.entrypoint, workdir=args.workdir, user=args.user,
+        labels=_pairs(args.label, "--label"), annotations=_pairs(args.annotation, "--annotation"))
+    request = pipeline.BuildRequest(outputs=outputs, compression=args.compression,
+                                    staging=pipeline.Staging(args.staging_dir), options=options,
+                                    epoch=_epoch())
+    built = pipeline.build(locked, _keyrings(args), fetcher, cache, request)
+    for ref in built.outputs:
+        print(f"{ref} {built.digest}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    report = verify(args.reference)
+    print(report.summary())
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    results = doctor.checks(args.arch or [native_arch()])
+    print(doctor.format_checks(results))
+    return 0 if all(c.ok for c in results) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

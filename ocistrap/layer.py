@@ -22,6 +22,7 @@ import argparse
 import collections
 import concurrent.futures
 import errno
+import gzip
 import hashlib
 import json
 import os
@@ -502,6 +503,15 @@ class _TarTail:
 
     def complete(self, size: int) -> bool:
         return size % _BLOCK == 0 and self.tail == _END_OF_ARCHIVE
+
+
+def decompressed(stream: BinaryIO, compression: str | None) -> BinaryIO:
+    """A reader of the tar inside a layer blob compressed with COMPRESSION (None: plain)."""
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)  # type: ignore[return-value]
+    return stream
 
 
 def write_blob(

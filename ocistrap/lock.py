@@ -19,6 +19,17 @@ class LockError(OcistrapError):
 
 
 @dataclass(frozen=True)
+class LockedArchive:
+    """One signed suite on one mirror (e.g. bookworm-security on .../debian-security)."""
+
+    mirror: str
+    suite: str
+
+    def url(self, path: str) -> str:
+        return f"{self.mirror.rstrip('/')}/{path}"
+
+
+@dataclass(frozen=True)
 class LockedPackage:
     name: str
     version: str
@@ -28,6 +39,8 @@ class LockedPackage:
     sha256: str
     stage: str
     source: str = ""
+    auto: bool = False
+    archive: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,7 @@ class LockedRelease:
 
 @dataclass(frozen=True)
 class LockedArch:
-    release: LockedRelease
+    releases: tuple[LockedRelease, ...]
     packages: tuple[LockedPackage, ...]
 
     def stage(self, name: str) -> tuple[LockedPackage, ...]:
@@ -56,6 +69,7 @@ class Lockfile:
     variant: str
     include: tuple[str, ...]
     install_recommends: bool
+    archives: tuple[LockedArchive, ...] = ()
     architectures: dict[str, LockedArch] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -67,6 +81,7 @@ class Lockfile:
             "variant": self.variant,
             "include": list(self.include),
             "installRecommends": self.install_recommends,
+            "archives": [vars(a).copy() for a in self.archives],
             "architectures": {arch: _arch_json(a) for arch, a in sorted(self.architectures.items())},
         }
 
@@ -79,16 +94,19 @@ class Lockfile:
     def digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.dumps()).hexdigest()
 
+    def package_url(self, package: LockedPackage) -> str:
+        return self.archives[package.archive].url(package.filename)
+
 
 def _arch_json(arch: LockedArch) -> dict[str, Any]:
     packages = []
     for p in sorted(arch.packages, key=lambda p: (p.name, p.architecture)):
-        entry = {"name": p.name, "version": p.version, "architecture": p.architecture,
-                 "filename": p.filename, "size": p.size, "sha256": p.sha256, "stage": p.stage}
-        if p.source:
-            entry["source"] = p.source
+        entry: dict[str, Any] = {"name": p.name, "version": p.version, "architecture": p.architecture,
+                                 "filename": p.filename, "size": p.size, "sha256": p.sha256, "stage": p.stage}
+        optional = {"source": p.source, "auto": p.auto, "archive": p.archive}
+        entry.update({k: v for k, v in optional.items() if v})
         packages.append(entry)
-    return {"release": vars(arch.release).copy(), "packages": packages}
+    return {"releases": [vars(r).copy() for r in arch.releases], "packages": packages}
 
 
 def loads(data: bytes, *, what: str) -> Lockfile:
@@ -101,6 +119,15 @@ def loads(data: bytes, *, what: str) -> Lockfile:
         schema.validate(document, "lockfile", what=what)
     except schema.SchemaError as e:
         raise LockError(str(e), hint="regenerate it with `ocistrap lock`") from None
+    archives = tuple(LockedArchive(**a) for a in document["archives"])
+    architectures = {}
+    for arch, entry in document["architectures"].items():
+        locked = LockedArch(releases=tuple(LockedRelease(**r) for r in entry["releases"]),
+                            packages=tuple(LockedPackage(**p) for p in entry["packages"]))
+        if len(locked.releases) != len(archives) or any(p.archive >= len(archives) for p in locked.packages):
+            raise LockError(f"{what}: {arch} does not match the archives list",
+                            hint="regenerate it with `ocistrap lock`")
+        architectures[arch] = locked
     return Lockfile(
         mirror=document["mirror"],
         suite=document["suite"],
@@ -108,13 +135,8 @@ def loads(data: bytes, *, what: str) -> Lockfile:
         variant=document["variant"],
         include=tuple(document["include"]),
         install_recommends=document["installRecommends"],
-        architectures={
-            arch: LockedArch(
-                release=LockedRelease(**entry["release"]),
-                packages=tuple(LockedPackage(**p) for p in entry["packages"]),
-            )
-            for arch, entry in document["architectures"].items()
-        },
+        archives=archives,
+        architectures=architectures,
     )
 
 

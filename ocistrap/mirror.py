@@ -39,6 +39,31 @@ class Source:
         return f"{self.mirror.rstrip('/')} {self.suite}"
 
 
+STABLE_SUITES = frozenset({"stable", "oldstable", "oldoldstable"})
+
+
+def security_mirror_for(mirror: str) -> str:
+    """Debian's layout: .../debian has its security archive at .../debian-security."""
+    base = mirror.rstrip("/")
+    return base + "-security" if base.endswith("/debian") else "http://deb.debian.org/debian-security"
+
+
+def companions(source: Source, release: Release, *, security_mirror: str | None = None) -> list[Source]:
+    """The suites a released Debian also needs, as mmdebstrap and apt's defaults have them.
+
+    A stable release (its signed Suite is stable/oldstable/...) gets its
+    -updates suite and its -security suite; testing and unstable get none.
+    """
+    if release.suite not in STABLE_SUITES:
+        return []
+    name = release.codename or source.suite
+    return [
+        dataclasses.replace(source, suite=f"{name}-updates"),
+        dataclasses.replace(source, mirror=security_mirror or security_mirror_for(source.mirror),
+                            suite=f"{name}-security"),
+    ]
+
+
 @dataclass(frozen=True)
 class SignedRelease:
     release: Release

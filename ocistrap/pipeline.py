@@ -1,15 +1,25 @@
 """The build pipeline as a short sequence of steps: lock, fetch, bootstrap, image, deliver."""
 
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
-from ocistrap import log, mirror, resolve
+from ocistrap import assemble, bootstrap, image, layer, log, mirror, resolve, sandbox, transports
+from ocistrap.archive import Package
 from ocistrap.cache import Cache
 from ocistrap.errors import OcistrapError
 from ocistrap.fetch import Fetcher, Wanted
-from ocistrap.lock import LockedArch, LockedPackage, LockedRelease, Lockfile
+from ocistrap.lock import LockedArch, LockedArchive, LockedPackage, LockedRelease, Lockfile
 from ocistrap.mirror import Source
+from ocistrap.transports import Reference, oci
+
+
+T = TypeVar("T")
 
 
 class PipelineError(OcistrapError):
@@ -25,27 +35,53 @@ class Selection:
     install_recommends: bool = False
 
 
-def make_lock(source: Source, selection: Selection, architectures: tuple[str, ...],
-              fetcher: Fetcher, cache: Cache) -> Lockfile:
-    """Verify the suite's metadata, resolve the package set per architecture, and lock it."""
+def open_archives(source: Source, fetcher: Fetcher, cache: Cache, *, updates: bool = True,
+                  security_mirror: str | None = None) -> list[tuple[Source, mirror.SignedRelease]]:
+    """Verify the suite's Release and, for a stable release, those of its -updates and -security."""
     out = log.get()
     with out.step(f"verifying {source.suite} from {source.mirror}"):
-        signed = mirror.open_release(source, fetcher, cache)
+        main = mirror.open_release(source, fetcher, cache)
+    opened = [(source, main)]
+    if updates:
+        for extra in mirror.companions(source, main.release, security_mirror=security_mirror):
+            with out.step(f"verifying {extra.suite} from {extra.mirror}"):
+                opened.append((extra, mirror.open_release(extra, fetcher, cache)))
+    return opened
+
+
+def load_universe(opened: list[tuple[Source, mirror.SignedRelease]], arch: str, fetcher: Fetcher,
+                  cache: Cache) -> list[tuple[int, Package]]:
+    """Every package of every archive for ARCH, in archive order then index order (apt's order)."""
+    return [(n, p) for n, (src, signed) in enumerate(opened)
+            for p in mirror.load_packages(src, signed, arch, fetcher, cache)]
+
+
+def make_lock(source: Source, selection: Selection, architectures: tuple[str, ...],
+              fetcher: Fetcher, cache: Cache, *, updates: bool = True,
+              security_mirror: str | None = None) -> Lockfile:
+    """Verify the archives' metadata, resolve the package set per architecture, and lock it."""
+    out = log.get()
+    opened = open_archives(source, fetcher, cache, updates=updates, security_mirror=security_mirror)
     locked: dict[str, LockedArch] = {}
     for arch in architectures:
         with out.step(f"reading package indices for {arch}"):
-            packages = mirror.load_packages(source, signed, arch, fetcher, cache)
+            numbered = load_universe(opened, arch, fetcher, cache)
+        archive_of = {id(p): n for n, p in numbered}
         with out.step(f"resolving {selection.variant} for {arch}"):
-            resolution = resolve.resolve(resolve.Universe(packages, arch), variant=selection.variant,
-                                         include=selection.include,
+            resolution = resolve.resolve(resolve.Universe((p for _, p in numbered), arch),
+                                         variant=selection.variant, include=selection.include,
                                          install_recommends=selection.install_recommends)
         out.info(f"{arch}: {len(resolution.essential)} essential + {len(resolution.rest)} more packages")
-        locked[arch] = LockedArch(release=_locked_release(signed), packages=tuple(
-            [_locked(p, "essential") for p in resolution.essential]
-            + [_locked(p, "rest") for p in resolution.rest]))
+        packages = [_locked(p, "essential", archive_of[id(p)]) for p in resolution.essential]
+        packages += [_locked(p, "rest", archive_of[id(p)], auto=resolution.auto_installed(p))
+                     for p in resolution.rest]
+        locked[arch] = LockedArch(releases=tuple(_locked_release(signed) for _, signed in opened),
+                                  packages=tuple(packages))
     return Lockfile(mirror=source.mirror, suite=source.suite, components=source.components,
                     variant=selection.variant, include=selection.include,
-                    install_recommends=selection.install_recommends, architectures=locked)
+                    install_recommends=selection.install_recommends,
+                    archives=tuple(LockedArchive(mirror=s.mirror, suite=s.suite) for s, _ in opened),
+                    architectures=locked)
 
 
 def _locked_release(signed: mirror.SignedRelease) -> LockedRelease:
@@ -54,61 +90,180 @@ def _locked_release(signed: mirror.SignedRelease) -> LockedRelease:
                          suite=release.suite, codename=release.codename)
 
 
-def _locked(package, stage: str) -> LockedPackage:  # type: ignore[no-untyped-def]
+def _locked(package: Package, stage: str, archive: int, *, auto: bool = False) -> LockedPackage:
     return LockedPackage(name=package.name, version=package.version,
                          architecture=package.architecture, filename=package.filename,
                          size=package.size, sha256=package.sha256, stage=stage,
-                         source=package.source)
+                         source=package.source, auto=auto, archive=archive)
 
 
-def source_of(lock: Lockfile, keyrings: tuple[Path, ...]) -> Source:
-    return Source(mirror=lock.mirror, suite=lock.suite, components=lock.components,
-                  keyrings=keyrings)
+def sources_of(lock: Lockfile, keyrings: tuple[Path, ...]) -> list[Source]:
+    return [Source(mirror=a.mirror, suite=a.suite, components=lock.components, keyrings=keyrings)
+            for a in lock.archives]
 
 
 def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher,
-                               cache: Cache) -> None:
+                               cache: Cache) -> dict[str, dict[str, Package]]:
     """Prove each locked .deb is listed, with its hash, in the signed index it came from.
 
     A lockfile is plain JSON; this check makes an edited one useless to an
-    attacker. It needs the locked Release, which the cache keeps; the Release's
+    attacker. It needs the locked Releases, which the cache keeps; their
     expiry is not checked again: the lock pinned that state on purpose.
     """
-    source = source_of(lock, keyrings)
+    sources = sources_of(lock, keyrings)
+    signed_packages: dict[str, dict[str, Package]] = {}
     for arch, entry in lock.architectures.items():
-        signed = mirror.open_release(source, fetcher, cache, sha256=entry.release.sha256,
-                                     check_valid_until=False)
-        signed_debs = {(p.name, p.version, p.architecture): (p.filename, p.size, p.sha256)
-                       for p in mirror.load_packages(source, signed, arch, fetcher, cache)}
+        opened = [(src, mirror.open_release(src, fetcher, cache, sha256=release.sha256,
+                                            check_valid_until=False))
+                  for src, release in zip(sources, entry.releases)]
+        index = {(n, p.name, p.version, p.architecture): p
+                 for n, p in load_universe(opened, arch, fetcher, cache)}
+        signed_packages[arch] = {}
         for p in entry.packages:
-            if signed_debs.get((p.name, p.version, p.architecture)) != (p.filename, p.size, p.sha256):
+            match = index.get((p.archive, p.name, p.version, p.architecture))
+            if match is None or (match.filename, match.size, match.sha256) != (p.filename, p.size, p.sha256):
                 raise PipelineError(
                     f"lockfile entry {p.name} {p.version} ({p.architecture}) is not in the signed "
-                    f"index of {lock.suite} with that file, size and SHA256; refusing it",
+                    f"index of {lock.archives[p.archive].suite} with that file, size and SHA256; refusing it",
                     hint="regenerate the lockfile with `ocistrap lock`")
+            signed_packages[arch][p.name] = match
+    return signed_packages
 
 
 def wanted_debs(lock: Lockfile, arch: str) -> list[Wanted]:
-    base = lock.mirror.rstrip("/")
-    return [Wanted(url=f"{base}/{p.filename}", size=p.size, sha256=p.sha256,
+    return [Wanted(url=lock.package_url(p), size=p.size, sha256=p.sha256,
                    what=f"{p.name}_{p.version}_{p.architecture}.deb")
             for p in lock.architectures[arch].packages]
 
 
-def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: Cache) -> dict[str, list[Path]]:
-    """Make every locked .deb present and verified in the cache; return their paths per arch."""
+@dataclass(frozen=True)
+class Fetched:
+    """A lockfile's packages, verified against the signed archive and present in the cache."""
+
+    signed: dict[str, dict[str, Package]]
+    paths: dict[str, dict[str, Path]]
+
+
+def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: Cache) -> Fetched:
+    """Make every locked .deb present and verified in the cache."""
     out = log.get()
     with out.step("checking the lockfile against the signed archive"):
-        check_lock_against_archive(lock, keyrings, fetcher, cache)
+        signed = check_lock_against_archive(lock, keyrings, fetcher, cache)
     paths = {}
-    for arch in lock.architectures:
+    for arch, entry in lock.architectures.items():
         wanted = wanted_debs(lock, arch)
         with out.step(f"fetching {len(wanted)} packages for {arch}"):
-            paths[arch] = fetcher.download_all(wanted, cache)
-    return paths
+            found = fetcher.download_all(wanted, cache)
+        paths[arch] = {p.name: path for p, path in zip(entry.packages, found)}
+    return Fetched(signed=signed, paths=paths)
+
+
+@dataclass(frozen=True)
+class Staging:
+    """Where the staging root lives: a tmpfs of the namespace, or a directory on disk."""
+
+    workdir: Path | None = None
+
+
+def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
+              tmpfs: bool, epoch: int, keyrings: tuple[Path, ...]) -> bootstrap.Plan:
+    """The inner half's instructions for ARCH: which files, in which stage, and the image's apt source."""
+    entry = lock.architectures[arch]
+    paths = fetched.paths[arch]
+    signed = fetched.signed[arch]
+
+    def debs(stage: str) -> list[bootstrap.Deb]:
+        return [bootstrap.Deb(name=p.name, path=str(paths[p.name]), pre_depends=signed[p.name].pre_depends,
+                              provides=signed[p.name].provides, arch=p.architecture, auto=p.auto)
+                for p in entry.stage(stage)]
+
+    custom = {f"ocistrap-{i}.gpg": k.read_bytes().hex() for i, k in enumerate(keyrings)
+              if k != mirror.DEFAULT_KEYRING}
+    signed_by = [f"/etc/apt/keyrings/{name}" for name in custom] or [str(mirror.DEFAULT_KEYRING)]
+    debs_dirs = {str(p.parent) for p in paths.values()}
+    if len(debs_dirs) != 1:
+        raise PipelineError("the cached packages are not in one directory")
+    return bootstrap.Plan(arch=arch, essential=debs("essential"), rest=debs("rest"),
+                          sources=bootstrap.sources_text(lock.archives, lock.components, signed_by),
+                          staging=str(staging_dir), tmpfs=tmpfs, epoch=epoch,
+                          debs_dir=debs_dirs.pop(), keyrings=custom)
+
+
+def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging, *, epoch: int,
+                  keyrings: tuple[Path, ...], sink: Callable[[BinaryIO], T]) -> T:
+    """Install ARCH's packages in a sandbox and pass the tree's tar stream to SINK."""
+    base = staging.workdir or Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix="ocistrap-staging-", dir=base) as tmp:
+        root = Path(tmp) / "root"
+        root.mkdir()
+        plan = make_plan(lock, arch, fetched, root, tmpfs=staging.workdir is None, epoch=epoch,
+                         keyrings=keyrings)
+        try:
+            with log.get().step(f"installing {len(lock.architectures[arch].packages)} packages for {arch}"):
+                return bootstrap.bootstrap(plan, sink)
+        finally:
+            if staging.workdir is not None and root.exists():
+                sandbox.remove_tree(root)
 
 
 def release_epoch(lock: Lockfile) -> int:
     """SOURCE_DATE_EPOCH default: the signed Release's Date, the same on every machine."""
-    dates = [datetime.fromisoformat(a.release.date) for a in lock.architectures.values()]
+    dates = [datetime.fromisoformat(r.date) for a in lock.architectures.values() for r in a.releases]
     return int(max(dates).timestamp())
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What to make of a lockfile: layers' compression, image settings, where it goes."""
+
+    outputs: tuple[Reference, ...]
+    compression: str = "gzip"
+    staging: Staging = Staging()
+    options: assemble.ImageOptions = assemble.ImageOptions()
+    epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class Built:
+    digest: str
+    outputs: tuple[Reference, ...]
+
+
+def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: Cache,
+          request: BuildRequest) -> Built:
+    """Fetch, install, layer, wrap and deliver: the whole of `ocistrap build` after locking."""
+    fetched = fetch(lock, keyrings, fetcher, cache)
+    epoch = request.epoch if request.epoch is not None else release_epoch(lock)
+    provenance = assemble.Provenance(suite=lock.suite, mirror=lock.mirror, lock_digest=lock.digest(),
+                                     release_sha256=next(iter(lock.architectures.values())).releases[0].sha256)
+    with tempfile.TemporaryDirectory(prefix="build-", dir=cache.root / "partial") as tmp:
+        layout = Path(tmp) / "layout"
+        oci.init_layout(layout)
+        manifests = []
+        for arch in lock.architectures:
+            blob = run_bootstrap(lock, arch, fetched, request.staging, epoch=epoch, keyrings=keyrings,
+                                 sink=lambda stream: layer.write_blob(
+                                     stream, layout / "blobs" / "sha256", compression=request.compression))
+            created_by = f"ocistrap {lock.variant} {lock.suite} ({len(lock.architectures[arch].packages)} packages)"
+            manifests.append(assemble.write_image(layout, arch, [assemble.Layer(blob, created_by)],
+                                                  epoch=epoch, options=request.options, provenance=provenance))
+        top = manifests[0] if len(manifests) == 1 else assemble.write_index(
+            layout, manifests, provenance.annotations(image.rfc3339(epoch)))
+        with log.get().step("writing outputs"):
+            for ref in request.outputs:
+                deliver(layout, top, ref)
+    return Built(digest=top.digest, outputs=request.outputs)
+
+
+def deliver(layout: Path, top: image.Descriptor, ref: Reference) -> None:
+    """Write the image to REF; ``tar:`` gets the plain root filesystem of a one-layer image."""
+    if ref.transport != "tar":
+        transports.write(layout, top, ref)
+        return
+    layers = oci.read_json(layout, top).get("layers")
+    if layers is None or len(layers) != 1:
+        raise PipelineError(f"{ref}: a plain rootfs tarball needs a single-architecture, single-layer image")
+    compression = image.LAYER_COMPRESSION[layers[0]["mediaType"]]
+    with (transports.replacing(Path(ref.path)) as tmp, open(tmp, "wb") as out,
+          open(oci.blob_path(layout, layers[0]["digest"]), "rb") as blob):
+        shutil.copyfileobj(layer.decompressed(blob, compression), out, 1 << 20)

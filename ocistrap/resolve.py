@@ -332,6 +332,11 @@ class Resolution:
 
     essential: list[Package]
     rest: list[Package]
+    requested: frozenset[str] = frozenset()
+
+    def auto_installed(self, package: Package) -> bool:
+        """Whether apt would mark PACKAGE automatically installed (a dependency, not asked for)."""
+        return package.name not in self.requested
 
     @property
     def all(self) -> list[Package]:
@@ -609,7 +614,7 @@ def resolve(
     if variant == "custom":
         first.pinned = pinned
         first.request(_checked(universe, requested))
-        return _resolution(first.marked, {})
+        return _resolution(first.marked, {}, requested)
     first.request(universe.essential_names)
     second = _Marker(universe, install_recommends, installed=dict(first.marked), pinned=pinned)
     for name, package in pinned.items():
@@ -620,7 +625,7 @@ def resolve(
             )
     if requested:
         second.request(_checked(universe, requested))
-    return _resolution(first.marked, second.marked)
+    return _resolution(first.marked, second.marked, requested)
 
 
 def _checked(universe: Universe, names: list[str]) -> list[str]:
@@ -630,9 +635,11 @@ def _checked(universe: Universe, names: list[str]) -> list[str]:
     return names
 
 
-def _resolution(essential: dict[str, Package], rest: dict[str, Package]) -> Resolution:
+def _resolution(essential: dict[str, Package], rest: dict[str, Package],
+                requested: Sequence[str]) -> Resolution:
     by_name = lambda p: p.name  # noqa: E731
     return Resolution(
         essential=sorted(essential.values(), key=by_name),
         rest=sorted(rest.values(), key=by_name),
+        requested=frozenset(requested),
     )

@@ -6,7 +6,6 @@ never sits in memory. The first mismatch stops the run with one line naming
 the blob and the check that failed.
 """
 
-import gzip
 import hashlib
 import io
 import json
@@ -19,6 +18,7 @@ from typing import IO, Any
 import zstandard
 
 from ocistrap.errors import OcistrapError
+from ocistrap.layer import decompressed
 from ocistrap.image import (
     CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
@@ -266,14 +266,6 @@ class _HashingReader(io.RawIOBase):
         return self.size, "sha256:" + self.hash.hexdigest()
 
 
-def _decompressed(stream: IO[bytes], compression: str | None) -> IO[bytes]:
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
-    if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)  # type: ignore[return-value]
-    return stream
-
-
 @dataclass(frozen=True)
 class _LayerHashes:
     """One pass over a layer blob: its stored size and digest, and its diff_id or why there is none."""
@@ -298,7 +290,7 @@ def _hash_layer(handle: IO[bytes], compression: str | None) -> _LayerHashes:
     uncompressed = hashlib.sha256()
     diff_id = error = None
     try:
-        reader = _decompressed(stored, compression)
+        reader = decompressed(stored, compression)
         while chunk := reader.read(_CHUNK):
             uncompressed.update(chunk)
         diff_id = "sha256:" + uncompressed.hexdigest()

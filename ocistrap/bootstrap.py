@@ -1,0 +1,352 @@
+"""Install a locked package set into a staging root inside the sandbox, then stream it out.
+
+Two halves talk through pipes: ``bootstrap()`` runs on the host as the
+caller, starts ``python -m ocistrap.bootstrap`` inside the user namespace with
+the plan on stdin, and hands the tar stream it writes on stdout to a sink.
+The inner half (``run_inner``) is "root" in the namespace: it unpacks the
+essential packages, installs them with dpkg in a chroot (maintainer scripts
+run, owners are real), installs the rest in Pre-Depends order, resets host
+identity files, and writes the tree as a tar stream. The tree never appears
+on the host: it lives on a tmpfs of the namespace (or in --workdir, removed
+from inside).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from debian.deb822 import PkgRelation
+
+from ocistrap import layer, log, sandbox
+from ocistrap.errors import OcistrapError
+from ocistrap.lock import LockedArchive
+
+T = TypeVar("T")
+
+DEBS_MOUNT = "var/cache/ocistrap-debs"
+POLICY_RC_D = "#!/bin/sh\n# installed by ocistrap while building: no daemon starts\nexit 101\n"
+FAKE_START_STOP_DAEMON = "#!/bin/sh\necho 'Warning: fake start-stop-daemon called, doing nothing' >&2\n"
+DPKG_CFG = "# ocistrap: no fsync while building a throwaway staging root\nforce-unsafe-io\n"
+CHROOT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "DEBCONF_NONINTERACTIVE_SEEN": "true",
+    "HOME": "/root",
+}
+SETUP_DIRS = ("etc/apt/apt.conf.d", "etc/apt/sources.list.d", "etc/apt/preferences.d",
+              "etc/dpkg/dpkg.cfg.d", "var/cache/apt/archives/partial", "var/lib/apt/lists/partial",
+              "var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers",
+              "var/lib/dpkg/alternatives", "var/log/apt", "tmp")
+# Files that make a tree unreproducible or carry host identity (as mmdebstrap
+# and the official Debian images remove them).
+VOLATILE = ("var/log/dpkg.log", "var/log/apt/history.log", "var/log/apt/term.log",
+            "var/log/alternatives.log", "var/cache/ldconfig/aux-cache", "var/log/apt/eipp.log.xz",
+            "var/lib/dbus/machine-id", "etc/resolv.conf", "etc/hostname",
+            "var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin")
+FSTAB = "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"
+APT_LOCKS = ("var/cache/apt/archives/lock", "var/lib/apt/lists/lock")
+APT_PARTIAL = ("var/cache/apt/archives/partial", "var/lib/apt/lists/partial")
+
+
+class BootstrapError(OcistrapError):
+    """Installing the packages inside the sandbox failed."""
+
+
+@dataclass(frozen=True)
+class Deb:
+    """A verified .deb in the cache and what ordering needs to know of it."""
+
+    name: str
+    path: str
+    pre_depends: str = ""
+    provides: str = ""
+    arch: str = ""
+    auto: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the inner half needs; crosses the namespace boundary as JSON."""
+
+    arch: str
+    essential: list[Deb]
+    rest: list[Deb]
+    sources: str
+    staging: str
+    tmpfs: bool
+    epoch: int
+    debs_dir: str
+    keyrings: dict[str, str] = field(default_factory=dict)
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> "Plan":
+        raw = json.loads(data)
+        raw["essential"] = [Deb(**d) for d in raw["essential"]]
+        raw["rest"] = [Deb(**d) for d in raw["rest"]]
+        return cls(**raw)
+
+
+def extended_states(debs: Iterable[Deb]) -> str:
+    """apt's record of automatically installed packages, so `apt autoremove` works in the image."""
+    return "".join(f"Package: {d.name}\nArchitecture: {d.arch}\nAuto-Installed: 1\n\n"
+                   for d in sorted(debs, key=lambda d: d.name) if d.auto)
+
+
+def sources_text(archives: Sequence[LockedArchive], components: Sequence[str], signed_by: Sequence[str]) -> str:
+    """The deb822 apt sources of the image: where its packages came from, one stanza per mirror."""
+    suites: dict[str, list[str]] = {}
+    for archive in archives:
+        suites.setdefault(archive.mirror, []).append(archive.suite)
+    return "\n".join(f"Types: deb\nURIs: {uri}\nSuites: {' '.join(names)}\n"
+                     f"Components: {' '.join(components)}\nSigned-By: {' '.join(signed_by)}\n"
+                     for uri, names in suites.items())
+
+
+def _names(alternatives: list[dict]) -> set[str]:
+    return {alt["name"] for alt in alternatives}
+
+
+def install_batches(rest: Sequence[Deb], installed: Iterable[Deb]) -> list[list[Deb]]:
+    """Split Rest into dpkg --install calls so that every Pre-Depends is configured first.
+
+    A package goes into the first batch after all of its Pre-Depends are
+    provided by earlier batches (or the essential set); dpkg orders
+    configuration inside a batch by Depends itself.
+    """
+    available = set()
+    for deb in installed:
+        available |= _provided(deb)
+    remaining = list(rest)
+    batches: list[list[Deb]] = []
+    while remaining:
+        ready = [d for d in remaining if all(_names(group) & available
+                                             for group in PkgRelation.parse_relations(d.pre_depends))]
+        if not ready:
+            names = ", ".join(d.name for d in remaining)
+            raise BootstrapError(f"cannot order the installation of {names}: their Pre-Depends "
+                                 f"are not in the locked package set")
+        batches.append(ready)
+        for deb in ready:
+            available |= _provided(deb)
+        remaining = [d for d in remaining if d not in ready]
+    return batches
+
+
+def _provided(deb: Deb) -> set[str]:
+    names = {deb.name}
+    for group in PkgRelation.parse_relations(deb.provides):
+        names |= _names(group)
+    return names
+
+
+# ---- outer half: runs on the host as the caller ----
+
+def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T]) -> T:
+    """Run the plan inside a fresh sandbox and feed the tree's tar stream to SINK."""
+    out = log.get()
+    with tempfile.TemporaryFile(prefix="ocistrap-bootstrap-", suffix=".log") as errors:
+        proc = sandbox.spawn([sys.executable, "-m", "ocistrap.bootstrap"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=None if out.debug else errors)
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(plan.dumps())
+            proc.stdin.close()
+            result = sink(proc.stdout)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        status = proc.wait()
+        if status != 0:
+            raise BootstrapError(f"installing the packages failed (exit status {status}): "
+                                 f"{_tail(errors)}", hint="run with --debug to see the whole log")
+    return result
+
+
+def _tail(log_file: BinaryIO, lines: int = 1) -> str:
+    log_file.seek(0)
+    text = log_file.read().decode("utf-8", "replace").strip().splitlines()
+    useful = [line for line in text if line.strip()]
+    return " | ".join(useful[-lines:]) if useful else "no output"
+
+
+# ---- inner half: runs as root inside the user namespace ----
+
+def run_inner(plan: Plan, out: BinaryIO) -> None:
+    """Build the tree described by PLAN and write it to OUT as a tar stream."""
+    root = Path(plan.staging)
+    sandbox.mount_staging(root, tmpfs=plan.tmpfs)
+    try:
+        _install(plan, root)
+        layer.write_tree(root, out, epoch=plan.epoch)
+        out.flush()
+    finally:
+        if not plan.tmpfs:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _install(plan: Plan, root: Path) -> None:
+    _setup(root, plan)
+    for deb in plan.essential:
+        _extract(Path(deb.path), root)
+    debs = root / DEBS_MOUNT
+    debs.mkdir(parents=True, exist_ok=True)
+    sandbox.bind_mount(Path(plan.debs_dir), debs, readonly=True)
+    sandbox.prepare_chroot(root)
+    try:
+        _divert_daemons(root)
+        _dpkg_install(root, plan.essential)
+        for batch in install_batches(plan.rest, plan.essential):
+            _dpkg_install(root, batch)
+        _undivert_daemons(root)
+    finally:
+        sandbox.release_chroot(root)
+        sandbox.unmount(debs)
+    debs.rmdir()
+    _finish(root, plan)
+
+
+def _setup(root: Path, plan: Plan) -> None:
+    for d in SETUP_DIRS:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    (root / "var/lib/dpkg/status").touch()
+    (root / "var/lib/dpkg/arch").write_text(plan.arch + "\n")
+    (root / "etc/dpkg/dpkg.cfg.d/ocistrap-build").write_text(DPKG_CFG)
+
+
+def _extract(deb: Path, root: Path) -> None:
+    """Unpack a .deb's data as mmdebstrap does, keeping merged-/usr symlinks."""
+    unpack = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    tar = subprocess.run(["tar", "-C", str(root), "--keep-directory-symlink", "--numeric-owner",
+                          "--extract", "--file", "-"],
+                         stdin=unpack.stdout, capture_output=True)
+    assert unpack.stdout is not None
+    unpack.stdout.close()
+    if unpack.wait() != 0 or tar.returncode != 0:
+        raise BootstrapError(f"cannot unpack {deb.name}: {tar.stderr.decode(errors='replace').strip()}")
+
+
+def _divert_daemons(root: Path) -> None:
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text(POLICY_RC_D)
+    policy.chmod(0o755)
+    ssd = root / "sbin/start-stop-daemon"
+    if ssd.is_file():
+        ssd.rename(root / "sbin/start-stop-daemon.REAL")
+        ssd.write_text(FAKE_START_STOP_DAEMON)
+        ssd.chmod(0o755)
+
+
+def _undivert_daemons(root: Path) -> None:
+    (root / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
+    real = root / "sbin/start-stop-daemon.REAL"
+    if real.exists():
+        real.replace(root / "sbin/start-stop-daemon")
+
+
+def _dpkg_install(root: Path, debs: Sequence[Deb]) -> None:
+    if not debs:
+        return
+    paths = [f"/{DEBS_MOUNT}/{Path(d.path).name}" for d in debs]
+    result = sandbox.chroot_run(root, ["dpkg", "--install", "--force-depends", *paths],
+                                env=CHROOT_ENV, check=False)
+    if result.returncode != 0:
+        raise BootstrapError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
+
+
+def _finish(root: Path, plan: Plan) -> None:
+    (root / "etc/dpkg/dpkg.cfg.d/ocistrap-build").unlink(missing_ok=True)
+    (root / "etc/apt/sources.list.d/debian.sources").write_text(plan.sources)
+    for name, data in plan.keyrings.items():
+        keyrings = root / "etc/apt/keyrings"
+        keyrings.mkdir(parents=True, exist_ok=True)
+        (keyrings / name).write_bytes(bytes.fromhex(data))
+    for rel in VOLATILE:
+        (root / rel).unlink(missing_ok=True)
+    machine_id = root / "etc/machine-id"
+    if machine_id.exists():
+        machine_id.write_text("")
+    for d in ("var/lib/apt/lists", "var/cache/apt/archives"):
+        _empty_dir(root / d, keep=set())
+    _apt_state(root, plan)
+    fstab = root / "etc/fstab"
+    if not fstab.exists():
+        fstab.write_text(FSTAB)
+        fstab.chmod(0o644)
+
+
+def _apt_state(root: Path, plan: Plan) -> None:
+    """What apt itself leaves after installing: its locks, its partial dirs owned by _apt, auto marks."""
+    if not (root / "usr/bin/apt-get").exists():
+        return
+    if states := extended_states(plan.rest):
+        (root / "var/lib/apt/extended_states").write_text(states)
+    apt_uid = _passwd_uid(root, "_apt")
+    for rel in APT_PARTIAL:
+        partial = root / rel
+        partial.mkdir(parents=True, exist_ok=True)
+        partial.chmod(0o700)
+        if apt_uid is not None:
+            os.chown(partial, apt_uid, 0)
+    for rel in APT_LOCKS:
+        (root / rel).touch()
+        (root / rel).chmod(0o640)
+
+
+def _passwd_uid(root: Path, user: str) -> int | None:
+    try:
+        lines = (root / "etc/passwd").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) > 2 and fields[0] == user and fields[2].isdigit():
+            return int(fields[2])
+    return None
+
+
+def _empty_dir(path: Path, keep: set[str]) -> None:
+    if not path.is_dir():
+        return
+    for entry in path.iterdir():
+        if entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _main() -> int:
+    """Entry point inside the sandbox: the tar stream gets its own copy of
+    stdout, and fd 1 becomes stderr so that no child's output can corrupt it."""
+    plan = Plan.loads(sys.stdin.buffer.read())
+    tar_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        with tar_out:
+            run_inner(plan, tar_out)
+    except OcistrapError as e:
+        print(f"ocistrap (inside the sandbox): {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
