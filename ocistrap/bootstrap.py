@@ -22,9 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from debian.deb822 import PkgRelation
-
-from ocistrap import layer, log, sandbox
+from ocistrap import layer, log, resolve, sandbox
 from ocistrap.errors import OcistrapError
 from ocistrap.lock import LockedArchive
 
@@ -113,8 +111,10 @@ def sources_text(archives: Sequence[LockedArchive], components: Sequence[str], s
                      for uri, names in suites.items())
 
 
-def _names(alternatives: list[dict]) -> set[str]:
-    return {alt["name"] for alt in alternatives}
+def _groups(deb: Deb, field: str) -> tuple[tuple[str, ...], ...]:
+    groups = resolve.parse_relations(getattr(deb, field), arch=deb.arch or "all",
+                                     what=f"{field.replace('_', '-')} of {deb.name}")
+    return tuple(tuple(alt.name for alt in group) for group in groups)
 
 
 def install_batches(rest: Sequence[Deb], installed: Iterable[Deb]) -> list[list[Deb]]:
@@ -130,8 +130,8 @@ def install_batches(rest: Sequence[Deb], installed: Iterable[Deb]) -> list[list[
     remaining = list(rest)
     batches: list[list[Deb]] = []
     while remaining:
-        ready = [d for d in remaining if all(_names(group) & available
-                                             for group in PkgRelation.parse_relations(d.pre_depends))]
+        ready = [d for d in remaining if all(available.intersection(group)
+                                             for group in _groups(d, "pre_depends"))]
         if not ready:
             names = ", ".join(d.name for d in remaining)
             raise BootstrapError(f"cannot order the installation of {names}: their Pre-Depends "
@@ -144,10 +144,7 @@ def install_batches(rest: Sequence[Deb], installed: Iterable[Deb]) -> list[list[
 
 
 def _provided(deb: Deb) -> set[str]:
-    names = {deb.name}
-    for group in PkgRelation.parse_relations(deb.provides):
-        names |= _names(group)
-    return names
+    return {deb.name}.union(*_groups(deb, "provides"))
 
 
 # ---- outer half: runs on the host as the caller ----
