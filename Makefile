@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: deps venv test test-here unit demo bench clean
+.PHONY: deps venv test test-here unit demo demo-here clean
 
 deps:
 	sh scripts/host-deps.sh
@@ -19,7 +19,7 @@ venv: $(BIN)/ocistrap
 
 # As root this re-runs itself as an unprivileged account with subuids.
 test: deps
-	sh scripts/test.sh
+	sh scripts/as-user.sh test-here
 
 test-here: venv
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
@@ -28,11 +28,11 @@ test-here: venv
 unit: venv
 	$(BIN)/python -m pytest -ra -m "not e2e and not network" $(PYTEST_ARGS)
 
-demo: deps venv
-	sh scripts/demo.sh
+demo: deps
+	sh scripts/as-user.sh demo-here
 
-bench: deps venv
-	sh scripts/bench.sh
+demo-here: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" sh scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,12 +1,14 @@
 #!/bin/sh
-# Run the test suite as an unprivileged account with subuid/subgid ranges.
-# Started as root (as CI is), it creates that account, copies the source tree
-# into its home and runs the suite there as it; started as a normal user, it
-# runs the suite directly.
+# Run a make target of this tree as an unprivileged account with subuid/subgid
+# ranges. Started as root (as CI is), it creates that account, copies the
+# source tree into its home and runs the target there as it; started as a
+# normal user, it runs the target directly. ocistrap is for people without
+# root: a build that only works as root proves nothing.
 set -eu
+target=$1
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ "$(id -u)" -ne 0 ]; then
-    exec make -C "$here" test-here
+    exec make -C "$here" "$target"
 fi
 user=${OCISTRAP_TEST_USER:-ocistrap-test}
 id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
@@ -18,11 +20,12 @@ dest="$home/ocistrap-src"
 mkdir -p "$dest"
 # keep the account's venv between runs; refresh the sources
 find "$dest" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +
-tar -C "$here" --exclude=./.venv --exclude=./.git --exclude='*/__pycache__' -cf - . | tar -C "$dest" -xf -
+tar -C "$here" --exclude=./.venv --exclude=./.git --exclude='*/__pycache__' \
+    --exclude=./ocistrap-images -cf - . | tar -C "$dest" -xf -
 chown -R "$user:" "$dest"
-runtime="/tmp/ocistrap-test-runtime-$uid"
+runtime="/tmp/ocistrap-runtime-$uid"
 mkdir -p "$runtime" && chown "$user:" "$runtime" && chmod 700 "$runtime"
 exec runuser -u "$user" -- env -i HOME="$home" USER="$user" LOGNAME="$user" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     XDG_RUNTIME_DIR="$runtime" LANG=C.UTF-8 CI="${CI:-}" \
-    PYTEST_ARGS="${PYTEST_ARGS:-}" make -C "$dest" test-here
+    PYTEST_ARGS="${PYTEST_ARGS:-}" make -C "$dest" "$target"
