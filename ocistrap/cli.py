@@ -152,8 +152,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     locked = lock.read(args.lockfile)
-    paths = pipeline.fetch(locked, _keyrings(args), Fetcher(offline=args.offline), _cache(args))
-    count = sum(len(p) for p in paths.values())
+    fetched = pipeline.fetch(locked, _keyrings(args), Fetcher(offline=args.offline), _cache(args))
+    count = sum(len(p) for p in fetched.paths.values())
     print(f"{count} packages verified in {(args.cache_dir or default_root())}")
     return 0
 
