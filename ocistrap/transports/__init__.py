@@ -21,7 +21,13 @@ from ocistrap.errors import OcistrapError
 from ocistrap.image import Descriptor, is_ref_name
 
 TRANSPORTS = ("oci", "oci-archive", "docker-archive", "tar", "docker", "containers-storage")
-_WRITERS = {"oci": "oci", "oci-archive": "oci_archive", "docker-archive": "docker_archive"}
+_WRITERS = {
+    "oci": "oci",
+    "oci-archive": "oci_archive",
+    "docker-archive": "docker_archive",
+    "docker": "registry",
+    "containers-storage": "containers_storage",
+}
 
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"

@@ -1,0 +1,775 @@
+"""Registries (``docker://[HOST[:PORT]/]NAME[:TAG][@DIGEST]``): push, pull-for-verify, referrers, login.
+
+The OCI distribution protocol as ocistrap needs it:
+
+* Blobs first. Each is HEADed and skipped when present; otherwise mounted from
+  another repository of the same registry that a local record says we pushed
+  it to; otherwise uploaded as one streamed PUT read from disk in small blocks
+  (never whole in memory). The ``Docker-Content-Digest`` the registry answers
+  must equal ours, or the push stops.
+* Manifests last: child manifests by digest, then the root at its tag, only
+  after every blob is confirmed; the tag's manifest is then read back and its
+  digest checked. A tag therefore never points at a half-pushed image, and a
+  push run again after an interruption uploads only what is missing.
+* Retries, with exponential backoff, only on 5xx, 429 and dropped
+  connections. A blob upload is retried as a whole (a fresh upload session),
+  since a session that failed half-way is in an unknown state.
+* Referrers (OCI 1.1): the referrers API where the registry has it; the
+  ``sha256-<hex>`` tag schema where it does not (distribution 2.8).
+
+oras-py is used for what it does well: parsing ``WWW-Authenticate`` challenges
+and fetching bearer tokens (``oras.auth``). Its ``Registry`` class is too coarse
+here (it reads blobs whole into memory, has no HEAD-before-upload, no
+cross-repository mount, retries every exception, raises bare ValueErrors), so
+requests go through our own choke point, ``Registry.request``: one requests
+session per registry, which answers at most one auth challenge per request
+(Basic with stored credentials, or a Bearer token for the challenged scopes)
+and retries only transient failures.
+
+Transport security: HTTPS with certificate checks by default; loopback
+registries (127.0.0.0/8, ::1, localhost) are spoken to over plain HTTP, as
+Docker does; ``tls_verify=False`` allows any other registry over HTTPS without
+certificate checks, falling back to plain HTTP if it speaks no TLS.
+
+Credentials (see ``ocistrap.auth``) never appear in messages or logs: only
+the user name and where it came from are ever named.
+"""
+
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urljoin
+
+import oras.auth
+import oras.auth.utils
+import requests
+import urllib3
+
+from ocistrap import auth, log
+from ocistrap.image import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, MEDIA_TYPE_INDEX, Descriptor, canonical_json
+from ocistrap.transports import Reference, TransportError, atomic_write_bytes, oci
+
+MANIFEST_ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES))
+_TIMEOUT = (30, 300)
+_RECORD_LIMIT = 5000
+
+
+class RegistryError(TransportError):
+    """A registry cannot be reached, refused a request, or answered something we cannot trust."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying: 5xx, 429 or a dropped connection."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently transient failures are retried."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_delay)
+        return min(self.base_delay * 2**attempt, self.max_delay)
+
+
+RETRY = RetryPolicy()
+"""The policy every registry uses unless given another (tests make it fast)."""
+
+
+# --- names -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where in which registry an image goes: ``registry/repository:tag@digest``."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.registry}/{self.repository}"
+        return text + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """Split a docker name into (registry, repository) as Docker does.
+
+    The first component is a registry when it has a ``.`` or ``:`` or is
+    ``localhost``; otherwise the image is on Docker Hub, where one-component
+    names live under ``library/``.
+    """
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first, rest
+    return auth.DOCKER_HUB, name if sep else f"library/{name}"
+
+
+def target_of(ref: Reference) -> Target:
+    """The registry target a ``docker://`` reference names."""
+    if ref.transport != "docker" or not ref.name:
+        raise RegistryError(f"{ref}: not a docker:// reference")
+    registry, repository = split_name(ref.name)
+    return Target(registry, repository, ref.tag, ref.digest)
+
+
+def is_loopback(registry: str) -> bool:
+    """Whether REGISTRY (``host[:port]``) is this machine, which Docker speaks to over plain HTTP."""
+    host = registry
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _api_host(registry: str) -> str:
+    return "registry-1.docker.io" if registry == auth.DOCKER_HUB else registry
+
+
+def referrers_tag(digest: str) -> str:
+    """The fallback tag under which a registry without the referrers API keeps DIGEST's referrers."""
+    algorithm, _, hex_part = digest.partition(":")
+    return f"{algorithm}-{hex_part}"[:128]
+
+
+# --- the choke point -----------------------------------------------------------------------
+
+
+class Registry:
+    """One registry host. Every request goes through ``request``, which authenticates and retries."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        tls_verify: bool | None = None,
+        credentials: auth.Credentials | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.name = name
+        self.credentials = credentials
+        self.retry = retry or RETRY
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "ocistrap"
+        self._insecure = tls_verify is False
+        self.session.verify = not self._insecure
+        plain = is_loopback(name) and tls_verify is None
+        self.base = f"{'http' if plain else 'https'}://{_api_host(name)}"
+        self._authorization: str | None = None
+        self._scopes: set[str] = set()
+        self._pinged = False
+
+    @classmethod
+    def for_target(cls, target: Target, *, tls_verify: bool | None = None) -> "Registry":
+        """A registry session using the stored credentials for TARGET, if any."""
+        return cls(target.registry, tls_verify=tls_verify, credentials=auth.lookup(target.registry, target.repository))
+
+    def ping(self) -> None:
+        """Check the registry speaks the v2 API (answering its challenge), choosing http for insecure ones."""
+        if self._pinged:
+            return
+        self._pinged = True
+        if self._insecure and self.base.startswith("https://"):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                    self.session.get(self.base + "/v2/", timeout=_TIMEOUT).close()
+            except requests.ConnectionError:
+                self.base = "http://" + self.base.removeprefix("https://")
+        self.request("GET", "/v2/", expect=(200,)).close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        expect: tuple[int, ...] = (200,),
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        body: bytes | Callable[[], Any] | None = None,
+        stream: bool = False,
+        retry: bool = True,
+        what: str | None = None,
+    ) -> requests.Response:
+        """Send one request (PATH may be a full URL), answer one auth challenge, retry transient failures.
+
+        Statuses in EXPECT (and 404) are returned; anything else raises RegistryError.
+        BODY may be a callable returning a fresh body for each attempt (a file to stream).
+        """
+        if not self._pinged and path != "/v2/":
+            self.ping()
+        url = path if "://" in path else self.base + path
+        action = what or f"{method} {_shown(url)}"
+
+        def attempt() -> requests.Response:
+            response = self._send(method, url, headers, params, body, stream)
+            if response.status_code == 401 and response.headers.get("WWW-Authenticate"):
+                self._answer(response.headers["WWW-Authenticate"], response)
+                response = self._send(method, url, headers, params, body, stream)
+            return response
+
+        response = self.retrying(attempt, action) if retry else attempt()
+        if response.status_code in expect or response.status_code == 404:
+            return response
+        raise self._failure(response, action)
+
+    def retrying(self, operation: Callable[[], Any], what: str) -> Any:
+        """Run OPERATION, retrying it with backoff while it fails transiently."""
+        for attempt in range(self.retry.attempts):
+            try:
+                return operation()
+            except _Transient as exc:
+                if attempt + 1 == self.retry.attempts:
+                    raise RegistryError(
+                        f"{self.name}: {what}: {exc} (gave up after {self.retry.attempts} attempts)",
+                        hint="run the same command again: what was already uploaded is kept",
+                    ) from None
+                delay = self.retry.delay(attempt, exc.retry_after)
+                log.get().detail(f"{self.name}: {what}: {exc}; retrying in {delay:.1f}s")
+                self.retry.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        params: dict[str, str] | None,
+        body: bytes | Callable[[], Any] | None,
+        stream: bool,
+    ) -> requests.Response:
+        data = body() if callable(body) else body
+        all_headers = dict(headers or {})
+        if self._authorization:
+            all_headers["Authorization"] = self._authorization
+        try:
+            with warnings.catch_warnings():
+                if self._insecure:
+                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                response = self.session.request(
+                    method, url, headers=all_headers, params=params, data=data, stream=stream, timeout=_TIMEOUT
+                )
+        except requests.exceptions.SSLError as exc:
+            raise RegistryError(
+                f"{self.name}: TLS failed: {_reason(exc)}",
+                hint="for a registry without a valid certificate pass --tls-verify=false",
+            ) from None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise _Transient(f"connection failed: {_reason(exc)}") from None
+        finally:
+            if hasattr(data, "close"):
+                data.close()
+        if response.status_code >= 500 or response.status_code == 429:
+            response.close()
+            raise _Transient(f"HTTP {response.status_code}", _retry_after(response))
+        return response
+
+    def _answer(self, challenge: str, response: requests.Response) -> None:
+        """Answer a WWW-Authenticate challenge: Basic with our credentials, Bearer with a fresh token."""
+        response.close()
+        scheme = challenge.split(None, 1)[0].lower()
+        if scheme == "basic":
+            if self.credentials is None:
+                raise self._login_needed()
+            self._authorization = f"Basic {self.credentials.basic()}"
+        elif scheme == "bearer":
+            self._authorization = f"Bearer {self._token(challenge)}"
+        else:
+            raise RegistryError(f"{self.name}: unsupported authentication scheme {scheme!r}")
+
+    def _token(self, challenge: str) -> str:
+        """Fetch a bearer token for every scope this session was challenged for (via oras.auth)."""
+        header = oras.auth.utils.parse_auth_header(challenge)
+        if not header.realm:
+            raise RegistryError(f"{self.name}: bearer challenge without a realm")
+        if header.scope:
+            self._scopes.update(header.scope.split())
+        header.scope = sorted(self._scopes) or None
+        backend = oras.auth.get_auth_backend("token", session=self.session, tls_verify=self.session.verify)
+        if self.credentials is not None:
+            backend.set_basic_auth(self.credentials.username, self.credentials.password)
+        try:
+            token = backend.request_token(header)
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise _Transient(f"token service failed: {_reason(exc)}") from None
+        except ValueError:
+            token = None
+        if not token:
+            raise self._login_failed() if self.credentials else self._login_needed()
+        return token
+
+    def _failure(self, response: requests.Response, action: str) -> RegistryError:
+        if response.status_code == 401:
+            return self._login_failed() if self.credentials else self._login_needed()
+        detail = _error_detail(response)
+        if response.status_code == 403:
+            who = f" for user {self.credentials.username}" if self.credentials else ""
+            return RegistryError(f"{self.name}: {action}: access denied{who}{detail}")
+        return RegistryError(f"{self.name}: {action}: HTTP {response.status_code}{detail}")
+
+    def _login_needed(self) -> RegistryError:
+        return RegistryError(
+            f"{self.name}: the registry requires authentication and no credentials are stored for it",
+            hint=f"run `ocistrap login {self.name}`",
+        )
+
+    def _login_failed(self) -> RegistryError:
+        assert self.credentials is not None
+        source = f" (from {self.credentials.source})" if self.credentials.source else ""
+        return RegistryError(
+            f"{self.name}: the registry refused the credentials of user {self.credentials.username}{source}",
+            hint=f"check the user name and password, then `ocistrap login {self.name}` again",
+        )
+
+
+def _shown(url: str) -> str:
+    """A URL fit for messages: upload-session state and other query strings dropped."""
+    return url.partition("?")[0]
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause of a requests exception, without object reprs and upload-session URLs."""
+    inner = exc.args[0] if exc.args else exc
+    text = str(getattr(inner, "reason", inner))
+    text = re.sub(r"<[^>]*>:\s*", "", text)
+    return re.sub(r"https?://[^\s'\"]+", lambda m: _shown(m.group(0)), text)[:300]
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else None
+
+
+def _error_detail(response: requests.Response) -> str:
+    """``: CODE: message`` from a distribution error body, if it has one."""
+    try:
+        errors = response.json().get("errors") or []
+        first = errors[0]
+        return f": {first.get('code', '')}: {first.get('message', '')}"[:300]
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return ""
+    finally:
+        response.close()
+
+
+# --- one repository --------------------------------------------------------------------------
+
+
+def _open_blob(path: Path) -> IO[bytes]:
+    """Open a local blob for streaming; a separate function so tests can interpose on uploads."""
+    return open(path, "rb")
+
+
+class Repository:
+    """The blobs and manifests of one repository of a registry."""
+
+    def __init__(self, registry: Registry, name: str) -> None:
+        self.registry = registry
+        self.name = name
+
+    def _path(self, kind: str, reference: str = "") -> str:
+        return f"/v2/{self.name}/{kind}/{reference}"
+
+    def blob_size(self, digest: str) -> int | None:
+        """The size of blob DIGEST in this repository, or None if it is not there."""
+        response = self.registry.request("HEAD", self._path("blobs", digest), what=f"look up blob {digest}")
+        response.close()
+        if response.status_code == 404:
+            return None
+        return int(response.headers.get("Content-Length", -1))
+
+    def upload_blob(self, path: Path, desc: Descriptor, mount_from: str | None = None) -> bool:
+        """Put blob DESC (the file PATH) here, mounting it from MOUNT_FROM if possible; True if mounted."""
+        what = f"upload blob {desc.digest}"
+        return self.registry.retrying(lambda: self._upload_once(path, desc, mount_from), what)
+
+    def _upload_once(self, path: Path, desc: Descriptor, mount_from: str | None) -> bool:
+        params = {"mount": desc.digest, "from": mount_from} if mount_from else None
+        start = self.registry.request(
+            "POST", self._path("blobs", "uploads/"), params=params, expect=(201, 202), retry=False,
+            what=f"start upload of blob {desc.digest}",
+        )
+        start.close()
+        if start.status_code == 201 and mount_from:
+            self._check_answer(start, desc)
+            return True
+        if start.status_code != 202 or not start.headers.get("Location"):
+            raise RegistryError(f"{self.registry.name}: starting an upload of {desc.digest} gave no upload location")
+        location = urljoin(start.url, start.headers["Location"])
+        done = self.registry.request(
+            "PUT", location, params={"digest": desc.digest}, expect=(201,), retry=False,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)},
+            body=lambda: _open_blob(path), what=f"upload blob {desc.digest}",
+        )
+        done.close()
+        if done.status_code == 404:
+            raise _Transient("upload session vanished")
+        self._check_answer(done, desc)
+        return False
+
+    def _check_answer(self, response: requests.Response, desc: Descriptor) -> None:
+        """Refuse a registry that says it stored something other than DESC."""
+        answered = response.headers.get("Docker-Content-Digest")
+        if answered is None:
+            size = self.blob_size(desc.digest)
+            if size != desc.size:
+                raise RegistryError(f"{self.registry.name}: blob {desc.digest} is not there after its upload")
+        elif answered != desc.digest:
+            raise RegistryError(
+                f"{self.registry.name}/{self.name}: the registry answered digest {answered} "
+                f"for blob {desc.digest}; refusing to tag an image it may have stored wrongly"
+            )
+
+    @contextmanager
+    def open_blob(self, digest: str) -> Iterator[IO[bytes]]:
+        """Stream blob DIGEST from the registry (raw bytes, as stored)."""
+        response = self.registry.request("GET", self._path("blobs", digest), stream=True, what=f"fetch blob {digest}")
+        if response.status_code == 404:
+            response.close()
+            raise RegistryError(f"{self.registry.name}/{self.name}: blob {digest} is missing")
+        try:
+            yield response.raw
+        finally:
+            response.close()
+
+    def get_manifest(self, reference: str, *, accept: str = MANIFEST_ACCEPT) -> tuple[bytes, str] | None:
+        """The bytes and media type of the manifest or index at REFERENCE (tag or digest), or None."""
+        response = self.registry.request(
+            "GET", self._path("manifests", reference), headers={"Accept": accept}, what=f"fetch manifest {reference}"
+        )
+        if response.status_code == 404:
+            response.close()
+            return None
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        return response.content, media_type
+
+    def put_manifest(self, reference: str, data: bytes, media_type: str) -> requests.Response:
+        """Store manifest DATA at REFERENCE; return the registry's answer (for its digest and OCI-Subject)."""
+        response = self.registry.request(
+            "PUT", self._path("manifests", reference), expect=(201,), headers={"Content-Type": media_type},
+            body=data, what=f"store manifest {reference}",
+        )
+        response.close()
+        if response.status_code == 404:
+            raise RegistryError(
+                f"{self.registry.name}/{self.name}: storing manifest {reference} failed: the registry "
+                "does not know a blob it refers to"
+            )
+        return response
+
+    def referrers_api(self, digest: str, artifact_type: str | None) -> list[dict[str, Any]] | None:
+        """Referrers of DIGEST through the OCI 1.1 API, or None if the registry has no such API."""
+        params = {"artifactType": artifact_type} if artifact_type else None
+        response = self.registry.request(
+            "GET", self._path("referrers", digest), params=params, headers={"Accept": MEDIA_TYPE_INDEX},
+            what=f"list referrers of {digest}",
+        )
+        if response.status_code == 404 or not response.headers.get("Content-Type", "").startswith(MEDIA_TYPE_INDEX):
+            response.close()
+            return None
+        return _index_entries(response.content, f"{self.registry.name}: referrers of {digest}")
+
+
+def _index_entries(data: bytes, what: str) -> list[dict[str, Any]]:
+    try:
+        doc = json.loads(data)
+        entries = doc["manifests"]
+    except (ValueError, KeyError, TypeError):
+        raise RegistryError(f"{what}: not an image index") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise RegistryError(f"{what}: its manifests are not a list of descriptors")
+    return entries
+
+
+def open_repository(ref: Reference, *, tls_verify: bool | None = None) -> tuple[Repository, Target]:
+    """A session on the repository a ``docker://`` reference names, with stored credentials."""
+    target = target_of(ref)
+    return Repository(Registry.for_target(target, tls_verify=tls_verify), target.repository), target
+
+
+# --- remembering where blobs went, for cross-repository mounts ---------------------------------
+
+
+class MountRecord:
+    """A small local record of which repository of each registry we pushed each blob to."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        self.path = path or cache / "ocistrap" / "pushed-blobs.json"
+
+    def load(self) -> dict[str, dict[str, str]]:
+        try:
+            doc = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def source(self, registry: str, digest: str, repository: str) -> str | None:
+        """Another repository of REGISTRY we pushed DIGEST to, if any."""
+        found = self.load().get(registry, {}).get(digest)
+        return found if isinstance(found, str) and found != repository else None
+
+    def add(self, registry: str, repository: str, digests: list[str]) -> None:
+        """Note that REPOSITORY of REGISTRY now has DIGESTS (best effort; a lost entry only costs a mount)."""
+        doc = self.load()
+        blobs = doc.setdefault(registry, {})
+        for digest in digests:
+            blobs.pop(digest, None)
+            blobs[digest] = repository
+        doc[registry] = dict(list(blobs.items())[-_RECORD_LIMIT:])
+        try:
+            atomic_write_bytes(self.path, canonical_json(doc))
+        except OSError as exc:
+            log.get().detail(f"{self.path}: cannot record pushed blobs: {exc.strerror}")
+
+
+# --- pushing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PushStats:
+    """What a push did, blob by blob."""
+
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    present: int = 0
+    mounted: int = 0
+    manifests: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.uploaded} blob(s) uploaded ({self.uploaded_bytes} bytes), {self.present} already there, "
+            f"{self.mounted} mounted, {self.manifests} manifest(s) stored"
+        )
+
+
+def _is_manifest(desc: Descriptor) -> bool:
+    return desc.media_type in MANIFEST_MEDIA_TYPES or desc.media_type in INDEX_MEDIA_TYPES
+
+
+class _Pusher:
+    """Pushes images of one layout into one repository: blobs first, manifests after, root last."""
+
+    def __init__(self, repo: Repository, layout: Path, record: MountRecord) -> None:
+        self.repo = repo
+        self.layout = layout
+        self.record = record
+        self.stats = PushStats()
+
+    def push(self, desc: Descriptor, reference: str) -> requests.Response:
+        """Push DESC and all below it; store the root manifest at REFERENCE and return the answer."""
+        nodes = oci.reachable(self.layout, desc)
+        blobs = [n for n in nodes if not _is_manifest(n)]
+        for blob in blobs:
+            self.blob(blob)
+        self.record.add(self.repo.registry.name, self.repo.name, [b.digest for b in blobs])
+        for manifest in nodes[:-1]:
+            if _is_manifest(manifest):
+                self.manifest(manifest, manifest.digest)
+        return self.manifest(desc, reference)
+
+    def blob(self, desc: Descriptor) -> None:
+        path = oci.blob_path(self.layout, desc.digest)
+        if not path.is_file() or path.stat().st_size != desc.size:
+            raise TransportError(f"{path}: blob {desc.digest} ({desc.media_type}) is missing or has the wrong size")
+        size = self.repo.blob_size(desc.digest)
+        if size is not None:
+            if size != desc.size:
+                raise RegistryError(
+                    f"{self.repo.registry.name}/{self.repo.name}: blob {desc.digest} is {size} bytes there, "
+                    f"{desc.size} here"
+                )
+            self.stats.present += 1
+            return
+        source = self.record.source(self.repo.registry.name, desc.digest, self.repo.name)
+        if self.repo.upload_blob(path, desc, source):
+            self.stats.mounted += 1
+            log.get().detail(f"mounted {desc.digest} from {source}")
+        else:
+            self.stats.uploaded += 1
+            self.stats.uploaded_bytes += desc.size
+            log.get().detail(f"uploaded {desc.digest} ({desc.size} bytes)")
+
+    def manifest(self, desc: Descriptor, reference: str) -> requests.Response:
+        data = _manifest_bytes(self.layout, desc)
+        response = self.repo.put_manifest(reference, data, desc.media_type)
+        answered = response.headers.get("Docker-Content-Digest")
+        if answered is not None and answered != desc.digest:
+            raise RegistryError(
+                f"{self.repo.registry.name}/{self.repo.name}: the registry answered digest {answered} "
+                f"for manifest {desc.digest}"
+            )
+        self.stats.manifests += 1
+        return response
+
+
+def _manifest_bytes(layout: Path, desc: Descriptor) -> bytes:
+    oci.read_json(layout, desc)
+    return oci.blob_path(layout, desc.digest).read_bytes()
+
+
+def _check_stored(repo: Repository, reference: str, desc: Descriptor) -> None:
+    """Read REFERENCE back and make sure it is exactly the manifest we pushed."""
+    found = repo.get_manifest(reference, accept=desc.media_type)
+    if found is None:
+        raise RegistryError(f"{repo.registry.name}/{repo.name}: {reference} is missing right after it was pushed")
+    digest = "sha256:" + hashlib.sha256(found[0]).hexdigest()
+    if digest != desc.digest:
+        raise RegistryError(
+            f"{repo.registry.name}/{repo.name}:{reference} reads back as {digest}, not the pushed {desc.digest}",
+            hint="another push to the same tag may have raced this one",
+        )
+
+
+def push(layout: Path, desc: Descriptor, ref: Reference, *, tls_verify: bool | None = None) -> str:
+    """Push the image (manifest or index) DESC of LAYOUT to the ``docker://`` REF; return its digest.
+
+    REF's tag receives the image once every blob and child manifest is in
+    place; a REF with only a digest must name DESC's digest. Stored
+    credentials are used (see ``ocistrap.auth``).
+    """
+    repo, target = open_repository(ref, tls_verify=tls_verify)
+    if target.digest is not None and target.digest != desc.digest:
+        raise RegistryError(f"{ref}: names digest {target.digest}, but the image is {desc.digest}")
+    reference = target.tag or desc.digest
+    pusher = _Pusher(repo, layout, MountRecord())
+    pusher.push(desc, reference)
+    _check_stored(repo, reference, desc)
+    log.get().info(f"pushed {desc.digest} to {target}: {pusher.stats.summary()}")
+    return desc.digest
+
+
+def write_reference(layout: Path, desc: Descriptor, ref: Reference) -> None:
+    """Transport entry point for ``docker://REF`` (TLS verified except for loopback registries)."""
+    push(layout, desc, ref)
+
+
+# --- referrers ---------------------------------------------------------------------------------
+
+
+def _referrer_entry(layout: Path, desc: Descriptor) -> tuple[dict[str, Any], Descriptor]:
+    """The referrers-index entry for artifact manifest DESC, and the subject it refers to."""
+    doc = oci.read_json(layout, desc)
+    subject = doc.get("subject")
+    if not isinstance(subject, dict):
+        raise RegistryError(f"manifest {desc.digest} has no subject: it does not refer to any image")
+    entry = desc.to_json()
+    entry.pop("platform", None)
+    artifact_type = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
+    if artifact_type:
+        entry["artifactType"] = artifact_type
+    if doc.get("annotations"):
+        entry["annotations"] = doc["annotations"]
+    return entry, Descriptor.from_json(subject)
+
+
+def push_referrer(layout: Path, desc: Descriptor, ref: Reference, *, tls_verify: bool | None = None) -> str:
+    """Push artifact manifest DESC of LAYOUT (an SBOM, a signature) into REF's repository.
+
+    DESC's ``subject`` names the image it is about. Registries with the
+    referrers API index it themselves (they answer ``OCI-Subject``); for the
+    others the ``sha256-<hex>`` tag's index is extended, as OCI 1.1 specifies.
+    REF's tag is not touched. Returns DESC's digest.
+    """
+    entry, subject = _referrer_entry(layout, desc)
+    repo, target = open_repository(ref, tls_verify=tls_verify)
+    answer = _Pusher(repo, layout, MountRecord()).push(desc, desc.digest)
+    if answer.headers.get("OCI-Subject") != subject.digest:
+        _add_to_referrers_tag(repo, subject.digest, entry)
+    log.get().info(f"attached {entry.get('artifactType', desc.media_type)} {desc.digest} to {subject.digest}")
+    return desc.digest
+
+
+def _add_to_referrers_tag(repo: Repository, subject: str, entry: dict[str, Any]) -> None:
+    """Add ENTRY to the fallback index tagged ``sha256-<hex>`` (created if missing).
+
+    Two clients extending it at the same moment can lose an entry: the
+    fallback schema has no locking, which the OCI spec accepts.
+    """
+    tag = referrers_tag(subject)
+    found = repo.get_manifest(tag, accept=MEDIA_TYPE_INDEX)
+    entries = _index_entries(found[0], f"{repo.registry.name}/{repo.name}:{tag}") if found else []
+    if any(e.get("digest") == entry["digest"] for e in entries):
+        return
+    index = {"schemaVersion": 2, "mediaType": MEDIA_TYPE_INDEX, "manifests": [*entries, entry]}
+    repo.put_manifest(tag, canonical_json(index), MEDIA_TYPE_INDEX)
+
+
+def list_referrers(
+    ref: Reference, *, artifact_type: str | None = None, tls_verify: bool | None = None
+) -> list[dict[str, Any]]:
+    """The descriptors (JSON) of artifacts referring to the image REF names, optionally of one type.
+
+    Uses the referrers API when the registry has it, the ``sha256-<hex>`` tag otherwise.
+    """
+    repo, target = open_repository(ref, tls_verify=tls_verify)
+    subject = target.digest or _resolve_digest(repo, target)
+    entries = repo.referrers_api(subject, artifact_type)
+    if entries is None:
+        found = repo.get_manifest(referrers_tag(subject), accept=MEDIA_TYPE_INDEX)
+        entries = _index_entries(found[0], f"{target.registry}/{target.repository}:{referrers_tag(subject)}") if found else []
+    if artifact_type:
+        entries = [e for e in entries if e.get("artifactType") == artifact_type]
+    return entries
+
+
+def _resolve_digest(repo: Repository, target: Target) -> str:
+    assert target.tag is not None
+    found = repo.get_manifest(target.tag)
+    if found is None:
+        raise RegistryError(f"{target}: no such image")
+    return "sha256:" + hashlib.sha256(found[0]).hexdigest()
+
+
+# --- login ---------------------------------------------------------------------------------------
+
+
+def login(registry: str, username: str, password: str, *, tls_verify: bool | None = None) -> Path:
+    """Check USERNAME/PASSWORD against REGISTRY (``host[:port]``), then store them; return the auth file.
+
+    Nothing is stored when the registry refuses them (AuthError, whose message
+    names the user but never the password).
+    """
+    credentials = auth.Credentials(username, password)
+    session = Registry(auth.normalize_registry(registry), tls_verify=tls_verify, credentials=credentials)
+    try:
+        session.ping()
+    except RegistryError as exc:
+        raise auth.AuthError(exc.message, hint=exc.hint) from None
+    return auth.store(registry, credentials)
+
+
+def logout(registry: str) -> Path:
+    """Forget the stored login for REGISTRY; return the auth file it was removed from."""
+    removed = auth.remove(registry)
+    if removed is None:
+        raise auth.AuthError(
+            f"not logged in to {registry} (nothing stored in {auth.login_file()})",
+            hint="credentials in ~/.docker/config.json are docker's: remove them with `docker logout`",
+        )
+    return removed
