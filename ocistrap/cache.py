@@ -119,9 +119,9 @@ class Cache:
             return None
 
     def load_parsed(self, sha256: str) -> Any | None:
+        """The value stored for SHA256, or None; one read, since ``marshal.load`` on a file reads piecemeal."""
         try:
-            with open(self.root / "parsed" / f"{sha256}.marshal", "rb") as f:
-                return marshal.load(f)
+            return marshal.loads((self.root / "parsed" / f"{sha256}.marshal").read_bytes())
         except (FileNotFoundError, EOFError, ValueError, TypeError):
             return None
 
