@@ -1,0 +1,199 @@
+"""What the end-to-end tests share: running the real CLI and mmdebstrap, reading their trees, and
+looking for what a build left on the host."""
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from debian.deb822 import Deb822
+
+FROZEN_MIRROR_APTOPT = 'Acquire::Check-Valid-Until "false"'
+
+
+def ocistrap(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The real command line in its own process, as a user would run it."""
+    result = subprocess.run([sys.executable, "-m", "ocistrap", *args], capture_output=True, text=True,
+                            env=None if env is None else dict(env), cwd=cwd)
+    if check:
+        assert result.returncode == 0, f"ocistrap {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+    return result
+
+
+def printed_digests(stdout: str) -> dict[str, str]:
+    """`ocistrap build` prints one `REF sha256:...` line per output."""
+    pairs = [line.rsplit(" ", 1) for line in stdout.splitlines() if line.strip()]
+    assert pairs and all(len(p) == 2 and p[1].startswith("sha256:") for p in pairs), stdout
+    return dict(pairs)
+
+
+def mmdebstrap(suite: str, out: Path, *, include: Sequence[str] = (), aptopts: Sequence[str] = ()) -> Path:
+    """The reference rootless bootstrap of SUITE (minbase) into the tarball OUT."""
+    argv = ["mmdebstrap", "--mode=unshare", "--variant=minbase", "--quiet"]
+    argv += [f"--include={','.join(include)}"] if include else []
+    argv += [f"--aptopt={opt}" for opt in aptopts]
+    result = subprocess.run([*argv, suite, str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr}"
+    return out
+
+
+# ---- trees ----
+
+def member_name(name: str) -> str:
+    """`./etc/x`, `etc/x/` and `etc/x` are one path; the root is ``""``."""
+    name = name.removeprefix("./").strip("/")
+    return "" if name == "." else name
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the tree comparison looks at; a hard link counts as the file it shares an inode with."""
+
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    target: str = ""
+
+    def __str__(self) -> str:
+        target = f" -> {self.target}" if self.target else ""
+        return f"{self.kind} {self.mode:04o} {self.uid}:{self.gid}{target}"
+
+
+@dataclass(frozen=True)
+class Tree:
+    entries: dict[str, Entry]
+    hardlinks: frozenset[frozenset[str]]
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.isdir():
+        return "dir"
+    if member.issym():
+        return "symlink"
+    if member.isreg() or member.islnk():
+        return "file"
+    return f"type {member.type.decode()}"
+
+
+def read_tree(tarball: Path) -> Tree:
+    """Every path's entry, and the groups of paths that are hard links of each other
+    (whichever of them the archive stored first)."""
+    members: dict[str, tarfile.TarInfo] = {}
+    groups: dict[str, set[str]] = {}
+    with tarfile.open(tarball) as tar:
+        for m in tar:
+            name = member_name(m.name)
+            members[name] = m
+            if m.islnk():
+                target = member_name(m.linkname)
+                group = groups.setdefault(target, {target})
+                group.add(name)
+                groups[name] = group
+    entries = {}
+    for name, m in members.items():
+        inode = members.get(member_name(m.linkname), m) if m.islnk() else m
+        entries[name] = Entry(_kind(m), inode.mode, inode.uid, inode.gid, m.linkname if m.issym() else "")
+    unique = {id(g): frozenset(g) for g in groups.values()}
+    return Tree(entries, frozenset(unique.values()))
+
+
+def tree_differences(ours: Tree, theirs: Tree, ignore: Callable[[str], bool]) -> list[str]:
+    """One line per path whose type, mode, owner or link target differ, or that only one tree has."""
+    lines = []
+    for path in sorted(set(ours.entries) | set(theirs.entries)):
+        a, b = ours.entries.get(path), theirs.entries.get(path)
+        if a != b and not ignore(path):
+            lines.append(f"/{path}: ocistrap {a or 'missing'}, mmdebstrap {b or 'missing'}")
+    kept = {frozenset(p for p in g if not ignore(p)) for g in ours.hardlinks}
+    for group in {frozenset(p for p in g if not ignore(p)) for g in theirs.hardlinks} ^ kept:
+        if len(group) > 1:
+            side = "ocistrap" if group in kept else "mmdebstrap"
+            lines.append(f"hard links only in {side}: {' '.join(sorted(group))}")
+    return lines
+
+
+def read_members(tarball: Path, paths: Iterable[str]) -> dict[str, bytes]:
+    """The contents of the regular files PATHS (those present), in one pass over the archive."""
+    wanted, found = set(paths), {}
+    with tarfile.open(tarball) as tar:
+        for m in tar:
+            name = member_name(m.name)
+            if name in wanted and m.isreg():
+                handle = tar.extractfile(m)
+                assert handle is not None
+                found[name] = handle.read()
+    return found
+
+
+def installed(status: bytes) -> set[tuple[str, str, str]]:
+    """(name, version, architecture) of every package dpkg's status file calls installed."""
+    return {(p["Package"], p["Version"], p["Architecture"])
+            for p in Deb822.iter_paragraphs(status.decode())
+            if p.get("Status", "").endswith(" installed")}
+
+
+def auto_installed(extended_states: bytes) -> set[str]:
+    return {p["Package"] for p in Deb822.iter_paragraphs(extended_states.decode())
+            if p.get("Auto-Installed") == "1"}
+
+
+# ---- what a build leaves behind ----
+
+def foreign_paths(roots: Iterable[Path], uid: int, gid: int) -> list[str]:
+    """Paths under ROOTS (and ROOTS) not owned by UID:GID: a user cannot remove those."""
+    found = []
+    for root in roots:
+        for top, dirs, files in os.walk(root, onerror=lambda e: found.append(f"unreadable: {e}")):
+            for path in [Path(top), *(Path(top) / n for n in dirs + files)]:
+                st = path.lstat()
+                if (st.st_uid, st.st_gid) != (uid, gid):
+                    found.append(f"{path} ({st.st_uid}:{st.st_gid})")
+    return sorted(set(found))
+
+
+def _parents() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command name) of every live process (zombies hold nothing)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        if state not in ("Z", "X"):
+            table[int(entry.name)] = (int(ppid), comm)
+    return table
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below PID (sandbox helpers, their init, dpkg, maintainer scripts)."""
+    table = _parents()
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, comm) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = comm
+                frontier.append(child)
+    return found
+
+
+def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> dict[int, str]:
+    """Those of PIDS still alive after TIMEOUT seconds."""
+    pids = set(pids)
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = {pid: comm for pid, (_, comm) in _parents().items() if pid in pids}
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
