@@ -7,16 +7,20 @@ Layout under the cache root:
   refs/NAME          the SHA256 of the last verified InRelease of a suite,
                      so that ``--offline`` can find it without a lockfile
   parsed/HEX.marshal a parsed Packages index, keyed by the index's SHA256
+  locks/HEX          an empty file whose flock marks partial/HEX as being written
 
 Several processes may share one cache: every write goes to a unique temp file
 and is renamed into place; identical content makes a concurrent rename harmless.
+The one shared file, partial/HEX, is only touched under its lock.
 """
 
+import fcntl
 import hashlib
 import marshal
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -53,7 +57,7 @@ class Cache:
     def __init__(self, root: Path) -> None:
         self.root = root
         try:
-            for sub in ("blobs/sha256", "partial", "refs", "parsed"):
+            for sub in ("blobs/sha256", "partial", "refs", "parsed", "locks"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CacheError(f"cannot create cache directory {root}: {e.strerror}",
@@ -106,6 +110,17 @@ class Cache:
         path = self.blob_path(sha256)
         self._commit(partial, path)
         return path
+
+    @contextmanager
+    def claim(self, sha256: str) -> Iterator[None]:
+        """Exclusive use of partial/SHA256: a second downloader waits, then finds the blob."""
+        try:
+            f = open(self.root / "locks" / sha256, "ab")
+        except OSError as e:
+            raise CacheError(f"cannot lock {sha256} in the cache: {e.strerror}") from e
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
 
     def set_ref(self, name: str, sha256: str) -> None:
         with self._temp() as (tmp, f):

@@ -25,6 +25,10 @@ class NotFound(FetchError):
     """The mirror answered 404 for a file."""
 
 
+class Mismatch(FetchError):
+    """A downloaded file's size or SHA256 is not the signed one."""
+
+
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -65,6 +69,19 @@ class Fetcher:
         if self.offline:
             raise FetchError(f"{wanted.what} is not in the cache and --offline forbids downloading it",
                              hint="run `ocistrap fetch LOCKFILE` once with network access")
+        with cache.claim(wanted.sha256):
+            if (path := cache.lookup(wanted.sha256, wanted.size)) is not None:
+                return path
+            resuming = cache.partial_path(wanted.sha256).exists()
+            try:
+                return self._download_verified(wanted, cache)
+            except Mismatch:
+                if not resuming:
+                    raise
+            # an earlier run left a wrong prefix (check_file dropped it): start afresh once
+            return self._download_verified(wanted, cache)
+
+    def _download_verified(self, wanted: Wanted, cache: Cache) -> Path:
         self._retrying(wanted.url, wanted.what, lambda: self._download_once(wanted, cache))
         return cache.commit_partial(wanted.sha256, lambda p: check_file(p, wanted))
 
@@ -135,7 +152,8 @@ class Fetcher:
         headers = {"Range": f"bytes={have}-"} if have else None
         with self._request(wanted.url, wanted.what, headers) as response:
             mode = "ab" if have and response.status_code == 206 else "wb"
-            received = have if mode == "ab" else 0
+            received = start = have if mode == "ab" else 0
+            announced = _content_length(response)
             try:
                 with open(partial, mode) as f:
                     for chunk in response.iter_content(CHUNK):
@@ -152,8 +170,17 @@ class Fetcher:
             partial.unlink(missing_ok=True)
             raise FetchError(f"{wanted.what}: the mirror sent more than the signed size of "
                              f"{wanted.size} bytes; refused")
+        if received < wanted.size and received - start == announced:
+            partial.unlink(missing_ok=True)
+            raise FetchError(f"{wanted.what}: the mirror sent {received} bytes, less than the signed size of "
+                             f"{wanted.size} bytes; refused", hint="the mirror may be broken or mid-update")
         if received < wanted.size:
             raise _Transient(f"connection closed after {received} of {wanted.size} bytes")
+
+
+def _content_length(response: requests.Response) -> int | None:
+    value = response.headers.get("Content-Length", "")
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def check_file(path: Path, wanted: Wanted) -> None:
@@ -166,7 +193,7 @@ def check_file(path: Path, wanted: Wanted) -> None:
         problem = f"SHA256 mismatch (expected {wanted.sha256}, got {sha256})"
     if problem:
         path.unlink(missing_ok=True)
-        raise FetchError(f"{wanted.what}: {problem}; the file was discarded",
+        raise Mismatch(f"{wanted.what}: {problem}; the file was discarded",
                          hint="the mirror serves bytes that are not the signed ones")
 
 
