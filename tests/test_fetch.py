@@ -1,0 +1,319 @@
+"""`ocistrap fetch` (and the fetcher under `lock`) against broken, slow and hostile mirrors.
+
+Each failure is one ``ocistrap: error:`` line naming the package or file and
+the check; the cache keeps only verified blobs and resumable honest prefixes;
+the next honest run with the same cache succeeds.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import repo_factory
+import requests
+from lockfetch_support import *  # noqa: F401,F403
+from lockfetch_support import (Archive, assert_cache_verified, assert_one_error, assert_partials_honest,
+                               sha256_file)
+
+from ocistrap import fetch as fetch_module
+
+DEB = "dash"
+DEB_FILE = "dash_0.5-1_amd64.deb"
+BIG = "bigdata"
+
+
+@pytest.fixture
+def locked(archive: Archive) -> Archive:
+    """The suite, locked once with an honest mirror; requests so far are forgotten."""
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    archive.mirror.requests.clear()
+    return archive
+
+
+@pytest.fixture
+def ranges(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(path, Range header) of every request the mirror saw with a Range header."""
+    seen: list[tuple[str, str]] = []
+    original = repo_factory._Handler._range
+
+    def recording(handler, body, status):  # type: ignore[no-untyped-def]
+        if wanted := handler.headers.get("Range"):
+            seen.append((handler.path.lstrip("/"), wanted))
+        return original(handler, body, status)
+
+    monkeypatch.setattr(repo_factory._Handler, "_range", recording)
+    return seen
+
+
+def assert_recovers(archive: Archive) -> None:
+    """Nothing unverified was kept, and an honest fetch with the same cache works."""
+    assert_cache_verified(archive.cache)
+    assert_partials_honest(archive.cache, archive.repo.root)
+    archive.honest_again()
+    if not archive.lockfile.exists():
+        rc, _, err = archive.lock()
+        assert rc == 0, err
+    rc, out, err = archive.fetch()
+    assert rc == 0, err
+    assert out.startswith("6 packages verified")
+    assert_cache_verified(archive.cache)
+
+
+def flipped(data: bytes, offset: int) -> bytes:
+    changed = bytearray(data)
+    changed[offset] ^= 0x01
+    return bytes(changed)
+
+
+# .deb files
+
+
+def test_deb_with_a_flipped_byte_is_refused(locked: Archive) -> None:
+    path = locked.deb(DEB)
+    locked.mirror.tamper(path, body=flipped(locked.original(path), 100))
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, "SHA256 mismatch")
+    assert not (locked.cache / "partial" / sha256_file(locked.repo.root / path)).exists()
+    assert_recovers(locked)
+
+
+def test_big_deb_with_a_flipped_byte_is_refused(locked: Archive) -> None:
+    path = locked.deb(BIG)
+    locked.mirror.tamper(path, body=flipped(locked.original(path), 5000))
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, "bigdata_1.0_amd64.deb", "SHA256 mismatch")
+    assert_recovers(locked)
+
+
+def test_truncated_deb_is_refused(locked: Archive) -> None:
+    path = locked.deb(DEB)
+    data = locked.original(path)
+    locked.mirror.tamper(path, body=data[: len(data) // 2])
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, f"{len(data) // 2} bytes", f"signed size of {len(data)}")
+    assert_recovers(locked)
+
+
+def test_longer_deb_is_refused(locked: Archive) -> None:
+    path = locked.deb(DEB)
+    data = locked.original(path)
+    locked.mirror.tamper(path, body=data + b"trailing junk")
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, f"signed size of {len(data)}")
+    assert_recovers(locked)
+
+
+def test_deb_announced_shorter_is_refused(locked: Archive) -> None:
+    path = locked.deb(DEB)
+    size = len(locked.original(path))
+    locked.mirror.tamper(path, content_length=size - 10)
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, f"{size - 10} bytes", f"signed size of {size}")
+    assert_recovers(locked)
+
+
+def test_deb_announced_longer_is_retried_then_refused(locked: Archive) -> None:
+    path = locked.deb(DEB)
+    size = len(locked.original(path))
+    locked.mirror.tamper(path, content_length=size + 10)
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, "gave up after 4 attempts")
+    assert locked.mirror.requests.count(path) == 4
+    assert_recovers(locked)
+
+
+def test_missing_deb_is_named(locked: Archive) -> None:
+    locked.mirror.tamper(locked.deb(DEB), status=404)
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, "404")
+    assert_recovers(locked)
+
+
+def test_interrupted_download_is_resumed_with_a_range_request(locked: Archive, ranges: list) -> None:
+    path = locked.deb(BIG)
+    size = len(locked.original(path))
+    locked.mirror.tamper(path, cut_after=size - 100_000, times=1)
+    rc, _, err = locked.fetch()
+    assert rc == 0, err
+    assert locked.mirror.requests.count(path) == 2
+    assert len(ranges) == 1
+    got_path, header = ranges[0]
+    assert got_path == path
+    start = int(header.removeprefix("bytes=").removesuffix("-"))
+    assert 0 < start < size
+    assert_cache_verified(locked.cache)
+    assert not list((locked.cache / "partial").iterdir())
+
+
+def test_download_cut_in_every_attempt_keeps_an_honest_prefix_for_the_next_run(
+        locked: Archive, ranges: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = locked.deb(BIG)
+    size = len(locked.original(path))
+    locked.mirror.tamper(path, cut_after=size - 100_000)
+    monkeypatch.setattr(fetch_module.Fetcher.__init__, "__kwdefaults__",
+                        {**fetch_module.Fetcher.__init__.__kwdefaults__, "attempts": 1})
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, "bigdata_1.0_amd64.deb", "gave up after 1 attempts")
+    partial = locked.cache / "partial" / sha256_file(locked.repo.root / path)
+    assert 0 < partial.stat().st_size < size
+    assert_recovers(locked)
+    assert ranges and ranges[-1][0] == path
+
+
+def test_stale_wrong_partial_file_does_not_spoil_an_honest_run(locked: Archive) -> None:
+    """A run killed while a hostile mirror sent bad bytes leaves a wrong prefix behind."""
+    path = locked.deb(BIG)
+    data = locked.original(path)
+    partial = locked.cache / "partial" / sha256_file(locked.repo.root / path)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(flipped(data[: len(data) // 2], 10))
+    rc, _, err = locked.fetch()
+    assert rc == 0, err
+    assert_cache_verified(locked.cache)
+
+
+# retries and timeouts
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+@pytest.mark.parametrize("target", ["InRelease", "index", "deb"])
+def test_transient_errors_are_retried(archive: Archive, status: int, target: str) -> None:
+    path = {"InRelease": archive.dist("InRelease"), "index": archive.dist("main/binary-amd64/Packages.xz"),
+            "deb": archive.deb(DEB)}[target]
+    archive.mirror.tamper(path, status=status, times=2)
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    rc, _, err = archive.fetch()
+    assert rc == 0, err
+    assert archive.mirror.requests.count(path) == 3
+
+
+def test_persistent_server_error_gives_up_naming_the_file(locked: Archive) -> None:
+    locked.mirror.tamper(locked.deb(DEB), status=503)
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, "HTTP 503", "gave up after 4 attempts")
+    assert locked.mirror.requests.count(locked.deb(DEB)) == 4
+    assert_recovers(locked)
+
+
+def test_client_error_is_not_retried(locked: Archive) -> None:
+    locked.mirror.tamper(locked.deb(DEB), status=403)
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, "HTTP 403")
+    assert locked.mirror.requests.count(locked.deb(DEB)) == 1
+    assert_recovers(locked)
+
+
+@pytest.fixture
+def impatient(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetch_module.Fetcher.__init__, "__kwdefaults__",
+                        {**fetch_module.Fetcher.__init__.__kwdefaults__, "timeout": 0.3, "attempts": 2})
+
+
+def test_hanging_mirror_times_out_naming_the_file(archive: Archive, impatient: None) -> None:
+    archive.mirror.tamper(archive.dist("InRelease"), delay=30)
+    rc, _, err = archive.lock()
+    assert_one_error(rc, err, "InRelease", "timed out", "gave up after 2 attempts")
+    assert_recovers(archive)
+
+
+def test_hanging_deb_download_times_out_naming_the_package(locked: Archive, impatient: None) -> None:
+    locked.mirror.tamper(locked.deb(DEB), delay=30)
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, "timed out")
+    assert_recovers(locked)
+
+
+def test_slow_answer_within_the_timeout_is_fine(locked: Archive, impatient: None) -> None:
+    locked.mirror.tamper(locked.deb(DEB), delay=0.1)
+    rc, _, err = locked.fetch()
+    assert rc == 0, err
+
+
+# --offline
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise requests.ConnectionError("the network is off in this test")
+
+    monkeypatch.setattr(requests.Session, "request", refuse)
+
+
+def test_offline_lock_and_fetch_work_from_the_cache(locked: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    rc, _, err = locked.fetch()
+    assert rc == 0, err
+    online = locked.lockfile.read_bytes()
+    monkeypatch.setattr(requests.Session, "request", lambda *a, **k: pytest.fail("network used"))
+    offline = locked.lockfile.with_name("offline.lock")
+    rc, _, err = locked.lock("--offline", output=offline)
+    assert rc == 0, err
+    assert offline.read_bytes() == online
+    rc, out, err = locked.fetch("--offline", lockfile=offline)
+    assert rc == 0, err
+    assert out.startswith("6 packages verified")
+
+
+def test_offline_works_after_release_gpg(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive.mirror.tamper(archive.dist("InRelease"), status=404)
+    assert archive.lock()[0] == 0
+    assert archive.fetch()[0] == 0
+    monkeypatch.setattr(requests.Session, "request", lambda *a, **k: pytest.fail("network used"))
+    rc, _, err = archive.lock("--offline")
+    assert rc == 0, err
+    rc, _, err = archive.fetch("--offline")
+    assert rc == 0, err
+
+
+def test_offline_fetch_with_an_empty_cache_names_what_is_missing(locked: Archive, tmp_path: Path,
+                                                                 no_network: None) -> None:
+    locked.cache = tmp_path / "empty-cache"
+    rc, _, err = locked.fetch("--offline")
+    assert_one_error(rc, err, "Release of unstable", "not in the cache")
+
+
+def test_offline_fetch_names_the_missing_package(locked: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    locked.mirror.tamper(locked.deb(DEB), status=404)
+    assert locked.fetch()[0] != 0
+    monkeypatch.setattr(requests.Session, "request", lambda *a, **k: pytest.fail("network used"))
+    rc, _, err = locked.fetch("--offline")
+    assert_one_error(rc, err, DEB_FILE, "not in the cache", "--offline")
+
+
+def test_offline_lock_with_an_empty_cache_fails(archive: Archive, no_network: None) -> None:
+    rc, _, err = archive.lock("--offline")
+    assert_one_error(rc, err, "unstable", "in the cache")
+
+
+def test_offline_lock_without_the_index_names_it(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive.mirror.tamper(archive.dist("main/binary-amd64/Packages.xz"), status=404)
+    assert archive.lock()[0] != 0
+    monkeypatch.setattr(requests.Session, "request", lambda *a, **k: pytest.fail("network used"))
+    rc, _, err = archive.lock("--offline")
+    assert_one_error(rc, err, "Packages.xz", "--offline")
+
+
+# two processes, one cache
+
+
+def test_two_fetch_processes_share_one_cache(locked: Archive) -> None:
+    """Both run at once (the mirror holds every .deb back a little so they overlap)."""
+    for deb in locked.repo.debs:
+        locked.mirror.tamper(deb.filename, delay=0.5)
+    command = [sys.executable, "-m", "ocistrap", "-q", "fetch", str(locked.lockfile), *locked.common()]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for _ in range(2)]
+    results = [run.communicate(timeout=60) + (run.returncode,) for run in runs]
+    for out, err, rc in results:
+        assert rc == 0, err
+        assert out.startswith("6 packages verified")
+    assert_cache_verified(locked.cache)
+    assert_partials_honest(locked.cache, locked.repo.root)
+    locked.honest_again()
+    rc, _, err = locked.fetch("--offline")
+    assert rc == 0, err
