@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ContextManager
 
 import zstandard
 
@@ -29,7 +29,7 @@ from ocistrap.image import (
     Platform,
 )
 from ocistrap.schema import SchemaError, validate
-from ocistrap.transports import Reference, TransportError, docker_archive, oci, oci_archive, parse_reference
+from ocistrap.transports import Reference, TransportError, docker_archive, oci, oci_archive, parse_reference, registry
 
 _CHUNK = 1 << 20
 
@@ -56,18 +56,24 @@ class VerifyReport:
         )
 
 
-def verify(ref: str | Reference) -> VerifyReport:
-    """Verify the image(s) at REF (oci:, oci-archive: or docker-archive:)."""
+def verify(ref: str | Reference, *, tls_verify: bool | None = None) -> VerifyReport:
+    """Verify the image(s) at REF (oci:, oci-archive:, docker-archive: or docker://).
+
+    TLS_VERIFY applies to docker:// only (see ``transports.registry``).
+    """
     reference = parse_reference(ref) if isinstance(ref, str) else ref
     report = VerifyReport(str(reference))
     verifier = _VERIFIERS.get(reference.transport)
     if verifier is None:
         raise VerifyError(
             f"cannot verify {reference.transport}: images",
-            hint="verify works on oci:, oci-archive: and docker-archive:",
+            hint="verify works on oci:, oci-archive:, docker-archive: and docker://",
         )
     try:
-        verifier(reference, report)
+        if reference.transport == "docker":
+            _verify_registry(reference, report, tls_verify)
+        else:
+            verifier(reference, report)
     except (TransportError, ImageError, SchemaError) as exc:
         raise VerifyError(str(exc)) from exc
     return report
@@ -98,10 +104,16 @@ def _require_file(path: Path) -> None:
         raise VerifyError(f"{path}: no such archive")
 
 
+def _verify_registry(ref: Reference, report: VerifyReport, tls_verify: bool | None = None) -> None:
+    repo, target = registry.open_repository(ref, tls_verify=tls_verify)
+    _RegistryChecker(repo, str(target), report).run(target.digest or target.tag)
+
+
 _VERIFIERS: dict[str, Callable[[Reference, VerifyReport], None]] = {
     "oci": _verify_oci,
     "oci-archive": _verify_oci_archive,
     "docker-archive": _verify_docker_archive,
+    "docker": _verify_registry,
 }
 
 
@@ -159,34 +171,42 @@ class _LayoutChecker:
         self.report.manifests += 1
 
     def document(self, desc: Descriptor, schema: str, where: str) -> dict[str, Any]:
-        path = self._blob(desc, where)
-        data = path.read_bytes()
-        self._count(desc, _digest_mismatch(desc, len(data), "sha256:" + hashlib.sha256(data).hexdigest()), path, where)
-        doc = _load_json(data, f"{self._name(path)} ({where})")
-        validate(doc, schema, what=f"{self._name(path)} ({where})")
+        name = self._blob_name(desc)
+        data = self._read(desc, where)
+        self._count(desc, _digest_mismatch(desc, len(data), "sha256:" + hashlib.sha256(data).hexdigest()), name, where)
+        doc = _load_json(data, f"{name} ({where})")
+        validate(doc, schema, what=f"{name} ({where})")
         declared = doc.get("mediaType")
         if declared is not None and declared != desc.media_type:
             raise VerifyError(
-                f"{self._name(path)} ({where}): document says mediaType {declared}, its descriptor {desc.media_type}"
+                f"{name} ({where}): document says mediaType {declared}, its descriptor {desc.media_type}"
             )
         return doc
 
     def layer(self, desc: Descriptor, diff_id: str, where: str) -> None:
         if desc.media_type not in LAYER_COMPRESSION:
             raise VerifyError(f"{where} ({desc.digest}): media type {desc.media_type} is not a layer type")
-        path = self._blob(desc, where)
         hashes = self.layers.get(desc.digest)
         if hashes is None:
-            with open(path, "rb") as handle:
+            with self._open(desc, where) as handle:
                 hashes = self.layers[desc.digest] = _hash_layer(handle, LAYER_COMPRESSION[desc.media_type])
             self.report.layers += 1
         problem = _digest_mismatch(desc, hashes.size, hashes.digest) or hashes.diff_id_problem(diff_id)
-        self._count(desc, problem, path, where)
+        self._count(desc, problem, self._blob_name(desc), where)
 
-    def _count(self, desc: Descriptor, problem: str | None, path: Path, where: str = "") -> None:
+    def _read(self, desc: Descriptor, where: str) -> bytes:
+        return self._blob(desc, where).read_bytes()
+
+    def _open(self, desc: Descriptor, where: str) -> ContextManager[IO[bytes]]:
+        return open(self._blob(desc, where), "rb")
+
+    def _blob_name(self, desc: Descriptor) -> str:
+        return self._name(oci.blob_path(self.root, desc.digest))
+
+    def _count(self, desc: Descriptor, problem: str | None, name: str, where: str = "") -> None:
         if problem is not None:
             context = f" ({where})" if where else ""
-            raise VerifyError(f"{self._name(path)}{context}: {problem}")
+            raise VerifyError(f"{name}{context}: {problem}")
         if desc.digest not in self.done:
             self.done.add(desc.digest)
             self.report.blobs += 1
@@ -207,6 +227,46 @@ class _LayoutChecker:
             return Descriptor.from_json(doc)
         except ImageError as exc:
             raise VerifyError(f"{where}: {exc}") from None
+
+
+class _RegistryChecker(_LayoutChecker):
+    """The same walk over a registry: documents fetched, blobs streamed straight into the hashes."""
+
+    def __init__(self, repo: registry.Repository, shown: str, report: VerifyReport) -> None:
+        super().__init__(Path(), report)
+        self.repo = repo
+        self.shown_name = shown
+        self.fetched: dict[str, bytes] = {}
+
+    def run(self, reference: str | None) -> None:
+        assert reference is not None
+        found = self.repo.get_manifest(reference)
+        if found is None:
+            raise VerifyError(f"{self.shown_name}: no such image in the registry")
+        data, media_type = found
+        root = Descriptor(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+        if reference.startswith("sha256:") and root.digest != reference:
+            raise VerifyError(f"{self.shown_name}: digest mismatch: manifest hashes to {root.digest}")
+        self.fetched[root.digest] = data
+        self.report.tags = [] if reference.startswith("sha256:") else [reference]
+        self.node(root, "the manifest the registry serves")
+
+    def _read(self, desc: Descriptor, where: str) -> bytes:
+        if desc.digest in self.fetched:
+            return self.fetched.pop(desc.digest)
+        if desc.media_type in INDEX_MEDIA_TYPES or desc.media_type in MANIFEST_MEDIA_TYPES:
+            found = self.repo.get_manifest(desc.digest, accept=desc.media_type)
+            if found is None:
+                raise VerifyError(f"{self._blob_name(desc)} ({where}): manifest is missing")
+            return found[0]
+        with self._open(desc, where) as handle:
+            return handle.read(desc.size + 1)
+
+    def _open(self, desc: Descriptor, where: str) -> ContextManager[IO[bytes]]:
+        return self.repo.open_blob(desc.digest)
+
+    def _blob_name(self, desc: Descriptor) -> str:
+        return f"{self.shown_name}@{desc.digest}"
 
 
 def _check_layout_file(root: Path, shown: Path) -> None:

@@ -2,6 +2,7 @@ import os
 
 import pytest
 from repo_factory import *  # noqa: F401,F403  (signed test repository and hostile mirror fixtures)
+from registry_fixture import auth_registry, fake_registry, registry  # noqa: F401  (docker-registry and fake registries)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -353,11 +353,11 @@ def _shown(url: str) -> str:
 
 
 def _reason(exc: Exception) -> str:
-    """The innermost cause of a requests exception, without object reprs and upload-session URLs."""
+    """The innermost cause of a requests exception, without object reprs or query strings (upload state)."""
     inner = exc.args[0] if exc.args else exc
     text = str(getattr(inner, "reason", inner))
-    text = re.sub(r"<[^>]*>:\s*", "", text)
-    return re.sub(r"https?://[^\s'\"]+", lambda m: _shown(m.group(0)), text)[:300]
+    text = re.sub(r"^(?:<[^>]*>|\w+\([^)]*\)):\s*", "", text)
+    return re.sub(r"\?[^\s'\")]*", "", text)[:300]
 
 
 def _retry_after(response: requests.Response) -> float | None:

@@ -1,0 +1,548 @@
+"""The registry transport and credentials: pure parts, a fake registry with faults, and Debian's docker-registry.
+
+Real-registry tests use the ``registry``/``auth_registry`` fixtures of
+registry_fixture.py (skipped when docker-registry is not installed); skopeo,
+when present, checks what we pushed from the outside.
+"""
+
+import base64
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, free_port
+from test_transports import build_image
+
+from ocistrap import auth, image
+from ocistrap.image import Descriptor
+from ocistrap.transports import Reference, TransportError, oci, parse_reference
+from ocistrap.transports import registry as reg
+from ocistrap.transports import write as write_to
+from ocistrap.verify import VerifyError, verify
+
+SBOM_TYPE = "application/spdx+json"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No credentials, caches or retry delays leak in from the machine running the tests."""
+    home = tmp_path / "home"
+    (home / "runtime").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "runtime"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05))
+    return home
+
+
+@pytest.fixture
+def traffic(monkeypatch) -> list[tuple[str, str]]:
+    """Every HTTP request made through requests, as (method, path?query)."""
+    seen: list[tuple[str, str]] = []
+    original = requests.Session.request
+
+    def recording(self, method, url, *args, **kwargs):
+        parts = urlsplit(url)
+        params = kwargs.get("params") or {}
+        query = "&".join(f"{k}={v}" for k, v in params.items()) if isinstance(params, dict) else ""
+        seen.append((method, parts.path + (f"?{query}" if query else "")))
+        return original(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "request", recording)
+    return seen
+
+
+def uploads(traffic: list[tuple[str, str]]) -> list[str]:
+    """Blob bodies sent: PUT/PATCH into upload sessions."""
+    return [path for method, path in traffic if method in ("PUT", "PATCH") and "/blobs/uploads/" in path]
+
+
+def docker(host: str, rest: str) -> Reference:
+    return parse_reference(f"docker://{host}/{rest}")
+
+
+def image_blobs(layout: Path, desc: Descriptor) -> list[Descriptor]:
+    return [d for d in oci.reachable(layout, desc) if d.media_type not in image.MANIFEST_MEDIA_TYPES]
+
+
+def needs(tool: str):
+    return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} is not installed")
+
+
+def skopeo_inspect(ref: str, *extra: str) -> dict:
+    result = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", *extra, ref], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# --- names and policies (pure) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("debian", ("docker.io", "library/debian")),
+        ("someone/debian", ("docker.io", "someone/debian")),
+        ("localhost/debian", ("localhost", "debian")),
+        ("127.0.0.1:5000/a/b/c", ("127.0.0.1:5000", "a/b/c")),
+        ("registry.example.org/debian", ("registry.example.org", "debian")),
+        ("[::1]:5000/x", ("[::1]:5000", "x")),
+    ],
+)
+def test_split_name(name, expected):
+    assert reg.split_name(name) == expected
+
+
+def test_target_of_reference():
+    target = reg.target_of(parse_reference("docker://127.0.0.1:5000/ocistrap/debian:sid"))
+    assert target == reg.Target("127.0.0.1:5000", "ocistrap/debian", "sid")
+    assert str(target) == "127.0.0.1:5000/ocistrap/debian:sid"
+    with pytest.raises(reg.RegistryError, match="not a docker://"):
+        reg.target_of(parse_reference("oci:x"))
+
+
+@pytest.mark.parametrize(
+    "registry, loopback",
+    [
+        ("127.0.0.1:5000", True),
+        ("127.1.2.3", True),
+        ("localhost:5000", True),
+        ("localhost", True),
+        ("[::1]:5000", True),
+        ("::1", True),
+        ("128.0.0.1:5000", False),
+        ("localhost.example.org", False),
+        ("registry.example.org:443", False),
+        ("docker.io", False),
+    ],
+)
+def test_loopback(registry, loopback):
+    assert reg.is_loopback(registry) is loopback
+
+
+@pytest.mark.parametrize(
+    "name, tls_verify, base",
+    [
+        ("127.0.0.1:5000", None, "http://127.0.0.1:5000"),
+        ("127.0.0.1:5000", True, "https://127.0.0.1:5000"),
+        ("registry.example.org", None, "https://registry.example.org"),
+        ("registry.example.org", False, "https://registry.example.org"),
+        ("docker.io", None, "https://registry-1.docker.io"),
+    ],
+)
+def test_plain_http_only_for_loopback(name, tls_verify, base):
+    session = reg.Registry(name, tls_verify=tls_verify)
+    assert session.base == base
+    assert session.session.verify is (tls_verify is not False)
+
+
+def test_backoff_grows_and_honours_retry_after():
+    policy = reg.RetryPolicy(base_delay=0.5, max_delay=5)
+    assert [policy.delay(n, None) for n in range(5)] == [0.5, 1, 2, 4, 5]
+    assert policy.delay(0, 3.0) == 3.0 and policy.delay(0, 60.0) == 5
+
+
+def test_referrers_tag():
+    assert reg.referrers_tag("sha256:" + "ab" * 32) == "sha256-" + "ab" * 32
+
+
+def test_connection_errors_are_summarised_without_urls():
+    exc = requests.ConnectionError(
+        "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: "
+        "/v2/x/blobs/uploads/abc?_state=SECRETSTATE"
+    )
+    assert "SECRETSTATE" not in reg._reason(exc)
+    port = free_port()
+    try:
+        requests.put(f"http://127.0.0.1:{port}/v2/x/blobs/uploads/abc?_state=SECRETSTATE", timeout=5)
+    except requests.ConnectionError as real:
+        assert reg._reason(real) == "Failed to establish a new connection: [Errno 111] Connection refused"
+
+
+# --- credentials ---------------------------------------------------------------------------
+
+
+def basic(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def write_json(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+def test_lookup_order_auth_file_then_session_then_docker(isolated, monkeypatch, tmp_path):
+    docker_config = isolated / ".docker" / "config.json"
+    session = isolated / "runtime" / "containers" / "auth.json"
+    explicit = tmp_path / "explicit.json"
+    write_json(docker_config, {"auths": {"https://index.docker.io/v1/": {"auth": basic("hub", "h")},
+                                         "r.example": {"auth": basic("docker", "d")}}})
+    assert auth.lookup("docker.io").username == "hub"
+    assert auth.lookup("r.example").username == "docker"
+    write_json(session, {"auths": {"r.example": {"auth": basic("podman", "p")}}})
+    assert auth.lookup("r.example").username == "podman"
+    write_json(explicit, {"auths": {"r.example": {"auth": basic("explicit", "e:with:colons")}}})
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(explicit))
+    found = auth.lookup("r.example")
+    assert (found.username, found.password, found.source) == ("explicit", "e:with:colons", str(explicit))
+    assert auth.lookup("other.example") is None
+
+
+def test_repository_scoped_entries_win(isolated):
+    write_json(isolated / "runtime" / "containers" / "auth.json", {"auths": {
+        "r.example": {"auth": basic("all", "a")},
+        "r.example/team": {"auth": basic("team", "t")},
+    }})
+    assert auth.lookup("r.example", "team/debian").username == "team"
+    assert auth.lookup("r.example", "other/debian").username == "all"
+
+
+def helper_script(bin_dir: Path, name: str, answer: dict | None) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / f"docker-credential-{name}"
+    body = f"cat >> {bin_dir}/{name}.asked\necho\n"
+    body += f"echo '{json.dumps(answer)}'\n" if answer else "echo 'credentials not found' >&2\nexit 1\n"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+
+
+def test_credential_helpers_and_store(isolated, monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"
+    helper_script(bin_dir, "pass", {"Username": "helped", "Secret": "s"})
+    helper_script(bin_dir, "empty", None)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    write_json(isolated / ".docker" / "config.json",
+               {"credHelpers": {"r.example": "pass"}, "credsStore": "empty"})
+    found = auth.lookup("r.example")
+    assert (found.username, found.password, found.source) == ("helped", "s", "docker-credential-pass")
+    assert (bin_dir / "pass.asked").read_text() == "r.example"
+    assert auth.lookup("elsewhere.example") is None
+    assert (bin_dir / "empty.asked").read_text() == "elsewhere.example"
+
+
+def test_missing_helper_is_named(isolated, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    write_json(isolated / ".docker" / "config.json", {"credsStore": "nonesuch"})
+    with pytest.raises(auth.AuthError, match="docker-credential-nonesuch .* not installed"):
+        auth.lookup("r.example")
+
+
+@pytest.mark.parametrize("entry", ["not base64!", base64.b64encode(b"no-colon-here").decode()])
+def test_malformed_auth_entry(isolated, entry):
+    write_json(isolated / ".docker" / "config.json", {"auths": {"r.example": {"auth": entry}}})
+    with pytest.raises(auth.AuthError, match="not base64 of USER:PASSWORD") as info:
+        auth.lookup("r.example")
+    assert "no-colon-here" not in str(info.value)
+
+
+def test_store_and_remove_like_podman(isolated):
+    path = auth.store("r.example:5000", auth.Credentials("me", "pw"))
+    assert path == isolated / "runtime" / "containers" / "auth.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text()) == {"auths": {"r.example:5000": {"auth": basic("me", "pw")}}}
+    auth.store("other.example", auth.Credentials("you", "x"))
+    assert auth.lookup("r.example:5000").password == "pw"
+    assert auth.remove("r.example:5000") == path
+    assert auth.remove("r.example:5000") is None
+    assert list(json.loads(path.read_text())["auths"]) == ["other.example"]
+
+
+def test_credentials_never_show_their_password():
+    credentials = auth.Credentials("me", "hunter2", source="x")
+    assert "hunter2" not in repr(credentials) and "hunter2" not in str(credentials)
+
+
+# --- against a fake registry ----------------------------------------------------------------
+
+
+def test_push_blobs_first_manifest_last(tmp_path, fake_registry, traffic):
+    desc = build_image(tmp_path / "l", [{"a": b"a"}, {"b": b"b" * 50_000}])
+    assert reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x/y:t")) == desc.digest
+    puts = [path for method, path in traffic if method == "PUT"]
+    assert len(puts) == 4
+    assert all("/blobs/uploads/" in p for p in puts[:3]) and puts[3] == "/v2/x/y/manifests/t"
+    assert traffic[-1] == ("GET", "/v2/x/y/manifests/t")
+    assert set(fake_registry.state.blobs) == {b.digest for b in image_blobs(tmp_path / "l", desc)}
+
+
+def test_wrong_digest_answer_is_refused(tmp_path, fake_registry):
+    fake_registry.state.faults.wrong_digest = True
+    desc = build_image(tmp_path / "l")
+    with pytest.raises(reg.RegistryError, match="answered digest sha256:0000.* refusing"):
+        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    assert fake_registry.requests("PUT", "/manifests/") == []
+
+
+def test_server_error_mid_upload_is_retried(tmp_path, fake_registry):
+    fake_registry.state.faults.upload_500 = 2
+    desc = build_image(tmp_path / "l")
+    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    blobs = image_blobs(tmp_path / "l", desc)
+    assert len(fake_registry.requests("POST", "/blobs/uploads/")) == len(blobs) + 2
+    assert fake_registry.state.tags["x"]["t"] == desc.digest
+
+
+def test_dropped_connection_is_retried(tmp_path, fake_registry):
+    fake_registry.state.faults.drop_upload = 1
+    desc = build_image(tmp_path / "l", [{"big": os.urandom(300_000)}])
+    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    assert fake_registry.state.tags["x"]["t"] == desc.digest
+    assert len(fake_registry.requests("POST", "/blobs/uploads/")) == len(image_blobs(tmp_path / "l", desc)) + 1
+
+
+def test_persistent_failure_gives_up_without_tagging(tmp_path, fake_registry, monkeypatch):
+    delays: list[float] = []
+    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=3, base_delay=0.5, sleep=delays.append))
+    fake_registry.state.faults.upload_500 = 100
+    desc = build_image(tmp_path / "l")
+    with pytest.raises(reg.RegistryError, match=r"HTTP 500 \(gave up after 3 attempts\)"):
+        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    assert delays == [0.5, 1.0]
+    assert fake_registry.requests("PUT", "/manifests/") == []
+
+
+def test_client_errors_are_not_retried(tmp_path, fake_registry):
+    desc = build_image(tmp_path / "l")
+    layer = image_blobs(tmp_path / "l", desc)[-1]
+    path = oci.blob_path(tmp_path / "l", layer.digest)
+    path.write_bytes(b"\0" * layer.size)
+    with pytest.raises(reg.RegistryError, match=f"upload blob {layer.digest}: HTTP 400: DIGEST_INVALID"):
+        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    assert len(fake_registry.requests("PUT", "/blobs/uploads/")) == len(image_blobs(tmp_path / "l", desc))
+
+
+def test_manifest_read_back_must_match(tmp_path, fake_registry):
+    fake_registry.state.faults.wrong_manifest_back = True
+    desc = build_image(tmp_path / "l")
+    with pytest.raises(reg.RegistryError, match="reads back as"):
+        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+
+
+def test_digest_reference_must_match(tmp_path, fake_registry):
+    desc = build_image(tmp_path / "l")
+    with pytest.raises(reg.RegistryError, match="names digest"):
+        reg.push(tmp_path / "l", desc, docker(fake_registry.host, f"x@sha256:{'1' * 64}"))
+    reg.push(tmp_path / "l", desc, docker(fake_registry.host, f"x@{desc.digest}"))
+    assert desc.digest in fake_registry.state.manifests and fake_registry.state.tags.get("x", {}) == {}
+
+
+def auth_file(tmp_path: Path, monkeypatch, host: str, password: str) -> Path:
+    path = tmp_path / "auth.json"
+    write_json(path, {"auths": {host: {"auth": basic(REGISTRY_USER, password)}}})
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(path))
+    return path
+
+
+def test_bearer_token_auth(tmp_path, fake_registry, monkeypatch):
+    fake_registry.state.auth = "bearer"
+    auth_file(tmp_path, monkeypatch, fake_registry.host, REGISTRY_PASSWORD)
+    desc = build_image(tmp_path / "l")
+    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    assert fake_registry.state.tags["x"]["t"] == desc.digest
+    assert len(fake_registry.requests("GET", "^/token")) == 1
+    challenged = [a for a in fake_registry.state.seen_authorization if not a]
+    assert len(challenged) == 1, "a token, once obtained, is sent with every later request"
+
+
+def test_bearer_wrong_password_is_not_shown(tmp_path, fake_registry, monkeypatch):
+    fake_registry.state.auth = "bearer"
+    auth_file(tmp_path, monkeypatch, fake_registry.host, "wrong-Pa55word-xyz")
+    desc = build_image(tmp_path / "l")
+    with pytest.raises(reg.RegistryError, match=f"refused the credentials of user {REGISTRY_USER}") as info:
+        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    text = f"{info.value} {info.value!r} {info.value.hint}"
+    assert "wrong-Pa55word-xyz" not in text and basic(REGISTRY_USER, "wrong-Pa55word-xyz") not in text
+
+
+def test_no_credentials_asks_for_login(tmp_path, fake_registry):
+    fake_registry.state.auth = "basic"
+    desc = build_image(tmp_path / "l")
+    with pytest.raises(reg.RegistryError, match="requires authentication") as info:
+        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    assert f"ocistrap login {fake_registry.host}" in info.value.hint
+
+
+# --- against Debian's docker-registry ---------------------------------------------------------
+
+
+def test_push_then_skopeo_inspects_it(tmp_path, registry):
+    desc = build_image(tmp_path / "l", [{"etc/a": b"a"}, {"etc/b": b"b"}], media_type=image.MEDIA_TYPE_LAYER_ZSTD)
+    write_to(tmp_path / "l", desc, docker(registry.host, "ocistrap/debian:bookworm"))
+    config, *layers = oci.children(tmp_path / "l", desc)
+    if shutil.which("skopeo"):
+        info = skopeo_inspect(f"docker://{registry.host}/ocistrap/debian:bookworm")
+        assert info["Digest"] == desc.digest
+        assert info["Layers"] == [layer.digest for layer in layers]
+        raw = skopeo_inspect(f"docker://{registry.host}/ocistrap/debian:bookworm", "--config", "--raw")
+        assert raw == oci.read_json(tmp_path / "l", config)
+    report = verify(f"docker://{registry.host}/ocistrap/debian:bookworm")
+    assert (report.manifests, report.layers, report.blobs) == (1, 2, 4)
+    assert report.tags == ["bookworm"]
+    assert verify(f"docker://{registry.host}/ocistrap/debian@{desc.digest}").manifests == 1
+
+
+def test_second_push_uploads_nothing_and_other_repos_mount(tmp_path, registry, traffic):
+    desc = build_image(tmp_path / "l", [{"a": b"a"}, {"b": os.urandom(100_000)}])
+    reg.push(tmp_path / "l", desc, docker(registry.host, "first:v1"))
+    blobs = image_blobs(tmp_path / "l", desc)
+    assert len(uploads(traffic)) == len(blobs)
+    traffic.clear()
+    reg.push(tmp_path / "l", desc, docker(registry.host, "first:v2"))
+    assert uploads(traffic) == []
+    assert [m for m, p in traffic if m == "HEAD"] == ["HEAD"] * len(blobs)
+    traffic.clear()
+    reg.push(tmp_path / "l", desc, docker(registry.host, "second:v1"))
+    assert uploads(traffic) == []
+    mounts = [p for m, p in traffic if m == "POST"]
+    assert sorted(mounts) == sorted(f"/v2/second/blobs/uploads/?mount={b.digest}&from=first" for b in blobs)
+    assert verify(f"docker://{registry.host}/second:v1").blobs == len(blobs) + 1
+
+
+class _KillingReader(io.FileIO):
+    """A blob file whose first read kills the registry, as a crash mid-upload would."""
+
+    victim = None
+
+    def read(self, size=-1):
+        data = super().read(size)
+        if _KillingReader.victim is not None:
+            _KillingReader.victim.kill()
+            _KillingReader.victim = None
+        return data
+
+
+def test_registry_killed_mid_push_then_rerun_uploads_only_the_rest(tmp_path, registry, traffic, monkeypatch):
+    desc = build_image(tmp_path / "l", [{"a": b"a"}, {"b": b"b"}, {"big": os.urandom(4_000_000)}])
+    blobs = image_blobs(tmp_path / "l", desc)
+    big = blobs[-1]
+    original = reg._open_blob
+
+    def open_blob(path):
+        if path.name == big.hex:
+            _KillingReader.victim = registry
+            return _KillingReader(path, "rb")
+        return original(path)
+
+    monkeypatch.setattr(reg, "_open_blob", open_blob)
+    ref = docker(registry.host, "crash:latest")
+    with pytest.raises(reg.RegistryError, match="gave up after") as info:
+        reg.push(tmp_path / "l", desc, ref)
+    assert "run the same command again" in info.value.hint
+    monkeypatch.setattr(reg, "_open_blob", original)
+    registry.start()
+    repo, _ = reg.open_repository(ref)
+    assert repo.get_manifest("latest") is None, "the tag must not exist while blobs are missing"
+    traffic.clear()
+    reg.push(tmp_path / "l", desc, ref)
+    assert len(uploads(traffic)) == 1 and big.digest in uploads(traffic)[0]
+    assert verify(str(ref)).blobs == len(blobs) + 1
+
+
+def test_verify_detects_a_corrupted_registry_blob(tmp_path, registry):
+    desc = build_image(tmp_path / "l", [{"a": b"a" * 1000}])
+    reg.push(tmp_path / "l", desc, docker(registry.host, "x:t"))
+    layer = image_blobs(tmp_path / "l", desc)[-1]
+    stored = registry.root / "storage/docker/registry/v2/blobs/sha256" / layer.hex[:2] / layer.hex / "data"
+    stored.write_bytes(bytes(b ^ 1 for b in stored.read_bytes()))
+    with pytest.raises(VerifyError, match=f"x:t@{layer.digest}.*digest mismatch"):
+        verify(f"docker://{registry.host}/x:t")
+
+
+def test_multi_platform_index(tmp_path, registry):
+    layout = tmp_path / "l"
+    amd64 = build_image(layout, arch="amd64")
+    arm64 = build_image(layout, [{"etc/arch": b"arm64"}], arch="arm64")
+    index = oci.put_json(layout, image.make_index([amd64, arm64]), image.MEDIA_TYPE_INDEX)
+    reg.push(layout, index, docker(registry.host, "multi:1"))
+    repo, _ = reg.open_repository(docker(registry.host, "multi:1"))
+    data, media_type = repo.get_manifest("1")
+    assert media_type == image.MEDIA_TYPE_INDEX and image.sha256_digest(data) == index.digest
+    assert repo.get_manifest(arm64.digest)[1] == image.MEDIA_TYPE_MANIFEST
+    assert verify(f"docker://{registry.host}/multi:1").manifests == 2
+
+
+def test_login_push_logout_with_htpasswd(tmp_path, auth_registry, isolated):
+    host = auth_registry.host
+    desc = build_image(tmp_path / "l")
+    with pytest.raises(reg.RegistryError, match="requires authentication"):
+        reg.push(tmp_path / "l", desc, docker(host, "x:t"))
+    with pytest.raises(auth.AuthError, match=f"refused the credentials of user {REGISTRY_USER}") as info:
+        reg.login(host, REGISTRY_USER, "Wr0ng-password-42")
+    text = f"{info.value} {info.value!r}"
+    assert "Wr0ng-password-42" not in text and basic(REGISTRY_USER, "Wr0ng-password-42") not in text
+    auth_json = isolated / "runtime" / "containers" / "auth.json"
+    assert not auth_json.exists()
+    assert reg.login(host, REGISTRY_USER, REGISTRY_PASSWORD) == auth_json
+    reg.push(tmp_path / "l", desc, docker(host, "x:t"))
+    if shutil.which("skopeo"):
+        info = skopeo_inspect(f"docker://{host}/x:t", "--authfile", str(auth_json))
+        assert info["Digest"] == desc.digest
+    assert verify(f"docker://{host}/x:t").manifests == 1
+    assert reg.logout(host) == auth_json
+    with pytest.raises(auth.AuthError, match=f"not logged in to {host}"):
+        reg.logout(host)
+
+
+def artifact(layout: Path, subject: Descriptor, content: bytes, artifact_type: str = SBOM_TYPE) -> Descriptor:
+    """An OCI 1.1 artifact manifest about SUBJECT holding CONTENT."""
+    empty = oci.put_json(layout, {}, "application/vnd.oci.empty.v1+json")
+    oci.put_bytes(layout, content)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": image.MEDIA_TYPE_MANIFEST,
+        "artifactType": artifact_type,
+        "config": empty.to_json(),
+        "layers": [Descriptor.of(content, artifact_type).to_json()],
+        "subject": Descriptor(subject.media_type, subject.digest, subject.size).to_json(),
+        "annotations": {"org.opencontainers.image.created": "1970-01-01T00:00:00Z"},
+    }
+    return oci.put_json(layout, manifest, image.MEDIA_TYPE_MANIFEST)
+
+
+def test_referrers_fall_back_to_the_digest_tag(tmp_path, registry):
+    layout = tmp_path / "l"
+    subject = build_image(layout)
+    ref = docker(registry.host, "ocistrap/debian:bookworm")
+    reg.push(layout, subject, ref)
+    assert reg.list_referrers(ref) == []
+    sbom = artifact(layout, subject, b'{"spdxVersion": "SPDX-2.3"}')
+    assert reg.push_referrer(layout, sbom, ref) == sbom.digest
+    reg.push_referrer(layout, sbom, ref)
+    sig = artifact(layout, subject, b"signature", "application/vnd.example.sig")
+    reg.push_referrer(layout, sig, ref)
+
+    found = reg.list_referrers(ref)
+    assert [(e["digest"], e["artifactType"]) for e in found] == [
+        (sbom.digest, SBOM_TYPE), (sig.digest, "application/vnd.example.sig")
+    ]
+    assert found[0]["annotations"] == {"org.opencontainers.image.created": "1970-01-01T00:00:00Z"}
+    assert [e["digest"] for e in reg.list_referrers(ref, artifact_type=SBOM_TYPE)] == [sbom.digest]
+    by_digest = docker(registry.host, f"ocistrap/debian@{subject.digest}")
+    assert len(reg.list_referrers(by_digest)) == 2
+    repo, _ = reg.open_repository(ref)
+    data, media_type = repo.get_manifest(reg.referrers_tag(subject.digest))
+    assert media_type == image.MEDIA_TYPE_INDEX
+    assert repo.get_manifest("bookworm")[0] == oci.blob_path(layout, subject.digest).read_bytes()
+
+
+def test_referrer_needs_a_subject(tmp_path, registry):
+    desc = build_image(tmp_path / "l")
+    with pytest.raises(reg.RegistryError, match="has no subject"):
+        reg.push_referrer(tmp_path / "l", desc, docker(registry.host, "x:t"))
+
+
+def test_transport_error_for_missing_local_blob(tmp_path, registry):
+    desc = build_image(tmp_path / "l")
+    oci.blob_path(tmp_path / "l", image_blobs(tmp_path / "l", desc)[-1].digest).unlink()
+    with pytest.raises(TransportError, match="is missing"):
+        reg.push(tmp_path / "l", desc, docker(registry.host, "x:t"))
