@@ -161,9 +161,9 @@ def load_packages(source: Source, signed: SignedRelease, arch: str,
 def _component_packages(source: Source, signed: SignedRelease, component: str, arch: str,
                         fetcher: Fetcher, cache: Cache) -> list[Package]:
     path, entry = archive.index_path(signed.release, component, arch)
-    parsed = cache.load_parsed(entry.sha256)
-    if parsed is not None:
-        return [Package(*row) for row in parsed]
+    cached = _from_parsed(cache.load_parsed(entry.sha256))
+    if cached is not None:
+        return cached
     what = source.url(f"dists/{source.suite}/{path}")
     data = cache.read(entry.sha256)
     if data is None:
@@ -172,8 +172,16 @@ def _component_packages(source: Source, signed: SignedRelease, component: str, a
     else:
         archive.verify_bytes(data, entry, what=what)
     packages = archive.parse_packages(archive.decompress(data, path), what=what)
-    cache.store_parsed(entry.sha256, [tuple(getattr(p, f) for f in _PACKAGE_FIELDS) for p in packages])
+    cache.store_parsed(entry.sha256, {"fields": _PACKAGE_FIELDS,
+                                      "rows": [tuple(getattr(p, f) for f in _PACKAGE_FIELDS) for p in packages]})
     return packages
+
+
+def _from_parsed(parsed: object) -> list[Package] | None:
+    """Cached rows, if this version's ``Package`` wrote them; another layout is parsed afresh."""
+    if not isinstance(parsed, dict) or parsed.get("fields") != _PACKAGE_FIELDS:
+        return None
+    return [Package(*row) for row in parsed["rows"]]
 
 
 def _fetch_index(source: Source, signed: SignedRelease, path: str, entry: archive.FileEntry,

@@ -1,0 +1,221 @@
+"""The content-addressed cache: only verified bytes enter it, damage is noticed, sharing is safe."""
+
+import hashlib
+import marshal
+import threading
+from pathlib import Path
+
+import pytest
+from lockfetch_support import *  # noqa: F401,F403
+from lockfetch_support import Archive, assert_cache_verified, assert_one_error, sha256_file
+
+from ocistrap import archive as archive_module
+from ocistrap.cache import Cache, CacheError
+from ocistrap.fetch import Fetcher, FetchError, Wanted
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def reject(data: object) -> None:
+    raise FetchError("rejected by the test")
+
+
+def leftovers(cache: Cache) -> list[Path]:
+    return [p for sub in ("blobs/sha256", "partial") for p in (cache.root / sub).iterdir()]
+
+
+# the store itself
+
+
+def test_put_bytes_stores_under_the_sha256(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c")
+    path = cache.put_bytes(b"verified", lambda data: None)
+    assert path == cache.blob_path(sha(b"verified"))
+    assert cache.read(sha(b"verified")) == b"verified"
+    assert cache.lookup(sha(b"verified"), len(b"verified")) == path
+
+
+def test_rejected_bytes_leave_nothing(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c")
+    with pytest.raises(FetchError):
+        cache.put_bytes(b"unverified", reject)
+    assert leftovers(cache) == []
+    assert cache.read(sha(b"unverified")) is None
+
+
+def test_rejected_partial_is_not_committed(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c")
+    digest = sha(b"the real thing")
+    cache.partial_path(digest).write_bytes(b"something else")
+    with pytest.raises(FetchError):
+        cache.commit_partial(digest, reject)
+    assert cache.lookup(digest, len(b"the real thing")) is None
+    assert not cache.blob_path(digest).exists()
+
+
+def test_lookup_refuses_a_blob_of_the_wrong_size(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c")
+    cache.put_bytes(b"12345", lambda data: None)
+    assert cache.lookup(sha(b"12345"), 4) is None
+    assert cache.lookup(sha(b"absent"), 6) is None
+
+
+def test_damaged_blob_is_removed_when_read(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c")
+    path = cache.put_bytes(b"original", lambda data: None)
+    path.write_bytes(b"origina1")
+    with pytest.raises(CacheError, match="damaged on disk and has been removed"):
+        cache.read(sha(b"original"))
+    assert not path.exists()
+
+
+def test_refs_and_parsed_values_round_trip(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c")
+    assert cache.get_ref("http://m unstable") is None
+    cache.set_ref("http://m unstable", "ab" * 32)
+    assert cache.get_ref("http://m unstable") == "ab" * 32
+    assert cache.load_parsed("cd" * 32) is None
+    cache.store_parsed("cd" * 32, [("a", 1)])
+    assert cache.load_parsed("cd" * 32) == [("a", 1)]
+    (cache.root / "parsed" / f"{'cd' * 32}.marshal").write_bytes(b"\xff not marshal")
+    assert cache.load_parsed("cd" * 32) is None
+    assert leftovers(cache) == []
+
+
+def test_unusable_cache_directory_is_one_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CacheError, match=str(blocker)):
+        Cache(blocker / "cache")
+
+
+# one blob, two downloaders
+
+
+def test_concurrent_downloads_of_one_blob_take_turns(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second downloader waits for the first and then finds the blob; nobody shares partial/HEX."""
+    deb = next(d for d in archive.repo.debs if "bigdata" in d.filename)
+    data = archive.original(deb.filename)
+    wanted = Wanted(url=f"{archive.mirror.url}/{deb.filename}", size=len(data), sha256=sha(data), what="bigdata")
+    cache = Cache(archive.cache)
+    inside, most = [0], [0]
+    guard = threading.Lock()
+    original = Fetcher._download_once
+
+    def slow_download(self: Fetcher, want: Wanted, into: Cache) -> None:
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            threading.Event().wait(0.3)
+            original(self, want, into)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(Fetcher, "_download_once", slow_download)
+    results: list[object] = []
+
+    def one() -> None:
+        try:
+            results.append(Fetcher().download(wanted, cache))
+        except Exception as e:  # collected and asserted below
+            results.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == [cache.blob_path(wanted.sha256)] * 3
+    assert most[0] == 1
+    assert archive.mirror.requests.count(deb.filename) == 1
+    assert_cache_verified(archive.cache)
+
+
+# damage and the CLI
+
+
+def test_damaged_cached_release_is_named_and_fetched_again(archive: Archive) -> None:
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    inrelease = archive.cache / "blobs" / "sha256" / sha(archive.original(archive.dist("InRelease")))
+    damaged = bytearray(inrelease.read_bytes())
+    damaged[50] ^= 1
+    inrelease.write_bytes(bytes(damaged))
+    rc, _, err = archive.lock("--offline")
+    assert_one_error(rc, err, inrelease.name, "damaged on disk")
+    assert_cache_verified(archive.cache)
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    rc, _, err = archive.lock("--offline")
+    assert rc == 0, err
+
+
+def test_cache_dir_that_cannot_be_created_is_named(archive: Archive, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    archive.cache = blocker / "cache"
+    rc, _, err = archive.lock()
+    assert_one_error(rc, err, str(archive.cache), "--cache-dir")
+
+
+def test_only_verified_blobs_after_a_full_run(archive: Archive) -> None:
+    assert archive.lock()[0] == 0
+    assert archive.fetch()[0] == 0
+    blobs = {p.name for p in (archive.cache / "blobs" / "sha256").iterdir()}
+    served = {sha256_file(p) for p in archive.repo.root.rglob("*") if p.is_file()}
+    assert blobs <= served
+    assert len(blobs) == 8  # InRelease, Packages.xz and the six .debs of the essential set
+    assert_cache_verified(archive.cache)
+
+
+# the parsed-index cache
+
+
+def test_second_lock_does_not_parse_the_index_again(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    first = archive.lockfile.read_bytes()
+    monkeypatch.setattr(archive_module, "parse_packages",
+                        lambda *a, **k: pytest.fail("the index was parsed again"))
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    assert archive.lockfile.read_bytes() == first
+
+
+def test_parsed_index_from_another_package_layout_is_not_trusted(archive: Archive) -> None:
+    """A cache written by an ocistrap whose Package had other fields must be re-parsed, not misread."""
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    honest = archive.lockfile.read_bytes()
+    (parsed,) = (archive.cache / "parsed").iterdir()
+    value = marshal.loads(parsed.read_bytes())
+    rows = value["rows"] if isinstance(value, dict) else value
+    parsed.write_bytes(marshal.dumps([row[:1] + ("extra",) + row[1:] for row in rows]))
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    assert archive.lockfile.read_bytes() == honest
+
+
+def test_damaged_parsed_index_is_parsed_again(archive: Archive) -> None:
+    assert archive.lock()[0] == 0
+    honest = archive.lockfile.read_bytes()
+    (parsed,) = (archive.cache / "parsed").iterdir()
+    parsed.write_bytes(parsed.read_bytes()[:40])
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    assert archive.lockfile.read_bytes() == honest
+
+
+def test_parsed_index_is_written_only_after_verification(archive: Archive) -> None:
+    index = archive.dist("main/binary-amd64/Packages.xz")
+    data = bytearray(archive.original(index))
+    data[len(data) // 2] ^= 1
+    archive.mirror.tamper(index, body=bytes(data))
+    rc, _, err = archive.lock()
+    assert_one_error(rc, err, "Packages.xz", "SHA256 mismatch")
+    assert list((archive.cache / "parsed").iterdir()) == []
+
