@@ -161,11 +161,14 @@ class FakeState:
     faults: Faults = field(default_factory=Faults)
     auth: str | None = None
     seen_authorization: list[str] = field(default_factory=list)
+    referrers_api: bool = False
+    referrers: dict[str, list[dict]] = field(default_factory=dict)
 
 
 _BLOB = re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})")
 _UPLOADS = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<id>[0-9a-f]*)")
 _MANIFEST = re.compile(r"/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)")
+_REFERRERS = re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>sha256:[0-9a-f]{64})")
 _TOKEN = "fake-token-123"
 
 
@@ -193,6 +196,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._blob(match["digest"])
         if match := _MANIFEST.fullmatch(url.path):
             return self._manifest(match["name"], match["ref"])
+        if (match := _REFERRERS.fullmatch(url.path)) and self.state.referrers_api:
+            index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                     "manifests": self.state.referrers.get(match["digest"], [])}
+            return self._reply(200, json.dumps(index).encode(), "application/vnd.oci.image.index.v1+json")
         self._reply(404, b'{"errors":[{"code":"NOT_FOUND","message":"no route"}]}', "application/json")
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
@@ -277,6 +284,16 @@ class _Handler(BaseHTTPRequestHandler):
         answered = "sha256:" + "0" * 64 if faults.wrong_digest else digest
         self._reply(201, Location=f"/v2/{name}/blobs/{digest}", Docker_Content_Digest=answered)
 
+    def _index_referrer(self, body: bytes, digest: str) -> dict[str, str]:
+        doc = json.loads(body)
+        subject = doc.get("subject")
+        if not subject:
+            return {}
+        entry = {"mediaType": doc["mediaType"], "digest": digest, "size": len(body),
+                 "artifactType": doc.get("artifactType") or doc["config"]["mediaType"]}
+        self.state.referrers.setdefault(subject["digest"], []).append(entry)
+        return {"OCI_Subject": subject["digest"]}
+
     def _manifest(self, name: str, ref: str) -> None:
         tags = self.state.tags.setdefault(name, {})
         if self.command == "PUT":
@@ -288,7 +305,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.state.manifests[digest] = (body, self.headers["Content-Type"])
             if not ref.startswith("sha256:"):
                 tags[ref] = digest
-            return self._reply(201, Location=f"/v2/{name}/manifests/{digest}", Docker_Content_Digest=digest)
+            extra = self._index_referrer(body, digest) if self.state.referrers_api else {}
+            return self._reply(201, Location=f"/v2/{name}/manifests/{digest}", Docker_Content_Digest=digest, **extra)
         digest = tags.get(ref, ref)
         found = self.state.manifests.get(digest)
         if found is None:

@@ -336,6 +336,33 @@ def test_digest_reference_must_match(tmp_path, fake_registry):
     assert desc.digest in fake_registry.state.manifests and fake_registry.state.tags.get("x", {}) == {}
 
 
+def test_blobs_are_streamed_in_small_reads(tmp_path, fake_registry, monkeypatch):
+    desc = build_image(tmp_path / "l", [{"big": os.urandom(3_000_000)}], media_type=image.MEDIA_TYPE_LAYER)
+    reads: list[int] = []
+
+    class Recording(io.FileIO):
+        def read(self, size=-1):
+            reads.append(size)
+            return super().read(size)
+
+    monkeypatch.setattr(reg, "_open_blob", lambda path: Recording(path, "rb"))
+    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    assert len(reads) > 10 and 0 < max(reads) <= 1 << 20
+
+
+def test_referrers_api_when_the_registry_has_it(tmp_path, fake_registry):
+    fake_registry.state.referrers_api = True
+    layout = tmp_path / "l"
+    subject = build_image(layout)
+    ref = docker(fake_registry.host, "x:t")
+    reg.push(layout, subject, ref)
+    sbom = artifact(layout, subject, b"{}")
+    reg.push_referrer(layout, sbom, ref)
+    assert [e["digest"] for e in reg.list_referrers(ref, artifact_type=SBOM_TYPE)] == [sbom.digest]
+    assert reg.list_referrers(ref, artifact_type="other/type") == []
+    assert reg.referrers_tag(subject.digest) not in fake_registry.state.tags["x"]
+
+
 def auth_file(tmp_path: Path, monkeypatch, host: str, password: str) -> Path:
     path = tmp_path / "auth.json"
     write_json(path, {"auths": {host: {"auth": basic(REGISTRY_USER, password)}}})
