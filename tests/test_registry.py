@@ -363,6 +363,19 @@ def test_referrers_api_when_the_registry_has_it(tmp_path, fake_registry):
     assert reg.referrers_tag(subject.digest) not in fake_registry.state.tags["x"]
 
 
+def test_insecure_registry_falls_back_to_plain_http(tmp_path, fake_registry):
+    desc = build_image(tmp_path / "l")
+    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"), tls_verify=False)
+    assert fake_registry.state.tags["x"]["t"] == desc.digest
+
+
+def test_tls_verify_on_a_plain_http_registry_fails_clearly(tmp_path, fake_registry):
+    desc = build_image(tmp_path / "l")
+    with pytest.raises(reg.RegistryError, match="TLS failed") as info:
+        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"), tls_verify=True)
+    assert "--tls-verify=false" in info.value.hint
+
+
 def auth_file(tmp_path: Path, monkeypatch, host: str, password: str) -> Path:
     path = tmp_path / "auth.json"
     write_json(path, {"auths": {host: {"auth": basic(REGISTRY_USER, password)}}})

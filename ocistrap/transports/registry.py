@@ -240,19 +240,20 @@ class Registry:
 
     def retrying(self, operation: Callable[[], Any], what: str) -> Any:
         """Run OPERATION, retrying it with backoff while it fails transiently."""
-        for attempt in range(self.retry.attempts):
+        failures = 0
+        while True:
             try:
                 return operation()
             except _Transient as exc:
-                if attempt + 1 == self.retry.attempts:
+                failures += 1
+                if failures >= self.retry.attempts:
                     raise RegistryError(
-                        f"{self.name}: {what}: {exc} (gave up after {self.retry.attempts} attempts)",
+                        f"{self.name}: {what}: {exc} (gave up after {failures} attempts)",
                         hint="run the same command again: what was already uploaded is kept",
                     ) from None
-                delay = self.retry.delay(attempt, exc.retry_after)
+                delay = self.retry.delay(failures - 1, exc.retry_after)
                 log.get().detail(f"{self.name}: {what}: {exc}; retrying in {delay:.1f}s")
                 self.retry.sleep(delay)
-        raise AssertionError("unreachable")
 
     def _send(
         self,
