@@ -14,11 +14,13 @@ from inside).
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -31,7 +33,6 @@ T = TypeVar("T")
 DEBS_MOUNT = "var/cache/ocistrap-debs"
 POLICY_RC_D = "#!/bin/sh\n# installed by ocistrap while building: no daemon starts\nexit 101\n"
 FAKE_START_STOP_DAEMON = "#!/bin/sh\necho 'Warning: fake start-stop-daemon called, doing nothing' >&2\n"
-DPKG_CFG = "# ocistrap: no fsync while building a throwaway staging root\nforce-unsafe-io\n"
 CHROOT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LC_ALL": "C.UTF-8",
@@ -68,6 +69,7 @@ class Deb:
     provides: str = ""
     arch: str = ""
     auto: bool = False
+    layer: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class Plan:
     epoch: int
     debs_dir: str
     keyrings: dict[str, str] = field(default_factory=dict)
+    layer_count: int = 1
+    layer_fds: list[int] = field(default_factory=list)
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -149,29 +153,41 @@ def _provided(deb: Deb) -> set[str]:
 
 # ---- outer half: runs on the host as the caller ----
 
-def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T]) -> T:
-    """Run the plan inside a fresh sandbox and feed the tree's tar stream to SINK."""
+def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T]) -> list[T]:
+    """Run the plan inside a fresh sandbox and feed each layer's tar stream to SINK, in order.
+
+    Each layer travels through its own pipe, so the streams need no framing:
+    the inner half closes one pipe before it starts writing the next.
+    """
     out = log.get()
+    pipes = [os.pipe() for _ in range(plan.layer_count)]
+    plan = replace(plan, layer_fds=[w for _, w in pipes])
+    readers = [os.fdopen(r, "rb") for r, _ in pipes]
     with tempfile.TemporaryFile(prefix="ocistrap-bootstrap-", suffix=".log") as errors:
-        proc = sandbox.spawn([sys.executable, "-m", "ocistrap.bootstrap"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=None if out.debug else errors)
-        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc = sandbox.spawn([sys.executable, "-m", "ocistrap.bootstrap"], stdin=subprocess.PIPE,
+                                 stdout=None if out.debug else errors,
+                                 stderr=None if out.debug else errors, pass_fds=plan.layer_fds)
+        finally:
+            for fd in plan.layer_fds:
+                os.close(fd)
+        assert proc.stdin is not None
         try:
             proc.stdin.write(plan.dumps())
             proc.stdin.close()
-            result = sink(proc.stdout)
+            results = [sink(reader) for reader in readers]
         except BaseException:
             proc.kill()
             proc.wait()
             raise
         finally:
-            proc.stdout.close()
+            for reader in readers:
+                reader.close()
         status = proc.wait()
         if status != 0:
             raise BootstrapError(f"installing the packages failed (exit status {status}): "
                                  f"{_tail(errors)}", hint="run with --debug to see the whole log")
-    return result
+    return results
 
 
 def _tail(log_file: BinaryIO, lines: int = 1) -> str:
@@ -183,38 +199,53 @@ def _tail(log_file: BinaryIO, lines: int = 1) -> str:
 
 # ---- inner half: runs as root inside the user namespace ----
 
-def run_inner(plan: Plan, out: BinaryIO) -> None:
-    """Build the tree described by PLAN and write it to OUT as a tar stream."""
+def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
+    """Build the tree described by PLAN, writing the base layer and each diff layer to OUTS."""
     root = Path(plan.staging)
     sandbox.mount_staging(root, tmpfs=plan.tmpfs)
     try:
-        _install(plan, root)
-        layer.write_tree(root, out, epoch=plan.epoch)
-        out.flush()
+        _setup(root, plan)
+        for deb in plan.essential:
+            _extract(Path(deb.path), root)
+        installed = list(plan.essential)
+        before: layer.Snapshot | None = None
+        for number, out in enumerate(outs):
+            group = [d for d in plan.rest if d.layer == number]
+            with _chroot(root, plan):
+                if number == 0:
+                    _dpkg_install(root, plan.essential)
+                for batch in install_batches(group, installed):
+                    _dpkg_install(root, batch)
+            installed += group
+            _finish(root, plan, [d for d in installed if d in plan.rest])
+            with out:
+                if before is None:
+                    layer.write_tree(root, out, epoch=plan.epoch)
+                else:
+                    layer.write_diff(root, before, out, epoch=plan.epoch)
+            before = layer.snapshot(root)
     finally:
         if not plan.tmpfs:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _install(plan: Plan, root: Path) -> None:
-    _setup(root, plan)
-    for deb in plan.essential:
-        _extract(Path(deb.path), root)
+@contextmanager
+def _chroot(root: Path, plan: Plan) -> Iterator[None]:
+    """The chroot as maintainer scripts need it, for one round of dpkg; gone again afterwards."""
     debs = root / DEBS_MOUNT
     debs.mkdir(parents=True, exist_ok=True)
     sandbox.bind_mount(Path(plan.debs_dir), debs, readonly=True)
-    sandbox.prepare_chroot(root)
     try:
-        _divert_daemons(root)
-        _dpkg_install(root, plan.essential)
-        for batch in install_batches(plan.rest, plan.essential):
-            _dpkg_install(root, batch)
-        _undivert_daemons(root)
+        sandbox.prepare_chroot(root)
+        try:
+            _divert_daemons(root)
+            yield
+            _undivert_daemons(root)
+        finally:
+            sandbox.release_chroot(root)
     finally:
-        sandbox.release_chroot(root)
         sandbox.unmount(debs)
     debs.rmdir()
-    _finish(root, plan)
 
 
 def _setup(root: Path, plan: Plan) -> None:
@@ -223,7 +254,6 @@ def _setup(root: Path, plan: Plan) -> None:
     (root / "tmp").chmod(0o1777)
     (root / "var/lib/dpkg/status").touch()
     (root / "var/lib/dpkg/arch").write_text(plan.arch + "\n")
-    (root / "etc/dpkg/dpkg.cfg.d/ocistrap-build").write_text(DPKG_CFG)
 
 
 def _extract(deb: Path, root: Path) -> None:
@@ -260,49 +290,62 @@ def _dpkg_install(root: Path, debs: Sequence[Deb]) -> None:
     if not debs:
         return
     paths = [f"/{DEBS_MOUNT}/{Path(d.path).name}" for d in debs]
-    result = sandbox.chroot_run(root, ["dpkg", "--install", "--force-depends", *paths],
+    # no fsync: the staging root is thrown away if anything fails
+    result = sandbox.chroot_run(root, ["dpkg", "--install", "--force-depends", "--force-unsafe-io", *paths],
                                 env=CHROOT_ENV, check=False)
     if result.returncode != 0:
         raise BootstrapError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
 
 
-def _finish(root: Path, plan: Plan) -> None:
-    (root / "etc/dpkg/dpkg.cfg.d/ocistrap-build").unlink(missing_ok=True)
-    (root / "etc/apt/sources.list.d/debian.sources").write_text(plan.sources)
+def _finish(root: Path, plan: Plan, rest: Sequence[Deb]) -> None:
+    """Leave the tree as a user receives it; idempotent, so a diff layer holds only real changes."""
+    _ensure_file(root / "etc/apt/sources.list.d/debian.sources", plan.sources)
     for name, data in plan.keyrings.items():
-        keyrings = root / "etc/apt/keyrings"
-        keyrings.mkdir(parents=True, exist_ok=True)
-        (keyrings / name).write_bytes(bytes.fromhex(data))
+        (root / "etc/apt/keyrings").mkdir(parents=True, exist_ok=True)
+        _ensure_file(root / "etc/apt/keyrings" / name, bytes.fromhex(data))
     for rel in VOLATILE:
         (root / rel).unlink(missing_ok=True)
-    machine_id = root / "etc/machine-id"
-    if machine_id.exists():
-        machine_id.write_text("")
+    if (root / "etc/machine-id").exists():
+        _ensure_file(root / "etc/machine-id", "")
     for d in ("var/lib/apt/lists", "var/cache/apt/archives"):
-        _empty_dir(root / d, keep=set())
-    _apt_state(root, plan)
-    fstab = root / "etc/fstab"
-    if not fstab.exists():
-        fstab.write_text(FSTAB)
-        fstab.chmod(0o644)
+        _empty_dir(root / d, keep={"partial", "lock"})
+    if not (root / "etc/fstab").exists():
+        _ensure_file(root / "etc/fstab", FSTAB)
+    if (root / "usr/bin/apt-get").exists():
+        _apt_state(root, rest)
 
 
-def _apt_state(root: Path, plan: Plan) -> None:
+def _apt_state(root: Path, rest: Sequence[Deb]) -> None:
     """What apt itself leaves after installing: its locks, its partial dirs owned by _apt, auto marks."""
-    if not (root / "usr/bin/apt-get").exists():
-        return
-    if states := extended_states(plan.rest):
-        (root / "var/lib/apt/extended_states").write_text(states)
+    if states := extended_states(rest):
+        _ensure_file(root / "var/lib/apt/extended_states", states)
     apt_uid = _passwd_uid(root, "_apt")
     for rel in APT_PARTIAL:
-        partial = root / rel
-        partial.mkdir(parents=True, exist_ok=True)
-        partial.chmod(0o700)
-        if apt_uid is not None:
-            os.chown(partial, apt_uid, 0)
+        _ensure_dir(root / rel, 0o700, 0 if apt_uid is None else apt_uid)
     for rel in APT_LOCKS:
-        (root / rel).touch()
-        (root / rel).chmod(0o640)
+        if not (root / rel).exists():
+            _ensure_file(root / rel, "", mode=0o640)
+
+
+def _ensure_file(path: Path, content: str | bytes, *, mode: int = 0o644) -> None:
+    """Write CONTENT only if it differs, so an unchanged file keeps its inode and ctime."""
+    data = content.encode() if isinstance(content, str) else content
+    try:
+        if path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    path.write_bytes(data)
+    path.chmod(mode)
+
+
+def _ensure_dir(path: Path, mode: int, uid: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    st = path.stat()
+    if stat.S_IMODE(st.st_mode) != mode:
+        path.chmod(mode)
+    if (st.st_uid, st.st_gid) != (uid, 0):
+        os.chown(path, uid, 0)
 
 
 def _passwd_uid(root: Path, user: str) -> int | None:
@@ -330,15 +373,13 @@ def _empty_dir(path: Path, keep: set[str]) -> None:
 
 
 def _main() -> int:
-    """Entry point inside the sandbox: the tar stream gets its own copy of
-    stdout, and fd 1 becomes stderr so that no child's output can corrupt it."""
+    """Entry point inside the sandbox: layers go to the pipes the plan names;
+    stdout becomes stderr so that no child's output goes anywhere unexpected."""
     plan = Plan.loads(sys.stdin.buffer.read())
-    tar_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
-        with tar_out:
-            run_inner(plan, tar_out)
+        run_inner(plan, [os.fdopen(fd, "wb") for fd in plan.layer_fds])
     except OcistrapError as e:
         print(f"ocistrap (inside the sandbox): {e}", file=sys.stderr)
         return 1

@@ -1,8 +1,10 @@
 """The command line: parse arguments, call the pipeline, turn errors into one line."""
 
 import argparse
+import getpass
 import json
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -15,8 +17,9 @@ from ocistrap.cache import Cache, default_root
 from ocistrap.doctor import native_arch
 from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.fetch import Fetcher
+from ocistrap.lock import LockedLayer
 from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR, Source
-from ocistrap.transports import parse_reference
+from ocistrap.transports import Reference, open_image, parse_reference, registry
 from ocistrap.verify import verify
 
 
@@ -44,6 +47,30 @@ def _json_or_words(value: str) -> tuple[str, ...]:
     return tuple(shlex.split(value))
 
 
+def _tls(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-verify", type=_bool, default=None, metavar="true|false",
+                        help="verify registry TLS certificates (default true; loopback registries use plain HTTP)")
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+
+
+def _registry_ref(text: str) -> Reference:
+    return parse_reference(text if text.startswith("docker://") else f"docker://{text}")
+
+
+def _layer(value: str) -> LockedLayer:
+    name, sep, packages = value.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or not _csv(packages):
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=PKG[,PKG...]")
+    return LockedLayer(name=name, include=tuple(_csv(packages)))
+
+
 def _pairs(values: list[str], what: str) -> dict[str, str]:
     pairs = {}
     for value in values:
@@ -63,6 +90,8 @@ def _resolution(parser: argparse.ArgumentParser, *, suite_required: bool = True)
                         help="essential, minbase (=required), required, buildd (default minbase)")
     parser.add_argument("--include", action="append", type=_csv, default=[],
                         help="extra packages, comma-separated (repeatable)")
+    parser.add_argument("--layer", action="append", type=_layer, default=[], metavar="NAME=PKG[,PKG]",
+                        help="install these packages as their own diff layer on top (repeatable, in order)")
     parser.add_argument("--install-recommends", action="store_true", help="also install Recommends")
     parser.add_argument("--arch", type=_csv, default=None, help="architectures, comma-separated (default: the host's)")
     parser.add_argument("--no-updates", action="store_true",
@@ -95,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", action="append", default=[], metavar="REF",
                    help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REPO:TAG], "
                         "tar:FILE (repeatable; default oci:./ocistrap-images:SUITE)")
+    p.add_argument("--push", action="append", default=[], metavar="REF",
+                   help="push to a registry, e.g. registry.example/debian:bookworm (repeatable; docker:// optional)")
+    _tls(p)
     p.add_argument("--compression", choices=("gzip", "zstd"), default="gzip", help="layer compression (default gzip)")
     p.add_argument("--staging-dir", type=Path, default=None,
                    help="build the tree on disk under DIR instead of in memory (big images)")
@@ -108,8 +140,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="manifest annotation (repeatable)")
     p.set_defaults(run=cmd_build)
 
+    p = commands.add_parser("push", help="push an image from an OCI layout or archive to a registry")
+    p.add_argument("source", help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
+    p.add_argument("destination", help="registry reference, e.g. registry.example/debian:bookworm")
+    _tls(p)
+    p.set_defaults(run=cmd_push)
+
+    p = commands.add_parser("login", help="store credentials for a registry (as podman login does)")
+    p.add_argument("registry")
+    p.add_argument("--username", "-u", required=True)
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    _tls(p)
+    p.set_defaults(run=cmd_login)
+
+    p = commands.add_parser("logout", help="remove stored credentials for a registry")
+    p.add_argument("registry")
+    p.set_defaults(run=cmd_logout)
+
     p = commands.add_parser("verify", help="check every digest, diff_id and document of an image")
-    p.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE")
+    p.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or docker://REF")
+    _tls(p)
     p.set_defaults(run=cmd_verify)
 
     p = commands.add_parser("doctor", help="check that this host can build images without root")
@@ -136,7 +186,8 @@ def _make_lock(args: argparse.Namespace, fetcher: Fetcher, cache: Cache) -> lock
                     keyrings=_keyrings(args), check_valid_until=not args.no_check_valid_until)
     selection = pipeline.Selection(variant=args.variant,
                                    include=tuple(p for group in args.include for p in group),
-                                   install_recommends=args.install_recommends)
+                                   install_recommends=args.install_recommends,
+                                   layers=tuple(args.layer))
     arches = tuple(args.arch or [native_arch()])
     return pipeline.make_lock(source, selection, arches, fetcher, cache, updates=not args.no_updates,
                               security_mirror=args.security_mirror)
@@ -178,7 +229,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.write_lock is not None:
         lock.write(locked, args.write_lock)
     outputs = tuple(parse_reference(o) for o in args.output) or (
-        parse_reference(f"oci:./ocistrap-images:{locked.suite}"),)
+        () if args.push else (parse_reference(f"oci:./ocistrap-images:{locked.suite}"),))
+    outputs += tuple(_registry_ref(r) for r in args.push)
     _pairs(args.env, "--env")
     options = ImageOptions(
         env=tuple(args.env),
@@ -187,15 +239,39 @@ def cmd_build(args: argparse.Namespace) -> int:
         labels=_pairs(args.label, "--label"), annotations=_pairs(args.annotation, "--annotation"))
     request = pipeline.BuildRequest(outputs=outputs, compression=args.compression,
                                     staging=pipeline.Staging(args.staging_dir), options=options,
-                                    epoch=_epoch())
+                                    epoch=_epoch(), tls_verify=args.tls_verify)
     built = pipeline.build(locked, _keyrings(args), fetcher, cache, request)
     for ref in built.outputs:
         print(f"{ref} {built.digest}")
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    destination = _registry_ref(args.destination)
+    with open_image(parse_reference(args.source)) as (layout, desc):
+        digest = registry.push(layout, desc, destination, tls_verify=args.tls_verify)
+    print(f"{destination} {digest}")
+    return 0
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"Password for {args.username}@{args.registry}: ")
+    path = registry.login(args.registry, args.username, password, tls_verify=args.tls_verify)
+    print(f"Login succeeded; credentials stored in {path}")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    path = registry.logout(args.registry)
+    print(f"Removed the credentials for {args.registry} from {path}")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    report = verify(args.reference)
+    report = verify(args.reference, tls_verify=args.tls_verify)
     print(report.summary())
     return 0
 

@@ -30,6 +30,14 @@ class LockedArchive:
 
 
 @dataclass(frozen=True)
+class LockedLayer:
+    """A named group of packages installed as its own diff layer."""
+
+    name: str
+    include: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class LockedPackage:
     name: str
     version: str
@@ -41,6 +49,7 @@ class LockedPackage:
     source: str = ""
     auto: bool = False
     archive: int = 0
+    layer: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class Lockfile:
     install_recommends: bool
     archives: tuple[LockedArchive, ...] = ()
     architectures: dict[str, LockedArch] = field(default_factory=dict)
+    layers: tuple[LockedLayer, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +92,7 @@ class Lockfile:
             "include": list(self.include),
             "installRecommends": self.install_recommends,
             "archives": [vars(a).copy() for a in self.archives],
+            "layers": [{"name": layer.name, "include": list(layer.include)} for layer in self.layers],
             "architectures": {arch: _arch_json(a) for arch, a in sorted(self.architectures.items())},
         }
 
@@ -103,7 +114,7 @@ def _arch_json(arch: LockedArch) -> dict[str, Any]:
     for p in sorted(arch.packages, key=lambda p: (p.name, p.architecture)):
         entry: dict[str, Any] = {"name": p.name, "version": p.version, "architecture": p.architecture,
                                  "filename": p.filename, "size": p.size, "sha256": p.sha256, "stage": p.stage}
-        optional = {"source": p.source, "auto": p.auto, "archive": p.archive}
+        optional = {"source": p.source, "auto": p.auto, "archive": p.archive, "layer": p.layer}
         entry.update({k: v for k, v in optional.items() if v})
         packages.append(entry)
     return {"releases": [vars(r).copy() for r in arch.releases], "packages": packages}
@@ -124,7 +135,9 @@ def loads(data: bytes, *, what: str) -> Lockfile:
     for arch, entry in document["architectures"].items():
         locked = LockedArch(releases=tuple(LockedRelease(**r) for r in entry["releases"]),
                             packages=tuple(LockedPackage(**p) for p in entry["packages"]))
-        if len(locked.releases) != len(archives) or any(p.archive >= len(archives) for p in locked.packages):
+        layers = document.get("layers", [])
+        if (len(locked.releases) != len(archives) or any(p.archive >= len(archives) for p in locked.packages)
+                or any(p.layer > len(layers) for p in locked.packages)):
             raise LockError(f"{what}: {arch} does not match the archives list",
                             hint="regenerate it with `ocistrap lock`")
         architectures[arch] = locked
@@ -137,6 +150,8 @@ def loads(data: bytes, *, what: str) -> Lockfile:
         install_recommends=document["installRecommends"],
         archives=archives,
         architectures=architectures,
+        layers=tuple(LockedLayer(name=layer["name"], include=tuple(layer["include"]))
+                     for layer in document.get("layers", [])),
     )
 
 

@@ -14,9 +14,9 @@ from ocistrap.archive import Package
 from ocistrap.cache import Cache
 from ocistrap.errors import OcistrapError
 from ocistrap.fetch import Fetcher, Wanted
-from ocistrap.lock import LockedArch, LockedArchive, LockedPackage, LockedRelease, Lockfile
+from ocistrap.lock import LockedArch, LockedArchive, LockedLayer, LockedPackage, LockedRelease, Lockfile
 from ocistrap.mirror import Source
-from ocistrap.transports import Reference, oci
+from ocistrap.transports import Reference, oci, registry
 
 
 T = TypeVar("T")
@@ -33,6 +33,7 @@ class Selection:
     variant: str = "minbase"
     include: tuple[str, ...] = ()
     install_recommends: bool = False
+    layers: tuple[LockedLayer, ...] = ()
 
 
 def open_archives(source: Source, fetcher: Fetcher, cache: Cache, *, updates: bool = True,
@@ -66,22 +67,47 @@ def make_lock(source: Source, selection: Selection, architectures: tuple[str, ..
     for arch in architectures:
         with out.step(f"reading package indices for {arch}"):
             numbered = load_universe(opened, arch, fetcher, cache)
-        archive_of = {id(p): n for n, p in numbered}
         with out.step(f"resolving {selection.variant} for {arch}"):
-            resolution = resolve.resolve(resolve.Universe((p for _, p in numbered), arch),
-                                         variant=selection.variant, include=selection.include,
-                                         install_recommends=selection.install_recommends)
-        out.info(f"{arch}: {len(resolution.essential)} essential + {len(resolution.rest)} more packages")
-        packages = [_locked(p, "essential", archive_of[id(p)]) for p in resolution.essential]
-        packages += [_locked(p, "rest", archive_of[id(p)], auto=resolution.auto_installed(p))
-                     for p in resolution.rest]
+            packages = _resolve_layers(resolve.Universe((p for _, p in numbered), arch), selection,
+                                       archive_of={id(p): n for n, p in numbered})
+        essential = sum(p.stage == "essential" for p in packages)
+        out.info(f"{arch}: {essential} essential + {len(packages) - essential} more packages")
         locked[arch] = LockedArch(releases=tuple(_locked_release(signed) for _, signed in opened),
                                   packages=tuple(packages))
     return Lockfile(mirror=source.mirror, suite=source.suite, components=source.components,
                     variant=selection.variant, include=selection.include,
                     install_recommends=selection.install_recommends,
                     archives=tuple(LockedArchive(mirror=s.mirror, suite=s.suite) for s, _ in opened),
-                    architectures=locked)
+                    architectures=locked, layers=selection.layers)
+
+
+def _resolve_layers(universe: resolve.Universe, selection: Selection,
+                    archive_of: dict[int, int]) -> list[LockedPackage]:
+    """Resolve the base, then each layer's group on top of everything before it.
+
+    Each group adds what apt would install for the base's and all earlier
+    groups' requests plus its own; a group that would change a package of an
+    earlier layer is an error, since layers can only add.
+    """
+    include = list(selection.include)
+    locked: dict[str, LockedPackage] = {}
+    for number in range(len(selection.layers) + 1):
+        if number:
+            include += selection.layers[number - 1].include
+        resolution = resolve.resolve(universe, variant=selection.variant, include=tuple(include),
+                                     install_recommends=selection.install_recommends)
+        staged = [(p, "essential") for p in resolution.essential] + [(p, "rest") for p in resolution.rest]
+        for package, stage in staged:
+            earlier = locked.get(package.name)
+            if earlier is None:
+                locked[package.name] = _locked(package, stage, archive_of[id(package)],
+                                               auto=stage == "rest" and resolution.auto_installed(package),
+                                               layer=number)
+            elif earlier.version != package.version:
+                raise PipelineError(
+                    f"layer {selection.layers[number - 1].name!r} needs {package.name} {package.version}, "
+                    f"but an earlier layer has {earlier.version}", hint="move those packages into one layer")
+    return list(locked.values())
 
 
 def _locked_release(signed: mirror.SignedRelease) -> LockedRelease:
@@ -90,11 +116,11 @@ def _locked_release(signed: mirror.SignedRelease) -> LockedRelease:
                          suite=release.suite, codename=release.codename)
 
 
-def _locked(package: Package, stage: str, archive: int, *, auto: bool = False) -> LockedPackage:
+def _locked(package: Package, stage: str, archive: int, *, auto: bool, layer: int) -> LockedPackage:
     return LockedPackage(name=package.name, version=package.version,
                          architecture=package.architecture, filename=package.filename,
                          size=package.size, sha256=package.sha256, stage=stage,
-                         source=package.source, auto=auto, archive=archive)
+                         source=package.source, auto=auto, archive=archive, layer=layer)
 
 
 def sources_of(lock: Lockfile, keyrings: tuple[Path, ...]) -> list[Source]:
@@ -174,7 +200,8 @@ def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
 
     def debs(stage: str) -> list[bootstrap.Deb]:
         return [bootstrap.Deb(name=p.name, path=str(paths[p.name]), pre_depends=signed[p.name].pre_depends,
-                              provides=signed[p.name].provides, arch=p.architecture, auto=p.auto)
+                              provides=signed[p.name].provides, arch=arch, auto=p.auto,
+                              layer=p.layer)
                 for p in entry.stage(stage)]
 
     custom = {f"ocistrap-{i}.gpg": k.read_bytes().hex() for i, k in enumerate(keyrings)
@@ -186,12 +213,12 @@ def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
     return bootstrap.Plan(arch=arch, essential=debs("essential"), rest=debs("rest"),
                           sources=bootstrap.sources_text(lock.archives, lock.components, signed_by),
                           staging=str(staging_dir), tmpfs=tmpfs, epoch=epoch,
-                          debs_dir=debs_dirs.pop(), keyrings=custom)
+                          debs_dir=debs_dirs.pop(), keyrings=custom, layer_count=len(lock.layers) + 1)
 
 
 def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging, *, epoch: int,
-                  keyrings: tuple[Path, ...], sink: Callable[[BinaryIO], T]) -> T:
-    """Install ARCH's packages in a sandbox and pass the tree's tar stream to SINK."""
+                  keyrings: tuple[Path, ...], sink: Callable[[BinaryIO], T]) -> list[T]:
+    """Install ARCH's packages in a sandbox and pass each layer's tar stream to SINK."""
     base = staging.workdir or Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
     with tempfile.TemporaryDirectory(prefix="ocistrap-staging-", dir=base) as tmp:
         root = Path(tmp) / "root"
@@ -221,6 +248,7 @@ class BuildRequest:
     staging: Staging = Staging()
     options: assemble.ImageOptions = assemble.ImageOptions()
     epoch: int | None = None
+    tls_verify: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -241,22 +269,34 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
         oci.init_layout(layout)
         manifests = []
         for arch in lock.architectures:
-            blob = run_bootstrap(lock, arch, fetched, request.staging, epoch=epoch, keyrings=keyrings,
-                                 sink=lambda stream: layer.write_blob(
-                                     stream, layout / "blobs" / "sha256", compression=request.compression))
-            created_by = f"ocistrap {lock.variant} {lock.suite} ({len(lock.architectures[arch].packages)} packages)"
-            manifests.append(assemble.write_image(layout, arch, [assemble.Layer(blob, created_by)],
-                                                  epoch=epoch, options=request.options, provenance=provenance))
+            blobs = run_bootstrap(lock, arch, fetched, request.staging, epoch=epoch, keyrings=keyrings,
+                                  sink=lambda stream: layer.write_blob(
+                                      stream, layout / "blobs" / "sha256", compression=request.compression))
+            layers = [assemble.Layer(blob, created_by) for blob, created_by in zip(blobs, _history(lock, arch))]
+            manifests.append(assemble.write_image(layout, arch, layers, epoch=epoch, options=request.options,
+                                                  provenance=provenance))
         top = manifests[0] if len(manifests) == 1 else assemble.write_index(
             layout, manifests, provenance.annotations(image.rfc3339(epoch)))
         with log.get().step("writing outputs"):
             for ref in request.outputs:
-                deliver(layout, top, ref)
+                deliver(layout, top, ref, tls_verify=request.tls_verify)
     return Built(digest=top.digest, outputs=request.outputs)
 
 
-def deliver(layout: Path, top: image.Descriptor, ref: Reference) -> None:
+def _history(lock: Lockfile, arch: str) -> list[str]:
+    """What made each layer, for the image config's history."""
+    packages = lock.architectures[arch].packages
+    count = [sum(p.layer == n for p in packages) for n in range(len(lock.layers) + 1)]
+    return [f"ocistrap {lock.variant} {lock.suite} ({count[0]} packages)"] + [
+        f"ocistrap layer {layer.name}: {', '.join(layer.include)} ({count[n]} packages)"
+        for n, layer in enumerate(lock.layers, start=1)]
+
+
+def deliver(layout: Path, top: image.Descriptor, ref: Reference, *, tls_verify: bool | None = None) -> None:
     """Write the image to REF; ``tar:`` gets the plain root filesystem of a one-layer image."""
+    if ref.transport == "docker":
+        registry.push(layout, top, ref, tls_verify=tls_verify)
+        return
     if ref.transport != "tar":
         transports.write(layout, top, ref)
         return

@@ -441,7 +441,7 @@ def spawn(argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr:
     os.close(down_r)
     with os.fdopen(up_r, "rb") as up, os.fdopen(down_w, "wb") as down:
         try:
-            _handshake(proc, up, down, argv, dict(os.environ if env is None else env), maps)
+            _handshake(proc, up, down, argv, dict(os.environ if env is None else env), maps, pass_fds)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -450,14 +450,14 @@ def spawn(argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr:
 
 
 def _handshake(proc: subprocess.Popen, up: IO[bytes], down: IO[bytes], argv: Sequence[str],
-               env: dict[str, str], maps: IdMaps) -> None:
+               env: dict[str, str], maps: IdMaps, pass_fds: Sequence[int]) -> None:
     message = _read_message(up)
     if message is None:
         raise SandboxError(f"the sandbox helper exited early with status {proc.wait()}")
     if "errno" in message:
         _raise_for(message, argv)
     _write_maps(proc.pid, maps)
-    down.write(json.dumps({"argv": list(argv), "env": env}).encode())
+    down.write(json.dumps({"argv": list(argv), "env": env, "fds": list(pass_fds)}).encode())
     down.close()
     message = _read_message(up)
     if message is not None:
@@ -547,9 +547,10 @@ def _helper_run(parent: int, up: int, down: int) -> None:
     init = os.fork()
     if init == 0:
         os.close(lifeline_w)
-        _init(request["argv"], request["env"], up, lifeline_r)
+        _init(request["argv"], request["env"], up, lifeline_r, request["fds"])
     os.close(lifeline_r)
     os.close(up)
+    _close_all(request["fds"])
     _forward_signals(init)
     _, status = os.waitpid(init, 0)
     os._exit(_exit_code(status))
@@ -570,7 +571,17 @@ def _forward_signals(pid: int) -> None:
         signal.signal(signum, forward)
 
 
-def _init(argv: list[str], env: dict[str, str], up: int, lifeline: int) -> None:
+def _close_all(fds: Sequence[int]) -> None:
+    """Drop this process's copies of the payload's pipes: the reader outside must see
+    end-of-file as soon as the payload closes its end."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _init(argv: list[str], env: dict[str, str], up: int, lifeline: int, fds: Sequence[int]) -> None:
     """PID 1 of the new PID namespace: run the payload, reap orphans, exit as the payload did."""
     try:
         _die_with_parent()
@@ -580,6 +591,7 @@ def _init(argv: list[str], env: dict[str, str], up: int, lifeline: int) -> None:
         if payload == 0:
             _exec_payload(argv, env, up, lifeline)
         os.close(up)
+        _close_all(fds)
         _forward_signals(payload)
         while True:
             pid, status = os.wait()

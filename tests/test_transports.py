@@ -157,8 +157,8 @@ def test_unknown_transport_lists_the_valid_ones():
 
 def test_write_to_a_transport_without_writer(tmp_path):
     desc = build_image(tmp_path / "build")
-    with pytest.raises(TransportError, match="cannot write images to docker:"):
-        write_to(tmp_path / "build", desc, parse_reference("docker://localhost/x"))
+    with pytest.raises(TransportError, match="cannot write images to tar:"):
+        write_to(tmp_path / "build", desc, parse_reference("tar:x"))
 
 
 # --- shared helpers ------------------------------------------------------------------

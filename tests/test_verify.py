@@ -219,9 +219,9 @@ def test_empty_layout_is_not_an_image(tmp_path):
         verify(f"oci:{tmp_path}")
 
 
-def test_registry_references_are_refused(tmp_path):
-    with pytest.raises(VerifyError, match="cannot verify docker: images"):
-        verify("docker://localhost/debian:bookworm")
+def test_plain_rootfs_tarballs_are_not_images(tmp_path):
+    with pytest.raises(VerifyError, match="tar"):
+        verify("tar:" + str(tmp_path / "rootfs.tar"))
 
 
 def test_oci_archive(tmp_path):

@@ -170,6 +170,23 @@ def write(layout: Path, desc: Descriptor, ref: Reference) -> None:
 
 
 @contextmanager
+def open_image(ref: Reference) -> Iterator[tuple[Path, Descriptor]]:
+    """An image stored locally (``oci:`` or ``oci-archive:``) as (layout, descriptor) while in use."""
+    if ref.transport == "oci":
+        from ocistrap.transports import oci
+
+        yield oci.read(Path(ref.path), ref.tag)
+    elif ref.transport == "oci-archive":
+        from ocistrap.transports import oci_archive
+
+        with oci_archive.read(Path(ref.path), ref.tag) as found:
+            yield found
+    else:
+        raise TransportError(f"cannot read images from {ref.transport}: here",
+                             hint="give an oci:DIR[:TAG] or oci-archive:FILE[:TAG] image")
+
+
+@contextmanager
 def replacing(final: Path, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside FINAL; on success rename it over FINAL, else remove it.
 
