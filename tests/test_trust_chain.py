@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from lockfetch_support import *  # noqa: F401,F403
+from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
 from lockfetch_support import SUITE, Archive, assert_cache_verified, assert_one_error
 from repo_factory import SigningKey, sha256_of
 
