@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
+from itertools import chain
+from operator import attrgetter
+from typing import NamedTuple
 
 from debian.debian_support import version_compare
 
@@ -165,8 +169,58 @@ def _mentions(packages: Iterable[Package]) -> Iterable[str]:
             yield from _named(package.provides, provides=True)
 
 
+# A package name without these characters starts an item of the mention text only where it is mentioned.
+_ODD_NAME_CHAR = re.compile(r"[\s,|(:]")
+_ORDER_TEXTS = attrgetter("name", *_ORDER_FIELDS, "provides")
+
+
+def _join_mentions(packages: Sequence[Package]) -> str:
+    """Each stanza's name, order fields and Provides, in apt's order, as one comma-separated text.
+
+    The items of this text start, in order, with exactly the names ``_mentions``
+    yields (arch-qualified Provides are rewritten to the names they create), so
+    where a name first starts an item is where apt first met it.
+    """
+    chunks = list(chain.from_iterable(map(_ORDER_TEXTS, packages)))
+    width = len(_ORDER_FIELDS) + 2
+    chunks[width - 1::width] = [
+        ",".join(_named(text, provides=True)) if ":" in text else text for text in chunks[width - 1::width]
+    ]
+    return ",".join(chunks)
+
+
+def _first_mention(text: str, name: str) -> int | None:
+    """Where NAME first starts an item of a mention text as the whole name, or None."""
+    start = 0
+    while (at := text.find(name, start)) >= 0:
+        end = at + len(name)
+        if (end == len(text) or text[end] in ",|(" or text[end].isspace()) and _starts_item(text, at):
+            return at
+        start = at + 1
+    return None
+
+
+def _starts_item(text: str, at: int) -> bool:
+    before = at - 1
+    while before >= 0 and text[before].isspace():
+        before -= 1
+    return before < 0 or text[before] in ",|"
+
+
+def _plain_names(names: Sequence[str]) -> bool:
+    """Whether no name could be confused with another item's text (true of every valid name)."""
+    return "" not in names and _ODD_NAME_CHAR.search("".join(names)) is None
+
+
+# dak's spelling of Provides; its meaning under _parse_provides is plain to see.
+_SIMPLE_PROVIDE = r"[^\s,():|]+(?: \(= [^\s(),|]+\))?"
+_SIMPLE_PROVIDES = re.compile(rf"{_SIMPLE_PROVIDE}(?:, {_SIMPLE_PROVIDE})*")
+_PROVIDED_NAME = re.compile(r"(?:^|, )([^\s,():|]+)")
+_PROVIDED_VERSION = re.compile(r"(?:^|, )[^\s,():|]+(?: \(= ([^\s(),|]+)\))?")
+
+
 def _parse_provides(text: str, package: Package) -> list[tuple[str, str | None]]:
-    """Provides is the one field parsed for every package, so it gets a fast path."""
+    """Any spelling of Provides; ``Universe._add_provided`` reads dak's usual one faster."""
     provided = []
     for item in text.split(","):
         item = item.strip()
@@ -186,8 +240,7 @@ def _parse_provides(text: str, package: Package) -> list[tuple[str, str | None]]
     return provided
 
 
-@dataclass(frozen=True, slots=True)
-class _Provide:
+class _Provide(NamedTuple):
     owner: Package
     version: str | None
 
@@ -203,29 +256,37 @@ class Universe:
 
     def __init__(self, packages: Iterable[Package], arch: str) -> None:
         self.arch = arch
-        self._stream: list[Package] = []
-        self._by_name: dict[str, list[Package]] = {}
-        for package in packages:
-            if package.architecture in (arch, "all"):
-                self._stream.append(package)
-                self._by_name.setdefault(package.name, []).append(package)
-        self._candidates = {
-            name: found[0] if len(found) == 1 else max(found, key=_VersionKey)
-            for name, found in self._by_name.items()
-        }
+        accepted = (arch, "all")
+        self._stream = [p for p in packages if p.architecture in accepted]
+        names = list(map(attrgetter("name"), self._stream))
+        # Names in order of first appearance; most have one version, so only repeats get lists.
+        self._candidates: dict[str, Package] = dict(zip(names, self._stream))
+        self._repeated: dict[str, list[Package]] = {}
+        if len(self._candidates) < len(names):
+            self._repeated = {name: [] for name, count in Counter(names).items() if count > 1}
+            for package in self._stream:
+                found = self._repeated.get(package.name)
+                if found is not None:
+                    found.append(package)
+            for name, found in self._repeated.items():
+                self._candidates[name] = max(found, key=_VersionKey)
         self._relations: dict[str, tuple[Group, ...]] = {}
+        self._ranks: dict[str, int] = {}
+        self._providers: dict[str, list[_Provide]] = {}
 
     def __len__(self) -> int:
-        return len(self._by_name)
+        return len(self._candidates)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._by_name
+        return name in self._candidates
 
     def versions(self, name: str) -> list[Package]:
         """Every package called ``name``, highest version first."""
-        found = list(self._by_name.get(name, ()))
-        found.sort(key=_VersionKey, reverse=True)
-        return found
+        found = self._repeated.get(name)
+        if found is None:
+            candidate = self._candidates.get(name)
+            return [] if candidate is None else [candidate]
+        return sorted(found, key=_VersionKey, reverse=True)
 
     def candidate(self, name: str) -> Package | None:
         """The highest version of ``name``, as apt picks it with all sources at one pin."""
@@ -236,17 +297,39 @@ class Universe:
 
     @cached_property
     def _creation_order(self) -> dict[str, int]:
+        """Every mentioned name with its place in apt's order, counted one by one (the slow, sure way)."""
         first_mentions = dict.fromkeys(_mentions(self._stream))
         return {name: rank for rank, name in enumerate(first_mentions)}
+
+    @cached_property
+    def _mention_text(self) -> str | None:
+        """The mention text of the stream, unless a package name could be misread in it."""
+        return _join_mentions(self._stream) if _plain_names(list(self._candidates)) else None
 
     def creation_rank(self, name: str) -> int:
         """apt's package ID: where ``name`` is first mentioned in the indices, in input order.
 
         ``apt-get install PATTERN`` auto-installs the matches in this order, and
         CompareProviders prefers the higher one on a tie; so this order decides
-        or-groups and providers where nothing else does.
+        or-groups and providers where nothing else does.  Ranks only compare:
+        they are offsets in the mention text, found per name on demand, since
+        resolution ranks a few hundred of the 100,000 names an index mentions.
+        Raises KeyError for a name the indices never mention.
         """
-        return self._creation_order[name]
+        rank = self._ranks.get(name)
+        if rank is None:
+            rank = self._find_rank(name)
+            self._ranks[name] = rank
+        return rank
+
+    def _find_rank(self, name: str) -> int:
+        text = self._mention_text
+        if text is None:
+            return self._creation_order[name]
+        at = _first_mention(text, name) if _plain_names([name]) else None
+        if at is None:
+            raise KeyError(name)
+        return at
 
     @cached_property
     def essential_names(self) -> list[str]:
@@ -269,22 +352,73 @@ class Universe:
         return parsed
 
     @cached_property
-    def _provides(self) -> dict[str, list[_Provide]]:
-        index: dict[str, list[_Provide]] = {}
+    def _provider_index(self) -> tuple[dict[str, _Provide], dict[str, list[_Provide]]]:
+        """Each provided name's provider, and all providers of the names with several.
+
+        Built in one pass over about 100,000 Provides entries (most of them Rust
+        crate features), so it makes one ``_Provide`` per package and version
+        and lists only for the few names that several packages provide.
+        """
+        names: list[str] = []
+        provides: list[_Provide] = []
         for package in self.candidates():
             if package.provides:
-                for name, version in _parse_provides(package.provides, package):
-                    if ":" in name:
-                        bare, _, qualifier = name.partition(":")
-                        if qualifier not in ("any", self.arch):
-                            continue
-                        name = bare if qualifier == self.arch else name
-                    index.setdefault(name, []).append(_Provide(package, version))
-        return index
+                self._add_provided(package, names, provides)
+        one = dict(zip(names, provides))
+        several: dict[str, list[_Provide]] = {}
+        if len(one) < len(names):
+            several = {name: [] for name, count in Counter(names).items() if count > 1}
+            for name, provide in zip(names, provides):
+                found = several.get(name)
+                if found is not None:
+                    found.append(provide)
+        return one, several
+
+    def _add_provided(self, package: Package, names: list[str], provides: list[_Provide]) -> None:
+        """Append what PACKAGE provides on this architecture; dak's usual spelling takes a fast path."""
+        text = package.provides
+        if _SIMPLE_PROVIDES.fullmatch(text):
+            if "(" not in text:
+                provided = text.split(", ")
+                names += provided
+                provides += [_Provide(package, None)] * len(provided)
+                return
+            version = text.partition(" (= ")[2].partition(")")[0]
+            suffix = f" (= {version})"
+            if text.count(suffix) == text.count(", ") + 1:  # every entry has that version
+                provided = text.replace(suffix, "").split(", ")
+                names += provided
+                provides += [_Provide(package, version)] * len(provided)
+                return
+            names += _PROVIDED_NAME.findall(text)
+            versions = _PROVIDED_VERSION.findall(text)
+            made = {version: _Provide(package, version or None) for version in set(versions)}
+            provides += map(made.__getitem__, versions)
+            return
+        for name, provide in self._parse_provided(package):
+            names.append(name)
+            provides.append(provide)
+
+    def _parse_provided(self, package: Package) -> list[tuple[str, _Provide]]:
+        """Every spelling of Provides dpkg accepts, with ``name:arch`` kept for this architecture only."""
+        provided = []
+        for name, version in _parse_provides(package.provides, package):
+            if ":" in name:
+                bare, _, qualifier = name.partition(":")
+                if qualifier not in ("any", self.arch):
+                    continue
+                name = bare if qualifier == self.arch else name
+            provided.append((name, _Provide(package, version)))
+        return provided
 
     def providers(self, name: str) -> list[_Provide]:
         """Candidates that provide ``name`` (``name:any`` for explicit ``Provides: name:any``)."""
-        return self._provides.get(name, [])
+        found = self._providers.get(name)
+        if found is None:
+            one, several = self._provider_index
+            found = several.get(name) or ([one[name]] if name in one else [])
+            self._providers[name] = found
+        return found
 
     def solutions(self, alt: Alternative) -> list[Package]:
         """Candidates that satisfy ``alt``: the package itself, then its providers."""
@@ -307,7 +441,7 @@ class Universe:
 
     def near_names(self, name: str) -> list[str]:
         """A few existing names close to a misspelt one."""
-        pool = [n for n in self._by_name if n[:1] == name[:1]] or list(self._by_name)
+        pool = [n for n in self._candidates if n[:1] == name[:1]] or list(self._candidates)
         return difflib.get_close_matches(name, pool, n=3)
 
 

@@ -403,6 +403,79 @@ def test_resolution_is_closed_or_an_error(packages: list[Package], variant: str,
                 )
 
 
+# --- fast paths against the plain algorithms ---------------------------------
+# Names that are prefixes and suffixes of each other, odd spacing, qualifiers,
+# parenthesised words and empty items: where a text search could go wrong.
+
+MENTIONED = ["a", "ab", "ba", "a-b", "b", "a+", "a.b"]
+
+
+@st.composite
+def mention_item(draw: st.DrawFn) -> str:
+    return "".join((
+        draw(st.sampled_from(["", " ", "  ", "\t"])),
+        draw(st.sampled_from([*MENTIONED, "(a)", ""])),
+        draw(st.sampled_from(["", "", ":any", ":amd64", ":i386"])),
+        draw(st.sampled_from(["", " (>= 1)", "(<< a)", " (= ab)"])),
+        draw(st.sampled_from(["", " [amd64]", " [!a b]"])),
+        draw(st.sampled_from(["", " "])),
+    ))
+
+
+@st.composite
+def mention_field(draw: st.DrawFn) -> str:
+    items = draw(st.lists(mention_item(), max_size=4))
+    return "".join(item + draw(st.sampled_from([",", ", ", "|", " | "])) for item in items).rstrip(",| ")
+
+
+@st.composite
+def mention_stanza(draw: st.DrawFn) -> Package:
+    kinds = ("pre_depends", "depends", "conflicts", "breaks", "recommends", "provides")
+    name = draw(st.sampled_from([*MENTIONED, "c"] if draw(st.integers(0, 20)) else ["odd name", "x:y"]))
+    return pkg(name, **{kind: draw(mention_field()) for kind in kinds})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(mention_stanza(), min_size=1, max_size=8))
+def test_creation_ranks_follow_the_counted_order(packages: list[Package]) -> None:
+    universe = Universe(packages, "amd64")
+    counted = [name for name in universe._creation_order if name]
+    ranks = [universe.creation_rank(name) for name in counted]
+    assert ranks == sorted(set(ranks))
+    with pytest.raises(KeyError):
+        universe.creation_rank("never-mentioned")
+
+
+@st.composite
+def provides_field(draw: st.DrawFn) -> str:
+    items = draw(st.lists(st.tuples(
+        st.sampled_from(["a", "a-b", "x+1"]),
+        st.sampled_from(["", "", ":any", ":amd64", ":i386"]),
+        st.sampled_from(["", " (= 1)", " (= 1)", " (= 1:2~a)", "(=2)", " (= 2)"]),
+    ), min_size=1, max_size=4))
+    separators = st.sampled_from([", ", ", ", ",", " ,  "])
+    return "".join(f"{n}{q}{v}{draw(separators) if i < len(items) - 1 else ''}" for i, (n, q, v) in enumerate(items))
+
+
+@settings(max_examples=300, deadline=None)
+@given(provides_field())
+def test_provides_fast_path_agrees_with_the_general_parser(text: str) -> None:
+    package = pkg("p", provides=text)
+    universe = Universe([package], "amd64")
+    names: list[str] = []
+    provides: list = []
+    universe._add_provided(package, names, provides)
+    assert list(zip(names, provides)) == universe._parse_provided(package)
+
+
+def test_providers_keep_candidate_order_for_shared_names() -> None:
+    universe = Universe([pkg("x", provides="v, w (= 1)"), pkg("y", provides="v (= 2), u"),
+                         pkg("z", provides="v:amd64")], "amd64")
+    assert [(p.owner.name, p.version) for p in universe.providers("v")] == [("x", None), ("y", "2"), ("z", None)]
+    assert [p.owner.name for p in universe.providers("w")] == ["x"]
+    assert universe.providers("nothing") == []
+
+
 # --- reference fixtures -------------------------------------------------------
 
 
