@@ -9,6 +9,7 @@ cache so that ``--offline`` works later.
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from operator import attrgetter
 from pathlib import Path
 
 from ocistrap import archive, openpgp
@@ -19,6 +20,7 @@ from ocistrap.fetch import Fetcher, NotFound, sha256_hex
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 _PACKAGE_FIELDS = [f.name for f in dataclasses.fields(Package)]
+_PACKAGE_ROW = attrgetter(*_PACKAGE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def _component_packages(source: Source, signed: SignedRelease, component: str, a
         archive.verify_bytes(data, entry, what=what)
     packages = archive.parse_packages(archive.decompress(data, path), what=what)
     cache.store_parsed(entry.sha256, {"fields": _PACKAGE_FIELDS,
-                                      "rows": [tuple(getattr(p, f) for f in _PACKAGE_FIELDS) for p in packages]})
+                                      "rows": list(map(_PACKAGE_ROW, packages))})
     return packages
 
 
