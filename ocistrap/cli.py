@@ -219,12 +219,16 @@ def _epoch() -> int | None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    fetcher, cache = Fetcher(offline=args.offline), _cache(args)
     if args.lock is not None:
         locked = lock.read(args.lock)
+        pipeline.require_runnable(locked.architectures)
     elif args.suite is None:
         raise UsageError("name a suite (e.g. `ocistrap build bookworm`) or a lockfile with --lock")
     else:
+        pipeline.require_runnable(args.arch or [native_arch()])
+        locked = None
+    fetcher, cache = Fetcher(offline=args.offline), _cache(args)
+    if locked is None:
         locked = _make_lock(args, fetcher, cache)
     if args.write_lock is not None:
         lock.write(locked, args.write_lock)

@@ -3,13 +3,13 @@
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ocistrap import assemble, bootstrap, image, layer, log, mirror, resolve, sandbox, transports
+from ocistrap import assemble, bootstrap, doctor, image, layer, log, mirror, resolve, sandbox, transports
 from ocistrap.archive import Package
 from ocistrap.cache import Cache
 from ocistrap.errors import OcistrapError
@@ -52,8 +52,13 @@ def open_archives(source: Source, fetcher: Fetcher, cache: Cache, *, updates: bo
 
 def load_universe(opened: list[tuple[Source, mirror.SignedRelease]], arch: str, fetcher: Fetcher,
                   cache: Cache) -> list[tuple[int, Package]]:
-    """Every package of every archive for ARCH, in archive order then index order (apt's order)."""
+    """Every package of every archive for ARCH, in archive order then index order (apt's order).
+
+    A companion archive that does not carry ARCH at all (Debian's security
+    archive has no s390x, for one) is skipped, as apt does.
+    """
     return [(n, p) for n, (src, signed) in enumerate(opened)
+            if n == 0 or arch in signed.release.architectures
             for p in mirror.load_packages(src, signed, arch, fetcher, cache)]
 
 
@@ -281,6 +286,16 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
             for ref in request.outputs:
                 deliver(layout, top, ref, tls_verify=request.tls_verify)
     return Built(digest=top.digest, outputs=request.outputs)
+
+
+def require_runnable(architectures: Iterable[str]) -> None:
+    """Fail before any download when maintainer scripts of an architecture could not run here."""
+    host = doctor.SystemHost()
+    native = doctor.native_arch()
+    for arch in architectures:
+        check = doctor.check_binfmt(host, arch, native)
+        if not check.ok:
+            raise PipelineError(f"cannot build for {arch} on this {native} host: {check.detail}")
 
 
 def _history(lock: Lockfile, arch: str) -> list[str]:

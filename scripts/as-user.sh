@@ -10,6 +10,11 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 if [ "$(id -u)" -ne 0 ]; then
     exec make -C "$here" "$target"
 fi
+# foreign architectures run through qemu-user binfmt handlers, which only root can enable
+if [ -d /proc/sys/fs/binfmt_misc ] && [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+fi
+command -v update-binfmts >/dev/null 2>&1 && update-binfmts --enable >/dev/null 2>&1 || true
 user=${OCISTRAP_TEST_USER:-ocistrap-test}
 id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
 grep -q "^$user:" /etc/subuid || usermod --add-subuids 300000-365535 "$user"
