@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from ocistrap.cache import CHUNK, Cache, file_sha256
+from ocistrap import log
 from ocistrap.errors import OcistrapError
 
 
@@ -64,13 +65,13 @@ class Fetcher:
 
     def download(self, wanted: Wanted, cache: Cache) -> Path:
         """The cache path of WANTED, downloading (resuming) and verifying it if absent."""
-        if (path := cache.lookup(wanted.sha256, wanted.size)) is not None:
+        if (path := self._cached(wanted, cache)) is not None:
             return path
         if self.offline:
             raise FetchError(f"{wanted.what} is not in the cache and --offline forbids downloading it",
                              hint="run `ocistrap fetch LOCKFILE` once with network access")
         with cache.claim(wanted.sha256):
-            if (path := cache.lookup(wanted.sha256, wanted.size)) is not None:
+            if (path := self._cached(wanted, cache)) is not None:
                 return path
             resuming = cache.partial_path(wanted.sha256).exists()
             try:
@@ -80,6 +81,16 @@ class Fetcher:
                     raise
             # an earlier run left a wrong prefix (check_file dropped it): start afresh once
             return self._download_verified(wanted, cache)
+
+    @staticmethod
+    def _cached(wanted: Wanted, cache: Cache) -> Path | None:
+        """The cached copy, re-hashed on every use: a file damaged on disk is dropped, not used."""
+        path = cache.lookup(wanted.sha256, wanted.size)
+        if path is None or file_sha256(path) == (wanted.size, wanted.sha256):
+            return path
+        path.unlink(missing_ok=True)
+        log.get().info(f"{wanted.what}: the cached copy was damaged on disk; it was removed")
+        return None
 
     def _download_verified(self, wanted: Wanted, cache: Cache) -> Path:
         self._retrying(wanted.url, wanted.what, lambda: self._download_once(wanted, cache))

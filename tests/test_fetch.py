@@ -317,3 +317,18 @@ def test_two_fetch_processes_share_one_cache(locked: Archive) -> None:
     locked.honest_again()
     rc, _, err = locked.fetch("--offline")
     assert rc == 0, err
+
+
+def test_cached_deb_damaged_on_disk_is_never_used(locked: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert locked.fetch()[0] == 0
+    blob = locked.cache / "blobs" / "sha256" / sha256_file(locked.repo.root / locked.deb(DEB))
+    damaged = bytearray(blob.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    blob.write_bytes(bytes(damaged))
+    with monkeypatch.context() as offline:
+        offline.setattr(requests.Session, "request", lambda *a, **k: pytest.fail("network used"))
+        rc, _, err = locked.fetch("--offline")
+        assert_one_error(rc, err, DEB_FILE, "not in the cache")
+    assert not blob.exists()
+    assert locked.fetch()[0] == 0
+    assert_cache_verified(locked.cache)
