@@ -249,7 +249,7 @@ class Registry:
                 if failures >= self.retry.attempts:
                     raise RegistryError(
                         f"{self.name}: {what}: {exc} (gave up after {failures} attempts)",
-                        hint="run the same command again: what was already uploaded is kept",
+                        hint="check that the registry is up, then run the same command again (a push keeps what it uploaded)",
                     ) from None
                 delay = self.retry.delay(failures - 1, exc.retry_after)
                 log.get().detail(f"{self.name}: {what}: {exc}; retrying in {delay:.1f}s")
