@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: deps venv test test-here unit demo demo-here clean
+.PHONY: deps venv test test-here unit demo demo-here bench clean
 
 deps:
 	sh scripts/host-deps.sh
@@ -33,6 +33,10 @@ demo: deps
 
 demo-here: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" sh scripts/demo.sh
+
+# Timings against the issue's budgets, as the current user (cold runs need the network).
+bench: deps venv
+	for script in scripts/bench-*.py; do $(BIN)/python "$$script" || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
