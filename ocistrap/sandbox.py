@@ -9,6 +9,13 @@ payload. The helper and the init die with their parent (PR_SET_PDEATHSIG),
 and when the init dies the kernel kills everything in its PID namespace, so
 no process outlives the caller.
 
+A tree built on disk in a sandbox belongs to subordinate ids the caller
+cannot delete, so ``spawn(remove_on_exit=DIR)`` makes the init, which is root
+of the namespace, delete DIR whenever the payload ends: also when the caller
+is killed (the init then gets SIGTERM instead of SIGKILL as its parent-death
+signal). ``scratch_dir`` makes such directories and sweeps up the leftovers
+of builds that died with their init (a power loss).
+
 The mount helpers (``mount_staging``, ``prepare_chroot``, ``release_chroot``,
 ``chroot_run``, ``bind_mount``, ``unmount``) only work in code running inside
 such a sandbox.
@@ -16,6 +23,7 @@ such a sandbox.
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import pwd
@@ -25,11 +33,15 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, NoReturn
 
+from ocistrap import log
 from ocistrap.errors import OcistrapError
 
 SUBUID = Path("/etc/subuid")
@@ -37,7 +49,8 @@ SUBGID = Path("/etc/subgid")
 # Inner ids 1..65535 come from the subordinate ranges; 0 is the caller.
 SUBORDINATE_IDS = 65535
 DEFAULT_SUBID_START = 100000
-MAPPER_PATH = "/usr/bin:/usr/sbin:/bin:/sbin"
+SYSTEM_PATH = "/usr/bin:/usr/sbin:/bin:/sbin"
+MAPPER_PATH = SYSTEM_PATH
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -77,6 +90,11 @@ DEV_LINKS = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/
              "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ)
+INIT_SIGNALS = {signal.SIGCHLD, *FORWARDED_SIGNALS}
+# Bounds on the init's clean-up, so that it ends even if a process will not die
+# (stuck in the kernel) or the disk is slow.
+REAP_TIMEOUT = 10.0
+REMOVE_TIMEOUT = 600.0
 
 USERNS_SYSCTLS = ("kernel.unprivileged_userns_clone", "user.max_user_namespaces",
                   "kernel.apparmor_restrict_unprivileged_userns")
@@ -373,8 +391,8 @@ def _unshare(flags: int) -> None:
     _check(_libc.unshare(flags))
 
 
-def _die_with_parent() -> None:
-    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
+def _die_with_parent(signum: int = signal.SIGKILL) -> None:
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0))
 
 
 # ---- spawn: runs on the host ----
@@ -415,33 +433,64 @@ def _write_maps(pid: int, maps: IdMaps) -> None:
                                hint=f"check the ranges for you in /etc/sub{kind}")
 
 
+class RemovingPopen(subprocess.Popen):
+    """A sandbox spawned with remove_on_exit: wait() also waits until its init has exited,
+    which it does only after removing the directory."""
+
+    init_gone: IO[bytes] | None = None  # read end of a pipe whose write end only the init holds
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        status = super().wait(timeout)
+        if self.init_gone is not None:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.init_gone], [], [], remaining)[0]:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self.init_gone.close()
+            self.init_gone = None
+        return status
+
+
 def spawn(argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
           pass_fds: Sequence[int] = (), env: Mapping[str, str] | None = None,
-          cwd: str | Path | None = None, maps: IdMaps | None = None) -> subprocess.Popen:
+          cwd: str | Path | None = None, maps: IdMaps | None = None,
+          remove_on_exit: Path | None = None) -> subprocess.Popen:
     """Run ARGV as uid 0 in new user, mount, PID, IPC and UTS namespaces.
 
     Returns once ARGV is executing (or raises SandboxError). stdin/stdout/stderr
     take what subprocess.Popen takes; the returned Popen's returncode is ARGV's
     exit status (128+N if a signal N killed it). terminate() reaches ARGV.
     The sandbox is killed when the thread that called spawn() exits.
+
+    With REMOVE_ON_EXIT, the sandbox deletes that directory once ARGV has ended,
+    however it ended (exit, terminate(), kill(), death of the caller): the init
+    kills what is left in the namespace, detaches the mounts below the directory
+    and removes it with `rm -rf --one-file-system`. wait() returns after that.
+    Until then the sandbox holds a shared flock(2) on the directory.
     """
     maps = load_maps() if maps is None else maps
     _mappers()
+    remove = None if remove_on_exit is None else Path(remove_on_exit).resolve()
+    keep, init_gone = _removal_fds(remove) if remove is not None else ((), None)
     up_r, up_w = os.pipe()
     down_r, down_w = os.pipe()
+    helper_fds = (up_w, down_r, *keep)
     try:
-        proc = subprocess.Popen(_helper_argv("run", str(os.getpid()), str(up_w), str(down_r)),
-                                stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
-                                pass_fds=(up_w, down_r, *pass_fds))
+        proc = (subprocess.Popen if init_gone is None else RemovingPopen)(
+            _helper_argv("run", str(os.getpid()), str(up_w), str(down_r)),
+            stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, pass_fds=(*helper_fds, *pass_fds))
     except BaseException:
-        for fd in (up_r, up_w, down_r, down_w):
-            os.close(fd)
+        _close_all((up_r, down_w, *helper_fds, *([] if init_gone is None else [init_gone])))
         raise
-    os.close(up_w)
-    os.close(down_r)
+    _close_all(helper_fds)
+    if isinstance(proc, RemovingPopen):
+        proc.init_gone = os.fdopen(init_gone, "rb", buffering=0)
+    request = {"argv": list(argv), "env": dict(os.environ if env is None else env),
+               "fds": list(pass_fds), "keep": list(keep),
+               "remove": None if remove is None else str(remove)}
     with os.fdopen(up_r, "rb") as up, os.fdopen(down_w, "wb") as down:
         try:
-            _handshake(proc, up, down, argv, dict(os.environ if env is None else env), maps, pass_fds)
+            _handshake(proc, up, down, argv, request, maps)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -449,15 +498,23 @@ def spawn(argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr:
     return proc
 
 
+def _removal_fds(path: Path) -> tuple[tuple[int, int], int]:
+    """((lock, init_done), init_gone): a shared flock on PATH and a pipe for the init to hold."""
+    lock = _open_dir(path)
+    _try_flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    init_gone, init_done = os.pipe()
+    return (lock, init_done), init_gone
+
+
 def _handshake(proc: subprocess.Popen, up: IO[bytes], down: IO[bytes], argv: Sequence[str],
-               env: dict[str, str], maps: IdMaps, pass_fds: Sequence[int]) -> None:
+               request: dict[str, Any], maps: IdMaps) -> None:
     message = _read_message(up)
     if message is None:
         raise SandboxError(f"the sandbox helper exited early with status {proc.wait()}")
     if "errno" in message:
         _raise_for(message, argv)
     _write_maps(proc.pid, maps)
-    down.write(json.dumps({"argv": list(argv), "env": env, "fds": list(pass_fds)}).encode())
+    down.write(json.dumps(request).encode())
     down.close()
     message = _read_message(up)
     if message is not None:
@@ -483,6 +540,85 @@ def remove_tree(path: Path) -> None:
     proc = spawn(["rm", "-rf", "--one-file-system", "--", str(path)])
     if proc.wait() != 0:
         raise SandboxError(f"cannot remove {path} (rm exited with status {proc.returncode})")
+
+
+@contextmanager
+def scratch_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new directory PREFIX* below PARENT for a sandbox to build in (pass it to
+    ``spawn`` as remove_on_exit); removed on the way out if it is still there.
+
+    First it removes the PREFIX* siblings nobody holds: leftovers of builds whose
+    sandbox died before it could clean up. This process and the sandbox hold a
+    shared flock on the directory until it is gone; sweeping and creating happen
+    under an exclusive flock on PARENT, so a sweep never takes a directory in use.
+    Where flock(2) does not work (some network filesystems) nothing is swept.
+    """
+    guard = _open_dir(parent, follow=True)
+    try:
+        if _try_flock(guard, fcntl.LOCK_EX):
+            _sweep(parent, prefix)
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        try:
+            held = _open_dir(path)
+        except BaseException:
+            path.rmdir()
+            raise
+        _try_flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    finally:
+        os.close(guard)
+    try:
+        yield path
+    finally:
+        try:
+            _discard(path)
+        finally:
+            os.close(held)
+
+
+def _open_dir(path: Path, *, follow: bool = False) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        return os.open(path, flags)
+    except OSError as e:
+        raise SandboxError(f"cannot open the directory {path}: {e.strerror}") from e
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    """Whether OPERATION got the lock (not if another process holds it, nor if the
+    filesystem cannot lock)."""
+    try:
+        fcntl.flock(fd, operation)
+    except OSError:
+        return False
+    return True
+
+
+def _sweep(parent: Path, prefix: str) -> None:
+    for path in sorted(parent.iterdir()):
+        if not path.name.startswith(prefix) or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            fd = _open_dir(path)
+        except SandboxError:
+            continue
+        try:
+            if _try_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                log.get().info(f"removing {path}, left behind by an interrupted build")
+                _discard(path)
+        except (OSError, SandboxError) as e:
+            print(f"ocistrap: warning: cannot remove {path}: {e}", file=sys.stderr)
+        finally:
+            os.close(fd)
+
+
+def _discard(path: Path) -> None:
+    """Remove PATH as the caller if it can, else from a sandbox (subordinate owners)."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        remove_tree(path)
 
 
 # ---- the helper: runs in the namespaces ----
@@ -533,6 +669,8 @@ def _helper_run(parent: int, up: int, down: int) -> None:
     if not data:
         os._exit(1)
     request = json.loads(data)
+    for fd in request["keep"]:
+        os.set_inheritable(fd, False)
     step = "setting ids"
     try:
         os.setgroups([])
@@ -547,10 +685,10 @@ def _helper_run(parent: int, up: int, down: int) -> None:
     init = os.fork()
     if init == 0:
         os.close(lifeline_w)
-        _init(request["argv"], request["env"], up, lifeline_r, request["fds"])
+        _init(request, up, lifeline_r)
     os.close(lifeline_r)
     os.close(up)
-    _close_all(request["fds"])
+    _close_all([*request["fds"], *request["keep"]])
     _forward_signals(init)
     _, status = os.waitpid(init, 0)
     os._exit(_exit_code(status))
@@ -581,24 +719,107 @@ def _close_all(fds: Sequence[int]) -> None:
             pass
 
 
-def _init(argv: list[str], env: dict[str, str], up: int, lifeline: int, fds: Sequence[int]) -> None:
-    """PID 1 of the new PID namespace: run the payload, reap orphans, exit as the payload did."""
+def _init(request: dict[str, Any], up: int, lifeline: int) -> NoReturn:
+    """PID 1 of the new PID namespace: run the payload, reap orphans, exit as the payload did.
+
+    Signals are taken synchronously (sigwaitinfo), so nothing interrupts the
+    clean-up. With request["remove"] the parent-death signal is SIGTERM: a
+    SIGTERM after the helper's lifeline closed means the caller is gone, and the
+    init stops waiting for the payload. Either way it then kills the rest of the
+    namespace and deletes that directory before it exits.
+    """
     try:
-        _die_with_parent()
-        if select.select([lifeline], [], [], 0)[0]:
-            os._exit(1)
-        payload = os.fork()
-        if payload == 0:
-            _exec_payload(argv, env, up, lifeline)
-        os.close(up)
-        _close_all(fds)
-        _forward_signals(payload)
-        while True:
-            pid, status = os.wait()
-            if pid == payload:
-                os._exit(_exit_code(status))
+        remove = request["remove"]
+        signal.pthread_sigmask(signal.SIG_BLOCK, INIT_SIGNALS)
+        _die_with_parent(signal.SIGKILL if remove is None else signal.SIGTERM)
+        code = None
+        if not _closed(lifeline):
+            payload = os.fork()
+            if payload == 0:
+                _exec_payload(request["argv"], request["env"], up, lifeline)
+            os.close(up)
+            _close_all(request["fds"])
+            code = _supervise(payload, lifeline)
+        if remove is not None:
+            _kill_namespace(time.monotonic() + REAP_TIMEOUT)
+            _remove(remove)
+        os._exit(1 if code is None else code)
     finally:
         os._exit(1)
+
+
+def _closed(lifeline: int) -> bool:
+    """Whether the helper has died: its end of the lifeline pipe is then closed."""
+    return bool(select.select([lifeline], [], [], 0)[0])
+
+
+def _supervise(payload: int, lifeline: int) -> int | None:
+    """Reap children until the payload exits and return its exit code, forwarding SIGTERM
+    and SIGHUP to it; None if the helper died first."""
+    while True:
+        signum = signal.sigwaitinfo(INIT_SIGNALS).si_signo
+        if signum != signal.SIGCHLD:
+            if _closed(lifeline):
+                return None
+            try:
+                os.kill(payload, signum)
+            except ProcessLookupError:
+                pass
+            continue
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid == payload:
+                return _exit_code(status)
+
+
+def _kill_namespace(deadline: float) -> None:
+    """As PID 1: SIGKILL every other process of the namespace and reap it (until DEADLINE)."""
+    while time.monotonic() < deadline:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            return
+        signal.sigtimedwait({signal.SIGCHLD}, 0.1)
+    print("ocistrap: processes of the sandbox did not die", file=sys.stderr)
+
+
+def _remove(path: str) -> None:
+    """Delete PATH from inside the namespace: detach what is mounted in it, then remove
+    the tree without crossing into another filesystem."""
+    _detach_mounts(path)
+    try:
+        result = subprocess.run(["rm", "-rf", "--one-file-system", "--", path],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                env={"PATH": SYSTEM_PATH}, timeout=REMOVE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"ocistrap: cannot remove {path}: {e}", file=sys.stderr)
+        return
+    if result.returncode != 0:
+        print(f"ocistrap: cannot remove {path} (rm exited with status {result.returncode})",
+              file=sys.stderr)
+
+
+def _detach_mounts(path: str) -> None:
+    for _ in range(3):
+        points = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+        inside = mounts_below(path, points) + ([path] if path in points else [])
+        if not inside:
+            return
+        for point in inside:
+            try:
+                _umount(point, MNT_DETACH)
+            except OSError:
+                continue
 
 
 def _exec_payload(argv: list[str], env: dict[str, str], up: int, lifeline: int) -> None:

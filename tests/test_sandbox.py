@@ -1,4 +1,5 @@
 import errno
+import fcntl
 import os
 import signal
 import struct
@@ -185,6 +186,49 @@ def test_mount_helpers_refuse_outside_the_sandbox(tmp_path: Path) -> None:
         pytest.skip("root can mount on the host")
     with pytest.raises(SandboxError, match="only work inside the sandbox"):
         sandbox.mount_staging(tmp_path / "staging")
+
+
+# ---- scratch directories (no namespaces: their files are the caller's) ----
+
+def test_scratch_dir_sweeps_leftovers_nobody_holds_and_removes_itself(tmp_path: Path) -> None:
+    stale = tmp_path / "build-stale"
+    (stale / "root" / "etc").mkdir(parents=True)
+    held = tmp_path / "build-held"
+    held.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    (tmp_path / "build-link").symlink_to(other)
+    (tmp_path / "build-file").write_text("x")
+    fd = os.open(held, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        with sandbox.scratch_dir(tmp_path, "build-") as work:
+            assert work.parent == tmp_path and work.name.startswith("build-")
+            (work / "root").mkdir()
+            assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+                ["build-held", "build-link", "build-file", "other", work.name])
+            with pytest.raises(BlockingIOError):
+                _exclusive(work)
+        assert not work.exists()
+    finally:
+        os.close(fd)
+    assert held.is_dir() and other.is_dir()
+
+
+def test_scratch_dir_removes_itself_when_the_block_fails(tmp_path: Path) -> None:
+    with pytest.raises(KeyError):
+        with sandbox.scratch_dir(tmp_path, "build-") as work:
+            (work / "f").write_text("x")
+            raise KeyError
+    assert list(tmp_path.iterdir()) == []
+
+
+def _exclusive(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
 
 
 # ---- end to end, as an unprivileged account ----
@@ -392,3 +436,99 @@ def test_killing_the_caller_kills_the_whole_sandbox(how: str) -> None:
     while [p for p in _processes_with(marker) if p != parent.pid] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [p for p in _processes_with(marker) if p != parent.pid] == []
+
+
+# ---- remove_on_exit: nothing of subordinate ids outlives the sandbox ----
+
+def _foreign_tree(root: Path) -> str:
+    """Shell that fills ROOT with files of subordinate ids the caller cannot delete."""
+    return (f"mkdir -p {root}/a/b && echo x > {root}/a/b/f && mkdir {root}/mnt && "
+            f"mount -t tmpfs tmpfs {root}/mnt && echo y > {root}/mnt/g && "
+            f"chown -R 1000:1000 {root}/a && chmod 700 {root}/a")
+
+
+def _assert_foreign(root: Path) -> None:
+    with pytest.raises(PermissionError):
+        list((root / "a").iterdir())
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("end", ["exit", "terminate", "kill"])
+def test_remove_on_exit_deletes_the_tree_before_wait_returns(end: str, tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    root.mkdir()
+    payload = (f"{_foreign_tree(root)} && echo ready && "
+               + ("exit 3" if end == "exit" else "exec sleep 1000"))
+    proc = sandbox.spawn(["sh", "-c", payload], stdout=subprocess.PIPE, remove_on_exit=root)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    if end != "exit":
+        _assert_foreign(root)
+        getattr(proc, end)()
+    status = proc.wait(timeout=30)
+    assert status == {"exit": 3, "terminate": 128 + signal.SIGTERM, "kill": -signal.SIGKILL}[end]
+    assert not root.exists()
+    proc.stdout.close()
+
+
+@pytest.mark.e2e
+def test_remove_on_exit_needs_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match="cannot open the directory .*missing"):
+        sandbox.spawn(["true"], remove_on_exit=tmp_path / "missing")
+
+
+KILLED_BUILDER = """
+    import subprocess, sys, time
+    from pathlib import Path
+    from ocistrap import sandbox
+    proc = sandbox.spawn(["sh", "-c", sys.argv[1]], stdout=subprocess.PIPE,
+                         remove_on_exit=Path(sys.argv[2]))
+    print(proc.stdout.readline().decode(), end="", flush=True)
+    time.sleep(1000)
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("how", ["SIGKILL to the caller", "Ctrl-C to the process group"])
+def test_remove_on_exit_outlives_the_caller(how: str, tmp_path: Path) -> None:
+    marker = f"1000.{uuid.uuid4().int % 10**9}"
+    root = tmp_path / "work"
+    root.mkdir()
+    payload = (f"trap '' TERM HUP INT; {_foreign_tree(root)} && sleep {marker} & "
+               f"sleep 0.2; echo ready; sleep {marker}")
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED_BUILDER), payload,
+                               str(root)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    assert parent.stdout is not None
+    assert parent.stdout.readline() == b"ready\n"
+    _assert_foreign(root)
+    assert len([p for p in _processes_with(marker) if p != parent.pid]) >= 2
+    if how.startswith("SIGKILL"):
+        parent.kill()
+    else:
+        os.killpg(parent.pid, signal.SIGINT)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while (root.exists() or _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not root.exists()
+    assert _processes_with(marker) == []
+
+
+@pytest.mark.e2e
+def test_scratch_dir_sweeps_foreign_leftovers_but_not_a_live_sandbox(tmp_path: Path) -> None:
+    stale, live = tmp_path / "build-stale", tmp_path / "build-live"
+    stale.mkdir()
+    live.mkdir()
+    assert sandbox.spawn(["sh", "-c", _foreign_tree(stale)]).wait() == 0
+    _assert_foreign(stale)
+    proc = sandbox.spawn(["sh", "-c", f"{_foreign_tree(live)} && echo ready && exec sleep 1000"],
+                         stdout=subprocess.PIPE, remove_on_exit=live)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    with sandbox.scratch_dir(tmp_path, "build-") as work:
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["build-live", work.name])
+    proc.terminate()
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    assert list(tmp_path.iterdir()) == []
