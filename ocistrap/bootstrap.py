@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ocistrap import layer, log, resolve, sandbox
+from ocistrap import layer, log, resolve, sandbox, slim
 from ocistrap.errors import OcistrapError
 from ocistrap.lock import LockedArchive
 
@@ -87,6 +87,7 @@ class Plan:
     keyrings: dict[str, str] = field(default_factory=dict)
     layer_count: int = 1
     layer_fds: list[int] = field(default_factory=list)
+    slim: bool = False
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -153,11 +154,14 @@ def _provided(deb: Deb) -> set[str]:
 
 # ---- outer half: runs on the host as the caller ----
 
-def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T]) -> list[T]:
+def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *,
+              remove_on_exit: Path | None = None) -> list[T]:
     """Run the plan inside a fresh sandbox and feed each layer's tar stream to SINK, in order.
 
     Each layer travels through its own pipe, so the streams need no framing:
-    the inner half closes one pipe before it starts writing the next.
+    the inner half closes one pipe before it starts writing the next. The
+    sandbox deletes REMOVE_ON_EXIT (the staging directory) when it ends,
+    even if this process is killed.
     """
     out = log.get()
     pipes = [os.pipe() for _ in range(plan.layer_count)]
@@ -167,7 +171,8 @@ def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T]) -> list[T]:
         try:
             proc = sandbox.spawn([sys.executable, "-m", "ocistrap.bootstrap"], stdin=subprocess.PIPE,
                                  stdout=None if out.debug else errors,
-                                 stderr=None if out.debug else errors, pass_fds=plan.layer_fds)
+                                 stderr=None if out.debug else errors, pass_fds=plan.layer_fds,
+                                 remove_on_exit=remove_on_exit)
         finally:
             for fd in plan.layer_fds:
                 os.close(fd)
@@ -207,6 +212,8 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
         _setup(root, plan)
         for deb in plan.essential:
             _extract(Path(deb.path), root)
+        if plan.slim:
+            slim.prune(root)
         installed = list(plan.essential)
         before: layer.Snapshot | None = None
         for number, out in enumerate(outs):
@@ -254,6 +261,8 @@ def _setup(root: Path, plan: Plan) -> None:
     (root / "tmp").chmod(0o1777)
     (root / "var/lib/dpkg/status").touch()
     (root / "var/lib/dpkg/arch").write_text(plan.arch + "\n")
+    if plan.slim:
+        _ensure_file(root / slim.CONFIG_PATH, slim.config_text())
 
 
 def _extract(deb: Path, root: Path) -> None:

@@ -225,17 +225,13 @@ def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging,
                   keyrings: tuple[Path, ...], sink: Callable[[BinaryIO], T]) -> list[T]:
     """Install ARCH's packages in a sandbox and pass each layer's tar stream to SINK."""
     base = staging.workdir or Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    with tempfile.TemporaryDirectory(prefix="ocistrap-staging-", dir=base) as tmp:
-        root = Path(tmp) / "root"
+    with sandbox.scratch_dir(base, "ocistrap-staging-") as tmp:
+        root = tmp / "root"
         root.mkdir()
         plan = make_plan(lock, arch, fetched, root, tmpfs=staging.workdir is None, epoch=epoch,
                          keyrings=keyrings)
-        try:
-            with log.get().step(f"installing {len(lock.architectures[arch].packages)} packages for {arch}"):
-                return bootstrap.bootstrap(plan, sink)
-        finally:
-            if staging.workdir is not None and root.exists():
-                sandbox.remove_tree(root)
+        with log.get().step(f"installing {len(lock.architectures[arch].packages)} packages for {arch}"):
+            return bootstrap.bootstrap(plan, sink, remove_on_exit=tmp)
 
 
 def release_epoch(lock: Lockfile) -> int:

@@ -363,13 +363,9 @@ def wait_for_dpkg(proc: subprocess.Popen, timeout: float = 180) -> None:
         time.sleep(0.05)
 
 
-KILLED_ON_DISK = ("after SIGKILL of the caller the sandbox dies at once (PR_SET_PDEATHSIG=SIGKILL), so "
-                  "nobody removes a --staging-dir tree; its files keep subordinate owners")
-
-
 @pytest.mark.parametrize("signum,staging", [
     (signal.SIGKILL, "memory"),
-    pytest.param(signal.SIGKILL, "disk", marks=pytest.mark.xfail(strict=True, reason=KILLED_ON_DISK)),
+    (signal.SIGKILL, "disk"),
     (signal.SIGINT, "memory"),
     (signal.SIGINT, "disk"),
 ], ids=lambda v: getattr(v, "name", v))
