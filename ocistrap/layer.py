@@ -345,10 +345,22 @@ def removed_paths(before: dict[str, Signature], after: dict[str, Signature]) -> 
     return sorted((r for r in gone if not any(a in gone for a in _ancestors(r))), key=os.fsencode)
 
 
-def changed_paths(before: dict[str, Signature], after: dict[str, Signature]) -> set[str]:
+def _same_empty_file(old: Signature, new: Signature, epoch: int | None) -> bool:
+    """An empty regular file reopened with O_TRUNC (dpkg's lock files) gets a new ctime but
+    cannot have new content: unchanged if what the layer records of it is the same."""
+    if epoch is None or not (stat.S_ISREG(old.mode) and stat.S_ISREG(new.mode)) or old.size or new.size:
+        return False
+    recorded = lambda sig: (sig.mode, sig.uid, sig.gid, sig.nlink, min(sig.mtime_ns // 10**9, epoch))  # noqa: E731
+    return recorded(old) == recorded(new)
+
+
+def changed_paths(before: dict[str, Signature], after: dict[str, Signature], *,
+                  epoch: int | None = None) -> set[str]:
     """Paths of AFTER that are new or differ, plus the directories that must hold them and
-    the whiteouts of removed paths."""
-    changed = {rel for rel, sig in after.items() if before.get(rel) != sig}
+    the whiteouts of removed paths. With EPOCH, empty files whose layer entry would be
+    identical do not count as changed."""
+    changed = {rel for rel, sig in after.items()
+               if before.get(rel) != sig and not (rel in before and _same_empty_file(before[rel], sig, epoch))}
     holders = changed.union(removed_paths(before, after))
     return changed | {a for rel in holders for a in _ancestors(rel)}
 
@@ -366,7 +378,7 @@ def write_diff(
     parent directories, and a whiteout for each removed path (before its parent's other children)."""
     entries = list(_walk(root, _normalized_dirs(empty_dirs)))
     after = {e.rel: _signature(e) for e in entries}
-    include = changed_paths(before.paths, after)
+    include = changed_paths(before.paths, after, epoch=epoch)
     whiteouts: dict[str, list[str]] = collections.defaultdict(list)
     for rel in removed_paths(before.paths, after):
         whiteouts[_parent(rel)].append(rel)

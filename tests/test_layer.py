@@ -630,3 +630,21 @@ def test_inside_a_user_namespace_owners_are_in_image_ids(tree: Path, blobs: Path
     assert proc.wait() == 0
     infos = members(stored(blob, blobs))
     assert infos and all((m.uid, m.gid) == (0, 0) for m in infos)
+
+
+def test_truncated_empty_file_is_not_a_change_but_new_content_is(tmp_path):
+    import os
+
+    from ocistrap import layer
+
+    (tmp_path / "lock").write_bytes(b"")
+    (tmp_path / "data").write_bytes(b"")
+    epoch = 1_000_000_000
+    os.utime(tmp_path / "lock", (epoch + 5, epoch + 5))
+    before = layer.snapshot(tmp_path)
+    (tmp_path / "lock").write_bytes(b"")
+    os.utime(tmp_path / "lock", (epoch + 99, epoch + 99))
+    (tmp_path / "data").write_bytes(b"x")
+    after = layer.snapshot(tmp_path).paths
+    assert layer.changed_paths(before.paths, after, epoch=epoch) == {"data"}
+    assert "lock" in layer.changed_paths(before.paths, after)
