@@ -173,8 +173,8 @@ def skopeo_inspect(session: Session, tag: str, *options: str) -> dict:
                           *options, f"docker://{session.ref(tag)}"))
 
 
-def podman_run(image: str, *argv: str, env: dict[str, str], pull: tuple[str, ...] = ()) -> str:
-    return run(*PODMAN, "run", "--rm", *pull, image, *argv, env=env)
+def podman_run(image: str, *argv: str, env: dict[str, str], options: tuple[str, ...] = ()) -> str:
+    return run(*PODMAN, "run", "--rm", *options, image, *argv, env=env)
 
 
 def podman_build_hello(image: str, context: Path, tag: str, env: dict[str, str], *options: str) -> str:
@@ -201,7 +201,7 @@ def test_podman_runs_and_builds_from_the_pushed_image(pushed, plain, session, po
     env = {**podman_env, "REGISTRY_AUTH_FILE": str(session.auth_file)}
     image = session.ref("bookworm")
     podman_images.append(image)
-    out = podman_run(image, "cat", "/etc/debian_version", env=env, pull=("--pull=always", "--tls-verify=false"))
+    out = podman_run(image, "cat", "/etc/debian_version", env=env, options=("--pull=always", "--tls-verify=false"))
     assert out == debian_version(plain)
     tag = "localhost/ocistrap-test/hello:registry"
     podman_images.append(tag)
@@ -210,7 +210,7 @@ def test_podman_runs_and_builds_from_the_pushed_image(pushed, plain, session, po
 
 
 def test_containers_storage_output_runs_and_builds(plain, podman_env, podman_images, tmp_path):
-    out = podman_run(STORAGE_NAME, "cat", "/etc/debian_version", env=podman_env, pull=("--pull=never",))
+    out = podman_run(STORAGE_NAME, "cat", "/etc/debian_version", env=podman_env, options=("--pull=never",))
     assert out == debian_version(plain)
     stored = json.loads(run("skopeo", "inspect", "--raw", f"containers-storage:{STORAGE_NAME}"))
     assert stored == plain.manifest(), "skopeo stores the manifest unchanged, so its digest is ours"
@@ -332,7 +332,7 @@ def test_layered_image_unpacks_and_runs(layered, session, work, podman_env, podm
     image = session.ref("layered")
     podman_images.append(image)
     out = podman_run(image, "sh", "-c", "hello && ps -o comm= -p 1", env=env,
-                     pull=("--pull=always", "--tls-verify=false"))
+                     options=("--pull=always", "--tls-verify=false"))
     assert out.splitlines() == ["Hello, world!", "sh"]
 
 
