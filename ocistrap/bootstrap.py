@@ -14,17 +14,19 @@ from inside).
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ocistrap import layer, log, resolve, sandbox, slim
+from ocistrap import layer, log, resolve, sandbox, slim, unpack
 from ocistrap.errors import OcistrapError
 from ocistrap.lock import LockedArchive
 
@@ -211,14 +213,14 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     try:
         _setup(root, plan)
         for deb in plan.essential:
-            _extract(Path(deb.path), root)
+            _extract(deb, root)
         if plan.slim:
             slim.prune(root)
         installed = list(plan.essential)
         before: layer.Snapshot | None = None
         for number, out in enumerate(outs):
             group = [d for d in plan.rest if d.layer == number]
-            with _chroot(root, plan):
+            with _chroot(root, plan, first_round=number == 0):
                 if number == 0:
                     _dpkg_install(root, plan.essential)
                 for batch in install_batches(group, installed):
@@ -237,15 +239,20 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
 
 
 @contextmanager
-def _chroot(root: Path, plan: Plan) -> Iterator[None]:
-    """The chroot as maintainer scripts need it, for one round of dpkg; gone again afterwards."""
+def _chroot(root: Path, plan: Plan, *, first_round: bool) -> Iterator[None]:
+    """The chroot as maintainer scripts need it, for one round of dpkg; gone again afterwards.
+
+    The first round installs dpkg itself, so start-stop-daemon is moved aside as
+    mmdebstrap does; later rounds cover it with a bind mount instead, which leaves
+    the real file untouched and so out of the diff layers.
+    """
     debs = root / DEBS_MOUNT
     debs.mkdir(parents=True, exist_ok=True)
     sandbox.bind_mount(Path(plan.debs_dir), debs, readonly=True)
     try:
         sandbox.prepare_chroot(root)
         try:
-            _divert_daemons(root)
+            _divert_daemons(root, move=first_round)
             yield
             _undivert_daemons(root)
         finally:
@@ -265,34 +272,80 @@ def _setup(root: Path, plan: Plan) -> None:
         _ensure_file(root / slim.CONFIG_PATH, slim.config_text())
 
 
-def _extract(deb: Path, root: Path) -> None:
-    """Unpack a .deb's data as mmdebstrap does, keeping merged-/usr symlinks."""
-    unpack = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    tar = subprocess.run(["tar", "-C", str(root), "--keep-directory-symlink", "--numeric-owner",
-                          "--extract", "--file", "-"],
-                         stdin=unpack.stdout, capture_output=True)
-    assert unpack.stdout is not None
-    unpack.stdout.close()
-    if unpack.wait() != 0 or tar.returncode != 0:
-        raise BootstrapError(f"cannot unpack {deb.name}: {tar.stderr.decode(errors='replace').strip()}")
+def _extract(deb: Deb, root: Path) -> None:
+    """Unpack a .deb's data as mmdebstrap does (keeping merged-/usr symlinks), with the member
+    checks of ocistrap.unpack, in a child chrooted into ROOT: a member that got past them
+    still could not reach the host files the namespace's root may write."""
+    with tempfile.TemporaryFile() as errors:
+        dpkg_deb = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb.path], stdout=subprocess.PIPE,
+                                    stderr=errors)
+        assert dpkg_deb.stdout is not None
+        with dpkg_deb.stdout:
+            failure = _in_chroot(root, lambda: unpack.unpack(dpkg_deb.stdout, "/", package=deb.name))
+        status = dpkg_deb.wait()
+        if status not in (0, -signal.SIGPIPE) or (status and not failure):
+            raise BootstrapError(f"cannot unpack {deb.name}: dpkg-deb --fsys-tarfile failed: {_tail(errors)}")
+    if failure:
+        raise BootstrapError(failure)
 
 
-def _divert_daemons(root: Path) -> None:
+def _in_chroot(root: Path, work: Callable[[], object]) -> str:
+    """Run WORK in a forked child chrooted into ROOT; return why it failed ("" if it did not).
+
+    The child only runs code already imported: after chroot() the host's Python is out of reach.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            os.chroot(root)
+            os.chdir("/")
+            os.umask(0o022)
+            work()
+            code = 0
+        except OcistrapError as e:
+            os.write(write, str(e).encode())
+        except BaseException as e:
+            traceback.print_exc()
+            os.write(write, f"unpacking failed: {type(e).__name__}: {e}".encode())
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        message = reader.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if status and not message:
+        return f"the unpacking process ended with status {os.waitstatus_to_exitcode(status)}"
+    return message
+
+
+def _divert_daemons(root: Path, *, move: bool) -> None:
     policy = root / "usr/sbin/policy-rc.d"
     policy.write_text(POLICY_RC_D)
     policy.chmod(0o755)
     ssd = root / "sbin/start-stop-daemon"
-    if ssd.is_file():
+    if not ssd.is_file():
+        return
+    fake = ssd if move else root.parent / "fake-start-stop-daemon"
+    if move:
         ssd.rename(root / "sbin/start-stop-daemon.REAL")
-        ssd.write_text(FAKE_START_STOP_DAEMON)
-        ssd.chmod(0o755)
+    fake.write_text(FAKE_START_STOP_DAEMON)
+    fake.chmod(0o755)
+    if not move:
+        sandbox.bind_mount(fake, ssd, readonly=True)
 
 
 def _undivert_daemons(root: Path) -> None:
     (root / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
+    ssd = root / "sbin/start-stop-daemon"
     real = root / "sbin/start-stop-daemon.REAL"
     if real.exists():
-        real.replace(root / "sbin/start-stop-daemon")
+        real.replace(ssd)
+    elif (root.parent / "fake-start-stop-daemon").exists():
+        sandbox.unmount(ssd.resolve())
+        (root.parent / "fake-start-stop-daemon").unlink()
 
 
 def _dpkg_install(root: Path, debs: Sequence[Deb]) -> None:
