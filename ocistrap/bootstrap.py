@@ -14,7 +14,6 @@ from inside).
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -281,18 +280,18 @@ def _extract(deb: Deb, root: Path) -> None:
                                     stderr=errors)
         assert dpkg_deb.stdout is not None
         with dpkg_deb.stdout:
-            failure = _in_chroot(root, lambda: unpack.unpack(dpkg_deb.stdout, "/", package=deb.name))
-        status = dpkg_deb.wait()
-        if status not in (0, -signal.SIGPIPE) or (status and not failure):
-            raise BootstrapError(f"cannot unpack {deb.name}: dpkg-deb --fsys-tarfile failed: {_tail(errors)}")
+            refused, failure = _in_chroot(root, lambda: unpack.unpack(dpkg_deb.stdout, "/", package=deb.name))
+        if dpkg_deb.wait() != 0 and not refused:
+            failure = f"{failure}; " if failure else f"cannot unpack {deb.name}: "
+            failure += f"dpkg-deb --fsys-tarfile failed: {_tail(errors)}"
     if failure:
         raise BootstrapError(failure)
 
 
-def _in_chroot(root: Path, work: Callable[[], object]) -> str:
-    """Run WORK in a forked child chrooted into ROOT; return why it failed ("" if it did not).
-
-    The child only runs code already imported: after chroot() the host's Python is out of reach.
+def _in_chroot(root: Path, work: Callable[[], object]) -> tuple[bool, str]:
+    """Run WORK in a forked child chrooted into ROOT; return (whether it refused a member, why it
+    failed), ("" if it did not). The child runs only code already imported: after chroot() the
+    host's Python is out of reach.
     """
     read, write = os.pipe()
     pid = os.fork()
@@ -305,11 +304,11 @@ def _in_chroot(root: Path, work: Callable[[], object]) -> str:
             os.umask(0o022)
             work()
             code = 0
-        except OcistrapError as e:
-            os.write(write, str(e).encode())
+        except unpack.UnpackError as e:
+            os.write(write, (b"R" if e.refused else b"E") + str(e).encode())
         except BaseException as e:
             traceback.print_exc()
-            os.write(write, f"unpacking failed: {type(e).__name__}: {e}".encode())
+            os.write(write, f"Eunpacking failed: {type(e).__name__}: {e}".encode())
         finally:
             os._exit(code)
     os.close(write)
@@ -317,8 +316,8 @@ def _in_chroot(root: Path, work: Callable[[], object]) -> str:
         message = reader.read().decode(errors="replace")
     _, status = os.waitpid(pid, 0)
     if status and not message:
-        return f"the unpacking process ended with status {os.waitstatus_to_exitcode(status)}"
-    return message
+        return False, f"the unpacking process ended with status {os.waitstatus_to_exitcode(status)}"
+    return message[:1] == "R", message[1:]
 
 
 def _divert_daemons(root: Path, *, move: bool) -> None:
