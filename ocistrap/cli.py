@@ -93,6 +93,9 @@ def _resolution(parser: argparse.ArgumentParser, *, suite_required: bool = True)
     parser.add_argument("--layer", action="append", type=_layer, default=[], metavar="NAME=PKG[,PKG]",
                         help="install these packages as their own diff layer on top (repeatable, in order)")
     parser.add_argument("--install-recommends", action="store_true", help="also install Recommends")
+    parser.add_argument("--slim", action="store_true",
+                        help="leave out documentation, manual pages and translations, also for packages "
+                             "installed later in the image (dpkg path-exclude rules, as Debian's slim images)")
     parser.add_argument("--arch", type=_csv, default=None, help="architectures, comma-separated (default: the host's)")
     parser.add_argument("--no-updates", action="store_true",
                         help="for a stable release, do not add its -updates and -security suites")
@@ -187,7 +190,7 @@ def _make_lock(args: argparse.Namespace, fetcher: Fetcher, cache: Cache) -> lock
     selection = pipeline.Selection(variant=args.variant,
                                    include=tuple(p for group in args.include for p in group),
                                    install_recommends=args.install_recommends,
-                                   layers=tuple(args.layer))
+                                   layers=tuple(args.layer), slim=args.slim)
     arches = tuple(args.arch or [native_arch()])
     return pipeline.make_lock(source, selection, arches, fetcher, cache, updates=not args.no_updates,
                               security_mirror=args.security_mirror)
@@ -221,6 +224,9 @@ def _epoch() -> int | None:
 def cmd_build(args: argparse.Namespace) -> int:
     if args.lock is not None:
         locked = lock.read(args.lock)
+        if args.slim and not locked.slim:
+            raise UsageError(f"{args.lock} was locked without --slim",
+                             hint=f"lock again with --slim, e.g. `ocistrap lock {locked.suite} --slim`")
         pipeline.require_runnable(locked.architectures)
     elif args.suite is None:
         raise UsageError("name a suite (e.g. `ocistrap build bookworm`) or a lockfile with --lock")

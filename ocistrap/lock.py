@@ -81,9 +81,10 @@ class Lockfile:
     archives: tuple[LockedArchive, ...] = ()
     architectures: dict[str, LockedArch] = field(default_factory=dict)
     layers: tuple[LockedLayer, ...] = ()
+    slim: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "lockfileVersion": 1,
             "mirror": self.mirror,
             "suite": self.suite,
@@ -95,6 +96,9 @@ class Lockfile:
             "layers": [{"name": layer.name, "include": list(layer.include)} for layer in self.layers],
             "architectures": {arch: _arch_json(a) for arch, a in sorted(self.architectures.items())},
         }
+        if self.slim:
+            document["slim"] = True
+        return document
 
     def dumps(self) -> bytes:
         """Deterministic bytes: same package set, same file, same digest."""
@@ -152,6 +156,7 @@ def loads(data: bytes, *, what: str) -> Lockfile:
         architectures=architectures,
         layers=tuple(LockedLayer(name=layer["name"], include=tuple(layer["include"]))
                      for layer in document.get("layers", [])),
+        slim=document.get("slim", False),
     )
 
 

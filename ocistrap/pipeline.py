@@ -34,6 +34,7 @@ class Selection:
     include: tuple[str, ...] = ()
     install_recommends: bool = False
     layers: tuple[LockedLayer, ...] = ()
+    slim: bool = False
 
 
 def open_archives(source: Source, fetcher: Fetcher, cache: Cache, *, updates: bool = True,
@@ -83,7 +84,7 @@ def make_lock(source: Source, selection: Selection, architectures: tuple[str, ..
                     variant=selection.variant, include=selection.include,
                     install_recommends=selection.install_recommends,
                     archives=tuple(LockedArchive(mirror=s.mirror, suite=s.suite) for s, _ in opened),
-                    architectures=locked, layers=selection.layers)
+                    architectures=locked, layers=selection.layers, slim=selection.slim)
 
 
 def _resolve_layers(universe: resolve.Universe, selection: Selection,
@@ -218,7 +219,8 @@ def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
     return bootstrap.Plan(arch=arch, essential=debs("essential"), rest=debs("rest"),
                           sources=bootstrap.sources_text(lock.archives, lock.components, signed_by),
                           staging=str(staging_dir), tmpfs=tmpfs, epoch=epoch,
-                          debs_dir=debs_dirs.pop(), keyrings=custom, layer_count=len(lock.layers) + 1)
+                          debs_dir=debs_dirs.pop(), keyrings=custom, layer_count=len(lock.layers) + 1,
+                          slim=lock.slim)
 
 
 def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging, *, epoch: int,
@@ -298,7 +300,7 @@ def _history(lock: Lockfile, arch: str) -> list[str]:
     """What made each layer, for the image config's history."""
     packages = lock.architectures[arch].packages
     count = [sum(p.layer == n for p in packages) for n in range(len(lock.layers) + 1)]
-    return [f"ocistrap {lock.variant} {lock.suite} ({count[0]} packages)"] + [
+    return [f"ocistrap {lock.variant}{' slim' if lock.slim else ''} {lock.suite} ({count[0]} packages)"] + [
         f"ocistrap layer {layer.name}: {', '.join(layer.include)} ({count[n]} packages)"
         for n, layer in enumerate(lock.layers, start=1)]
 

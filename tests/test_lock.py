@@ -203,3 +203,18 @@ def test_edited_release_pin_is_not_trusted_offline(locked: Archive) -> None:
     locked.lockfile.write_text(json.dumps(document))
     rc, _, err = locked.fetch("--offline")
     assert_one_error(rc, err, "Release of unstable", "not in the cache")
+
+
+def test_slim_is_recorded_in_the_lockfile_only_when_asked(locked: Archive, tmp_path: Path) -> None:
+    rc, _, err = locked.lock("--slim", output=tmp_path / "slim.lock")
+    assert rc == 0, err
+    plain, slim = json.loads(locked.lockfile.read_text()), json.loads((tmp_path / "slim.lock").read_text())
+    assert "slim" not in plain and slim.pop("slim") is True
+    assert slim == plain
+    assert lock.read(tmp_path / "slim.lock").slim and not lock.read(locked.lockfile).slim
+
+
+def test_slim_build_of_a_lockfile_made_without_slim_is_refused(locked: Archive) -> None:
+    rc, out, err = locked.run("build", "--lock", str(locked.lockfile), "--slim", *locked.common())
+    assert rc == 2 and out == ""
+    assert_one_error(rc, err, str(locked.lockfile), "without --slim", "lock again with --slim")
