@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ocistrap {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and commands")
     parser.add_argument("--quiet", "-q", action="store_true", help="print only results and errors")
+    parser.add_argument("--timings", action="store_true",
+                        help="print how long each step took at the end (on stderr)")
+    parser.add_argument("--log-format", choices=log.FORMATS, default="text",
+                        help="stderr as text (a live status line on a terminal) or one JSON object per line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("lock", help="verify the archive, resolve the package set, write a lockfile")
@@ -295,21 +299,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log.configure(quiet=args.quiet, debug=args.debug)
+    out = log.configure(quiet=args.quiet, debug=args.debug, log_format=args.log_format)
+    try:
+        return _run(args, out)
+    finally:
+        out.close()
+        if args.timings:
+            print(out.timings_report(), file=sys.stderr)
+
+
+def _run(args: argparse.Namespace, out: log.Log) -> int:
     try:
         return args.run(args)
     except OcistrapError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"ocistrap: error: {e}", file=sys.stderr)
+        out.error(f"error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
-        print("ocistrap: interrupted", file=sys.stderr)
+        out.error("interrupted")
         return 130
     except Exception as e:  # a bug: say so in one line unless --debug
         if args.debug:
             traceback.print_exc()
         else:
-            print(f"ocistrap: internal error: {type(e).__name__}: {e} "
-                  f"(this is a bug; run with --debug for the traceback)", file=sys.stderr)
+            out.error(f"internal error: {type(e).__name__}: {e} (this is a bug; run with --debug for the traceback)")
         return 70

@@ -185,7 +185,8 @@ def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
     for arch, entry in lock.architectures.items():
         wanted = wanted_debs(lock, arch)
         with out.step(f"fetching {len(wanted)} packages for {arch}"):
-            found = fetcher.download_all(wanted, cache)
+            meter = out.meter(total=len(wanted))
+            found = fetcher.download_all(wanted, cache, progress=lambda w: meter.add(1, w.size))
         paths[arch] = {p.name: path for p, path in zip(entry.packages, found)}
     return Fetched(signed=signed, paths=paths)
 
@@ -273,8 +274,8 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
         manifests = []
         for arch in lock.architectures:
             blobs = run_bootstrap(lock, arch, fetched, request.staging, epoch=epoch, keyrings=keyrings,
-                                  sink=lambda stream: layer.write_blob(
-                                      stream, layout / "blobs" / "sha256", compression=request.compression))
+                                  sink=lambda stream: write_layer(stream, layout / "blobs" / "sha256",
+                                                                  request.compression))
             layers = [assemble.Layer(blob, created_by) for blob, created_by in zip(blobs, _history(lock, arch))]
             manifests.append(assemble.write_image(layout, arch, layers, epoch=epoch, options=request.options,
                                                   provenance=provenance))
@@ -284,6 +285,15 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
             for ref in request.outputs:
                 deliver(layout, top, ref, tls_verify=request.tls_verify)
     return Built(digest=top.digest, outputs=request.outputs)
+
+
+def write_layer(stream: BinaryIO, blobs_dir: Path, compression: str) -> layer.LayerBlob:
+    """One layer's blob, timed apart from the install: its tar stream starts once the tree is ready."""
+    out = log.get()
+    with out.step("unpacking and configuring"):
+        stream.peek(1)  # type: ignore[attr-defined]
+    with out.step("writing layer"):
+        return layer.write_blob(out.meter().reader(stream), blobs_dir, compression=compression)  # type: ignore[arg-type]
 
 
 def require_runnable(architectures: Iterable[str]) -> None:
