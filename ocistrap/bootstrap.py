@@ -11,19 +11,22 @@ on the host: it lives on a tmpfs of the namespace (or in --workdir, removed
 from inside).
 """
 
+import fcntl
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, NoReturn, TypeVar
 
 from ocistrap import layer, log, resolve, sandbox, slim, unpack
 from ocistrap.errors import OcistrapError
@@ -54,6 +57,12 @@ VOLATILE = ("var/log/dpkg.log", "var/log/apt/history.log", "var/log/apt/term.log
 FSTAB = "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"
 APT_LOCKS = ("var/cache/apt/archives/lock", "var/lib/apt/lists/lock")
 APT_PARTIAL = ("var/cache/apt/archives/partial", "var/lib/apt/lists/partial")
+# dpkg-deb decompresses this many packages ahead of the unpacking, into pipes this large
+PREFETCH = 4
+PIPE_SIZE = 1 << 20
+# the unpacking child's answers: DONE, or one of the others followed by why it stopped
+DONE, REFUSED, FAILED = "done", "refused:", "failed:"
+MESSAGE_SIZE = 1 << 16
 
 
 class BootstrapError(OcistrapError):
@@ -211,8 +220,7 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     sandbox.mount_staging(root, tmpfs=plan.tmpfs)
     try:
         _setup(root, plan)
-        for deb in plan.essential:
-            _extract(deb, root)
+        _extract_all(plan.essential, root)
         if plan.slim:
             slim.prune(root)
         installed = list(plan.essential)
@@ -271,53 +279,104 @@ def _setup(root: Path, plan: Plan) -> None:
         _ensure_file(root / slim.CONFIG_PATH, slim.config_text())
 
 
-def _extract(deb: Deb, root: Path) -> None:
-    """Unpack a .deb's data as mmdebstrap does (keeping merged-/usr symlinks), with the member
-    checks of ocistrap.unpack, in a child chrooted into ROOT: a member that got past them
-    still could not reach the host files the namespace's root may write."""
-    with tempfile.TemporaryFile() as errors:
-        dpkg_deb = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb.path], stdout=subprocess.PIPE,
-                                    stderr=errors)
-        assert dpkg_deb.stdout is not None
-        with dpkg_deb.stdout:
-            refused, failure = _in_chroot(root, lambda: unpack.unpack(dpkg_deb.stdout, "/", package=deb.name))
-        if dpkg_deb.wait() != 0 and not refused:
-            failure = f"{failure}; " if failure else f"cannot unpack {deb.name}: "
-            failure += f"dpkg-deb --fsys-tarfile failed: {_tail(errors)}"
+class _FsysTar:
+    """`dpkg-deb --fsys-tarfile` of one package, writing into a pipe large enough to hold
+    most packages' data, so that it runs ahead of the unpacking."""
+
+    def __init__(self, deb: Deb) -> None:
+        self.deb = deb
+        self.errors = tempfile.TemporaryFile()
+        read, write = os.pipe()
+        try:
+            fcntl.fcntl(read, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # a lower fs.pipe-max-size: slower, not wrong
+        with os.fdopen(write, "wb") as out:
+            self.stream = os.fdopen(read, "rb")
+            self.proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb.path], stdout=out,
+                                         stderr=self.errors)
+
+    def close(self, *, kill: bool = False) -> str:
+        """Drop our end of the pipe; return how dpkg-deb failed ("" if it did not)."""
+        self.stream.close()
+        if kill:
+            self.proc.kill()
+        status = self.proc.wait()
+        with self.errors:
+            return f"dpkg-deb --fsys-tarfile failed: {_tail(self.errors)}" if status else ""
+
+
+def _prefetched(debs: Sequence[Deb]) -> Iterator[_FsysTar]:
+    """DEBS' data streams in order, the next PREFETCH already decompressing; those not
+    consumed when the caller stops are killed."""
+    waiting = list(debs)[::-1]
+    ahead: deque[_FsysTar] = deque()
+    try:
+        while waiting or ahead:
+            while waiting and len(ahead) < PREFETCH:
+                ahead.append(_FsysTar(waiting.pop()))
+            yield ahead[0]
+            ahead.popleft()
+    finally:
+        for source in ahead:
+            source.close(kill=True)
+
+
+def _extract_all(debs: Sequence[Deb], root: Path) -> None:
+    """Unpack DEBS' data in order as mmdebstrap does (keeping merged-/usr symlinks), with the
+    member checks of ocistrap.unpack, in a child chrooted into ROOT: a member that got past
+    them still could not reach the host files that root of the namespace may write."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        _unpacker(root, theirs)
+    theirs.close()
+    try:
+        with ours:
+            for source in _prefetched(debs):
+                socket.send_fds(ours, [source.deb.name.encode()], [source.stream.fileno()])
+                _check_unpacked(source, ours.recv(MESSAGE_SIZE).decode(errors="replace"))
+    finally:
+        os.waitpid(pid, 0)
+
+
+def _check_unpacked(source: _FsysTar, reply: str) -> None:
+    """Raise if the child's REPLY or dpkg-deb say unpacking SOURCE failed; a refusal wins
+    (dpkg-deb then only failed because the child stopped reading)."""
+    refused = reply.startswith(REFUSED)
+    dpkg_deb = source.close(kill=refused)
+    failure = "" if reply == DONE else reply.removeprefix(REFUSED).removeprefix(FAILED) or \
+        f"cannot unpack {source.deb.name}: the unpacking process died"
+    if dpkg_deb and not refused:
+        failure = f"{failure}; {dpkg_deb}" if failure else f"cannot unpack {source.deb.name}: {dpkg_deb}"
     if failure:
         raise BootstrapError(failure)
 
 
-def _in_chroot(root: Path, work: Callable[[], object]) -> tuple[bool, str]:
-    """Run WORK in a forked child chrooted into ROOT; return (whether it refused a member, why it
-    failed), ("" if it did not). The child runs only code already imported: after chroot() the
-    host's Python is out of reach.
+def _unpacker(root: Path, channel: socket.socket) -> NoReturn:
+    """The chrooted child: unpack each stream the parent sends, answer DONE or why it failed.
+
+    It runs only code already imported: after chroot() the host's Python is out of reach.
     """
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read)
-            os.chroot(root)
-            os.chdir("/")
-            os.umask(0o022)
-            work()
-            code = 0
-        except unpack.UnpackError as e:
-            os.write(write, (b"R" if e.refused else b"E") + str(e).encode())
-        except BaseException as e:
-            traceback.print_exc()
-            os.write(write, f"Eunpacking failed: {type(e).__name__}: {e}".encode())
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as reader:
-        message = reader.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if status and not message:
-        return False, f"the unpacking process ended with status {os.waitstatus_to_exitcode(status)}"
-    return message[:1] == "R", message[1:]
+    try:
+        os.chroot(root)
+        os.chdir("/")
+        os.umask(0o022)
+        while True:
+            name, fds, _, _ = socket.recv_fds(channel, MESSAGE_SIZE, 1)
+            if not fds:
+                break
+            with os.fdopen(fds[0], "rb") as stream:
+                unpack.unpack(stream, "/", package=name.decode())
+            channel.send(DONE.encode())
+    except unpack.UnpackError as e:
+        channel.send((REFUSED if e.refused else FAILED).encode() + str(e).encode())
+    except BaseException as e:
+        traceback.print_exc()
+        channel.send(f"{FAILED}unpacking failed: {type(e).__name__}: {e}".encode())
+    finally:
+        os._exit(0)
 
 
 def _divert_daemons(root: Path, *, move: bool) -> None:
