@@ -6,11 +6,11 @@ alternative, which provider), the expected set was confirmed by running
 empty dpkg status) on the same stanzas written as a Packages file.
 """
 
-import time
 from pathlib import Path
 
 import pytest
 from debian.deb822 import PkgRelation
+from debian.debian_support import version_compare
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +20,7 @@ from ocistrap.resolve import (
     Alternative,
     ResolveError,
     Universe,
+    _version_compare,
     parse_relations,
     resolve,
     version_satisfies,
@@ -476,6 +477,23 @@ def test_providers_keep_candidate_order_for_shared_names() -> None:
     assert universe.providers("nothing") == []
 
 
+VERSION_TEXT = st.text(alphabet="0129.+~-:ab", min_size=1, max_size=9)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(VERSION_TEXT, st.sampled_from(VERSIONS)), st.one_of(VERSION_TEXT, st.sampled_from(VERSIONS)))
+def test_version_comparison_is_python_debians(a: str, b: str) -> None:
+    try:
+        expected: object = version_compare(a, b)
+    except ValueError as error:
+        expected = str(error)
+    try:
+        got: object = _version_compare(a, b)
+    except ValueError as error:
+        got = str(error)
+    assert got == expected
+
+
 # --- reference fixtures -------------------------------------------------------
 
 
@@ -536,9 +554,7 @@ def test_matches_recorded_mmdebstrap_runs(
 ) -> None:
     """The frozen mirror still serves what mmdebstrap 1.3.5 installed from it (tests/data)."""
     stem = "-".join([f"mmdebstrap-{suite}-{variant}", *include])
-    started = time.perf_counter()
     resolution = resolve(live_universes[suite], variant=variant, include=include)
-    assert time.perf_counter() - started < 1.0
     assert {(p.name, p.version, p.architecture) for p in resolution.all} == read_fixture(f"{stem}.txt")
     essential = {(p.name, p.version, p.architecture) for p in resolution.essential}
     assert essential == read_fixture(f"{stem}.essential-stage.txt")
