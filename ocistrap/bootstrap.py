@@ -63,6 +63,7 @@ PIPE_SIZE = 1 << 20
 # the unpacking child's answers: DONE, or one of the others followed by why it stopped
 DONE, REFUSED, FAILED = "done", "refused:", "failed:"
 MESSAGE_SIZE = 1 << 16
+INNER_ERROR = "ocistrap (inside the sandbox): "
 
 
 class BootstrapError(OcistrapError):
@@ -191,9 +192,13 @@ def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *,
             proc.stdin.write(plan.dumps())
             proc.stdin.close()
             results = [sink(reader) for reader in readers]
-        except BaseException:
+        except BaseException as e:
             proc.kill()
             proc.wait()
+            if isinstance(e, OcistrapError) and (inner := _inner_error(errors)):
+                # the stream ended early because the inside failed, and said why
+                raise BootstrapError(f"installing the packages failed: {inner}",
+                                     hint="run with --debug to see the whole log") from e
             raise
         finally:
             for reader in readers:
@@ -203,6 +208,13 @@ def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *,
             raise BootstrapError(f"installing the packages failed (exit status {status}): "
                                  f"{_tail(errors)}", hint="run with --debug to see the whole log")
     return results
+
+
+def _inner_error(log_file: BinaryIO) -> str:
+    """The error the inner half printed before it gave up ("" if none)."""
+    log_file.seek(0)
+    lines = log_file.read().decode("utf-8", "replace").splitlines()
+    return next((line for line in reversed(lines) if line.startswith(INNER_ERROR)), "")
 
 
 def _tail(log_file: BinaryIO, lines: int = 1) -> str:
@@ -501,7 +513,7 @@ def _main() -> int:
     try:
         run_inner(plan, [os.fdopen(fd, "wb") for fd in plan.layer_fds])
     except OcistrapError as e:
-        print(f"ocistrap (inside the sandbox): {e}", file=sys.stderr)
+        print(f"{INNER_ERROR}{e}", file=sys.stderr)
         return 1
     return 0
 
