@@ -33,4 +33,4 @@ mkdir -p "$runtime" && chown "$user:" "$runtime" && chmod 700 "$runtime"
 exec runuser -u "$user" -- env -i HOME="$home" USER="$user" LOGNAME="$user" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     XDG_RUNTIME_DIR="$runtime" LANG=C.UTF-8 CI="${CI:-}" \
-    PYTEST_ARGS="${PYTEST_ARGS:-}" make -C "$dest" "$target"
+    PYTEST_ARGS="${PYTEST_ARGS:-}" BENCH_ARGS="${BENCH_ARGS:-}" make -C "$dest" "$target"

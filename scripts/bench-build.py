@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""Time `ocistrap build --push` against the rootless pipeline people use today, side by side.
+
+Usage: bench-build.py [--runs N] [--cases minbase,large] [--foreign] [--output BENCHMARKS.md]
+
+The pipeline: `mmdebstrap --mode=unshare --variant=minbase SUITE rootfs.tar`,
+`podman import rootfs.tar`, `podman push --tls-verify=false`. Against it,
+`ocistrap build SUITE --variant minbase --push` with a warm package cache (one
+untimed build fills it first) and with an empty one (cold). Every run pushes
+to a fresh `docker-registry` on 127.0.0.1, so every run uploads every blob.
+Runs alternate (pipeline, warm, cold, with the order rotated each round);
+each ratio is ocistrap's wall time over the pipeline's wall time in the same
+round, and the summary is the median of those ratios. Every command runs
+under `/usr/bin/time`, whose maximum RSS is that of the largest process of
+its tree (the kernel keeps the largest of the waited-for descendants).
+
+Cases: minbase; large (`--include build-essential`); arm64 (foreign, under
+qemu-user; about 80 s per pipeline run, so only with --foreign). Run it as an
+unprivileged account with subuids (`make bench` arranges that as root); the
+cold runs and the pipeline need the network (deb.debian.org).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE / "tests"))
+
+from registry_fixture import RealRegistry, free_port  # noqa: E402
+from test_e2e_build import CONTAINERS_CONF  # noqa: E402
+
+TOOLS = ("pipeline", "warm", "cold")
+LABELS = {"pipeline": "mmdebstrap + podman import + push", "warm": "ocistrap, warm cache",
+          "cold": "ocistrap, cold cache"}
+PIPELINE_STEPS = ("mmdebstrap", "podman import", "podman push")
+TARGETS = {"warm": 0.40, "cold": 0.50}
+FOREIGN_TARGET = 0.50
+MEMORY_TARGET_MIB = 150
+PHASES = (("metadata", ("verifying", "reading", "resolving", "checking")), ("download", ("fetching",)),
+          ("unpack + configure", ("unpacking and configuring",)), ("layer", ("writing layer",)),
+          ("push", ("writing outputs",)))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    title: str
+    mmdebstrap: tuple[str, ...]
+    ocistrap: tuple[str, ...]
+    arch: str | None = None
+
+
+CASES = {
+    "minbase": Case("minbase", "bookworm minbase", (), ()),
+    "large": Case("large", "bookworm minbase + build-essential",
+                  ("--include=build-essential",), ("--include", "build-essential")),
+    "arm64": Case("arm64", "bookworm minbase, arm64 on amd64 (qemu-user)",
+                  ("--architectures=arm64",), ("--arch", "arm64"), arch="arm64"),
+}
+
+
+@dataclass
+class Run:
+    wall: float
+    peak_kib: int
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    case: Case
+    runs: dict[str, list[Run]] = field(default_factory=lambda: {t: [] for t in TOOLS})
+
+    def ratios(self, tool: str) -> list[float]:
+        return [r.wall / p.wall for r, p in zip(self.runs[tool], self.runs["pipeline"])]
+
+    def median(self, tool: str) -> float:
+        return statistics.median(r.wall for r in self.runs[tool])
+
+    def peak_mib(self, tool: str) -> float:
+        return max(r.peak_kib for r in self.runs[tool]) / 1024
+
+    def phase_median(self, tool: str, phase: str) -> float:
+        return statistics.median(r.phases.get(phase, 0.0) for r in self.runs[tool])
+
+
+# ---- running commands ----
+
+def timed(argv: list[str], work: Path, env: dict[str, str]) -> tuple[float, int]:
+    """Run ARGV under /usr/bin/time: its wall seconds and peak RSS in KiB. A failure stops the benchmark."""
+    report = work / "time.out"
+    started = time.perf_counter()
+    done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(report), *argv], cwd=work, env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"bench-build: `{' '.join(argv)}` failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    wall = time.perf_counter() - started
+    (work / "last.stderr").write_text(done.stderr)
+    return wall, int(report.read_text().split()[-1])
+
+
+def run_pipeline(case: Case, registry: RealRegistry, work: Path, env: dict[str, str]) -> Run:
+    rootfs = work / "rootfs.tar"
+    name = f"{registry.host}/bench/mmdebstrap:{case.name}"
+    podman = ["podman", "--log-level=error"]
+    commands = [
+        ["mmdebstrap", "--quiet", "--mode=unshare", "--variant=minbase", *case.mmdebstrap, "bookworm", str(rootfs)],
+        [*podman, "import", "--quiet", *(["--arch", case.arch] if case.arch else []), str(rootfs), name],
+        [*podman, "push", "--quiet", "--tls-verify=false", name],
+    ]
+    measured = {PIPELINE_STEPS[n]: timed(argv, work, env) for n, argv in enumerate(commands)}
+    subprocess.run([*podman, "rmi", "--force", name], env=env, capture_output=True, check=False)
+    rootfs.unlink(missing_ok=True)
+    return Run(sum(w for w, _ in measured.values()), max(p for _, p in measured.values()),
+               {step: w for step, (w, _) in measured.items()})
+
+
+def ocistrap_argv(case: Case, cache: Path, target: str) -> list[str]:
+    return [sys.executable, "-m", "ocistrap", "--log-format", "json", "--timings", "build", "bookworm",
+            "--variant", "minbase", *case.ocistrap, "--cache-dir", str(cache), "--push", target]
+
+
+def phases(stderr: str) -> dict[str, float]:
+    """Seconds per phase, from the `timings` event `--timings --log-format json` prints last."""
+    steps = next(json.loads(line)["steps"] for line in reversed(stderr.splitlines())
+                 if line.startswith("{") and json.loads(line).get("event") == "timings")
+    totals = {}
+    for phase, prefixes in PHASES:
+        totals[phase] = sum(s["seconds"] for s in steps if s["name"].startswith(prefixes))
+    return totals
+
+
+def run_ocistrap(case: Case, cache: Path, registry: RealRegistry, work: Path, env: dict[str, str],
+                 tool: str) -> Run:
+    target = f"{registry.host}/bench/ocistrap-{tool}:{case.name}"
+    wall, peak = timed(ocistrap_argv(case, cache, target), work, env)
+    return Run(wall, peak, phases((work / "last.stderr").read_text()))
+
+
+def one_run(tool: str, case: Case, warm_cache: Path, work: Path, env: dict[str, str]) -> Run:
+    """TOOL's run of CASE, pushing to a registry of its own (started and stopped untimed)."""
+    registry = RealRegistry(Path(tempfile.mkdtemp(prefix="registry-", dir=work)), free_port())
+    registry.start()
+    try:
+        if tool == "pipeline":
+            return run_pipeline(case, registry, work, env)
+        if tool == "warm":
+            return run_ocistrap(case, warm_cache, registry, work, env, tool)
+        cold = Path(tempfile.mkdtemp(prefix="cold-cache-", dir=work))
+        try:
+            return run_ocistrap(case, cold, registry, work, env, tool)
+        finally:
+            shutil.rmtree(cold, ignore_errors=True)
+    finally:
+        registry.kill()
+        shutil.rmtree(registry.root, ignore_errors=True)
+
+
+def bench_case(case: Case, runs: int, work: Path, env: dict[str, str]) -> Result:
+    warm = work / f"warm-cache-{case.name}"
+    print(f"{case.title}: filling the warm cache (untimed)", flush=True)
+    run_fill(case, warm, work, env)
+    result = Result(case)
+    for number in range(runs):
+        order = TOOLS[number % len(TOOLS):] + TOOLS[:number % len(TOOLS)]
+        for tool in order:
+            run = one_run(tool, case, warm, work, env)
+            result.runs[tool].append(run)
+            print(f"  {case.name} run {number + 1}/{runs}: {LABELS[tool]:34} {run.wall:6.1f} s, "
+                  f"peak {run.peak_kib / 1024:5.0f} MiB", flush=True)
+        print(f"  {case.name} run {number + 1}/{runs}: ratios warm {result.ratios('warm')[-1]:.2f}, "
+              f"cold {result.ratios('cold')[-1]:.2f}", flush=True)
+    return result
+
+
+def run_fill(case: Case, warm: Path, work: Path, env: dict[str, str]) -> None:
+    warm.mkdir(exist_ok=True)
+    registry = RealRegistry(Path(tempfile.mkdtemp(prefix="registry-", dir=work)), free_port())
+    registry.start()
+    try:
+        run_ocistrap(case, warm, registry, work, env, "fill")
+    finally:
+        registry.kill()
+        shutil.rmtree(registry.root, ignore_errors=True)
+
+
+# ---- the report ----
+
+def podman_env() -> dict[str, str]:
+    """Rootless podman as this machine needs it (see tests/test_e2e_build.py), written only if missing."""
+    conf = Path.home() / ".config" / "containers" / "containers.conf"
+    if not conf.exists():
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(CONTAINERS_CONF)
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        sys.exit("bench-build: rootless podman needs XDG_RUNTIME_DIR (scripts/as-user.sh sets it)")
+    return dict(os.environ)
+
+
+def version(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else "?"
+
+
+def machine() -> list[str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "?")
+    memory = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+    return [f"{os.cpu_count()} × {cpu}, {memory / 1024 / 1024:.0f} GiB RAM",
+            f"{platform.system()} {platform.release()}, {platform.freedesktop_os_release().get('PRETTY_NAME', '?')}",
+            f"Python {platform.python_version()}"]
+
+
+def versions(revision: str) -> list[str]:
+    from ocistrap import __version__
+    return [f"ocistrap {__version__} ({revision})", version(["mmdebstrap", "--version"]),
+            version(["podman", "--version"]), version(["docker-registry", "--version"]),
+            version(["dpkg", "--version"])]
+
+
+def summary_table(results: list[Result]) -> list[str]:
+    lines = ["| case | pipeline median | ocistrap warm | ratio warm (median) | ocistrap cold | ratio cold (median) "
+             "| peak RSS pipeline | peak RSS warm | peak RSS cold |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        target = (FOREIGN_TARGET, FOREIGN_TARGET) if r.case.arch else (TARGETS["warm"], TARGETS["cold"])
+        lines.append(
+            f"| {r.case.title} | {r.median('pipeline'):.1f} s | {r.median('warm'):.1f} s "
+            f"| **{statistics.median(r.ratios('warm')):.2f}×** (target ≤ {target[0]:.2f}) "
+            f"| {r.median('cold'):.1f} s | **{statistics.median(r.ratios('cold')):.2f}×** (target ≤ {target[1]:.2f}) "
+            f"| {r.peak_mib('pipeline'):.0f} MiB | {r.peak_mib('warm'):.0f} MiB | {r.peak_mib('cold'):.0f} MiB |")
+    return lines
+
+
+def runs_table(results: list[Result]) -> list[str]:
+    lines = ["| case | run | pipeline | warm | cold | warm/pipeline | cold/pipeline |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for n, (p, w, c) in enumerate(zip(r.runs["pipeline"], r.runs["warm"], r.runs["cold"]), start=1):
+            lines.append(f"| {r.case.name} | {n} | {p.wall:.1f} s | {w.wall:.1f} s | {c.wall:.1f} s "
+                         f"| {w.wall / p.wall:.2f} | {c.wall / p.wall:.2f} |")
+    return lines
+
+
+def pipeline_table(results: list[Result]) -> list[str]:
+    lines = ["| case | " + " | ".join(PIPELINE_STEPS) + " |", "|---|" + "---|" * len(PIPELINE_STEPS)]
+    for r in results:
+        lines.append(f"| {r.case.name} | " + " | ".join(f"{r.phase_median('pipeline', s):.1f} s"
+                                                       for s in PIPELINE_STEPS) + " |")
+    return lines
+
+
+def phase_table(results: list[Result]) -> list[str]:
+    names = [phase for phase, _ in PHASES]
+    lines = ["| case | cache | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for r in results:
+        for tool in ("warm", "cold"):
+            lines.append(f"| {r.case.name} | {tool} | "
+                         + " | ".join(f"{r.phase_median(tool, p):.1f} s" for p in names) + " |")
+    return lines
+
+
+def commands(results: list[Result]) -> list[str]:
+    lines = []
+    for r in results:
+        c = r.case
+        mm = " ".join(("mmdebstrap --mode=unshare --variant=minbase", *c.mmdebstrap, "bookworm rootfs.tar"))
+        arch = f" --arch {c.arch}" if c.arch else ""
+        oc = " ".join(("ocistrap build bookworm --variant minbase", *c.ocistrap,
+                       "--push 127.0.0.1:PORT/bench/ocistrap:" + c.name))
+        lines += [f"{c.title}:", "", "```sh", mm, f"podman import{arch} rootfs.tar 127.0.0.1:PORT/bench/mmdebstrap:{c.name}",
+                  f"podman push --tls-verify=false 127.0.0.1:PORT/bench/mmdebstrap:{c.name}", oc, "```", ""]
+    return lines
+
+
+def report(results: list[Result], runs: int, revision: str, load: str, profile: str) -> str:
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# Benchmarks", "",
+             "Written by `make bench` (scripts/bench-build.py); the profile section is kept from the previous",
+             "file. Wall times of whole commands as an unprivileged user, each run pushing to its own",
+             "`docker-registry` on 127.0.0.1; runs alternate and each ratio compares runs of the same round.",
+             "Peak RSS is `/usr/bin/time`'s maximum resident set size: that of the largest process of the",
+             f"command's tree (target: ocistrap's under {MEMORY_TARGET_MIB} MiB).", "",
+             f"- date: {when}; {runs} run(s) per tool and case; load average before/after: {load}"]
+    lines += [f"- machine: {m}" for m in machine()]
+    lines += [f"- {v}" for v in versions(revision)]
+    lines += ["", "## Summary", "", *summary_table(results), "", "## Every run", "", *runs_table(results), "",
+              "## Where ocistrap's time goes (median seconds per phase, from `--timings`)", "",
+              "metadata: verifying Release files, reading indices, resolving, checking the lock; download:",
+              "fetching (and re-hashing cached) .debs; unpack + configure: from the sandbox's start until the",
+              "layer's tar stream begins (essential unpack, dpkg); layer: tar stream, compression, digests;",
+              "push: uploading to the registry.", "", *phase_table(results), "",
+              "The pipeline's commands (median seconds):", "", *pipeline_table(results), "",
+              "## Commands", "", *commands(results)]
+    return "\n".join(lines).rstrip() + "\n" + profile
+
+
+PROFILE_MARK = "\n## Profile"
+
+
+def kept_profile(path: Path) -> str:
+    """The hand-written profile section of an existing report, kept across runs."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    return text[text.index(PROFILE_MARK):] if PROFILE_MARK in text else ""
+
+
+def load_average() -> str:
+    """The 1-minute load: other work on the machine skews both sides (the ratios less than the times)."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def git_revision() -> str:
+    done = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per tool and case (default 3)")
+    parser.add_argument("--cases", default="minbase,large", help="comma-separated of: " + ", ".join(CASES))
+    parser.add_argument("--foreign", action="store_true", help="add the arm64 case (slow: ~80 s per pipeline run)")
+    parser.add_argument("--output", type=Path, default=HERE / "BENCHMARKS.md", help="report to write")
+    parser.add_argument("--no-output", action="store_true", help="print only")
+    parser.add_argument("--revision", default=None, help="source revision to name (default: git rev-parse)")
+    parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.cases.split(",") if n.strip()] + (["arm64"] if args.foreign else [])
+    unknown = [n for n in names if n not in CASES]
+    if unknown or args.runs < 1:
+        parser.error(f"unknown case {unknown}" if unknown else "--runs must be at least 1")
+    if os.geteuid() == 0:
+        sys.exit("bench-build: run as an unprivileged user with subuids (`make bench` does that as root)")
+    env = podman_env()
+    load_before = load_average()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ocistrap-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        results = [bench_case(CASES[n], args.runs, work, env) for n in dict.fromkeys(names)]
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(["", *summary_table(results), "", *phase_table(results)]))
+    if not args.no_output:
+        args.output.write_text(report(results, args.runs, args.revision or git_revision(),
+                                      f"{load_before} / {load_average()}", kept_profile(args.output)))
+        print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
