@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocistrap import __version__, doctor, lock, log, pipeline
+from ocistrap import __version__, combine, doctor, lock, log, pipeline
 from ocistrap.assemble import ImageOptions
 from ocistrap.cache import Cache, default_root
 from ocistrap.doctor import native_arch
@@ -20,7 +20,7 @@ from ocistrap.fetch import Fetcher
 from ocistrap.lock import LockedLayer
 from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR, Source
 from ocistrap.transports import Reference, open_image, parse_reference, registry
-from ocistrap.verify import verify
+from ocistrap.verify import check_lock, verify
 
 
 def _csv(value: str) -> list[str]:
@@ -166,8 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("verify", help="check every digest, diff_id and document of an image")
     p.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or docker://REF")
+    p.add_argument("--lock", type=Path, default=None,
+                   help="also prove the image was built from this lockfile (its digest and Release in the manifest)")
     _tls(p)
     p.set_defaults(run=cmd_verify)
+
+    p = commands.add_parser("index", help="push one multi-architecture index over images already in a registry")
+    p.add_argument("destination", help="registry reference for the index, e.g. registry.example/debian:bookworm")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="single-architecture images in the same or another registry, e.g. registry.example/ci:amd64")
+    _tls(p)
+    p.set_defaults(run=cmd_index)
 
     p = commands.add_parser("doctor", help="check that this host can build images without root")
     p.add_argument("--arch", type=_csv, default=None, help="architectures you intend to build")
@@ -285,8 +294,19 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    locked = lock.read(args.lock) if args.lock is not None else None
     report = verify(args.reference, tls_verify=args.tls_verify)
     print(report.summary())
+    if locked is not None:
+        arches = check_lock(report, locked, str(args.lock))
+        print(f"{report.reference}: built from {args.lock} ({locked.digest()}) for {', '.join(arches)}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    destination = _registry_ref(args.destination)
+    desc = combine.push_index(destination, [_registry_ref(i) for i in args.images], tls_verify=args.tls_verify)
+    print(f"{destination} {desc.digest}")
     return 0
 
 

@@ -17,8 +17,10 @@ from typing import IO, Any, ContextManager
 
 import zstandard
 
+from ocistrap.assemble import ANNOTATION_LOCK, ANNOTATION_RELEASE
 from ocistrap.errors import OcistrapError
 from ocistrap.layer import decompressed
+from ocistrap.lock import Lockfile
 from ocistrap.image import (
     CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
@@ -27,6 +29,7 @@ from ocistrap.image import (
     Descriptor,
     ImageError,
     Platform,
+    debian_platform,
 )
 from ocistrap.schema import SchemaError, validate
 from ocistrap.transports import Reference, TransportError, docker_archive, oci, oci_archive, parse_reference, registry
@@ -36,6 +39,15 @@ _CHUNK = 1 << 20
 
 class VerifyError(OcistrapError):
     """An image's blobs or documents do not match what refers to them."""
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What a checked manifest says about itself: its platform (from the config) and annotations."""
+
+    digest: str
+    platform: Platform
+    annotations: dict[str, str]
 
 
 @dataclass
@@ -48,6 +60,7 @@ class VerifyReport:
     blobs: int = 0
     bytes: int = 0
     tags: list[str] = field(default_factory=list)
+    images: list[ImageFacts] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -169,6 +182,8 @@ class _LayoutChecker:
         for i, (layer, diff_id) in enumerate(zip(layers, diff_ids)):
             self.layer(layer, diff_id, f"layer {i} of {here}")
         self.report.manifests += 1
+        self.report.images.append(ImageFacts(desc.digest, _config_platform(config),
+                                              dict(doc.get("annotations") or {})))
 
     def document(self, desc: Descriptor, schema: str, where: str) -> dict[str, Any]:
         name = self._blob_name(desc)
@@ -276,14 +291,51 @@ def _check_layout_file(root: Path, shown: Path) -> None:
         raise VerifyError(f"{shown}/{oci.LAYOUT_FILE}: needs a JSON object with imageLayoutVersion")
 
 
+def _config_platform(config: dict[str, Any]) -> Platform:
+    return Platform(os=config["os"], architecture=config["architecture"], variant=config.get("variant"))
+
+
 def _check_platform(desc: Descriptor, config: dict[str, Any], here: str) -> None:
     if desc.platform is None:
         return
-    actual = Platform(os=config["os"], architecture=config["architecture"], variant=config.get("variant"))
+    actual = _config_platform(config)
     if (actual.os, actual.architecture) != (desc.platform.os, desc.platform.architecture) or (
         desc.platform.variant and desc.platform.variant != actual.variant
     ):
         raise VerifyError(f"{here}: descriptor platform {desc.platform} but config says {actual}")
+
+
+def check_lock(report: VerifyReport, locked: Lockfile, shown: str) -> list[str]:
+    """Prove every image REPORT covered was built from the lockfile LOCKED (named SHOWN).
+
+    Each manifest must carry LOCKED's digest and the digest of the signed
+    Release it pinned, and be for one of its architectures, each at most
+    once. Returns the Debian architectures proven.
+    """
+    if not report.images:
+        raise VerifyError(f"{report.reference}: no image manifest to check against {shown}",
+                          hint="docker-archive: keeps no manifest annotations; verify the oci: or registry image")
+    by_platform = {debian_platform(arch): arch for arch in locked.architectures}
+    digest = locked.digest()
+    proven: list[str] = []
+    for facts in report.images:
+        what = f"{report.reference}: image {facts.digest} ({facts.platform})"
+        arch = by_platform.get(facts.platform)
+        if arch is None:
+            raise VerifyError(f"{what} is for an architecture {shown} does not lock "
+                              f"({', '.join(sorted(locked.architectures))})")
+        if arch in proven:
+            raise VerifyError(f"{what}: a second image for {arch}")
+        recorded = facts.annotations.get(ANNOTATION_LOCK)
+        if recorded != digest:
+            raise VerifyError(f"{what} was built from lockfile {recorded or '(none recorded)'}, not from "
+                              f"{shown} ({digest})")
+        release = "sha256:" + locked.architectures[arch].releases[0].sha256
+        if facts.annotations.get(ANNOTATION_RELEASE) != release:
+            raise VerifyError(f"{what} names Release {facts.annotations.get(ANNOTATION_RELEASE) or '(none)'}, "
+                              f"not the {release} that {shown} pins")
+        proven.append(arch)
+    return proven
 
 
 def _digest_mismatch(desc: Descriptor, size: int, digest: str) -> str | None:

@@ -36,6 +36,7 @@ the user name and where it came from are ever named.
 """
 
 import hashlib
+import io
 import ipaddress
 import json
 import os
@@ -406,10 +407,14 @@ class Repository:
 
     def upload_blob(self, path: Path, desc: Descriptor, mount_from: str | None = None) -> bool:
         """Put blob DESC (the file PATH) here, mounting it from MOUNT_FROM if possible; True if mounted."""
-        what = f"upload blob {desc.digest}"
-        return self.registry.retrying(lambda: self._upload_once(path, desc, mount_from), what)
+        return self.upload_stream(lambda: _open_blob(path), desc, mount_from)
 
-    def _upload_once(self, path: Path, desc: Descriptor, mount_from: str | None) -> bool:
+    def upload_stream(self, opener: Callable[[], IO[bytes]], desc: Descriptor, mount_from: str | None = None) -> bool:
+        """Put blob DESC here, read from a fresh OPENER() on each attempt unless mounted; True if mounted."""
+        what = f"upload blob {desc.digest}"
+        return self.registry.retrying(lambda: self._upload_once(opener, desc, mount_from), what)
+
+    def _upload_once(self, opener: Callable[[], IO[bytes]], desc: Descriptor, mount_from: str | None) -> bool:
         params = {"mount": desc.digest, "from": mount_from} if mount_from else None
         start = self.registry.request(
             "POST", self._path("blobs", "uploads/"), params=params, expect=(201, 202), retry=False,
@@ -425,7 +430,7 @@ class Repository:
         done = self.registry.request(
             "PUT", location, params={"digest": desc.digest}, expect=(201,), retry=False,
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)},
-            body=lambda: _open_blob(path), what=f"upload blob {desc.digest}",
+            body=opener, what=f"upload blob {desc.digest}",
         )
         done.close()
         if done.status_code == 404:
@@ -457,6 +462,15 @@ class Repository:
             yield response.raw
         finally:
             response.close()
+
+    def stream_blob(self, desc: Descriptor) -> IO[bytes]:
+        """Blob DESC as a stream of known length, to upload straight into another registry."""
+        response = self.registry.request("GET", self._path("blobs", desc.digest), stream=True,
+                                         what=f"fetch blob {desc.digest}")
+        if response.status_code == 404:
+            response.close()
+            raise RegistryError(f"{self.registry.name}/{self.name}: blob {desc.digest} is missing")
+        return _SizedStream(response, desc.size)
 
     def get_manifest(self, reference: str, *, accept: str = MANIFEST_ACCEPT) -> tuple[bytes, str] | None:
         """The bytes and media type of the manifest or index at REFERENCE (tag or digest), or None."""
@@ -494,6 +508,37 @@ class Repository:
             response.close()
             return None
         return _index_entries(response.content, f"{self.registry.name}: referrers of {digest}")
+
+
+class _SizedStream(io.RawIOBase):
+    """A response body that requests uploads with its known Content-Length (not chunked)."""
+
+    def __init__(self, response: requests.Response, size: int) -> None:
+        self._response = response
+        self._size = size
+        self._read = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def tell(self) -> int:
+        return self._read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._response.raw.read(min(len(buffer), self._size - self._read))
+        if not data and self._read < self._size:
+            raise RegistryError(f"{self._response.url.partition('?')[0]}: the blob ended after {self._read} "
+                                f"of {self._size} bytes")
+        buffer[:len(data)] = data
+        self._read += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._response.close()
+        super().close()
 
 
 def _index_entries(data: bytes, what: str) -> list[dict[str, Any]]:
@@ -663,6 +708,35 @@ def push(layout: Path, desc: Descriptor, ref: Reference, *, tls_verify: bool | N
     _check_stored(repo, reference, desc)
     log.get().info(f"pushed {desc.digest} to {target}: {pusher.stats.summary()}")
     return desc.digest
+
+
+def copy_blob(source: Repository, dest: Repository, desc: Descriptor) -> str:
+    """Make blob DESC of SOURCE present in DEST; say how: ``present``, ``mounted`` or ``copied``.
+
+    Within one registry the blob is mounted; across registries (or where a
+    mount is refused) it streams from one to the other without touching disk.
+    """
+    size = dest.blob_size(desc.digest)
+    if size is not None:
+        if size != desc.size:
+            raise RegistryError(f"{dest.registry.name}/{dest.name}: blob {desc.digest} is {size} bytes there, "
+                                f"{desc.size} in {source.registry.name}/{source.name}")
+        return "present"
+    same_registry = source.registry.name == dest.registry.name
+    if dest.upload_stream(lambda: source.stream_blob(desc), desc, source.name if same_registry else None):
+        return "mounted"
+    return "copied"
+
+
+def store_manifest(repo: Repository, reference: str, data: bytes, media_type: str) -> Descriptor:
+    """Store manifest or index DATA at REFERENCE (tag or digest) of REPO and read it back."""
+    desc = Descriptor.of(data, media_type)
+    answered = repo.put_manifest(reference, data, media_type).headers.get("Docker-Content-Digest")
+    if answered is not None and answered != desc.digest:
+        raise RegistryError(f"{repo.registry.name}/{repo.name}: the registry answered digest {answered} "
+                            f"for manifest {desc.digest}")
+    _check_stored(repo, reference, desc)
+    return desc
 
 
 def write_reference(layout: Path, desc: Descriptor, ref: Reference) -> None:
