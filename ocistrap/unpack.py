@@ -70,6 +70,8 @@ class Unpacked:
 
 def normalise(name: str) -> str:
     """The member NAME relative to the root, without ``./``, ``//`` or ``.`` ("" is the root itself)."""
+    if "\0" in name:
+        raise Refused("has a NUL byte in its path")
     if name.startswith("/"):
         raise Refused("has an absolute path")
     parts = [part for part in name.split("/") if part not in ("", ".")]
@@ -344,6 +346,8 @@ def unpack(stream: BinaryIO, root: str | Path, *, package: str, same_owner: bool
         raise UnpackError(f"cannot unpack {package}: its data is not a valid tar archive{where} ({e})") from None
     except OSError as e:
         raise UnpackError(f"cannot unpack {package}: member {name!r}: {e.strerror or e}") from None
+    except (ValueError, OverflowError) as e:  # a NUL in a link target, an mtime or id out of range
+        raise UnpackError(f"cannot unpack {package}: member {name!r}: {e}") from None
     finally:
         os.close(fd)
     return Unpacked(members=count, file_bytes=written)
