@@ -165,12 +165,14 @@ class Live:
         elif (line := format_text(event)) is not None:
             if event.kind == "done" and self.running:
                 self.running.pop()
+            if event.kind == "error":
+                self.running.clear()
             self.stream.write(f"\r\x1b[K{line}\n")
             self._redraw()
 
     def _redraw(self) -> None:
-        status = self.running[-1] if self.running else ""
-        self.stream.write("\r\x1b[K" + status[:max(self.columns() - 1, 10)])
+        if self.running:
+            self.stream.write("\r\x1b[K" + self.running[-1][:max(self.columns() - 1, 10)])
         self.stream.flush()
 
     def close(self) -> None:

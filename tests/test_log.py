@@ -139,13 +139,21 @@ def test_live_line_shows_the_running_step_and_scrolls_finished_ones():
             meter.add(nbytes=1000)  # within the interval: not drawn
             ticks.now += 0.2
             meter.add(nbytes=5_000_000)
-        out.close()
     screen = stream.getvalue()
     frames = screen.split("\r\x1b[K")
     assert frames[1:4] == ["installing...", "writing layer...", "writing layer: 5.0 MB"]
-    assert "  writing layer: done in 0.2s\n" in frames
+    assert frames[4:] == ["  writing layer: done in 0.2s\n", "installing...", "installing: done in 0.2s\n"]
     assert "writing layer: 1.0 kB" not in screen
-    assert frames[-1] == ""
+
+
+def test_an_error_ends_the_live_line():
+    stream = io.StringIO()
+    out, _, _ = make_log(renderer=log.Live(stream, columns=lambda: 80))
+    with pytest.raises(KeyboardInterrupt), out.step("installing"):
+        raise KeyboardInterrupt
+    out.error("interrupted")
+    out.close()
+    assert stream.getvalue().endswith("\r\x1b[Kinstalling...\r\x1b[Kocistrap: interrupted\n")
 
 
 def test_live_line_is_cut_to_the_terminal_width():
