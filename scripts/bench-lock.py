@@ -10,10 +10,14 @@ ocistrap lock` process, so imports count, as they do for a user. Prints the
 median, min and max wall time, the median of each step the CLI logs
 (`NAME: done in Xs` on stderr, summed by its first word), and the issue's
 budget: sid minbase under 5 s cold and under 1 s warm on a 2-core machine.
-The cold runs need the network (deb.debian.org by default).
+Step times come from `--log-format json` where the CLI has it (ms), else from
+its text lines (0.1 s). The load average is printed with the table: other work
+on the machine slows every number. The cold runs need the network
+(deb.debian.org by default).
 """
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -24,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 BUDGETS = {("sid", "minbase", "cold"): 5.0, ("sid", "minbase", "warm"): 1.0}
@@ -59,18 +64,36 @@ def step_times(stderr: str) -> dict[str, float]:
     """The CLI's step log, summed by the step's first word (e.g. all `verifying ...` steps)."""
     totals: dict[str, float] = {}
     for line in stderr.splitlines():
-        match = STEP_DONE.match(line)
-        if match:
-            key = match["name"].split()[0]
-            totals[key] = totals.get(key, 0.0) + float(match["seconds"])
+        done = step_done(line)
+        if done is not None:
+            key = done[0].split()[0]
+            totals[key] = totals.get(key, 0.0) + done[1]
     return totals
 
 
-def lock_once(suite: str, variant: str, cache: Path, output: Path, mirror: str | None) -> Run:
-    argv = [sys.executable, "-m", "ocistrap", "lock", suite, "--variant", variant,
-            "--no-check-valid-until", "--cache-dir", str(cache), "-o", str(output)]
-    if mirror:
-        argv += ["--mirror", mirror]
+def step_done(line: str) -> tuple[str, float] | None:
+    """A finished step's name and seconds from a JSON or a text log line."""
+    if line.startswith("{"):
+        event = json.loads(line)
+        return (event["text"], event["seconds"]) if event.get("event") == "done" else None
+    match = STEP_DONE.match(line)
+    return (match["name"], float(match["seconds"])) if match else None
+
+
+@cache
+def log_options() -> list[str]:
+    """``--log-format json`` if this ocistrap has it."""
+    done = subprocess.run([sys.executable, "-m", "ocistrap", "--help"], capture_output=True, text=True, check=True)
+    return ["--log-format", "json"] if "--log-format" in done.stdout else []
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def lock_once(suite: str, variant: str, cache: Path, output: Path, options: list[str]) -> Run:
+    argv = [sys.executable, "-m", "ocistrap", *log_options(), "lock", suite, "--variant", variant,
+            "--no-check-valid-until", "--cache-dir", str(cache), "-o", str(output), *options]
     started = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
@@ -79,24 +102,24 @@ def lock_once(suite: str, variant: str, cache: Path, output: Path, mirror: str |
     return Run(wall=wall, steps=step_times(done.stderr))
 
 
-def bench_suite(suite: str, variant: str, runs: int, work: Path, mirror: str | None) -> list[Series]:
+def bench_suite(suite: str, variant: str, runs: int, work: Path, options: list[str]) -> list[Series]:
     cold, warm = Series(suite, variant, "cold"), Series(suite, variant, "warm")
     kept = work / f"{suite}-cache"
     for number in range(runs):
         cache = kept if number == 0 else work / f"{suite}-cold-{number}"
-        cold.runs.append(lock_once(suite, variant, cache, work / f"{suite}.lock", mirror))
+        cold.runs.append(lock_once(suite, variant, cache, work / f"{suite}.lock", options))
         progress(cold, number)
         if cache != kept:
             shutil.rmtree(cache)
     for number in range(runs):
-        warm.runs.append(lock_once(suite, variant, kept, work / f"{suite}.lock", mirror))
+        warm.runs.append(lock_once(suite, variant, kept, work / f"{suite}.lock", options))
         progress(warm, number)
     return [cold, warm]
 
 
 def progress(series: Series, number: int) -> None:
     run = series.runs[-1]
-    steps = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in run.steps.items())
+    steps = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in run.steps.items())
     print(f"  {series.suite} {series.variant} {series.cache} #{number + 1}: {run.wall:.2f}s ({steps})",
           file=sys.stderr, flush=True)
 
@@ -136,15 +159,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    subprocess.run([sys.executable, "-m", "ocistrap", "--version"], capture_output=True, check=True)
+    options = ["--mirror", args.mirror] if args.mirror else []
+    load_before = load_average()
     results: list[Series] = []
     with tempfile.TemporaryDirectory(prefix="ocistrap-bench-") as tmp:
         for suite in args.suite or ["sid", "bookworm"]:
             print(f"{suite}: {args.runs} cold, then {args.runs} warm runs", file=sys.stderr, flush=True)
-            results += bench_suite(suite, args.variant, args.runs, Path(tmp), args.mirror)
+            results += bench_suite(suite, args.variant, args.runs, Path(tmp), options)
     print(f"`ocistrap lock` as uid {os.getuid()}, whole process; commit {git_commit()}, "
-          f"Python {platform.python_version()}, {os.cpu_count()} CPUs; step columns are medians of the CLI's "
-          "step log (0.1 s resolution)\n")
+          f"Python {platform.python_version()}, {os.cpu_count()} CPUs, load average {load_before} before and "
+          f"{load_average()} after; step columns are medians of the CLI's step log\n")
     print(table(results))
     over = [s for s in results if s.budget is not None and s.median() >= s.budget]
     return 1 if args.check and over else 0
