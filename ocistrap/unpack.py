@@ -330,7 +330,7 @@ def unpack(stream: BinaryIO, root: str | Path, *, package: str, same_owner: bool
     try:
         with tarfile.open(fileobj=stream, mode="r|", bufsize=STREAM_BUFFER) as tar:
             while (member := tar.next()) is not None:
-                tar.members.clear()  # a stream needs no index; keeps memory flat
+                tar.members.clear()  # a stream needs no index of past members
                 name = member.name
                 count += 1
                 if count > max_members:
