@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocistrap import __version__, combine, doctor, lock, log, pipeline
+from ocistrap import __version__, combine, doctor, lock, log, pipeline, sbom
 from ocistrap.assemble import ImageOptions
 from ocistrap.cache import Cache, default_root
 from ocistrap.doctor import native_arch
@@ -19,7 +19,7 @@ from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.fetch import Fetcher
 from ocistrap.lock import LockedLayer
 from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR, Source
-from ocistrap.transports import Reference, open_image, parse_reference, registry
+from ocistrap.transports import TRANSPORTS, Reference, open_image, parse_reference, registry
 from ocistrap.verify import check_lock, verify
 
 
@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="push to a registry, e.g. registry.example/debian:bookworm (repeatable; docker:// optional)")
     _tls(p)
     p.add_argument("--compression", choices=("gzip", "zstd"), default="gzip", help="layer compression (default gzip)")
+    p.add_argument("--sbom", choices=sbom.FORMATS, default=None,
+                   help="attach an SBOM of the installed packages to each image (registries and oci: outputs)")
     p.add_argument("--staging-dir", type=Path, default=None,
                    help="build the tree on disk under DIR instead of in memory (big images)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="image environment (repeatable)")
@@ -170,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also prove the image was built from this lockfile (its digest and Release in the manifest)")
     _tls(p)
     p.set_defaults(run=cmd_verify)
+
+    p = commands.add_parser("sbom", help="print the SPDX SBOM attached to an image")
+    p.add_argument("reference", help="oci:DIR[:TAG] or docker://REF (docker:// optional)")
+    p.add_argument("--arch", default=None, help="for a multi-architecture image: whose SBOM (a Debian architecture)")
+    _tls(p)
+    p.set_defaults(run=cmd_sbom)
 
     p = commands.add_parser("index", help="push one multi-architecture index over images already in a registry")
     p.add_argument("destination", help="registry reference for the index, e.g. registry.example/debian:bookworm")
@@ -262,7 +270,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         labels=_pairs(args.label, "--label"), annotations=_pairs(args.annotation, "--annotation"))
     request = pipeline.BuildRequest(outputs=outputs, compression=args.compression,
                                     staging=pipeline.Staging(args.staging_dir), options=options,
-                                    epoch=_epoch(), tls_verify=args.tls_verify)
+                                    epoch=_epoch(), tls_verify=args.tls_verify, sbom=args.sbom)
     built = pipeline.build(locked, _keyrings(args), fetcher, cache, request)
     for ref in built.outputs:
         print(f"{ref} {built.digest}")
@@ -300,6 +308,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if locked is not None:
         arches = check_lock(report, locked, str(args.lock))
         print(f"{report.reference}: built from {args.lock} ({locked.digest()}) for {', '.join(arches)}")
+    return 0
+
+
+def cmd_sbom(args: argparse.Namespace) -> int:
+    named = args.reference.partition(":")[0] in TRANSPORTS and "://" not in args.reference.removeprefix("docker://")
+    ref = parse_reference(args.reference) if named else _registry_ref(args.reference)
+    sys.stdout.buffer.write(sbom.read(ref, platform_arch=args.arch, tls_verify=args.tls_verify))
     return 0
 
 

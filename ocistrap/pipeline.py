@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ocistrap import assemble, bootstrap, doctor, image, layer, log, mirror, resolve, sandbox, transports
+from ocistrap import assemble, bootstrap, doctor, image, layer, log, mirror, resolve, sandbox, sbom, transports
 from ocistrap.archive import Package
 from ocistrap.cache import Cache
 from ocistrap.errors import OcistrapError
@@ -253,6 +253,7 @@ class BuildRequest:
     options: assemble.ImageOptions = assemble.ImageOptions()
     epoch: int | None = None
     tls_verify: bool | None = None
+    sbom: str | None = None
 
 
 @dataclass(frozen=True)
@@ -281,9 +282,12 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
                                                   provenance=provenance))
         top = manifests[0] if len(manifests) == 1 else assemble.write_index(
             layout, manifests, provenance.annotations(image.rfc3339(epoch)))
+        attached = sbom.attach_all(layout, lock, list(zip(lock.architectures, manifests)),
+                                   created=image.rfc3339(epoch)) if request.sbom else []
         with log.get().step("writing outputs"):
             for ref in request.outputs:
                 deliver(layout, top, ref, tls_verify=request.tls_verify)
+                sbom.deliver(layout, attached, ref, tls_verify=request.tls_verify)
     return Built(digest=top.digest, outputs=request.outputs)
 
 

@@ -171,6 +171,9 @@ class _LayoutChecker:
         doc = self.document(desc, "oci-manifest", where)
         here = f"manifest {desc.digest}"
         config_desc = self._descriptor(doc["config"], here)
+        if config_desc.media_type not in CONFIG_MEDIA_TYPES and ("subject" in doc or "artifactType" in doc):
+            self.artifact(doc, f"artifact {desc.digest}")
+            return
         if config_desc.media_type not in CONFIG_MEDIA_TYPES:
             raise VerifyError(f"{here}: config media type {config_desc.media_type} is not an image config")
         config = self.document(config_desc, "oci-config", f"config of {here}")
@@ -184,6 +187,14 @@ class _LayoutChecker:
         self.report.manifests += 1
         self.report.images.append(ImageFacts(desc.digest, _config_platform(config),
                                               dict(doc.get("annotations") or {})))
+
+    def artifact(self, doc: dict[str, Any], here: str) -> None:
+        """An artifact about an image (an SBOM, a signature): its blobs must match their digests."""
+        for i, entry in enumerate([doc["config"], *doc["layers"]]):
+            blob = self._descriptor(entry, here)
+            data = self._read(blob, here)
+            problem = _digest_mismatch(blob, len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+            self._count(blob, problem, self._blob_name(blob), f"blob {i} of {here}")
 
     def document(self, desc: Descriptor, schema: str, where: str) -> dict[str, Any]:
         name = self._blob_name(desc)
