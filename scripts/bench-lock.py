@@ -7,9 +7,10 @@ For each suite, N cold runs (each with an empty cache: fetch InRelease and the
 Packages index, verify, parse, resolve) and then N warm runs (the cache of the
 first cold run: verify and resolve only). Each run is a whole `python -m
 ocistrap lock` process, so imports count, as they do for a user. Prints the
-median, min and max wall time, the median of each step the CLI logs
-(`NAME: done in Xs` on stderr, summed by its first word), and the issue's
-budget: sid minbase under 5 s cold and under 1 s warm on a 2-core machine.
+median, min and max wall time, the median CPU time (user + system), the
+median of each step the CLI logs (`NAME: done in Xs` on stderr, summed by its
+first word), and the issue's budget: sid minbase under 5 s cold and under
+1 s warm on a 2-core machine.
 Step times come from `--log-format json` where the CLI has it (ms), else from
 its text lines (0.1 s). The load average is printed with the table: other work
 on the machine slows every number. The cold runs need the network
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -38,6 +40,7 @@ STEP_DONE = re.compile(r"^\s*(?P<name>\S.*): done in (?P<seconds>[0-9.]+)s$")
 @dataclass
 class Run:
     wall: float
+    cpu: float
     steps: dict[str, float]
 
 
@@ -94,12 +97,19 @@ def load_average() -> str:
 def lock_once(suite: str, variant: str, cache: Path, output: Path, options: list[str]) -> Run:
     argv = [sys.executable, "-m", "ocistrap", *log_options(), "lock", suite, "--variant", variant,
             "--no-check-valid-until", "--cache-dir", str(cache), "-o", str(output), *options]
+    cpu_before = child_cpu()
     started = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"bench-lock: `{' '.join(argv)}` failed (exit {done.returncode}):\n{done.stderr}")
-    return Run(wall=wall, steps=step_times(done.stderr))
+    return Run(wall=wall, cpu=child_cpu() - cpu_before, steps=step_times(done.stderr))
+
+
+def child_cpu() -> float:
+    """User + system seconds of the finished children: less swayed by other load than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bench_suite(suite: str, variant: str, runs: int, work: Path, options: list[str]) -> list[Series]:
@@ -120,7 +130,7 @@ def bench_suite(suite: str, variant: str, runs: int, work: Path, options: list[s
 def progress(series: Series, number: int) -> None:
     run = series.runs[-1]
     steps = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in run.steps.items())
-    print(f"  {series.suite} {series.variant} {series.cache} #{number + 1}: {run.wall:.2f}s ({steps})",
+    print(f"  {series.suite} {series.variant} {series.cache} #{number + 1}: {run.wall:.2f}s, cpu {run.cpu:.2f}s ({steps})",
           file=sys.stderr, flush=True)
 
 
@@ -131,13 +141,14 @@ def seconds(value: float | None) -> str:
 def table(results: list[Series]) -> str:
     """The results as a markdown table: wall times, budget verdict, step medians."""
     steps = list(dict.fromkeys(name for s in results for r in s.runs for name in r.steps))
-    head = ["suite", "variant", "cache", "runs", "median s", "min s", "max s", "budget s", *steps]
+    head = ["suite", "variant", "cache", "runs", "median s", "min s", "max s", "budget s", "cpu s", *steps]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in results:
         walls = [r.wall for r in s.runs]
         budget = "-" if s.budget is None else f"{s.budget:.0f} ({'ok' if s.median() < s.budget else 'OVER'})"
         cells = [s.suite, s.variant, s.cache, str(len(walls)), seconds(s.median()), seconds(min(walls)),
-                 seconds(max(walls)), budget, *(seconds(s.step_median(name)) for name in steps)]
+                 seconds(max(walls)), budget, seconds(statistics.median(r.cpu for r in s.runs)),
+                 *(seconds(s.step_median(name)) for name in steps)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
