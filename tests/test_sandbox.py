@@ -252,6 +252,21 @@ def test_spawn_runs_as_root_with_the_full_map() -> None:
 
 
 @pytest.mark.e2e
+def test_the_sandbox_has_no_network() -> None:
+    result = _inside("""
+        import socket
+        print(sorted(name for _, name in socket.if_nameindex()))
+        try:
+            socket.create_connection(("127.0.0.1", 9), timeout=5)
+        except OSError as e:
+            print(type(e).__name__)
+    """)
+    assert result.returncode == 0, result.stderr
+    interfaces, failure = result.stdout.splitlines()
+    assert interfaces == "['lo']" and failure.endswith("Error")
+
+
+@pytest.mark.e2e
 def test_spawn_propagates_exit_status_signals_and_pipes() -> None:
     assert sandbox.spawn(["sh", "-c", "exit 7"]).wait() == 7
     assert sandbox.spawn(["sh", "-c", "kill -TERM $$"]).wait() == 128 + signal.SIGTERM
