@@ -293,7 +293,7 @@ def report(results: list[Result], runs: int, revision: str, load: str, profile: 
              "Peak RSS is `/usr/bin/time`'s maximum resident set size: that of the largest process of the",
              f"command's tree (target: ocistrap's under {MEMORY_TARGET_MIB} MiB).", "",
              f"- date: {when}; {runs} run(s) per tool and case; load average before/after: {load}"]
-    lines += [f"- machine: {m}" for m in machine()]
+    lines += [f"- machine: {'; '.join(machine())}"]
     lines += [f"- {v}" for v in versions(revision)]
     lines += ["", "## Summary", "", *summary_table(results), "", "## Every run", "", *runs_table(results), "",
               "## Where ocistrap's time goes (median seconds per phase, from `--timings`)", "",
