@@ -2,107 +2,21 @@
 
 import argparse
 import getpass
-import json
 import os
-import re
-import shlex
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocistrap import __version__, combine, doctor, lock, log, pipeline, sbom
+from ocistrap import __version__, combine, doctor, lock, log, pipeline, sbom, settings
 from ocistrap.assemble import ImageOptions
 from ocistrap.cache import Cache, default_root
 from ocistrap.doctor import native_arch
 from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.fetch import Fetcher
-from ocistrap.lock import LockedLayer
-from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR, Source
-from ocistrap.transports import TRANSPORTS, Reference, open_image, parse_reference, registry
+from ocistrap.mirror import Source
+from ocistrap.transports import TRANSPORTS, open_image, parse_reference, registry
 from ocistrap.verify import check_lock, verify
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="content-addressed cache (default: $XDG_CACHE_HOME/ocistrap)")
-    parser.add_argument("--keyring", action="append", type=Path, default=None,
-                        help=f"OpenPGP keyring to verify the archive with (repeatable; default {DEFAULT_KEYRING})")
-    parser.add_argument("--offline", action="store_true", help="never use the network; the cache must hold everything")
-
-
-def _json_or_words(value: str) -> tuple[str, ...]:
-    if value.lstrip().startswith("["):
-        try:
-            words = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise argparse.ArgumentTypeError(f"not a JSON list: {e}") from None
-        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-            raise argparse.ArgumentTypeError("expected a JSON list of strings")
-        return tuple(words)
-    return tuple(shlex.split(value))
-
-
-def _tls(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tls-verify", type=_bool, default=None, metavar="true|false",
-                        help="verify registry TLS certificates (default true; loopback registries use plain HTTP)")
-
-
-def _bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
-
-
-def _registry_ref(text: str) -> Reference:
-    return parse_reference(text if text.startswith("docker://") else f"docker://{text}")
-
-
-def _layer(value: str) -> LockedLayer:
-    name, sep, packages = value.partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or not _csv(packages):
-        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=PKG[,PKG...]")
-    return LockedLayer(name=name, include=tuple(_csv(packages)))
-
-
-def _pairs(values: list[str], what: str) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        key, sep, val = value.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{what} {value!r} is not KEY=VALUE")
-        pairs[key] = val
-    return pairs
-
-
-def _resolution(parser: argparse.ArgumentParser, *, suite_required: bool = True) -> None:
-    parser.add_argument("suite", nargs=None if suite_required else "?",
-                        help="Debian suite or codename, e.g. bookworm, trixie, sid")
-    parser.add_argument("--mirror", default=DEFAULT_MIRROR, help=f"archive URL (default {DEFAULT_MIRROR})")
-    parser.add_argument("--components", type=_csv, default=["main"], help="comma-separated (default main)")
-    parser.add_argument("--variant", default="minbase",
-                        help="essential, minbase (=required), required, buildd (default minbase)")
-    parser.add_argument("--include", action="append", type=_csv, default=[],
-                        help="extra packages, comma-separated (repeatable)")
-    parser.add_argument("--layer", action="append", type=_layer, default=[], metavar="NAME=PKG[,PKG]",
-                        help="install these packages as their own diff layer on top (repeatable, in order)")
-    parser.add_argument("--install-recommends", action="store_true", help="also install Recommends")
-    parser.add_argument("--slim", action="store_true",
-                        help="leave out documentation, manual pages and translations, also for packages "
-                             "installed later in the image (dpkg path-exclude rules, as Debian's slim images)")
-    parser.add_argument("--arch", type=_csv, default=None, help="architectures, comma-separated (default: the host's)")
-    parser.add_argument("--no-updates", action="store_true",
-                        help="for a stable release, do not add its -updates and -security suites")
-    parser.add_argument("--security-mirror", default=None,
-                        help="archive URL of SUITE-security (default: MIRROR-security)")
-    parser.add_argument("--no-check-valid-until", action="store_true",
-                        help="accept a Release whose Valid-Until has passed (frozen mirrors, snapshots)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,49 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("lock", help="verify the archive, resolve the package set, write a lockfile")
-    _resolution(p)
-    _common(p)
-    p.add_argument("-o", "--output", type=Path, default=Path("ocistrap.lock"), help="lockfile to write")
+    settings.add_options(p, "lock")
     p.set_defaults(run=cmd_lock)
 
     p = commands.add_parser("build", help="build an OCI image (lock, fetch, install rootless, layer, deliver)")
-    _resolution(p, suite_required=False)
-    _common(p)
-    p.add_argument("--lock", type=Path, default=None,
-                   help="build exactly this lockfile (the suite and package options then come from it)")
-    p.add_argument("--write-lock", type=Path, default=None, help="also save the resolved lockfile here")
-    p.add_argument("--output", "-o", action="append", default=[], metavar="REF",
-                   help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REPO:TAG], "
-                        "tar:FILE (repeatable; default oci:./ocistrap-images:SUITE)")
-    p.add_argument("--push", action="append", default=[], metavar="REF",
-                   help="push to a registry, e.g. registry.example/debian:bookworm (repeatable; docker:// optional)")
-    _tls(p)
-    p.add_argument("--compression", choices=("gzip", "zstd"), default="gzip", help="layer compression (default gzip)")
-    p.add_argument("--sbom", choices=sbom.FORMATS, default=None,
-                   help="attach an SBOM of the installed packages to each image (registries and oci: outputs)")
-    p.add_argument("--staging-dir", type=Path, default=None,
-                   help="build the tree on disk under DIR instead of in memory (big images)")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="image environment (repeatable)")
-    p.add_argument("--cmd", type=_json_or_words, default=None, help='image Cmd, e.g. \'["bash"]\' or "bash -l"')
-    p.add_argument("--entrypoint", type=_json_or_words, default=None, help="image Entrypoint")
-    p.add_argument("--workdir", default=None, help="image working directory")
-    p.add_argument("--user", default=None, help="image default user")
-    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="image label (repeatable)")
-    p.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE",
-                   help="manifest annotation (repeatable)")
+    settings.add_options(p, "build")
     p.set_defaults(run=cmd_build)
 
     p = commands.add_parser("push", help="push an image from an OCI layout or archive to a registry")
     p.add_argument("source", help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
     p.add_argument("destination", help="registry reference, e.g. registry.example/debian:bookworm")
-    _tls(p)
+    settings.add_options(p, "push")
     p.set_defaults(run=cmd_push)
 
     p = commands.add_parser("login", help="store credentials for a registry (as podman login does)")
     p.add_argument("registry")
     p.add_argument("--username", "-u", required=True)
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    _tls(p)
+    settings.add_options(p, "login")
     p.set_defaults(run=cmd_login)
 
     p = commands.add_parser("logout", help="remove stored credentials for a registry")
@@ -170,66 +59,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or docker://REF")
     p.add_argument("--lock", type=Path, default=None,
                    help="also prove the image was built from this lockfile (its digest and Release in the manifest)")
-    _tls(p)
+    settings.add_options(p, "verify")
     p.set_defaults(run=cmd_verify)
 
     p = commands.add_parser("sbom", help="print the SPDX SBOM attached to an image")
     p.add_argument("reference", help="oci:DIR[:TAG] or docker://REF (docker:// optional)")
     p.add_argument("--arch", default=None, help="for a multi-architecture image: whose SBOM (a Debian architecture)")
-    _tls(p)
+    settings.add_options(p, "sbom")
     p.set_defaults(run=cmd_sbom)
 
     p = commands.add_parser("index", help="push one multi-architecture index over images already in a registry")
     p.add_argument("destination", help="registry reference for the index, e.g. registry.example/debian:bookworm")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="single-architecture images in the same or another registry, e.g. registry.example/ci:amd64")
-    _tls(p)
+    settings.add_options(p, "index")
     p.set_defaults(run=cmd_index)
 
     p = commands.add_parser("doctor", help="check that this host can build images without root")
-    p.add_argument("--arch", type=_csv, default=None, help="architectures you intend to build")
+    p.add_argument("--arch", type=settings.csv_list, default=None, help="architectures you intend to build")
     p.set_defaults(run=cmd_doctor)
 
     p = commands.add_parser("fetch", help="download and verify every package of a lockfile into the cache")
     p.add_argument("lockfile", type=Path)
-    _common(p)
+    settings.add_options(p, "fetch")
     p.set_defaults(run=cmd_fetch)
     return parser
 
 
-def _keyrings(args: argparse.Namespace) -> tuple[Path, ...]:
-    return tuple(args.keyring or [DEFAULT_KEYRING])
+def _cache(s: settings.Settings) -> Cache:
+    return Cache(s.cache_dir or default_root())
 
 
-def _cache(args: argparse.Namespace) -> Cache:
-    return Cache(args.cache_dir or default_root())
-
-
-def _make_lock(args: argparse.Namespace, fetcher: Fetcher, cache: Cache) -> lock.Lockfile:
-    source = Source(mirror=args.mirror, suite=args.suite, components=tuple(args.components),
-                    keyrings=_keyrings(args), check_valid_until=not args.no_check_valid_until)
-    selection = pipeline.Selection(variant=args.variant,
-                                   include=tuple(p for group in args.include for p in group),
-                                   install_recommends=args.install_recommends,
-                                   layers=tuple(args.layer), slim=args.slim)
-    arches = tuple(args.arch or [native_arch()])
-    return pipeline.make_lock(source, selection, arches, fetcher, cache, updates=not args.no_updates,
-                              security_mirror=args.security_mirror)
+def _make_lock(s: settings.Settings, fetcher: Fetcher, cache: Cache) -> lock.Lockfile:
+    source = Source(mirror=s.mirror, suite=s.suite, components=s.components, keyrings=s.keyrings,
+                    check_valid_until=not s.no_check_valid_until)
+    selection = pipeline.Selection(variant=s.variant, include=s.include, install_recommends=s.install_recommends,
+                                   layers=s.layers, slim=s.slim)
+    return pipeline.make_lock(source, selection, s.architectures or (native_arch(),), fetcher, cache,
+                              updates=not s.no_updates, security_mirror=s.security_mirror)
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    result = _make_lock(args, Fetcher(offline=args.offline), _cache(args))
-    lock.write(result, args.output)
+    s = settings.resolve(args, "lock")
+    if s.suite is None:
+        raise UsageError("name a suite (e.g. `ocistrap lock bookworm`) or a spec file with -f that sets `suite`")
+    result = _make_lock(s, Fetcher(offline=s.offline), _cache(s))
+    lock.write(result, s.lock)
     count = sum(len(a.packages) for a in result.architectures.values())
-    print(f"{args.output}: {count} packages locked ({result.digest()})")
+    print(f"{s.lock}: {count} packages locked ({result.digest()})")
     return 0
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    s = settings.resolve(args, "fetch")
     locked = lock.read(args.lockfile)
-    fetched = pipeline.fetch(locked, _keyrings(args), Fetcher(offline=args.offline), _cache(args))
+    fetched = pipeline.fetch(locked, s.keyrings, Fetcher(offline=s.offline), _cache(s))
     count = sum(len(p) for p in fetched.paths.values())
-    print(f"{count} packages verified in {(args.cache_dir or default_root())}")
+    print(f"{count} packages verified in {(s.cache_dir or default_root())}")
     return 0
 
 
@@ -243,42 +129,39 @@ def _epoch() -> int | None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    if args.lock is not None:
-        locked = lock.read(args.lock)
-        if args.slim and not locked.slim:
-            raise UsageError(f"{args.lock} was locked without --slim",
+    s = settings.resolve(args, "build")
+    if s.lock is not None:
+        locked = lock.read(s.lock)
+        if s.slim and not locked.slim:
+            raise UsageError(f"{s.lock} was locked without --slim",
                              hint=f"lock again with --slim, e.g. `ocistrap lock {locked.suite} --slim`")
         pipeline.require_runnable(locked.architectures)
-    elif args.suite is None:
-        raise UsageError("name a suite (e.g. `ocistrap build bookworm`) or a lockfile with --lock")
+    elif s.suite is None:
+        raise UsageError("name a suite (e.g. `ocistrap build bookworm`), a lockfile with --lock "
+                         "or a spec file with -f")
     else:
-        pipeline.require_runnable(args.arch or [native_arch()])
+        pipeline.require_runnable(s.architectures or [native_arch()])
         locked = None
-    fetcher, cache = Fetcher(offline=args.offline), _cache(args)
+    fetcher, cache = Fetcher(offline=s.offline), _cache(s)
     if locked is None:
-        locked = _make_lock(args, fetcher, cache)
-    if args.write_lock is not None:
-        lock.write(locked, args.write_lock)
-    outputs = tuple(parse_reference(o) for o in args.output) or (
-        () if args.push else (parse_reference(f"oci:./ocistrap-images:{locked.suite}"),))
-    outputs += tuple(_registry_ref(r) for r in args.push)
-    _pairs(args.env, "--env")
+        locked = _make_lock(s, fetcher, cache)
+    if s.write_lock is not None:
+        lock.write(locked, s.write_lock)
+    outputs = s.outputs or (() if s.push else (parse_reference(f"oci:./ocistrap-images:{locked.suite}"),))
     options = ImageOptions(
-        env=tuple(args.env),
-        cmd=args.cmd if args.cmd is not None else ImageOptions.cmd,
-        entrypoint=args.entrypoint, workdir=args.workdir, user=args.user,
-        labels=_pairs(args.label, "--label"), annotations=_pairs(args.annotation, "--annotation"))
-    request = pipeline.BuildRequest(outputs=outputs, compression=args.compression,
-                                    staging=pipeline.Staging(args.staging_dir), options=options,
-                                    epoch=_epoch(), tls_verify=args.tls_verify, sbom=args.sbom)
-    built = pipeline.build(locked, _keyrings(args), fetcher, cache, request)
+        env=tuple(f"{name}={value}" for name, value in s.env.items()), cmd=s.cmd, entrypoint=s.entrypoint,
+        workdir=s.workdir, user=s.user, labels=s.labels, annotations=s.annotations)
+    request = pipeline.BuildRequest(outputs=outputs + s.push, compression=s.compression,
+                                    staging=pipeline.Staging(s.staging_dir), options=options,
+                                    epoch=_epoch(), tls_verify=s.tls_verify, sbom=s.sbom)
+    built = pipeline.build(locked, s.keyrings, fetcher, cache, request)
     for ref in built.outputs:
         print(f"{ref} {built.digest}")
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    destination = _registry_ref(args.destination)
+    destination = settings.registry_reference(args.destination)
     with open_image(parse_reference(args.source)) as (layout, desc):
         digest = registry.push(layout, desc, destination, tls_verify=args.tls_verify)
     print(f"{destination} {digest}")
@@ -313,14 +196,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_sbom(args: argparse.Namespace) -> int:
     named = args.reference.partition(":")[0] in TRANSPORTS and "://" not in args.reference.removeprefix("docker://")
-    ref = parse_reference(args.reference) if named else _registry_ref(args.reference)
+    ref = parse_reference(args.reference) if named else settings.registry_reference(args.reference)
     sys.stdout.buffer.write(sbom.read(ref, platform_arch=args.arch, tls_verify=args.tls_verify))
     return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    destination = _registry_ref(args.destination)
-    desc = combine.push_index(destination, [_registry_ref(i) for i in args.images], tls_verify=args.tls_verify)
+    destination = settings.registry_reference(args.destination)
+    desc = combine.push_index(destination, [settings.registry_reference(i) for i in args.images], tls_verify=args.tls_verify)
     print(f"{destination} {desc.digest}")
     return 0
 
