@@ -6,6 +6,7 @@ SHA256 from signed metadata) before it is used or enters the cache.
 
 import hashlib
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ class Mismatch(FetchError):
 
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+_SCHEME_RANK = {"http": 0, "https": 1}
 
 
 @dataclass(frozen=True)
@@ -124,12 +128,28 @@ class Fetcher:
         raise AssertionError("unreachable")
 
     def _request(self, url: str, what: str, headers: dict[str, str] | None = None) -> requests.Response:
+        """GET URL, following at most MAX_REDIRECTS redirects that ``redirect_target`` allows."""
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._get_one(url, what, headers)
+            if response.status_code not in REDIRECT_STATUS:
+                return self._checked(response, url, what)
+            location = response.headers.get("Location", "")
+            response.close()
+            url = redirect_target(url, location, what)
+        raise FetchError(f"cannot fetch {what}: more than {MAX_REDIRECTS} redirects (last to {url})",
+                         hint="check the mirror URL; it may redirect in a loop")
+
+    def _get_one(self, url: str, what: str, headers: dict[str, str] | None) -> requests.Response:
         try:
-            response = self.session.get(url, stream=True, timeout=self.timeout, headers=headers)
+            return self.session.get(url, stream=True, timeout=self.timeout, headers=headers,
+                                    allow_redirects=False)
         except (requests.ConnectionError, requests.Timeout) as e:
             raise _Transient(_reason(e)) from None
         except requests.RequestException as e:
             raise FetchError(f"cannot fetch {what}: {_reason(e)}") from None
+
+    @staticmethod
+    def _checked(response: requests.Response, url: str, what: str) -> requests.Response:
         if response.status_code in RETRY_STATUS:
             response.close()
             raise _Transient(f"HTTP {response.status_code}")
@@ -187,6 +207,24 @@ class Fetcher:
                              f"{wanted.size} bytes; refused", hint="the mirror may be broken or mid-update")
         if received < wanted.size:
             raise _Transient(f"connection closed after {received} of {wanted.size} bytes")
+
+
+def redirect_target(source: str, location: str, what: str) -> str:
+    """The absolute URL a redirect from SOURCE to LOCATION leads to, if the policy allows it.
+
+    Another host is fine (every byte is checked against signed hashes anyway),
+    but, as apt does, never a step down from https to http, nor any other scheme.
+    """
+    if not location:
+        raise FetchError(f"cannot fetch {what}: the mirror redirected without a Location ({source})")
+    target = urllib.parse.urljoin(source, location)
+    old = _SCHEME_RANK.get(urllib.parse.urlsplit(source).scheme.lower())
+    new = _SCHEME_RANK.get(urllib.parse.urlsplit(target).scheme.lower())
+    if old is None or new is None or new < old:
+        raise FetchError(f"cannot fetch {what}: refused the redirect from {source} to {target} "
+                         f"(only http->http, http->https and https->https are followed)",
+                         hint="point --mirror at the https URL the mirror redirects to")
+    return target
 
 
 def _content_length(response: requests.Response) -> int | None:

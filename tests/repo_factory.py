@@ -6,6 +6,7 @@ GnuPG key; ``http_mirror`` serves a directory on 127.0.0.1 with per-path
 tampering, for hostile-mirror tests.
 """
 
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -382,7 +383,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def http_mirror(repo: RepoBuilder) -> Iterator[Mirror]:
     """Serve ``repo.root`` on 127.0.0.1 (port chosen by the OS) for the length of a test."""
-    mirror = Mirror(root=repo.root)
+    with serving(repo.root) as mirror:
+        yield mirror
+
+
+@contextlib.contextmanager
+def serving(root: Path) -> Iterator[Mirror]:
+    """Serve ROOT on 127.0.0.1 (port chosen by the OS) while the block runs."""
+    mirror = Mirror(root=root)
     handler = type("Handler", (_Handler,), {"mirror": mirror})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True

@@ -6,8 +6,10 @@ the next honest run with the same cache succeeds.
 """
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -332,3 +334,85 @@ def test_cached_deb_damaged_on_disk_is_never_used(locked: Archive, monkeypatch: 
     assert not blob.exists()
     assert locked.fetch()[0] == 0
     assert_cache_verified(locked.cache)
+
+
+# redirects
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path, locked: Archive) -> Iterator[repo_factory.Mirror]:
+    """A second server holding a copy of the archive, for the first to redirect to."""
+    root = tmp_path / "elsewhere"
+    shutil.copytree(locked.repo.root, root)
+    with repo_factory.serving(root) as mirror:
+        yield mirror
+
+
+def test_redirect_to_another_host_serving_the_same_files_is_followed(
+        locked: Archive, elsewhere: repo_factory.Mirror) -> None:
+    path = locked.deb(DEB)
+    locked.mirror.tamper(path, redirect=f"{elsewhere.url}/{path}")
+    inrelease = locked.dist("InRelease")
+    locked.mirror.tamper(inrelease, redirect=f"{elsewhere.url}/{inrelease}")
+    rc, out, err = locked.fetch()
+    assert rc == 0, err
+    assert path in elsewhere.requests
+    rc, _, err = locked.lock(output=locked.lockfile.with_suffix(".again"))
+    assert rc == 0, err
+    assert inrelease in elsewhere.requests
+    assert_cache_verified(locked.cache)
+
+
+def test_redirect_to_a_host_serving_other_bytes_fails_on_the_hash(
+        locked: Archive, elsewhere: repo_factory.Mirror) -> None:
+    path = locked.deb(DEB)
+    (elsewhere.root / path).write_bytes(flipped(locked.original(path), 100))
+    locked.mirror.tamper(path, redirect=f"{elsewhere.url}/{path}")
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, "SHA256 mismatch")
+    assert not (locked.cache / "partial" / sha256_file(locked.repo.root / path)).exists()
+    assert_recovers(locked)
+
+
+def test_redirect_loop_gives_up_naming_the_file(locked: Archive) -> None:
+    path = locked.deb(DEB)
+    locked.mirror.tamper(path, redirect=f"/{path}")
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, "more than 5 redirects")
+    assert_recovers(locked)
+
+
+def test_redirect_to_another_scheme_is_refused_naming_file_and_target(locked: Archive) -> None:
+    path = locked.deb(DEB)
+    locked.mirror.tamper(path, redirect=f"ftp://127.0.0.1/{path}")
+    rc, _, err = locked.fetch()
+    assert_one_error(rc, err, DEB_FILE, "refused the redirect", f"ftp://127.0.0.1/{path}")
+    assert_recovers(locked)
+
+
+@pytest.mark.parametrize(("source", "location", "target"), [
+    ("http://a/x/f", "http://b/y/f", "http://b/y/f"),
+    ("http://a/x/f", "https://b/y/f", "https://b/y/f"),
+    ("https://a/x/f", "https://b/y/f", "https://b/y/f"),
+    ("https://a/x/f", "/z/f", "https://a/z/f"),
+    ("http://a/x/f", "g", "http://a/x/g"),
+    ("HTTP://a/x/f", "HTTPS://b/f", "HTTPS://b/f"),
+])
+def test_redirects_within_the_scheme_or_up_to_https_are_followed(source: str, location: str, target: str) -> None:
+    assert fetch_module.redirect_target(source, location, "pool/f.deb") == target
+
+
+@pytest.mark.parametrize(("source", "location"), [
+    ("https://a/x/f", "http://b/f"),
+    ("https://a/x/f", "HTTP://b/f"),
+    ("http://a/x/f", "ftp://b/f"),
+    ("http://a/x/f", "file:///etc/passwd"),
+    ("https://a/x/f", ""),
+])
+def test_redirects_down_to_http_or_elsewhere_are_refused(source: str, location: str) -> None:
+    with pytest.raises(fetch_module.FetchError) as caught:
+        fetch_module.redirect_target(source, location, "pool/f.deb")
+    assert "pool/f.deb" in caught.value.message
+    assert "\n" not in caught.value.message
+    if location:
+        assert location in caught.value.message
