@@ -163,8 +163,16 @@ def _gpgv_keyrings(paths: list[Path], home: Path) -> list[Path]:
             copy = home / f"keyring-{number}.gpg"
             copy.write_bytes(dearmor(data, name=str(path)))
             path = copy
+        elif not _binary_keyring(data):
+            raise SignatureError(f"keyring {path} is neither a binary keyring nor an armored key",
+                                 hint=KEYRING_HINT)
         result.append(path)
     return result
+
+
+def _binary_keyring(data: bytes) -> bool:
+    """An OpenPGP packet stream (first byte has bit 7 set) or a GnuPG keybox ("KBXf" at offset 8)."""
+    return bool(data) and (data[0] & 0x80 != 0 or data[8:12] == b"KBXf")
 
 
 def _run_gpgv(executable: str, args: list[str], paths: list[Path], home: Path) -> tuple[int, str, str]:
