@@ -95,8 +95,14 @@ class Platform:
         return doc
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> "Platform":
-        return cls(os=doc["os"], architecture=doc["architecture"], variant=doc.get("variant"))
+    def from_json(cls, doc: Any) -> "Platform":
+        """Build a platform from its JSON form; ImageError unless os and architecture are strings."""
+        if not isinstance(doc, Mapping):
+            raise ImageError(f"malformed platform {doc!r}: not a JSON object")
+        os_, architecture, variant = doc.get("os"), doc.get("architecture"), doc.get("variant")
+        if not (isinstance(os_, str) and isinstance(architecture, str) and isinstance(variant, str | None)):
+            raise ImageError(f"malformed platform {dict(doc)!r}: os, architecture and variant must be strings")
+        return cls(os=os_, architecture=architecture, variant=variant)
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
@@ -167,19 +173,23 @@ class Descriptor:
         return doc
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> "Descriptor":
-        """Build a descriptor from its JSON form; ImageError if a required field is wrong."""
-        try:
-            platform = doc.get("platform")
-            return cls(
-                media_type=doc["mediaType"],
-                digest=doc["digest"],
-                size=doc["size"],
-                annotations=dict(doc.get("annotations") or {}),
-                platform=Platform.from_json(platform) if platform else None,
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ImageError(f"malformed descriptor {dict(doc)!r}: missing or wrong {exc}") from None
+    def from_json(cls, doc: Any) -> "Descriptor":
+        """Build a descriptor from its JSON form; ImageError if a field is missing or of the wrong type."""
+        if not isinstance(doc, Mapping):
+            raise ImageError(f"malformed descriptor {doc!r}: not a JSON object")
+        media_type, size, annotations = doc.get("mediaType"), doc.get("size"), doc.get("annotations") or {}
+        problem = ("mediaType is not a string" if not isinstance(media_type, str)
+                   else "size is not a byte count" if not isinstance(size, int) or isinstance(size, bool)
+                   else "annotations are not strings" if not _string_map(annotations) else None)
+        if problem:
+            raise ImageError(f"malformed descriptor {dict(doc)!r}: {problem}")
+        platform = doc.get("platform")
+        return cls(media_type=media_type, digest=doc.get("digest"), size=size, annotations=dict(annotations),
+                   platform=Platform.from_json(platform) if platform is not None else None)
+
+
+def _string_map(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
 def canonical_json(doc: Any) -> bytes:
