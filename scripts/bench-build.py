@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE / "tests"))
 
 from registry_fixture import RealRegistry, free_port  # noqa: E402
-from test_e2e_build import CONTAINERS_CONF  # noqa: E402
+from e2e_helpers import podman_environment  # noqa: E402
 
 TOOLS = ("pipeline", "warm", "cold")
 LABELS = {"pipeline": "mmdebstrap + podman import + push", "warm": "ocistrap, warm cache",
@@ -198,14 +198,11 @@ def run_fill(case: Case, warm: Path, work: Path, env: dict[str, str]) -> None:
 # ---- the report ----
 
 def podman_env() -> dict[str, str]:
-    """Rootless podman as this machine needs it (see tests/test_e2e_build.py), written only if missing."""
-    conf = Path.home() / ".config" / "containers" / "containers.conf"
-    if not conf.exists():
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(CONTAINERS_CONF)
-    if not os.environ.get("XDG_RUNTIME_DIR"):
-        sys.exit("bench-build: rootless podman needs XDG_RUNTIME_DIR (scripts/as-user.sh sets it)")
-    return dict(os.environ)
+    """Rootless podman as this machine needs it (tests/e2e_helpers.py)."""
+    try:
+        return podman_environment()
+    except RuntimeError as e:
+        sys.exit(f"bench-build: {e}")
 
 
 def version(argv: list[str]) -> str:

@@ -197,3 +197,39 @@ def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> dict[int, str]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)
+
+
+# ---- rootless podman ----
+
+PODMAN = ("podman", "--log-level=error")
+CONTAINERS_CONF = """[containers]
+netns="host"
+[engine]
+runtime="runc"
+cgroup_manager="cgroupfs"
+events_logger="file"
+"""
+
+
+def podman_environment(runtime_fallback: Path | None = None) -> dict[str, str]:
+    """The environment rootless podman needs on these machines (ENVIRONMENT.md); its
+    containers.conf is written only if the account has none. Without XDG_RUNTIME_DIR,
+    RUNTIME_FALLBACK is made and used, or RuntimeError says what is missing."""
+    path = Path.home() / ".config" / "containers" / "containers.conf"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(CONTAINERS_CONF)
+    env = dict(os.environ)
+    if not env.get("XDG_RUNTIME_DIR"):
+        if runtime_fallback is None:
+            raise RuntimeError("rootless podman needs XDG_RUNTIME_DIR (scripts/as-user.sh sets it)")
+        runtime_fallback.mkdir(mode=0o700, exist_ok=True)
+        env["XDG_RUNTIME_DIR"] = str(runtime_fallback)
+    return env
+
+
+def remove_podman_images(names: Iterable[str]) -> None:
+    """Drop images the tests put into the account's podman storage."""
+    names = list(names)
+    if names:
+        subprocess.run([*PODMAN, "rmi", "--force", *names], capture_output=True)

@@ -21,8 +21,8 @@ import pytest
 from debian.deb822 import Deb822
 
 from e2e_helpers import (FROZEN_MIRROR_APTOPT, Tree, auto_installed, descendants, foreign_paths,
-                         installed, mmdebstrap, ocistrap, printed_digests, read_members, read_tree,
-                         tree_differences, wait_gone)
+                         installed, mmdebstrap, ocistrap, podman_environment, printed_digests, read_members,
+                         read_tree, tree_differences, wait_gone)
 from ocistrap import lock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
@@ -305,25 +305,15 @@ def test_verify_skopeo_and_umoci_accept_the_layout(main_build, work):
     assert (bundle / "rootfs" / "etc" / "debian_version").read_bytes() == version
 
 
-CONTAINERS_CONF = """[containers]
-netns="host"
-[engine]
-runtime="runc"
-cgroup_manager="cgroupfs"
-events_logger="file"
-"""
+
 
 
 @pytest.fixture
 def podman_env() -> dict[str, str]:
-    """Rootless podman settings for this machine (see ENVIRONMENT.md), written only if missing."""
-    conf = Path.home() / ".config" / "containers" / "containers.conf"
-    if not conf.exists():
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(CONTAINERS_CONF)
-    if not os.environ.get("XDG_RUNTIME_DIR"):
-        pytest.fail("rootless podman needs XDG_RUNTIME_DIR (scripts/as-user.sh sets it)")
-    return dict(os.environ)
+    try:
+        return podman_environment()
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 def test_podman_runs_the_docker_archive(main_build, work, podman_env):

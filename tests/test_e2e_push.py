@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import member_name, ocistrap, printed_digests, read_members
+from e2e_helpers import member_name, ocistrap, PODMAN, printed_digests, read_members, remove_podman_images
 from ocistrap import lock
 from ocistrap.transports import oci
 from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, RealRegistry, free_port
@@ -34,7 +34,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.network]
 REPOSITORY = "test/debian"
 STORAGE_NAME = "localhost/ocistrap-test/debian:bookworm"
 LAYERS = (("tools", ("procps", "less")), ("hello", ("hello",)))
-PODMAN = ("podman", "--log-level=error")
 HELLO_CONTAINERFILE = "FROM {image}\nRUN apt-get update && apt-get install -y hello && hello\n"
 
 
@@ -125,8 +124,7 @@ def podman_images() -> Iterator[list[str]]:
     """Names of images the tests put into the account's podman storage, removed at the end."""
     names: list[str] = []
     yield names
-    if names:
-        subprocess.run([*PODMAN, "rmi", "--force", *names], capture_output=True)
+    remove_podman_images(names)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ FROM it installs more with apt-get.
 
 import json
 import re
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import member_name, ocistrap, printed_digests
+from e2e_helpers import member_name, ocistrap, PODMAN, printed_digests, remove_podman_images
 from ocistrap import lock, slim
 from ocistrap.transports import oci
 from test_e2e_build import cache_dir, locked, podman_env, run, work  # noqa: F401  (shared fixtures)
@@ -23,7 +22,6 @@ from test_e2e_build import cache_dir, locked, podman_env, run, work  # noqa: F40
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 STORAGE_NAME = "localhost/ocistrap-test/debian:slim"
-PODMAN = ("podman", "--log-level=error")
 DERIVED = "FROM {image}\nRUN apt-get update && apt-get install -y --no-install-recommends cpio\n"
 
 
@@ -52,10 +50,10 @@ def layers_of(layout: Path) -> list[Layer]:
 
 @pytest.fixture(scope="module")
 def podman_images() -> Iterator[list[str]]:
+    """Names of images the tests put into the account's podman storage, removed at the end."""
     names: list[str] = []
     yield names
-    if names:
-        subprocess.run([*PODMAN, "rmi", "--force", *names], capture_output=True)
+    remove_podman_images(names)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from test_combine import build, isolated, lockfile  # noqa: F401  (isolated: an 
 
 from ocistrap import sbom
 from ocistrap.cli import main
-from ocistrap.image import MEDIA_TYPE_INDEX, canonical_json, make_index
+from ocistrap.image import MEDIA_TYPE_INDEX, make_index
 from ocistrap.lock import LockedArch, LockedArchive, LockedPackage, LockedRelease, Lockfile
 from ocistrap.transports import oci, parse_reference
 from ocistrap.transports import registry as reg

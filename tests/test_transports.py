@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from e2e_helpers import podman_environment
 from ocistrap import image
 from ocistrap.image import Descriptor
 from ocistrap.transports import (
@@ -486,27 +487,8 @@ def test_umoci_unpacks_our_layout(tmp_path):
     assert runtime["process"]["args"] == ["bash"]
 
 
-CONTAINERS_CONF = """[containers]
-netns="host"
-[engine]
-runtime="runc"
-cgroup_manager="cgroupfs"
-events_logger="file"
-"""
-
-
 def podman_env(tmp_path: Path) -> dict[str, str]:
-    """Rootless podman settings for this machine (see ENVIRONMENT.md), created only if missing."""
-    conf = Path.home() / ".config" / "containers" / "containers.conf"
-    if not conf.exists():
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(CONTAINERS_CONF)
-    env = dict(os.environ)
-    if not env.get("XDG_RUNTIME_DIR"):
-        runtime = tmp_path / "xdg-runtime"
-        runtime.mkdir(mode=0o700)
-        env["XDG_RUNTIME_DIR"] = str(runtime)
-    return env
+    return podman_environment(runtime_fallback=tmp_path / "xdg-runtime")
 
 
 @pytest.mark.e2e
