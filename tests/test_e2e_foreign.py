@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import ocistrap, printed_digests
+from e2e_helpers import PODMAN, ocistrap, podman_environment, printed_digests, remove_podman_images
 from ocistrap import doctor
+from registry_fixture import registry  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
@@ -19,20 +20,40 @@ def arm64_runnable() -> bool:
     return doctor.check_binfmt(doctor.SystemHost(), "arm64", doctor.native_arch()).ok
 
 
-@pytest.mark.skipif(doctor.native_arch() == "arm64", reason="arm64 is native here")
-def test_arm64_image_runs_its_maintainer_scripts_under_qemu(tmp_path: Path) -> None:
+def blob(layout: Path, digest: str) -> dict:
+    return json.loads((layout / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes())
+
+
+@pytest.mark.skipif(doctor.native_arch() != "amd64", reason="the test pairs amd64 with arm64 under qemu")
+def test_amd64_arm64_index_runs_each_platform_and_arm64_ran_its_scripts_under_qemu(tmp_path: Path, registry) -> None:
     if not arm64_runnable():
         pytest.fail("no qemu-aarch64 binfmt handler: `make test` as root sets it up; see `ocistrap doctor --arch arm64`")
-    layout = tmp_path / "images"
-    result = ocistrap("build", "bookworm", "--variant", "essential", "--arch", "arm64", "--no-updates",
-                      "--cache-dir", str(tmp_path / "cache"), "-o", f"oci:{layout}:arm64")
-    digest = printed_digests(result.stdout)[f"oci:{layout}:arm64"]
-    ocistrap("verify", f"oci:{layout}:arm64")
-    manifest = json.loads((layout / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes())
-    config = json.loads((layout / "blobs/sha256" / manifest["config"]["digest"].removeprefix("sha256:")).read_bytes())
+    layout, image = tmp_path / "images", f"{registry.host}/test/multi:bookworm"
+    result = ocistrap("build", "bookworm", "--variant", "essential", "--arch", "amd64,arm64", "--no-updates",
+                      "--cache-dir", str(tmp_path / "cache"), "-o", f"oci:{layout}:multi", "--push", image)
+    digest = printed_digests(result.stdout)[f"oci:{layout}:multi"]
+    assert printed_digests(result.stdout)[f"docker://{image}"] == digest
+    ocistrap("verify", f"oci:{layout}:multi")
+    ocistrap("verify", f"docker://{image}")
+    index = blob(layout, digest)
+    platforms = {(m["platform"]["architecture"], m["platform"].get("variant")): m for m in index["manifests"]}
+    assert set(platforms) == {("amd64", None), ("arm64", "v8")}
+    config = blob(layout, blob(layout, platforms["arm64", "v8"]["digest"])["config"]["digest"])
     assert (config["os"], config["architecture"], config.get("variant")) == ("linux", "arm64", "v8")
+
+    env = podman_environment()
+    try:
+        machines = [subprocess.run([*PODMAN, "run", "--rm", "--tls-verify=false", "--pull=always", "--arch", arch,
+                                    image, "uname", "-m"], env=env, capture_output=True, text=True, check=True)
+                    .stdout.strip() for arch in ("arm64", "amd64")]
+    finally:
+        remove_podman_images([image])
+    assert machines == ["aarch64", "x86_64"]
+
+    subprocess.run(["skopeo", "copy", f"oci:{layout}:multi", f"oci:{tmp_path / 'arm'}:arm64",
+                    "--override-arch", "arm64"], check=True, capture_output=True)
     bundle = tmp_path / "bundle"
-    subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:arm64", str(bundle)],
+    subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{tmp_path / 'arm'}:arm64", str(bundle)],
                    check=True, capture_output=True)
     rootfs = bundle / "rootfs"
     header = (rootfs / "usr/bin/bash").read_bytes()[:20]
