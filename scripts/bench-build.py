@@ -39,6 +39,7 @@ sys.path.insert(0, str(HERE / "tests"))
 
 from registry_fixture import RealRegistry, free_port  # noqa: E402
 from e2e_helpers import podman_environment  # noqa: E402
+from benchlib import git_revision  # noqa: E402
 
 TOOLS = ("pipeline", "warm", "cold")
 LABELS = {"pipeline": "mmdebstrap + podman import + push", "warm": "ocistrap, warm cache",
@@ -317,12 +318,6 @@ def kept_profile(path: Path) -> str:
 def load_average() -> str:
     """The 1-minute load: other work on the machine skews both sides (the ratios less than the times)."""
     return Path("/proc/loadavg").read_text().split()[0]
-
-
-def git_revision() -> str:
-    done = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True, check=False)
-    return done.stdout.strip() or "unknown"
 
 
 def main() -> int:

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from benchlib import git_revision
+
 BUDGETS = {("sid", "minbase", "cold"): 5.0, ("sid", "minbase", "warm"): 1.0}
 STEP_DONE = re.compile(r"^\s*(?P<name>\S.*): done in (?P<seconds>[0-9.]+)s$")
 
@@ -153,13 +155,6 @@ def table(results: list[Series]) -> str:
     return "\n".join(lines)
 
 
-def git_commit() -> str:
-    here = Path(__file__).resolve().parent.parent
-    done = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(here), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True, check=False)
-    return done.stdout.strip() or "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per suite and cache state (default 5)")
@@ -177,7 +172,7 @@ def main() -> int:
         for suite in args.suite or ["sid", "bookworm"]:
             print(f"{suite}: {args.runs} cold, then {args.runs} warm runs", file=sys.stderr, flush=True)
             results += bench_suite(suite, args.variant, args.runs, Path(tmp), options)
-    print(f"`ocistrap lock` as uid {os.getuid()}, whole process; commit {git_commit()}, "
+    print(f"`ocistrap lock` as uid {os.getuid()}, whole process; commit {git_revision()}, "
           f"Python {platform.python_version()}, {os.cpu_count()} CPUs, load average {load_before} before and "
           f"{load_average()} after; step columns are medians of the CLI's step log\n")
     print(table(results))

@@ -6,10 +6,11 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from debian.deb822 import Deb822
 
 FROZEN_MIRROR_APTOPT = 'Acquire::Check-Valid-Until "false"'
@@ -233,3 +234,11 @@ def remove_podman_images(names: Iterable[str]) -> None:
     names = list(names)
     if names:
         subprocess.run([*PODMAN, "rmi", "--force", *names], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def podman_images() -> Iterator[list[str]]:
+    """Names of images a test module puts into the account's podman storage, removed at its end."""
+    names: list[str] = []
+    yield names
+    remove_podman_images(names)

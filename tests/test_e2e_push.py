@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import member_name, ocistrap, PODMAN, printed_digests, read_members, remove_podman_images
+from e2e_helpers import PODMAN, member_name, ocistrap, printed_digests, read_members
+from e2e_helpers import podman_images  # noqa: F401  (shared fixture)
 from ocistrap import lock
 from ocistrap.transports import oci
 from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, RealRegistry, free_port
@@ -117,14 +118,6 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         yield here
     finally:
         server.kill()
-
-
-@pytest.fixture(scope="module")
-def podman_images() -> Iterator[list[str]]:
-    """Names of images the tests put into the account's podman storage, removed at the end."""
-    names: list[str] = []
-    yield names
-    remove_podman_images(names)
 
 
 @pytest.fixture(scope="module")

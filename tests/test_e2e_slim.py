@@ -7,14 +7,14 @@ FROM it installs more with apt-get.
 import json
 import re
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import pytest
 
-from e2e_helpers import member_name, ocistrap, PODMAN, printed_digests, remove_podman_images
+from e2e_helpers import PODMAN, member_name, ocistrap, printed_digests
+from e2e_helpers import podman_images  # noqa: F401  (shared fixture)
 from ocistrap import lock, slim
 from ocistrap.transports import oci
 from test_e2e_build import cache_dir, locked, podman_env, run, work  # noqa: F401  (shared fixtures)
@@ -46,14 +46,6 @@ class Layer:
 def layers_of(layout: Path) -> list[Layer]:
     _, desc = oci.read(layout, "bookworm")
     return [Layer(oci.blob_path(layout, d["digest"])) for d in oci.read_json(layout, desc)["layers"]]
-
-
-@pytest.fixture(scope="module")
-def podman_images() -> Iterator[list[str]]:
-    """Names of images the tests put into the account's podman storage, removed at the end."""
-    names: list[str] = []
-    yield names
-    remove_podman_images(names)
 
 
 @pytest.fixture(scope="module")
