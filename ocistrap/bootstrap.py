@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, NoReturn, TypeVar
 
-from ocistrap import layer, log, resolve, sandbox, slim, unpack
+from ocistrap import layer, log, recorder, resolve, sandbox, slim, unpack
 from ocistrap.errors import OcistrapError
 from ocistrap.lock import LockedArchive
 
@@ -99,6 +99,7 @@ class Plan:
     layer_count: int = 1
     layer_fds: list[int] = field(default_factory=list)
     slim: bool = False
+    record_owners: bool = False
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -166,10 +167,28 @@ def _provided(deb: Deb) -> set[str]:
 # ---- outer half: runs on the host as the caller ----
 
 def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *,
-              remove_on_exit: Path | None = None) -> list[T]:
+              remove_on_exit: Path | None = None, mode: str = "auto") -> list[T]:
     """Run the plan inside a fresh sandbox and feed each layer's tar stream to SINK, in order.
 
-    Each layer travels through its own pipe, so the streams need no framing:
+    MODE chooses how the sandbox maps ids (sandbox.MODES); "auto" also falls back
+    to single-uid when newuidmap refuses the caller's ranges.
+    """
+    chosen = sandbox.build_mode(mode)
+    while True:
+        log.get().info(f"sandbox: {chosen.name} mode ({chosen.reason})")
+        try:
+            return _bootstrap(replace(plan, record_owners=chosen.records_owners), sink,
+                              maps=chosen.maps, remove_on_exit=remove_on_exit)
+        except sandbox.MapRefused as e:
+            if mode != "auto":
+                raise
+            chosen = sandbox.Mode("single-uid", sandbox.IdMaps.single(os.getuid(), os.getgid()),
+                                  f"{e.message}; owners are recorded instead of applied")
+
+
+def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMaps,
+               remove_on_exit: Path | None) -> list[T]:
+    """Each layer travels through its own pipe, so the streams need no framing:
     the inner half closes one pipe before it starts writing the next. The
     sandbox deletes REMOVE_ON_EXIT (the staging directory) when it ends,
     even if this process is killed.
@@ -183,7 +202,11 @@ def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *,
             proc = sandbox.spawn([sys.executable, "-m", "ocistrap.bootstrap"], stdin=subprocess.PIPE,
                                  stdout=None if out.debug else errors,
                                  stderr=None if out.debug else errors, pass_fds=plan.layer_fds,
-                                 remove_on_exit=remove_on_exit)
+                                 maps=maps, remove_on_exit=remove_on_exit)
+        except BaseException:
+            for reader in readers:
+                reader.close()
+            raise
         finally:
             for fd in plan.layer_fds:
                 os.close(fd)
@@ -230,6 +253,7 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     """Build the tree described by PLAN, writing the base layer and each diff layer to OUTS."""
     root = Path(plan.staging)
     sandbox.mount_staging(root, tmpfs=plan.tmpfs)
+    owners = _start_recorder(root.parent) if plan.record_owners else None
     try:
         _setup(root, plan)
         _extract_all(plan.essential, root)
@@ -246,15 +270,27 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
                     _dpkg_install(root, batch)
             installed += group
             _finish(root, plan, [d for d in installed if d in plan.rest])
+            restat = owners.records().apply if owners else layer.unchanged
             with out:
                 if before is None:
-                    layer.write_tree(root, out, epoch=plan.epoch)
+                    layer.write_tree(root, out, epoch=plan.epoch, restat=restat)
                 else:
-                    layer.write_diff(root, before, out, epoch=plan.epoch)
-            before = layer.snapshot(root)
+                    layer.write_diff(root, before, out, epoch=plan.epoch, restat=restat)
+            before = layer.snapshot(root, restat=restat)
     finally:
+        if owners:
+            owners.close()
         if not plan.tmpfs:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_recorder(scratch: Path) -> recorder.Recorder:
+    """Record owners and devices from here on (see ocistrap.recorder); the supervisor finds
+    processes through a proc file system of this PID namespace, outside the tree."""
+    proc = scratch / "proc"
+    proc.mkdir(exist_ok=True)
+    sandbox.mount_proc(proc)
+    return recorder.start(str(proc))
 
 
 @contextmanager

@@ -152,7 +152,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         env=tuple(f"{name}={value}" for name, value in s.env.items()), cmd=s.cmd, entrypoint=s.entrypoint,
         workdir=s.workdir, user=s.user, labels=s.labels, annotations=s.annotations)
     request = pipeline.BuildRequest(outputs=outputs + s.push, compression=s.compression,
-                                    staging=pipeline.Staging(s.staging_dir), options=options,
+                                    staging=pipeline.Staging(s.staging_dir, s.mode), options=options,
                                     epoch=_epoch(), tls_verify=s.tls_verify, sbom=s.sbom)
     built = pipeline.build(locked, s.keyrings, fetcher, cache, request)
     for ref in built.outputs:

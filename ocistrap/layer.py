@@ -133,8 +133,19 @@ class _Entry(NamedTuple):
     st: os.stat_result
 
 
-def _walk(root: Path, empty_dirs: frozenset[str]) -> Iterator[_Entry]:
-    """Every path under ROOT (not ROOT itself), depth-first, names sorted by bytes."""
+Restat = Callable[[os.stat_result], os.stat_result]
+
+
+def unchanged(st: os.stat_result) -> os.stat_result:
+    return st
+
+
+def _walk(root: Path, empty_dirs: frozenset[str], restat: Restat = unchanged) -> Iterator[_Entry]:
+    """Every path under ROOT (not ROOT itself), depth-first, names sorted by bytes.
+
+    RESTAT turns each lstat into what the image must show (recorded owners and
+    devices of a single-uid build); the tree is walked by the real types.
+    """
 
     def visit(directory: str, prefix: str) -> Iterator[_Entry]:
         try:
@@ -149,7 +160,7 @@ def _walk(root: Path, empty_dirs: frozenset[str]) -> Iterator[_Entry]:
                 st = os.lstat(path)
             except OSError as exc:
                 raise LayerError(f"cannot stat {path}: {exc.strerror}") from exc
-            yield _Entry(rel, path, st)
+            yield _Entry(rel, path, restat(st))
             if stat.S_ISDIR(st.st_mode) and rel not in empty_dirs:
                 yield from visit(path, rel + "/")
 
@@ -298,10 +309,11 @@ def write_tree(
     epoch: int,
     empty_dirs: Iterable[str] = MOUNT_POINTS,
     read_xattrs: XattrReader = read_xattrs,
+    restat: Restat = unchanged,
 ) -> TreeStats:
     """Write the whole tree under ROOT to OUT as one layer tar stream (ROOT itself is not an entry)."""
     writer = _TarWriter(out, epoch, read_xattrs)
-    for entry in _walk(root, _normalized_dirs(empty_dirs)):
+    for entry in _walk(root, _normalized_dirs(empty_dirs), restat):
         writer.add(entry)
     return writer.finish()
 
@@ -318,9 +330,9 @@ def _signature(entry: _Entry) -> Signature:
     )  # fmt: skip
 
 
-def snapshot(root: Path, *, empty_dirs: Iterable[str] = MOUNT_POINTS) -> Snapshot:
+def snapshot(root: Path, *, empty_dirs: Iterable[str] = MOUNT_POINTS, restat: Restat = unchanged) -> Snapshot:
     """Record the tree under ROOT so that ``write_diff`` can later emit only what changed."""
-    return Snapshot({e.rel: _signature(e) for e in _walk(root, _normalized_dirs(empty_dirs))})
+    return Snapshot({e.rel: _signature(e) for e in _walk(root, _normalized_dirs(empty_dirs), restat)})
 
 
 def _parent(rel: str) -> str:
@@ -373,10 +385,11 @@ def write_diff(
     epoch: int,
     empty_dirs: Iterable[str] = MOUNT_POINTS,
     read_xattrs: XattrReader = read_xattrs,
+    restat: Restat = unchanged,
 ) -> TreeStats:
     """Write the changes of ROOT since BEFORE as a layer: new and changed entries, their
     parent directories, and a whiteout for each removed path (before its parent's other children)."""
-    entries = list(_walk(root, _normalized_dirs(empty_dirs)))
+    entries = list(_walk(root, _normalized_dirs(empty_dirs), restat))
     after = {e.rel: _signature(e) for e in entries}
     include = changed_paths(before.paths, after, epoch=epoch)
     whiteouts: dict[str, list[str]] = collections.defaultdict(list)

@@ -193,9 +193,11 @@ def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
 
 @dataclass(frozen=True)
 class Staging:
-    """Where the staging root lives: a tmpfs of the namespace, or a directory on disk."""
+    """Where the staging root lives (a tmpfs of the namespace, or a directory on disk) and
+    how its sandbox maps ids (sandbox.MODES)."""
 
     workdir: Path | None = None
+    mode: str = "auto"
 
 
 def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
@@ -234,7 +236,7 @@ def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging,
         plan = make_plan(lock, arch, fetched, root, tmpfs=staging.workdir is None, epoch=epoch,
                          keyrings=keyrings)
         with log.get().step(f"installing {len(lock.architectures[arch].packages)} packages for {arch}"):
-            return bootstrap.bootstrap(plan, sink, remove_on_exit=tmp)
+            return bootstrap.bootstrap(plan, sink, remove_on_exit=tmp, mode=staging.mode)
 
 
 def release_epoch(lock: Lockfile) -> int:

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +146,61 @@ class IdMaps:
     uid: tuple[IdRange, ...]
     gid: tuple[IdRange, ...]
 
+    @classmethod
+    def single(cls, uid: int, gid: int) -> "IdMaps":
+        """Only the caller, as root: what an unprivileged process may map by itself."""
+        return cls(uid=(IdRange(0, uid, 1),), gid=(IdRange(0, gid, 1),))
+
+    @property
+    def is_single(self) -> bool:
+        return len(self.uid) == 1 and len(self.gid) == 1 and self.uid[0].count == 1 == self.gid[0].count
+
+
+MODES = ("auto", "unshare", "single-uid")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How a build's sandbox maps ids, and why that way (for the log and `ocistrap doctor`)."""
+
+    name: Literal["unshare", "single-uid"]
+    maps: IdMaps
+    reason: str
+
+    @property
+    def records_owners(self) -> bool:
+        return self.name == "single-uid"
+
+
+def choose_mode(requested: str, *, subid_maps: Callable[[], IdMaps],
+                mappers: Callable[[], object], own_ids: tuple[int, int]) -> Mode:
+    """The sandbox mode for REQUESTED ("auto", "unshare" or "single-uid").
+
+    "auto" takes unshare when the caller has full subordinate ranges and working
+    newuidmap/newgidmap, and otherwise single-uid, saying why. "unshare" raises
+    what is missing; the raised error names the fix.
+    """
+    single = IdMaps.single(*own_ids)
+    if requested == "single-uid":
+        return Mode("single-uid", single, "requested with --mode single-uid")
+    try:
+        maps = subid_maps()
+        mappers()
+    except SandboxError as e:
+        if requested == "unshare":
+            raise
+        return Mode("single-uid", single, f"{e.message}; owners are recorded instead of applied")
+    return Mode("unshare", maps, f"{1 + SUBORDINATE_IDS} ids mapped from /etc/subuid and /etc/subgid"
+                if requested == "auto" else "requested with --mode unshare")
+
+
+def build_mode(requested: str = "auto") -> Mode:
+    """choose_mode for this caller on this host."""
+    _, uid, gid = current_user()
+    if requested not in MODES:
+        raise SandboxError(f"unknown mode {requested!r}", hint=f"use one of {', '.join(MODES)}")
+    return choose_mode(requested, subid_maps=load_maps, mappers=_mappers, own_ids=(uid, gid))
+
 
 def _subid_lines(text: str) -> Iterable[tuple[str, SubIdRange]]:
     """Well-formed ``owner:start:count`` lines; newuidmap ignores the others too."""
@@ -225,6 +280,15 @@ def inner_id(outer: int, ranges: Sequence[IdRange]) -> int | None:
         if r.outer <= outer < r.outer + r.count:
             return r.inner + outer - r.outer
     return None
+
+
+def inner_id_mapped(inner: int, map_text: str) -> bool:
+    """Whether id INNER exists in the namespace whose /proc/PID/[ug]id_map is MAP_TEXT."""
+    for line in map_text.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and int(fields[0]) <= inner < int(fields[0]) + int(fields[2]):
+            return True
+    return False
 
 
 def map_args(ranges: Sequence[IdRange]) -> list[str]:
@@ -425,15 +489,33 @@ def _raise_for(message: dict[str, Any], argv: Sequence[str]) -> NoReturn:
     raise SandboxError(f"setting up the sandbox failed at {step}: {os.strerror(err)}")
 
 
+class MapRefused(SandboxError):
+    """newuidmap or newgidmap would not write the maps."""
+
+
 def _write_maps(pid: int, maps: IdMaps) -> None:
+    if maps.is_single:
+        _write_own_maps(pid, maps)
+        return
     newuidmap, newgidmap = _mappers()
     for tool, ranges, kind in ((newuidmap, maps.uid, "uid"), (newgidmap, maps.gid, "gid")):
         result = subprocess.run([tool, str(pid), *map_args(ranges)], capture_output=True,
                                 text=True)
         if result.returncode != 0:
-            raise SandboxError(f"{Path(tool).name} refused the {kind} map "
+            raise MapRefused(f"{Path(tool).name} refused the {kind} map "
                                f"{' '.join(map_args(ranges))}: {result.stderr.strip()}",
                                hint=f"check the ranges for you in /etc/sub{kind}")
+
+
+def _write_own_maps(pid: int, maps: IdMaps) -> None:
+    """Map the caller alone, as any process may for its own child namespace (setgroups denied)."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        (proc / "setgroups").write_text("deny")
+        (proc / "uid_map").write_text(" ".join(map_args(maps.uid)) + "\n")
+        (proc / "gid_map").write_text(" ".join(map_args(maps.gid)) + "\n")
+    except OSError as e:
+        raise SandboxError(f"cannot map your own uid and gid into the sandbox: {e.strerror}") from e
 
 
 class RemovingPopen(subprocess.Popen):
@@ -472,7 +554,8 @@ def spawn(argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr:
     Until then the sandbox holds a shared flock(2) on the directory.
     """
     maps = load_maps() if maps is None else maps
-    _mappers()
+    if not maps.is_single:
+        _mappers()
     remove = None if remove_on_exit is None else Path(remove_on_exit).resolve()
     keep, init_gone = _removal_fds(remove) if remove is not None else ((), None)
     up_r, up_w = os.pipe()
@@ -490,7 +573,7 @@ def spawn(argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr:
         proc.init_gone = os.fdopen(init_gone, "rb", buffering=0)
     request = {"argv": list(argv), "env": dict(os.environ if env is None else env),
                "fds": list(pass_fds), "keep": list(keep),
-               "remove": None if remove is None else str(remove)}
+               "remove": None if remove is None else str(remove), "single": maps.is_single}
     with os.fdopen(up_r, "rb") as up, os.fdopen(down_w, "wb") as down:
         try:
             _handshake(proc, up, down, argv, request, maps)
@@ -676,7 +759,8 @@ def _helper_run(parent: int, up: int, down: int) -> None:
         os.set_inheritable(fd, False)
     step = "setting ids"
     try:
-        os.setgroups([])
+        if not request["single"]:
+            os.setgroups([])
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
         step = "making mounts private"
@@ -847,6 +931,11 @@ def mount_staging(path: Path, *, tmpfs: bool = True) -> None:
         _mount_or_fail("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
 
 
+def mount_proc(target: Path) -> None:
+    """A proc file system of the current PID namespace at TARGET."""
+    _mount_or_fail("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
 def bind_mount(source: Path, target: Path, *, readonly: bool = False) -> None:
     """Make SOURCE visible at TARGET (read-only if asked)."""
     _mount_or_fail(source, target, None, MS_BIND | MS_REC)
@@ -914,8 +1003,9 @@ def _prepare(root: Path) -> None:
         _placeholder(dev / name)
         _mount_or_fail(f"/dev/{name}", dev / name, None, MS_BIND)
     (dev / "pts").mkdir(mode=0o755, exist_ok=True)
+    tty_group = ",gid=5" if inner_id_mapped(5, Path("/proc/self/gid_map").read_text()) else ""
     _mount_or_fail("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC,
-                   "newinstance,ptmxmode=0666,mode=0620,gid=5")
+                   "newinstance,ptmxmode=0666,mode=0620" + tty_group)
     for name, target in DEV_LINKS.items():
         link = dev / name
         if link.is_symlink() or (link.is_file() and link.stat().st_size == 0):

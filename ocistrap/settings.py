@@ -24,7 +24,7 @@ from typing import Any
 
 import jsonschema
 
-from ocistrap import image, schema, sbom
+from ocistrap import image, sandbox, schema, sbom
 from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.lock import LockedLayer
 from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR
@@ -288,6 +288,9 @@ SETTINGS: tuple[Setting, ...] = (
             default=TABLE_EMPTY, metavar="KEY=VALUE", file_help="manifest annotations"),
     Setting("staging_dir", PATH, "build the tree on disk under DIR instead of in memory (big images)",
             commands=_BUILD, metavar="DIR"),
+    Setting("mode", TEXT, "how the sandbox maps ids: unshare (a /etc/subuid range), single-uid (only "
+            "your own id; owners are recorded instead of applied), or auto (unshare when possible)",
+            commands=_BUILD, default="auto", choices=sandbox.MODES),
     Setting("cache_dir", PATH, "content-addressed cache", commands=(*_RESOLVE, "fetch"), metavar="DIR",
             default_text="$XDG_CACHE_HOME/ocistrap"),
     Setting("offline", SWITCH, "never use the network; the cache must hold everything",

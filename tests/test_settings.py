@@ -139,6 +139,7 @@ user = "nobody"
 labels = { l = "v" }
 annotations = { n = "v" }
 staging_dir = "staging"
+mode = "single-uid"
 cache_dir = "cache"
 offline = true
 

@@ -1,0 +1,818 @@
+"""Owners and device nodes that a single-uid user namespace cannot apply, recorded instead.
+
+When only the caller's own id is mapped, `chown root:shadow` fails with EINVAL
+and `mknod` of a device with EPERM. Every process of the bootstrap runs under a
+seccomp filter that hands exactly those calls (and the removals that can free an
+inode) to a supervisor process. The supervisor resolves the target the way the
+kernel would for the calling process (its root, its working directory or
+directory fd), records what was asked by inode, makes the call look successful,
+and later gives the layer writer a table that overrides the owners and types it
+sees. The filter is inherited by every child and cannot be bypassed by static
+binaries, emulated (qemu-user) ones or a cleared environment, which is why this
+is used rather than an LD_PRELOAD library such as fakeroot.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import marshal
+import os
+import select
+import socket
+import stat
+import struct
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .errors import OcistrapError
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_I386 = 0x40000003
+AUDIT_ARCH_AARCH64 = 0xC00000B7
+
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_USER_NOTIF = 0x7FC00000
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+PR_SET_NO_NEW_PRIVS = 38
+
+# _IOWR('!', 0, struct seccomp_notif), _IOWR('!', 1, struct seccomp_notif_resp), _IOW('!', 2, __u64)
+NOTIF_RECV = 0xC0502100
+NOTIF_SEND = 0xC0182101
+NOTIF_ID_VALID = 0x40082102
+NOTIF = struct.Struct("=QII iI Q 6Q")
+RESPONSE = struct.Struct("=QqiI")
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_REMOVEDIR = 0x200
+AT_EMPTY_PATH = 0x1000
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+PATH_MAX = 4096
+KILLED_BY_CHOWN = stat.S_ISUID | stat.S_ISGID
+CAPABILITY_XATTR = "security.capability"
+
+# name -> number, per audit architecture; "16" marks the legacy calls with 16-bit ids
+SYSCALLS: dict[int, dict[str, int]] = {
+    AUDIT_ARCH_X86_64: {
+        "chown": 92, "fchown": 93, "lchown": 94, "fchownat": 260, "mknod": 133, "mknodat": 259,
+        "unlink": 87, "unlinkat": 263, "rmdir": 84, "rename": 82, "renameat": 264, "renameat2": 316,
+        "stat": 4, "fstat": 5, "lstat": 6, "newfstatat": 262, "statx": 332,
+    },
+    AUDIT_ARCH_I386: {
+        "chown16": 182, "fchown16": 95, "lchown16": 16, "chown": 212, "fchown": 207, "lchown": 198,
+        "fchownat": 298, "mknod": 14, "mknodat": 297, "unlink": 10, "unlinkat": 301, "rmdir": 40,
+        "rename": 38, "renameat": 302, "renameat2": 353,
+    },
+    AUDIT_ARCH_AARCH64: {
+        "fchown": 55, "fchownat": 54, "mknodat": 33, "unlinkat": 35, "renameat": 38, "renameat2": 276,
+        "newfstatat": 79, "fstat": 80, "statx": 291,
+    },
+}
+
+class StatLayout(NamedTuple):
+    """Where `struct stat` of an architecture keeps what a record changes (byte offsets)."""
+
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    length: int
+
+
+STAT_LAYOUTS = {AUDIT_ARCH_X86_64: StatLayout(24, 28, 32, 40, 48, 144),
+                AUDIT_ARCH_AARCH64: StatLayout(16, 24, 28, 32, 48, 128)}
+STATX_LENGTH = 256
+STATX_UID, STATX_GID, STATX_MODE, STATX_SIZE, STATX_RDEV_MAJOR, STATX_RDEV_MINOR = 20, 24, 28, 40, 128, 132
+_NAMES = {arch: {nr: name for name, nr in table.items()} for arch, table in SYSCALLS.items()}
+NATIVE_AUDIT_ARCH = {"x86_64": AUDIT_ARCH_X86_64, "aarch64": AUDIT_ARCH_AARCH64}
+COMPAT_AUDIT_ARCH = {AUDIT_ARCH_X86_64: (AUDIT_ARCH_I386,)}
+
+
+class RecorderError(OcistrapError):
+    """The ownership recorder could not be started or failed."""
+
+
+# ---- what a call asks for (pure) ----
+
+@dataclass(frozen=True)
+class Where:
+    """A file as a call names it: PATH (an address in the caller) relative to DIRFD (None:
+    the working directory), or, with PATH None (or empty and EMPTY_PATH), the file DIRFD
+    itself is open on."""
+
+    dirfd: int | None
+    path: int | None
+    follow: bool = True
+    empty_path: bool = False
+
+
+@dataclass(frozen=True)
+class Chown:
+    target: Where
+    uid: int | None
+    gid: int | None
+
+
+@dataclass(frozen=True)
+class Mknod:
+    target: Where
+    mode: int
+    rdev: int
+
+
+@dataclass(frozen=True)
+class Remove:
+    target: Where
+    directory: bool
+
+
+@dataclass(frozen=True)
+class Rename:
+    source: Where
+    dest: Where
+    flags: int
+
+
+@dataclass(frozen=True)
+class Stat:
+    """stat()/statx() into BUFFER (an address in the caller): the answer is faked for
+    recorded inodes; STATX holds (flags, mask) for statx."""
+
+    target: Where
+    buffer: int
+    arch: int
+    statx: tuple[int, int] | None = None
+
+
+Call = Chown | Mknod | Remove | Rename | Stat
+
+
+def _fd(value: int) -> int | None:
+    fd = ctypes.c_int32(value & 0xFFFFFFFF).value
+    return None if fd == AT_FDCWD else fd
+
+
+def _id(value: int, bits: int) -> int | None:
+    mask = (1 << bits) - 1
+    return None if value & mask == mask else value & mask
+
+
+def _at(dirfd: int, path: int, flags: int) -> Where:
+    return Where(_fd(dirfd), path, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
+
+
+def decode(arch: int, nr: int, args: tuple[int, ...]) -> Call | None:
+    """The call a notification stands for, or None if it is not one this module handles.
+
+    ARCH is the audit architecture of the caller's system call.
+    """
+    name = _NAMES.get(arch, {}).get(nr)
+    a = args
+    bits = 16 if name is not None and name.endswith("16") else 32
+    match (name or "").removesuffix("16"):
+        case "chown":
+            return Chown(Where(None, a[0]), _id(a[1], bits), _id(a[2], bits))
+        case "lchown":
+            return Chown(Where(None, a[0], follow=False), _id(a[1], bits), _id(a[2], bits))
+        case "fchown":
+            return Chown(Where(_fd(a[0]), None), _id(a[1], bits), _id(a[2], bits))
+        case "fchownat":
+            return Chown(_at(a[0], a[1], a[4]), _id(a[2], bits), _id(a[3], bits))
+        case "mknod":
+            return Mknod(Where(None, a[0], follow=False), a[1] & 0xFFFFFFFF, a[2] & 0xFFFFFFFF)
+        case "mknodat":
+            return Mknod(Where(_fd(a[0]), a[1], follow=False), a[2] & 0xFFFFFFFF, a[3] & 0xFFFFFFFF)
+        case "unlink":
+            return Remove(Where(None, a[0], follow=False), directory=False)
+        case "rmdir":
+            return Remove(Where(None, a[0], follow=False), directory=True)
+        case "unlinkat":
+            return Remove(Where(_fd(a[0]), a[1], follow=False), directory=bool(a[2] & AT_REMOVEDIR))
+        case "rename":
+            return Rename(Where(None, a[0], follow=False), Where(None, a[1], follow=False), 0)
+        case "renameat":
+            return Rename(Where(_fd(a[0]), a[1], follow=False), Where(_fd(a[2]), a[3], follow=False), 0)
+        case "renameat2":
+            return Rename(Where(_fd(a[0]), a[1], follow=False), Where(_fd(a[2]), a[3], follow=False),
+                          a[4] & 0xFFFFFFFF)
+        case "stat":
+            return Stat(Where(None, a[0]), a[1], arch)
+        case "lstat":
+            return Stat(Where(None, a[0], follow=False), a[1], arch)
+        case "fstat":
+            return Stat(Where(_fd(a[0]), None), a[1], arch)
+        case "newfstatat":
+            return Stat(_at(a[0], a[1], a[3]), a[2], arch)
+        case "statx":
+            return Stat(_at(a[0], a[1], a[2]), a[4], arch, statx=(a[2] & 0xFFFFFFFF, a[3] & 0xFFFFFFFF))
+    return None
+
+
+# ---- the records (pure) ----
+
+class Recorded(NamedTuple):
+    """What the image must show for one inode instead of what the staging tree has."""
+
+    uid: int
+    gid: int
+    kind: int = 0
+    rdev: int = 0
+
+
+Key = tuple[int, int]
+
+
+class Records:
+    """Recorded owners and device types by (st_dev, st_ino).
+
+    Only what differs from the staging tree (owned by 0:0, regular files) is kept,
+    so a `chown 0:0` of an unrecorded file costs nothing. Records of inodes that a
+    removal frees are dropped, so a reused inode number starts clean.
+    """
+
+    def __init__(self, table: Mapping[Key, Recorded] | None = None) -> None:
+        self.table: dict[Key, Recorded] = dict(table or {})
+
+    def owner(self, st: os.stat_result) -> tuple[int, int]:
+        found = self.table.get((st.st_dev, st.st_ino))
+        return (found.uid, found.gid) if found else (st.st_uid, st.st_gid)
+
+    def chown(self, st: os.stat_result, uid: int | None, gid: int | None) -> None:
+        old = self.table.get((st.st_dev, st.st_ino))
+        cur_uid, cur_gid = self.owner(st)
+        new = Recorded(cur_uid if uid is None else uid, cur_gid if gid is None else gid,
+                       old.kind if old else 0, old.rdev if old else 0)
+        self._put((st.st_dev, st.st_ino), new)
+
+    def device(self, st: os.stat_result, kind: int, rdev: int) -> None:
+        uid, gid = self.owner(st)
+        self._put((st.st_dev, st.st_ino), Recorded(uid, gid, kind, rdev))
+
+    def forget(self, st: os.stat_result) -> None:
+        self.table.pop((st.st_dev, st.st_ino), None)
+
+    def __contains__(self, st: os.stat_result) -> bool:
+        return (st.st_dev, st.st_ino) in self.table
+
+    def __bool__(self) -> bool:
+        return bool(self.table)
+
+    def _put(self, key: Key, value: Recorded) -> None:
+        if value == Recorded(0, 0):
+            self.table.pop(key, None)
+        else:
+            self.table[key] = value
+
+    def apply(self, st: os.stat_result) -> os.stat_result:
+        """ST as the image must show it: recorded owner, and a device where a placeholder stands."""
+        found = self.table.get((st.st_dev, st.st_ino))
+        if found is None:
+            return st
+        mode, size, rdev = st.st_mode, st.st_size, st.st_rdev
+        if found.kind:
+            mode, size, rdev = found.kind | stat.S_IMODE(mode), 0, found.rdev
+        return _restat(st, mode=mode, uid=found.uid, gid=found.gid, size=size, rdev=rdev)
+
+    def dumps(self) -> bytes:
+        return marshal.dumps({k: tuple(v) for k, v in self.table.items()})
+
+    @classmethod
+    def loads(cls, data: bytes) -> "Records":
+        return cls({tuple(k): Recorded(*v) for k, v in marshal.loads(data).items()})
+
+
+_EXTRA_FIELDS = ("st_atime", "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
+                 "st_blksize", "st_blocks", "st_rdev")
+
+
+def _restat(st: os.stat_result, *, mode: int, uid: int, gid: int, size: int, rdev: int) -> os.stat_result:
+    fields = list(st[:10])
+    fields[stat.ST_MODE], fields[stat.ST_UID], fields[stat.ST_GID], fields[stat.ST_SIZE] = mode, uid, gid, size
+    extra = {name: getattr(st, name) for name in _EXTRA_FIELDS}
+    extra["st_rdev"] = rdev
+    return os.stat_result(fields, extra)
+
+
+def freed_by_removal(st: os.stat_result, *, directory: bool, directory_empty: Callable[[], bool]) -> bool:
+    """Whether removing the name of ST (with rmdir if DIRECTORY, else unlink) frees its inode.
+
+    A removal the kernel will refuse frees nothing: dpkg tries rmdir() on files
+    before it unlinks them.
+    """
+    if stat.S_ISDIR(st.st_mode) != directory:
+        return False
+    if directory:
+        return directory_empty()
+    return st.st_nlink <= 1
+
+
+def rename_frees_dest(source: os.stat_result | None, dest: os.stat_result | None, flags: int) -> bool:
+    """Whether a rename onto DEST will free DEST's inode; when it would fail, it frees nothing."""
+    if dest is None or source is None or flags & (RENAME_EXCHANGE | RENAME_NOREPLACE):
+        return False
+    if (source.st_dev, source.st_ino) == (dest.st_dev, dest.st_ino) or source.st_dev != dest.st_dev:
+        return False
+    return stat.S_ISDIR(source.st_mode) == stat.S_ISDIR(dest.st_mode)
+
+
+def chown_mode(mode: int) -> int:
+    """The mode a chown leaves (Linux clears set-user-ID, and set-group-ID with group execute,
+    of anything but a directory, even for root)."""
+    if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+        return stat.S_IMODE(mode)
+    kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+    return stat.S_IMODE(mode) & ~kill
+
+
+def _shown(found: Recorded, mode: int, size: int, rdev: tuple[int, int]) -> tuple[int, int, tuple[int, int]]:
+    if found.kind:
+        return found.kind | stat.S_IMODE(mode), 0, (os.major(found.rdev), os.minor(found.rdev))
+    return mode, size, rdev
+
+
+def patch_stat(raw: bytes, layout: StatLayout, found: Recorded) -> bytes:
+    """A `struct stat` as the recorded owner and type make it look."""
+    out = bytearray(raw)
+    mode = struct.unpack_from("=I", out, layout.mode)[0]
+    size = struct.unpack_from("=q", out, layout.size)[0]
+    rdev = struct.unpack_from("=Q", out, layout.rdev)[0]
+    mode, size, (major, minor) = _shown(found, mode, size, (os.major(rdev), os.minor(rdev)))
+    struct.pack_into("=I", out, layout.mode, mode)
+    struct.pack_into("=I", out, layout.uid, found.uid)
+    struct.pack_into("=I", out, layout.gid, found.gid)
+    struct.pack_into("=q", out, layout.size, size)
+    struct.pack_into("=Q", out, layout.rdev, os.makedev(major, minor))
+    return bytes(out)
+
+
+def patch_statx(raw: bytes, found: Recorded) -> bytes:
+    """A `struct statx` as the recorded owner and type make it look."""
+    out = bytearray(raw)
+    mode = struct.unpack_from("=H", out, STATX_MODE)[0]
+    size = struct.unpack_from("=Q", out, STATX_SIZE)[0]
+    rdev = struct.unpack_from("=II", out, STATX_RDEV_MAJOR)
+    mode, size, (major, minor) = _shown(found, mode, size, rdev)
+    struct.pack_into("=II", out, STATX_UID, found.uid, found.gid)
+    struct.pack_into("=H", out, STATX_MODE, mode)
+    struct.pack_into("=Q", out, STATX_SIZE, size)
+    struct.pack_into("=II", out, STATX_RDEV_MAJOR, major, minor)
+    return bytes(out)
+
+
+# ---- the seccomp filter (pure) ----
+
+def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+BPF_LD_W_ABS = 0x20
+BPF_JEQ_K = 0x15
+BPF_RET_K = 0x06
+SECCOMP_DATA_NR = 0
+SECCOMP_DATA_ARCH = 4
+
+
+def filter_program(arches: tuple[int, ...]) -> bytes:
+    """Classic BPF: notify for the calls of SYSCALLS of each of ARCHES, allow everything else.
+
+    A call of an architecture not listed runs unchanged, and its chown fails as it
+    would without this module: loud, never silently wrong.
+    """
+    blocks = []
+    for arch in arches:
+        numbers = sorted(set(SYSCALLS[arch].values()))
+        body = [_insn(BPF_LD_W_ABS, SECCOMP_DATA_NR)]
+        for i, nr in enumerate(numbers):
+            body.append(_insn(BPF_JEQ_K, nr, jt=len(numbers) - i, jf=0))
+        body.append(_insn(BPF_RET_K, SECCOMP_RET_ALLOW))
+        body.append(_insn(BPF_RET_K, SECCOMP_RET_USER_NOTIF))
+        head = [_insn(BPF_LD_W_ABS, SECCOMP_DATA_ARCH), _insn(BPF_JEQ_K, arch, jt=0, jf=len(body))]
+        blocks.append(b"".join(head + body))
+    return b"".join(blocks) + _insn(BPF_RET_K, SECCOMP_RET_ALLOW)
+
+
+def host_arches(machine: str | None = None) -> tuple[int, ...]:
+    native = NATIVE_AUDIT_ARCH.get(machine or os.uname().machine)
+    if native is None:
+        raise RecorderError(f"recording owners is not supported on {machine or os.uname().machine}",
+                            hint="use --mode unshare with a subordinate id range")
+    return (native, *COMPAT_AUDIT_ARCH.get(native, ()))
+
+
+# ---- installing the filter (side effects) ----
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_filter(program: bytes) -> int:
+    """Filter this thread and all its future children; return the notification fd."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise RecorderError(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+    number = {"x86_64": 317, "aarch64": 277}[os.uname().machine]
+    fd = libc.syscall(number, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                      ctypes.byref(prog))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise RecorderError(f"cannot install the seccomp filter that records owners: {os.strerror(err)}",
+                            hint="the kernel needs seccomp user notification (Linux 5.5 or later); "
+                                 "or use --mode unshare with a subordinate id range")
+    return fd
+
+
+# ---- the supervisor (side effects) ----
+
+class _Gone(Exception):
+    """The calling process left the call (killed) while it was being handled."""
+
+
+Op = Callable[[str, "int | None", bool], object]
+
+
+class Supervisor:
+    """Answers the notifications of one listener fd, keeping the Records.
+
+    PROC is a proc file system of the sandbox's PID namespace: notifications name
+    processes by their pid there.
+    """
+
+    def __init__(self, listener: int, proc: str) -> None:
+        self.listener = listener
+        self.proc = proc
+        self.records = Records()
+        self.real_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.parent = os.getppid()
+
+    def handle_one(self) -> None:
+        buf = bytearray(NOTIF.size)
+        try:
+            fcntl.ioctl(self.listener, NOTIF_RECV, buf, True)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.EINTR):
+                return
+            raise
+        notif_id, pid, _flags, nr, arch, _ip, *args = NOTIF.unpack(buf)
+        call = decode(arch, nr, tuple(args))
+        try:
+            result = None if call is None else self._handle(call, pid, notif_id)
+            if os.environ.get("TRACE_REC"):
+                print("REC", pid, call, result, len(self.records.table), file=sys.stderr)
+        except _Gone:
+            return
+        except OSError as e:
+            result = -(e.errno or errno.EIO)
+        self._respond(notif_id, result)
+
+    def _respond(self, notif_id: int, result: int | None) -> None:
+        """RESULT: 0 or -errno for an emulated call, None to let the kernel run it."""
+        if result is None:
+            resp = RESPONSE.pack(notif_id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+        else:
+            resp = RESPONSE.pack(notif_id, 0, result, 0)
+        try:
+            fcntl.ioctl(self.listener, NOTIF_SEND, bytearray(resp), True)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+
+    def _handle(self, call: Call, pid: int, notif_id: int) -> int | None:
+        if isinstance(call, (Remove, Rename, Stat)) and not self.records:
+            return None
+        if isinstance(call, Stat) and pid == self.parent:
+            return None  # the bootstrap itself applies the records to what it stats
+        with _Context(pid, notif_id, self) as ctx:
+            match call:
+                case Chown():
+                    return self._chown(ctx, call)
+                case Mknod():
+                    return self._mknod(ctx, call)
+                case Remove():
+                    self._remove(ctx, call)
+                case Rename():
+                    self._rename(ctx, call)
+                case Stat():
+                    return self._stat(ctx, call)
+        return None
+
+    def _stat(self, ctx: "_Context", call: Stat) -> int | None:
+        """Answer for a recorded inode; let the kernel answer (and fail) for all others."""
+        try:
+            st = ctx.run(call.target, lambda p, d, f: os.stat(p, dir_fd=d, follow_symlinks=f))
+        except OSError:
+            return None
+        assert isinstance(st, os.stat_result)
+        found = self.records.table.get((st.st_dev, st.st_ino))
+        if found is None or (call.statx is None and call.arch not in STAT_LAYOUTS):
+            return None
+        raw = ctx.run(call.target, lambda p, d, f: _raw_stat(p, d, f, call.statx))
+        assert isinstance(raw, bytes)
+        if call.statx:
+            ctx.write(call.buffer, patch_statx(raw, found))
+        else:
+            layout = STAT_LAYOUTS[call.arch]
+            ctx.write(call.buffer, patch_stat(raw[:layout.length], layout, found))
+        return 0
+
+    def _chown(self, ctx: "_Context", call: Chown) -> int:
+        def apply(path: str, dir_fd: int | None, follow: bool) -> None:
+            st = os.stat(path, dir_fd=dir_fd, follow_symlinks=follow)
+            self.records.chown(st, call.uid, call.gid)
+            if stat.S_ISLNK(st.st_mode):
+                return
+            if stat.S_IMODE(st.st_mode) != chown_mode(st.st_mode):
+                os.chmod(path, chown_mode(st.st_mode), dir_fd=dir_fd)
+            if stat.S_ISREG(st.st_mode):
+                _drop_capabilities(path, dir_fd)
+        ctx.run(call.target, apply)
+        return 0
+
+    def _mknod(self, ctx: "_Context", call: Mknod) -> int | None:
+        kind = stat.S_IFMT(call.mode)
+        if kind not in (stat.S_IFCHR, stat.S_IFBLK):
+            return None
+        umask = ctx.umask()
+
+        def create(path: str, dir_fd: int | None, _follow: bool) -> None:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         stat.S_IMODE(call.mode) & ~umask, dir_fd=dir_fd)
+            try:
+                self.records.device(os.fstat(fd), kind, os.makedev(os.major(call.rdev), os.minor(call.rdev)))
+            finally:
+                os.close(fd)
+        ctx.run(call.target, create)
+        return 0
+
+    def _remove(self, ctx: "_Context", call: Remove) -> None:
+        st = ctx.lstat(call.target)
+        if st is not None and st in self.records and freed_by_removal(
+                st, directory=call.directory, directory_empty=lambda: ctx.empty(call.target)):
+            self.records.forget(st)
+
+    def _rename(self, ctx: "_Context", call: Rename) -> None:
+        dest = ctx.lstat(call.dest)
+        if dest is None or dest not in self.records:
+            return
+        if rename_frees_dest(ctx.lstat(call.source), dest, call.flags) and freed_by_removal(
+                dest, directory=stat.S_ISDIR(dest.st_mode), directory_empty=lambda: ctx.empty(call.dest)):
+            self.records.forget(dest)
+
+
+_HOST_STAT = SYSCALLS[NATIVE_AUDIT_ARCH.get(os.uname().machine, AUDIT_ARCH_X86_64)]
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _raw_stat(path: str, dir_fd: int | None, follow: bool, statx: tuple[int, int] | None) -> bytes:
+    """The host's own stat/statx answer for PATH, as the bytes the kernel would have written."""
+    flags = 0 if follow else AT_SYMLINK_NOFOLLOW
+    at = ctypes.c_int(AT_FDCWD if dir_fd is None else dir_fd)
+    name = os.fsencode(path)
+    if statx is None:
+        buf = ctypes.create_string_buffer(max(l.length for l in STAT_LAYOUTS.values()))
+        result = _libc.syscall(ctypes.c_long(_HOST_STAT["newfstatat"]), at, name, buf, ctypes.c_int(flags))
+    else:
+        buf = ctypes.create_string_buffer(STATX_LENGTH)
+        sync = statx[0] & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)
+        result = _libc.syscall(ctypes.c_long(_HOST_STAT["statx"]), at, name, ctypes.c_int(sync | flags),
+                               ctypes.c_uint(statx[1]), buf)
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf.raw
+
+
+def _drop_capabilities(path: str, dir_fd: int | None) -> None:
+    """What the kernel does on chown of a regular file: its file capabilities go."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.removexattr(fd, CAPABILITY_XATTR)
+    except OSError as e:
+        if e.errno not in (errno.ENODATA, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+class _Context:
+    """The caller's view of the file system: paths resolve as they would for it
+    (its root directory, its working directory, its open directories)."""
+
+    def __init__(self, pid: int, notif_id: int, supervisor: Supervisor) -> None:
+        self.pid, self.notif_id = pid, notif_id
+        self.sup = supervisor
+        self.base = f"{supervisor.proc}/{pid}"
+        self.fds: list[int] = []
+        self.dirs: dict[int | None, int] = {}
+        self.paths: dict[int, str] = {}
+        self.root: int | None = None
+
+    def __enter__(self) -> "_Context":
+        try:
+            self.mem = self._open("mem", os.O_RDONLY)
+        except _Gone:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+    def _open(self, name: str, flags: int = os.O_PATH) -> int:
+        """Open NAME of the caller's /proc directory, making sure it still is the caller's."""
+        try:
+            fd = os.open(f"{self.base}/{name}", flags | os.O_CLOEXEC)
+        except OSError as e:
+            raise _Gone() from e
+        self.fds.append(fd)
+        try:
+            fcntl.ioctl(self.sup.listener, NOTIF_ID_VALID, struct.pack("=Q", self.notif_id))
+        except OSError as e:
+            raise _Gone() from e
+        return fd
+
+    def _dir(self, fd: int | None) -> int:
+        if fd not in self.dirs:
+            self.dirs[fd] = self._open("cwd" if fd is None else f"fd/{fd}")
+        return self.dirs[fd]
+
+    def read_path(self, address: int) -> str:
+        if address in self.paths:
+            return self.paths[address]
+        data = b""
+        while b"\0" not in data:
+            if len(data) >= PATH_MAX:
+                raise OSError(errno.ENAMETOOLONG, "path too long")
+            at = address + len(data)
+            try:
+                chunk = os.pread(self.mem, 4096 - at % 4096, at)
+            except OSError as e:
+                raise OSError(errno.EFAULT, "bad address") from e
+            if not chunk:
+                raise OSError(errno.EFAULT, "bad address")
+            data += chunk
+        self.paths[address] = os.fsdecode(data.split(b"\0", 1)[0])
+        return self.paths[address]
+
+    def run(self, where: Where, op: Op) -> object:
+        """OP(path, dir_fd, follow) on the file WHERE names, as the caller would reach it.
+
+        A file named by an fd is reached through that fd; a path is resolved
+        chrooted into the caller's root, relative to its directory.
+        """
+        path = "" if where.path is None else self.read_path(where.path)
+        if where.path is None or (not path and where.empty_path):
+            fd = self._dir(where.dirfd)
+            return op(f"{self.sup.proc}/self/fd/{fd}", None, True)
+        if not path:
+            raise OSError(errno.ENOENT, "empty path")
+        dir_fd = None if path.startswith("/") else self._dir(where.dirfd)
+        if self.root is None:
+            self.root = self._open("root")
+        os.fchdir(self.root)
+        os.chroot(".")
+        try:
+            return op(path, dir_fd, where.follow)
+        finally:
+            os.fchdir(self.sup.real_root)
+            os.chroot(".")
+
+    def write(self, address: int, data: bytes) -> None:
+        """Put DATA into the caller's memory at ADDRESS (the buffer its call passed)."""
+        fd = os.open(f"{self.base}/mem", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            if os.pwrite(fd, data, address) != len(data):
+                raise OSError(errno.EFAULT, "short write")
+        finally:
+            os.close(fd)
+
+    def lstat(self, where: Where) -> os.stat_result | None:
+        try:
+            found = self.run(where, lambda p, d, f: os.stat(p, dir_fd=d, follow_symlinks=f))
+        except OSError:
+            return None
+        assert isinstance(found, os.stat_result)
+        return found
+
+    def empty(self, where: Where) -> bool:
+        def listing(path: str, dir_fd: int | None, _follow: bool) -> bool:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                return not os.listdir(fd)
+            finally:
+                os.close(fd)
+        try:
+            return bool(self.run(where, listing))
+        except OSError:
+            return False
+
+    def umask(self) -> int:
+        try:
+            with open(f"{self.base}/status") as f:
+                for line in f:
+                    if line.startswith("Umask:"):
+                        return int(line.split()[1], 8)
+        except OSError:
+            pass
+        return 0o022
+
+
+# ---- the process pair (side effects) ----
+
+_LENGTH = struct.Struct("=Q")
+
+
+class Recorder:
+    """The bootstrap's handle on its supervisor: this process and all its future children
+    are filtered; `records()` returns what has been recorded so far."""
+
+    def __init__(self, pid: int, control: socket.socket) -> None:
+        self.pid, self.control = pid, control
+
+    def records(self) -> Records:
+        self.control.sendall(b"?")
+        size = _LENGTH.unpack(_recv_exactly(self.control, _LENGTH.size))[0]
+        return Records.loads(_recv_exactly(self.control, size))
+
+    def close(self) -> None:
+        self.control.close()
+        os.waitpid(self.pid, 0)
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise RecorderError("the ownership recorder stopped unexpectedly (see the log above)")
+        data += chunk
+    return bytes(data)
+
+
+def start(proc: str) -> Recorder:
+    """Fork the supervisor, then filter this process (which must still be single-threaded).
+
+    PROC is a proc file system mounted for the current PID namespace.
+    """
+    program = filter_program(host_arches())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        _serve(theirs, proc)
+    theirs.close()
+    try:
+        listener = install_filter(program)
+    except BaseException:
+        ours.close()
+        os.waitpid(pid, 0)
+        raise
+    socket.send_fds(ours, [b"L"], [listener])
+    os.close(listener)
+    _recv_exactly(ours, 1)
+    return Recorder(pid, ours)
+
+
+def _serve(control: socket.socket, proc: str) -> None:
+    """The supervisor process: answer notifications and table requests until the bootstrap ends.
+
+    It keeps no other descriptor: a copy of a layer pipe here would hold its reader off.
+    """
+    try:
+        os.closerange(3, control.fileno())
+        os.closerange(control.fileno() + 1, 1 << 16)
+        _, fds, _, _ = socket.recv_fds(control, 1, 1)
+        supervisor = Supervisor(fds[0], proc)
+        control.sendall(b"k")
+        poller = select.poll()
+        poller.register(supervisor.listener, select.POLLIN)
+        poller.register(control, select.POLLIN)
+        while True:
+            for fd, events in poller.poll():
+                if fd == supervisor.listener:
+                    if events & select.POLLIN:
+                        supervisor.handle_one()
+                    elif events & (select.POLLHUP | select.POLLERR):
+                        os._exit(0)
+                elif not control.recv(1):
+                    os._exit(0)
+                else:
+                    data = supervisor.records.dumps()
+                    control.sendall(_LENGTH.pack(len(data)) + data)
+    except BaseException:
+        print("ocistrap (ownership recorder): internal error", file=sys.stderr)
+        traceback.print_exc()
+        os._exit(1)
