@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocistrap import __version__, combine, doctor, lock, log, pipeline, sbom, settings
+from ocistrap import __version__, combine, doctor, lock, log, pipeline, sandbox, sbom, settings
 from ocistrap.assemble import ImageOptions
 from ocistrap.cache import Cache, default_root
 from ocistrap.doctor import native_arch
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("doctor", help="check that this host can build images without root")
     p.add_argument("--arch", type=settings.csv_list, default=None, help="architectures you intend to build")
+    p.add_argument("--mode", choices=sandbox.MODES, default="auto",
+                   help="the sandbox mode you intend to build in (default: auto)")
     p.set_defaults(run=cmd_doctor)
 
     p = commands.add_parser("fetch", help="download and verify every package of a lockfile into the cache")
@@ -209,7 +211,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    results = doctor.checks(args.arch or [native_arch()])
+    results = doctor.checks(args.arch or [native_arch()], mode=args.mode)
     print(doctor.format_checks(results))
     return 0 if all(c.ok for c in results) else 1
 

@@ -174,17 +174,56 @@ def check_binfmt(host: Host, arch: str, native: str) -> Check:
     return binfmt_verdict(arch, native, host.read_text(BINFMT_DIR / f"qemu-{qemu}"), mounted)
 
 
-def checks(arch: Sequence[str], *, host: Host | None = None) -> list[Check]:
-    """Everything a build for the architectures ARCH needs, checked on HOST (this machine)."""
+SECCOMP_ACTIONS = Path("/proc/sys/kernel/seccomp/actions_avail")
+
+
+def mode_verdict(requested: str, id_checks: Sequence[Check]) -> tuple[str | None, Check]:
+    """The sandbox mode a build will use (as sandbox.choose_mode decides; None if it cannot
+    build) and the check that says why."""
+    failing = [c for c in id_checks if not c.ok]
+    if requested == "single-uid":
+        return "single-uid", Check("build mode", True,
+                                   "single-uid (requested): owners are recorded instead of applied")
+    if not failing:
+        return "unshare", Check("build mode", True, f"unshare: {1 + sandbox.SUBORDINATE_IDS} ids mapped "
+                                                    "from /etc/subuid and /etc/subgid")
+    why = f"{failing[0].name}: {failing[0].detail}"
+    if requested == "unshare":
+        return None, Check("build mode", False, f"unshare is not possible ({why})")
+    return "single-uid", Check("build mode", True, f"single-uid, because {why}; owners are recorded "
+                                                   "instead of applied (fix that to build in unshare mode)")
+
+
+def check_seccomp(host: Host) -> Check:
+    actions = (host.read_text(SECCOMP_ACTIONS) or "").split()
+    if "user_notif" in actions:
+        return Check("seccomp user notification", True, "available: single-uid builds can record owners")
+    return Check("seccomp user notification", False,
+                 "this kernel lacks seccomp user notification (Linux 5.5 or later), which single-uid "
+                 "builds need: give the account a subordinate id range for unshare mode")
+
+
+def _not_needed(check: Check) -> Check:
+    return check if check.ok else Check(check.name, True, f"not needed in single-uid mode: {check.detail}")
+
+
+def checks(arch: Sequence[str], *, mode: str = "auto", host: Host | None = None) -> list[Check]:
+    """Everything a build for the architectures ARCH in MODE needs, checked on HOST (this machine).
+
+    In single-uid mode a missing subordinate range or id mapper is no failure.
+    """
     host = SystemHost() if host is None else host
     native = host.native_arch()
+    ids = [check_subids(host, "uid"), check_subids(host, "gid"),
+           check_mapper(host, "newuidmap"), check_mapper(host, "newgidmap")]
+    name, chosen = mode_verdict(mode, ids)
+    single = name == "single-uid"
     return [
         Check("native architecture", True, native),
         check_userns(host),
-        check_subids(host, "uid"),
-        check_subids(host, "gid"),
-        check_mapper(host, "newuidmap"),
-        check_mapper(host, "newgidmap"),
+        *([_not_needed(c) for c in ids] if single else ids),
+        chosen,
+        *([check_seccomp(host)] if single else []),
         check_verifier(host),
         check_keyring(host),
         *(check_binfmt(host, a, native) for a in dict.fromkeys(arch)),

@@ -66,7 +66,7 @@ def test_a_healthy_host_passes_every_check() -> None:
 
 def test_missing_subuid_entry_says_what_to_add() -> None:
     host = FakeHost(files={"/etc/subuid": "bob:100000:65536\n", "/etc/subgid": "alice:5:3\n"})
-    found = _by_name(doctor.checks([], host=host))
+    found = _by_name(doctor.checks([], mode="unshare", host=host))
     assert not found["subuid"].ok
     assert "sudo usermod --add-subuids 165536-231071 alice" in found["subuid"].detail
     assert not found["subgid"].ok
@@ -77,7 +77,7 @@ def test_problems_of_namespaces_mappers_verifier_and_keyring_are_reported() -> N
     host = FakeHost(userns="enable it", tools={}, keyring_readable=False,
                     mappers={"newuidmap": (None, "install uidmap"),
                              "newgidmap": ("/usr/bin/newgidmap", None)})
-    found = _by_name(doctor.checks([], host=host))
+    found = _by_name(doctor.checks([], mode="unshare", host=host))
     assert found["user namespaces"] == Check("user namespaces", False, "enable it")
     assert found["newuidmap"] == Check("newuidmap", False, "install uidmap")
     assert found["newgidmap"].ok
@@ -120,3 +120,36 @@ def test_format_checks_aligns_names() -> None:
 def test_this_host_is_ready_for_native_builds() -> None:
     results = doctor.checks([doctor.native_arch()])
     assert all(c.ok for c in results), doctor.format_checks(results)
+
+
+def test_auto_mode_uses_unshare_when_ranges_and_mappers_work() -> None:
+    found = _by_name(doctor.checks([], host=FakeHost()))
+    assert found["build mode"].ok and found["build mode"].detail.startswith("unshare: 65536 ids")
+    assert "seccomp user notification" not in found
+
+
+def test_auto_mode_falls_back_to_single_uid_and_says_why() -> None:
+    host = FakeHost(files={"/etc/subuid": "", "/etc/subgid": "",
+                           "/proc/sys/kernel/seccomp/actions_avail": "kill_process trap user_notif log allow"})
+    results = doctor.checks([], host=host)
+    found = _by_name(results)
+    assert all(c.ok for c in results), doctor.format_checks(results)
+    assert found["build mode"].detail.startswith("single-uid, because subuid: /etc/subuid has no range for alice")
+    assert found["subuid"].detail.startswith("not needed in single-uid mode: ")
+    assert found["seccomp user notification"].ok
+
+
+def test_single_uid_needs_seccomp_user_notification() -> None:
+    host = FakeHost(files={"/proc/sys/kernel/seccomp/actions_avail": "kill_process trap errno trace allow"})
+    found = _by_name(doctor.checks([], mode="single-uid", host=host))
+    assert found["build mode"].detail.startswith("single-uid (requested)")
+    assert not found["seccomp user notification"].ok
+    assert "Linux 5.5" in found["seccomp user notification"].detail
+
+
+def test_unshare_mode_fails_without_a_range() -> None:
+    host = FakeHost(mappers={"newuidmap": (None, "install uidmap"), "newgidmap": ("/usr/bin/newgidmap", None)})
+    found = _by_name(doctor.checks([], mode="unshare", host=host))
+    assert not found["build mode"].ok
+    assert found["build mode"].detail == "unshare is not possible (newuidmap: install uidmap)"
+    assert not found["newuidmap"].ok
