@@ -56,7 +56,7 @@ def test_a_healthy_host_passes_every_check() -> None:
     results = doctor.checks(["amd64", "arm64", "i386"], host=FakeHost())
     assert [c.name for c in results] == [
         "native architecture", "user namespaces", "subuid", "subgid", "newuidmap", "newgidmap",
-        "signature verifier", "archive keyring", "binfmt amd64", "binfmt arm64", "binfmt i386"]
+        "build mode", "signature verifier", "archive keyring", "binfmt amd64", "binfmt arm64", "binfmt i386"]
     assert all(c.ok for c in results), doctor.format_checks(results)
     found = _by_name(results)
     assert found["native architecture"].detail == "amd64"
