@@ -349,12 +349,24 @@ def file_caps(xattr: bytes | None) -> frozenset[int]:
     return frozenset(bit for bit in range(64) if permitted >> bit & 1)
 
 
+OVERFLOW_ID = 65534
+INITIAL_USERNS_MAP = "0 0 4294967295"
+
+
 def mapper_verdict(name: str, path: str | None, *, mode: int = 0, owner: int = -1,
-                   caps: frozenset[int] = frozenset()) -> str | None:
-    """What is wrong with newuidmap/newgidmap at PATH, or None if it can map ids."""
+                   caps: frozenset[int] = frozenset(), nested: bool = False) -> str | None:
+    """What is wrong with newuidmap/newgidmap at PATH, or None if it can map ids.
+
+    NESTED: the caller is itself in a user namespace, where an owner the
+    namespace does not map shows as OVERFLOW_ID.
+    """
     if path is None:
         return (f"{name} is not installed: run `sudo apt install uidmap` "
                 f"(the package is called shadow-utils or shadow on other distributions)")
+    if nested and owner == OVERFLOW_ID:
+        return (f"ocistrap runs inside a user namespace that does not map root (a rootless "
+                f"container?), so {name} cannot map subordinate ids here: run it outside, or give "
+                "the container a range of ids")
     needed = CAP_SETUID if name == "newuidmap" else CAP_SETGID
     if owner == 0 and mode & 0o4000:
         return None
@@ -377,7 +389,16 @@ def find_mapper(name: str) -> tuple[str | None, str | None]:
         caps = file_caps(os.getxattr(path, "security.capability"))
     except OSError:
         caps = frozenset()
-    return path, mapper_verdict(name, path, mode=st.st_mode, owner=st.st_uid, caps=caps)
+    return path, mapper_verdict(name, path, mode=st.st_mode, owner=st.st_uid, caps=caps,
+                                nested=in_nested_userns())
+
+
+def in_nested_userns() -> bool:
+    """Whether this process runs in a user namespace other than the host's."""
+    try:
+        return " ".join(Path("/proc/self/uid_map").read_text().split()) != INITIAL_USERNS_MAP
+    except OSError:
+        return False
 
 
 def _mappers() -> tuple[str, str]:

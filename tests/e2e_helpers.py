@@ -17,9 +17,9 @@ FROZEN_MIRROR_APTOPT = 'Acquire::Check-Valid-Until "false"'
 
 
 def ocistrap(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The real command line in its own process, as a user would run it."""
-    result = subprocess.run([sys.executable, "-m", "ocistrap", *args], capture_output=True, text=True,
+             check: bool = True, via: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """The real command line in its own process, as a user would run it (under the command VIA)."""
+    result = subprocess.run([*via, sys.executable, "-m", "ocistrap", *args], capture_output=True, text=True,
                             env=None if env is None else dict(env), cwd=cwd)
     if check:
         assert result.returncode == 0, f"ocistrap {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"

@@ -83,6 +83,7 @@ class Built:
     layout: Path
     host: HostDirs
     tag: str = "test"
+    log: str = ""
 
     @property
     def oci(self) -> str:
@@ -127,7 +128,7 @@ def build(work: Path, cache_dir: Path, locked: Callable[[str], Path]) -> Callabl
     always into `tar:` and `oci:`, plus EXTRA outputs."""
     @cache
     def make(label: str, config: str = "bookworm", *options: str, epoch: str | None = None,
-             extra: tuple[str, ...] = ()) -> Built:
+             extra: tuple[str, ...] = (), via: tuple[str, ...] = ()) -> Built:
         out = work / label
         built = Built(digest="", rootfs=out / "rootfs.tar", layout=out / "layout", host=HostDirs.under(out))
         env = built.host.env()
@@ -136,10 +137,10 @@ def build(work: Path, cache_dir: Path, locked: Callable[[str], Path]) -> Callabl
             env["SOURCE_DATE_EPOCH"] = epoch
         refs = [f"tar:{built.rootfs}", built.oci, *extra]
         result = ocistrap("build", "--lock", str(locked(config)), "--cache-dir", str(cache_dir), *options,
-                          *(a for ref in refs for a in ("-o", ref)), env=env)
+                          *(a for ref in refs for a in ("-o", ref)), env=env, via=via)
         digests = printed_digests(result.stdout)
         assert list(digests) == refs and len(set(digests.values())) == 1, result.stdout
-        return replace(built, digest=digests[refs[0]])
+        return replace(built, digest=digests[refs[0]], log=result.stderr)
     return make
 
 
@@ -285,6 +286,24 @@ def test_staging_on_disk_builds_the_same_image(main_build, build, work):
     on_disk = build("on-disk", "bookworm", "--staging-dir", str(staging))
     assert on_disk.digest == main_build.digest
     assert list(staging.iterdir()) == []
+
+
+def test_single_uid_mode_builds_the_same_image(main_build, build):
+    """Only the caller's id mapped: owners, modes and devices recorded instead of applied
+    still give the unshare build's bytes, so also mmdebstrap's tree."""
+    single = build("single-uid", "bookworm", "--mode", "single-uid")
+    assert "sandbox: single-uid mode (requested with --mode single-uid)" in single.log
+    assert "sandbox: unshare mode" in main_build.log
+    assert single.digest == main_build.digest
+    assert "ok" in ocistrap("verify", single.oci).stdout.lower()
+
+
+def test_auto_mode_falls_back_to_single_uid_inside_a_user_namespace(main_build, build):
+    """In a user namespace of its own (a rootless container) newuidmap cannot map the caller's
+    subordinate ids: the build says why and records owners instead."""
+    nested = build("nested", via=("unshare", "--user", "--map-current-user"))
+    assert "sandbox: single-uid mode (ocistrap runs inside a user namespace that does not map root" in nested.log
+    assert nested.digest == main_build.digest
 
 
 # ---- 5. real tools accept the output ----

@@ -127,6 +127,12 @@ def test_file_caps_reads_the_high_word_and_tolerates_nothing() -> None:
     assert sandbox.file_caps(b"\1\2") == frozenset()
 
 
+def test_mapper_in_a_nested_user_namespace_names_the_namespace() -> None:
+    verdict = sandbox.mapper_verdict("newuidmap", "/usr/bin/newuidmap", mode=0o104755,
+                                     owner=sandbox.OVERFLOW_ID, nested=True)
+    assert verdict is not None and "inside a user namespace that does not map root" in verdict
+
+
 def test_mapper_verdicts() -> None:
     assert "sudo apt install uidmap" in sandbox.mapper_verdict("newuidmap", None)
     assert sandbox.mapper_verdict("newuidmap", "/usr/bin/newuidmap", mode=0o104755, owner=0) is None
@@ -547,3 +553,61 @@ def test_scratch_dir_sweeps_foreign_leftovers_but_not_a_live_sandbox(tmp_path: P
     proc.wait(timeout=30)
     proc.stdout.close()
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- choosing the mode ----
+
+FULL = sandbox.IdMaps(uid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)),
+                      gid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)))
+
+
+def _no_range() -> sandbox.IdMaps:
+    raise sandbox.SandboxError("/etc/subuid has no range for alice", hint="add one")
+
+
+def test_auto_mode_takes_unshare_when_the_ranges_work() -> None:
+    mode = sandbox.choose_mode("auto", subid_maps=lambda: FULL, mappers=lambda: None, own_ids=(1000, 1000))
+    assert (mode.name, mode.maps, mode.records_owners) == ("unshare", FULL, False)
+
+
+def test_auto_mode_falls_back_to_single_uid_and_says_why() -> None:
+    mode = sandbox.choose_mode("auto", subid_maps=_no_range, mappers=lambda: None, own_ids=(1000, 1001))
+    assert mode.name == "single-uid" and mode.records_owners
+    assert mode.maps == sandbox.IdMaps.single(1000, 1001) and mode.maps.is_single
+    assert mode.reason == "/etc/subuid has no range for alice; owners are recorded instead of applied"
+
+
+def test_auto_mode_falls_back_when_a_mapper_is_unusable() -> None:
+    def broken() -> None:
+        raise sandbox.SandboxError("newuidmap is not installed")
+    mode = sandbox.choose_mode("auto", subid_maps=lambda: FULL, mappers=broken, own_ids=(1000, 1000))
+    assert mode.name == "single-uid" and mode.reason.startswith("newuidmap is not installed")
+
+
+def test_unshare_mode_raises_what_is_missing() -> None:
+    with pytest.raises(sandbox.SandboxError, match="no range for alice"):
+        sandbox.choose_mode("unshare", subid_maps=_no_range, mappers=lambda: None, own_ids=(1000, 1000))
+
+
+def test_single_uid_mode_needs_no_range() -> None:
+    mode = sandbox.choose_mode("single-uid", subid_maps=_no_range, mappers=_no_range, own_ids=(5, 6))
+    assert mode.name == "single-uid" and mode.maps == sandbox.IdMaps.single(5, 6)
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(sandbox.SandboxError, match="unknown mode 'root'"):
+        sandbox.build_mode("root")
+
+
+def test_full_maps_are_not_single() -> None:
+    assert not FULL.is_single
+
+
+@pytest.mark.parametrize("inner, expected", [(0, True), (5, True), (65535, True), (65536, False)])
+def test_inner_id_mapped(inner: int, expected: bool) -> None:
+    assert sandbox.inner_id_mapped(inner, "         0       1000          1\n         1     100000      65535\n") \
+        is expected
+
+
+def test_only_id_zero_exists_in_a_single_uid_namespace() -> None:
+    assert not sandbox.inner_id_mapped(5, "0 1000 1\n")
