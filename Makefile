@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: deps venv test test-here unit demo demo-here bench bench-here clean
+.PHONY: deps venv test test-here test-nosubid-here unit demo demo-here bench bench-here clean
 
 deps:
 	sh scripts/host-deps.sh
@@ -17,12 +17,17 @@ $(BIN)/ocistrap: pyproject.toml
 
 venv: $(BIN)/ocistrap
 
-# As root this re-runs itself as an unprivileged account with subuids.
+# As root this re-runs itself as an unprivileged account with subuids, then runs the
+# single-uid end-to-end test as a second account that has none.
 test: deps
 	sh scripts/as-user.sh test-here
+	OCISTRAP_TEST_USER=ocistrap-nosubid OCISTRAP_TEST_SUBIDS=none sh scripts/as-user.sh test-nosubid-here
 
 test-here: venv
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+test-nosubid-here: venv
+	$(BIN)/python -m pytest -ra -m nosubid tests/test_e2e_nosubid.py
 
 # Fast tests only: no network, no namespaces.
 unit: venv

@@ -144,6 +144,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         pipeline.require_runnable(s.architectures or [native_arch()])
         locked = None
+    sandbox.build_mode(s.mode)  # a mode that cannot work fails before any download
     fetcher, cache = Fetcher(offline=s.offline), _cache(s)
     if locked is None:
         locked = _make_lock(s, fetcher, cache)
