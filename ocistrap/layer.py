@@ -607,7 +607,8 @@ def _fsync_dir(directory: Path) -> None:
 def _storage_error(exc: OSError, blobs_dir: Path) -> LayerError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return LayerError(
-            f"no space left writing a layer blob in {blobs_dir}", hint="free space or choose another output"
+            f"no space left writing a layer blob in {blobs_dir}",
+            hint="free space on that file system or move the cache, where layers are made, with --cache-dir"
         )
     return LayerError(f"cannot write a layer blob in {blobs_dir}: {exc.strerror or exc}")
 
