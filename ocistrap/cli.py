@@ -1,6 +1,7 @@
 """The command line: parse arguments, call the pipeline, turn errors into one line."""
 
 import argparse
+import errno
 import getpass
 import os
 import sys
@@ -101,8 +102,14 @@ def _make_lock(s: settings.Settings, fetcher: Fetcher, cache: Cache) -> lock.Loc
                               updates=not s.no_updates, security_mirror=s.security_mirror)
 
 
+def _settings(args: argparse.Namespace, command: str) -> settings.Settings:
+    s = settings.resolve(args, command)
+    settings.check_inputs(s)
+    return s
+
+
 def cmd_lock(args: argparse.Namespace) -> int:
-    s = settings.resolve(args, "lock")
+    s = _settings(args, "lock")
     if s.suite is None:
         raise UsageError("name a suite (e.g. `ocistrap lock bookworm`) or a spec file with -f that sets `suite`")
     result = _make_lock(s, Fetcher(offline=s.offline), _cache(s))
@@ -113,8 +120,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    s = settings.resolve(args, "fetch")
-    locked = lock.read(args.lockfile)
+    s = _settings(args, "fetch")
+    locked = settings.read_lockfile(args.lockfile)
     fetched = pipeline.fetch(locked, s.keyrings, Fetcher(offline=s.offline), _cache(s))
     count = sum(len(p) for p in fetched.paths.values())
     print(f"{count} packages verified in {(s.cache_dir or default_root())}")
@@ -131,9 +138,9 @@ def _epoch() -> int | None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    s = settings.resolve(args, "build")
+    s = _settings(args, "build")
     if s.lock is not None:
-        locked = lock.read(s.lock)
+        locked = settings.read_lockfile(s.lock)
         if s.slim and not locked.slim:
             raise UsageError(f"{s.lock} was locked without --slim",
                              hint=f"lock again with --slim, e.g. `ocistrap lock {locked.suite} --slim`")
@@ -188,7 +195,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    locked = lock.read(args.lock) if args.lock is not None else None
+    locked = settings.read_lockfile(args.lock) if args.lock is not None else None
     report = verify(args.reference, tls_verify=args.tls_verify)
     print(report.summary())
     if locked is not None:
@@ -229,20 +236,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(out.timings_report(), file=sys.stderr)
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_HINT = ("free space on that file system or choose another directory (--cache-dir, -o, --staging-dir, "
+                 "TMPDIR), then run the same command again: the cache keeps only what was verified")
+
+
+def _no_space(error: BaseException) -> bool:
+    """Whether ERROR, or what caused it, is a full disk or quota."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _message(error: OcistrapError) -> str:
+    if error.hint is None and _no_space(error):
+        return f"{error.message} ({NO_SPACE_HINT})"
+    return str(error)
+
+
 def _run(args: argparse.Namespace, out: log.Log) -> int:
     try:
         return args.run(args)
     except OcistrapError as e:
         if args.debug:
             traceback.print_exc()
-        out.error(f"error: {e}")
+        out.error(f"error: {_message(e)}")
         return e.exit_code
     except KeyboardInterrupt:
         out.error("interrupted")
         return 130
-    except Exception as e:  # a bug: say so in one line unless --debug
+    except Exception as e:  # a bug: say so in one line unless --debug; a full disk is no bug
         if args.debug:
             traceback.print_exc()
-        else:
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            where = f" writing {e.filename}" if e.filename else ""
+            out.error(f"error: no space left on device{where} ({NO_SPACE_HINT})")
+            return 1
+        if not args.debug:
             out.error(f"internal error: {type(e).__name__}: {e} (this is a bug; run with --debug for the traceback)")
         return 70

@@ -218,13 +218,18 @@ def redirect_target(source: str, location: str, what: str) -> str:
     if not location:
         raise FetchError(f"cannot fetch {what}: the mirror redirected without a Location ({source})")
     target = urllib.parse.urljoin(source, location)
-    old = _SCHEME_RANK.get(urllib.parse.urlsplit(source).scheme.lower())
-    new = _SCHEME_RANK.get(urllib.parse.urlsplit(target).scheme.lower())
-    if old is None or new is None or new < old:
+    if not scheme_allows(source, target):
         raise FetchError(f"cannot fetch {what}: refused the redirect from {source} to {target} "
                          f"(only http->http, http->https and https->https are followed)",
                          hint="point --mirror at the https URL the mirror redirects to")
     return target
+
+
+def scheme_allows(source: str, target: str) -> bool:
+    """Whether a redirect from SOURCE to TARGET keeps to http/https and never steps down to http."""
+    old = _SCHEME_RANK.get(urllib.parse.urlsplit(source).scheme.lower())
+    new = _SCHEME_RANK.get(urllib.parse.urlsplit(target).scheme.lower())
+    return old is not None and new is not None and new >= old
 
 
 def _content_length(response: requests.Response) -> int | None:

@@ -22,6 +22,7 @@ import argparse
 import collections
 import concurrent.futures
 import errno
+import fcntl
 import gzip
 import hashlib
 import json
@@ -54,10 +55,14 @@ MEDIA_TYPES: dict[str, str] = {
     "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
 }
 
-GZIP_LEVEL = 6
+GZIP_LEVEL = 4
+"""zlib's first lazy-matching level: half the CPU of level 6 for layers 3 % larger (a 170 MB
+minbase tree: 2.2 against 4.4 CPU-s), and smaller than the greedy levels 1-3 at the same speed."""
 ZSTD_LEVEL = 3
 CHUNK_SIZE = 1 << 20
 """Unit of reading, hashing and (for gzip) independent deflate; part of the gzip bytes."""
+PIPE_SIZE = 1 << 20
+"""Capacity asked for a pipe carrying a tar stream, so the writer is not woken every 64 KiB."""
 
 _BLOCK = tarfile.BLOCKSIZE
 _END_OF_ARCHIVE = bytes(2 * _BLOCK)
@@ -530,6 +535,16 @@ class _TarTail:
         return size % _BLOCK == 0 and self.tail == _END_OF_ARCHIVE
 
 
+def widen_pipe(stream: object) -> None:
+    """Grow the pipe behind STREAM (if it is one) to PIPE_SIZE; a lower fs.pipe-max-size only costs speed."""
+    try:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def decompressed(stream: BinaryIO, compression: str | None) -> BinaryIO:
     """A reader of the tar inside a layer blob compressed with COMPRESSION (None: plain)."""
     if compression == "gzip":
@@ -550,6 +565,7 @@ def write_blob(
     """
     if compression not in MEDIA_TYPES:
         raise LayerError(f"unknown layer compression {compression!r}", hint="use gzip, zstd or none")
+    widen_pipe(stream)
     codec = _codec(compression, workers or _cores())
     raw, packed, tail = hashlib.sha256(), hashlib.sha256(), _TarTail()
     raw_size = packed_size = 0
@@ -620,7 +636,8 @@ def _fsync_dir(directory: Path) -> None:
 def _storage_error(exc: OSError, blobs_dir: Path) -> LayerError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return LayerError(
-            f"no space left writing a layer blob in {blobs_dir}", hint="free space or choose another output"
+            f"no space left writing a layer blob in {blobs_dir}",
+            hint="free space on that file system or move the cache, where layers are made, with --cache-dir"
         )
     return LayerError(f"cannot write a layer blob in {blobs_dir}: {exc.strerror or exc}")
 

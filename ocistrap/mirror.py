@@ -20,7 +20,6 @@ from ocistrap.fetch import Fetcher, NotFound, sha256_hex
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 _PACKAGE_FIELDS = [f.name for f in dataclasses.fields(Package)]
-_PACKAGE_ROW = attrgetter(*_PACKAGE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -173,17 +172,24 @@ def _component_packages(source: Source, signed: SignedRelease, component: str, a
         cache.put_bytes(data, lambda d: archive.verify_bytes(d, entry, what=what))
     else:
         archive.verify_bytes(data, entry, what=what)
-    packages = archive.parse_packages(archive.decompress(data, path), what=what)
+    packages = archive.parse_packages(archive.decompressed_chunks(data, path), what=what)
     cache.store_parsed(entry.sha256, {"fields": _PACKAGE_FIELDS,
-                                      "rows": list(map(_PACKAGE_ROW, packages))})
+                                      "columns": [list(map(attrgetter(f), packages)) for f in _PACKAGE_FIELDS]})
     return packages
 
 
 def _from_parsed(parsed: object) -> list[Package] | None:
-    """Cached rows, if this version's ``Package`` wrote them; another layout is parsed afresh."""
+    """Cached packages, if this version's ``Package`` wrote them; another layout is parsed afresh.
+
+    They are kept by column, not by row: loading then makes no list per
+    package, and the strings parse_packages shared stay shared.
+    """
     if not isinstance(parsed, dict) or parsed.get("fields") != _PACKAGE_FIELDS:
         return None
-    return [Package(*row) for row in parsed["rows"]]
+    columns = parsed.get("columns")
+    if not isinstance(columns, list) or len(columns) != len(_PACKAGE_FIELDS) or len(set(map(len, columns))) != 1:
+        return None
+    return list(map(Package, *columns))
 
 
 def _fetch_index(source: Source, signed: SignedRelease, path: str, entry: archive.FileEntry,

@@ -154,18 +154,32 @@ def dearmor(data: bytes, *, name: str) -> bytes:
     return binary
 
 
+def check_keyrings(keyrings: Sequence[Path], *, what: str) -> list[Path]:
+    """``readable_keyrings``, each also a binary keyring or armored keys: what --keyring must name."""
+    paths = readable_keyrings(keyrings, what=what)
+    for path in paths:
+        _dearmored(path.read_bytes(), path)
+    return paths
+
+
+def _dearmored(data: bytes, path: Path) -> bytes | None:
+    """The binary form of armored keys in DATA, None if DATA is a binary keyring already."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return dearmor(data, name=str(path))
+    if not _binary_keyring(data):
+        raise SignatureError(f"keyring {path} is neither a binary keyring nor an armored key",
+                             hint=KEYRING_HINT)
+    return None
+
+
 def _gpgv_keyrings(paths: list[Path], home: Path) -> list[Path]:
     """Dearmored copies of armored keyrings, since gpgv reads only binary ones."""
     result = []
     for number, path in enumerate(paths):
-        data = path.read_bytes()
-        if data.lstrip().startswith(b"-----BEGIN"):
-            copy = home / f"keyring-{number}.gpg"
-            copy.write_bytes(dearmor(data, name=str(path)))
-            path = copy
-        elif not _binary_keyring(data):
-            raise SignatureError(f"keyring {path} is neither a binary keyring nor an armored key",
-                                 hint=KEYRING_HINT)
+        binary = _dearmored(path.read_bytes(), path)
+        if binary is not None:
+            path = home / f"keyring-{number}.gpg"
+            path.write_bytes(binary)
         result.append(path)
     return result
 

@@ -63,32 +63,50 @@ def load_universe(opened: list[tuple[Source, mirror.SignedRelease]], arch: str, 
             for p in mirror.load_packages(src, signed, arch, fetcher, cache)]
 
 
+@dataclass(frozen=True)
+class _Vouched:
+    """The lockfile this process made last, the keyrings that verified its indices, and the
+    signed stanzas of its packages: what checking that very object again would find."""
+
+    lock: Lockfile
+    keyrings: tuple[Path, ...]
+    signed: dict[str, dict[str, Package]]
+
+
+_vouched: _Vouched | None = None
+
+
 def make_lock(source: Source, selection: Selection, architectures: tuple[str, ...],
               fetcher: Fetcher, cache: Cache, *, updates: bool = True,
               security_mirror: str | None = None) -> Lockfile:
     """Verify the archives' metadata, resolve the package set per architecture, and lock it."""
+    global _vouched
     out = log.get()
     opened = open_archives(source, fetcher, cache, updates=updates, security_mirror=security_mirror)
     locked: dict[str, LockedArch] = {}
+    signed: dict[str, dict[str, Package]] = {}
     for arch in architectures:
         with out.step(f"reading package indices for {arch}"):
             numbered = load_universe(opened, arch, fetcher, cache)
         with out.step(f"resolving {selection.variant} for {arch}"):
-            packages = _resolve_layers(resolve.Universe((p for _, p in numbered), arch), selection,
-                                       archive_of={id(p): n for n, p in numbered})
+            packages, signed[arch] = _resolve_layers(resolve.Universe((p for _, p in numbered), arch),
+                                                     selection, archive_of={id(p): n for n, p in numbered})
+        del numbered
         essential = sum(p.stage == "essential" for p in packages)
         out.info(f"{arch}: {essential} essential + {len(packages) - essential} more packages")
         locked[arch] = LockedArch(releases=tuple(_locked_release(signed) for _, signed in opened),
                                   packages=tuple(packages))
-    return Lockfile(mirror=source.mirror, suite=source.suite, components=source.components,
+    lock = Lockfile(mirror=source.mirror, suite=source.suite, components=source.components,
                     variant=selection.variant, include=selection.include,
                     install_recommends=selection.install_recommends,
                     archives=tuple(LockedArchive(mirror=s.mirror, suite=s.suite) for s, _ in opened),
                     architectures=locked, layers=selection.layers, slim=selection.slim)
+    _vouched = _Vouched(lock, source.keyrings, signed)
+    return lock
 
 
 def _resolve_layers(universe: resolve.Universe, selection: Selection,
-                    archive_of: dict[int, int]) -> list[LockedPackage]:
+                    archive_of: dict[int, int]) -> tuple[list[LockedPackage], dict[str, Package]]:
     """Resolve the base, then each layer's group on top of everything before it.
 
     Each group adds what apt would install for the base's and all earlier
@@ -97,6 +115,7 @@ def _resolve_layers(universe: resolve.Universe, selection: Selection,
     """
     include = list(selection.include)
     locked: dict[str, LockedPackage] = {}
+    chosen: dict[str, Package] = {}
     for number in range(len(selection.layers) + 1):
         if number:
             include += selection.layers[number - 1].include
@@ -109,11 +128,12 @@ def _resolve_layers(universe: resolve.Universe, selection: Selection,
                 locked[package.name] = _locked(package, stage, archive_of[id(package)],
                                                auto=stage == "rest" and resolution.auto_installed(package),
                                                layer=number)
+                chosen[package.name] = package
             elif earlier.version != package.version:
                 raise PipelineError(
                     f"layer {selection.layers[number - 1].name!r} needs {package.name} {package.version}, "
                     f"but an earlier layer has {earlier.version}", hint="move those packages into one layer")
-    return list(locked.values())
+    return list(locked.values()), chosen
 
 
 def _locked_release(signed: mirror.SignedRelease) -> LockedRelease:
@@ -140,8 +160,12 @@ def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetch
 
     A lockfile is plain JSON; this check makes an edited one useless to an
     attacker. It needs the locked Releases, which the cache keeps; their
-    expiry is not checked again: the lock pinned that state on purpose.
+    expiry is not checked again: the lock pinned that state on purpose. The
+    lockfile object ``make_lock`` just made from the verified indices, with the
+    same keyrings, needs no second reading of them.
     """
+    if _vouched is not None and _vouched.lock is lock and _vouched.keyrings == keyrings:
+        return _vouched.signed
     sources = sources_of(lock, keyrings)
     signed_packages: dict[str, dict[str, Package]] = {}
     for arch, entry in lock.architectures.items():

@@ -24,7 +24,7 @@ from typing import Any
 
 import jsonschema
 
-from ocistrap import image, sandbox, schema, sbom
+from ocistrap import image, lock, openpgp, sandbox, schema, sbom
 from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.lock import LockedLayer
 from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR
@@ -331,6 +331,24 @@ def resolve(args: argparse.Namespace, command: str) -> Settings:
             value = setting.kind.merge(value, setting.kind.from_flag(given))
         values[setting.key] = value
     return Settings(spec=spec, **values)
+
+
+# ---- files the user names: wrong ones are usage errors ----
+
+def check_inputs(settings: Settings) -> None:
+    """Refuse, before any work, keyrings that are missing, unreadable or no keyrings (exit 2)."""
+    try:
+        openpgp.check_keyrings(settings.keyrings, what="the archive")
+    except openpgp.SignatureError as e:
+        raise UsageError(e.message, hint=e.hint) from None
+
+
+def read_lockfile(path: Path) -> lock.Lockfile:
+    """The lockfile the user named; one that is missing, unreadable or no lockfile is a usage error."""
+    try:
+        return lock.read(path)
+    except lock.LockError as e:
+        raise UsageError(e.message, hint=e.hint) from None
 
 
 # ---- spec files ----

@@ -1,6 +1,7 @@
 import gzip
 import io
 import lzma
+import os
 import time
 import urllib.error
 import urllib.request
@@ -180,6 +181,18 @@ def test_decompress_garbage(path: str) -> None:
         decompress(b"not compressed", path)
 
 
+def test_xz_in_pieces_is_what_lzma_decompress_gives() -> None:
+    from ocistrap.archive import decompressed_chunks
+    first, second = os.urandom(5000).hex().encode(), b"Package: b\n" * 3000
+    packed = lzma.compress(first) + lzma.compress(second)
+    pieces = list(decompressed_chunks(packed, "Packages.xz", size=4096))
+    assert b"".join(pieces) == lzma.decompress(packed) == first + second
+    assert max(map(len, pieces)) == 4096
+    for broken in (packed[:-7], lzma.compress(first)[:-30], packed + b"trailing garbage"):
+        with pytest.raises(ArchiveError, match="Packages.xz: cannot decompress"):
+            list(decompressed_chunks(broken, "Packages.xz", size=4096))
+
+
 # --- Packages -----------------------------------------------------------------------------------
 
 def stanza(name: str, **fields: str) -> str:
@@ -246,6 +259,23 @@ def test_parse_packages_refuses_malformed_stanzas(text: str, message: str) -> No
 def test_parse_packages_of_empty_index() -> None:
     assert parse_packages(b"", what=PACKAGES_WHAT) == []
     assert parse_packages(b"\n\n \n", what=PACKAGES_WHAT) == []
+
+
+def test_parse_packages_in_pieces_cut_anywhere_is_the_same() -> None:
+    data = ("\n\n\n" + GENERATED_INDEX + "\n \n\n" + stanza("zz", Description="caf\u00e9 \U0001f600")).encode()
+    whole = parse_packages(data, what=PACKAGES_WHAT)
+    assert len(whole) > 3
+    for cut in range(len(data) + 1):
+        assert parse_packages(iter([data[:cut], data[cut:]]), what=PACKAGES_WHAT) == whole
+    assert parse_packages((data[n:n + 7] for n in range(0, len(data), 7)), what=PACKAGES_WHAT) == whole
+
+
+def test_parse_packages_shares_equal_values_of_repeated_fields() -> None:
+    text = "".join(stanza(name) + "Depends: libc6 (>= 2.36)\nSource: gcc\n\n" for name in ("a", "b"))
+    first, second = parse_packages(text.encode(), what=PACKAGES_WHAT)
+    assert first.depends == "libc6 (>= 2.36)" and first.source == "gcc"
+    assert first.depends is second.depends and first.source is second.source
+    assert first.architecture is second.architecture
 
 
 FIELD_TEXT = st.text(alphabet=st.sampled_from(list("Package:Version Size SHA256 abf0123456789\n \t-:,()") + ["é"]))

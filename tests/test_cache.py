@@ -188,17 +188,24 @@ def test_second_lock_does_not_parse_the_index_again(archive: Archive, monkeypatc
 
 
 def test_parsed_index_from_another_package_layout_is_not_trusted(archive: Archive) -> None:
-    """A cache written by an ocistrap whose Package had other fields must be re-parsed, not misread."""
+    """A cache written by an ocistrap whose Package had other fields or another layout, or with a
+    column cut short, must be re-parsed, not misread."""
     rc, _, err = archive.lock()
     assert rc == 0, err
     honest = archive.lockfile.read_bytes()
     (parsed,) = (archive.cache / "parsed").iterdir()
     value = marshal.loads(parsed.read_bytes())
-    rows = value["rows"] if isinstance(value, dict) else value
-    parsed.write_bytes(marshal.dumps([row[:1] + ("extra",) + row[1:] for row in rows]))
-    rc, _, err = archive.lock()
-    assert rc == 0, err
-    assert archive.lockfile.read_bytes() == honest
+    fields, columns = value["fields"], value["columns"]
+    others = [
+        {"fields": fields[:1] + ["extra"] + fields[1:], "columns": columns[:1] + [["x"] * len(columns[0])] + columns[1:]},
+        {"fields": fields, "columns": [column[:-1] if n == 3 else column for n, column in enumerate(columns)]},
+        {"fields": fields, "rows": [list(row) for row in zip(*columns)]},  # the layout of earlier versions
+    ]
+    for other in others:
+        parsed.write_bytes(marshal.dumps(other))
+        rc, _, err = archive.lock()
+        assert rc == 0, err
+        assert archive.lockfile.read_bytes() == honest
 
 
 def test_damaged_parsed_index_is_parsed_again(archive: Archive) -> None:

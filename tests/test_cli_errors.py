@@ -1,11 +1,14 @@
 """Bad command lines and files: one `ocistrap: error:` line naming the problem, never a traceback.
 
 Run in-process against a small signed suite on a local mirror (no network).
-Usage errors (a wrong option, reference or spec file) exit 2, argparse's own
-refusals (usage line + error) too; a named file that is missing or unreadable,
-or an archive that lacks the suite or package, exits 1.
+Usage errors exit 2: a wrong option, reference or spec file, and an input file
+the user names (lockfile, keyring, spec) that is missing, unreadable or not what
+it should be; argparse's own refusals (usage line + error) too. Everything
+else exits 1: an archive that lacks the suite or package, a registry that
+cannot be reached, a layout that is not there to verify.
 """
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +16,12 @@ from pathlib import Path
 import pytest
 from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
 from lockfetch_support import Archive
+from registry_fixture import free_port
+from test_transports import build_image
 
 from ocistrap.cli import main
+from ocistrap.transports import oci
+from ocistrap.transports import registry as reg
 
 
 @dataclass(frozen=True)
@@ -54,22 +61,55 @@ def garbage_keyring(a: Archive, tmp: Path) -> list[str]:
     return lock("unstable", keyring="garbage.gpg")(a, tmp)
 
 
+def empty_keyring(a: Archive, tmp: Path) -> list[str]:
+    (tmp / "empty.gpg").touch()
+    return ["build", "--lock", str(a.lockfile), *a.common(tmp / "empty.gpg")]
+
+
+def unreadable_keyring(a: Archive, tmp: Path) -> list[str]:
+    if os.geteuid() == 0:
+        pytest.skip("root reads a file of mode 000 all the same; run as a user (make test does)")
+    keyring = tmp / "locked.gpg"
+    keyring.write_bytes(a.keyring.read_bytes())
+    keyring.chmod(0)
+    return ["fetch", str(a.lockfile), *a.common(keyring)]
+
+
+def garbage_lockfile(a: Archive, tmp: Path) -> list[str]:
+    (tmp / "notes.lock").write_text("these are my notes\n")
+    return ["build", "--lock", str(tmp / "notes.lock"), *a.common()]
+
+
 CASES = {
-    "unknown transport": Case(build("-o", "foo:bar"), 2, ("foo:bar",)),
-    "malformed reference": Case(build("--push", "UPPER/Case:tag"), 2, ("UPPER/Case:tag",)),
+    "unknown transport": Case(build("-o", "foo:bar"), 2, ("foo:bar", "unknown transport", "use one of")),
+    "malformed reference": Case(build("--push", "UPPER/Case:tag"), 2, ("UPPER/Case:tag", "names are lowercase")),
+    "malformed layout tag": Case(build("-o", "oci:out:bad tag"), 2, ("bad tag", "not a valid image-layout tag")),
+    "output to a transport that cannot be written": Case(build("-o", "tar:"), 2, ("tar:", "missing")),
+    "push of an unknown transport": Case(lambda a, tmp: ["push", "foo:bar", "127.0.0.1:1/x:y"], 2,
+                                         ("foo:bar", "unknown transport")),
+    "push from a registry reference": Case(lambda a, tmp: ["push", "docker://127.0.0.1:1/x:y", "127.0.0.1:1/x:z"],
+                                           2, ("cannot read images from docker", "oci:DIR")),
     "missing lockfile": Case(lambda a, tmp: ["build", "--lock", str(tmp / "no.lock"), *a.common()],
-                             1, ("no.lock", "No such file")),
+                             2, ("no.lock", "No such file", "ocistrap lock")),
     "missing lockfile (fetch)": Case(lambda a, tmp: ["fetch", str(tmp / "no.lock"), *a.common()],
-                                     1, ("no.lock", "No such file")),
-    "missing keyring": Case(lock("unstable", keyring="none.gpg"), 1, ("none.gpg", "cannot be read")),
-    "keyring that is a directory": Case(directory_keyring, 1, ("keys.d", "cannot be read")),
-    "garbage keyring": Case(garbage_keyring, 1, ("garbage.gpg", "neither a binary keyring nor an armored key")),
+                                     2, ("no.lock", "No such file", "ocistrap lock")),
+    "missing lockfile (verify --lock)": Case(lambda a, tmp: ["verify", f"oci:{tmp}:x", "--lock", str(tmp / "no.lock")],
+                                             2, ("no.lock", "No such file")),
+    "lockfile that is no lockfile": Case(garbage_lockfile, 2, ("notes.lock", "not valid JSON", "ocistrap lock")),
+    "missing keyring": Case(lock("unstable", keyring="none.gpg"), 2, ("none.gpg", "cannot be read", "--keyring")),
+    "keyring that is a directory": Case(directory_keyring, 2, ("keys.d", "cannot be read")),
+    "unreadable keyring": Case(unreadable_keyring, 2, ("locked.gpg", "Permission denied", "--keyring")),
+    "empty keyring": Case(empty_keyring, 2, ("empty.gpg", "is empty")),
+    "garbage keyring": Case(garbage_keyring, 2, ("garbage.gpg", "neither a binary keyring nor an armored key")),
     "unknown suite": Case(lock("nosuch"), 1, ("nosuch",)),
     "unknown package": Case(lock("unstable", "--include", "nosuchpackage"), 1, ("nosuchpackage",)),
-    "spec that is no TOML": Case(spec("suite = [unclosed\n"), 2, ("spec.toml",)),
-    "spec with an unknown key": Case(spec('suite = "unstable"\nsuiet = "x"\n'), 2, ("spec.toml", "suiet")),
-    "spec with a wrong type": Case(spec("suite = 3\n"), 2, ("spec.toml", "suite")),
-    "missing spec": Case(lambda a, tmp: ["lock", "-f", str(tmp / "none.toml")], 2, ("none.toml",)),
+    "spec that is no TOML": Case(spec("suite = [unclosed\n"), 2, ("spec.toml", "not valid TOML")),
+    "spec with an unknown key": Case(spec('suite = "unstable"\nsuiet = "x"\n'), 2, ("spec.toml", "suiet",
+                                                                                   "did you mean")),
+    "spec with a wrong type": Case(spec("suite = 3\n"), 2, ("spec.toml", "suite", "expected a string")),
+    "spec with a malformed output": Case(spec('suite = "unstable"\noutputs = ["foo:bar"]\n'), 2,
+                                         ("spec.toml", "outputs", "unknown transport")),
+    "missing spec": Case(lambda a, tmp: ["lock", "-f", str(tmp / "none.toml")], 2, ("none.toml", "No such file")),
     "verify of an unknown transport": Case(lambda a, tmp: ["verify", "foo:bar"], 2, ("foo:bar",)),
     "verify of a missing layout": Case(lambda a, tmp: ["verify", f"oci:{tmp / 'none'}:x"], 1, ("none",)),
 }
@@ -120,3 +160,15 @@ def run(archive: Archive, argv: list[str]) -> tuple[int, str, str]:
     except SystemExit as exited:
         out, err = archive.capsys.readouterr()
         return int(exited.code or 0), out, err
+
+
+
+def test_a_registry_that_cannot_be_reached_is_no_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A failed push exits 1 (every TransportError once exited 2, usage or not)."""
+    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=2, base_delay=0.01))
+    oci.write(tmp_path / "image", build_image(tmp_path / "image"), tmp_path / "layout", "x")
+    rc = main(["-q", "push", f"oci:{tmp_path / 'layout'}:x", f"127.0.0.1:{free_port()}/x:y"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert len(err.splitlines()) == 1 and "connection failed" in err and "gave up after 2 attempts" in err, err

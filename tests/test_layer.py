@@ -1,4 +1,5 @@
 import errno
+import fcntl
 import gzip
 import hashlib
 import io
@@ -524,6 +525,15 @@ def test_gzip_chunks_join_into_one_member(blobs: Path) -> None:
     data = stored(write_blob(io.BytesIO(stream), blobs, compression="gzip", workers=2), blobs)
     member = zlib.decompressobj(31)
     assert member.decompress(data) == stream and member.eof and member.unused_data == b""
+
+
+def test_layer_pipe_is_widened_and_other_streams_left_alone(stream: bytes) -> None:
+    read, write = os.pipe()
+    with os.fdopen(read, "rb") as reader, os.fdopen(write, "wb") as writer:
+        layer.widen_pipe(reader)
+        assert fcntl.fcntl(writer.fileno(), fcntl.F_GETPIPE_SZ) == layer.PIPE_SIZE
+    layer.widen_pipe(io.BytesIO(stream))
+    layer.widen_pipe(object())
 
 
 def test_empty_tree_layer(tmp_path: Path, blobs: Path) -> None:

@@ -218,3 +218,30 @@ def test_slim_build_of_a_lockfile_made_without_slim_is_refused(locked: Archive) 
     rc, out, err = locked.run("build", "--lock", str(locked.lockfile), "--slim", *locked.common())
     assert rc == 2 and out == ""
     assert_one_error(rc, err, str(locked.lockfile), "without --slim", "lock again with --slim")
+
+
+def test_a_lock_just_made_is_not_checked_against_the_indices_again(
+        archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`build` without --lock: the lockfile object make_lock returned needs no second reading of
+    the indices, and vouches for the same stanzas that reading would find; a copy of it, or the
+    same lockfile with other keyrings, is checked as usual."""
+    from ocistrap import pipeline
+    from ocistrap.cache import Cache
+    from ocistrap.fetch import Fetcher
+    from ocistrap.mirror import Source
+
+    source = Source(mirror=archive.mirror.url, suite="unstable", components=("main",), keyrings=(archive.keyring,))
+    fetcher, cache = Fetcher(), Cache(archive.cache)
+    made = pipeline.make_lock(source, pipeline.Selection(variant="essential"), ("amd64",), fetcher, cache)
+    checked = pipeline.check_lock_against_archive(copy.deepcopy(made), source.keyrings, fetcher, cache)
+    assert sorted(checked["amd64"]) == sorted(p.name for p in made.architectures["amd64"].packages)
+
+    def no_reading(*_: object) -> None:
+        raise AssertionError("the indices were read again")
+
+    monkeypatch.setattr(pipeline, "load_universe", no_reading)
+    assert pipeline.check_lock_against_archive(made, source.keyrings, fetcher, cache) == checked
+    with pytest.raises(AssertionError, match="read again"):
+        pipeline.check_lock_against_archive(copy.deepcopy(made), source.keyrings, fetcher, cache)
+    with pytest.raises(AssertionError, match="read again"):
+        pipeline.check_lock_against_archive(made, (archive.keyring, archive.keyring), fetcher, cache)

@@ -12,6 +12,10 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -410,6 +414,137 @@ def test_no_credentials_asks_for_login(tmp_path, fake_registry):
     with pytest.raises(reg.RegistryError, match="requires authentication") as info:
         reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert f"ocistrap login {fake_registry.host}" in info.value.hint
+
+
+# --- redirects (the policy of SECURITY.md, as for mirrors) ------------------------------------
+
+
+@dataclass
+class Storage:
+    """Another host a registry sends blob reads to (as registries redirect to S3 or a CDN)."""
+
+    url: str
+    blobs: dict[str, bytes]
+    seen: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, Authorization)
+    challenge: bool = False
+
+
+@pytest.fixture
+def storage(fake_registry) -> Iterator[Storage]:
+    """Serves the fake registry's blobs on localhost (another host name than 127.0.0.1, another port)."""
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            found.seen.append((self.command, self.path, self.headers.get("Authorization", "")))
+            data = found.blobs.get(self.path.rpartition("/")[2].partition("?")[0])
+            status = 401 if found.challenge else 200 if data is not None else 404
+            self.send_response(status)
+            if found.challenge:
+                self.send_header("WWW-Authenticate", f'Bearer realm="{found.url}/token"')
+            self.send_header("Content-Length", str(len(data or b"")))
+            self.end_headers()
+            if self.command == "GET" and status == 200:
+                self.wfile.write(data)
+
+        do_HEAD = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    found = Storage(f"http://localhost:{server.server_address[1]}", fake_registry.state.blobs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield found
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def redirect_blob_reads(monkeypatch, fake_registry, location: Callable[[str], str]) -> None:
+    """Make the fake registry answer every blob GET/HEAD with a 307 to LOCATION(digest)."""
+    def blob(handler, digest: str) -> None:
+        handler._reply(307, Location=location(digest))
+    monkeypatch.setattr(fake_registry.server.RequestHandlerClass, "_blob", blob)
+
+
+def pushed(tmp_path: Path, fake_registry, tag: str = "x:t") -> Descriptor:
+    desc = build_image(tmp_path / "l", [{"a": os.urandom(5000)}])
+    reg.push(tmp_path / "l", desc, docker(fake_registry.host, tag))
+    return desc
+
+
+def test_blob_reads_follow_a_redirect_to_storage_without_the_credentials(tmp_path, fake_registry, storage,
+                                                                           monkeypatch):
+    fake_registry.state.auth = "basic"
+    auth_file(tmp_path, monkeypatch, fake_registry.host, REGISTRY_PASSWORD)
+    desc = pushed(tmp_path, fake_registry)
+    redirect_blob_reads(monkeypatch, fake_registry, lambda digest: f"{storage.url}/store/{digest}?X-Sig=s3cr3t")
+    assert verify(f"docker://{fake_registry.host}/x:t").blobs == len(image_blobs(tmp_path / "l", desc)) + 1
+    assert {path.partition("?")[0] for _, path, _ in storage.seen} == {
+        f"/store/{b.digest}" for b in image_blobs(tmp_path / "l", desc)}
+    assert [a for _, _, a in storage.seen if a] == [], "credentials were forwarded to the storage host"
+    assert any(a.startswith("Basic ") for a in fake_registry.state.seen_authorization)
+
+
+def test_storage_asking_for_credentials_gets_none(tmp_path, fake_registry, storage, monkeypatch):
+    fake_registry.state.auth = "basic"
+    auth_file(tmp_path, monkeypatch, fake_registry.host, REGISTRY_PASSWORD)
+    pushed(tmp_path, fake_registry)
+    storage.challenge = True
+    redirect_blob_reads(monkeypatch, fake_registry, lambda digest: f"{storage.url}/store/{digest}")
+    with pytest.raises(VerifyError, match="where the registry redirected, asks for credentials"):
+        verify(f"docker://{fake_registry.host}/x:t")
+    assert storage.seen and [a for _, _, a in storage.seen if a] == []
+    assert fake_registry.requests("GET", "^/token") == [] and not any(p == "/token" for _, p, _ in storage.seen)
+
+
+def test_redirect_loop_gives_up_after_the_limit_without_retrying(fake_registry, monkeypatch):
+    redirect_blob_reads(monkeypatch, fake_registry, lambda digest: f"/v2/x/blobs/{digest}")
+    with pytest.raises(reg.RegistryError, match=f"more than {reg.MAX_REDIRECTS} redirects"):
+        reg.open_repository(docker(fake_registry.host, "x:t"))[0].blob_size("sha256:" + "1" * 64)
+    assert len(fake_registry.requests("HEAD", "/blobs/")) == reg.MAX_REDIRECTS + 1
+
+
+@pytest.mark.parametrize("location", ["ftp://localhost/blob", "file:///etc/passwd"])
+def test_redirect_to_another_scheme_is_refused(tmp_path, fake_registry, monkeypatch, location):
+    desc = pushed(tmp_path, fake_registry)
+    redirect_blob_reads(monkeypatch, fake_registry, lambda digest: location)
+    with pytest.raises(VerifyError, match=f"refused the redirect of GET .*/blobs/sha256:.* to {location} "
+                                          r"\(only http->http"):
+        verify(f"docker://{fake_registry.host}/x:t@{desc.digest}")
+
+
+def test_redirect_from_https_down_to_http_is_refused_without_showing_the_query():
+    session = reg.Registry("registry.example")
+    response = requests.Response()
+    response.status_code = 307
+    response.url = "https://registry.example/v2/x/blobs/sha256:ab"
+    response.headers["Location"] = "http://storage.example/ab?X-Amz-Signature=s3cr3t"
+    response.request = requests.Request("GET", response.url).prepare()
+    response.raw = io.BytesIO()
+    with pytest.raises(reg.RegistryError, match="refused the redirect of GET https://registry.example/v2/x/blobs/"
+                                                r"sha256:ab to http://storage.example/ab \(only") as info:
+        session._check_redirect(response)
+    assert "s3cr3t" not in str(info.value)
+    response.headers["Location"] = "https://storage.example/ab?X-Amz-Signature=s3cr3t"
+    session._check_redirect(response)  # https to https elsewhere: followed
+
+
+def test_a_manifest_put_is_never_redirected(tmp_path, fake_registry, monkeypatch):
+    original = fake_registry.server.RequestHandlerClass._manifest
+
+    def manifest(handler, name: str, ref: str) -> None:
+        if handler.command != "PUT":
+            return original(handler, name, ref)
+        handler._body()
+        handler._reply(307, Location=f"http://localhost:1/v2/{name}/manifests/{ref}")
+    monkeypatch.setattr(fake_registry.server.RequestHandlerClass, "_manifest", manifest)
+    desc = build_image(tmp_path / "l")
+    with pytest.raises(reg.RegistryError, match="refused the redirect of PUT .*manifests/t .*a PUT is never redirected"):
+        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    assert fake_registry.state.tags.get("x", {}) == {}
 
 
 # --- against Debian's docker-registry ---------------------------------------------------------

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.image import Descriptor, is_ref_name
 
 TRANSPORTS = ("oci", "oci-archive", "docker-archive", "tar", "docker", "containers-storage")
@@ -39,9 +39,11 @@ _DOCKER_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<
 
 
 class TransportError(OcistrapError):
-    """An image reference is malformed, or an image cannot be read or written at it."""
+    """An image cannot be read or written at a reference."""
 
-    exit_code = 2
+
+class BadReference(UsageError, TransportError):
+    """A reference the user typed is malformed or names a transport that cannot do what was asked."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def parse_reference(text: str) -> Reference:
     """Parse an image reference such as ``oci:out:bookworm`` or ``docker://host/x:tag``."""
     transport, sep, details = text.partition(":")
     if not sep or transport not in TRANSPORTS:
-        raise TransportError(
+        raise BadReference(
             f"{text!r} is not an image reference: unknown transport {transport!r}",
             hint="use one of " + ", ".join(f"{t}:" for t in TRANSPORTS),
         )
@@ -100,7 +102,7 @@ def parse_reference(text: str) -> Reference:
 
 def _require_path(path: str, text: str) -> Path:
     if not path:
-        raise TransportError(f"{text!r}: the file or directory is missing after the transport")
+        raise BadReference(f"{text!r}: the file or directory is missing after the transport")
     return Path(path)
 
 
@@ -108,7 +110,7 @@ def _parse_layout(transport: str, details: str, text: str) -> Reference:
     """``DIR[:TAG]``: like skopeo, the path ends at the first colon; the tag is a ref.name."""
     path, _, tag = details.partition(":")
     if tag and not is_ref_name(tag):
-        raise TransportError(
+        raise BadReference(
             f"{text!r}: {tag!r} is not a valid image-layout tag",
             hint="tags are letters/digits joined by one of - . _ : @ + / (a path cannot contain ':')",
         )
@@ -123,7 +125,7 @@ def _parse_docker_archive(transport: str, details: str, text: str) -> Reference:
         return Reference(transport, path=file)
     name, tag, digest = split_docker_reference(image, text)
     if digest:
-        raise TransportError(f"{text!r}: a docker-archive reference takes a tag, not a digest")
+        raise BadReference(f"{text!r}: a docker-archive reference takes a tag, not a digest")
     return Reference(transport, path=file, name=name, tag=tag or "latest")
 
 
@@ -133,7 +135,7 @@ def _parse_tar(transport: str, details: str, text: str) -> Reference:
 
 def _parse_docker(transport: str, details: str, text: str) -> Reference:
     if not details.startswith("//") or len(details) == 2:
-        raise TransportError(f"{text!r}: expected docker://[HOST[:PORT]/]NAME[:TAG][@DIGEST]")
+        raise BadReference(f"{text!r}: expected docker://[HOST[:PORT]/]NAME[:TAG][@DIGEST]")
     name, tag, digest = split_docker_reference(details[2:], text)
     return Reference(transport, name=name, tag=tag or (None if digest else "latest"), digest=digest)
 
@@ -142,7 +144,7 @@ def _parse_storage(transport: str, details: str, text: str) -> Reference:
     if not details:
         return Reference(transport)
     if details.startswith("["):
-        raise TransportError(f"{text!r}: containers-storage store specifications are not supported")
+        raise BadReference(f"{text!r}: containers-storage store specifications are not supported")
     name, tag, digest = split_docker_reference(details, text)
     return Reference(transport, name=name, tag=tag, digest=digest)
 
@@ -151,7 +153,7 @@ def split_docker_reference(image: str, text: str | None = None) -> tuple[str, st
     """Split ``[HOST[:PORT]/]NAME[:TAG][@DIGEST]`` into (name, tag, digest), checking the grammar."""
     match = _DOCKER_REFERENCE.fullmatch(image)
     if match is None or len(match.group("name")) > 255:
-        raise TransportError(
+        raise BadReference(
             f"{text or image!r}: {image!r} is not a valid image name",
             hint="names are lowercase [HOST[:PORT]/]PATH, with an optional :TAG and @DIGEST",
         )
@@ -162,11 +164,14 @@ def write(layout: Path, desc: Descriptor, ref: Reference) -> None:
     """Write the image DESC of LAYOUT to REF with the transport REF names."""
     module = _WRITERS.get(ref.transport)
     if module is None:
-        raise TransportError(
+        raise BadReference(
             f"cannot write images to {ref.transport}: in this version",
             hint="writable: " + ", ".join(f"{t}:" for t in _WRITERS),
         )
-    importlib.import_module(f"ocistrap.transports.{module}").write_reference(layout, desc, ref)
+    try:
+        importlib.import_module(f"ocistrap.transports.{module}").write_reference(layout, desc, ref)
+    except OSError as exc:
+        raise TransportError(f"cannot write {ref}: {exc.strerror or exc}") from exc
 
 
 @contextmanager
@@ -182,8 +187,8 @@ def open_image(ref: Reference) -> Iterator[tuple[Path, Descriptor]]:
         with oci_archive.read(Path(ref.path), ref.tag) as found:
             yield found
     else:
-        raise TransportError(f"cannot read images from {ref.transport}: here",
-                             hint="give an oci:DIR[:TAG] or oci-archive:FILE[:TAG] image")
+        raise BadReference(f"cannot read images from {ref.transport}: here",
+                           hint="give an oci:DIR[:TAG] or oci-archive:FILE[:TAG] image")
 
 
 @contextmanager

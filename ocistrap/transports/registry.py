@@ -31,6 +31,13 @@ registries (127.0.0.0/8, ::1, localhost) are spoken to over plain HTTP, as
 Docker does; ``tls_verify=False`` allows any other registry over HTTPS without
 certificate checks, falling back to plain HTTP if it speaks no TLS.
 
+Redirects, as for mirrors (``ocistrap.fetch``): at most ``MAX_REDIRECTS`` hops,
+only for GET and HEAD (blob and manifest reads go to storage hosts; an upload
+or a manifest PUT is never redirected), within http/https and never down
+from https to http. The Authorization header goes only to the registry itself:
+requests drops it when a redirect leaves the registry's origin, and a 401 from
+elsewhere is not answered with our credentials.
+
 Credentials (see ``ocistrap.auth``) never appear in messages or logs: only
 the user name and where it came from are ever named.
 """
@@ -48,19 +55,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import oras.auth
 import oras.auth.utils
 import requests
 import urllib3
 
-from ocistrap import auth, log
+from ocistrap import auth, fetch, log
 from ocistrap.image import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, MEDIA_TYPE_INDEX, Descriptor, canonical_json
 from ocistrap.transports import Reference, TransportError, atomic_write_bytes, oci
 
 MANIFEST_ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES))
 _TIMEOUT = (30, 300)
+MAX_REDIRECTS = fetch.MAX_REDIRECTS
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _RECORD_LIMIT = 5000
 
 
@@ -177,6 +186,8 @@ class Registry:
         self.retry = retry or RETRY
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "ocistrap"
+        self.session.max_redirects = MAX_REDIRECTS
+        self.session.hooks["response"].append(self._check_redirect)
         self._insecure = tls_verify is False
         self.session.verify = not self._insecure
         plain = is_loopback(name) and tls_verify is None
@@ -230,6 +241,7 @@ class Registry:
         def attempt() -> requests.Response:
             response = self._send(method, url, headers, params, body, stream)
             if response.status_code == 401 and response.headers.get("WWW-Authenticate"):
+                self._refuse_foreign_challenge(response)
                 self._answer(response.headers["WWW-Authenticate"], response)
                 response = self._send(method, url, headers, params, body, stream)
             return response
@@ -276,6 +288,9 @@ class Registry:
                 response = self.session.request(
                     method, url, headers=all_headers, params=params, data=data, stream=stream, timeout=_TIMEOUT
                 )
+        except requests.TooManyRedirects:
+            raise RegistryError(f"{self.name}: {method} {_shown(url)}: more than {MAX_REDIRECTS} redirects",
+                                hint="the registry or its storage redirects in a loop") from None
         except requests.exceptions.SSLError as exc:
             raise RegistryError(
                 f"{self.name}: TLS failed: {_reason(exc)}",
@@ -290,6 +305,29 @@ class Registry:
             response.close()
             raise _Transient(f"HTTP {response.status_code}", _retry_after(response))
         return response
+
+    def _check_redirect(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """requests' response hook: refuse to follow a redirect the policy does not allow (module docstring)."""
+        if not response.is_redirect:
+            return
+        target = urljoin(response.url, response.headers["Location"])
+        method = response.request.method or ""
+        if method not in ("GET", "HEAD"):
+            reason = f"a {method} is never redirected"
+        elif not fetch.scheme_allows(response.url, target):
+            reason = "only http->http, http->https and https->https are followed"
+        else:
+            return
+        response.close()
+        raise RegistryError(f"{self.name}: refused the redirect of {method} {_shown(response.url)} "
+                            f"to {_shown(target)} ({reason})")
+
+    def _refuse_foreign_challenge(self, response: requests.Response) -> None:
+        """Credentials are for the registry: a host it redirected to that asks for them gets none."""
+        if _origin(response.url) != _origin(self.base):
+            response.close()
+            raise RegistryError(f"{self.name}: {_shown(response.url)}, where the registry redirected, asks for "
+                                "credentials; ocistrap sends them only to the registry itself")
 
     def _answer(self, challenge: str, response: requests.Response) -> None:
         """Answer a WWW-Authenticate challenge: Basic with our credentials, Bearer with a fresh token."""
@@ -347,6 +385,12 @@ class Registry:
             f"{self.name}: the registry refused the credentials of user {self.credentials.username}{source}",
             hint=f"check the user name and password, then `ocistrap login {self.name}` again",
         )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
 
 
 def _shown(url: str) -> str:
