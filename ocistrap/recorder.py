@@ -528,6 +528,7 @@ class Supervisor:
     def _chown(self, ctx: "_Context", call: Chown) -> int:
         def apply(path: str, dir_fd: int | None, follow: bool) -> None:
             st = os.stat(path, dir_fd=dir_fd, follow_symlinks=follow)
+            ctx.confirm()
             self.records.chown(st, call.uid, call.gid)
             if stat.S_ISLNK(st.st_mode):
                 return
@@ -545,6 +546,7 @@ class Supervisor:
         umask = ctx.umask()
 
         def create(path: str, dir_fd: int | None, _follow: bool) -> None:
+            ctx.confirm()
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                          stat.S_IMODE(call.mode) & ~umask, dir_fd=dir_fd)
             try:
@@ -558,6 +560,7 @@ class Supervisor:
         st = ctx.lstat(call.target)
         if st is not None and st in self.records and freed_by_removal(
                 st, directory=call.directory, directory_empty=lambda: ctx.empty(call.target)):
+            ctx.confirm()
             self.records.forget(st)
 
     def _rename(self, ctx: "_Context", call: Rename) -> None:
@@ -566,6 +569,7 @@ class Supervisor:
             return
         if rename_frees_dest(ctx.lstat(call.source), dest, call.flags) and freed_by_removal(
                 dest, directory=stat.S_ISDIR(dest.st_mode), directory_empty=lambda: ctx.empty(call.dest)):
+            ctx.confirm()
             self.records.forget(dest)
 
 
@@ -605,6 +609,25 @@ def _drop_capabilities(path: str, dir_fd: int | None) -> None:
         os.close(fd)
 
 
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_libc.process_vm_readv.restype = ctypes.c_ssize_t
+_libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong,
+                                   ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_ulong]
+
+
+def _read_memory(pid: int, address: int, size: int) -> bytes:
+    """SIZE bytes of process PID at ADDRESS (fewer at the end of a mapping)."""
+    buf = ctypes.create_string_buffer(size)
+    local, remote = _IoVec(ctypes.cast(buf, ctypes.c_void_p), size), _IoVec(address, size)
+    n = _libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if n <= 0:
+        raise OSError(errno.EFAULT, "bad address")
+    return buf.raw[:n]
+
+
 class _Context:
     """The caller's view of the file system: paths resolve as they would for it
     (its root directory, its working directory, its open directories)."""
@@ -619,11 +642,6 @@ class _Context:
         self.root: int | None = None
 
     def __enter__(self) -> "_Context":
-        try:
-            self.mem = self._open("mem", os.O_RDONLY)
-        except _Gone:
-            self.__exit__()
-            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -632,17 +650,21 @@ class _Context:
         self.fds.clear()
 
     def _open(self, name: str, flags: int = os.O_PATH) -> int:
-        """Open NAME of the caller's /proc directory, making sure it still is the caller's."""
+        """Open NAME of the caller's /proc directory (whose it is, confirm() tells)."""
         try:
             fd = os.open(f"{self.base}/{name}", flags | os.O_CLOEXEC)
         except OSError as e:
             raise _Gone() from e
         self.fds.append(fd)
+        return fd
+
+    def confirm(self) -> None:
+        """Before any effect: the call is still pending, so what was read and opened by its
+        pid belongs to the caller, not to a process that got the pid after it died."""
         try:
             fcntl.ioctl(self.sup.listener, NOTIF_ID_VALID, struct.pack("=Q", self.notif_id))
         except OSError as e:
             raise _Gone() from e
-        return fd
 
     def _dir(self, fd: int | None) -> int:
         if fd not in self.dirs:
@@ -657,13 +679,7 @@ class _Context:
             if len(data) >= PATH_MAX:
                 raise OSError(errno.ENAMETOOLONG, "path too long")
             at = address + len(data)
-            try:
-                chunk = os.pread(self.mem, 4096 - at % 4096, at)
-            except OSError as e:
-                raise OSError(errno.EFAULT, "bad address") from e
-            if not chunk:
-                raise OSError(errno.EFAULT, "bad address")
-            data += chunk
+            data += _read_memory(self.pid, at, 4096 - at % 4096)
         self.paths[address] = os.fsdecode(data.split(b"\0", 1)[0])
         return self.paths[address]
 
@@ -692,6 +708,7 @@ class _Context:
 
     def write(self, address: int, data: bytes) -> None:
         """Put DATA into the caller's memory at ADDRESS (the buffer its call passed)."""
+        self.confirm()
         fd = os.open(f"{self.base}/mem", os.O_RDWR | os.O_CLOEXEC)
         try:
             if os.pwrite(fd, data, address) != len(data):
