@@ -35,7 +35,16 @@ tar -C "$here" --exclude=./.venv --exclude=./.git --exclude='*/__pycache__' \
 chown -R "$user:" "$dest"
 runtime="/tmp/ocistrap-runtime-$uid"
 mkdir -p "$runtime" && chown "$user:" "$runtime" && chmod 700 "$runtime"
+# a small file system the disk-full tests fill up (tests/test_e2e_faults.py), empty on every run
+smallfs="/tmp/ocistrap-smallfs-$uid"
+mkdir -p "$smallfs"
+if mountpoint -q "$smallfs"; then umount "$smallfs"; fi
+if mount -t tmpfs -o size=256m,mode=700,uid="$uid",gid="$(id -g "$user")" ocistrap-smallfs "$smallfs"; then
+    OCISTRAP_TEST_SMALLFS="$smallfs"
+else
+    echo "as-user.sh: no tmpfs at $smallfs: the disk-full tests will be skipped" >&2
+fi
 exec runuser -u "$user" -- env -i HOME="$home" USER="$user" LOGNAME="$user" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    XDG_RUNTIME_DIR="$runtime" LANG=C.UTF-8 CI="${CI:-}" \
+    XDG_RUNTIME_DIR="$runtime" LANG=C.UTF-8 CI="${CI:-}" OCISTRAP_TEST_SMALLFS="${OCISTRAP_TEST_SMALLFS:-}" \
     PYTEST_ARGS="${PYTEST_ARGS:-}" BENCH_ARGS="${BENCH_ARGS:-}" make -C "$dest" "$target"

@@ -146,6 +146,29 @@ def auto_installed(extended_states: bytes) -> set[str]:
 
 # ---- what a build leaves behind ----
 
+@dataclass(frozen=True)
+class HostDirs:
+    """A build's private TMPDIR and XDG_RUNTIME_DIR, so that what it leaves there is its own."""
+
+    tmp: Path
+    runtime: Path
+
+    @classmethod
+    def under(cls, base: Path) -> "HostDirs":
+        dirs = cls(base / "tmp", base / "runtime")
+        for d in (dirs.tmp, dirs.runtime):
+            d.mkdir(mode=0o700, parents=True)
+        return dirs
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "TMPDIR": str(self.tmp), "XDG_RUNTIME_DIR": str(self.runtime)}
+
+
+def assert_nothing_foreign(*roots: Path) -> None:
+    foreign = foreign_paths(roots, os.getuid(), os.getgid())
+    assert not foreign, "left on the host, owned by subordinate ids:\n" + "\n".join(foreign[:50])
+
+
 def foreign_paths(roots: Iterable[Path], uid: int, gid: int) -> list[str]:
     """Paths under ROOTS (and ROOTS) not owned by UID:GID: a user cannot remove those."""
     found = []

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from debian.deb822 import Deb822
 
-from e2e_helpers import (FROZEN_MIRROR_APTOPT, Tree, auto_installed, descendants, foreign_paths,
-                         installed, mmdebstrap, ocistrap, podman_environment, printed_digests, read_members,
-                         read_tree, tree_differences, wait_gone)
+from e2e_helpers import (FROZEN_MIRROR_APTOPT, HostDirs, Tree, assert_nothing_foreign, auto_installed,
+                         descendants, installed, mmdebstrap, ocistrap, podman_environment, printed_digests,
+                         read_members, read_tree, tree_differences, wait_gone)
 from ocistrap import lock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
@@ -56,24 +56,6 @@ CONFIGS = {
     "bookworm+hello,procps": Config("bookworm", include=("hello", "procps")),
     "bookworm+systemd": Config("bookworm", include=("systemd",)),
 }
-
-
-@dataclass(frozen=True)
-class HostDirs:
-    """A build's private TMPDIR and XDG_RUNTIME_DIR, so that what it leaves there is its own."""
-
-    tmp: Path
-    runtime: Path
-
-    @classmethod
-    def under(cls, base: Path) -> "HostDirs":
-        dirs = cls(base / "tmp", base / "runtime")
-        for d in (dirs.tmp, dirs.runtime):
-            d.mkdir(mode=0o700, parents=True)
-        return dirs
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "TMPDIR": str(self.tmp), "XDG_RUNTIME_DIR": str(self.runtime)}
 
 
 @dataclass(frozen=True)
@@ -351,11 +333,6 @@ def test_podman_runs_the_docker_archive(main_build, work, podman_env):
 
 
 # ---- 6. nothing left on the host ----
-
-def assert_nothing_foreign(*roots: Path) -> None:
-    foreign = foreign_paths(roots, os.getuid(), os.getgid())
-    assert not foreign, "left on the host, owned by subordinate ids:\n" + "\n".join(foreign[:50])
-
 
 def test_successful_build_leaves_nothing(main_build, cache_dir):
     assert list(main_build.host.runtime.iterdir()) == []
