@@ -295,7 +295,7 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
     epoch = request.epoch if request.epoch is not None else release_epoch(lock)
     provenance = assemble.Provenance(suite=lock.suite, mirror=lock.mirror, lock_digest=lock.digest(),
                                      release_sha256=next(iter(lock.architectures.values())).releases[0].sha256)
-    with tempfile.TemporaryDirectory(prefix="build-", dir=cache.root / "partial") as tmp:
+    with sandbox.scratch_dir(cache.root / "partial", "build-") as tmp:
         layout = Path(tmp) / "layout"
         oci.init_layout(layout)
         manifests = []
