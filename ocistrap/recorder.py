@@ -156,8 +156,14 @@ class Stat:
 Call = Chown | Mknod | Remove | Rename | Stat
 
 
-def _fd(value: int) -> int | None:
-    fd = ctypes.c_int32(value & 0xFFFFFFFF).value
+def _fd(value: int) -> int:
+    """A plain fd argument (AT_FDCWD is no fd here: the kernel answers EBADF)."""
+    return ctypes.c_int32(value & 0xFFFFFFFF).value
+
+
+def _dirfd(value: int) -> int | None:
+    """The dirfd of an *at call: None for AT_FDCWD, the working directory."""
+    fd = _fd(value)
     return None if fd == AT_FDCWD else fd
 
 
@@ -167,7 +173,7 @@ def _id(value: int, bits: int) -> int | None:
 
 
 def _at(dirfd: int, path: int, flags: int) -> Where:
-    return Where(_fd(dirfd), path, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
+    return Where(_dirfd(dirfd), path, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
 
 
 def decode(arch: int, nr: int, args: tuple[int, ...]) -> Call | None:
@@ -190,19 +196,19 @@ def decode(arch: int, nr: int, args: tuple[int, ...]) -> Call | None:
         case "mknod":
             return Mknod(Where(None, a[0], follow=False), a[1] & 0xFFFFFFFF, a[2] & 0xFFFFFFFF)
         case "mknodat":
-            return Mknod(Where(_fd(a[0]), a[1], follow=False), a[2] & 0xFFFFFFFF, a[3] & 0xFFFFFFFF)
+            return Mknod(Where(_dirfd(a[0]), a[1], follow=False), a[2] & 0xFFFFFFFF, a[3] & 0xFFFFFFFF)
         case "unlink":
             return Remove(Where(None, a[0], follow=False), directory=False)
         case "rmdir":
             return Remove(Where(None, a[0], follow=False), directory=True)
         case "unlinkat":
-            return Remove(Where(_fd(a[0]), a[1], follow=False), directory=bool(a[2] & AT_REMOVEDIR))
+            return Remove(Where(_dirfd(a[0]), a[1], follow=False), directory=bool(a[2] & AT_REMOVEDIR))
         case "rename":
             return Rename(Where(None, a[0], follow=False), Where(None, a[1], follow=False), 0)
         case "renameat":
-            return Rename(Where(_fd(a[0]), a[1], follow=False), Where(_fd(a[2]), a[3], follow=False), 0)
+            return Rename(Where(_dirfd(a[0]), a[1], follow=False), Where(_dirfd(a[2]), a[3], follow=False), 0)
         case "renameat2":
-            return Rename(Where(_fd(a[0]), a[1], follow=False), Where(_fd(a[2]), a[3], follow=False),
+            return Rename(Where(_dirfd(a[0]), a[1], follow=False), Where(_dirfd(a[2]), a[3], follow=False),
                           a[4] & 0xFFFFFFFF)
         case "stat":
             return Stat(Where(None, a[0]), a[1], arch)
@@ -650,11 +656,17 @@ class _Context:
         self.fds.clear()
 
     def _open(self, name: str, flags: int = os.O_PATH) -> int:
-        """Open NAME of the caller's /proc directory (whose it is, confirm() tells)."""
+        """Open NAME of the caller's /proc directory (whose it is, confirm() tells).
+
+        If the caller is still there, a missing fd/N is its bad file descriptor.
+        """
         try:
             fd = os.open(f"{self.base}/{name}", flags | os.O_CLOEXEC)
         except OSError as e:
-            raise _Gone() from e
+            self.confirm()
+            if name.startswith("fd/"):
+                raise OSError(errno.EBADF, "bad file descriptor") from e
+            raise
         self.fds.append(fd)
         return fd
 

@@ -734,24 +734,16 @@ def test_live_chrooted_child(live: dict[str, Any]) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="recorder bug: _Context._open turns ENOENT of /proc/PID/fd/N into "
-                   "_Gone, and handle_one then never answers, so fchown of a closed fd blocks forever "
-                   "instead of failing with EBADF")
-def test_live_fchown_of_closed_fd_fails_with_ebadf(live: dict[str, Any]) -> None:
+def test_live_fchown_of_a_closed_fd_fails_with_ebadf(live: dict[str, Any]) -> None:
     assert live["bugs"]["fchown_closed_fd"] == errno.EBADF
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="recorder bug: once anything is recorded, fstat of a closed fd "
-                   "blocks forever (same _Gone path) instead of failing with EBADF")
 def test_live_fstat_of_closed_fd_fails_with_ebadf(live: dict[str, Any]) -> None:
     assert live["bugs"]["fstat_closed_fd"] == errno.EBADF
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="recorder bug: decode maps fd -100 (AT_FDCWD) of fchown to "
-                   "Where(None, None), so fchown(-100, 1, 1) succeeds and records the working directory; "
-                   "the kernel answers EBADF")
 def test_live_fchown_of_at_fdcwd_fails_with_ebadf(live: dict[str, Any]) -> None:
     assert live["bugs"]["fchown_at_fdcwd"] == errno.EBADF
     assert live["bugs_dir_recorded"] is False
