@@ -69,7 +69,7 @@ SYSCALLS: dict[int, dict[str, int]] = {
     AUDIT_ARCH_I386: {
         "chown16": 182, "fchown16": 95, "lchown16": 16, "chown": 212, "fchown": 207, "lchown": 198,
         "fchownat": 298, "mknod": 14, "mknodat": 297, "unlink": 10, "unlinkat": 301, "rmdir": 40,
-        "rename": 38, "renameat": 302, "renameat2": 353,
+        "rename": 38, "renameat": 302, "renameat2": 353, "statx": 383,
     },
     AUDIT_ARCH_AARCH64: {
         "fchown": 55, "fchownat": 54, "mknodat": 33, "unlinkat": 35, "renameat": 38, "renameat2": 276,
