@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, NoReturn, TypeVar
 
-from ocistrap import layer, log, recorder, resolve, sandbox, slim, unpack
+from ocistrap import doctor, hostdpkg, layer, log, recorder, resolve, sandbox, slim, unpack
 from ocistrap.errors import OcistrapError
 from ocistrap.lock import LockedArchive
 
@@ -459,10 +459,42 @@ def _dpkg_install(root: Path, debs: Sequence[Deb]) -> None:
         return
     paths = [f"/{DEBS_MOUNT}/{Path(d.path).name}" for d in debs]
     # no fsync: the staging root is thrown away if anything fails
-    result = sandbox.chroot_run(root, ["dpkg", "--install", "--force-depends", "--force-unsafe-io", *paths],
+    if _host_dpkg_unpacks(root, debs):
+        _dpkg_install_foreign(root, debs, paths)
+    else:
+        result = sandbox.chroot_run(root, ["dpkg", "--install", "--force-depends", "--force-unsafe-io", *paths],
+                                    env=CHROOT_ENV, check=False)
+        if result.returncode != 0:
+            raise BootstrapError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
+
+
+def _host_dpkg_unpacks(root: Path, debs: Sequence[Deb]) -> bool:
+    """True if the host's dpkg is to unpack DEBS, packages of a foreign architecture
+    (ocistrap.hostdpkg); the log says which dpkg does what, and why."""
+    arch = debs[0].arch
+    if not arch or arch == doctor.native_arch():
+        return False
+    dpkg = next((d.path for d in debs if d.name == "dpkg"), None)
+    why_not = hostdpkg.refusal(hostdpkg.probe(root, CHROOT_ENV), arch, hostdpkg.target_version(root, dpkg))
+    print(f"ocistrap: {arch}: " + (f"the target's dpkg unpacks and configures, emulated: {why_not}" if why_not
+                                   else "the host's dpkg unpacks, the target's configures, emulated"),
+          file=sys.stderr, flush=True)
+    return why_not is None
+
+
+def _dpkg_install_foreign(root: Path, debs: Sequence[Deb], paths: Sequence[str]) -> None:
+    """`dpkg --install` of the .debs at PATHS in two steps: the host's dpkg unpacks them natively,
+    then the target's configures DEBS in the same order, as --install would have. dpkg's backup
+    of its database is left as one --install leaves it, not as it was between the steps."""
+    names = [d.name for d in debs]
+    before = (root / hostdpkg.STATUS).read_bytes()
+    if hostdpkg.unpack(root, paths, CHROOT_ENV) != 0:
+        raise BootstrapError(f"dpkg --unpack (the host's dpkg) failed for {', '.join(names)}")
+    result = sandbox.chroot_run(root, ["dpkg", "--configure", "--force-depends", "--force-unsafe-io", *names],
                                 env=CHROOT_ENV, check=False)
     if result.returncode != 0:
-        raise BootstrapError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
+        raise BootstrapError(f"dpkg --configure failed for {', '.join(names)}")
+    (root / hostdpkg.STATUS_BACKUP).write_bytes(before)
 
 
 def _finish(root: Path, plan: Plan, rest: Sequence[Deb]) -> None:

@@ -7,10 +7,14 @@ cache so that ``--offline`` works later.
 """
 
 import dataclasses
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from operator import attrgetter
 from pathlib import Path
+from typing import TypeVar
 
 from ocistrap import archive, openpgp
 from ocistrap.archive import ArchiveError, Package, Release
@@ -20,6 +24,7 @@ from ocistrap.fetch import Fetcher, NotFound, sha256_hex
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 _PACKAGE_FIELDS = [f.name for f in dataclasses.fields(Package)]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,7 @@ def _component_packages(source: Source, signed: SignedRelease, component: str, a
         cache.put_bytes(data, lambda d: archive.verify_bytes(d, entry, what=what))
     else:
         archive.verify_bytes(data, entry, what=what)
-    packages = archive.parse_packages(archive.decompressed_chunks(data, path), what=what)
+    packages = archive.parse_packages(_read_ahead(archive.decompressed_chunks(data, path)), what=what)
     cache.store_parsed(entry.sha256, {"fields": _PACKAGE_FIELDS,
                                       "columns": [list(map(attrgetter(f), packages)) for f in _PACKAGE_FIELDS]})
     return packages
@@ -190,6 +195,43 @@ def _from_parsed(parsed: object) -> list[Package] | None:
     if not isinstance(columns, list) or len(columns) != len(_PACKAGE_FIELDS) or len(set(map(len, columns))) != 1:
         return None
     return list(map(Package, *columns))
+
+
+def _read_ahead(pieces: Iterable[T], depth: int = 4) -> Iterator[T]:
+    """PIECES, produced by a thread up to DEPTH ahead of the caller: xz decompression releases
+    the GIL, so it runs on a second core while the caller parses. Errors arrive in order."""
+    ready: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for piece in pieces:
+                if stop.is_set():
+                    return
+                ready.put((True, piece))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            ready.put((False, error))
+            return
+        ready.put((False, None))
+
+    worker = threading.Thread(target=produce, name="ocistrap-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = ready.get()
+            if not ok:
+                if item is not None:
+                    raise item  # type: ignore[misc]
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                ready.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        worker.join()
 
 
 def _fetch_index(source: Source, signed: SignedRelease, path: str, entry: archive.FileEntry,

@@ -305,6 +305,7 @@ def report(results: list[Result], runs: int, revision: str, load: str, profile: 
 
 
 PROFILE_MARK = "\n## Profile"
+FOREIGN_MARK = "\n## Foreign architecture"
 
 
 def kept_profile(path: Path) -> str:
@@ -313,6 +314,40 @@ def kept_profile(path: Path) -> str:
         return ""
     text = path.read_text()
     return text[text.index(PROFILE_MARK):] if PROFILE_MARK in text else ""
+
+
+def kept_parts(path: Path) -> tuple[str, str]:
+    """An existing report's native part and its foreign section (without the profile): a run of only
+    one kind rewrites only its own, as the foreign case takes ~10 minutes and runs only with --foreign."""
+    text = path.read_text() if path.exists() else ""
+    text = text[:text.index(PROFILE_MARK)] if PROFILE_MARK in text else text
+    at = text.find(FOREIGN_MARK)
+    return (text, "") if at < 0 else (text[:at].rstrip() + "\n", text[at:])
+
+
+def qemu_version() -> str:
+    """The qemu-user that binfmt_misc runs arm64 programs with."""
+    handler = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+    interpreter = next((line.split()[1] for line in handler.read_text().splitlines()
+                        if line.startswith("interpreter ")), None) if handler.exists() else None
+    # the handler's own name (…-binfmt-P) refuses to run outside binfmt_misc; the file it links to does not
+    return version([str(Path(interpreter).resolve()), "--version"]) if interpreter else "no qemu-aarch64 binfmt handler"
+
+
+def foreign_section(results: list[Result], runs: int, revision: str, load: str) -> str:
+    """The foreign case's own section: arm64 built on amd64, target code under qemu-user."""
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [FOREIGN_MARK.strip() + ": arm64 on amd64 under qemu-user", "",
+             "Written by `make bench BENCH_ARGS=--foreign` (`--cases '' --foreign` for this section alone);",
+             "the same pipelines, commands and figures as above, for `--arch arm64`. ocistrap unpacks with the",
+             "host's dpkg natively and runs under qemu only what is target code: maintainer scripts and the",
+             "target's `dpkg --configure` (ocistrap/hostdpkg.py).", "",
+             f"- date: {when}; {runs} run(s) per tool; load average before/after: {load}",
+             f"- machine: {'; '.join(machine())}", *[f"- {v}" for v in versions(revision)],
+             f"- {qemu_version()}", "", *summary_table(results), "", *runs_table(results), "",
+             "Median seconds per phase of ocistrap (`--timings`):", "", *phase_table(results), "",
+             "The pipeline's commands (median seconds):", "", *pipeline_table(results), "", *commands(results)]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def load_average() -> str:
@@ -347,8 +382,13 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     print("\n".join(["", *summary_table(results), "", *phase_table(results)]))
     if not args.no_output:
-        args.output.write_text(report(results, args.runs, args.revision or git_revision(),
-                                      f"{load_before} / {load_average()}", kept_profile(args.output)))
+        revision, load = args.revision or git_revision(), f"{load_before} / {load_average()}"
+        native, foreign = [r for r in results if not r.case.arch], [r for r in results if r.case.arch]
+        kept_native, kept_foreign = kept_parts(args.output)
+        args.output.write_text(
+            (report(native, args.runs, revision, load, "") if native else kept_native)
+            + ("\n" + foreign_section(foreign, args.runs, revision, load) if foreign else kept_foreign)
+            + kept_profile(args.output))
         print(f"\nwrote {args.output}")
     return 0
 

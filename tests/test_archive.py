@@ -193,6 +193,29 @@ def test_xz_in_pieces_is_what_lzma_decompress_gives() -> None:
             list(decompressed_chunks(broken, "Packages.xz", size=4096))
 
 
+def test_read_ahead_keeps_order_passes_errors_in_place_and_stops_with_its_reader() -> None:
+    import threading
+
+    from ocistrap.mirror import _read_ahead
+
+    def pieces(fail_at: int | None = None):  # type: ignore[no-untyped-def]
+        for n in range(50):
+            if n == fail_at:
+                raise ArchiveError("piece 7 is broken")
+            yield n
+
+    assert list(_read_ahead(pieces(), depth=2)) == list(range(50))
+    seen = []
+    with pytest.raises(ArchiveError, match="piece 7"):
+        for piece in _read_ahead(pieces(fail_at=7), depth=2):
+            seen.append(piece)
+    assert seen == list(range(7))
+    reader = _read_ahead(pieces(), depth=2)
+    assert next(reader) == 0
+    reader.close()
+    assert not [t for t in threading.enumerate() if t.name == "ocistrap-read-ahead"]
+
+
 # --- Packages -----------------------------------------------------------------------------------
 
 def stanza(name: str, **fields: str) -> str:

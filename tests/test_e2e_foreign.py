@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import PODMAN, ocistrap, podman_environment, printed_digests, remove_podman_images
-from ocistrap import doctor
+from debian.deb822 import Deb822
+
+from e2e_helpers import (PODMAN, installed, ocistrap, podman_environment, printed_digests, read_members, read_tree,
+                         remove_podman_images, tree_differences)
+from ocistrap import doctor, hostdpkg
 from registry_fixture import registry  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 EM_AARCH64 = 183
+# what mmdebstrap takes from the host or writes in another form (as in test_e2e_build.py)
+HOST_SPECIFIC = {"", "etc/hostname", "etc/resolv.conf", "etc/apt/sources.list", "etc/apt/sources.list.d/debian.sources"}
+NATIVE_UNPACK = "ocistrap: arm64: the host's dpkg unpacks, the target's configures, emulated"
 
 
 def arm64_runnable() -> bool:
@@ -61,6 +67,42 @@ def test_amd64_arm64_index_runs_each_platform_and_arm64_ran_its_scripts_under_qe
     status = (rootfs / "var/lib/dpkg/status").read_text()
     assert "Architecture: arm64" in status and "Status: install ok half" not in status
     assert (rootfs / "var/lib/dpkg/arch").read_text().split() == ["arm64"]
+
+
+def host_dpkg_series() -> tuple[int, int] | None:
+    done = subprocess.run(["dpkg", "--version"], capture_output=True, text=True, check=False)
+    parsed = hostdpkg.parse_version_output(done.stdout)
+    return hostdpkg.series(parsed[0]) if parsed else None
+
+
+@pytest.mark.skipif(doctor.native_arch() != "amd64", reason="the test builds arm64 under qemu on amd64")
+def test_arm64_minbase_unpacked_by_the_host_dpkg_matches_rootless_mmdebstrap(tmp_path: Path) -> None:
+    """bookworm's dpkg is 1.21: on a bookworm host its own dpkg unpacks natively (and only the
+    maintainer scripts and the configuring dpkg run under qemu); the tree must still be mmdebstrap's."""
+    if not arm64_runnable():
+        pytest.fail("no qemu-aarch64 binfmt handler: `make test` as root sets it up; see `ocistrap doctor --arch arm64`")
+    reference = tmp_path / "mmdebstrap.tar"
+    done = subprocess.run(["mmdebstrap", "--mode=unshare", "--variant=minbase", "--quiet", "--architectures=arm64",
+                           "bookworm", str(reference)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ours = tmp_path / "ocistrap.tar"
+    result = ocistrap("--debug", "build", "bookworm", "--variant", "minbase", "--arch", "arm64",
+                      "--cache-dir", str(tmp_path / "cache"), "-o", f"tar:{ours}")
+    routes = {line for line in result.stderr.splitlines() if line.startswith("ocistrap: arm64: ")}
+    if host_dpkg_series() == (1, 21):
+        assert routes == {NATIVE_UNPACK}, routes
+    else:
+        assert routes and NATIVE_UNPACK not in routes, routes
+
+    differences = tree_differences(read_tree(ours), read_tree(reference),
+                                   lambda path: path in HOST_SPECIFIC or path.startswith("dev/"))
+    assert not differences, f"{len(differences)} differences:\n" + "\n".join(differences[:200])
+    status = "var/lib/dpkg/status"
+    ours_status, theirs_status = read_members(ours, [status])[status], read_members(reference, [status])[status]
+    assert installed(ours_status) == installed(theirs_status)
+    assert [(p["Package"], p["Status"]) for p in Deb822.iter_paragraphs(ours_status.decode())] == \
+        [(p["Package"], p["Status"]) for p in Deb822.iter_paragraphs(theirs_status.decode())]
+    assert read_members(ours, ["var/lib/dpkg/arch"])["var/lib/dpkg/arch"] == b"arm64\n"
 
 
 def test_missing_binfmt_handler_is_a_clear_error_before_any_download(tmp_path: Path) -> None:

@@ -1,0 +1,132 @@
+"""Foreign architectures: unpack with the host's dpkg, configure with the target's.
+
+Under qemu-user every instruction of the target's own dpkg is emulated: for
+bookworm arm64 minbase its unpacking, hashing and database work took about 40
+of the 80 s that `dpkg --install` needed; the maintainer scripts took the rest.
+The host's dpkg does that work natively with `--root=ROOT`, and still chroots
+into ROOT to run the preinst scripts, so target code runs only under emulation
+as before. The target's dpkg then configures: the configuration order,
+trigger processing and postinst runs are what the target's dpkg decides (the
+host's would take arm64 for a foreign architecture of an amd64 system and
+order Architecture: all packages differently).
+
+The host's dpkg is used only if it is of the target's release series (1.21.x
+with 1.21.y): within a series the database it writes and the files it unpacks
+are the target dpkg's own (tests/test_e2e_foreign.py compares the trees);
+otherwise the caller keeps the emulated dpkg. While the host's dpkg runs, the
+target's /etc and /root cover the host's in the sandbox's mount namespace:
+it reads the target's dpkg configuration, ~/.dpkg.cfg and user and group
+names, exactly as a dpkg chrooted into ROOT would, and never the host's.
+"""
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ocistrap import sandbox
+
+# what the host's dpkg must see of the target instead of the host's own
+COVERED = ("etc", "root")
+VERSION_LINE = re.compile(r"\bversion (\S+) \((\S+)\)")
+STATUS = "var/lib/dpkg/status"
+STATUS_BACKUP = "var/lib/dpkg/status-old"
+
+
+def parse_version_output(text: str) -> tuple[str, str] | None:
+    """(version, architecture) from `dpkg --version`'s first line, or None."""
+    match = VERSION_LINE.search(text.splitlines()[0] if text else "")
+    return (match.group(1), match.group(2)) if match else None
+
+
+def series(version: str) -> tuple[int, int] | None:
+    """The release series of a dpkg version (1:1.21.22+b1 -> (1, 21)), or None if it has none."""
+    upstream = version.split(":", 1)[-1].rsplit("-", 1)[0]
+    match = re.match(r"(\d+)\.(\d+)", upstream)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def refusal(host: tuple[str, str] | None, target_arch: str, target_version: str | None) -> str | None:
+    """Why the host's dpkg must not unpack for TARGET_ARCH's dpkg TARGET_VERSION (None: it may)."""
+    if host is None:
+        return "the host has no working dpkg"
+    host_version, host_arch = host
+    if host_arch == target_arch:
+        return f"{target_arch} is the host's own architecture"
+    if target_version is None:
+        return "the target's dpkg version is unknown"
+    if series(host_version) is None or series(host_version) != series(target_version):
+        return (f"the host's dpkg {host_version} is not of the target's release series "
+                f"(dpkg {target_version})")
+    return None
+
+
+def installed_version(status: str, package: str) -> str | None:
+    """PACKAGE's Version in the text of a dpkg status file, or None."""
+    for stanza in status.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines()
+                      if ": " in line and not line.startswith(" "))
+        if fields.get("Package") == package:
+            return fields.get("Version")
+    return None
+
+
+def target_version(root: Path, dpkg_deb: str | None) -> str | None:
+    """The version of the target's dpkg: that of its .deb DPKG_DEB if it is being installed, else
+    the one ROOT's database records."""
+    if dpkg_deb is not None:
+        done = subprocess.run(["dpkg-deb", "--field", dpkg_deb, "Version"], capture_output=True,
+                              text=True, check=False)
+        return done.stdout.strip() or None if done.returncode == 0 else None
+    try:
+        return installed_version((root / STATUS).read_text(), "dpkg")
+    except FileNotFoundError:
+        return None
+
+
+def covers_root(root: Path) -> bool:
+    """True if ROOT lies in a directory the target's would hide from the host's dpkg."""
+    return any(root.resolve().is_relative_to(Path("/") / name) for name in COVERED)
+
+
+@contextmanager
+def target_view(root: Path) -> Iterator[None]:
+    """The target's /etc and /root in place of the host's, for the processes started meanwhile."""
+    done: list[Path] = []
+    try:
+        for name in COVERED:
+            sandbox.bind_mount(root / name, Path("/") / name)
+            done.append(Path("/") / name)
+        yield
+    finally:
+        for mount in reversed(done):
+            sandbox.unmount(mount)
+
+
+def probe(root: Path, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The host's dpkg's (version, architecture) as it runs with the target's /etc, or None if it
+    or its dpkg-deb are missing or cannot start that way (their libraries are then found without
+    the host's ld.so.cache), or the target's view cannot be set up or would hide ROOT."""
+    tools = [shutil.which("dpkg"), shutil.which("dpkg-deb")]
+    dirs = [Path("/") / name for name in COVERED] + [root / name for name in COVERED]
+    if None in tools or covers_root(root) or not all(d.is_dir() for d in dirs):
+        return None
+    try:
+        with target_view(root):
+            done = [subprocess.run([tool, "--version"], env=dict(env), capture_output=True, text=True, check=False)
+                    for tool in tools]
+    except sandbox.SandboxError:
+        return None
+    return parse_version_output(done[0].stdout) if all(d.returncode == 0 for d in done) else None
+
+
+def unpack(root: Path, paths: Sequence[str], env: Mapping[str, str]) -> int:
+    """`dpkg --unpack` of the .debs at PATHS (absolute inside ROOT) by the host's dpkg into ROOT;
+    its exit status. Its log goes where the target's dpkg writes its own."""
+    dpkg = shutil.which("dpkg") or "dpkg"
+    argv = [dpkg, f"--root={root}", f"--log={root}/var/log/dpkg.log", "--unpack", "--force-depends",
+            "--force-unsafe-io", *(str(root / p.lstrip("/")) for p in paths)]
+    with target_view(root):
+        return subprocess.run(argv, env=dict(env), check=False).returncode

@@ -1,0 +1,94 @@
+"""When the host's dpkg may unpack a foreign architecture's packages (ocistrap.hostdpkg)."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ocistrap import hostdpkg
+
+BOOKWORM_HOST = ("1.21.23", "amd64")
+
+
+def test_version_output_gives_version_and_architecture() -> None:
+    text = ("Debian 'dpkg' package management program version 1.21.23 (amd64).\n"
+            "This is free software; see the GNU General Public License version 2 or\n")
+    assert hostdpkg.parse_version_output(text) == ("1.21.23", "amd64")
+
+
+@pytest.mark.parametrize("text", ["", "dpkg: command not found\n", "version\n"])
+def test_unexpected_version_output_is_no_dpkg(text: str) -> None:
+    assert hostdpkg.parse_version_output(text) is None
+
+
+@pytest.mark.parametrize("version, expected", [
+    ("1.21.22", (1, 21)), ("1.22.11", (1, 22)), ("1:1.21.22+b1", (1, 21)), ("1.21.1-2~bpo11+1", (1, 21)),
+    ("1.21", (1, 21)), ("snapshot", None), ("1", None)])
+def test_series_is_major_and_minor_of_the_upstream_version(version: str, expected: tuple[int, int] | None) -> None:
+    assert hostdpkg.series(version) == expected
+
+
+def test_same_series_foreign_target_is_accepted() -> None:
+    assert hostdpkg.refusal(BOOKWORM_HOST, "arm64", "1.21.22") is None
+
+
+@pytest.mark.parametrize("host, arch, target, reason", [
+    (None, "arm64", "1.21.22", "no working dpkg"),
+    (BOOKWORM_HOST, "amd64", "1.21.22", "amd64 is the host's own architecture"),
+    (BOOKWORM_HOST, "arm64", None, "version is unknown"),
+    (BOOKWORM_HOST, "arm64", "1.22.11", "dpkg 1.21.23 is not of the target's release series (dpkg 1.22.11)"),
+    (("1.22.11", "amd64"), "arm64", "1.21.22", "dpkg 1.22.11 is not of the target's release series"),
+    (("git", "amd64"), "arm64", "1.21.22", "not of the target's release series"),
+])
+def test_refusals_name_the_reason(host: tuple[str, str] | None, arch: str, target: str | None, reason: str) -> None:
+    assert reason in (hostdpkg.refusal(host, arch, target) or "")
+
+
+STATUS = """Package: dpkg-dev
+Status: install ok installed
+Version: 1.21.22
+
+Package: dpkg
+Status: install ok installed
+Priority: required
+Description: Debian package management system
+ Version: 9.9 (a continuation line, not a field)
+Version: 1.21.22
+
+"""
+
+
+def test_installed_version_reads_the_named_stanza_only() -> None:
+    assert hostdpkg.installed_version(STATUS, "dpkg") == "1.21.22"
+    assert hostdpkg.installed_version(STATUS.replace("Version: 1.21.22\n\n", "\n", 1), "dpkg-dev") is None
+    assert hostdpkg.installed_version(STATUS, "apt") is None
+    assert hostdpkg.installed_version("", "dpkg") is None
+
+
+def test_target_version_without_its_deb_comes_from_the_database(tmp_path: Path) -> None:
+    assert hostdpkg.target_version(tmp_path, None) is None
+    (tmp_path / "var/lib/dpkg").mkdir(parents=True)
+    (tmp_path / hostdpkg.STATUS).write_text(STATUS)
+    assert hostdpkg.target_version(tmp_path, None) == "1.21.22"
+
+
+def test_target_version_of_an_unreadable_deb_is_unknown(tmp_path: Path) -> None:
+    (tmp_path / "dpkg.deb").write_bytes(b"not an ar archive")
+    assert hostdpkg.target_version(tmp_path, str(tmp_path / "dpkg.deb")) is None
+
+
+@pytest.mark.parametrize("root, covered", [
+    ("/etc/staging/root", True), ("/root/.cache/root", True), ("/tmp/ocistrap-staging-x/root", False),
+    ("/etcetera/root", False), ("/run/user/1000/ocistrap-staging-x/root", False)])
+def test_a_root_the_target_view_would_hide_is_recognised(root: str, covered: bool) -> None:
+    assert hostdpkg.covers_root(Path(root)) is covered
+
+
+def test_target_version_of_the_deb_being_installed(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "DEBIAN").mkdir(parents=True)
+    (package / "DEBIAN/control").write_text("Package: dpkg\nVersion: 1.21.22\nArchitecture: arm64\n"
+                                            "Maintainer: Test <test@example.org>\nDescription: test\n")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(package), str(tmp_path / "dpkg.deb")],
+                   check=True, capture_output=True)
+    assert hostdpkg.target_version(tmp_path, str(tmp_path / "dpkg.deb")) == "1.21.22"
