@@ -328,41 +328,86 @@ def _setup(root: Path, plan: Plan) -> None:
 
 
 class _FsysTar:
-    """`dpkg-deb --fsys-tarfile` of one package, writing into a pipe large enough to hold
-    most packages' data, so that it runs ahead of the unpacking."""
+    """`dpkg-deb --fsys-tarfile` of one package into a pipe large enough to hold most packages'
+    data, so that it runs ahead of the unpacking; `tee` keeps a copy of the .deb with that data
+    uncompressed under ROOT/COPIES, which `dpkg --install` then installs without decompressing
+    the package a second time."""
 
-    def __init__(self, deb: Deb) -> None:
+    COPIES = "var/cache/ocistrap-uncompressed"
+    AR_HEADER = 60
+    SIZE_FIELD = slice(48, 58)
+
+    def __init__(self, deb: Deb, root: Path) -> None:
         self.deb = deb
         self.errors = tempfile.TemporaryFile()
+        self.copy = root / self.COPIES / Path(deb.path).name
+        self.copy.parent.mkdir(parents=True, exist_ok=True)
+        self.data_start = self._write_members_before_data()
+        tar_read, tar_write = os.pipe()
         read, write = os.pipe()
         try:
             fcntl.fcntl(read, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass  # a lower fs.pipe-max-size: slower, not wrong
-        with os.fdopen(write, "wb") as out:
+        with os.fdopen(tar_read, "rb") as tar, os.fdopen(tar_write, "wb") as tar_out, \
+                os.fdopen(write, "wb") as out:
             self.stream = os.fdopen(read, "rb")
-            self.proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb.path], stdout=out,
-                                         stderr=self.errors)
+            self.procs = [subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb.path], stdout=tar_out,
+                                           stderr=self.errors),
+                          subprocess.Popen(["tee", "-a", str(self.copy)], stdin=tar, stdout=out,
+                                           stderr=self.errors)]
+
+    def _write_members_before_data(self) -> int:
+        """Copy the ar members before data.tar.* (debian-binary, control.tar.*) and write the
+        header of an uncompressed data.tar, its size still blank; return where its data starts."""
+        with open(self.deb.path, "rb") as deb, open(self.copy, "wb") as out:
+            magic = deb.read(8)
+            if magic != b"!<arch>\n":
+                raise BootstrapError(f"{self.deb.name}: {self.deb.path} is not a .deb (an ar archive)")
+            out.write(magic)
+            while True:
+                header = deb.read(self.AR_HEADER)
+                if len(header) < self.AR_HEADER or not header[self.SIZE_FIELD].strip().isdigit():
+                    raise BootstrapError(f"{self.deb.name}: {self.deb.path} has no data.tar member")
+                if header.startswith(b"data.tar"):
+                    break
+                size = int(header[self.SIZE_FIELD])
+                out.write(header + deb.read(size + size % 2))
+            out.write(b"data.tar".ljust(16) + header[16:self.SIZE_FIELD.start] + b"".ljust(10) + b"`\n")
+            return out.tell()
+
+    def _complete_copy(self) -> None:
+        with open(self.copy, "r+b") as copy:
+            size = copy.seek(0, os.SEEK_END) - self.data_start
+            if size % 2:
+                copy.write(b"\n")
+            copy.seek(self.data_start - self.AR_HEADER + self.SIZE_FIELD.start)
+            copy.write(str(size).encode().ljust(10))
 
     def close(self, *, kill: bool = False) -> str:
-        """Drop our end of the pipe; return how dpkg-deb failed ("" if it did not)."""
+        """Drop our end of the pipe; return how dpkg-deb or tee failed ("" if they did not)."""
         self.stream.close()
-        if kill:
-            self.proc.kill()
-        status = self.proc.wait()
+        for proc in self.procs if kill else ():
+            proc.kill()
+        failed = [proc.args[0] for proc in self.procs if proc.wait()]
+        if self.errors.closed:
+            return ""
         with self.errors:
-            return f"dpkg-deb --fsys-tarfile failed: {_tail(self.errors)}" if status else ""
+            if failed:
+                return f"{' and '.join(failed)} failed: {_tail(self.errors)}"
+        self._complete_copy()
+        return ""
 
 
-def _prefetched(debs: Sequence[Deb]) -> Iterator[_FsysTar]:
-    """DEBS' data streams in order, the next PREFETCH already decompressing; those not
-    consumed when the caller stops are killed."""
+def _prefetched(debs: Sequence[Deb], root: Path) -> Iterator[_FsysTar]:
+    """DEBS' data in order, the next PREFETCH already decompressing; those not consumed when
+    the caller stops are killed."""
     waiting = list(debs)[::-1]
     ahead: deque[_FsysTar] = deque()
     try:
         while waiting or ahead:
             while waiting and len(ahead) < PREFETCH:
-                ahead.append(_FsysTar(waiting.pop()))
+                ahead.append(_FsysTar(waiting.pop(), root))
             yield ahead[0]
             ahead.popleft()
     finally:
@@ -382,7 +427,7 @@ def _extract_all(debs: Sequence[Deb], root: Path) -> None:
     theirs.close()
     try:
         with ours:
-            for source in _prefetched(debs):
+            for source in _prefetched(debs, root):
                 socket.send_fds(ours, [source.deb.name.encode()], [source.stream.fileno()])
                 _check_unpacked(source, ours.recv(MESSAGE_SIZE).decode(errors="replace"))
     finally:
@@ -457,7 +502,10 @@ def _undivert_daemons(root: Path) -> None:
 def _dpkg_install(root: Path, debs: Sequence[Deb]) -> None:
     if not debs:
         return
-    paths = [f"/{DEBS_MOUNT}/{Path(d.path).name}" for d in debs]
+    copies = root / _FsysTar.COPIES
+    names = [Path(d.path).name for d in debs]
+    uncompressed = [name for name in names if (copies / name).is_file()]
+    paths = [f"/{_FsysTar.COPIES if name in uncompressed else DEBS_MOUNT}/{name}" for name in names]
     # no fsync: the staging root is thrown away if anything fails
     if _host_dpkg_unpacks(root, debs):
         _dpkg_install_foreign(root, debs, paths)
@@ -466,6 +514,10 @@ def _dpkg_install(root: Path, debs: Sequence[Deb]) -> None:
                                     env=CHROOT_ENV, check=False)
         if result.returncode != 0:
             raise BootstrapError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
+    for name in uncompressed:
+        (copies / name).unlink()
+    if copies.is_dir() and not any(copies.iterdir()):
+        copies.rmdir()
 
 
 def _host_dpkg_unpacks(root: Path, debs: Sequence[Deb]) -> bool:

@@ -51,7 +51,7 @@ def series(version: str) -> tuple[int, int] | None:
 def refusal(host: tuple[str, str] | None, target_arch: str, target_version: str | None) -> str | None:
     """Why the host's dpkg must not unpack for TARGET_ARCH's dpkg TARGET_VERSION (None: it may)."""
     if host is None:
-        return "the host has no working dpkg"
+        return "the host's dpkg is missing or does not run with the target's /etc and /root in view"
     host_version, host_arch = host
     if host_arch == target_arch:
         return f"{target_arch} is the host's own architecture"

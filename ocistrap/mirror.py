@@ -178,6 +178,7 @@ def _component_packages(source: Source, signed: SignedRelease, component: str, a
     else:
         archive.verify_bytes(data, entry, what=what)
     packages = archive.parse_packages(_read_ahead(archive.decompressed_chunks(data, path)), what=what)
+    del data  # 9 MB of Debian's index, no longer needed while the parsed form is written
     cache.store_parsed(entry.sha256, {"fields": _PACKAGE_FIELDS,
                                       "columns": [list(map(attrgetter(f), packages)) for f in _PACKAGE_FIELDS]})
     return packages

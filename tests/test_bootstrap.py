@@ -54,3 +54,57 @@ def test_plan_crosses_the_namespace_boundary_unchanged() -> None:
                 sources="Types: deb\n", staging="/tmp/x/root", tmpfs=True, epoch=1700000000,
                 debs_dir="/cache/blobs/sha256", keyrings={"ocistrap-0.gpg": "00ff"})
     assert Plan.loads(plan.dumps()) == plan
+
+
+@pytest.mark.parametrize("compression", ["xz", "gzip", "none"])
+def test_unpacked_data_is_kept_in_an_uncompressed_copy_dpkg_reads_alike(tmp_path, compression: str) -> None:
+    """The copy _extract_all leaves for dpkg --install: same control and data, data.tar plain."""
+    import os
+    import subprocess
+    from repo_factory import build_deb
+
+    original = build_deb(tmp_path, {"Package": "odd", "Version": "1:1.0-1", "Architecture": "amd64",
+                                    "Maintainer": "x <x@example.org>", "Description": "d"},
+                         {"usr/share/odd/blob": os.urandom(3001), "usr/bin/odd": b"#!/bin/sh\n"})
+    if compression != "gzip":
+        rebuilt = tmp_path / "rebuilt.deb"
+        subprocess.run(["dpkg-deb", "--raw-extract", str(original), str(tmp_path / "raw")], check=True)
+        subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(tmp_path / "raw"),
+                        str(rebuilt)], check=True, capture_output=True)
+        original = rebuilt
+    root = tmp_path / "root"
+    source = bootstrap._FsysTar(Deb(name="odd", path=str(original)), root)
+    streamed = source.stream.read()
+    assert source.close() == "" and source.close() == ""
+    copy = root / bootstrap._FsysTar.COPIES / original.name
+
+    def dpkg_deb(*argv: str) -> bytes:
+        return subprocess.run(["dpkg-deb", *argv], capture_output=True, check=True).stdout
+
+    assert streamed == dpkg_deb("--fsys-tarfile", str(original)) == dpkg_deb("--fsys-tarfile", str(copy))
+    assert dpkg_deb("--ctrl-tarfile", str(copy)) == dpkg_deb("--ctrl-tarfile", str(original))
+    data, offset, members = copy.read_bytes(), 8, []
+    while offset < len(data):
+        members.append(data[offset:offset + 16].decode().strip())
+        size = int(data[offset + 48:offset + 58])
+        offset += 60 + size + size % 2
+    assert offset == len(data) and members[0] == "debian-binary" and members[-1] == "data.tar"
+
+
+def test_a_file_that_is_not_a_deb_is_named(tmp_path) -> None:
+    (tmp_path / "junk.deb").write_bytes(b"<html>not found</html>")
+    with pytest.raises(BootstrapError, match="junk: .*junk.deb is not a .deb"):
+        bootstrap._FsysTar(Deb(name="junk", path=str(tmp_path / "junk.deb")), tmp_path / "root")
+
+
+def test_a_damaged_data_member_is_dpkg_debs_failure(tmp_path) -> None:
+    from repo_factory import build_deb
+
+    original = build_deb(tmp_path, {"Package": "cut", "Version": "1", "Architecture": "all",
+                                    "Maintainer": "x <x@example.org>", "Description": "d"},
+                         {"usr/share/cut/blob": bytes(range(256)) * 64})
+    damaged = tmp_path / "damaged.deb"
+    damaged.write_bytes(original.read_bytes()[:-40])
+    source = bootstrap._FsysTar(Deb(name="cut", path=str(damaged)), tmp_path / "root")
+    source.stream.read()
+    assert source.close().startswith("dpkg-deb failed: ")

@@ -197,7 +197,8 @@ def test_parsed_index_from_another_package_layout_is_not_trusted(archive: Archiv
     value = marshal.loads(parsed.read_bytes())
     fields, columns = value["fields"], value["columns"]
     others = [
-        {"fields": fields[:1] + ["extra"] + fields[1:], "columns": columns[:1] + [["x"] * len(columns[0])] + columns[1:]},
+        {"fields": fields[:1] + ["extra"] + fields[1:],
+         "columns": columns[:1] + [["x"] * len(columns[0])] + columns[1:]},
         {"fields": fields, "columns": [column[:-1] if n == 3 else column for n, column in enumerate(columns)]},
         {"fields": fields, "rows": [list(row) for row in zip(*columns)]},  # the layout of earlier versions
     ]
