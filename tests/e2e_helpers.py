@@ -2,6 +2,7 @@
 looking for what a build left on the host."""
 
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -9,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from debian.deb822 import Deb822
@@ -24,6 +26,16 @@ def ocistrap(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None 
     if check:
         assert result.returncode == 0, f"ocistrap {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
     return result
+
+
+def start_interruptible(argv: Sequence[str], **popen: Any) -> subprocess.Popen:
+    """Start ARGV in a process group of its own that a Ctrl-C (SIGINT to the group) stops:
+    a shell that starts the tests in the background ignores SIGINT, and ARGV would inherit that."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(list(argv), process_group=0, **popen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def printed_digests(stdout: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from debian.deb822 import Deb822
 
 from e2e_helpers import (FROZEN_MIRROR_APTOPT, HostDirs, Tree, assert_nothing_foreign, auto_installed,
                          descendants, installed, mmdebstrap, ocistrap, podman_environment, printed_digests,
-                         read_members, read_tree, tree_differences, wait_gone)
+                         read_members, read_tree, start_interruptible, tree_differences, wait_gone)
 from ocistrap import lock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
@@ -364,8 +364,8 @@ def test_interrupted_build_leaves_nothing(signum, staging, locked, cache_dir, wo
     argv = ["build", "--lock", str(locked("bookworm")), "--cache-dir", str(cache_dir), *options,
             "-o", f"oci:{base / 'layout'}:test"]
     with open(base / "stderr", "w+") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "ocistrap", *argv], env=host.env(),
-                                stdout=subprocess.DEVNULL, stderr=stderr, process_group=0)
+        proc = start_interruptible([sys.executable, "-m", "ocistrap", *argv], env=host.env(),
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             wait_for_dpkg(proc)
             sandboxed = descendants(proc.pid)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from e2e_helpers import HostDirs, assert_nothing_foreign, descendants, ocistrap, wait_gone
+from e2e_helpers import HostDirs, assert_nothing_foreign, descendants, ocistrap, start_interruptible, wait_gone
 from lockfetch_support import SUITE, assert_cache_verified, assert_partials_honest, template  # noqa: F401
 from repo_factory import Mirror, RepoBuilder, SigningKey, serving
 
@@ -138,14 +138,9 @@ def group(pgid: int) -> set[int]:
 def start(base: Path, *argv: str) -> Run:
     host = HostDirs.under(base)
     stderr = base / "stderr"
-    # a shell that starts the tests in the background ignores SIGINT, and the build would inherit that
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with open(stderr, "w") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "ocistrap", "--log-format", "json", *argv],
-                                    env=host.env(), stdout=subprocess.DEVNULL, stderr=err, process_group=0)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with open(stderr, "w") as err:
+        proc = start_interruptible([sys.executable, "-m", "ocistrap", "--log-format", "json", *argv],
+                                   env=host.env(), stdout=subprocess.DEVNULL, stderr=err)
     return Run(proc, stderr)
 
 
