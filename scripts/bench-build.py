@@ -8,7 +8,9 @@ The pipeline: `mmdebstrap --mode=unshare --variant=minbase SUITE rootfs.tar`,
 `ocistrap build SUITE --variant minbase --push` with a warm package cache (one
 untimed build fills it first) and with an empty one (cold). Every run pushes
 to a fresh `docker-registry` on 127.0.0.1, so every run uploads every blob.
-Runs alternate (pipeline, warm, cold, with the order rotated each round);
+Runs alternate (pipeline, warm, cold, single-uid, with the order rotated each
+round; single-uid is the warm build in `--mode single-uid`, as for an account
+without subordinate ids);
 each ratio is ocistrap's wall time over the pipeline's wall time in the same
 round, and the summary is the median of those ratios. Every command runs
 under `/usr/bin/time`, whose maximum RSS is that of the largest process of
@@ -41,9 +43,10 @@ from registry_fixture import RealRegistry, free_port  # noqa: E402
 from e2e_helpers import podman_environment  # noqa: E402
 from benchlib import git_revision  # noqa: E402
 
-TOOLS = ("pipeline", "warm", "cold")
+TOOLS = ("pipeline", "warm", "cold", "single-uid")
 LABELS = {"pipeline": "mmdebstrap + podman import + push", "warm": "ocistrap, warm cache",
-          "cold": "ocistrap, cold cache"}
+          "cold": "ocistrap, cold cache", "single-uid": "ocistrap --mode single-uid, warm"}
+MODES = {"single-uid": ("--mode", "single-uid")}
 PIPELINE_STEPS = ("mmdebstrap", "podman import", "podman push")
 TARGETS = {"warm": 0.40, "cold": 0.50}
 FOREIGN_TARGET = 0.50
@@ -127,9 +130,10 @@ def run_pipeline(case: Case, registry: RealRegistry, work: Path, env: dict[str, 
                {step: w for step, (w, _) in measured.items()})
 
 
-def ocistrap_argv(case: Case, cache: Path, target: str) -> list[str]:
+def ocistrap_argv(case: Case, cache: Path, target: str, tool: str = "warm") -> list[str]:
     return [sys.executable, "-m", "ocistrap", "--log-format", "json", "--timings", "build", "bookworm",
-            "--variant", "minbase", *case.ocistrap, "--cache-dir", str(cache), "--push", target]
+            "--variant", "minbase", *case.ocistrap, *MODES.get(tool, ()), "--cache-dir", str(cache),
+            "--push", target]
 
 
 def phases(stderr: str) -> dict[str, float]:
@@ -145,7 +149,7 @@ def phases(stderr: str) -> dict[str, float]:
 def run_ocistrap(case: Case, cache: Path, registry: RealRegistry, work: Path, env: dict[str, str],
                  tool: str) -> Run:
     target = f"{registry.host}/bench/ocistrap-{tool}:{case.name}"
-    wall, peak = timed(ocistrap_argv(case, cache, target), work, env)
+    wall, peak = timed(ocistrap_argv(case, cache, target, tool), work, env)
     return Run(wall, peak, phases((work / "last.stderr").read_text()))
 
 
@@ -156,7 +160,7 @@ def one_run(tool: str, case: Case, warm_cache: Path, work: Path, env: dict[str, 
     try:
         if tool == "pipeline":
             return run_pipeline(case, registry, work, env)
-        if tool == "warm":
+        if tool in ("warm", "single-uid"):
             return run_ocistrap(case, warm_cache, registry, work, env, tool)
         cold = Path(tempfile.mkdtemp(prefix="cold-cache-", dir=work))
         try:
@@ -181,7 +185,8 @@ def bench_case(case: Case, runs: int, work: Path, env: dict[str, str]) -> Result
             print(f"  {case.name} run {number + 1}/{runs}: {LABELS[tool]:34} {run.wall:6.1f} s, "
                   f"peak {run.peak_kib / 1024:5.0f} MiB", flush=True)
         print(f"  {case.name} run {number + 1}/{runs}: ratios warm {result.ratios('warm')[-1]:.2f}, "
-              f"cold {result.ratios('cold')[-1]:.2f}", flush=True)
+              f"cold {result.ratios('cold')[-1]:.2f}, single-uid {result.ratios('single-uid')[-1]:.2f}",
+              flush=True)
     return result
 
 
@@ -230,24 +235,26 @@ def versions(revision: str) -> list[str]:
 
 def summary_table(results: list[Result]) -> list[str]:
     lines = ["| case | pipeline median | ocistrap warm | ratio warm (median) | ocistrap cold | ratio cold (median) "
-             "| peak RSS pipeline | peak RSS warm | peak RSS cold |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| single-uid warm | ratio single-uid | peak RSS pipeline | peak RSS warm | peak RSS cold |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         target = (FOREIGN_TARGET, FOREIGN_TARGET) if r.case.arch else (TARGETS["warm"], TARGETS["cold"])
         lines.append(
             f"| {r.case.title} | {r.median('pipeline'):.1f} s | {r.median('warm'):.1f} s "
             f"| **{statistics.median(r.ratios('warm')):.2f}×** (target ≤ {target[0]:.2f}) "
             f"| {r.median('cold'):.1f} s | **{statistics.median(r.ratios('cold')):.2f}×** (target ≤ {target[1]:.2f}) "
+            f"| {r.median('single-uid'):.1f} s | {statistics.median(r.ratios('single-uid')):.2f}× "
             f"| {r.peak_mib('pipeline'):.0f} MiB | {r.peak_mib('warm'):.0f} MiB | {r.peak_mib('cold'):.0f} MiB |")
     return lines
 
 
 def runs_table(results: list[Result]) -> list[str]:
-    lines = ["| case | run | pipeline | warm | cold | warm/pipeline | cold/pipeline |", "|---|---|---|---|---|---|---|"]
+    lines = ["| case | run | pipeline | warm | cold | single-uid | warm/pipeline | cold/pipeline | single-uid/pipeline |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        for n, (p, w, c) in enumerate(zip(r.runs["pipeline"], r.runs["warm"], r.runs["cold"]), start=1):
-            lines.append(f"| {r.case.name} | {n} | {p.wall:.1f} s | {w.wall:.1f} s | {c.wall:.1f} s "
-                         f"| {w.wall / p.wall:.2f} | {c.wall / p.wall:.2f} |")
+        for n, (p, w, c, u) in enumerate(zip(*(r.runs[t] for t in TOOLS)), start=1):
+            lines.append(f"| {r.case.name} | {n} | {p.wall:.1f} s | {w.wall:.1f} s | {c.wall:.1f} s | {u.wall:.1f} s "
+                         f"| {w.wall / p.wall:.2f} | {c.wall / p.wall:.2f} | {u.wall / p.wall:.2f} |")
     return lines
 
 
@@ -263,7 +270,7 @@ def phase_table(results: list[Result]) -> list[str]:
     names = [phase for phase, _ in PHASES]
     lines = ["| case | cache | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in results:
-        for tool in ("warm", "cold"):
+        for tool in ("warm", "cold", "single-uid"):
             lines.append(f"| {r.case.name} | {tool} | "
                          + " | ".join(f"{r.phase_median(tool, p):.1f} s" for p in names) + " |")
     return lines
