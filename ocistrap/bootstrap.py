@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -211,9 +212,11 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
             for fd in plan.layer_fds:
                 os.close(fd)
         assert proc.stdin is not None
+        progress = _ConfigureProgress(errors, len(plan.essential) + len(plan.rest))
         try:
             proc.stdin.write(plan.dumps())
             proc.stdin.close()
+            progress.start()
             results = [sink(reader) for reader in readers]
         except BaseException as e:
             proc.kill()
@@ -224,6 +227,7 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
                                      hint="run with --debug to see the whole log") from e
             raise
         finally:
+            progress.stop()
             for reader in readers:
                 reader.close()
         status = proc.wait()
@@ -231,6 +235,49 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
             raise BootstrapError(f"installing the packages failed (exit status {status}): "
                                  f"{_tail(errors)}", hint="run with --debug to see the whole log")
     return results
+
+
+SETTING_UP = b"Setting up "
+
+
+def count_configured(chunk: bytes) -> tuple[int, bytes]:
+    """How many complete lines of CHUNK are dpkg's "Setting up PACKAGE" (one per package
+    configured), and the incomplete last line to prepend to the next chunk."""
+    *lines, rest = chunk.split(b"\n")
+    return sum(line.startswith(SETTING_UP) for line in lines), rest
+
+
+class _ConfigureProgress:
+    """Packages configured n/N for the live display, read from dpkg's output in the inner
+    half's log while it grows (the log is all the outer half sees of the inside)."""
+
+    INTERVAL = 0.25
+
+    def __init__(self, log_file: BinaryIO, total: int) -> None:
+        self.fd = log_file.fileno()
+        self.meter = log.get().meter(total)
+        self.offset = 0
+        self.rest = b""
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="configure-progress", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def _run(self) -> None:
+        while not self.done.wait(self.INTERVAL):
+            data = os.pread(self.fd, 1 << 20, self.offset)
+            if not data:
+                continue
+            self.offset += len(data)
+            count, self.rest = count_configured(self.rest + data)
+            if count:
+                self.meter.add(items=count)
 
 
 def _inner_error(log_file: BinaryIO) -> str:

@@ -108,3 +108,14 @@ def test_a_damaged_data_member_is_dpkg_debs_failure(tmp_path) -> None:
     source = bootstrap._FsysTar(Deb(name="cut", path=str(damaged)), tmp_path / "root")
     source.stream.read()
     assert source.close().startswith("dpkg-deb failed: ")
+
+
+def test_count_configured_counts_whole_setting_up_lines() -> None:
+    count, rest = bootstrap.count_configured(b"Unpacking x (1) ...\nSetting up x (1) ...\nSetting up y (2) ...\nSett")
+    assert (count, rest) == (2, b"Sett")
+    count, rest = bootstrap.count_configured(rest + b"ing up z (3) ...\nProcessing triggers for z\n")
+    assert (count, rest) == (1, b"")
+
+
+def test_count_configured_ignores_setting_up_inside_a_line() -> None:
+    assert bootstrap.count_configured(b"debconf: Setting up frontend\n  Setting up x\n") == (0, b"")
