@@ -466,12 +466,7 @@ def _extract_all(debs: Sequence[Deb], root: Path) -> None:
     """Unpack DEBS' data in order as mmdebstrap does (keeping merged-/usr symlinks), with the
     member checks of ocistrap.unpack, in a child chrooted into ROOT: a member that got past
     them still could not reach the host files that root of the namespace may write."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
-    if pid == 0:
-        ours.close()
-        _unpacker(root, theirs)
-    theirs.close()
+    pid, ours = sandbox.fork_with_channel(lambda channel: _unpacker(root, channel), socket.SOCK_SEQPACKET)
     try:
         with ours:
             for source in _prefetched(debs, root):

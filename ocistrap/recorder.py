@@ -27,8 +27,9 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
+from . import sandbox
 from .errors import OcistrapError
 
 AUDIT_ARCH_X86_64 = 0xC000003E
@@ -810,12 +811,7 @@ def start(proc: str) -> Recorder:
     PROC is a proc file system mounted for the current PID namespace.
     """
     program = filter_program(host_arches())
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:
-        ours.close()
-        _serve(theirs, proc)
-    theirs.close()
+    pid, ours = sandbox.fork_with_channel(lambda channel: _serve(channel, proc))
     try:
         listener = install_filter(program)
     except BaseException:
@@ -828,7 +824,7 @@ def start(proc: str) -> Recorder:
     return Recorder(pid, ours)
 
 
-def _serve(control: socket.socket, proc: str) -> None:
+def _serve(control: socket.socket, proc: str) -> NoReturn:
     """The supervisor process: answer notifications and table requests until the bootstrap ends.
 
     It keeps no other descriptor: a copy of a layer pipe here would hold its reader off.

@@ -31,6 +31,7 @@ import select
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -950,6 +951,19 @@ def mount_staging(path: Path, *, tmpfs: bool = True) -> None:
     path.mkdir(parents=True, exist_ok=True)
     if tmpfs:
         _mount_or_fail("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+
+
+def fork_with_channel(child: Callable[[socket.socket], NoReturn],
+                      kind: int = socket.SOCK_STREAM) -> tuple[int, socket.socket]:
+    """Fork a process that runs CHILD with its end of a new socket pair (it must not return);
+    return its pid and this process's end."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        child(theirs)
+    theirs.close()
+    return pid, ours
 
 
 def mount_proc(target: Path) -> None:
