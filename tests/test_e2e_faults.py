@@ -296,6 +296,16 @@ def assert_no_new_scratch_after_ctrl_c(outcome: Outcome, cache: Path, before: se
         assert scratch_dirs(cache) - before == set(), "Ctrl-C left the build's scratch in the cache"
 
 
+def interrupt_and_check(run: Run, signum: int, tmp_path: Path, real: "Real", layout: Path,
+                        before: set[Path]) -> None:
+    """Interrupt a build of the real archive into LAYOUT and check that it left nothing."""
+    outcome = run.interrupt(signum)
+    outcome.check(tmp_path, real.cache)
+    assert not layout.exists()
+    assert_no_new_scratch_after_ctrl_c(outcome, real.cache, before)
+    real.check_cache()
+
+
 @pytest.mark.network
 @signal_ids
 def test_interrupted_while_unpacking_the_essential_set(signum, real, tmp_path):
@@ -306,11 +316,7 @@ def test_interrupted_while_unpacking_the_essential_set(signum, real, tmp_path):
         names = set(descendants(run.proc.pid).values())
         return run.step().startswith("unpacking and configuring") and "dpkg-deb" in names and "dpkg" not in names
     run.wait_for(unpacking, "dpkg-deb unpacking the essential set")
-    outcome = run.interrupt(signum)
-    outcome.check(tmp_path, real.cache)
-    assert not layout.exists()
-    assert_no_new_scratch_after_ctrl_c(outcome, real.cache, before)
-    real.check_cache()
+    interrupt_and_check(run, signum, tmp_path, real, layout, before)
 
 
 @pytest.mark.network
@@ -321,11 +327,7 @@ def test_interrupted_while_writing_the_layer(signum, real, tmp_path):
     run.wait_for(lambda: run.step() == "writing layer" and any(p.stat().st_size > 1 << 20
                                                                  for p in scratch_blobs(real.cache, before)),
                  "a layer blob half written")
-    outcome = run.interrupt(signum)
-    outcome.check(tmp_path, real.cache)
-    assert not layout.exists()
-    assert_no_new_scratch_after_ctrl_c(outcome, real.cache, before)
-    real.check_cache()
+    interrupt_and_check(run, signum, tmp_path, real, layout, before)
 
 
 @pytest.mark.network
