@@ -183,8 +183,7 @@ def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *,
         except sandbox.MapRefused as e:
             if mode != "auto":
                 raise
-            chosen = sandbox.Mode("single-uid", sandbox.IdMaps.single(os.getuid(), os.getgid()),
-                                  f"{e.message}; owners are recorded instead of applied")
+            chosen = sandbox.Mode.fallback(e, (os.getuid(), os.getgid()))
 
 
 def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMaps,

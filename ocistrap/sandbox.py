@@ -172,6 +172,12 @@ class Mode:
     def records_owners(self) -> bool:
         return self.name == "single-uid"
 
+    @classmethod
+    def fallback(cls, problem: SandboxError, own_ids: tuple[int, int]) -> "Mode":
+        """single-uid, because of PROBLEM with unshare mode."""
+        return cls("single-uid", IdMaps.single(*own_ids),
+                   f"{problem.message}; owners are recorded instead of applied")
+
 
 def choose_mode(requested: str, *, subid_maps: Callable[[], IdMaps],
                 mappers: Callable[[], object], own_ids: tuple[int, int]) -> Mode:
@@ -181,16 +187,15 @@ def choose_mode(requested: str, *, subid_maps: Callable[[], IdMaps],
     newuidmap/newgidmap, and otherwise single-uid, saying why. "unshare" raises
     what is missing; the raised error names the fix.
     """
-    single = IdMaps.single(*own_ids)
     if requested == "single-uid":
-        return Mode("single-uid", single, "requested with --mode single-uid")
+        return Mode("single-uid", IdMaps.single(*own_ids), "requested with --mode single-uid")
     try:
         maps = subid_maps()
         mappers()
     except SandboxError as e:
         if requested == "unshare":
             raise
-        return Mode("single-uid", single, f"{e.message}; owners are recorded instead of applied")
+        return Mode.fallback(e, own_ids)
     return Mode("unshare", maps, f"{1 + SUBORDINATE_IDS} ids mapped from /etc/subuid and /etc/subgid"
                 if requested == "auto" else "requested with --mode unshare")
 

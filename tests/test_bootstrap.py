@@ -1,6 +1,6 @@
 import pytest
 
-from ocistrap import bootstrap
+from ocistrap import bootstrap, sandbox
 from ocistrap.bootstrap import BootstrapError, Deb, Plan
 from ocistrap.lock import LockedArchive
 
@@ -119,3 +119,24 @@ def test_count_configured_counts_whole_setting_up_lines() -> None:
 
 def test_count_configured_ignores_setting_up_inside_a_line() -> None:
     assert bootstrap.count_configured(b"debconf: Setting up frontend\n  Setting up x\n") == (0, b"")
+
+
+def test_auto_mode_falls_back_to_single_uid_when_newuidmap_refuses(monkeypatch) -> None:
+    full = sandbox.IdMaps(uid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)),
+                          gid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)))
+    monkeypatch.setattr(sandbox, "build_mode", lambda mode: sandbox.Mode("unshare", full, "ranges"))
+    tried = []
+
+    def run(plan: Plan, sink, *, maps: sandbox.IdMaps, remove_on_exit) -> list[str]:
+        tried.append((maps.is_single, plan.record_owners))
+        if not maps.is_single:
+            raise sandbox.MapRefused("newuidmap refused the uid map 0 1000 1: write failed")
+        return ["layer"]
+    monkeypatch.setattr(bootstrap, "_bootstrap", run)
+    plan = Plan(arch="amd64", essential=[], rest=[], sources="", staging="/x/root", tmpfs=True, epoch=0,
+                debs_dir="/d")
+    assert bootstrap.bootstrap(plan, lambda stream: stream, mode="auto") == ["layer"]
+    assert tried == [(False, False), (True, True)]
+    with pytest.raises(sandbox.MapRefused):
+        tried.clear()
+        bootstrap.bootstrap(plan, lambda stream: stream, mode="unshare")
