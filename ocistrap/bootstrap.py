@@ -11,7 +11,6 @@ on the host: it lives on a tmpfs of the namespace (or in --workdir, removed
 from inside).
 """
 
-import fcntl
 import json
 import os
 import shutil
@@ -22,14 +21,13 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, NoReturn, TypeVar
 
-from ocistrap import doctor, hostdpkg, layer, log, recorder, resolve, sandbox, slim, unpack
+from ocistrap import doctor, expand, hostdpkg, layer, log, recorder, resolve, sandbox, slim, unpack
 from ocistrap.errors import OcistrapError
 from ocistrap.lock import LockedArchive
 
@@ -58,9 +56,6 @@ VOLATILE = ("var/log/dpkg.log", "var/log/apt/history.log", "var/log/apt/term.log
 FSTAB = "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"
 APT_LOCKS = ("var/cache/apt/archives/lock", "var/lib/apt/lists/lock")
 APT_PARTIAL = ("var/cache/apt/archives/partial", "var/lib/apt/lists/partial")
-# dpkg-deb decompresses this many packages ahead of the unpacking, into pipes this large
-PREFETCH = 4
-PIPE_SIZE = 1 << 20
 # the unpacking child's answers: DONE, or one of the others followed by why it stopped
 DONE, REFUSED, FAILED = "done", "refused:", "failed:"
 MESSAGE_SIZE = 1 << 16
@@ -101,6 +96,7 @@ class Plan:
     layer_fds: list[int] = field(default_factory=list)
     slim: bool = False
     record_owners: bool = False
+    ready_fd: int = -1
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -167,19 +163,21 @@ def _provided(deb: Deb) -> set[str]:
 
 # ---- outer half: runs on the host as the caller ----
 
-def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *,
-              remove_on_exit: Path | None = None, mode: str = "auto") -> list[T]:
+def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, remove_on_exit: Path | None = None,
+              mode: str = "auto", ready: Callable[[], Iterable[object]] | None = None) -> list[T]:
     """Run the plan inside a fresh sandbox and feed each layer's tar stream to SINK, in order.
 
     MODE chooses how the sandbox maps ids (sandbox.MODES); "auto" also falls back
-    to single-uid when newuidmap refuses the caller's ranges.
+    to single-uid when newuidmap refuses the caller's ranges. READY, if given,
+    yields once per package of the plan (essential first, then the rest) as its
+    file becomes usable: the sandbox starts before the last ones are expanded.
     """
     chosen = sandbox.build_mode(mode)
     while True:
         log.get().info(f"sandbox: {chosen.name} mode ({chosen.reason})")
         try:
             return _bootstrap(replace(plan, record_owners=chosen.records_owners), sink,
-                              maps=chosen.maps, remove_on_exit=remove_on_exit)
+                              maps=chosen.maps, remove_on_exit=remove_on_exit, ready=ready)
         except sandbox.MapRefused as e:
             if mode != "auto":
                 raise
@@ -187,7 +185,7 @@ def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *,
 
 
 def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMaps,
-               remove_on_exit: Path | None) -> list[T]:
+               remove_on_exit: Path | None, ready: Callable[[], Iterable[object]] | None) -> list[T]:
     """Each layer travels through its own pipe, so the streams need no framing:
     the inner half closes one pipe before it starts writing the next. The
     sandbox deletes REMOVE_ON_EXIT (the staging directory) when it ends,
@@ -195,21 +193,24 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
     """
     out = log.get()
     pipes = [os.pipe() for _ in range(plan.layer_count)]
-    plan = replace(plan, layer_fds=[w for _, w in pipes])
+    announcer = _Announcer(ready)
+    plan = replace(plan, layer_fds=[w for _, w in pipes], ready_fd=announcer.inner_fd)
+    child_fds = [*plan.layer_fds, *announcer.inner_fds]
     readers = [os.fdopen(r, "rb") for r, _ in pipes]
     with tempfile.TemporaryFile(prefix="ocistrap-bootstrap-", suffix=".log") as errors:
         try:
             proc = sandbox.spawn([sys.executable, "-m", "ocistrap.bootstrap"], stdin=subprocess.PIPE,
                                  stdout=None if out.debug else errors,
-                                 stderr=None if out.debug else errors, pass_fds=plan.layer_fds,
+                                 stderr=None if out.debug else errors, pass_fds=child_fds,
                                  maps=maps, remove_on_exit=remove_on_exit)
         except BaseException:
             for reader in readers:
                 reader.close()
             raise
         finally:
-            for fd in plan.layer_fds:
+            for fd in child_fds:
                 os.close(fd)
+            announcer.start()
         assert proc.stdin is not None
         progress = _ConfigureProgress(errors, len(plan.essential) + len(plan.rest))
         try:
@@ -220,6 +221,7 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
         except BaseException as e:
             proc.kill()
             proc.wait()
+            announcer.raise_failure(e)
             if isinstance(e, OcistrapError) and (inner := _inner_error(errors)):
                 # the stream ended early because the inside failed, and said why
                 raise BootstrapError(f"installing the packages failed: {inner}",
@@ -231,9 +233,46 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
                 reader.close()
         status = proc.wait()
         if status != 0:
+            announcer.raise_failure(None)
             raise BootstrapError(f"installing the packages failed (exit status {status}): "
                                  f"{_tail(errors)}", hint="run with --debug to see the whole log")
     return results
+
+
+class _Announcer:
+    """Tells the inner half, one byte per package in plan order, which packages are ready. Its
+    thread owns the pipe's write end and closes it when done (at the end, when the inside is
+    gone, or when making a package failed, whose error the outer half then raises)."""
+
+    def __init__(self, ready: Callable[[], Iterable[object]] | None) -> None:
+        self.ready = ready
+        self.error: BaseException | None = None
+        self.inner_fds: list[int] = []
+        self.inner_fd = -1
+        if ready is not None:
+            self.inner_fd, self.fd = os.pipe()
+            self.inner_fds = [self.inner_fd]
+
+    def start(self) -> None:
+        if self.ready is not None:
+            threading.Thread(target=self._run, name="announce-ready", daemon=True).start()
+
+    def _run(self) -> None:
+        assert self.ready is not None
+        try:
+            for _ in self.ready():
+                os.write(self.fd, b".")
+        except BrokenPipeError:
+            pass
+        except BaseException as e:
+            self.error = e
+        finally:
+            os.close(self.fd)
+
+    def raise_failure(self, cause: BaseException | None) -> None:
+        """Raise the error that stopped the packages from being made ready, if one did."""
+        if isinstance(self.error, OcistrapError):
+            raise self.error from cause
 
 
 SETTING_UP = b"Setting up "
@@ -300,9 +339,10 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     root = Path(plan.staging)
     sandbox.mount_staging(root, tmpfs=plan.tmpfs)
     owners = _start_recorder(root.parent) if plan.record_owners else None
+    ready = _Ready(plan.ready_fd)
     try:
         _setup(root, plan)
-        _extract_all(plan.essential, root)
+        _extract_all(plan.essential, root, ready)
         if plan.slim:
             slim.prune(root)
         installed = list(plan.essential)
@@ -312,6 +352,7 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
             with _chroot(root, plan, first_round=number == 0):
                 if number == 0:
                     _dpkg_install(root, plan.essential)
+                ready.wait(len(plan.essential) + len(plan.rest))
                 for batch in install_batches(group, installed):
                     _dpkg_install(root, batch)
             installed += group
@@ -328,6 +369,22 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
             owners.close()
         if not plan.tmpfs:
             shutil.rmtree(root, ignore_errors=True)
+
+
+class _Ready:
+    """How many of the plan's packages (essential first, then the rest) the outer half has said
+    are ready to read (_Announcer); FD -1: all of them."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.count = 0
+
+    def wait(self, count: int) -> None:
+        while self.fd >= 0 and self.count < count:
+            data = os.read(self.fd, 1 << 16)
+            if not data:
+                raise BootstrapError("the packages to install were not all made ready on the host")
+            self.count += len(data)
 
 
 def _start_recorder(scratch: Path) -> recorder.Recorder:
@@ -373,119 +430,34 @@ def _setup(root: Path, plan: Plan) -> None:
         _ensure_file(root / slim.CONFIG_PATH, slim.config_text())
 
 
-class _FsysTar:
-    """`dpkg-deb --fsys-tarfile` of one package into a pipe large enough to hold most packages'
-    data, so that it runs ahead of the unpacking; `tee` keeps a copy of the .deb with that data
-    uncompressed under ROOT/COPIES, which `dpkg --install` then installs without decompressing
-    the package a second time."""
-
-    COPIES = "var/cache/ocistrap-uncompressed"
-    AR_HEADER = 60
-    SIZE_FIELD = slice(48, 58)
-
-    def __init__(self, deb: Deb, root: Path) -> None:
-        self.deb = deb
-        self.errors = tempfile.TemporaryFile()
-        self.copy = root / self.COPIES / Path(deb.path).name
-        self.copy.parent.mkdir(parents=True, exist_ok=True)
-        self.data_start = self._write_members_before_data()
-        tar_read, tar_write = os.pipe()
-        read, write = os.pipe()
-        try:
-            fcntl.fcntl(read, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # a lower fs.pipe-max-size: slower, not wrong
-        with os.fdopen(tar_read, "rb") as tar, os.fdopen(tar_write, "wb") as tar_out, \
-                os.fdopen(write, "wb") as out:
-            self.stream = os.fdopen(read, "rb")
-            self.procs = [subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb.path], stdout=tar_out,
-                                           stderr=self.errors),
-                          subprocess.Popen(["tee", "-a", str(self.copy)], stdin=tar, stdout=out,
-                                           stderr=self.errors)]
-
-    def _write_members_before_data(self) -> int:
-        """Copy the ar members before data.tar.* (debian-binary, control.tar.*) and write the
-        header of an uncompressed data.tar, its size still blank; return where its data starts."""
-        with open(self.deb.path, "rb") as deb, open(self.copy, "wb") as out:
-            magic = deb.read(8)
-            if magic != b"!<arch>\n":
-                raise BootstrapError(f"{self.deb.name}: {self.deb.path} is not a .deb (an ar archive)")
-            out.write(magic)
-            while True:
-                header = deb.read(self.AR_HEADER)
-                if len(header) < self.AR_HEADER or not header[self.SIZE_FIELD].strip().isdigit():
-                    raise BootstrapError(f"{self.deb.name}: {self.deb.path} has no data.tar member")
-                if header.startswith(b"data.tar"):
-                    break
-                size = int(header[self.SIZE_FIELD])
-                out.write(header + deb.read(size + size % 2))
-            out.write(b"data.tar".ljust(16) + header[16:self.SIZE_FIELD.start] + b"".ljust(10) + b"`\n")
-            return out.tell()
-
-    def _complete_copy(self) -> None:
-        with open(self.copy, "r+b") as copy:
-            size = copy.seek(0, os.SEEK_END) - self.data_start
-            if size % 2:
-                copy.write(b"\n")
-            copy.seek(self.data_start - self.AR_HEADER + self.SIZE_FIELD.start)
-            copy.write(str(size).encode().ljust(10))
-
-    def close(self, *, kill: bool = False) -> str:
-        """Drop our end of the pipe; return how dpkg-deb or tee failed ("" if they did not)."""
-        self.stream.close()
-        for proc in self.procs if kill else ():
-            proc.kill()
-        failed = [proc.args[0] for proc in self.procs if proc.wait()]
-        if self.errors.closed:
-            return ""
-        with self.errors:
-            if failed:
-                return f"{' and '.join(failed)} failed: {_tail(self.errors)}"
-        self._complete_copy()
-        return ""
-
-
-def _prefetched(debs: Sequence[Deb], root: Path) -> Iterator[_FsysTar]:
-    """DEBS' data in order, the next PREFETCH already decompressing; those not consumed when
-    the caller stops are killed."""
-    waiting = list(debs)[::-1]
-    ahead: deque[_FsysTar] = deque()
-    try:
-        while waiting or ahead:
-            while waiting and len(ahead) < PREFETCH:
-                ahead.append(_FsysTar(waiting.pop(), root))
-            yield ahead[0]
-            ahead.popleft()
-    finally:
-        for source in ahead:
-            source.close(kill=True)
-
-
-def _extract_all(debs: Sequence[Deb], root: Path) -> None:
+def _extract_all(debs: Sequence[Deb], root: Path, ready: _Ready | None = None) -> None:
     """Unpack DEBS' data in order as mmdebstrap does (keeping merged-/usr symlinks), with the
     member checks of ocistrap.unpack, in a child chrooted into ROOT: a member that got past
-    them still could not reach the host files that root of the namespace may write."""
+    them still could not reach the host files that root of the namespace may write.
+
+    DEBS are expanded (ocistrap.expand): the child reads each plain data.tar straight from
+    the file, through a descriptor positioned at it."""
     pid, ours = sandbox.fork_with_channel(lambda channel: _unpacker(root, channel), socket.SOCK_SEQPACKET)
     try:
         with ours:
-            for source in _prefetched(debs, root):
-                socket.send_fds(ours, [source.deb.name.encode()], [source.stream.fileno()])
-                _check_unpacked(source, ours.recv(MESSAGE_SIZE).decode(errors="replace"))
+            for number, deb in enumerate(debs, 1):
+                if ready:
+                    ready.wait(number)
+                data = expand.plain_data(Path(deb.path), f"{deb.name} ({deb.path})")
+                with open(deb.path, "rb", buffering=0) as f:
+                    f.seek(data.data)
+                    socket.send_fds(ours, [f"{data.size} {deb.name}".encode()], [f.fileno()])
+                _check_unpacked(deb, ours.recv(MESSAGE_SIZE).decode(errors="replace"))
     finally:
         os.waitpid(pid, 0)
 
 
-def _check_unpacked(source: _FsysTar, reply: str) -> None:
-    """Raise if the child's REPLY or dpkg-deb say unpacking SOURCE failed; a refusal wins
-    (dpkg-deb then only failed because the child stopped reading)."""
-    refused = reply.startswith(REFUSED)
-    dpkg_deb = source.close(kill=refused)
-    failure = "" if reply == DONE else reply.removeprefix(REFUSED).removeprefix(FAILED) or \
-        f"cannot unpack {source.deb.name}: the unpacking process died"
-    if dpkg_deb and not refused:
-        failure = f"{failure}; {dpkg_deb}" if failure else f"cannot unpack {source.deb.name}: {dpkg_deb}"
-    if failure:
-        raise BootstrapError(failure)
+def _check_unpacked(deb: Deb, reply: str) -> None:
+    """Raise with the child's reason if its REPLY says unpacking DEB failed."""
+    if reply == DONE:
+        return
+    raise BootstrapError(reply.removeprefix(REFUSED).removeprefix(FAILED) or
+                         f"cannot unpack {deb.name}: the unpacking process died")
 
 
 def _unpacker(root: Path, channel: socket.socket) -> NoReturn:
@@ -498,11 +470,12 @@ def _unpacker(root: Path, channel: socket.socket) -> NoReturn:
         os.chdir("/")
         os.umask(0o022)
         while True:
-            name, fds, _, _ = socket.recv_fds(channel, MESSAGE_SIZE, 1)
+            message, fds, _, _ = socket.recv_fds(channel, MESSAGE_SIZE, 1)
             if not fds:
                 break
+            size, name = message.decode().split(" ", 1)
             with os.fdopen(fds[0], "rb") as stream:
-                unpack.unpack(stream, "/", package=name.decode())
+                unpack.unpack(expand.Bounded(stream, int(size)), "/", package=name)  # type: ignore[arg-type]
             channel.send(DONE.encode())
     except unpack.UnpackError as e:
         channel.send((REFUSED if e.refused else FAILED).encode() + str(e).encode())
@@ -543,22 +516,15 @@ def _undivert_daemons(root: Path) -> None:
 def _dpkg_install(root: Path, debs: Sequence[Deb]) -> None:
     if not debs:
         return
-    copies = root / _FsysTar.COPIES
-    names = [Path(d.path).name for d in debs]
-    uncompressed = [name for name in names if (copies / name).is_file()]
-    paths = [f"/{_FsysTar.COPIES if name in uncompressed else DEBS_MOUNT}/{name}" for name in names]
+    paths = [f"/{DEBS_MOUNT}/{Path(d.path).name}" for d in debs]
     # no fsync: the staging root is thrown away if anything fails
     if _host_dpkg_unpacks(root, debs):
         _dpkg_install_foreign(root, debs, paths)
-    else:
-        result = sandbox.chroot_run(root, ["dpkg", "--install", "--force-depends", "--force-unsafe-io", *paths],
-                                    env=CHROOT_ENV, check=False)
-        if result.returncode != 0:
-            raise BootstrapError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
-    for name in uncompressed:
-        (copies / name).unlink()
-    if copies.is_dir() and not any(copies.iterdir()):
-        copies.rmdir()
+        return
+    result = sandbox.chroot_run(root, ["dpkg", "--install", "--force-depends", "--force-unsafe-io", *paths],
+                                env=CHROOT_ENV, check=False)
+    if result.returncode != 0:
+        raise BootstrapError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
 
 
 def _host_dpkg_unpacks(root: Path, debs: Sequence[Deb]) -> bool:

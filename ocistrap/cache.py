@@ -7,7 +7,15 @@ Layout under the cache root:
   refs/NAME          the SHA256 of the last verified InRelease of a suite,
                      so that ``--offline`` can find it without a lockfile
   parsed/HEX.marshal a parsed Packages index, keyed by the index's SHA256
+  derived/KIND/HEX   a file made from blob HEX (KIND "expanded": the .deb with its
+                     data uncompressed, see ocistrap.expand), and HEX.tag beside it
   locks/HEX          an empty file whose flock marks partial/HEX as being written
+
+Parsed indices and derived files are not named by their own hash, so their
+name vouches for nothing: each carries an HMAC-SHA256 under a key that lives
+outside the cache (``default_key_file``). A cache copied from elsewhere, a CI
+cache restored from another job, or one someone else could write, is then
+made again from its blobs instead of trusted.
 
 Several processes may share one cache: every write goes to a unique temp file
 and is renamed into place; identical content makes a concurrent rename harmless.
@@ -16,6 +24,7 @@ The one shared file, partial/HEX, is only touched under its lock.
 
 import fcntl
 import hashlib
+import hmac
 import marshal
 import os
 import tempfile
@@ -32,12 +41,45 @@ class CacheError(OcistrapError):
 
 
 CHUNK = 1 << 20
+KEY_SIZE = 32
+TAG_FORMAT = "ocistrap-derived/1"
 
 
 def default_root() -> Path:
     """``$XDG_CACHE_HOME/ocistrap``, as other desktop tools place caches."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "ocistrap"
+
+
+def default_key_file() -> Path:
+    """``$XDG_STATE_HOME/ocistrap/cache.key``: beside the cache, never in it."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "ocistrap" / "cache.key"
+
+
+def load_key(path: Path) -> bytes | None:
+    """The key of PATH, made (32 random bytes, mode 0600) if there is none yet; None if it cannot be."""
+    try:
+        key = path.read_bytes()
+        return key if len(key) == KEY_SIZE else None
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".key-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(KEY_SIZE))
+        try:
+            os.link(tmp, path)  # the first of two racing processes wins; the other reads its key
+        finally:
+            os.unlink(tmp)
+        return load_key(path)
+    except FileExistsError:
+        return load_key(path)
+    except OSError:
+        return None
 
 
 def file_sha256(path: Path) -> tuple[int, str]:
@@ -54,14 +96,25 @@ def file_sha256(path: Path) -> tuple[int, str]:
 class Cache:
     """The verified store; see the module docstring for its layout."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, key_file: Path | None = None) -> None:
         self.root = root
         try:
-            for sub in ("blobs/sha256", "partial", "refs", "parsed", "locks"):
+            for sub in ("blobs/sha256", "partial", "refs", "parsed", "locks", "derived"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CacheError(f"cannot create cache directory {root}: {e.strerror}",
                              hint="choose another with --cache-dir") from e
+        self.key_file = key_file or default_key_file()
+        self._key: bytes | None = None
+
+    @property
+    def key(self) -> bytes:
+        """The HMAC key of parsed and derived files; without a key file, one for this process
+        alone (what it writes is then made again next time, never trusted)."""
+        if self._key is None:
+            self._key = load_key(self.key_file) or os.urandom(KEY_SIZE)
+        return self._key
+
 
     def blob_path(self, sha256: str) -> Path:
         return self.root / "blobs" / "sha256" / sha256
@@ -134,16 +187,70 @@ class Cache:
             return None
 
     def load_parsed(self, sha256: str) -> Any | None:
-        """The value stored for SHA256, or None; one read, since ``marshal.load`` on a file reads piecemeal."""
+        """The value stored for SHA256 if its HMAC is ours, else None; marshal never sees other bytes."""
         try:
-            return marshal.loads((self.root / "parsed" / f"{sha256}.marshal").read_bytes())
-        except (FileNotFoundError, EOFError, ValueError, TypeError):
+            data = (self.root / "parsed" / f"{sha256}.marshal").read_bytes()
+        except FileNotFoundError:
+            return None
+        body = memoryview(data)[KEY_SIZE:]
+        if not hmac.compare_digest(data[:KEY_SIZE], self._parsed_mac(sha256, body)):
+            return None
+        try:
+            return marshal.loads(body)
+        except (EOFError, ValueError, TypeError):
             return None
 
     def store_parsed(self, sha256: str, value: Any) -> None:
+        body = marshal.dumps(value)
         with self._temp() as (tmp, f):
-            marshal.dump(value, f)
+            f.write(self._parsed_mac(sha256, body))
+            f.write(body)
         os.replace(tmp, self.root / "parsed" / f"{sha256}.marshal")
+
+    def _parsed_mac(self, sha256: str, body: bytes | memoryview) -> bytes:
+        mac = hmac.new(self.key, f"parsed {sha256} ".encode(), hashlib.sha256)
+        mac.update(body)
+        return mac.digest()
+
+    def derived_path(self, kind: str, source: str) -> Path:
+        return self.root / "derived" / kind / source
+
+    def derived(self, kind: str, source: str) -> Path | None:
+        """The file derived as KIND from blob SOURCE if its tag is ours and its bytes still match
+        it (re-hashed, as blobs are); a stale or foreign one is removed."""
+        path = self.derived_path(kind, source)
+        tag = path.with_name(f"{source}.tag")
+        try:
+            fields = tag.read_text().split()
+            if len(fields) == 6 and fields[:3] == [TAG_FORMAT, kind, source]:
+                _, _, _, size, sha256, mac = fields
+                if hmac.compare_digest(bytes.fromhex(mac), self._derived_mac(kind, source, size, sha256)) and \
+                        file_sha256(path) == (int(size), sha256):
+                    return path
+        except FileNotFoundError:
+            return None
+        except (UnicodeDecodeError, ValueError):
+            pass
+        for stale in (path, tag):
+            stale.unlink(missing_ok=True)
+        return None
+
+    def derive(self, kind: str, source: str, make: Callable[[BinaryIO], object]) -> Path:
+        """Write what MAKE writes into a file as the KIND derived from blob SOURCE, and tag it."""
+        path = self.derived_path(kind, source)
+        path.parent.mkdir(exist_ok=True)
+        with self._temp() as (tmp, f):
+            make(f)
+        size, sha256 = file_sha256(tmp)
+        self._commit(tmp, path)
+        with self._temp() as (tag, f):
+            f.write(f"{TAG_FORMAT} {kind} {source} {size} {sha256} "
+                    f"{self._derived_mac(kind, source, str(size), sha256).hex()}\n".encode())
+        self._commit(tag, path.with_name(f"{source}.tag"))
+        return path
+
+    def _derived_mac(self, kind: str, source: str, size: str, sha256: str) -> bytes:
+        return hmac.new(self.key, f"{TAG_FORMAT} {kind} {source} {size} {sha256}".encode(), hashlib.sha256).digest()
 
     def _temp(self) -> "_TempFile":
         return _TempFile(self.root / "partial")

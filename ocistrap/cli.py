@@ -123,6 +123,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     s = _settings(args, "fetch")
     locked = settings.read_lockfile(args.lockfile)
     fetched = pipeline.fetch(locked, s.keyrings, Fetcher(offline=s.offline), _cache(s))
+    try:
+        fetched.complete()
+    finally:
+        fetched.close()
     count = sum(len(p) for p in fetched.paths.values())
     print(f"{count} packages verified in {(s.cache_dir or default_root())}")
     return 0

@@ -69,6 +69,10 @@ class LockedArch:
     def stage(self, name: str) -> tuple[LockedPackage, ...]:
         return tuple(p for p in self.packages if p.stage == name)
 
+    def install_order(self) -> tuple[LockedPackage, ...]:
+        """The order in which the sandbox uses the packages: the essential set, then the rest."""
+        return self.stage("essential") + self.stage("rest")
+
 
 @dataclass(frozen=True)
 class Lockfile:

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ocistrap import assemble, bootstrap, doctor, image, layer, log, mirror, resolve, sandbox, sbom, transports
+from ocistrap import assemble, bootstrap, doctor, expand, image, layer, log, mirror, resolve, sandbox, sbom, transports
 from ocistrap.archive import Package
 from ocistrap.cache import Cache
 from ocistrap.errors import OcistrapError
@@ -194,25 +194,49 @@ def wanted_debs(lock: Lockfile, arch: str) -> list[Wanted]:
 
 @dataclass(frozen=True)
 class Fetched:
-    """A lockfile's packages, verified against the signed archive and present in the cache."""
+    """A lockfile's packages, verified against the signed archive and present in the cache.
+
+    PATHS are their expansions (ocistrap.expand), which is what the sandbox installs;
+    PENDING makes them in the background, so a build can start before the last one is made.
+    """
 
     signed: dict[str, dict[str, Package]]
     paths: dict[str, dict[str, Path]]
+    pending: dict[str, expand.Pending]
+
+    def complete(self) -> None:
+        """Wait until every expansion is made (what `ocistrap fetch` leaves for offline builds)."""
+        for arch, pending in self.pending.items():
+            with log.get().step(f"expanding {len(pending.paths)} packages for {arch}"):
+                pending.wait()
+
+    def close(self) -> None:
+        for pending in self.pending.values():
+            pending.close()
 
 
 def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: Cache) -> Fetched:
-    """Make every locked .deb present and verified in the cache."""
+    """Make every locked .deb present and verified in the cache, and start expanding them; the
+    caller closes the result."""
     out = log.get()
     with out.step("checking the lockfile against the signed archive"):
         signed = check_lock_against_archive(lock, keyrings, fetcher, cache)
-    paths = {}
-    for arch, entry in lock.architectures.items():
-        wanted = wanted_debs(lock, arch)
-        with out.step(f"fetching {len(wanted)} packages for {arch}"):
-            meter = out.meter(total=len(wanted))
-            found = fetcher.download_all(wanted, cache, progress=lambda w: meter.add(1, w.size))
-        paths[arch] = {p.name: path for p, path in zip(entry.packages, found)}
-    return Fetched(signed=signed, paths=paths)
+    fetched = Fetched(signed=signed, paths={}, pending={})
+    try:
+        for arch, entry in lock.architectures.items():
+            wanted = wanted_debs(lock, arch)
+            with out.step(f"fetching {len(wanted)} packages for {arch}"):
+                meter = out.meter(total=len(wanted))
+                found = fetcher.download_all(wanted, cache, progress=lambda w: meter.add(1, w.size))
+            sources = {p.name: expand.Source(w.sha256, path, w.what)
+                       for p, w, path in zip(entry.packages, wanted, found)}
+            order = entry.install_order()  # the plan's order, in which the sandbox waits for them
+            pending = fetched.pending[arch] = expand.Pending([sources[p.name] for p in order], cache)
+            fetched.paths[arch] = {p.name: path for p, path in zip(order, pending.paths)}
+    except BaseException:
+        fetched.close()
+        raise
+    return fetched
 
 
 @dataclass(frozen=True)
@@ -260,7 +284,8 @@ def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging,
         plan = make_plan(lock, arch, fetched, root, tmpfs=staging.workdir is None, epoch=epoch,
                          keyrings=keyrings)
         with log.get().step(f"installing {len(lock.architectures[arch].packages)} packages for {arch}"):
-            return bootstrap.bootstrap(plan, sink, remove_on_exit=tmp, mode=staging.mode)
+            return bootstrap.bootstrap(plan, sink, remove_on_exit=tmp, mode=staging.mode,
+                                       ready=fetched.pending[arch].ready)
 
 
 def release_epoch(lock: Lockfile) -> int:
@@ -292,6 +317,14 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
           request: BuildRequest) -> Built:
     """Fetch, install, layer, wrap and deliver: the whole of `ocistrap build` after locking."""
     fetched = fetch(lock, keyrings, fetcher, cache)
+    try:
+        return _install_and_deliver(lock, keyrings, fetched, cache, request)
+    finally:
+        fetched.close()
+
+
+def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fetched, cache: Cache,
+                         request: BuildRequest) -> Built:
     epoch = request.epoch if request.epoch is not None else release_epoch(lock)
     provenance = assemble.Provenance(suite=lock.suite, mirror=lock.mirror, lock_digest=lock.digest(),
                                      release_sha256=next(iter(lock.architectures.values())).releases[0].sha256)

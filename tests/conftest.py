@@ -5,6 +5,13 @@ from repo_factory import *  # noqa: F401,F403  (signed test repository and hosti
 from registry_fixture import auth_registry, fake_registry, registry  # noqa: F401  (docker-registry and fake registries)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_key_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The cache's HMAC key (ocistrap.cache.default_key_file) in a directory of this session,
+    not in the account's own state: one key for every test and every command they run."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """End-to-end tests prove nothing as root: refuse to run them so."""
     if os.geteuid() != 0:

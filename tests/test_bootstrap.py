@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from ocistrap import bootstrap, sandbox
@@ -56,60 +58,6 @@ def test_plan_crosses_the_namespace_boundary_unchanged() -> None:
     assert Plan.loads(plan.dumps()) == plan
 
 
-@pytest.mark.parametrize("compression", ["xz", "gzip", "none"])
-def test_unpacked_data_is_kept_in_an_uncompressed_copy_dpkg_reads_alike(tmp_path, compression: str) -> None:
-    """The copy _extract_all leaves for dpkg --install: same control and data, data.tar plain."""
-    import os
-    import subprocess
-    from repo_factory import build_deb
-
-    original = build_deb(tmp_path, {"Package": "odd", "Version": "1:1.0-1", "Architecture": "amd64",
-                                    "Maintainer": "x <x@example.org>", "Description": "d"},
-                         {"usr/share/odd/blob": os.urandom(3001), "usr/bin/odd": b"#!/bin/sh\n"})
-    if compression != "gzip":
-        rebuilt = tmp_path / "rebuilt.deb"
-        subprocess.run(["dpkg-deb", "--raw-extract", str(original), str(tmp_path / "raw")], check=True)
-        subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(tmp_path / "raw"),
-                        str(rebuilt)], check=True, capture_output=True)
-        original = rebuilt
-    root = tmp_path / "root"
-    source = bootstrap._FsysTar(Deb(name="odd", path=str(original)), root)
-    streamed = source.stream.read()
-    assert source.close() == "" and source.close() == ""
-    copy = root / bootstrap._FsysTar.COPIES / original.name
-
-    def dpkg_deb(*argv: str) -> bytes:
-        return subprocess.run(["dpkg-deb", *argv], capture_output=True, check=True).stdout
-
-    assert streamed == dpkg_deb("--fsys-tarfile", str(original)) == dpkg_deb("--fsys-tarfile", str(copy))
-    assert dpkg_deb("--ctrl-tarfile", str(copy)) == dpkg_deb("--ctrl-tarfile", str(original))
-    data, offset, members = copy.read_bytes(), 8, []
-    while offset < len(data):
-        members.append(data[offset:offset + 16].decode().strip())
-        size = int(data[offset + 48:offset + 58])
-        offset += 60 + size + size % 2
-    assert offset == len(data) and members[0] == "debian-binary" and members[-1] == "data.tar"
-
-
-def test_a_file_that_is_not_a_deb_is_named(tmp_path) -> None:
-    (tmp_path / "junk.deb").write_bytes(b"<html>not found</html>")
-    with pytest.raises(BootstrapError, match="junk: .*junk.deb is not a .deb"):
-        bootstrap._FsysTar(Deb(name="junk", path=str(tmp_path / "junk.deb")), tmp_path / "root")
-
-
-def test_a_damaged_data_member_is_dpkg_debs_failure(tmp_path) -> None:
-    from repo_factory import build_deb
-
-    original = build_deb(tmp_path, {"Package": "cut", "Version": "1", "Architecture": "all",
-                                    "Maintainer": "x <x@example.org>", "Description": "d"},
-                         {"usr/share/cut/blob": bytes(range(256)) * 64})
-    damaged = tmp_path / "damaged.deb"
-    damaged.write_bytes(original.read_bytes()[:-40])
-    source = bootstrap._FsysTar(Deb(name="cut", path=str(damaged)), tmp_path / "root")
-    source.stream.read()
-    assert source.close().startswith("dpkg-deb failed: ")
-
-
 def test_count_configured_counts_whole_setting_up_lines() -> None:
     count, rest = bootstrap.count_configured(b"Unpacking x (1) ...\nSetting up x (1) ...\nSetting up y (2) ...\nSett")
     assert (count, rest) == (2, b"Sett")
@@ -127,7 +75,7 @@ def test_auto_mode_falls_back_to_single_uid_when_newuidmap_refuses(monkeypatch) 
     monkeypatch.setattr(sandbox, "build_mode", lambda mode: sandbox.Mode("unshare", full, "ranges"))
     tried = []
 
-    def run(plan: Plan, sink, *, maps: sandbox.IdMaps, remove_on_exit) -> list[str]:
+    def run(plan: Plan, sink, *, maps: sandbox.IdMaps, remove_on_exit, ready) -> list[str]:
         tried.append((maps.is_single, plan.record_owners))
         if not maps.is_single:
             raise sandbox.MapRefused("newuidmap refused the uid map 0 1000 1: write failed")
@@ -140,3 +88,46 @@ def test_auto_mode_falls_back_to_single_uid_when_newuidmap_refuses(monkeypatch) 
     with pytest.raises(sandbox.MapRefused):
         tried.clear()
         bootstrap.bootstrap(plan, lambda stream: stream, mode="unshare")
+
+
+def test_the_inner_half_waits_for_each_package_the_host_announces() -> None:
+    made = []
+
+    def ready():
+        for n in range(1, 4):
+            made.append(n)
+            yield n
+    announcer = bootstrap._Announcer(ready)
+    waiting = bootstrap._Ready(announcer.inner_fd)
+    announcer.start()
+    waiting.wait(2)
+    assert waiting.count >= 2
+    waiting.wait(3)
+    assert made == [1, 2, 3]
+    with pytest.raises(BootstrapError, match="not all made ready on the host"):
+        waiting.wait(4)
+    os.close(announcer.inner_fd)
+    announcer.raise_failure(None)
+
+
+def test_a_package_that_could_not_be_made_ready_is_the_error_raised() -> None:
+    from ocistrap.expand import ExpandError
+
+    def ready():
+        yield 1
+        raise ExpandError("junk is not a .deb (an ar archive)")
+    announcer = bootstrap._Announcer(ready)
+    waiting = bootstrap._Ready(announcer.inner_fd)
+    announcer.start()
+    with pytest.raises(BootstrapError):
+        waiting.wait(2)
+    os.close(announcer.inner_fd)
+    with pytest.raises(ExpandError, match="junk is not a .deb"):
+        announcer.raise_failure(RuntimeError("the layer stream ended early"))
+
+
+def test_without_announcements_everything_is_ready() -> None:
+    announcer = bootstrap._Announcer(None)
+    assert announcer.inner_fds == [] and announcer.inner_fd == -1
+    announcer.start()
+    bootstrap._Ready(-1).wait(10**6)

@@ -194,7 +194,8 @@ def test_parsed_index_from_another_package_layout_is_not_trusted(archive: Archiv
     assert rc == 0, err
     honest = archive.lockfile.read_bytes()
     (parsed,) = (archive.cache / "parsed").iterdir()
-    value = marshal.loads(parsed.read_bytes())
+    cache, index = Cache(archive.cache), parsed.name.removesuffix(".marshal")
+    value = cache.load_parsed(index)
     fields, columns = value["fields"], value["columns"]
     others = [
         {"fields": fields[:1] + ["extra"] + fields[1:],
@@ -203,7 +204,7 @@ def test_parsed_index_from_another_package_layout_is_not_trusted(archive: Archiv
         {"fields": fields, "rows": [list(row) for row in zip(*columns)]},  # the layout of earlier versions
     ]
     for other in others:
-        parsed.write_bytes(marshal.dumps(other))
+        cache.store_parsed(index, other)
         rc, _, err = archive.lock()
         assert rc == 0, err
         assert archive.lockfile.read_bytes() == honest
@@ -228,3 +229,54 @@ def test_parsed_index_is_written_only_after_verification(archive: Archive) -> No
     assert_one_error(rc, err, "Packages.xz", "SHA256 mismatch")
     assert list((archive.cache / "parsed").iterdir()) == []
 
+
+
+# parsed and derived files: trusted only under the account's own key
+
+def test_parsed_values_written_under_another_key_are_not_loaded(tmp_path: Path) -> None:
+    mine = Cache(tmp_path / "c", key_file=tmp_path / "mine.key")
+    mine.store_parsed("cd" * 32, {"a": [1, 2]})
+    assert Cache(tmp_path / "c", key_file=tmp_path / "mine.key").load_parsed("cd" * 32) == {"a": [1, 2]}
+    assert Cache(tmp_path / "c", key_file=tmp_path / "theirs.key").load_parsed("cd" * 32) is None
+    path = tmp_path / "c" / "parsed" / f"{'cd' * 32}.marshal"
+    data = path.read_bytes()
+    path.write_bytes(data[:32] + marshal.dumps({"a": [6, 6, 6]}))
+    assert mine.load_parsed("cd" * 32) is None
+
+
+def test_parsed_values_are_bound_to_their_index(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c", key_file=tmp_path / "k")
+    cache.store_parsed("cd" * 32, ["cd"])
+    parsed = tmp_path / "c" / "parsed"
+    (parsed / f"{'ef' * 32}.marshal").write_bytes((parsed / f"{'cd' * 32}.marshal").read_bytes())
+    assert cache.load_parsed("ef" * 32) is None
+
+
+def test_the_key_lives_outside_the_cache_readable_only_by_its_owner(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    cache = Cache(tmp_path / "c")
+    cache.store_parsed("cd" * 32, [1])
+    key = tmp_path / "state" / "ocistrap" / "cache.key"
+    assert cache.key_file == key and key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    assert Cache(tmp_path / "c").load_parsed("cd" * 32) == [1]
+    assert not any(p.name == "cache.key" for p in (tmp_path / "c").rglob("*"))
+
+
+def test_without_a_writable_key_place_nothing_derived_outlives_the_process(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cache = Cache(tmp_path / "c", key_file=blocker / "cache.key")
+    cache.store_parsed("cd" * 32, [1])
+    assert cache.load_parsed("cd" * 32) == [1]
+    assert Cache(tmp_path / "c", key_file=blocker / "cache.key").load_parsed("cd" * 32) is None
+
+
+def test_racing_processes_agree_on_one_key(tmp_path: Path) -> None:
+    from ocistrap.cache import load_key
+    keys = []
+    threads = [threading.Thread(target=lambda: keys.append(load_key(tmp_path / "s" / "cache.key"))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(keys)) == 1 and keys[0] is not None

@@ -245,3 +245,14 @@ def test_a_lock_just_made_is_not_checked_against_the_indices_again(
         pipeline.check_lock_against_archive(copy.deepcopy(made), source.keyrings, fetcher, cache)
     with pytest.raises(AssertionError, match="read again"):
         pipeline.check_lock_against_archive(made, (archive.keyring, archive.keyring), fetcher, cache)
+
+
+def test_install_order_is_the_essential_set_then_the_rest_whatever_the_file_order() -> None:
+    from ocistrap.lock import LockedArch, LockedPackage
+
+    def package(name: str, stage: str) -> LockedPackage:
+        return LockedPackage(name=name, version="1", architecture="amd64", filename=f"{name}.deb", size=1,
+                             sha256="00" * 32, stage=stage)
+    entry = LockedArch(releases=(), packages=(package("apt", "rest"), package("bash", "essential"),
+                                              package("curl", "rest"), package("dash", "essential")))
+    assert [p.name for p in entry.install_order()] == ["bash", "dash", "apt", "curl"]

@@ -455,12 +455,15 @@ print(Path(root, home.lstrip("/"), "pwned").read_text())
 @pytest.mark.e2e
 def test_the_chroot_holds_even_with_the_member_checks_switched_off(tmp_path: Path) -> None:
     """The second wall alone: '..' stops at the chroot's /, so the write lands inside the staging root."""
-    from ocistrap import sandbox
+    from ocistrap import expand, sandbox
     home = tmp_path / "home"
     home.mkdir()
     deb = hostile_deb(tmp_path / "evil.deb", "evil",
                       tar_bytes(d("./"), f("./" + "../" * 30 + str(home / "pwned").lstrip("/"), b"pwned")))
-    proc = sandbox.spawn([sys.executable, "-c", CHECKS_BROKEN, str(deb), str(tmp_path / "root"), str(home)],
+    expanded = tmp_path / "evil.expanded.deb"
+    with open(expanded, "wb") as out:
+        expand.expand(deb, out, "evil")
+    proc = sandbox.spawn([sys.executable, "-c", CHECKS_BROKEN, str(expanded), str(tmp_path / "root"), str(home)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()

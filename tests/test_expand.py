@@ -1,0 +1,179 @@
+"""Expanded packages: the same .deb with data.tar plain, made by dpkg-deb, trusted only under our HMAC."""
+
+import io
+import subprocess
+from pathlib import Path
+
+import pytest
+from repo_factory import build_deb
+
+from ocistrap import expand
+from ocistrap.cache import Cache
+from ocistrap.expand import ExpandError
+
+FIELDS = {"Package": "odd", "Version": "1:1.0-1", "Architecture": "amd64",
+          "Maintainer": "x <x@example.org>", "Description": "d"}
+
+
+def dpkg_deb(*argv: str) -> bytes:
+    return subprocess.run(["dpkg-deb", *argv], capture_output=True, check=True).stdout
+
+
+def make_deb(tmp_path: Path, compression: str = "gzip", name: str = "odd") -> Path:
+    files = {f"usr/share/{name}/blob": bytes(range(256)) * 41 + b"x", "usr/bin/odd": b"#!/bin/sh\n"}
+    original = build_deb(tmp_path, {**FIELDS, "Package": name}, files)
+    if compression == "gzip":
+        return original
+    raw, rebuilt = tmp_path / f"{name}-raw", tmp_path / f"{name}-{compression}.deb"
+    subprocess.run(["dpkg-deb", "--raw-extract", str(original), str(raw)], check=True)
+    subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(raw), str(rebuilt)],
+                   check=True, capture_output=True)
+    return rebuilt
+
+
+def expanded_bytes(deb: Path) -> bytes:
+    with open(deb.with_suffix(".expanded"), "w+b") as out:
+        size = expand.expand(deb, out, "odd")
+        out.seek(0)
+        data = out.read()
+    assert size == len(data)
+    return data
+
+
+def member_names(data: bytes) -> list[str]:
+    return [m.name for m in expand.members(io.BytesIO(data), "x")]
+
+
+@pytest.mark.parametrize("compression", ["gzip", "xz", "zstd", "none"])
+def test_an_expanded_deb_is_the_same_package_with_plain_data(tmp_path: Path, compression: str) -> None:
+    original = make_deb(tmp_path, compression)
+    copy = tmp_path / "expanded.deb"
+    copy.write_bytes(expanded_bytes(original))
+    assert dpkg_deb("--fsys-tarfile", str(copy)) == dpkg_deb("--fsys-tarfile", str(original))
+    assert dpkg_deb("--ctrl-tarfile", str(copy)) == dpkg_deb("--ctrl-tarfile", str(original))
+    assert dpkg_deb("--field", str(copy), "Version") == b"1:1.0-1\n"
+    names = member_names(copy.read_bytes())
+    assert names[0] == "debian-binary" and names[1].startswith("control.tar") and names[2:] == ["data.tar"]
+
+
+def test_plain_data_points_at_the_tar_that_dpkg_reads(tmp_path: Path) -> None:
+    copy = tmp_path / "expanded.deb"
+    copy.write_bytes(expanded_bytes(make_deb(tmp_path, "xz")))
+    member = expand.plain_data(copy, "odd")
+    with open(copy, "rb") as f:
+        f.seek(member.data)
+        bounded = expand.Bounded(f, member.size)
+        assert bounded.read() == dpkg_deb("--fsys-tarfile", str(copy))
+        assert bounded.read() == b""
+
+
+def test_plain_data_refuses_a_package_that_was_not_expanded(tmp_path: Path) -> None:
+    with pytest.raises(ExpandError, match="odd is not expanded: its data member is data.tar.xz"):
+        expand.plain_data(make_deb(tmp_path, "xz"), "odd")
+
+
+def test_a_short_file_is_an_eof_error_for_the_unpacker() -> None:
+    bounded = expand.Bounded(io.BytesIO(b"abc"), 5)
+    assert bounded.read(2) == b"ab"
+    assert bounded.read() == b"c"
+    with pytest.raises(EOFError, match="ended 2 bytes before"):
+        bounded.read()
+
+
+def test_not_a_deb_is_named(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.deb"
+    junk.write_bytes(b"<html>not found</html>")
+    with pytest.raises(ExpandError, match="junk is not a .deb"), open(tmp_path / "out", "wb") as out:
+        expand.expand(junk, out, "junk")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data[:-40], "dpkg-deb cannot read its data"),
+    (lambda data: data[:120] + b"X" * 10 + data[130:], "damaged ar member header at byte 72"),
+])
+def test_a_damaged_deb_is_refused(tmp_path: Path, damage, message: str) -> None:
+    damaged = tmp_path / "damaged.deb"
+    damaged.write_bytes(damage(make_deb(tmp_path, "xz").read_bytes()))
+    with pytest.raises(ExpandError, match=message), open(tmp_path / "out", "wb") as out:
+        expand.expand(damaged, out, "damaged")
+
+
+def ar(*members: tuple[str, bytes]) -> bytes:
+    out = b"!<arch>\n"
+    for name, data in members:
+        out += name.encode().ljust(16) + b"0".ljust(12) + b"0".ljust(6) * 2 + b"100644".ljust(8)
+        out += str(len(data)).encode().ljust(10) + b"`\n" + data + b"\n" * (len(data) % 2)
+    return out
+
+
+@pytest.mark.parametrize("members, message", [
+    ((("debian-binary", b"2.0\n"), ("data.tar.xz", b"x"), ("control.tar.xz", b"x")), "does not start with"),
+    ((("debian-binary", b"2.0\n"), ("control.tar.xz", b"x")), "does not start with"),
+    ((("debian-binary", b"2.0\n"), ("control.tar.xz", b"x"), ("data.tar.xz", b"x"), ("data.tar", b"x")),
+     "has 2 data.tar members"),
+])
+def test_the_member_order_is_dpkgs(members, message: str) -> None:
+    with pytest.raises(ExpandError, match=message):
+        expand.data_member(io.BytesIO(ar(*members)), "odd")
+
+
+# the cache's expansions
+
+def test_an_expansion_is_made_once_then_reused(tmp_path: Path, monkeypatch) -> None:
+    cache = Cache(tmp_path / "cache")
+    source = expand.Source("ab" * 32, make_deb(tmp_path, "xz"), "odd")
+    path = expand.expanded(source, cache)
+    assert path == cache.derived_path(expand.KIND, source.sha256)
+    assert dpkg_deb("--fsys-tarfile", str(path)) == dpkg_deb("--fsys-tarfile", str(source.path))
+    monkeypatch.setattr(expand, "expand", lambda *a: pytest.fail("made again"))
+    assert expand.expanded(source, cache) == path
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda path, tag, other: path.write_bytes(path.read_bytes()[:-1] + b"!"),
+    lambda path, tag, other: tag.write_text(tag.read_text().replace("f", "e")),
+    lambda path, tag, other: tag.write_text("nonsense"),
+    lambda path, tag, other: (path.write_bytes(other.read_bytes()),
+                              tag.write_text(other.with_name(other.name + ".tag").read_text())),
+])
+def test_a_tampered_expansion_is_made_again_not_used(tmp_path: Path, tamper) -> None:
+    cache = Cache(tmp_path / "cache")
+    source = expand.Source("ab" * 32, make_deb(tmp_path, "xz"), "odd")
+    other = expand.expanded(expand.Source("cd" * 32, make_deb(tmp_path, "gzip", "other"), "other"), cache)
+    path = expand.expanded(source, cache)
+    good = path.read_bytes()
+    tamper(path, path.with_name(path.name + ".tag"), other)
+    assert cache.derived(expand.KIND, source.sha256) is None
+    assert not path.exists()
+    assert expand.expanded(source, cache).read_bytes() == good
+
+
+def test_an_expansion_made_under_another_key_is_not_trusted(tmp_path: Path) -> None:
+    source = expand.Source("ab" * 32, make_deb(tmp_path, "xz"), "odd")
+    expand.expanded(source, Cache(tmp_path / "cache", key_file=tmp_path / "mine.key"))
+    elsewhere = Cache(tmp_path / "cache", key_file=tmp_path / "theirs.key")
+    assert elsewhere.derived(expand.KIND, source.sha256) is None
+
+
+def test_expand_all_keeps_the_order(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    sources = [expand.Source(f"{i:064x}", make_deb(tmp_path, "gzip", f"p{i}"), f"p{i}") for i in range(5)]
+    paths = expand.expand_all(sources, cache, workers=3)
+    assert paths == [cache.derived_path(expand.KIND, s.sha256) for s in sources]
+    assert [dpkg_deb("--field", str(p), "Package") for p in paths] == [f"p{i}\n".encode() for i in range(5)]
+
+
+def test_pending_announces_each_package_in_order_and_stops_at_a_failure(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    junk = tmp_path / "junk.deb"
+    junk.write_bytes(b"junk")
+    sources = [expand.Source(f"{i:064x}", make_deb(tmp_path, "gzip", f"p{i}"), f"p{i}") for i in range(3)]
+    pending = expand.Pending([*sources[:2], expand.Source("ee" * 32, junk, "junk"), sources[2]], cache, workers=2)
+    try:
+        ready = pending.ready()
+        assert [next(ready), next(ready)] == [1, 2]
+        assert all(cache.derived(expand.KIND, s.sha256) for s in sources[:2])
+        with pytest.raises(ExpandError, match="junk is not a .deb"):
+            next(ready)
+    finally:
+        pending.close()
