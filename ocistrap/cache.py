@@ -4,6 +4,8 @@ Layout under the cache root:
   blobs/sha256/HEX   a file whose SHA256 is HEX; only ever created by rename
                      after verification, so a present blob is a verified blob
   partial/HEX        an interrupted download of HEX, resumed next time
+  partial/.tmp-*     files being written, flocked by their writer; those of a
+                     killed process are swept by the next one
   refs/NAME          the SHA256 of the last verified InRelease of a suite,
                      so that ``--offline`` can find it without a lockfile
   parsed/HEX.marshal a parsed Packages index, keyed by the index's SHA256
@@ -28,6 +30,7 @@ import hmac
 import marshal
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +109,10 @@ class Cache:
                              hint="choose another with --cache-dir") from e
         self.key_file = key_file or default_key_file()
         self._key: bytes | None = None
+        try:
+            sweep_orphans(root / "partial")
+        except OSError:
+            pass  # a read-only cache can still be read
 
     @property
     def key(self) -> bytes:
@@ -263,14 +270,21 @@ class Cache:
             raise CacheError(f"cannot write {path}: {e.strerror}") from e
 
 
+TEMP_PREFIX = ".tmp-"
+ORPHAN_AGE = 10.0
+"""Seconds a temp file must sit unlocked and unchanged before a sweep takes it for orphaned."""
+
+
 class _TempFile:
-    """A uniquely named temp file, removed if the block fails."""
+    """A uniquely named temp file, removed if the block fails; its writer holds a flock on it,
+    so that a file left by a killed process can be told from one still being written."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
     def __enter__(self) -> tuple[Path, BinaryIO]:
-        fd, name = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        fd, name = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         self.path = Path(name)
         self.file = os.fdopen(fd, "wb")
         return self.path, self.file
@@ -281,6 +295,26 @@ class _TempFile:
             self.path.unlink(missing_ok=True)
             if isinstance(value, OSError):
                 raise CacheError(f"cannot write to the cache in {self.directory}: {value.strerror}") from value
+
+
+def sweep_orphans(directory: Path, now: float | None = None) -> list[str]:
+    """Remove the temp files in DIRECTORY that killed processes left (unlocked, and unchanged for
+    ORPHAN_AGE seconds); return their names."""
+    now = time.time() if now is None else now
+    removed = []
+    for entry in os.scandir(directory):
+        if not entry.name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            with open(entry.path, "rb") as f:
+                if now - os.fstat(f.fileno()).st_mtime < ORPHAN_AGE:
+                    continue
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except (BlockingIOError, FileNotFoundError):
+            continue
+    return removed
 
 
 def _safe(name: str) -> str:

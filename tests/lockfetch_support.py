@@ -18,6 +18,7 @@ import pytest
 from repo_factory import Mirror, RepoBuilder, SigningKey
 
 from ocistrap import fetch as fetch_module
+from ocistrap.cache import Cache
 from ocistrap.cli import main
 
 __all__ = ["SUITE", "Archive", "archive", "fast_fetcher", "template", "sha256_file",
@@ -135,6 +136,10 @@ def assert_cache_verified(cache: Path) -> None:
         return
     for blob in blobs.iterdir():
         assert sha256_file(blob) == blob.name, f"unverified blob {blob.name} in the cache"
+    expanded = cache / "derived" / "expanded"
+    for path in expanded.iterdir() if expanded.exists() else ():
+        if not path.name.endswith(".tag"):
+            assert Cache(cache).derived("expanded", path.name) == path, f"unverified expansion {path.name}"
 
 
 def assert_partials_honest(cache: Path, mirror_root: Path) -> None:

@@ -280,3 +280,33 @@ def test_racing_processes_agree_on_one_key(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert len(set(keys)) == 1 and keys[0] is not None
+
+
+def test_temp_files_of_killed_writers_are_swept_but_not_those_being_written(tmp_path: Path) -> None:
+    import fcntl
+    import os
+    from ocistrap.cache import ORPHAN_AGE, sweep_orphans
+    cache = Cache(tmp_path / "c")
+    partial = cache.root / "partial"
+    old = time.time() - ORPHAN_AGE - 1
+    for name in (".tmp-orphan", ".tmp-fresh", ".tmp-written", "ab" * 32):
+        (partial / name).write_bytes(b"x")
+    for name in (".tmp-orphan", ".tmp-written", "ab" * 32):
+        os.utime(partial / name, (old, old))
+    with open(partial / ".tmp-written", "rb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        assert sweep_orphans(partial) == [".tmp-orphan"]
+    assert sorted(p.name for p in partial.iterdir()) == [".tmp-fresh", ".tmp-written", "ab" * 32]
+    assert sorted(sweep_orphans(partial, now=time.time() + ORPHAN_AGE + 1)) == [".tmp-fresh", ".tmp-written"]
+    assert [p.name for p in partial.iterdir()] == ["ab" * 32]
+
+
+def test_a_new_cache_sweeps_what_a_killed_build_left(tmp_path: Path) -> None:
+    import os
+    from ocistrap.cache import ORPHAN_AGE
+    Cache(tmp_path / "c")
+    orphan = tmp_path / "c" / "partial" / ".tmp-orphan"
+    orphan.write_bytes(b"half an expansion")
+    os.utime(orphan, (time.time() - ORPHAN_AGE - 1,) * 2)
+    Cache(tmp_path / "c")
+    assert not orphan.exists()

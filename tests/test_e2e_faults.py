@@ -308,14 +308,34 @@ def interrupt_and_check(run: Run, signum: int, tmp_path: Path, real: "Real", lay
 
 @pytest.mark.network
 @signal_ids
+def test_interrupted_while_expanding_the_packages(signum, real, tmp_path):
+    shutil.rmtree(real.cache / "derived")
+    layout, before = tmp_path / "layout", scratch_dirs(real.cache)
+    run = start(tmp_path, *real.build("-o", f"oci:{layout}:t"))
+    run.wait_for(lambda: "dpkg-deb" in descendants(run.proc.pid).values() and
+                 any((real.cache / "partial").glob(".tmp-*")), "dpkg-deb expanding a package into the cache")
+    interrupt_and_check(run, signum, tmp_path, real, layout, before)
+
+
+def chrooted(pid: int) -> bool:
+    """Whether PID runs chrooted (the essential set's unpacker does, in the staging root)."""
+    try:
+        return os.readlink(f"/proc/{pid}/root") != "/"
+    except OSError:
+        return False
+
+
+@pytest.mark.network
+@signal_ids
 def test_interrupted_while_unpacking_the_essential_set(signum, real, tmp_path):
     layout, before = tmp_path / "layout", scratch_dirs(real.cache)
     run = start(tmp_path, *real.build("-o", f"oci:{layout}:t"))
 
     def unpacking() -> bool:
-        names = set(descendants(run.proc.pid).values())
-        return run.step().startswith("unpacking and configuring") and "dpkg-deb" in names and "dpkg" not in names
-    run.wait_for(unpacking, "dpkg-deb unpacking the essential set")
+        below = descendants(run.proc.pid)
+        return run.step().startswith("unpacking and configuring") and "dpkg" not in below.values() and \
+            any(chrooted(pid) for pid, name in below.items() if name.startswith("python"))
+    run.wait_for(unpacking, "ocistrap's chrooted unpacker unpacking the essential set")
     interrupt_and_check(run, signum, tmp_path, real, layout, before)
 
 
