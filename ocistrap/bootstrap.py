@@ -25,11 +25,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, NoReturn, TypeVar
 
 from ocistrap import doctor, expand, hostdpkg, layer, log, recorder, resolve, sandbox, slim, unpack
 from ocistrap.errors import OcistrapError
-from ocistrap.lock import LockedArchive
+
+if TYPE_CHECKING:  # the inner half starts faster without the lockfile's schema validator
+    from ocistrap.lock import LockedArchive
 
 T = TypeVar("T")
 
@@ -115,7 +117,7 @@ def extended_states(debs: Iterable[Deb]) -> str:
                    for d in sorted(debs, key=lambda d: d.name) if d.auto)
 
 
-def sources_text(archives: Sequence[LockedArchive], components: Sequence[str], signed_by: Sequence[str]) -> str:
+def sources_text(archives: Sequence["LockedArchive"], components: Sequence[str], signed_by: Sequence[str]) -> str:
     """The deb822 apt sources of the image: where its packages came from, one stanza per mirror."""
     suites: dict[str, list[str]] = {}
     for archive in archives:
