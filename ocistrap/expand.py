@@ -17,6 +17,7 @@ members of a 60-byte header (name 16, mtime 12, uid 6, gid 6, mode 8, size 10,
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -181,13 +182,24 @@ class Pending:
         self.paths = [cache.derived_path(KIND, s.sha256) for s in sources]
         self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1,
                                         thread_name_prefix="expand")
-        self._futures = [self._pool.submit(expanded, s, cache) for s in sources]
+        self.started = time.monotonic()
+        self.finished = self.started
+        self._futures = [self._pool.submit(self._one, s, cache) for s in sources]
+
+    def _one(self, source: Source, cache: Cache) -> Path:
+        path = expanded(source, cache)
+        self.finished = max(self.finished, time.monotonic())
+        return path
 
     def ready(self) -> Iterator[int]:
         """Yield 1, 2, ... as the first 1, 2, ... expansions are made; raise the first failure."""
         for count, future in enumerate(self._futures, 1):
             future.result()
             yield count
+
+    def seconds(self) -> float:
+        """From the start until the last expansion was made (or found made)."""
+        return self.finished - self.started
 
     def wait(self) -> list[Path]:
         """Every expansion's path, once all are made."""

@@ -287,6 +287,12 @@ class Log:
         self.timings.append((name, elapsed))
         self.emit("done", name, seconds=elapsed)
 
+    def record(self, name: str, seconds: float) -> None:
+        """Report work that ran alongside the steps (in background threads) as a step of its own."""
+        self.steps.append(StepTime(name, self._depth, seconds))
+        self.timings.append((name, seconds))
+        self.emit("done", name, seconds=seconds)
+
     def meter(self, total: int | None = None) -> "Meter":
         """Count work done in the running step (items of TOTAL, bytes) and show it as it grows."""
         return Meter(self, self._names[-1] if self._names else "working", total)

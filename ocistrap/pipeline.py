@@ -283,9 +283,11 @@ def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging,
         root.mkdir()
         plan = make_plan(lock, arch, fetched, root, tmpfs=staging.workdir is None, epoch=epoch,
                          keyrings=keyrings)
+        pending = fetched.pending[arch]
         with log.get().step(f"installing {len(lock.architectures[arch].packages)} packages for {arch}"):
-            return bootstrap.bootstrap(plan, sink, remove_on_exit=tmp, mode=staging.mode,
-                                       ready=fetched.pending[arch].ready)
+            layers = bootstrap.bootstrap(plan, sink, remove_on_exit=tmp, mode=staging.mode, ready=pending.ready)
+        log.get().record(f"expanding {len(pending.paths)} packages for {arch} (alongside)", pending.seconds())
+        return layers
 
 
 def release_epoch(lock: Lockfile) -> int:

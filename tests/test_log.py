@@ -77,6 +77,17 @@ def test_timings_report_as_json():
     assert report == {"event": "timings", "total": 1.5, "steps": [{"name": "a", "depth": 0, "seconds": 1.5}]}
 
 
+def test_work_done_alongside_is_recorded_at_the_depth_where_it_is_reported():
+    out, _, ticks = make_log(log_format="json")
+    with out.step("installing"):
+        ticks.now += 4
+    out.record("expanding (alongside)", 1.25)
+    report = json.loads(out.timings_report())
+    assert report["steps"] == [{"name": "installing", "depth": 0, "seconds": 4},
+                               {"name": "expanding (alongside)", "depth": 0, "seconds": 1.25}]
+    assert report["total"] == 4
+
+
 def test_progress_text():
     assert log.format_progress(Event("progress", "fetching", done=40, total=96, nbytes=12_300_000)) == \
         "fetching: 40/96, 12.3 MB"
