@@ -53,7 +53,7 @@ FOREIGN_TARGET = 0.50
 MEMORY_TARGET_MIB = 150
 PHASES = (("metadata", ("verifying", "reading", "resolving", "checking")), ("download", ("fetching",)),
           ("unpack + configure", ("unpacking and configuring",)), ("layer", ("writing layer",)),
-          ("push", ("writing outputs",)))
+          ("push", ("writing outputs",)), ("expand (alongside)", ("expanding",)))
 
 
 @dataclass(frozen=True)
@@ -305,7 +305,10 @@ def report(results: list[Result], runs: int, revision: str, load: str, profile: 
               "metadata: verifying Release files, reading indices, resolving, checking the lock; download:",
               "fetching (and re-hashing cached) .debs; unpack + configure: from the sandbox's start until the",
               "layer's tar stream begins (essential unpack, dpkg); layer: tar stream, compression, digests;",
-              "push: uploading to the registry.", "", *phase_table(results), "",
+              "push: uploading to the registry; expand (alongside): dpkg-deb expanding the .debs into the",
+              "cache (or re-hashing their expansions), in background threads from the end of download on,",
+              "while the sandbox unpacks and configures (not part of the other phases' sum).", "",
+              *phase_table(results), "",
               "The pipeline's commands (median seconds):", "", *pipeline_table(results), "",
               "## Commands", "", *commands(results)]
     return "\n".join(lines).rstrip() + "\n" + profile
