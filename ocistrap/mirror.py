@@ -7,14 +7,16 @@ cache so that ``--offline`` works later.
 """
 
 import dataclasses
-import queue
-import threading
+import fcntl
+import os
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from operator import attrgetter
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 from ocistrap import archive, openpgp
 from ocistrap.archive import ArchiveError, Package, Release
@@ -23,8 +25,7 @@ from ocistrap.fetch import Fetcher, NotFound, sha256_hex
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-_PACKAGE_FIELDS = [f.name for f in dataclasses.fields(Package)]
-T = TypeVar("T")
+PIPE_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -172,67 +173,111 @@ def _component_packages(source: Source, signed: SignedRelease, component: str, a
         return cached
     what = source.url(f"dists/{source.suite}/{path}")
     data = cache.read(entry.sha256)
+    fetched = data is None
     if data is None:
         data = _fetch_index(source, signed, path, entry, fetcher, what)
-        cache.put_bytes(data, lambda d: archive.verify_bytes(d, entry, what=what))
     else:
         archive.verify_bytes(data, entry, what=what)
-    packages = archive.parse_packages(_read_ahead(archive.decompressed_chunks(data, path)), what=what)
-    del data  # 9 MB of Debian's index, no longer needed while the parsed form is written
-    cache.store_parsed(entry.sha256, {"fields": _PACKAGE_FIELDS,
-                                      "columns": [list(map(attrgetter(f), packages)) for f in _PACKAGE_FIELDS]})
-    return packages
+    with _decompressed(data, path) as pieces:
+        if fetched:  # while a child decompresses the first piece
+            cache.put_bytes(data, lambda d: archive.verify_bytes(d, entry, what=what))
+        del data  # 9 MB of Debian's index: an .xz one now lives in the decompressing child alone
+        columns = archive.parse_package_columns(pieces, what=what)
+    cache.store_parsed(entry.sha256, {"fields": list(archive.PACKAGE_COLUMNS), "columns": columns})
+    return archive.packages_from_columns(columns)
 
 
 def _from_parsed(parsed: object) -> list[Package] | None:
     """Cached packages, if this version's ``Package`` wrote them; another layout is parsed afresh.
 
     They are kept by column, not by row: loading then makes no list per
-    package, and the strings parse_packages shared stay shared.
+    package, and the strings parse_package_columns shared stay shared.
     """
-    if not isinstance(parsed, dict) or parsed.get("fields") != _PACKAGE_FIELDS:
+    if not isinstance(parsed, dict) or parsed.get("fields") != list(archive.PACKAGE_COLUMNS):
         return None
     columns = parsed.get("columns")
-    if not isinstance(columns, list) or len(columns) != len(_PACKAGE_FIELDS) or len(set(map(len, columns))) != 1:
+    if not isinstance(columns, list) or len(columns) != len(archive.PACKAGE_COLUMNS) \
+            or len(set(map(len, columns))) != 1:
         return None
-    return list(map(Package, *columns))
+    return archive.packages_from_columns(columns)
 
 
-def _read_ahead(pieces: Iterable[T], depth: int = 4) -> Iterator[T]:
-    """PIECES, produced by a thread up to DEPTH ahead of the caller: xz decompression releases
-    the GIL, so it runs on a second core while the caller parses. Errors arrive in order."""
-    ready: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+# What a second interpreter runs: the xz streams on its stdin, one after another, decompressed to
+# its stdout, refused as ``archive.decompressed_chunks`` refuses them. The standard library
+# alone, so that it starts in about 10 ms.
+_UNXZ = """\
+import lzma, sys
+read, write = sys.stdin.buffer.read, sys.stdout.buffer.write
+data = read(1 << 16)
+try:
+    while True:
+        unxz = lzma.LZMADecompressor()
+        while not unxz.eof:
+            if not data:
+                raise EOFError("Compressed data ended before the end-of-stream marker was reached")
+            write(unxz.decompress(data))
+            data = unxz.unused_data if unxz.eof else read(1 << 16)
+        if not (data := data or read(1 << 16)):
+            break
+except (lzma.LZMAError, EOFError) as error:
+    sys.exit(str(error))
+"""
 
-    def produce() -> None:
-        try:
-            for piece in pieces:
-                if stop.is_set():
-                    return
-                ready.put((True, piece))
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer
-            ready.put((False, error))
-            return
-        ready.put((False, None))
 
-    worker = threading.Thread(target=produce, name="ocistrap-read-ahead", daemon=True)
-    worker.start()
+@contextmanager
+def _decompressed(data: bytes, path: str) -> Iterator[Iterable[bytes]]:
+    """The verified index DATA, decompressed by the suffix of its PATH, in pieces.
+
+    An .xz index is decompressed by a second interpreter, on the other core,
+    while this one parses what it has sent so far. (A thread here took turns
+    with the parser instead: lzma takes the GIL back after every block it
+    writes, and waits up to the 5 ms switch interval for it each time.)
+    """
+    child = _start_unxz(data) if path.endswith(".xz") else None
+    if child is None:
+        yield archive.decompressed_chunks(data, path)
+        return
+    del data
     try:
-        while True:
-            ok, item = ready.get()
-            if not ok:
-                if item is not None:
-                    raise item  # type: ignore[misc]
-                return
-            yield item  # type: ignore[misc]
+        yield _child_output(child, path)
     finally:
-        stop.set()
-        while worker.is_alive():
-            try:
-                ready.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        worker.join()
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+        child.stderr.close()  # type: ignore[union-attr]
+
+
+def _start_unxz(data: bytes) -> subprocess.Popen[bytes] | None:
+    """A child decompressing DATA, handed over in a memory file; None where none can start."""
+    if not sys.executable or not hasattr(os, "memfd_create"):
+        return None
+    try:
+        fd = os.memfd_create("ocistrap-index", os.MFD_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with open(fd, "wb", closefd=False) as memory:
+            memory.write(data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _UNXZ], stdin=fd,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    with suppress(OSError):
+        fcntl.fcntl(child.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[union-attr]
+    return child
+
+
+def _child_output(child: subprocess.Popen[bytes], path: str) -> Iterator[bytes]:
+    """What CHILD writes, in pieces, then an ArchiveError if it failed."""
+    yield from iter(partial(child.stdout.read, PIPE_SIZE), b"")  # type: ignore[union-attr]
+    problem = child.stderr.read().decode("utf-8", "replace").strip()  # type: ignore[union-attr]
+    if child.wait() != 0:
+        raise ArchiveError(f"{path}: cannot decompress: {problem or f'exit status {child.returncode}'}",
+                           hint=archive.MIRROR_HINT)
 
 
 def _fetch_index(source: Source, signed: SignedRelease, path: str, entry: archive.FileEntry,

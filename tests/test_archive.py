@@ -193,29 +193,6 @@ def test_xz_in_pieces_is_what_lzma_decompress_gives() -> None:
             list(decompressed_chunks(broken, "Packages.xz", size=4096))
 
 
-def test_read_ahead_keeps_order_passes_errors_in_place_and_stops_with_its_reader() -> None:
-    import threading
-
-    from ocistrap.mirror import _read_ahead
-
-    def pieces(fail_at: int | None = None):  # type: ignore[no-untyped-def]
-        for n in range(50):
-            if n == fail_at:
-                raise ArchiveError("piece 7 is broken")
-            yield n
-
-    assert list(_read_ahead(pieces(), depth=2)) == list(range(50))
-    seen = []
-    with pytest.raises(ArchiveError, match="piece 7"):
-        for piece in _read_ahead(pieces(fail_at=7), depth=2):
-            seen.append(piece)
-    assert seen == list(range(7))
-    reader = _read_ahead(pieces(), depth=2)
-    assert next(reader) == 0
-    reader.close()
-    assert not [t for t in threading.enumerate() if t.name == "ocistrap-read-ahead"]
-
-
 # --- Packages -----------------------------------------------------------------------------------
 
 def stanza(name: str, **fields: str) -> str:
@@ -299,6 +276,119 @@ def test_parse_packages_shares_equal_values_of_repeated_fields() -> None:
     assert first.depends == "libc6 (>= 2.36)" and first.source == "gcc"
     assert first.depends is second.depends and first.source is second.source
     assert first.architecture is second.architecture
+
+
+def test_an_index_given_whole_is_decoded_a_piece_at_a_time() -> None:
+    data = "".join(stanza(f"p{n}", Description="caf\u00e9") + "\n" for n in range(200)).encode()
+    texts = list(archive._texts([data], size=1000))
+    assert len(texts) > 20 and max(map(len, texts)) < 1000 + len(stanza("p199"))
+    assert "\n\n".join(texts) + "\n\n" == data.decode()
+
+
+def test_package_columns_are_package_fields_in_order() -> None:
+    assert tuple(archive.COLUMN_FIELDS) == archive.PACKAGE_COLUMNS
+    data = GENERATED_INDEX.encode()
+    columns = archive.parse_package_columns(data, what=PACKAGES_WHAT)
+    assert [len(column) for column in columns] == [6] * len(archive.PACKAGE_COLUMNS)
+    assert archive.packages_from_columns(columns) == parse_packages(data, what=PACKAGES_WHAT)
+    by_column = dict(zip(archive.PACKAGE_COLUMNS, columns))
+    assert by_column["size"] == [1234] * 6 and by_column["essential"] == [True, False, False, True, False, False]
+
+
+def test_packages_from_columns_makes_ordinary_frozen_packages() -> None:
+    one = Package(name="a", version="1", architecture="amd64", essential=True, filename="pool/a.deb", size=3,
+                  sha256=HEX)
+    (made,) = archive.packages_from_columns([[getattr(one, name)] for name in archive.PACKAGE_COLUMNS])
+    assert made == one and hash(made) == hash(one) and repr(made) == repr(one)
+    with pytest.raises(AttributeError):
+        made.name = "b"  # type: ignore[misc]
+    assert archive.packages_from_columns([[] for _ in archive.PACKAGE_COLUMNS]) == []
+
+
+def test_field_names_in_any_case_values_stripped_last_of_a_repeated_field_wins() -> None:
+    text = (stanza("mixed", Version="1.0 \t", **{"DEPENDS": "a,  \n b", "pre-depends": "c ",
+                                                  "MULTI-arch": "same"})
+            + "Source: first\nsource: second\nPriority:\nSHA256: " + "cd" * 32 + "\n")
+    (package,) = parse_packages(text.encode(), what=PACKAGES_WHAT)
+    assert (package.version, package.depends, package.pre_depends) == ("1.0", "a, b", "c")
+    assert (package.multi_arch, package.source, package.priority, package.sha256) == (
+        "same", "second", "", "cd" * 32)
+
+
+def test_a_bad_stanza_deep_in_an_index_read_in_pieces_is_the_one_named() -> None:
+    good = "".join(stanza(f"pkg{n}", Depends=f"dep{n % 7}") + "\n" for n in range(3000))
+    bad = stanza("broken", Size="12k") + "\n" + stanza("worse", Version=None) + "\n"
+    data = (good + bad + good).encode()
+    pieces = (data[n:n + 65536] for n in range(0, len(data), 65536))
+    with pytest.raises(ArchiveError, match="package broken has Size '12k'"):
+        parse_packages(pieces, what=PACKAGES_WHAT)
+    assert len(parse_packages((good + good).encode(), what=PACKAGES_WHAT)) == 6000
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_parsing_leaves_the_cyclic_gc_as_it_found_it(enabled: bool) -> None:
+    import gc
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        parse_packages(GENERATED_INDEX.encode(), what=PACKAGES_WHAT)
+        assert gc.isenabled() is enabled
+        with pytest.raises(ArchiveError):
+            parse_packages(stanza("x", Size="no").encode(), what=PACKAGES_WHAT)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+
+
+def line_by_line(data: bytes) -> list[Package] | None:
+    """The reference: the plain reading of each stanza, line by line, keyed case-insensitively;
+    None where ``parse_packages`` must refuse the index."""
+    lookup = archive.field_lookup(archive.COLUMN_FIELDS.values())
+    one_line = archive._one_line
+    packages = []
+    for paragraph in data.split(b"\n\n"):
+        if not paragraph or paragraph.isspace():
+            continue
+        fields = archive.paragraph_fields(paragraph.decode("utf-8", "replace"), lookup)
+        if not all(fields.get(name) for name in ("package", "version", "architecture", "filename", "size",
+                                                  "sha256")):
+            return None
+        if not (fields["size"].isascii() and fields["size"].isdigit()) or \
+                not archive.SHA256_RE.fullmatch(fields["sha256"]):
+            return None
+        values = {column: one_line(fields.get(field.lower(), archive._FIELD_DEFAULTS.get(field, "")))
+                  for column, field in archive.COLUMN_FIELDS.items()}
+        packages.append(Package(**{**values, "essential": fields.get("essential", "").lower() == "yes",
+                                   "size": int(fields["size"]), "sha256": fields["sha256"]}))
+    return packages
+
+
+FIELD_LINE = st.tuples(
+    st.sampled_from([*archive.COLUMN_FIELDS.values(), "Description", "Tag", "X"]).flatmap(
+        lambda name: st.sampled_from([name, name.lower(), name.upper(), name.swapcase()])),
+    st.sampled_from([":", ":", ": ", ":\t", " :", ""]),
+    st.sampled_from(["1234", HEX, "yes", "Yes", "foreign", "a, b (>= 1)", "", " ", "x\xa0", "\u3000y",
+                     "12k", "é"]),
+    st.sampled_from(["", " ", "\t", "\r", "\xa0"]),
+    st.lists(st.sampled_from([" more", "\tmore ", " .", " ", "\t"]), max_size=2),
+).map(lambda t: f"{t[0]}{t[1]}{t[2]}{t[3]}" + "".join("\n" + line for line in t[4]))
+STANZAS = st.lists(st.lists(FIELD_LINE, max_size=8).map("\n".join), max_size=4).map(
+    lambda stanzas: "\n\n".join(stanza(f"p{n}") + text for n, text in enumerate(stanzas)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(STANZAS, st.integers(min_value=1, max_value=300))
+def test_parse_packages_reads_what_a_line_by_line_reading_reads(text: str, piece: int) -> None:
+    """The regular expression that picks fields out of a stanza keeps to the plain reading:
+    field names in any case, whitespace around values, continuation lines, repeated fields."""
+    data = text.encode()
+    expected = line_by_line(data)
+    pieces = (data[n:n + piece] for n in range(0, len(data), piece))
+    if expected is None:
+        with pytest.raises(ArchiveError):
+            parse_packages(pieces, what=PACKAGES_WHAT)
+    else:
+        assert parse_packages(pieces, what=PACKAGES_WHAT) == expected
 
 
 FIELD_TEXT = st.text(alphabet=st.sampled_from(list("Package:Version Size SHA256 abf0123456789\n \t-:,()") + ["é"]))
