@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ocistrap import log
 from ocistrap.errors import OcistrapError
 
 
@@ -119,9 +120,12 @@ class Cache:
         """The HMAC key of parsed and derived files; without a key file, one for this process
         alone (what it writes is then made again next time, never trusted)."""
         if self._key is None:
-            self._key = load_key(self.key_file) or os.urandom(KEY_SIZE)
+            self._key = load_key(self.key_file)
+            if self._key is None:
+                log.get().info(f"cannot keep the cache's key in {self.key_file}: parsed indices and expanded "
+                               f"packages are made afresh by every run (set XDG_STATE_HOME to a writable place)")
+                self._key = os.urandom(KEY_SIZE)
         return self._key
-
 
     def blob_path(self, sha256: str) -> Path:
         return self.root / "blobs" / "sha256" / sha256
