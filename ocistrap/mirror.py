@@ -6,6 +6,7 @@ against that text before a byte of it is parsed; the verified files go to the
 cache so that ``--offline`` works later.
 """
 
+import ctypes
 import dataclasses
 import fcntl
 import os
@@ -184,7 +185,23 @@ def _component_packages(source: Source, signed: SignedRelease, component: str, a
         del data  # 9 MB of Debian's index: an .xz one now lives in the decompressing child alone
         columns = archive.parse_package_columns(pieces, what=what)
     cache.store_parsed(entry.sha256, {"fields": list(archive.PACKAGE_COLUMNS), "columns": columns})
-    return archive.packages_from_columns(columns)
+    packages = archive.packages_from_columns(columns)
+    del columns
+    _give_back_freed_memory()
+    return packages
+
+
+def _give_back_freed_memory() -> None:
+    """Return the free pages of the C heap to the system, where the C library can (glibc).
+
+    Parsing an index frees tens of MB in pieces of up to a few MB, and once
+    glibc has freed a block that large it keeps up to twice as much free heap
+    instead of trimming it: a build's later phases then peaked 5 MB higher.
+    """
+    with suppress(OSError):
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+        if trim is not None:
+            trim(0)
 
 
 def _from_parsed(parsed: object) -> list[Package] | None:

@@ -95,6 +95,30 @@ def test_other_indices_are_decompressed_here(path: str, children: list[subproces
     assert children == []
 
 
+class FakeLibc:
+    def __init__(self) -> None:
+        self.trimmed: list[int] = []
+
+    def malloc_trim(self, pad: int) -> int:
+        self.trimmed.append(pad)
+        return 1
+
+
+def test_freed_memory_is_given_back_where_the_c_library_can(monkeypatch: pytest.MonkeyPatch) -> None:
+    glibc = FakeLibc()
+    monkeypatch.setattr(mirror.ctypes, "CDLL", lambda name: glibc)
+    mirror._give_back_freed_memory()
+    assert glibc.trimmed == [0]
+    monkeypatch.setattr(mirror.ctypes, "CDLL", lambda name: object())  # musl: no malloc_trim
+    mirror._give_back_freed_memory()
+
+    def unloadable(name: object) -> object:
+        raise OSError("no C library here")
+
+    monkeypatch.setattr(mirror.ctypes, "CDLL", unloadable)
+    mirror._give_back_freed_memory()
+
+
 # --- load_packages on a signed repository ------------------------------------------------------
 
 @pytest.fixture
@@ -113,15 +137,18 @@ def test_an_index_is_parsed_once_then_loaded(suite: tuple[mirror.Source, mirror.
                                              repo: RepoBuilder, children: list[subprocess.Popen[bytes]],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     source, signed, fetcher, cache = suite
+    glibc = FakeLibc()
+    monkeypatch.setattr(mirror.ctypes, "CDLL", lambda name: glibc)
     cold = mirror.load_packages(source, signed, "amd64", fetcher, cache)
     index = (repo.root / "dists/testing/main/binary-amd64/Packages").read_bytes()
     assert cold == archive.parse_packages(index, what=INDEX)
     assert [p.name for p in cold] == ["base-files", "libfoo1", "foo-data"] and len(children) == 1
+    assert glibc.trimmed == [0]
     entry = signed.release.files[INDEX]
     assert cache.read(entry.sha256) == (repo.root / "dists/testing" / INDEX).read_bytes()
     monkeypatch.setattr(archive, "parse_package_columns", lambda *a, **k: pytest.fail("parsed again"))
     assert mirror.load_packages(source, signed, "amd64", fetcher, cache) == cold
-    assert len(children) == 1
+    assert len(children) == 1 and glibc.trimmed == [0]
 
 
 def test_an_index_is_parsed_only_once_its_hash_matched(
