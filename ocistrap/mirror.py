@@ -187,11 +187,11 @@ def _component_packages(source: Source, signed: SignedRelease, component: str, a
     cache.store_parsed(entry.sha256, {"fields": list(archive.PACKAGE_COLUMNS), "columns": columns})
     packages = archive.packages_from_columns(columns)
     del columns
-    _give_back_freed_memory()
+    give_back_freed_memory()
     return packages
 
 
-def _give_back_freed_memory() -> None:
+def give_back_freed_memory() -> None:
     """Return the free pages of the C heap to the system, where the C library can (glibc).
 
     Parsing an index frees tens of MB in pieces of up to a few MB, and once

@@ -92,6 +92,7 @@ def make_lock(source: Source, selection: Selection, architectures: tuple[str, ..
             packages, signed[arch] = _resolve_layers(resolve.Universe((p for _, p in numbered), arch),
                                                      selection, archive_of={id(p): n for n, p in numbered})
         del numbered
+        mirror.give_back_freed_memory()  # the universe is gone: later phases peaked ~15 MiB higher
         essential = sum(p.stage == "essential" for p in packages)
         out.info(f"{arch}: {essential} essential + {len(packages) - essential} more packages")
         locked[arch] = LockedArch(releases=tuple(_locked_release(signed) for _, signed in opened),

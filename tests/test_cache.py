@@ -180,7 +180,7 @@ def test_second_lock_does_not_parse_the_index_again(archive: Archive, monkeypatc
     rc, _, err = archive.lock()
     assert rc == 0, err
     first = archive.lockfile.read_bytes()
-    monkeypatch.setattr(archive_module, "parse_packages",
+    monkeypatch.setattr(archive_module, "parse_package_columns",
                         lambda *a, **k: pytest.fail("the index was parsed again"))
     rc, _, err = archive.lock()
     assert rc == 0, err

@@ -107,16 +107,16 @@ class FakeLibc:
 def test_freed_memory_is_given_back_where_the_c_library_can(monkeypatch: pytest.MonkeyPatch) -> None:
     glibc = FakeLibc()
     monkeypatch.setattr(mirror.ctypes, "CDLL", lambda name: glibc)
-    mirror._give_back_freed_memory()
+    mirror.give_back_freed_memory()
     assert glibc.trimmed == [0]
     monkeypatch.setattr(mirror.ctypes, "CDLL", lambda name: object())  # musl: no malloc_trim
-    mirror._give_back_freed_memory()
+    mirror.give_back_freed_memory()
 
     def unloadable(name: object) -> object:
         raise OSError("no C library here")
 
     monkeypatch.setattr(mirror.ctypes, "CDLL", unloadable)
-    mirror._give_back_freed_memory()
+    mirror.give_back_freed_memory()
 
 
 # --- load_packages on a signed repository ------------------------------------------------------
