@@ -88,11 +88,12 @@ def plain_data(path: Path, what: str) -> Member:
     return member
 
 
-def expand(deb: Path, out: BinaryIO, what: str) -> int:
+def expand(deb: Path, out: BinaryIO, what: str, *, nice: int = 0) -> int:
     """Write DEB to OUT (a file at its start) with data.tar uncompressed; return OUT's size.
 
     dpkg-deb decompresses, straight into OUT: the data is by definition what dpkg
     reads from DEB, and the decompressor's memory (up to 64 MiB for xz -9) is its own.
+    NICE lowers its priority, for work that must not slow down what waits on the CPU.
     """
     with open(deb, "rb") as f:
         data = data_member(f, what)
@@ -102,7 +103,8 @@ def expand(deb: Path, out: BinaryIO, what: str) -> int:
     out.write(b"\0" * HEADER)
     out.flush()
     start = out.tell()
-    done = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=out, stderr=subprocess.PIPE)
+    niced = ["nice", "-n", str(nice)] if nice else []
+    done = subprocess.run([*niced, "dpkg-deb", "--fsys-tarfile", str(deb)], stdout=out, stderr=subprocess.PIPE)
     if done.returncode != 0:
         reason = done.stderr.decode(errors="replace").strip().splitlines()
         raise ExpandError(f"{what}: dpkg-deb cannot read its data: {reason[-1] if reason else done.returncode}")
@@ -160,18 +162,20 @@ KIND = "expanded"
 
 @dataclass(frozen=True)
 class Source:
-    """A verified .deb in the cache: its blob's SHA256, its path, and a name for messages."""
+    """A verified .deb in the cache: its blob's SHA256, its path, a name for messages, and how
+    much lower than ours its expanding runs (expand's NICE)."""
 
     sha256: str
     path: Path
     what: str
+    nice: int = 0
 
 
 def expanded(source: Source, cache: Cache) -> Path:
     """The cache's expansion of SOURCE, made now if it has none (or a damaged one)."""
     if (path := cache.derived(KIND, source.sha256)) is not None:
         return path
-    return cache.derive(KIND, source.sha256, lambda out: expand(source.path, out, source.what))
+    return cache.derive(KIND, source.sha256, lambda out: expand(source.path, out, source.what, nice=source.nice))
 
 
 class Pending:

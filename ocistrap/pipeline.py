@@ -22,6 +22,9 @@ from ocistrap.transports import Reference, oci, registry
 T = TypeVar("T")
 
 
+BACKGROUND_NICE = 10
+
+
 class PipelineError(OcistrapError):
     """The lockfile and the signed archive disagree."""
 
@@ -229,7 +232,8 @@ def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
             with out.step(f"fetching {len(wanted)} packages for {arch}"):
                 meter = out.meter(total=len(wanted))
                 found = fetcher.download_all(wanted, cache, progress=lambda w: meter.add(1, w.size))
-            sources = {p.name: expand.Source(w.sha256, path, w.what)
+            # the rest is expanded while dpkg configures the essential set: dpkg comes first
+            sources = {p.name: expand.Source(w.sha256, path, w.what, nice=BACKGROUND_NICE if p.stage == "rest" else 0)
                        for p, w, path in zip(entry.packages, wanted, found)}
             order = entry.install_order()  # the plan's order, in which the sandbox waits for them
             pending = fetched.pending[arch] = expand.Pending([sources[p.name] for p in order], cache)
