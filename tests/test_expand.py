@@ -177,3 +177,18 @@ def test_pending_announces_each_package_in_order_and_stops_at_a_failure(tmp_path
             next(ready)
     finally:
         pending.close()
+
+
+def test_background_expansions_run_dpkg_deb_at_a_lower_priority(tmp_path: Path, monkeypatch) -> None:
+    seen: list[list[str]] = []
+    run = subprocess.run
+
+    def spy(argv, **kwargs):
+        seen.append(list(argv))
+        return run(argv, **kwargs)
+    deb = make_deb(tmp_path, "xz")
+    monkeypatch.setattr(expand.subprocess, "run", spy)
+    cache = Cache(tmp_path / "cache")
+    path = expand.expanded(expand.Source("ab" * 32, deb, "odd", nice=10), cache)
+    assert seen == [["nice", "-n", "10", "dpkg-deb", "--fsys-tarfile", str(deb)]]
+    assert dpkg_deb("--fsys-tarfile", str(path)) == dpkg_deb("--fsys-tarfile", str(deb))
