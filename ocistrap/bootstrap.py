@@ -223,7 +223,7 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
         except BaseException as e:
             proc.kill()
             proc.wait()
-            announcer.raise_failure(e)
+            announcer.raise_failure()
             if isinstance(e, OcistrapError) and (inner := _inner_error(errors)):
                 # the stream ended early because the inside failed, and said why
                 raise BootstrapError(f"installing the packages failed: {inner}",
@@ -235,7 +235,7 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
                 reader.close()
         status = proc.wait()
         if status != 0:
-            announcer.raise_failure(None)
+            announcer.raise_failure()
             raise BootstrapError(f"installing the packages failed (exit status {status}): "
                                  f"{_tail(errors)}", hint="run with --debug to see the whole log")
     return results
@@ -271,10 +271,11 @@ class _Announcer:
         finally:
             os.close(self.fd)
 
-    def raise_failure(self, cause: BaseException | None) -> None:
-        """Raise the error that stopped the packages from being made ready, if one did."""
+    def raise_failure(self) -> None:
+        """Raise the error that stopped the packages from being made ready, if one did, with the
+        cause it had (a full disk, say), not the early end of the layer stream it led to."""
         if isinstance(self.error, OcistrapError):
-            raise self.error from cause
+            raise self.error
 
 
 SETTING_UP = b"Setting up "

@@ -294,7 +294,11 @@ class _TempFile:
         return self.path, self.file
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
-        self.file.close()
+        try:
+            self.file.close()  # flushes: a full disk may show only here
+        except OSError as e:
+            value = value if kind is not None else e
+            kind = kind or type(e)
         if kind is not None:
             self.path.unlink(missing_ok=True)
             if isinstance(value, OSError):

@@ -15,6 +15,7 @@ members of a 60-byte header (name 16, mtime 12, uid 6, gid 6, mode 8, size 10,
 "`\\n") followed by the data, padded to an even length.
 """
 
+import errno
 import os
 import subprocess
 import time
@@ -104,9 +105,11 @@ def expand(deb: Path, out: BinaryIO, what: str, *, nice: int = 0) -> int:
     out.flush()
     start = out.tell()
     niced = ["nice", "-n", str(nice)] if nice else []
-    done = subprocess.run([*niced, "dpkg-deb", "--fsys-tarfile", str(deb)], stdout=out, stderr=subprocess.PIPE)
+    done = subprocess.run([*niced, "dpkg-deb", "--fsys-tarfile", str(deb)], stdout=out, stderr=subprocess.PIPE,
+                          env={**os.environ, "LC_ALL": "C"})
     if done.returncode != 0:
         reason = done.stderr.decode(errors="replace").strip().splitlines()
+        _raise_if_full(reason)
         raise ExpandError(f"{what}: dpkg-deb cannot read its data: {reason[-1] if reason else done.returncode}")
     end = out.seek(0, os.SEEK_END)
     size = end - start
@@ -116,6 +119,14 @@ def expand(deb: Path, out: BinaryIO, what: str, *, nice: int = 0) -> int:
     out.write(_header(DATA, size, template=template))
     out.seek(end)
     return end
+
+
+def _raise_if_full(messages: list[str]) -> None:
+    """A full disk where dpkg-deb writes is the cache's fault, not the package's: say so as the
+    OSError it was (dpkg-deb's messages are in the C locale)."""
+    for code in (errno.ENOSPC, errno.EDQUOT):
+        if any(os.strerror(code) in line for line in messages):
+            raise OSError(code, os.strerror(code))
 
 
 def _header(name: str, size: int, *, template: bytes) -> bytes:

@@ -39,7 +39,7 @@ mkdir -p "$runtime" && chown "$user:" "$runtime" && chmod 700 "$runtime"
 smallfs="/tmp/ocistrap-smallfs-$uid"
 mkdir -p "$smallfs"
 if mountpoint -q "$smallfs"; then umount "$smallfs"; fi
-if mount -t tmpfs -o size=256m,mode=700,uid="$uid",gid="$(id -g "$user")" ocistrap-smallfs "$smallfs"; then
+if mount -t tmpfs -o size=512m,mode=700,uid="$uid",gid="$(id -g "$user")" ocistrap-smallfs "$smallfs"; then
     OCISTRAP_TEST_SMALLFS="$smallfs"
 else
     echo "as-user.sh: no tmpfs at $smallfs: the disk-full tests will be skipped" >&2

@@ -436,6 +436,21 @@ def test_disk_full_while_writing_a_layer(smallfs, real, tmp_path):
 
 
 @pytest.mark.network
+def test_disk_full_while_expanding_the_packages(smallfs, real, tmp_path):
+    cache, layout = smallfs / "cache", tmp_path / "layout"
+    shutil.copytree(real.cache, cache, ignore=shutil.ignore_patterns("build-*", "derived"))
+    argv = ["-q", "build", "--lock", str(real.lock), "--cache-dir", str(cache), "-o", f"oci:{layout}:t"]
+    filler = fill(smallfs, leave=20_000_000)
+    assert_no_space_line(ocistrap(*argv, check=False), str(cache))
+    assert not layout.exists()
+    assert list((cache / "partial").iterdir()) == [], "a failed build left its scratch in the cache"
+    assert_cache_verified(cache)
+    filler.unlink()
+    ocistrap(*argv)
+    assert_cache_verified(cache)
+
+
+@pytest.mark.network
 def test_disk_full_while_writing_the_output(smallfs, real, tmp_path):
     out = smallfs / "out"
     argv = [*real.build("-o", f"oci-archive:{out / 'image.tar'}:t")]
