@@ -253,11 +253,13 @@ class Cache:
         with self._temp() as (tmp, f):
             make(f)
         size, sha256 = file_sha256(tmp)
-        self._commit(tmp, path)
         with self._temp() as (tag, f):
             f.write(f"{TAG_FORMAT} {kind} {source} {size} {sha256} "
                     f"{self._derived_mac(kind, source, str(size), sha256).hex()}\n".encode())
+        # the tag first: a process killed in between leaves a tag without its file (made again
+        # next time), never a file without its tag
         self._commit(tag, path.with_name(f"{source}.tag"))
+        self._commit(tmp, path)
         return path
 
     def _derived_mac(self, kind: str, source: str, size: str, sha256: str) -> bytes:
