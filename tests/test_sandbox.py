@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from e2e_helpers import start_interruptible
 
 from ocistrap import sandbox
 from ocistrap.sandbox import IdMaps, IdRange, SandboxError, SubIdRange
@@ -441,9 +442,8 @@ def _processes_with(marker: str) -> list[int]:
 @pytest.mark.parametrize("how", ["SIGKILL to the caller", "Ctrl-C to the process group"])
 def test_killing_the_caller_kills_the_whole_sandbox(how: str) -> None:
     marker = f"1000.{uuid.uuid4().int % 10**9}"
-    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED_PARENT), marker],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    parent = start_interruptible([sys.executable, "-c", textwrap.dedent(KILLED_PARENT), marker],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert parent.stdout is not None
     assert parent.stdout.readline() == b"ready\n"
     sleepers = [p for p in _processes_with(marker) if p != parent.pid]
