@@ -164,9 +164,6 @@ class Bounded:
         self.left -= len(data)
         return data
 
-    def close(self) -> None:
-        self.stream.close()
-
 
 KIND = "expanded"
 
@@ -225,12 +222,3 @@ class Pending:
     def close(self) -> None:
         """Stop: expansions not yet started are dropped, running ones finish."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def expand_all(sources: Sequence[Source], cache: Cache, workers: int | None = None) -> list[Path]:
-    """Expansions of SOURCES in their order, made on all cores (each by a dpkg-deb of its own)."""
-    pending = Pending(sources, cache, workers)
-    try:
-        return pending.wait()
-    finally:
-        pending.close()

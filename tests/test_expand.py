@@ -158,7 +158,11 @@ def test_an_expansion_made_under_another_key_is_not_trusted(tmp_path: Path) -> N
 def test_expand_all_keeps_the_order(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
     sources = [expand.Source(f"{i:064x}", make_deb(tmp_path, "gzip", f"p{i}"), f"p{i}") for i in range(5)]
-    paths = expand.expand_all(sources, cache, workers=3)
+    pending = expand.Pending(sources, cache, workers=3)
+    try:
+        paths = pending.wait()
+    finally:
+        pending.close()
     assert paths == [cache.derived_path(expand.KIND, s.sha256) for s in sources]
     assert [dpkg_deb("--field", str(p), "Package") for p in paths] == [f"p{i}\n".encode() for i in range(5)]
 
