@@ -56,6 +56,8 @@ VOLATILE = ("var/log/dpkg.log", "var/log/apt/history.log", "var/log/apt/term.log
             "var/lib/dbus/machine-id", "etc/resolv.conf", "etc/hostname",
             "var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin")
 FSTAB = "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"
+MERGED_USR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libo32", "libx32")
+"""The directories usrmerge's convert-usrmerge moves into /usr."""
 APT_LOCKS = ("var/cache/apt/archives/lock", "var/lib/apt/lists/lock")
 APT_PARTIAL = ("var/cache/apt/archives/partial", "var/lib/apt/lists/partial")
 # the unpacking child's answers: DONE, or one of the others followed by why it stopped
@@ -125,6 +127,18 @@ def sources_text(archives: Sequence["LockedArchive"], components: Sequence[str],
     return "\n".join(f"Types: deb\nURIs: {uri}\nSuites: {' '.join(names)}\n"
                      f"Components: {' '.join(components)}\nSigned-By: {' '.join(signed_by)}\n"
                      for uri, names in suites.items())
+
+
+def merged_usr_aliases(plan: Plan) -> tuple[str, ...]:
+    """The top-level directories to unpack the essential set through as merged /usr has them
+    (``bin -> usr/bin``): usrmerge's, when the plan installs usrmerge, none otherwise.
+
+    usrmerge's postinst converts an unmerged tree to that same end, moving every
+    file of /bin, /sbin and /lib with cp and rm, emulated for a foreign
+    architecture; on a merged tree it finds nothing to do, as after debootstrap.
+    """
+    names = {d.name for d in (*plan.essential, *plan.rest)}
+    return MERGED_USR_DIRS if "usrmerge" in names else ()
 
 
 def _groups(deb: Deb, field: str) -> tuple[tuple[str, ...], ...]:
@@ -345,7 +359,9 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     ready = _Ready(plan.ready_fd)
     try:
         _setup(root, plan)
-        _extract_all(plan.essential, root, ready)
+        aliased = merged_usr_aliases(plan)
+        _extract_all(plan.essential, root, ready, aliased)
+        unpack.alias_usr_only(root, aliased)
         if plan.slim:
             slim.prune(root)
         installed = list(plan.essential)
@@ -433,14 +449,17 @@ def _setup(root: Path, plan: Plan) -> None:
         _ensure_file(root / slim.CONFIG_PATH, slim.config_text())
 
 
-def _extract_all(debs: Sequence[Deb], root: Path, ready: _Ready | None = None) -> None:
-    """Unpack DEBS' data in order as mmdebstrap does (keeping merged-/usr symlinks), with the
+def _extract_all(debs: Sequence[Deb], root: Path, ready: _Ready | None = None,
+                 aliased: Sequence[str] = ()) -> None:
+    """Unpack DEBS' data in order as mmdebstrap does (keeping merged-/usr symlinks, making
+    ALIASED ones when missing), with the
     member checks of ocistrap.unpack, in a child chrooted into ROOT: a member that got past
     them still could not reach the host files that root of the namespace may write.
 
     DEBS are expanded (ocistrap.expand): the child reads each plain data.tar straight from
     the file, through a descriptor positioned at it."""
-    pid, ours = sandbox.fork_with_channel(lambda channel: _unpacker(root, channel), socket.SOCK_SEQPACKET)
+    pid, ours = sandbox.fork_with_channel(lambda channel: _unpacker(root, channel, aliased),
+                                          socket.SOCK_SEQPACKET)
     try:
         with ours:
             for number, deb in enumerate(debs, 1):
@@ -463,7 +482,7 @@ def _check_unpacked(deb: Deb, reply: str) -> None:
                          f"cannot unpack {deb.name}: the unpacking process died")
 
 
-def _unpacker(root: Path, channel: socket.socket) -> NoReturn:
+def _unpacker(root: Path, channel: socket.socket, aliased: Sequence[str]) -> NoReturn:
     """The chrooted child: unpack each stream the parent sends, answer DONE or why it failed.
 
     It runs only code already imported: after chroot() the host's Python is out of reach.
@@ -478,7 +497,8 @@ def _unpacker(root: Path, channel: socket.socket) -> NoReturn:
                 break
             size, name = message.decode().split(" ", 1)
             with os.fdopen(fds[0], "rb") as stream:
-                unpack.unpack(expand.Bounded(stream, int(size)), "/", package=name)  # type: ignore[arg-type]
+                unpack.unpack(expand.Bounded(stream, int(size)), "/", package=name,  # type: ignore[arg-type]
+                              aliased=aliased)
             channel.send(DONE.encode())
     except unpack.UnpackError as e:
         channel.send((REFUSED if e.refused else FAILED).encode() + str(e).encode())

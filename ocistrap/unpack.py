@@ -21,6 +21,10 @@ whose path is a symlink to a directory keeps the symlink (merged /usr); owners,
 modes, mtimes and the ``security.capability`` xattr come from the archive
 (owners and xattrs only when running as root, as with tar).
 
+Top-level directories named in ``aliased`` (``bin``, ``lib``...) are made, when
+first needed, as a symlink ``bin -> usr/bin`` to a real ``usr/bin``: the tree
+is merged-/usr from the start, as usrmerge would leave it.
+
 ``bootstrap`` runs this in a child chrooted into the root, a second wall should
 these checks miss something.
 """
@@ -28,7 +32,7 @@ these checks miss something.
 import os
 import stat
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -103,6 +107,7 @@ class _Tree:
 
     fd: int
     same_owner: bool
+    aliased: frozenset[str] = frozenset()
     dirs: dict[str, str] = field(default_factory=lambda: {"": ""})
     own_escaping_links: set[str] = field(default_factory=set)
     files: set[str] = field(default_factory=set)
@@ -130,6 +135,10 @@ class _Tree:
             except FileNotFoundError:
                 if not create:
                     raise Refused(f"needs /{here}, which does not exist") from None
+                if here in self.aliased:
+                    self.alias(here)
+                    todo.append(part)
+                    continue
                 os.mkdir(here, 0o755, dir_fd=self.fd)
                 done.append(part)
                 continue
@@ -150,6 +159,11 @@ class _Tree:
             done.append(part)
         return "/".join(done)
 
+    def alias(self, top: str) -> None:
+        """Make the missing top-level directory TOP as merged /usr has it: ``TOP -> usr/TOP``."""
+        self.resolve(f"usr/{top}", create=True)
+        os.symlink(f"usr/{top}", top, dir_fd=self.fd)
+
     def parent_of(self, name: str) -> tuple[str, str]:
         """(symlink-free path of NAME's directory, NAME's last component); the directory is made if missing."""
         parent, _, base = name.rpartition("/")
@@ -157,6 +171,13 @@ class _Tree:
         if real is None:
             real = self.dirs[parent] = self.resolve(parent, create=True)
         return real, base
+
+    def exists(self, path: str) -> bool:
+        try:
+            os.stat(path, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
 
     def is_dir_link(self, path: str) -> bool:
         try:
@@ -212,6 +233,9 @@ class _Tree:
             return
         parent, base = self.parent_of(name)
         path = _join(parent, base)
+        if path in self.aliased and not self.exists(path):
+            self.alias(path)
+            return
         try:
             os.mkdir(path, 0o700, dir_fd=self.fd)
         except FileExistsError:
@@ -300,6 +324,19 @@ class _Tree:
         self.deferred.clear()
 
 
+def alias_usr_only(root: str | Path, aliased: Collection[str]) -> None:
+    """Give each ALIASED directory that is only under usr/ its top-level symlink, as usrmerge's
+    conversion ends; paths are resolved inside ROOT, as while unpacking."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        tree = _Tree(fd=fd, same_owner=False, aliased=frozenset(aliased))
+        for top in sorted(aliased):
+            if not tree.exists(top) and tree.is_dir_link(f"usr/{top}"):
+                tree.alias(top)
+    finally:
+        os.close(fd)
+
+
 def _copy(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> int:
     source = tar.extractfile(member)
     assert source is not None
@@ -314,17 +351,18 @@ def _copy(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> int:
 
 
 def unpack(stream: BinaryIO, root: str | Path, *, package: str, same_owner: bool | None = None,
-           max_members: int = MAX_MEMBERS) -> Unpacked:
+           max_members: int = MAX_MEMBERS, aliased: Collection[str] = ()) -> Unpacked:
     """Unpack the tar STREAM (a .deb's data, as `dpkg-deb --fsys-tarfile` writes it) into ROOT.
 
     SAME_OWNER (default: when running as root) applies the archive's owners and
-    xattrs. Raises UnpackError naming PACKAGE and the member for anything refused
+    xattrs. ALIASED: the top-level directories to make as merged /usr has them
+    (``bin -> usr/bin``) when missing. Raises UnpackError naming PACKAGE and the member for anything refused
     or unreadable; what was unpacked before stays (the caller throws the tree away).
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    tree = _Tree(fd=fd, same_owner=same_owner)
+    tree = _Tree(fd=fd, same_owner=same_owner, aliased=frozenset(aliased))
     count = written = 0
     name = ""
     try:

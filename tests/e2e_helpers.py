@@ -1,6 +1,7 @@
 """What the end-to-end tests share: running the real CLI and mmdebstrap, reading their trees, and
 looking for what a build left on the host."""
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -116,8 +117,19 @@ def read_tree(tarball: Path) -> Tree:
     return Tree(entries, frozenset(unique.values()))
 
 
+MERGED_USR = ("usr/bin/", "usr/sbin/", "usr/lib/", "usr/lib32/", "usr/lib64/", "usr/libo32/", "usr/libx32/")
+
+
+def split_by_usrmerge(group: frozenset[str]) -> bool:
+    """Hard links a package ships in /bin, /sbin or /lib that usrmerge's conversion copies apart
+    (it moves files with cp); a tree merged before unpacking, as ocistrap's and debootstrap's,
+    keeps them."""
+    return all(path.startswith(MERGED_USR) for path in group)
+
+
 def tree_differences(ours: Tree, theirs: Tree, ignore: Callable[[str], bool]) -> list[str]:
-    """One line per path whose type, mode, owner or link target differ, or that only one tree has."""
+    """One line per path whose type, mode, owner or link target differ, or that only one tree has,
+    and per hard link group only one has (but those usrmerge's conversion splits)."""
     lines = []
     for path in sorted(set(ours.entries) | set(theirs.entries)):
         a, b = ours.entries.get(path), theirs.entries.get(path)
@@ -127,8 +139,66 @@ def tree_differences(ours: Tree, theirs: Tree, ignore: Callable[[str], bool]) ->
     for group in {frozenset(p for p in g if not ignore(p)) for g in theirs.hardlinks} ^ kept:
         if len(group) > 1:
             side = "ocistrap" if group in kept else "mmdebstrap"
+            if side == "ocistrap" and split_by_usrmerge(group):
+                continue
             lines.append(f"hard links only in {side}: {' '.join(sorted(group))}")
     return lines
+
+
+# Regular files whose bytes are not mmdebstrap's, for a known reason.
+NOT_COMPARED = {
+    "var/lib/dpkg/status-old": "dpkg's backup of its status before its last run; apt runs dpkg in other steps",
+    "var/lib/apt/extended_states": "apt writes it in its own order (the auto-installed set is compared)",
+}
+SAME_LINES = {
+    "etc/shells": "update-shells lists /bin/sh, /usr/bin/sh... in pairs on a tree merged before "
+                  "unpacking; usrmerge's conversion appends the /usr names after the others",
+}
+
+
+def file_digests(tarball: Path) -> dict[str, str]:
+    """The SHA-256 of every regular file (hard links count as their file), by path; for
+    SAME_LINES files, of their sorted lines."""
+    digests: dict[str, str] = {}
+    with tarfile.open(tarball) as tar:
+        for m in tar:
+            name = member_name(m.name)
+            if m.islnk():
+                digests[name] = digests[member_name(m.linkname)]
+            elif m.isreg():
+                handle = tar.extractfile(m)
+                assert handle is not None
+                data = handle.read()
+                if name in SAME_LINES:
+                    data = b"\n".join(sorted(data.splitlines()))
+                digests[name] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def content_differences(ours: Path, theirs: Path, ignore: Callable[[str], bool]) -> list[str]:
+    """One line per regular file of both trees whose bytes differ (but NOT_COMPARED ones)."""
+    a, b = file_digests(ours), file_digests(theirs)
+    return [f"/{path}: contents differ" for path in sorted(a.keys() & b.keys())
+            if a[path] != b[path] and path not in NOT_COMPARED and not ignore(path)]
+
+
+HOST_SPECIFIC = {
+    "",                                       # the root entry
+    "etc/hostname", "etc/resolv.conf",        # host identity, copied from the host by mmdebstrap
+    "etc/apt/sources.list",                   # mmdebstrap writes one-line sources,
+    "etc/apt/sources.list.d/debian.sources",  # ocistrap deb822
+}
+
+
+def host_specific(path: str) -> bool:
+    """What mmdebstrap takes from the host or writes in another form; /dev is the host's there."""
+    return path in HOST_SPECIFIC or path.startswith("dev/")
+
+
+def mmdebstrap_differences(ours: Path, theirs: Path) -> list[str]:
+    """How the tree of the tarball OURS differs from mmdebstrap's THEIRS: entries, hard links, bytes."""
+    return (tree_differences(read_tree(ours), read_tree(theirs), host_specific)
+            + content_differences(ours, theirs, host_specific))
 
 
 def read_members(tarball: Path, paths: Iterable[str]) -> dict[str, bytes]:

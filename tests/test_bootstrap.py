@@ -58,6 +58,16 @@ def test_plan_crosses_the_namespace_boundary_unchanged() -> None:
     assert Plan.loads(plan.dumps()) == plan
 
 
+def test_the_tree_is_merged_up_front_only_when_usrmerge_would_merge_it() -> None:
+    def plan(*rest: str) -> Plan:
+        return Plan(arch="amd64", essential=[deb("base-files"), deb("libc6")], rest=[deb(n) for n in rest],
+                    sources="", staging="/x/root", tmpfs=True, epoch=0, debs_dir="/cache")
+    assert bootstrap.merged_usr_aliases(plan("apt", "usrmerge")) == \
+        ("bin", "sbin", "lib", "lib32", "lib64", "libo32", "libx32")
+    assert bootstrap.merged_usr_aliases(plan("apt", "usr-is-merged")) == ()
+    assert bootstrap.merged_usr_aliases(plan()) == ()
+
+
 def test_count_configured_counts_whole_setting_up_lines() -> None:
     count, rest = bootstrap.count_configured(b"Unpacking x (1) ...\nSetting up x (1) ...\nSetting up y (2) ...\nSett")
     assert (count, rest) == (2, b"Sett")

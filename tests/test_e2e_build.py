@@ -21,8 +21,8 @@ import pytest
 from debian.deb822 import Deb822
 
 from e2e_helpers import (FROZEN_MIRROR_APTOPT, HostDirs, Tree, assert_nothing_foreign, auto_installed,
-                         descendants, installed, mmdebstrap, ocistrap, podman_environment, printed_digests,
-                         read_members, read_tree, start_interruptible, tree_differences, wait_gone)
+                         descendants, installed, mmdebstrap, mmdebstrap_differences, ocistrap, podman_environment,
+                         printed_digests, read_members, read_tree, start_interruptible, wait_gone)
 from ocistrap import lock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
@@ -147,21 +147,8 @@ def test_lock_resolves_what_mmdebstrap_installs(name, reference, locked):
 
 # ---- 2. the tree ----
 
-HOST_SPECIFIC = {
-    "",                                       # the root entry
-    "etc/hostname", "etc/resolv.conf",        # host identity, copied from the host by mmdebstrap
-    "etc/apt/sources.list",                   # mmdebstrap writes one-line sources,
-    "etc/apt/sources.list.d/debian.sources",  # ocistrap deb822
-}
-
-
-def host_specific(path: str) -> bool:
-    return path in HOST_SPECIFIC or path.startswith("dev/")
-
-
 def test_tree_matches_mmdebstrap(main_build, reference):
-    ours, theirs = read_tree(main_build.rootfs), read_tree(reference("bookworm"))
-    differences = tree_differences(ours, theirs, host_specific)
+    differences = mmdebstrap_differences(main_build.rootfs, reference("bookworm"))
     assert not differences, f"{len(differences)} differences:\n" + "\n".join(differences[:200])
 
 

@@ -173,6 +173,54 @@ def test_merged_usr_symlinks_are_kept_and_written_through(scene: Scene) -> None:
     assert (scene.root / "run/pid").read_bytes() == b"1"
 
 
+MERGED = ("bin", "sbin", "lib", "lib64")
+
+
+def test_aliased_directories_are_made_merged_when_first_needed(scene: Scene) -> None:
+    scene.unpack(tar_bytes(d("./"), d("./bin/", 0o700), f("./bin/sh", b"sh"), f("./lib64/ld.so", b"ld"),
+                           d("./etc/"), f("./etc/x")), same_owner=False, aliased=MERGED)
+    scene.unpack(tar_bytes(d("./bin/"), f("./bin/ls", b"ls"), d("./usr/"), d("./usr/bin/", 0o755)),
+                 same_owner=False, aliased=MERGED)
+    for top in ("bin", "lib64"):
+        assert os.readlink(scene.root / top) == f"usr/{top}"
+        assert stat.S_IMODE((scene.root / "usr" / top).stat().st_mode) == 0o755
+    assert (scene.root / "usr/bin/sh").read_bytes() == b"sh" and (scene.root / "usr/bin/ls").read_bytes() == b"ls"
+    assert (scene.root / "usr/lib64/ld.so").read_bytes() == b"ld"
+    assert not (scene.root / "sbin").exists() and not (scene.root / "lib").exists()
+    assert (scene.root / "etc").is_dir() and not (scene.root / "etc").is_symlink()
+
+
+def test_an_aliased_name_is_a_plain_directory_below_the_top(scene: Scene) -> None:
+    scene.unpack(tar_bytes(d("./usr/"), d("./usr/local/"), d("./usr/local/bin/"), f("./opt/lib/x")),
+                 same_owner=False, aliased=MERGED)
+    assert not (scene.root / "usr/local/bin").is_symlink() and not (scene.root / "opt/lib").is_symlink()
+    assert not (scene.root / "bin").exists()
+
+
+def test_a_package_may_ship_the_alias_itself(scene: Scene) -> None:
+    scene.unpack(tar_bytes(f("./bin/sh")), same_owner=False, aliased=MERGED)
+    scene.unpack(tar_bytes(sym("./bin", "usr/bin"), sym("./sbin", "usr/sbin")), same_owner=False, aliased=MERGED)
+    assert os.readlink(scene.root / "bin") == "usr/bin" and os.readlink(scene.root / "sbin") == "usr/sbin"
+    assert (scene.root / "usr/bin/sh").exists()
+
+
+def test_a_directory_only_under_usr_gets_its_alias_at_the_end(scene: Scene) -> None:
+    """As usrmerge's conversion ends: /usr/lib32 alone becomes /lib32 -> usr/lib32 too."""
+    scene.unpack(tar_bytes(f("./usr/lib32/x"), f("./bin/sh"), f("./usr/libx32")), same_owner=False,
+                 aliased=MERGED)
+    unpack.alias_usr_only(scene.root, ("bin", "lib32", "libx32", "libo32"))
+    assert os.readlink(scene.root / "lib32") == "usr/lib32" and os.readlink(scene.root / "bin") == "usr/bin"
+    assert not os.path.lexists(scene.root / "libx32") and not os.path.lexists(scene.root / "libo32")
+
+
+def test_aliases_at_the_end_never_follow_a_link_out_of_the_root(scene: Scene) -> None:
+    (scene.root / "usr").symlink_to(scene.outside)
+    (scene.outside / "lib32").mkdir()
+    unpack.alias_usr_only(scene.root, ("lib32",))
+    assert not os.path.lexists(scene.root / "lib32")
+    (scene.outside / "lib32").rmdir()
+
+
 def test_a_directory_member_replaces_a_symlink_that_is_no_directory(scene: Scene) -> None:
     (scene.root / "file").write_text("x")
     (scene.root / "lib").symlink_to("file")
