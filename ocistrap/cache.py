@@ -12,6 +12,8 @@ Layout under the cache root:
   derived/KIND/HEX   a file made from blob HEX (KIND "expanded": the .deb with its
                      data uncompressed, see ocistrap.expand), and HEX.tag beside it
   locks/HEX          an empty file whose flock marks partial/HEX as being written
+  locks/in-use       flocked shared by every process using the cache, exclusively
+                     by ``ocistrap cache prune``: nothing is pruned from under a build
 
 Parsed indices and derived files are not named by their own hash, so their
 name vouches for nothing: each carries an HMAC-SHA256 under a key that lives
@@ -31,8 +33,9 @@ import marshal
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,6 +50,7 @@ class CacheError(OcistrapError):
 CHUNK = 1 << 20
 KEY_SIZE = 32
 TAG_FORMAT = "ocistrap-derived/1"
+IN_USE = "in-use"
 
 
 def default_root() -> Path:
@@ -100,7 +104,8 @@ def file_sha256(path: Path) -> tuple[int, str]:
 class Cache:
     """The verified store; see the module docstring for its layout."""
 
-    def __init__(self, root: Path, key_file: Path | None = None) -> None:
+    def __init__(self, root: Path, key_file: Path | None = None, *, exclusive: bool = False) -> None:
+        """EXCLUSIVE: this process alone may use the cache (to prune it); raise if another does."""
         self.root = root
         try:
             for sub in ("blobs/sha256", "partial", "refs", "parsed", "locks", "derived"):
@@ -110,10 +115,35 @@ class Cache:
                              hint="choose another with --cache-dir") from e
         self.key_file = key_file or default_key_file()
         self._key: bytes | None = None
+        self.used: set[str] | None = None
+        """When a set, the SHA256 of every blob, parsed index and derived file asked for is added to it."""
+        self._in_use = self._hold(exclusive)
         try:
             sweep_orphans(root / "partial")
         except OSError:
             pass  # a read-only cache can still be read
+
+    def _hold(self, exclusive: bool) -> BinaryIO | None:
+        """Hold locks/in-use while this object lives (a read-only cache is not locked, only read)."""
+        try:
+            f = open(os.open(self.root / "locks" / IN_USE, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644), "rb")
+        except OSError as e:
+            if exclusive:
+                raise CacheError(f"cannot lock the cache in {self.root}: {e.strerror}") from e
+            return None
+        try:
+            fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if exclusive:
+                f.close()
+                raise CacheError(f"the cache in {self.root} is in use by another ocistrap",
+                                 hint="run this again once it has finished") from None
+            fcntl.flock(f, fcntl.LOCK_SH)  # a prune is running: wait for it
+        return f
+
+    def _record(self, sha256: str) -> None:
+        if self.used is not None:
+            self.used.add(sha256)
 
     @property
     def key(self) -> bytes:
@@ -135,6 +165,7 @@ class Cache:
 
     def lookup(self, sha256: str, size: int) -> Path | None:
         """The blob's path if present with the right size (its name vouches for its hash)."""
+        self._record(sha256)
         path = self.blob_path(sha256)
         try:
             if path.stat().st_size == size:
@@ -145,6 +176,7 @@ class Cache:
 
     def read(self, sha256: str) -> bytes | None:
         """A small blob's bytes, re-hashed on the way out; None if absent."""
+        self._record(sha256)
         try:
             data = self.blob_path(sha256).read_bytes()
         except FileNotFoundError:
@@ -199,6 +231,7 @@ class Cache:
 
     def load_parsed(self, sha256: str) -> Any | None:
         """The value stored for SHA256 if its HMAC is ours, else None; marshal never sees other bytes."""
+        self._record(sha256)
         try:
             data = (self.root / "parsed" / f"{sha256}.marshal").read_bytes()
         except FileNotFoundError:
@@ -229,6 +262,7 @@ class Cache:
     def derived(self, kind: str, source: str) -> Path | None:
         """The file derived as KIND from blob SOURCE if its tag is ours and its bytes still match
         it (re-hashed, as blobs are); a stale or foreign one is removed."""
+        self._record(source)
         path = self.derived_path(kind, source)
         tag = path.with_name(f"{source}.tag")
         try:
@@ -262,6 +296,42 @@ class Cache:
         self._commit(tmp, path)
         return path
 
+    def entries(self) -> Iterator["Entry"]:
+        """Everything stored, one entry per blob, derived file (with its tag), parsed index,
+        partial download, ref and lock file."""
+        yield from _files(BLOBS, self.root / "blobs" / "sha256")
+        for kind in _subdirs(self.root / "derived"):
+            by_source: dict[str, list[Path]] = {}
+            for path in _listing(kind):
+                by_source.setdefault(path.name.removesuffix(".tag"), []).append(path)
+            yield from (Entry(DERIVED.get(kind.name, kind.name), source, tuple(paths))
+                        for source, paths in sorted(by_source.items()))
+        yield from _files(PARSED, self.root / "parsed", lambda name: name.removesuffix(".marshal"))
+        yield from _files(PARTIAL, self.root / "partial", lambda name: "")
+        yield from _files(REFS, self.root / "refs", lambda name: "")
+        yield from (e for e in _files(LOCKS, self.root / "locks", lambda name: "") if e.paths[0].name != IN_USE)
+
+    def prune(self, keep: Collection[str] | None = None, *, dry_run: bool = False) -> list["Entry"]:
+        """Remove what no build needs from the cache, and return it.
+
+        Without KEEP: what can be made again from the blobs without the network
+        (expanded packages, parsed indices), partial downloads and lock files.
+        With KEEP, the SHA256s a set of builds uses (``pipeline.needed_by``): every
+        blob, derived file, parsed index and ref outside it too. Needs the cache
+        to itself (``exclusive``), so that no running build loses a file.
+        """
+        if self._in_use is None:
+            raise CacheError(f"cannot prune the cache in {self.root} without locking it first")
+        gone = [e for e in self.entries() if _prunable(e, keep)]
+        if not dry_run:
+            for entry in gone:
+                for path in entry.paths:
+                    try:
+                        path.unlink(missing_ok=True)
+                    except OSError as e:
+                        raise CacheError(f"cannot remove {path}: {e.strerror}") from e
+        return gone
+
     def _derived_mac(self, kind: str, source: str, size: str, sha256: str) -> bytes:
         return hmac.new(self.key, f"{TAG_FORMAT} {kind} {source} {size} {sha256}".encode(), hashlib.sha256).digest()
 
@@ -274,6 +344,65 @@ class Cache:
             os.replace(tmp, path)
         except OSError as e:
             raise CacheError(f"cannot write {path}: {e.strerror}") from e
+
+
+BLOBS, PARSED, PARTIAL, REFS, LOCKS = ("verified files", "parsed indices", "partial downloads", "refs", "locks")
+DERIVED = {"expanded": "expanded packages"}
+KEPT_WITHOUT_KEEP = (BLOBS, REFS)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing stored: its KIND, the blob SHA256 it is or was made from ("" if none), its files."""
+
+    kind: str
+    sha256: str
+    paths: tuple[Path, ...]
+
+    @property
+    def size(self) -> int:
+        total = 0
+        for path in self.paths:
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+
+def _prunable(entry: Entry, keep: Collection[str] | None) -> bool:
+    if entry.kind == REFS:
+        return keep is not None and _ref_target(entry.paths[0]) not in keep
+    if not entry.sha256:
+        return True
+    if keep is None:
+        return entry.kind not in KEPT_WITHOUT_KEEP
+    return entry.sha256 not in keep
+
+
+def _ref_target(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _listing(directory: Path) -> list[Path]:
+    try:
+        return sorted(p for p in directory.iterdir() if not p.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    try:
+        return sorted(p for p in directory.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def _files(kind: str, directory: Path, key: Callable[[str], str] = lambda name: name) -> Iterator[Entry]:
+    return (Entry(kind, key(path.name), (path,)) for path in _listing(directory))
 
 
 TEMP_PREFIX = ".tmp-"

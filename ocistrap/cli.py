@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ocistrap import __version__, combine, doctor, lock, log, pipeline, sandbox, sbom, settings
 from ocistrap.assemble import ImageOptions
-from ocistrap.cache import Cache, default_root
+from ocistrap.cache import Cache, Entry, default_root
 from ocistrap.doctor import native_arch
 from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.fetch import Fetcher
@@ -86,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lockfile", type=Path)
     settings.add_options(p, "fetch")
     p.set_defaults(run=cmd_fetch)
+
+    p = commands.add_parser("cache", help="show what the cache holds, or prune it")
+    p.add_argument("action", nargs="?", choices=("show", "prune"), default="show",
+                   help="show (default): sizes by kind; prune: remove what no build needs")
+    p.add_argument("--keep", type=Path, action="append", default=[], metavar="LOCKFILE",
+                   help="prune: keep only what building these lockfiles offline needs (repeatable); without it, "
+                        "prune removes what can be made again from the cache: expanded packages, parsed indices")
+    p.add_argument("--dry-run", action="store_true", help="prune: say what would go, remove nothing")
+    settings.add_options(p, "cache")
+    p.set_defaults(run=cmd_cache)
     return parser
 
 
@@ -130,6 +140,41 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     count = sum(len(p) for p in fetched.paths.values())
     print(f"{count} packages verified in {(s.cache_dir or default_root())}")
     return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    s = _settings(args, "cache")
+    root = s.cache_dir or default_root()
+    if args.action == "show":
+        if args.keep or args.dry_run:
+            raise UsageError("--keep and --dry-run go with `ocistrap cache prune`")
+        entries = list(Cache(root).entries())
+        print(f"{root}:")
+        _print_sizes(entries)
+        return 0
+    cache = Cache(root, exclusive=True)
+    keep = pipeline.needed_by([settings.read_lockfile(f) for f in args.keep], s.keyrings, cache) if args.keep else None
+    gone = cache.prune(keep, dry_run=args.dry_run)
+    print(f"{'would remove' if args.dry_run else 'removed'} from {root}:")
+    _print_sizes(gone)
+    return 0
+
+
+def _print_sizes(entries: Sequence[Entry]) -> None:
+    """One line per kind of ENTRIES: how many, how large; then the total."""
+    kinds: dict[str, list[int]] = {}
+    for entry in entries:
+        count = kinds.setdefault(entry.kind, [0, 0])
+        count[0] += 1
+        count[1] += entry.size
+    for kind, (count, size) in kinds.items():
+        print(f"  {kind:<20} {count:>7} {_megabytes(size):>12}")
+    print(f"  {'total':<20} {sum(c for c, _ in kinds.values()):>7} "
+          f"{_megabytes(sum(s for _, s in kinds.values())):>12}")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 def _epoch() -> int | None:

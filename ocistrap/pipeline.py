@@ -3,7 +3,7 @@
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -188,6 +188,20 @@ def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetch
                     hint="regenerate the lockfile with `ocistrap lock`")
             signed_packages[arch][p.name] = match
     return signed_packages
+
+
+def needed_by(locks: Sequence[Lockfile], keyrings: tuple[Path, ...], cache: Cache) -> set[str]:
+    """The SHA256 of everything in CACHE that a warm build of LOCKS reads offline: the Release
+    files and indices that the same check as a build's finds, the .debs and their expansions."""
+    used: set[str] = set()
+    cache.used = used
+    try:
+        for lock in locks:
+            check_lock_against_archive(lock, keyrings, Fetcher(offline=True), cache)
+            used.update(p.sha256 for entry in lock.architectures.values() for p in entry.packages)
+    finally:
+        cache.used = None
+    return used
 
 
 def wanted_debs(lock: Lockfile, arch: str) -> list[Wanted]:

@@ -244,7 +244,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("security_mirror", TEXT, "archive URL of SUITE-security", default_text="MIRROR-security"),
     Setting("components", NAMES, "archive components", default=("main",)),
     Setting("keyrings", PATHS, "OpenPGP keyrings to verify the archive with", flags=("--keyring",),
-            commands=(*_RESOLVE, "fetch"), default=(DEFAULT_KEYRING,), metavar="FILE"),
+            commands=(*_RESOLVE, "fetch", "cache"), default=(DEFAULT_KEYRING,), metavar="FILE"),
     Setting("architectures", NAMES, "Debian architectures", flags=("--arch",), metavar="ARCH[,ARCH]",
             default_text="the host's"),
     Setting("variant", TEXT, "package set, as mmdebstrap's --variant (minbase = required)",
@@ -291,7 +291,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mode", TEXT, "how the sandbox maps ids: unshare (a /etc/subuid range), single-uid (only "
             "your own id; owners are recorded instead of applied), or auto (unshare when possible)",
             commands=_BUILD, default="auto", choices=sandbox.MODES),
-    Setting("cache_dir", PATH, "content-addressed cache", commands=(*_RESOLVE, "fetch"), metavar="DIR",
+    Setting("cache_dir", PATH, "content-addressed cache", commands=(*_RESOLVE, "fetch", "cache"), metavar="DIR",
             default_text="$XDG_CACHE_HOME/ocistrap"),
     Setting("offline", SWITCH, "never use the network; the cache must hold everything",
             commands=(*_RESOLVE, "fetch"), default=False),
