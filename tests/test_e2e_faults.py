@@ -450,14 +450,24 @@ def test_disk_full_while_expanding_the_packages(smallfs, real, tmp_path):
     assert_cache_verified(cache)
 
 
+OUTPUTS = {  # transport: (-o reference, what the error names, what `verify` reads)
+    "oci-archive": ("oci-archive:{out}/image.tar:t", "oci-archive:{out}/image.tar", "oci-archive:{out}/image.tar:t"),
+    "oci": ("oci:{out}/layout:t", "oci:{out}/layout", "oci:{out}/layout:t"),
+    "docker-archive": ("docker-archive:{out}/image.tar:test/t:latest", "docker-archive:{out}/image.tar",
+                       "docker-archive:{out}/image.tar"),
+}
+
+
 @pytest.mark.network
-def test_disk_full_while_writing_the_output(smallfs, real, tmp_path):
+@pytest.mark.parametrize("transport", list(OUTPUTS))
+def test_disk_full_while_writing_the_output(smallfs, real, tmp_path, transport):
     out = smallfs / "out"
-    argv = [*real.build("-o", f"oci-archive:{out / 'image.tar'}:t")]
+    ref, named, readable = (text.format(out=out) for text in OUTPUTS[transport])
+    argv = [*real.build("-o", ref)]
     filler = fill(smallfs, leave=20_000_000)
-    assert_no_space_line(ocistrap("-q", *argv, check=False), f"oci-archive:{out / 'image.tar'}")
-    assert list(out.iterdir()) == [], "a half-written archive or its scratch was left"
+    assert_no_space_line(ocistrap("-q", *argv, check=False), named)
+    assert not out.exists() or list(out.iterdir()) == [], "a half-written output or its scratch was left"
     assert_cache_verified(real.cache)
     filler.unlink()
     ocistrap("-q", *argv)
-    assert ocistrap("verify", f"oci-archive:{out / 'image.tar'}:t").returncode == 0
+    assert ocistrap("verify", readable).returncode == 0

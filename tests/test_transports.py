@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import tarfile
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -304,9 +306,42 @@ def test_write_refuses_a_corrupt_source_blob(tmp_path):
     dest = tmp_path / "out"
     with pytest.raises(TransportError, match="content hashes to"):
         oci.write(build, desc, dest, "t")
-    assert layer.hex not in blob_files(dest)
-    assert not (dest / "index.json").exists()
-    assert not [p for p in (dest / "blobs/sha256").iterdir() if p.name.endswith(".tmp")]
+    assert not dest.exists(), "a layout the failed write created was left"
+
+
+def test_a_failed_write_leaves_an_existing_layout_as_it_was(tmp_path):
+    dest = tmp_path / "out"
+    oci.write(tmp_path / "first", build_image(tmp_path / "first"), dest, "first")
+    before = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    build = tmp_path / "build"
+    desc = build_image(build, ({"etc/other": b"other\n"},), created=1)
+    layer = oci.children(build, desc)[1]
+    path = oci.blob_path(build, layer.digest)
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    with pytest.raises(TransportError, match="content hashes to"):
+        oci.write(build, desc, dest, "second")
+    assert {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
+
+
+def test_a_writer_that_waited_for_a_failed_one_makes_the_layout_again(tmp_path):
+    """The failed writer removed the layout it had created, lock file and all, while this one
+    waited on that lock file: it must lock the new one, not the removed one."""
+    dest, build = tmp_path / "out", tmp_path / "build"
+    desc = build_image(build)
+    holding = threading.Event()
+
+    def fail_while_holding_the_lock() -> None:
+        with oci.locked(dest):
+            holding.set()
+            time.sleep(0.3)
+            shutil.rmtree(dest)
+
+    failing = threading.Thread(target=fail_while_holding_the_lock)
+    failing.start()
+    holding.wait()
+    oci.write(build, desc, dest, "t")
+    failing.join()
+    assert "t" in oci.tags(dest) and (dest / oci.LOCK_FILE).exists()
 
 
 def test_write_refuses_a_missing_blob(tmp_path):

@@ -1,9 +1,10 @@
 """The OCI image layout on disk (``oci:DIR[:TAG]``), and the blob store every build writes into.
 
 A layout is ``oci-layout``, ``index.json`` and ``blobs/sha256/<hex>``. Blobs
-appear under their final name only once complete; ``index.json`` is replaced
-atomically under an exclusive lock, so several builds may tag into one layout
-at the same time.
+appear under their final name only once complete; blobs are added and
+``index.json`` replaced atomically under an exclusive lock, so several builds
+may tag into one layout at the same time. A write that fails leaves the layout
+as it was: the blobs it added go, and so does a layout it created.
 """
 
 import errno
@@ -166,11 +167,16 @@ def read(root: Path, tag: str | None = None) -> tuple[Path, Descriptor]:
 
 @contextmanager
 def locked(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the layout ROOT (blocks until other writers finish)."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
+    """Hold an exclusive lock on the layout ROOT (blocks until other writers finish); a layout
+    that a failed writer removed while this one waited is made again."""
+    while True:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink > 0:
+            break
+        os.close(fd)
+    try:
         yield
     finally:
         os.close(fd)
@@ -181,15 +187,25 @@ def write(layout_src: Path, desc: Descriptor, dest_dir: Path, tag: str | None = 
 
     Only blobs reachable from DESC are copied (hard-linked when possible), each
     checked against its digest; blobs already present are kept. The stored
-    index entry is returned.
+    index entry is returned. On failure DEST_DIR is left as it was.
     """
     blobs = reachable(layout_src, desc)
-    (dest_dir / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-    for blob in blobs:
-        copy_blob(layout_src, dest_dir, blob)
+    created = not dest_dir.exists()
     with locked(dest_dir):
-        init_layout(dest_dir)
-        return _add_to_index(dest_dir, desc, tag)
+        added: list[Path] = []
+        try:
+            (dest_dir / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+            for blob in blobs:
+                if copy_blob(layout_src, dest_dir, blob):
+                    added.append(blob_path(dest_dir, blob.digest))
+            init_layout(dest_dir)
+            return _add_to_index(dest_dir, desc, tag)
+        except BaseException:
+            if created:
+                shutil.rmtree(dest_dir, ignore_errors=True)
+            for path in added:
+                path.unlink(missing_ok=True)
+            raise
 
 
 def write_reference(layout: Path, desc: Descriptor, ref: Reference) -> None:
@@ -213,11 +229,11 @@ def _add_to_index(root: Path, desc: Descriptor, tag: str | None) -> Descriptor:
     return entry
 
 
-def copy_blob(src_root: Path, dest_root: Path, desc: Descriptor) -> None:
-    """Put blob DESC of SRC_ROOT into DEST_ROOT, verified; keep it if already there."""
+def copy_blob(src_root: Path, dest_root: Path, desc: Descriptor) -> bool:
+    """Put blob DESC of SRC_ROOT into DEST_ROOT, verified; keep it if already there (False)."""
     dest = blob_path(dest_root, desc.digest)
     if dest.exists() and dest.stat().st_size == desc.size:
-        return
+        return False
     src = blob_path(src_root, desc.digest)
     if not src.is_file():
         raise TransportError(f"{src}: blob {desc.digest} ({desc.media_type}) is missing")
@@ -226,6 +242,7 @@ def copy_blob(src_root: Path, dest_root: Path, desc: Descriptor) -> None:
         if not _try_link(src, temp):
             shutil.copyfile(src, temp)
         check_blob(temp, desc, shown=src)
+    return True
 
 
 def _try_link(src: Path, dest: Path) -> bool:
