@@ -31,9 +31,12 @@ from ocistrap.transports import registry
 
 
 class CombineError(OcistrapError):
-    """The images named cannot be combined into one index."""
+    """The images named cannot be combined into one index: the naming is at fault (exit 2), or
+    with DAMAGED, what the registry served (exit 1, as any registry failure)."""
 
-    exit_code = 2
+    def __init__(self, message: str, *, hint: str | None = None, damaged: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = 1 if damaged else 2
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def read_member(ref: Reference, *, tls_verify: bool | None = None) -> Member:
     data, media_type = found
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if target.digest is not None and digest != target.digest:
-        raise CombineError(f"{shown}: the registry served a manifest that hashes to {digest}")
+        raise CombineError(f"{shown}: the registry served a manifest that hashes to {digest}", damaged=True)
     if media_type in INDEX_MEDIA_TYPES:
         raise CombineError(f"{shown} is already an index", hint="name the single-architecture images it lists")
     if media_type not in MANIFEST_MEDIA_TYPES:
@@ -102,11 +105,11 @@ def read_member(ref: Reference, *, tls_verify: bool | None = None) -> Member:
     try:
         config_desc = Descriptor.from_json(document["config"])
     except (KeyError, TypeError, ImageError) as exc:
-        raise CombineError(f"{shown}: the manifest has no usable config descriptor ({exc})") from None
+        raise CombineError(f"{shown}: the manifest has no usable config descriptor ({exc})", damaged=True) from None
     with repo.open_blob(config_desc.digest) as stream:
         config = stream.read(config_desc.size + 1)
     if Descriptor.of(config, config_desc.media_type).digest != config_desc.digest:
-        raise CombineError(f"{shown}: config {config_desc.digest} does not match its digest")
+        raise CombineError(f"{shown}: config {config_desc.digest} does not match its digest", damaged=True)
     return Member(shown, repo, data, media_type, document, platform_of(_json(config, f"{shown}: config"), shown))
 
 
@@ -114,9 +117,9 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CombineError(f"{what} is not valid JSON: {exc}") from None
+        raise CombineError(f"{what} is not valid JSON: {exc}", damaged=True) from None
     if not isinstance(doc, dict):
-        raise CombineError(f"{what} is not a JSON object")
+        raise CombineError(f"{what} is not a JSON object", damaged=True)
     return doc
 
 

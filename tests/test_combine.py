@@ -151,6 +151,20 @@ def test_index_refuses_two_images_of_one_platform_and_an_index(registry, tmp_pat
     assert rc == 2 and "ci/missing:1: no such image" in capsys.readouterr().err
 
 
+def test_index_over_an_image_the_registry_serves_damaged_is_a_registry_failure(fake_registry, tmp_path,
+                                                                               capsys) -> None:
+    """What the registry serves wrong exits 1, as any registry failure; what the user names wrong, 2."""
+    desc = build(tmp_path / "amd64", "amd64", lockfile(("amd64",)))
+    push(tmp_path / "amd64", desc, fake_registry.host, "ci/amd64:1")
+    config = oci.children(tmp_path / "amd64", desc)[0]
+    fake_registry.state.blobs[config.digest] = b'{"architecture": "arm64", "os": "linux"}'
+
+    rc = main(["-q", "index", f"{fake_registry.host}/debian:one", f"{fake_registry.host}/ci/amd64:1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"config {config.digest} does not match its digest" in err, err
+    assert "one" not in fake_registry.state.tags.get("debian", {})
+
+
 # --- verify --lock ------------------------------------------------------------------------
 
 
