@@ -233,6 +233,13 @@ class Fetched:
             pending.close()
 
 
+def expansion_nice(arch_number: int, stage: str) -> int:
+    """How nice the expanding of a package is: the first architecture's essential set is what the
+    first sandbox waits for; the rest is expanded while dpkg configures it, and the other
+    architectures' packages while the first one builds, so that dpkg keeps its core."""
+    return 0 if arch_number == 0 and stage == "essential" else BACKGROUND_NICE
+
+
 def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: Cache) -> Fetched:
     """Make every locked .deb present and verified in the cache, and start expanding them; the
     caller closes the result."""
@@ -241,13 +248,12 @@ def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
         signed = check_lock_against_archive(lock, keyrings, fetcher, cache)
     fetched = Fetched(signed=signed, paths={}, pending={})
     try:
-        for arch, entry in lock.architectures.items():
+        for number, (arch, entry) in enumerate(lock.architectures.items()):
             wanted = wanted_debs(lock, arch)
             with out.step(f"fetching {len(wanted)} packages for {arch}"):
                 meter = out.meter(total=len(wanted))
                 found = fetcher.download_all(wanted, cache, progress=lambda w: meter.add(1, w.size))
-            # the rest is expanded while dpkg configures the essential set: dpkg comes first
-            sources = {p.name: expand.Source(w.sha256, path, w.what, nice=BACKGROUND_NICE if p.stage == "rest" else 0)
+            sources = {p.name: expand.Source(w.sha256, path, w.what, nice=expansion_nice(number, p.stage))
                        for p, w, path in zip(entry.packages, wanted, found)}
             order = entry.install_order()  # the plan's order, in which the sandbox waits for them
             pending = fetched.pending[arch] = expand.Pending([sources[p.name] for p in order], cache)

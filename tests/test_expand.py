@@ -10,6 +10,7 @@ from repo_factory import build_deb
 from ocistrap import expand
 from ocistrap.cache import Cache
 from ocistrap.expand import ExpandError
+from ocistrap.pipeline import BACKGROUND_NICE, expansion_nice
 
 FIELDS = {"Package": "odd", "Version": "1:1.0-1", "Architecture": "amd64",
           "Maintainer": "x <x@example.org>", "Description": "d"}
@@ -196,3 +197,8 @@ def test_background_expansions_run_dpkg_deb_at_a_lower_priority(tmp_path: Path, 
     path = expand.expanded(expand.Source("ab" * 32, deb, "odd", nice=10), cache)
     assert seen == [["nice", "-n", "10", "dpkg-deb", "--fsys-tarfile", str(deb)]]
     assert dpkg_deb("--fsys-tarfile", str(path)) == dpkg_deb("--fsys-tarfile", str(deb))
+
+
+def test_only_the_first_architectures_essential_set_expands_at_full_priority() -> None:
+    assert expansion_nice(0, "essential") == 0
+    assert expansion_nice(0, "rest") == expansion_nice(1, "essential") == expansion_nice(1, "rest") == BACKGROUND_NICE
