@@ -145,9 +145,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     s = _settings(args, "cache")
     root = s.cache_dir or default_root()
+    if args.action == "show" and (args.keep or args.dry_run):
+        raise UsageError("--keep and --dry-run go with `ocistrap cache prune`")
+    if not root.is_dir():
+        print(f"{root}: no cache there")
+        return 0
     if args.action == "show":
-        if args.keep or args.dry_run:
-            raise UsageError("--keep and --dry-run go with `ocistrap cache prune`")
         entries = list(Cache(root).entries())
         print(f"{root}:")
         _print_sizes(entries)

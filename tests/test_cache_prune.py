@@ -117,3 +117,10 @@ def test_show_takes_no_prune_options(archive: Archive) -> None:
     rc, _, err = archive.run("cache", "show", "--dry-run", *archive.common())
     assert_one_error(rc, err, "ocistrap cache prune")
     assert rc == 2
+
+
+@pytest.mark.parametrize("action", ["show", "prune"])
+def test_a_cache_that_does_not_exist_is_not_made(archive: Archive, action: str) -> None:
+    rc, out, err = archive.run("cache", action, *archive.common())
+    assert rc == 0, err
+    assert out == f"{archive.cache}: no cache there\n" and not archive.cache.exists()
