@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -101,6 +102,7 @@ class Plan:
     slim: bool = False
     record_owners: bool = False
     ready_fd: int = -1
+    phases_fd: int = -1
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -210,9 +212,11 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
     out = log.get()
     pipes = [os.pipe() for _ in range(plan.layer_count)]
     announcer = _Announcer(ready)
-    plan = replace(plan, layer_fds=[w for _, w in pipes], ready_fd=announcer.inner_fd)
-    child_fds = [*plan.layer_fds, *announcer.inner_fds]
+    phases_r, phases_w = os.pipe()
+    plan = replace(plan, layer_fds=[w for _, w in pipes], ready_fd=announcer.inner_fd, phases_fd=phases_w)
+    child_fds = [*plan.layer_fds, *announcer.inner_fds, phases_w]
     readers = [os.fdopen(r, "rb") for r, _ in pipes]
+    phases = os.fdopen(phases_r, "rb")
     with tempfile.TemporaryFile(prefix="ocistrap-bootstrap-", suffix=".log") as errors:
         try:
             proc = sandbox.spawn([sys.executable, "-m", "ocistrap.bootstrap"], stdin=subprocess.PIPE,
@@ -222,6 +226,7 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
         except BaseException:
             for reader in readers:
                 reader.close()
+            phases.close()
             raise
         finally:
             for fd in child_fds:
@@ -233,7 +238,13 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
             proc.stdin.write(plan.dumps())
             proc.stdin.close()
             progress.start()
-            results = [sink(reader) for reader in readers]
+            results = []
+            for reader in readers:
+                with out.step("unpacking and configuring"):
+                    reader.peek(1)  # the inside streams a layer once its tree is ready
+                    for name, seconds in read_phases(phases.readline()):
+                        out.record(name, seconds)
+                results.append(sink(reader))
         except BaseException as e:
             proc.kill()
             proc.wait()
@@ -247,6 +258,7 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
             progress.stop()
             for reader in readers:
                 reader.close()
+            phases.close()
         status = proc.wait()
         if status != 0:
             announcer.raise_failure()
@@ -357,10 +369,12 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     sandbox.mount_staging(root, tmpfs=plan.tmpfs)
     owners = _start_recorder(root.parent) if plan.record_owners else None
     ready = _Ready(plan.ready_fd)
+    phases = Phases(plan.phases_fd)
     try:
         _setup(root, plan)
         aliased = merged_usr_aliases(plan)
-        _extract_all(plan.essential, root, ready, aliased)
+        with phases.timed(UNPACKING_ESSENTIAL):
+            _extract_all(plan.essential, root, ready, aliased)
         unpack.alias_usr_only(root, aliased)
         if plan.slim:
             slim.prune(root)
@@ -370,13 +384,14 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
             group = [d for d in plan.rest if d.layer == number]
             with _chroot(root, plan, first_round=number == 0):
                 if number == 0:
-                    _dpkg_install(root, plan.essential)
+                    _dpkg_install(root, plan.essential, phases)
                 ready.wait(len(plan.essential) + len(plan.rest))
                 for batch in install_batches(group, installed):
-                    _dpkg_install(root, batch)
+                    _dpkg_install(root, batch, phases)
             installed += group
             _finish(root, plan, [d for d in installed if d in plan.rest])
             restat = owners.records().apply if owners else layer.unchanged
+            phases.report()
             with out:
                 if before is None:
                     layer.write_tree(root, out, epoch=plan.epoch, restat=restat)
@@ -388,6 +403,50 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
             owners.close()
         if not plan.tmpfs:
             shutil.rmtree(root, ignore_errors=True)
+
+
+UNPACKING_ESSENTIAL, DPKG_UNPACKING, DPKG_CONFIGURING = (
+    "unpacking the essential set", "dpkg unpacking", "dpkg configuring")
+
+
+class Phases:
+    """Seconds the inner half spent in each phase of the install; one JSON line per layer goes to
+    FD (-1: nowhere) just before that layer's stream, for the outer half's --timings."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.seconds: dict[str, float] = {}
+        if fd >= 0:
+            os.set_inheritable(fd, False)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, time.monotonic() - start)
+
+    def report(self) -> None:
+        if self.fd >= 0:
+            os.write(self.fd, json.dumps(self.seconds).encode() + b"\n")
+        self.seconds = {}
+
+
+def read_phases(line: bytes) -> list[tuple[str, float]]:
+    """The (phase, seconds) pairs of one line Phases.report wrote, in install order; none for
+    anything else (the inside ended before it reported)."""
+    try:
+        seconds = json.loads(line)
+    except ValueError:
+        return []
+    if not isinstance(seconds, dict):
+        return []
+    return [(name, float(seconds[name])) for name in (UNPACKING_ESSENTIAL, DPKG_UNPACKING, DPKG_CONFIGURING)
+            if isinstance(seconds.get(name), (int, float))]
 
 
 class _Ready:
@@ -536,18 +595,48 @@ def _undivert_daemons(root: Path) -> None:
         (root.parent / "fake-start-stop-daemon").unlink()
 
 
-def _dpkg_install(root: Path, debs: Sequence[Deb]) -> None:
+def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases) -> None:
     if not debs:
         return
     paths = [f"/{DEBS_MOUNT}/{Path(d.path).name}" for d in debs]
     # no fsync: the staging root is thrown away if anything fails
     if _host_dpkg_unpacks(root, debs):
-        _dpkg_install_foreign(root, debs, paths)
+        _dpkg_install_foreign(root, debs, paths, phases)
         return
-    result = sandbox.chroot_run(root, ["dpkg", "--install", "--force-depends", "--force-unsafe-io", *paths],
-                                env=CHROOT_ENV, check=False)
-    if result.returncode != 0:
+    returncode = _dpkg_timed(root, ["--install", "--force-depends", "--force-unsafe-io", *paths], phases)
+    if returncode != 0:
         raise BootstrapError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
+
+
+CONFIGURE_STARTS = b"processing: configure: "
+
+
+def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases) -> int:
+    """Run the target's dpkg with ARGS; add the time until it starts configuring (its status fd
+    says "processing: configure:") to unpacking, the rest to configuring; its exit status."""
+    status_r, status_w = os.pipe()
+    configuring: list[float] = []
+
+    def watch() -> None:
+        with open(status_r, "rb") as status:
+            for line in status:
+                if not configuring and line.startswith(CONFIGURE_STARTS):
+                    configuring.append(time.monotonic())
+
+    watcher = threading.Thread(target=watch, name="dpkg-status", daemon=True)
+    watcher.start()
+    start = time.monotonic()
+    try:
+        result = sandbox.chroot_run(root, ["dpkg", f"--status-fd={status_w}", *args], env=CHROOT_ENV, check=False,
+                                    pass_fds=(status_w,))
+    finally:
+        os.close(status_w)
+        watcher.join()
+    end = time.monotonic()
+    boundary = configuring[0] if configuring else end
+    phases.add(DPKG_UNPACKING, boundary - start)
+    phases.add(DPKG_CONFIGURING, end - boundary)
+    return result.returncode
 
 
 def _host_dpkg_unpacks(root: Path, debs: Sequence[Deb]) -> bool:
@@ -564,16 +653,19 @@ def _host_dpkg_unpacks(root: Path, debs: Sequence[Deb]) -> bool:
     return why_not is None
 
 
-def _dpkg_install_foreign(root: Path, debs: Sequence[Deb], paths: Sequence[str]) -> None:
+def _dpkg_install_foreign(root: Path, debs: Sequence[Deb], paths: Sequence[str], phases: Phases) -> None:
     """`dpkg --install` of the .debs at PATHS in two steps: the host's dpkg unpacks them natively,
     then the target's configures DEBS in the same order, as --install would have. dpkg's backup
     of its database is left as one --install leaves it, not as it was between the steps."""
     names = [d.name for d in debs]
     before = (root / hostdpkg.STATUS).read_bytes()
-    if hostdpkg.unpack(root, paths, CHROOT_ENV) != 0:
+    with phases.timed(DPKG_UNPACKING):
+        unpacked = hostdpkg.unpack(root, paths, CHROOT_ENV)
+    if unpacked != 0:
         raise BootstrapError(f"dpkg --unpack (the host's dpkg) failed for {', '.join(names)}")
-    result = sandbox.chroot_run(root, ["dpkg", "--configure", "--force-depends", "--force-unsafe-io", *names],
-                                env=CHROOT_ENV, check=False)
+    with phases.timed(DPKG_CONFIGURING):
+        result = sandbox.chroot_run(root, ["dpkg", "--configure", "--force-depends", "--force-unsafe-io", *names],
+                                    env=CHROOT_ENV, check=False)
     if result.returncode != 0:
         raise BootstrapError(f"dpkg --configure failed for {', '.join(names)}")
     (root / hostdpkg.STATUS_BACKUP).write_bytes(before)

@@ -378,10 +378,8 @@ def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fe
 
 
 def write_layer(stream: BinaryIO, blobs_dir: Path, compression: str) -> layer.LayerBlob:
-    """One layer's blob, timed apart from the install: its tar stream starts once the tree is ready."""
+    """One layer's blob (bootstrap calls this once the stream's first bytes are there)."""
     out = log.get()
-    with out.step("unpacking and configuring"):
-        stream.peek(1)  # type: ignore[attr-defined]
     with out.step("writing layer"):
         return layer.write_blob(out.meter().reader(stream), blobs_dir, compression=compression)  # type: ignore[arg-type]
 

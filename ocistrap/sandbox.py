@@ -1146,8 +1146,9 @@ def _remove_placeholders(dev: Path) -> None:
 
 def chroot_run(root: Path, argv: Sequence[str], *, env: Mapping[str, str], check: bool = True,
                input: bytes | None = None, stdout: Any = None,
-               stderr: Any = None) -> subprocess.CompletedProcess:
-    """Run ARGV chrooted into ROOT with working directory / and exactly ENV.
+               stderr: Any = None, pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess:
+    """Run ARGV chrooted into ROOT with working directory / and exactly ENV (and the descriptors
+    PASS_FDS open).
 
     ARGV[0] is looked up in ENV's PATH inside ROOT.
     """
@@ -1156,7 +1157,7 @@ def chroot_run(root: Path, argv: Sequence[str], *, env: Mapping[str, str], check
         os.chdir("/")
     try:
         result = subprocess.run(list(argv), env=dict(env), input=input, stdout=stdout,
-                                stderr=stderr, preexec_fn=enter)
+                                stderr=stderr, preexec_fn=enter, pass_fds=tuple(pass_fds))
     except OSError as e:
         raise SandboxError(f"cannot run {argv[0]} in {root}: {e.strerror}") from e
     if check and result.returncode != 0:

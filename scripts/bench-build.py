@@ -52,7 +52,9 @@ TARGETS = {"warm": 0.40, "cold": 0.50}
 FOREIGN_TARGET = 0.50
 MEMORY_TARGET_MIB = 150
 PHASES = (("metadata", ("verifying", "reading", "resolving", "checking")), ("download", ("fetching",)),
-          ("unpack + configure", ("unpacking and configuring",)), ("layer", ("writing layer",)),
+          ("unpack + configure", ("unpacking and configuring",)),
+          ("of which unpack", ("unpacking the essential set", "dpkg unpacking")),
+          ("of which configure", ("dpkg configuring",)), ("layer", ("writing layer",)),
           ("push", ("writing outputs",)), ("expand (alongside)", ("expanding",)))
 
 
@@ -304,7 +306,10 @@ def report(results: list[Result], runs: int, revision: str, load: str, profile: 
               "## Where ocistrap's time goes (median seconds per phase, from `--timings`)", "",
               "metadata: verifying Release files, reading indices, resolving, checking the lock; download:",
               "fetching (and re-hashing cached) .debs; unpack + configure: from the sandbox's start until the",
-              "layer's tar stream begins (essential unpack, dpkg); layer: tar stream, compression, digests;",
+              "layer's tar stream begins, of which unpack is ocistrap unpacking the essential set plus dpkg",
+              "until it starts configuring (preinst scripts included), and configure is dpkg from then on",
+              "(postinst scripts, triggers); the rest is the sandbox starting and the tree being tidied;",
+              "layer: tar stream, compression, digests;",
               "push: uploading to the registry; expand (alongside): dpkg-deb expanding the .debs into the",
               "cache (or re-hashing their expansions), in background threads from the end of download on,",
               "while the sandbox unpacks and configures (not part of the other phases' sum).", "",

@@ -141,3 +141,30 @@ def test_without_announcements_everything_is_ready() -> None:
     assert announcer.inner_fds == [] and announcer.inner_fd == -1
     announcer.start()
     bootstrap._Ready(-1).wait(10**6)
+
+
+def test_phases_cross_to_the_outer_half_one_line_per_layer() -> None:
+    r, w = os.pipe()
+    phases = bootstrap.Phases(w)
+    assert not os.get_inheritable(w), "a maintainer script's daemon could hold the pipe open"
+    with phases.timed(bootstrap.UNPACKING_ESSENTIAL):
+        pass
+    phases.add(bootstrap.DPKG_CONFIGURING, 2.0)
+    phases.add(bootstrap.DPKG_UNPACKING, 1.0)
+    phases.add(bootstrap.DPKG_CONFIGURING, 0.5)
+    phases.report()
+    phases.add(bootstrap.DPKG_UNPACKING, 3.0)
+    phases.report()
+    os.close(w)
+    with os.fdopen(r, "rb") as reader:
+        first, second = bootstrap.read_phases(reader.readline()), bootstrap.read_phases(reader.readline())
+        assert bootstrap.read_phases(reader.readline()) == []
+    assert [name for name, _ in first] == [bootstrap.UNPACKING_ESSENTIAL, bootstrap.DPKG_UNPACKING,
+                                           bootstrap.DPKG_CONFIGURING]
+    assert first[1:] == [(bootstrap.DPKG_UNPACKING, 1.0), (bootstrap.DPKG_CONFIGURING, 2.5)]
+    assert second == [(bootstrap.DPKG_UNPACKING, 3.0)]
+
+
+@pytest.mark.parametrize("line", [b"", b"not json\n", b"[1, 2]\n", b'{"dpkg unpacking": "x"}\n'])
+def test_a_phase_report_that_is_not_one_gives_no_phases(line: bytes) -> None:
+    assert bootstrap.read_phases(line) == []

@@ -257,6 +257,23 @@ def test_staging_on_disk_builds_the_same_image(main_build, build, work):
     assert list(staging.iterdir()) == []
 
 
+def test_timings_split_the_install_into_unpacking_and_configuring(main_build, locked, cache_dir, work):
+    """`--timings` (as JSON here) breaks the sandbox's work down: ocistrap's unpacking of the
+    essential set, dpkg until it starts configuring, dpkg configuring; the image is the same."""
+    out = work / "timed"
+    result = ocistrap("--timings", "--log-format", "json", "build", "--lock", str(locked("bookworm")),
+                      "--cache-dir", str(cache_dir), "-o", f"oci:{out}:t")
+    assert printed_digests(result.stdout)[f"oci:{out}:t"] == main_build.digest
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    steps = next(e["steps"] for e in events if e.get("event") == "timings")
+    names = [s["name"] for s in steps]
+    parent = names.index("unpacking and configuring")
+    children = steps[parent + 1:parent + 4]
+    assert [s["name"] for s in children] == ["unpacking the essential set", "dpkg unpacking", "dpkg configuring"]
+    assert all(s["depth"] == steps[parent]["depth"] + 1 and s["seconds"] > 0 for s in children), children
+    assert sum(s["seconds"] for s in children) <= steps[parent]["seconds"]
+
+
 def test_single_uid_mode_builds_the_same_image(main_build, build, work):
     """Only the caller's id mapped: owners, modes and devices recorded instead of applied
     still give the unshare build's bytes, so also mmdebstrap's tree. The staging tree is on
