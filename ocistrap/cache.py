@@ -117,6 +117,7 @@ class Cache:
         self._key: bytes | None = None
         self.used: set[str] | None = None
         """When a set, the SHA256 of every blob, parsed index and derived file asked for is added to it."""
+        self.exclusive = exclusive
         self._in_use = self._hold(exclusive)
         try:
             sweep_orphans(root / "partial")
@@ -320,8 +321,8 @@ class Cache:
         blob, derived file, parsed index and ref outside it too. Needs the cache
         to itself (``exclusive``), so that no running build loses a file.
         """
-        if self._in_use is None:
-            raise CacheError(f"cannot prune the cache in {self.root} without locking it first")
+        if not self.exclusive:
+            raise CacheError(f"cannot prune the cache in {self.root} without having it to itself")
         gone = [e for e in self.entries() if _prunable(e, keep)]
         if not dry_run:
             for entry in gone:

@@ -8,7 +8,7 @@ from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fi
 from lockfetch_support import Archive, assert_cache_verified, assert_one_error
 
 from ocistrap import expand
-from ocistrap.cache import Cache
+from ocistrap.cache import Cache, CacheError
 
 
 def sizes(out: str) -> dict[str, int]:
@@ -100,6 +100,12 @@ def test_prune_refuses_while_another_ocistrap_uses_the_cache(archive: Archive, t
     del in_use
     rc, _, err = archive.run("cache", "prune", *archive.common())
     assert rc == 0, err
+
+
+def test_only_a_cache_held_exclusively_prunes(tmp_path: Path) -> None:
+    with pytest.raises(CacheError, match="without having it to itself"):
+        Cache(tmp_path / "c").prune()
+    assert Cache(tmp_path / "c", exclusive=True).prune() == []
 
 
 def test_a_lockfile_the_cache_cannot_vouch_for_is_an_error_and_nothing_goes(
