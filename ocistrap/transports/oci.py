@@ -203,8 +203,9 @@ def write(layout_src: Path, desc: Descriptor, dest_dir: Path, tag: str | None = 
         except BaseException:
             if created:
                 shutil.rmtree(dest_dir, ignore_errors=True)
-            for path in added:
-                path.unlink(missing_ok=True)
+            else:
+                for path in added:
+                    path.unlink(missing_ok=True)
             raise
 
 
