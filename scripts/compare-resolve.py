@@ -6,7 +6,7 @@ Usage: compare-resolve.py REFERENCE PACKAGES... [--essential ESSENTIAL_REF] [--v
 PACKAGES are uncompressed Packages indices (dists/SUITE/main/binary-amd64/Packages.xz),
 all that mmdebstrap's sources.list names: for a stable suite that is SUITE,
 SUITE-updates and SUITE-security.  REFERENCE and ESSENTIAL_REF are either
-a dpkg status file or a ``name version arch`` list like tests/data/mmdebstrap-*.txt.
+a dpkg status file or a ``name version arch`` list as mmdebstrap installs.
 Exits 1 and prints the difference when the sets differ.
 """
 
