@@ -1,8 +1,11 @@
 import os
+from pathlib import Path
 
 import pytest
 from repo_factory import *  # noqa: F401,F403  (signed test repository and hostile mirror fixtures)
 from registry_fixture import auth_registry, fake_registry, registry  # noqa: F401  (docker-registry and fake registries)
+
+from ocistrap.transports import registry as reg
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -10,6 +13,16 @@ def cache_key_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The cache's HMAC key (ocistrap.cache.default_key_file) in a directory of this session,
     not in the account's own state: one key for every test and every command they run."""
     os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+
+
+@pytest.fixture
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No credentials or pushed-blob records of the machine; fast registry retries."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / "cache"))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
