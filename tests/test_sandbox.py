@@ -1,4 +1,5 @@
 import errno
+import re
 import fcntl
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from e2e_helpers import start_interruptible
+from host_helpers import FULL, FakeHost
 
 from ocistrap import sandbox
 from ocistrap.sandbox import IdMaps, IdRange, SandboxError, SubIdRange
@@ -555,48 +557,78 @@ def test_scratch_dir_sweeps_foreign_leftovers_but_not_a_live_sandbox(tmp_path: P
     assert list(tmp_path.iterdir()) == []
 
 
-# ---- choosing the mode ----
+# ---- deciding the mode ----
 
-FULL = sandbox.IdMaps(uid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)),
-                      gid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)))
-
-
-def _no_range() -> sandbox.IdMaps:
-    raise sandbox.SandboxError("/etc/subuid has no range for alice", hint="add one")
+NO_MAPPER = {"newuidmap": (None, "newuidmap is not installed: run `sudo apt install uidmap`"),
+             "newgidmap": ("/usr/bin/newgidmap", None)}
+REFUSED = "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0)"
 
 
 def test_auto_mode_takes_unshare_when_the_ranges_work() -> None:
-    mode = sandbox.choose_mode("auto", subid_maps=lambda: FULL, mappers=lambda: None, own_ids=(1000, 1000))
+    mode = sandbox.decide_mode("auto", FakeHost())
     assert (mode.name, mode.maps, mode.records_owners) == ("unshare", FULL, False)
+    assert mode.reason == "65536 ids mapped from /etc/subuid and /etc/subgid"
+    assert [m.name for m in mode.fallbacks] == ["single-uid"]
 
 
 def test_auto_mode_falls_back_to_single_uid_and_says_why() -> None:
-    mode = sandbox.choose_mode("auto", subid_maps=_no_range, mappers=lambda: None, own_ids=(1000, 1001))
+    mode = sandbox.decide_mode("auto", FakeHost(subuid="", ids=(1000, 1001)))
     assert mode.name == "single-uid" and mode.records_owners
     assert mode.maps == sandbox.IdMaps.single(1000, 1001) and mode.maps.is_single
-    assert mode.reason == "/etc/subuid has no range for alice; owners are recorded instead of applied"
+    assert mode.reason == ("/etc/subuid has no range for alice; the sandbox needs 65536 subordinate uids; "
+                           "owners are recorded instead of applied")
+    assert mode.fell_back_from == "unshare" and mode.fallbacks == ()
 
 
-def test_auto_mode_falls_back_when_a_mapper_is_unusable() -> None:
-    def broken() -> None:
-        raise sandbox.SandboxError("newuidmap is not installed")
-    mode = sandbox.choose_mode("auto", subid_maps=lambda: FULL, mappers=broken, own_ids=(1000, 1000))
+def test_auto_mode_falls_back_when_a_mapper_is_missing() -> None:
+    mode = sandbox.decide_mode("auto", FakeHost(mappers=NO_MAPPER))
     assert mode.name == "single-uid" and mode.reason.startswith("newuidmap is not installed")
 
 
 def test_unshare_mode_raises_what_is_missing() -> None:
-    with pytest.raises(sandbox.SandboxError, match="no range for alice"):
-        sandbox.choose_mode("unshare", subid_maps=_no_range, mappers=lambda: None, own_ids=(1000, 1000))
+    with pytest.raises(SandboxError, match="no range for alice") as raised:
+        sandbox.decide_mode("unshare", FakeHost(subgid="bob:100000:65536\n"))
+    assert "sudo usermod --add-subgids 165536-231071 alice" in str(raised.value)
+    with pytest.raises(SandboxError, match="newuidmap is not installed"):
+        sandbox.decide_mode("unshare", FakeHost(mappers=NO_MAPPER))
 
 
-def test_single_uid_mode_needs_no_range() -> None:
-    mode = sandbox.choose_mode("single-uid", subid_maps=_no_range, mappers=_no_range, own_ids=(5, 6))
+def test_requested_modes_have_no_fallback() -> None:
+    for requested in ("unshare", "single-uid"):
+        mode = sandbox.decide_mode(requested, FakeHost())
+        assert (mode.name, mode.reason, mode.fallbacks) == (requested, f"requested with --mode {requested}", ())
+
+
+def test_single_uid_mode_needs_no_range_nor_mapper() -> None:
+    mode = sandbox.decide_mode("single-uid", FakeHost(subuid="", subgid="", mappers=NO_MAPPER, ids=(5, 6)))
     assert mode.name == "single-uid" and mode.maps == sandbox.IdMaps.single(5, 6)
 
 
+@pytest.mark.parametrize("requested", sandbox.MODES)
+def test_no_mode_builds_when_user_namespaces_are_refused(requested: str) -> None:
+    with pytest.raises(SandboxError, match=re.escape(REFUSED)):
+        sandbox.decide_mode(requested, FakeHost(userns=REFUSED, subuid=""))
+
+
 def test_unknown_mode_is_refused() -> None:
-    with pytest.raises(sandbox.SandboxError, match="unknown mode 'root'"):
-        sandbox.build_mode("root")
+    with pytest.raises(SandboxError, match="unknown mode 'root'"):
+        sandbox.decide_mode("root", FakeHost())
+
+
+def test_a_fallback_at_run_time_says_why_and_is_not_offered_twice() -> None:
+    refused = sandbox.MapRefused("newuidmap refused the uid map 0 1000 1: write failed")
+    mode = sandbox.decide_mode("auto", FakeHost()).fallback(refused)
+    assert (mode.name, mode.fell_back_from) == ("single-uid", "unshare")
+    assert mode.reason == "newuidmap refused the uid map 0 1000 1: write failed; owners are recorded instead of applied"
+    assert mode.describe().startswith("single-uid, because newuidmap refused")
+    with pytest.raises(sandbox.MapRefused):
+        mode.fallback(refused)
+
+
+def test_a_requested_mode_raises_the_problem_instead_of_falling_back() -> None:
+    refused = sandbox.MapRefused("newuidmap refused the uid map")
+    with pytest.raises(sandbox.MapRefused):
+        sandbox.decide_mode("unshare", FakeHost()).fallback(refused)
 
 
 def test_full_maps_are_not_single() -> None:
