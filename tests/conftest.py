@@ -26,10 +26,10 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """End-to-end tests prove nothing as root: refuse to run them so."""
+    """Builds and namespaces prove nothing as root: refuse to run those tests so."""
     if os.geteuid() != 0:
         return
-    reason = "builds must be tested as an unprivileged account: run `make test`"
+    reason = "builds and user namespaces must be tested as an unprivileged account: run `make test` or `make unit`"
     for item in items:
-        if "e2e" in item.keywords:
+        if "e2e" in item.keywords or "userns" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))

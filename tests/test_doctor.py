@@ -73,7 +73,7 @@ def test_format_checks_aligns_names() -> None:
     assert text == "ok    a       fine\nFAIL  longer  do this"
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_this_host_is_ready_for_native_builds() -> None:
     results = doctor.checks([doctor.native_arch()])
     assert all(c.ok for c in results), doctor.format_checks(results)

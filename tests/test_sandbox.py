@@ -250,7 +250,7 @@ def _inside(code: str, **kwargs: object) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_spawn_runs_as_root_with_the_full_map() -> None:
     proc = sandbox.spawn(["sh", "-c", "id -u; id -g; cat /proc/self/uid_map; echo $$"],
                          stdout=subprocess.PIPE)
@@ -260,7 +260,7 @@ def test_spawn_runs_as_root_with_the_full_map() -> None:
     assert out == ["0", "0", "0", str(os.getuid()), "1", "1", str(subordinate), "65535", "2"]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_the_sandbox_has_no_network() -> None:
     result = _inside("""
         import socket
@@ -275,7 +275,7 @@ def test_the_sandbox_has_no_network() -> None:
     assert interfaces == "['lo']" and failure.endswith("Error")
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_spawn_propagates_exit_status_signals_and_pipes() -> None:
     assert sandbox.spawn(["sh", "-c", "exit 7"]).wait() == 7
     assert sandbox.spawn(["sh", "-c", "kill -TERM $$"]).wait() == 128 + signal.SIGTERM
@@ -284,20 +284,20 @@ def test_spawn_propagates_exit_status_signals_and_pipes() -> None:
     assert proc.communicate(b"hello", timeout=30)[0] == b"HELLO"
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_terminate_reaches_the_payload() -> None:
     proc = sandbox.spawn(["sleep", "1000"])
     proc.terminate()
     assert proc.wait(timeout=10) == 128 + signal.SIGTERM
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_spawn_reports_a_missing_command() -> None:
     with pytest.raises(SandboxError, match="cannot run no-such-command in the sandbox"):
         sandbox.spawn(["no-such-command"])
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_spawn_reports_a_map_newuidmap_refuses() -> None:
     maps = sandbox.load_maps()
     foreign = (maps.uid[0], IdRange(1, 7000000, 65535))
@@ -305,7 +305,7 @@ def test_spawn_reports_a_map_newuidmap_refuses() -> None:
         sandbox.spawn(["true"], maps=IdMaps(uid=foreign, gid=maps.gid))
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_missing_subuid_entry_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "subuid").write_text("someone-else:100000:65536\n")
     with pytest.raises(SandboxError) as e:
@@ -313,12 +313,12 @@ def test_missing_subuid_entry_is_a_clear_error(tmp_path: Path) -> None:
     assert "has no range for" in str(e.value) and "usermod --add-subuids" in str(e.value)
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_probe_userns_finds_user_namespaces_usable() -> None:
     assert sandbox.probe_userns() is None
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_staging_tmpfs_keeps_owners(tmp_path: Path) -> None:
     result = _inside(f"""
         import os
@@ -337,7 +337,7 @@ def test_staging_tmpfs_keeps_owners(tmp_path: Path) -> None:
     assert list((tmp_path / "staging").iterdir()) == []
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_bind_mount_readonly() -> None:
     result = _inside("""
         import tempfile
@@ -390,7 +390,7 @@ CHROOT_PAYLOAD = """
 """
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_prepare_chroot_run_and_release(tmp_path: Path) -> None:
     proc = sandbox.spawn([sys.executable, "-c", textwrap.dedent(CHROOT_PAYLOAD),
                           str(tmp_path / "root")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -400,7 +400,7 @@ def test_prepare_chroot_run_and_release(tmp_path: Path) -> None:
                                          "dev []", "proc []", "sys []", "usr []"]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_remove_tree_deletes_files_of_subordinate_ids(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     result = _inside(f"""
@@ -440,7 +440,7 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 @pytest.mark.parametrize("how", ["SIGKILL to the caller", "Ctrl-C to the process group"])
 def test_killing_the_caller_kills_the_whole_sandbox(how: str) -> None:
     marker = f"1000.{uuid.uuid4().int % 10**9}"
@@ -475,7 +475,7 @@ def _assert_foreign(root: Path) -> None:
         list((root / "a").iterdir())
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 @pytest.mark.parametrize("end", ["exit", "terminate", "kill"])
 def test_remove_on_exit_deletes_the_tree_before_wait_returns(end: str, tmp_path: Path) -> None:
     root = tmp_path / "work"
@@ -494,7 +494,7 @@ def test_remove_on_exit_deletes_the_tree_before_wait_returns(end: str, tmp_path:
     proc.stdout.close()
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_remove_on_exit_needs_a_directory(tmp_path: Path) -> None:
     with pytest.raises(SandboxError, match="cannot open the directory .*missing"):
         sandbox.spawn(["true"], remove_on_exit=tmp_path / "missing")
@@ -511,7 +511,7 @@ KILLED_BUILDER = """
 """
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 @pytest.mark.parametrize("how", ["SIGKILL to the caller", "Ctrl-C to the process group"])
 def test_remove_on_exit_outlives_the_caller(how: str, tmp_path: Path) -> None:
     marker = f"1000.{uuid.uuid4().int % 10**9}"
@@ -538,7 +538,7 @@ def test_remove_on_exit_outlives_the_caller(how: str, tmp_path: Path) -> None:
     assert _processes_with(marker) == []
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_scratch_dir_sweeps_foreign_leftovers_but_not_a_live_sandbox(tmp_path: Path) -> None:
     stale, live = tmp_path / "build-stale", tmp_path / "build-live"
     stale.mkdir()
