@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NamedTuple, NoReturn, TypeVar
 
 from ocistrap import doctor, expand, hostdpkg, layer, log, recorder, resolve, sandbox, slim, unpack
 from ocistrap.errors import OcistrapError
@@ -181,25 +181,32 @@ def _provided(deb: Deb) -> set[str]:
 
 # ---- outer half: runs on the host as the caller ----
 
-def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, remove_on_exit: Path | None = None,
-              mode: str = "auto", ready: Callable[[], Iterable[object]] | None = None) -> list[T]:
+class Installed(NamedTuple, Generic[T]):
+    """What SINK made of each layer, and the mode that built them (a fallback holds for
+    the next architecture)."""
+
+    layers: list[T]
+    mode: sandbox.BuildMode
+
+
+def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, mode: sandbox.BuildMode,
+              remove_on_exit: Path | None = None,
+              ready: Callable[[], Iterable[object]] | None = None) -> Installed[T]:
     """Run the plan inside a fresh sandbox and feed each layer's tar stream to SINK, in order.
 
-    MODE chooses how the sandbox maps ids (sandbox.MODES); "auto" also falls back
-    to single-uid when newuidmap refuses the caller's ranges. READY, if given,
+    MODE (sandbox.decide_mode) says how the sandbox runs; when newuidmap refuses the
+    caller's ranges, its fallback (if auto left one) takes over. READY, if given,
     yields once per package of the plan (essential first, then the rest) as its
     file becomes usable: the sandbox starts before the last ones are expanded.
     """
-    chosen = sandbox.build_mode(mode)
     while True:
-        log.get().info(f"sandbox: {chosen.name} mode ({chosen.reason})")
+        log.get().info(f"sandbox: {mode.name} mode ({mode.reason})")
         try:
-            return _bootstrap(replace(plan, record_owners=chosen.records_owners), sink,
-                              maps=chosen.maps, remove_on_exit=remove_on_exit, ready=ready)
+            layers = RUNNERS[mode.kind.runner](replace(plan, record_owners=mode.records_owners), sink,
+                                               maps=mode.maps, remove_on_exit=remove_on_exit, ready=ready)
+            return Installed(layers, mode)
         except sandbox.MapRefused as e:
-            if mode != "auto":
-                raise
-            chosen = sandbox.Mode.fallback(e, (os.getuid(), os.getgid()))
+            mode = mode.fallback(e)
 
 
 def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMaps,
@@ -265,6 +272,10 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
             raise BootstrapError(f"installing the packages failed (exit status {status}): "
                                  f"{_tail(errors)}", hint="run with --debug to see the whole log")
     return results
+
+
+# sandbox.ModeKind.runner -> how that kind runs a plan.
+RUNNERS: dict[str, Callable[..., list[Any]]] = {"namespace": _bootstrap}
 
 
 class _Announcer:

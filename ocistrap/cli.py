@@ -203,7 +203,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         pipeline.require_runnable(s.architectures or [native_arch()])
         locked = None
-    sandbox.build_mode(s.mode)  # a mode that cannot work fails before any download
+    mode = sandbox.decide_mode(s.mode)  # once, before any download: a mode that cannot work fails here
     fetcher, cache = Fetcher(offline=s.offline), _cache(s)
     if locked is None:
         locked = _make_lock(s, fetcher, cache)
@@ -214,7 +214,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         env=tuple(f"{name}={value}" for name, value in s.env.items()), cmd=s.cmd, entrypoint=s.entrypoint,
         workdir=s.workdir, user=s.user, labels=s.labels, annotations=s.annotations)
     request = pipeline.BuildRequest(outputs=outputs + s.push, compression=s.compression,
-                                    staging=pipeline.Staging(s.staging_dir, s.mode), options=options,
+                                    staging=pipeline.Staging(mode, s.staging_dir), options=options,
                                     epoch=_epoch(), tls_verify=s.tls_verify, sbom=s.sbom)
     built = pipeline.build(locked, s.keyrings, fetcher, cache, request)
     for ref in built.outputs:

@@ -46,29 +46,17 @@ class Check:
     detail: str
 
 
-class Host(Protocol):
-    """What the doctor looks at."""
+class Host(sandbox.HostProbe, Protocol):
+    """What the doctor looks at: what decides the build mode, and the rest a build needs."""
 
-    def identity(self) -> tuple[str, int, int]: ...
-    def userns_problem(self) -> str | None: ...
-    def mapper(self, name: str) -> tuple[str | None, str | None]: ...
     def which(self, name: str) -> str | None: ...
     def read_text(self, path: Path) -> str | None: ...
     def readable(self, path: Path) -> bool: ...
     def native_arch(self) -> str: ...
 
 
-class SystemHost:
+class SystemHost(sandbox.SystemProbe):
     """This machine, probed for real."""
-
-    def identity(self) -> tuple[str, int, int]:
-        return sandbox.current_user()
-
-    def userns_problem(self) -> str | None:
-        return sandbox.probe_userns()
-
-    def mapper(self, name: str) -> tuple[str | None, str | None]:
-        return sandbox.find_mapper(name)
 
     def which(self, name: str) -> str | None:
         return shutil.which(name)
@@ -109,8 +97,8 @@ def check_subids(host: Host, kind: Literal["uid", "gid"]) -> Check:
     name = f"sub{kind}"
     path = Path(f"/etc/{name}")
     user, uid, gid = host.identity()
-    text = host.read_text(path) or ""
     try:
+        text = host.subid_text(kind)
         sandbox.subid_map(text, kind=kind, user=user, uid=uid, own_id=uid if kind == "uid" else gid)
     except sandbox.SandboxError as e:
         return Check(name, False, str(e))
@@ -177,21 +165,16 @@ def check_binfmt(host: Host, arch: str, native: str) -> Check:
 SECCOMP_ACTIONS = Path("/proc/sys/kernel/seccomp/actions_avail")
 
 
-def mode_verdict(requested: str, id_checks: Sequence[Check]) -> tuple[str | None, Check]:
-    """The sandbox mode a build will use (as sandbox.choose_mode decides; None if it cannot
-    build) and the check that says why."""
-    failing = [c for c in id_checks if not c.ok]
-    if requested == "single-uid":
-        return "single-uid", Check("build mode", True,
-                                   "single-uid (requested): owners are recorded instead of applied")
-    if not failing:
-        return "unshare", Check("build mode", True, f"unshare: {1 + sandbox.SUBORDINATE_IDS} ids mapped "
-                                                    "from /etc/subuid and /etc/subgid")
-    why = f"{failing[0].name}: {failing[0].detail}"
-    if requested == "unshare":
-        return None, Check("build mode", False, f"unshare is not possible ({why})")
-    return "single-uid", Check("build mode", True, f"single-uid, because {why}; owners are recorded "
-                                                   "instead of applied (fix that to build in unshare mode)")
+def check_mode(requested: str, host: Host) -> tuple[sandbox.BuildMode | None, Check]:
+    """The mode a build will use, as the build decides it (sandbox.decide_mode; None if no
+    mode can build), and the check that says why."""
+    try:
+        mode = sandbox.decide_mode(requested, host)
+    except sandbox.SandboxError as e:
+        if requested == "auto":
+            return None, Check("build mode", False, f"no mode can build here ({e.message})")
+        return None, Check("build mode", False, f"{requested} is not possible ({e.message})")
+    return mode, Check("build mode", True, mode.describe())
 
 
 def check_seccomp(host: Host) -> Check:
@@ -203,27 +186,29 @@ def check_seccomp(host: Host) -> Check:
                  "builds need: give the account a subordinate id range for unshare mode")
 
 
-def _not_needed(check: Check) -> Check:
-    return check if check.ok else Check(check.name, True, f"not needed in single-uid mode: {check.detail}")
+def _not_needed(check: Check, mode: str) -> Check:
+    return check if check.ok else Check(check.name, True, f"not needed in {mode} mode: {check.detail}")
 
 
 def checks(arch: Sequence[str], *, mode: str = "auto", host: Host | None = None) -> list[Check]:
     """Everything a build for the architectures ARCH in MODE needs, checked on HOST (this machine).
 
-    In single-uid mode a missing subordinate range or id mapper is no failure.
+    In a mode that maps only the caller (single-uid) a missing subordinate range or id mapper
+    is no failure.
     """
     host = SystemHost() if host is None else host
     native = host.native_arch()
     ids = [check_subids(host, "uid"), check_subids(host, "gid"),
            check_mapper(host, "newuidmap"), check_mapper(host, "newgidmap")]
-    name, chosen = mode_verdict(mode, ids)
-    single = name == "single-uid"
+    chosen, verdict = check_mode(mode, host)
+    if chosen is not None and chosen.maps.is_single:
+        ids = [_not_needed(c, chosen.name) for c in ids]
     return [
         Check("native architecture", True, native),
         check_userns(host),
-        *([_not_needed(c) for c in ids] if single else ids),
-        chosen,
-        *([check_seccomp(host)] if single else []),
+        *ids,
+        verdict,
+        *([check_seccomp(host)] if chosen is not None and chosen.records_owners else []),
         check_verifier(host),
         check_keyring(host),
         *(check_binfmt(host, a, native) for a in dict.fromkeys(arch)),

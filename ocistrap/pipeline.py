@@ -4,7 +4,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -266,11 +266,11 @@ def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
 
 @dataclass(frozen=True)
 class Staging:
-    """Where the staging root lives (a tmpfs of the namespace, or a directory on disk) and
-    how its sandbox maps ids (sandbox.MODES)."""
+    """How the sandbox runs (decided once, see sandbox.decide_mode) and where the staging
+    root lives (a tmpfs of the namespace, or a directory on disk)."""
 
+    mode: sandbox.BuildMode
     workdir: Path | None = None
-    mode: str = "auto"
 
 
 def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
@@ -300,7 +300,7 @@ def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
 
 
 def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging, *, epoch: int,
-                  keyrings: tuple[Path, ...], sink: Callable[[BinaryIO], T]) -> list[T]:
+                  keyrings: tuple[Path, ...], sink: Callable[[BinaryIO], T]) -> bootstrap.Installed[T]:
     """Install ARCH's packages in a sandbox and pass each layer's tar stream to SINK."""
     base = staging.workdir or Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
     with sandbox.scratch_dir(base, "ocistrap-staging-") as tmp:
@@ -310,9 +310,9 @@ def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging,
                          keyrings=keyrings)
         pending = fetched.pending[arch]
         with log.get().step(f"installing {len(lock.architectures[arch].packages)} packages for {arch}"):
-            layers = bootstrap.bootstrap(plan, sink, remove_on_exit=tmp, mode=staging.mode, ready=pending.ready)
+            installed = bootstrap.bootstrap(plan, sink, mode=staging.mode, remove_on_exit=tmp, ready=pending.ready)
         log.get().record(f"expanding {len(pending.paths)} packages for {arch} (alongside)", pending.seconds())
-        return layers
+        return installed
 
 
 def release_epoch(lock: Lockfile) -> int:
@@ -326,8 +326,8 @@ class BuildRequest:
     """What to make of a lockfile: layers' compression, image settings, where it goes."""
 
     outputs: tuple[Reference, ...]
+    staging: Staging
     compression: str = "gzip"
-    staging: Staging = Staging()
     options: assemble.ImageOptions = assemble.ImageOptions()
     epoch: int | None = None
     tls_verify: bool | None = None
@@ -359,10 +359,12 @@ def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fe
         layout = Path(tmp) / "layout"
         oci.init_layout(layout)
         manifests = []
+        staging = request.staging
         for arch in lock.architectures:
-            blobs = run_bootstrap(lock, arch, fetched, request.staging, epoch=epoch, keyrings=keyrings,
-                                  sink=lambda stream: write_layer(stream, layout / "blobs" / "sha256",
-                                                                  request.compression))
+            blobs, mode = run_bootstrap(lock, arch, fetched, staging, epoch=epoch, keyrings=keyrings,
+                                        sink=lambda stream: write_layer(stream, layout / "blobs" / "sha256",
+                                                                        request.compression))
+            staging = replace(staging, mode=mode)  # a fallback holds for the next architecture
             layers = [assemble.Layer(blob, created_by) for blob, created_by in zip(blobs, _history(lock, arch))]
             manifests.append(assemble.write_image(layout, arch, layers, epoch=epoch, options=request.options,
                                                   provenance=provenance))

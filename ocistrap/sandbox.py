@@ -38,9 +38,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Literal, NoReturn
+from typing import IO, Any, Literal, NoReturn, Protocol
 
 from ocistrap import log
 from ocistrap.errors import OcistrapError
@@ -160,52 +160,146 @@ class IdMaps:
 MODES = ("auto", "unshare", "single-uid")
 
 
-@dataclass(frozen=True)
-class Mode:
-    """How a build's sandbox maps ids, and why that way (for the log and `ocistrap doctor`)."""
+class HostProbe(Protocol):
+    """The facts about this host that decide the build mode (a fake one in tests)."""
 
-    name: Literal["unshare", "single-uid"]
+    def identity(self) -> tuple[str, int, int]: ...
+    def userns_problem(self) -> str | None: ...
+    def subid_text(self, kind: Literal["uid", "gid"]) -> str: ...
+    def mapper(self, name: str) -> tuple[str | None, str | None]: ...
+
+
+class SystemProbe:
+    """This machine and this caller, probed for real (the user namespace probe only once)."""
+
+    def __init__(self) -> None:
+        self._userns: tuple[str | None] | None = None
+
+    def identity(self) -> tuple[str, int, int]:
+        return current_user()
+
+    def userns_problem(self) -> str | None:
+        if self._userns is None:
+            self._userns = (probe_userns(),)
+        return self._userns[0]
+
+    def subid_text(self, kind: Literal["uid", "gid"]) -> str:
+        return _read_subid_file(SUBUID if kind == "uid" else SUBGID)
+
+    def mapper(self, name: str) -> tuple[str | None, str | None]:
+        return find_mapper(name)
+
+
+@dataclass(frozen=True)
+class ModeKind:
+    """One way to build. PROBE returns the id maps it needs on a host or raises SandboxError
+    naming what is missing and the fix; RUNNER names bootstrap's runner for it. WORKS is
+    the reason when auto takes it first, COST what a fallback to it gives up."""
+
+    name: str
+    probe: Callable[[HostProbe], IdMaps]
+    runner: str
+    records_owners: bool
+    works: str = ""
+    cost: str = ""
+
+    def because(self, problem: str) -> str:
+        return f"{problem}; {self.cost}" if self.cost else problem
+
+
+def _require_userns(host: HostProbe) -> None:
+    problem = host.userns_problem()
+    if problem:
+        raise SandboxError(problem)
+
+
+def _unshare_maps(host: HostProbe) -> IdMaps:
+    _require_userns(host)
+    maps = host_maps(host)
+    _mappers(host.mapper)
+    return maps
+
+
+def _single_uid_maps(host: HostProbe) -> IdMaps:
+    _require_userns(host)
+    _, uid, gid = host.identity()
+    return IdMaps.single(uid, gid)
+
+
+UNSHARE = ModeKind("unshare", _unshare_maps, "namespace", records_owners=False,
+                   works=f"{1 + SUBORDINATE_IDS} ids mapped from /etc/subuid and /etc/subgid")
+SINGLE_UID = ModeKind("single-uid", _single_uid_maps, "namespace", records_owners=True,
+                      cost="owners are recorded instead of applied")
+# The kinds `--mode auto` tries, the fastest faithful one first.
+AUTO_ORDER = (UNSHARE, SINGLE_UID)
+KINDS = {k.name: k for k in AUTO_ORDER}
+
+
+@dataclass(frozen=True)
+class BuildMode:
+    """How a build's sandbox runs, and why (for the log and `ocistrap doctor`): decided once
+    by ``decide_mode`` and passed down to every architecture's bootstrap.
+
+    FALLBACKS are the kinds auto may still turn to (probed already) when this one fails
+    at run time; FELL_BACK_FROM names the kind it replaced.
+    """
+
+    kind: ModeKind
     maps: IdMaps
     reason: str
+    fallbacks: tuple["BuildMode", ...] = ()
+    fell_back_from: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
 
     @property
     def records_owners(self) -> bool:
-        return self.name == "single-uid"
+        return self.kind.records_owners
 
-    @classmethod
-    def fallback(cls, problem: SandboxError, own_ids: tuple[int, int]) -> "Mode":
-        """single-uid, because of PROBLEM with unshare mode."""
-        return cls("single-uid", IdMaps.single(*own_ids),
-                   f"{problem.message}; owners are recorded instead of applied")
+    def fallback(self, problem: SandboxError) -> "BuildMode":
+        """The mode to build in now that PROBLEM stopped this one; raises PROBLEM when the
+        mode was requested explicitly (no fallbacks)."""
+        if not self.fallbacks:
+            raise problem
+        after, *rest = self.fallbacks
+        return replace(after, reason=after.kind.because(problem.message), fallbacks=tuple(rest),
+                       fell_back_from=self.name)
+
+    def describe(self) -> str:
+        """The verdict in one line."""
+        if self.fell_back_from:
+            return f"{self.name}, because {self.reason} (fix that to build in {self.fell_back_from} mode)"
+        return f"{self.name}: {self.reason}"
 
 
-def choose_mode(requested: str, *, subid_maps: Callable[[], IdMaps],
-                mappers: Callable[[], object], own_ids: tuple[int, int]) -> Mode:
-    """The sandbox mode for REQUESTED ("auto", "unshare" or "single-uid").
+def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> BuildMode:
+    """The build mode for REQUESTED (one of MODES) on HOST (this machine): the one decision.
 
-    "auto" takes unshare when the caller has full subordinate ranges and working
-    newuidmap/newgidmap, and otherwise single-uid, saying why. "unshare" raises
-    what is missing; the raised error names the fix.
+    "auto" takes the first kind of AUTO_ORDER whose probe passes, saying why the ones
+    before it could not; a requested kind raises what it is missing, naming the fix.
     """
-    if requested == "single-uid":
-        return Mode("single-uid", IdMaps.single(*own_ids), "requested with --mode single-uid")
-    try:
-        maps = subid_maps()
-        mappers()
-    except SandboxError as e:
-        if requested == "unshare":
-            raise
-        return Mode.fallback(e, own_ids)
-    return Mode("unshare", maps, f"{1 + SUBORDINATE_IDS} ids mapped from /etc/subuid and /etc/subgid"
-                if requested == "auto" else "requested with --mode unshare")
-
-
-def build_mode(requested: str = "auto") -> Mode:
-    """choose_mode for this caller on this host."""
-    _, uid, gid = current_user()
     if requested not in MODES:
         raise SandboxError(f"unknown mode {requested!r}", hint=f"use one of {', '.join(MODES)}")
-    return choose_mode(requested, subid_maps=load_maps, mappers=_mappers, own_ids=(uid, gid))
+    host = SystemProbe() if host is None else host
+    if requested != "auto":
+        kind = KINDS[requested]
+        return BuildMode(kind, kind.probe(host), f"requested with --mode {requested}")
+    usable: list[BuildMode] = []
+    problems: list[SandboxError] = []
+    for kind in AUTO_ORDER:
+        try:
+            usable.append(BuildMode(kind, kind.probe(host), kind.works))
+        except SandboxError as e:
+            problems.append(e)
+    if not usable:
+        raise problems[-1]
+    first, *rest = usable
+    if first.kind is AUTO_ORDER[0]:
+        return replace(first, fallbacks=tuple(rest))
+    return replace(first, reason=first.kind.because(problems[0].message), fallbacks=tuple(rest),
+                   fell_back_from=AUTO_ORDER[0].name)
 
 
 def _subid_lines(text: str) -> Iterable[tuple[str, SubIdRange]]:
@@ -328,10 +422,23 @@ def load_maps(*, subuid: Path = SUBUID, subgid: Path = SUBGID, user: str | None 
     user = me if user is None else user
     uid = my_uid if uid is None else uid
     gid = my_gid if gid is None else gid
-    return IdMaps(uid=tuple(subid_map(_read_subid_file(subuid), kind="uid", user=user, uid=uid,
-                                      own_id=uid, path=str(subuid))),
-                  gid=tuple(subid_map(_read_subid_file(subgid), kind="gid", user=user, uid=uid,
-                                      own_id=gid, path=str(subgid))))
+    return _maps(_read_subid_file(subuid), _read_subid_file(subgid), user=user, uid=uid, gid=gid,
+                 paths=(subuid, subgid))
+
+
+def host_maps(host: HostProbe) -> IdMaps:
+    """The caller's id maps from HOST's subordinate id files (raises with advice)."""
+    user, uid, gid = host.identity()
+    return _maps(host.subid_text("uid"), host.subid_text("gid"), user=user, uid=uid, gid=gid,
+                 paths=(SUBUID, SUBGID))
+
+
+def _maps(uid_text: str, gid_text: str, *, user: str, uid: int, gid: int,
+          paths: tuple[Path, Path]) -> IdMaps:
+    return IdMaps(uid=tuple(subid_map(uid_text, kind="uid", user=user, uid=uid, own_id=uid,
+                                      path=str(paths[0]))),
+                  gid=tuple(subid_map(gid_text, kind="gid", user=user, uid=uid, own_id=gid,
+                                      path=str(paths[1]))))
 
 
 def subid_map(text: str, *, kind: Literal["uid", "gid"], user: str, uid: int, own_id: int,
@@ -407,10 +514,11 @@ def in_nested_userns() -> bool:
         return False
 
 
-def _mappers() -> tuple[str, str]:
+def _mappers(find: Callable[[str], tuple[str | None, str | None]] = find_mapper) -> tuple[str, str]:
+    """The paths of newuidmap and newgidmap, or SandboxError saying what is wrong with one."""
     paths = []
     for name in ("newuidmap", "newgidmap"):
-        path, problem = find_mapper(name)
+        path, problem = find(name)
         if problem or path is None:
             raise SandboxError(problem or f"{name} not found")
         paths.append(path)

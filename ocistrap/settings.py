@@ -406,8 +406,7 @@ def read_spec(path: Path) -> dict[str, Any]:
 
 def problems(document: Any) -> list[str]:
     """What is wrong with a parsed spec file, one phrase each, in the order of the keys."""
-    validator = jsonschema.Draft202012Validator(schema.load("spec"))
-    errors = sorted(validator.iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
+    errors = sorted(schema.validator("spec").iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
     return [phrase for error in errors for phrase in _explain(error)]
 
 

@@ -1,8 +1,11 @@
 import os
+from pathlib import Path
 
 import pytest
 from repo_factory import *  # noqa: F401,F403  (signed test repository and hostile mirror fixtures)
 from registry_fixture import auth_registry, fake_registry, registry  # noqa: F401  (docker-registry and fake registries)
+
+from ocistrap.transports import registry as reg
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -12,11 +15,21 @@ def cache_key_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
 
 
+@pytest.fixture
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No credentials or pushed-blob records of the machine; fast registry retries."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / "cache"))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """End-to-end tests prove nothing as root: refuse to run them so."""
+    """Builds and namespaces prove nothing as root: refuse to run those tests so."""
     if os.geteuid() != 0:
         return
-    reason = "builds must be tested as an unprivileged account: run `make test`"
+    reason = "builds and user namespaces must be tested as an unprivileged account: run `make test` or `make unit`"
     for item in items:
-        if "e2e" in item.keywords:
+        if "e2e" in item.keywords or "userns" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))

@@ -10,6 +10,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,34 @@ import pytest
 from debian.deb822 import Deb822
 
 FROZEN_MIRROR_APTOPT = 'Acquire::Check-Valid-Until "false"'
+
+
+@dataclass(frozen=True)
+class Config:
+    """A package selection both tools are asked for."""
+
+    suite: str
+    include: tuple[str, ...] = ()
+    frozen: bool = False
+
+    def lock_args(self) -> list[str]:
+        args = [self.suite]
+        if self.include:
+            args.append(f"--include={','.join(self.include)}")
+        if self.frozen:
+            args.append("--no-check-valid-until")
+        return args
+
+    def aptopts(self) -> list[str]:
+        return [FROZEN_MIRROR_APTOPT] if self.frozen else []
+
+
+CONFIGS = {
+    "bookworm": Config("bookworm"),
+    "sid": Config("sid", frozen=True),
+    "bookworm+hello,procps": Config("bookworm", include=("hello", "procps")),
+    "bookworm+systemd": Config("bookworm", include=("systemd",)),
+}
 
 
 def ocistrap(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None,
@@ -27,6 +56,34 @@ def ocistrap(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None 
     if check:
         assert result.returncode == 0, f"ocistrap {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
     return result
+
+
+def run(*argv: str, env: dict[str, str] | None = None) -> str:
+    """ARGV's standard output; it must succeed."""
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def locked(work: Path, cache_dir: Path) -> Callable[[str], Path]:
+    """`ocistrap lock` of a configuration (CONFIGS), made on first use."""
+    @cache
+    def make(name: str) -> Path:
+        out = work / f"{name}.lock"
+        ocistrap("lock", *CONFIGS[name].lock_args(), "--cache-dir", str(cache_dir), "-o", str(out))
+        return out
+    return make
 
 
 def start_interruptible(argv: Sequence[str], **popen: Any) -> subprocess.Popen:
@@ -332,6 +389,19 @@ def podman_environment(runtime_fallback: Path | None = None) -> dict[str, str]:
         runtime_fallback.mkdir(mode=0o700, exist_ok=True)
         env["XDG_RUNTIME_DIR"] = str(runtime_fallback)
     return env
+
+
+def podman_env_in(tmp_path: Path) -> dict[str, str]:
+    """podman_environment, with a runtime directory under TMP_PATH if the account has none."""
+    return podman_environment(runtime_fallback=tmp_path / "xdg-runtime")
+
+
+@pytest.fixture
+def podman_env() -> dict[str, str]:
+    try:
+        return podman_environment()
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 def remove_podman_images(names: Iterable[str]) -> None:

@@ -1,8 +1,13 @@
+import io
 import os
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
+from host_helpers import FakeHost
+from image_helpers import layer_tar, lockfile
 
-from ocistrap import bootstrap, sandbox
+from ocistrap import bootstrap, pipeline, sandbox
 from ocistrap.bootstrap import BootstrapError, Deb, Plan
 from ocistrap.lock import LockedArchive
 
@@ -79,25 +84,35 @@ def test_count_configured_ignores_setting_up_inside_a_line() -> None:
     assert bootstrap.count_configured(b"debconf: Setting up frontend\n  Setting up x\n") == (0, b"")
 
 
-def test_auto_mode_falls_back_to_single_uid_when_newuidmap_refuses(monkeypatch) -> None:
-    full = sandbox.IdMaps(uid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)),
-                          gid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)))
-    monkeypatch.setattr(sandbox, "build_mode", lambda mode: sandbox.Mode("unshare", full, "ranges"))
-    tried = []
-
-    def run(plan: Plan, sink, *, maps: sandbox.IdMaps, remove_on_exit, ready) -> list[str]:
+def refusing_runner(tried: list[tuple[bool, bool]], stream=lambda plan: f"layer of {plan.arch}"):
+    """A runner for the namespace kinds whose newuidmap refuses every full map; it passes
+    STREAM(plan) to the sink as the one layer."""
+    def run(plan: Plan, sink, *, maps: sandbox.IdMaps, remove_on_exit, ready) -> list:
         tried.append((maps.is_single, plan.record_owners))
         if not maps.is_single:
             raise sandbox.MapRefused("newuidmap refused the uid map 0 1000 1: write failed")
-        return ["layer"]
-    monkeypatch.setattr(bootstrap, "_bootstrap", run)
-    plan = Plan(arch="amd64", essential=[], rest=[], sources="", staging="/x/root", tmpfs=True, epoch=0,
-                debs_dir="/d")
-    assert bootstrap.bootstrap(plan, lambda stream: stream, mode="auto") == ["layer"]
+        return [sink(stream(plan))]
+    return run
+
+
+PLAN = Plan(arch="amd64", essential=[], rest=[], sources="", staging="/x/root", tmpfs=True, epoch=0, debs_dir="/d")
+
+
+def test_auto_mode_falls_back_to_single_uid_when_newuidmap_refuses(monkeypatch) -> None:
+    tried: list[tuple[bool, bool]] = []
+    monkeypatch.setitem(bootstrap.RUNNERS, "namespace", refusing_runner(tried))
+    installed = bootstrap.bootstrap(PLAN, lambda stream: stream, mode=sandbox.decide_mode("auto", FakeHost()))
+    assert installed.layers == ["layer of amd64"]
+    assert (installed.mode.name, installed.mode.fell_back_from) == ("single-uid", "unshare")
     assert tried == [(False, False), (True, True)]
+    tried.clear()
     with pytest.raises(sandbox.MapRefused):
-        tried.clear()
-        bootstrap.bootstrap(plan, lambda stream: stream, mode="unshare")
+        bootstrap.bootstrap(PLAN, lambda stream: stream, mode=sandbox.decide_mode("unshare", FakeHost()))
+    assert tried == [(False, False)]
+
+
+def test_every_kind_of_mode_has_a_runner() -> None:
+    assert {k.runner for k in sandbox.KINDS.values()} <= set(bootstrap.RUNNERS)
 
 
 def test_the_inner_half_waits_for_each_package_the_host_announces() -> None:
@@ -168,3 +183,20 @@ def test_phases_cross_to_the_outer_half_one_line_per_layer() -> None:
 @pytest.mark.parametrize("line", [b"", b"not json\n", b"[1, 2]\n", b'{"dpkg unpacking": "x"}\n'])
 def test_a_phase_report_that_is_not_one_gives_no_phases(line: bytes) -> None:
     assert bootstrap.read_phases(line) == []
+
+
+def test_a_second_architecture_does_not_retry_unshare_after_a_fallback(monkeypatch, tmp_path) -> None:
+    locked = lockfile(("amd64", "arm64"))
+    tried: list[tuple[bool, bool]] = []
+    monkeypatch.setitem(bootstrap.RUNNERS, "namespace", refusing_runner(
+        tried, lambda plan: io.BytesIO(layer_tar({"etc/arch": plan.arch.encode()}))))
+    pending = SimpleNamespace(ready=lambda: iter(()), paths=[], seconds=lambda: 0.0)
+    fetched = SimpleNamespace(pending={"amd64": pending, "arm64": pending}, close=lambda: None)
+    monkeypatch.setattr(pipeline, "fetch", lambda *args: fetched)
+    monkeypatch.setattr(pipeline, "make_plan", lambda lock, arch, *args, **kw: replace(PLAN, arch=arch))
+    (tmp_path / "partial").mkdir()
+    mode = sandbox.decide_mode("auto", FakeHost())
+    request = pipeline.BuildRequest(outputs=(), staging=pipeline.Staging(mode, tmp_path), epoch=0)
+    built = pipeline.build(locked, (), None, SimpleNamespace(root=tmp_path), request)  # type: ignore[arg-type]
+    assert tried == [(False, False), (True, True), (True, True)]
+    assert built.digest.startswith("sha256:")

@@ -17,7 +17,7 @@ import pytest
 from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
 from lockfetch_support import Archive
 from registry_fixture import free_port
-from test_transports import build_image
+from image_helpers import build_image
 
 from ocistrap.cli import main
 from ocistrap.transports import oci

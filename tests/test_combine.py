@@ -6,58 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
-from test_transports import layer_tar
+from image_helpers import build, layer_tar, lockfile
 
 from ocistrap import assemble, combine, image, layer
 from ocistrap.cli import main
 from ocistrap.image import Descriptor, Platform
-from ocistrap.lock import LockedArch, LockedArchive, LockedPackage, LockedRelease, Lockfile
+from ocistrap.lock import Lockfile
 from ocistrap.lock import write as write_lock
 from ocistrap.transports import oci, parse_reference
 from ocistrap.transports import registry as reg
 from ocistrap.verify import VerifyError, check_lock, verify
 
-RELEASE_SHA256 = "e" * 64
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No credentials or pushed-blob records of the machine; fast retries."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / "cache"))
-    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
-    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02))
-
-
-def lockfile(arches: tuple[str, ...] = ("amd64", "arm64"), release: str = RELEASE_SHA256) -> Lockfile:
-    locked_release = LockedRelease(path="dists/bookworm/InRelease", sha256=release,
-                                   date="2024-01-01T00:00:00+00:00", suite="stable", codename="bookworm")
-
-    def package(arch: str) -> LockedPackage:
-        return LockedPackage(name="base-files", version="12.4", architecture=arch,
-                             filename=f"pool/main/b/base-files/base-files_12.4_{arch}.deb", size=1,
-                             sha256="f" * 64, stage="essential")
-
-    return Lockfile(mirror="http://deb.debian.org/debian", suite="bookworm", components=("main",),
-                    variant="minbase", include=(), install_recommends=False,
-                    archives=(LockedArchive("http://deb.debian.org/debian", "bookworm"),),
-                    architectures={a: LockedArch(releases=(locked_release,), packages=(package(a),))
-                                   for a in arches})
-
-
-def build(layout: Path, arch: str, locked: Lockfile, *, annotations: dict[str, str] | None = None) -> Descriptor:
-    """A one-layer image for ARCH into LAYOUT, with the provenance of LOCKED, tagged ARCH."""
-    oci.init_layout(layout)
-    raw = layer_tar({"etc/arch": arch.encode()})
-    blob = layer.write_blob(io.BytesIO(raw), layout / "blobs" / "sha256", compression="gzip")
-    provenance = assemble.Provenance(suite=locked.suite, mirror=locked.mirror, lock_digest=locked.digest(),
-                                     release_sha256=locked.architectures[arch].releases[0].sha256)
-    desc = assemble.write_image(layout, arch, [assemble.Layer(blob, "test")], epoch=1700000000,
-                                options=assemble.ImageOptions(annotations=annotations or {}),
-                                provenance=provenance)
-    oci.write(layout, desc, layout, arch)
-    return desc
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 def docker(host: str, rest: str):

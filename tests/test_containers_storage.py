@@ -6,7 +6,8 @@ import shutil
 import subprocess
 
 import pytest
-from test_transports import build_image, podman_env
+from e2e_helpers import podman_env_in
+from image_helpers import build_image
 
 from ocistrap import image
 from ocistrap.transports import TransportError, containers_storage, oci, parse_reference
@@ -66,7 +67,7 @@ def test_image_lands_in_rootless_podman_storage(tmp_path, monkeypatch, tool):
     if shutil.which(tool) is None or shutil.which("podman") is None:
         pytest.skip(f"{tool} and podman are needed")
     monkeypatch.setattr(containers_storage, "TOOLS", (tool,))
-    env = podman_env(tmp_path)
+    env = podman_env_in(tmp_path)
     monkeypatch.setenv("XDG_RUNTIME_DIR", env["XDG_RUNTIME_DIR"])
     layout = tmp_path / "l"
     desc = build_image(layout, [{"etc/hostname": b"ocistrap\n"}, {"etc/os-release": b"ID=debian\n"}])
@@ -88,7 +89,7 @@ def test_image_lands_in_rootless_podman_storage(tmp_path, monkeypatch, tool):
 def test_index_stores_this_machine_s_platform(tmp_path, monkeypatch):
     if shutil.which("skopeo") is None or shutil.which("podman") is None:
         pytest.skip("skopeo and podman are needed")
-    env = podman_env(tmp_path)
+    env = podman_env_in(tmp_path)
     monkeypatch.setenv("XDG_RUNTIME_DIR", env["XDG_RUNTIME_DIR"])
     layout = tmp_path / "l"
     amd64 = build_image(layout, [{"etc/arch": b"amd64"}], arch="amd64")

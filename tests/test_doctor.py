@@ -1,51 +1,8 @@
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import pytest
+from host_helpers import ARM64_ENTRY, FakeHost
 
-from ocistrap import doctor
+from ocistrap import doctor, sandbox
 from ocistrap.doctor import Check
-
-ARM64_ENTRY = ("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\n"
-               "offset 0\nmagic 7f454c460201010000000000000000000200b700\n")
-
-
-@dataclass
-class FakeHost:
-    user: str = "alice"
-    files: dict[str, str] = field(default_factory=lambda: {
-        "/etc/subuid": "alice:100000:65536\n",
-        "/etc/subgid": "alice:100000:65536\n",
-        "/proc/sys/fs/binfmt_misc/status": "enabled\n",
-        "/proc/sys/fs/binfmt_misc/qemu-aarch64": ARM64_ENTRY,
-    })
-    userns: str | None = None
-    mappers: dict[str, tuple[str | None, str | None]] = field(default_factory=lambda: {
-        "newuidmap": ("/usr/bin/newuidmap", None), "newgidmap": ("/usr/bin/newgidmap", None)})
-    tools: dict[str, str] = field(default_factory=lambda: {"gpgv": "/usr/bin/gpgv"})
-    keyring_readable: bool = True
-    arch: str = "amd64"
-
-    def identity(self) -> tuple[str, int, int]:
-        return self.user, 1000, 1000
-
-    def userns_problem(self) -> str | None:
-        return self.userns
-
-    def mapper(self, name: str) -> tuple[str | None, str | None]:
-        return self.mappers[name]
-
-    def which(self, name: str) -> str | None:
-        return self.tools.get(name)
-
-    def read_text(self, path: Path) -> str | None:
-        return self.files.get(str(path))
-
-    def readable(self, path: Path) -> bool:
-        return self.keyring_readable
-
-    def native_arch(self) -> str:
-        return self.arch
 
 
 def _by_name(results: list[Check]) -> dict[str, Check]:
@@ -65,7 +22,7 @@ def test_a_healthy_host_passes_every_check() -> None:
 
 
 def test_missing_subuid_entry_says_what_to_add() -> None:
-    host = FakeHost(files={"/etc/subuid": "bob:100000:65536\n", "/etc/subgid": "alice:5:3\n"})
+    host = FakeHost(subuid="bob:100000:65536\n", subgid="alice:5:3\n")
     found = _by_name(doctor.checks([], mode="unshare", host=host))
     assert not found["subuid"].ok
     assert "sudo usermod --add-subuids 165536-231071 alice" in found["subuid"].detail
@@ -116,7 +73,7 @@ def test_format_checks_aligns_names() -> None:
     assert text == "ok    a       fine\nFAIL  longer  do this"
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_this_host_is_ready_for_native_builds() -> None:
     results = doctor.checks([doctor.native_arch()])
     assert all(c.ok for c in results), doctor.format_checks(results)
@@ -129,12 +86,13 @@ def test_auto_mode_uses_unshare_when_ranges_and_mappers_work() -> None:
 
 
 def test_auto_mode_falls_back_to_single_uid_and_says_why() -> None:
-    host = FakeHost(files={"/etc/subuid": "", "/etc/subgid": "",
-                           "/proc/sys/kernel/seccomp/actions_avail": "kill_process trap user_notif log allow"})
+    host = FakeHost(subuid="", subgid="",
+                    files={"/proc/sys/kernel/seccomp/actions_avail": "kill_process trap user_notif log allow"})
     results = doctor.checks([], host=host)
     found = _by_name(results)
     assert all(c.ok for c in results), doctor.format_checks(results)
-    assert found["build mode"].detail.startswith("single-uid, because subuid: /etc/subuid has no range for alice")
+    assert found["build mode"].detail.startswith("single-uid, because /etc/subuid has no range for alice")
+    assert found["build mode"].detail.endswith("(fix that to build in unshare mode)")
     assert found["subuid"].detail.startswith("not needed in single-uid mode: ")
     assert found["seccomp user notification"].ok
 
@@ -142,7 +100,7 @@ def test_auto_mode_falls_back_to_single_uid_and_says_why() -> None:
 def test_single_uid_needs_seccomp_user_notification() -> None:
     host = FakeHost(files={"/proc/sys/kernel/seccomp/actions_avail": "kill_process trap errno trace allow"})
     found = _by_name(doctor.checks([], mode="single-uid", host=host))
-    assert found["build mode"].detail.startswith("single-uid (requested)")
+    assert found["build mode"].detail == "single-uid: requested with --mode single-uid"
     assert not found["seccomp user notification"].ok
     assert "Linux 5.5" in found["seccomp user notification"].detail
 
@@ -151,5 +109,32 @@ def test_unshare_mode_fails_without_a_range() -> None:
     host = FakeHost(mappers={"newuidmap": (None, "install uidmap"), "newgidmap": ("/usr/bin/newgidmap", None)})
     found = _by_name(doctor.checks([], mode="unshare", host=host))
     assert not found["build mode"].ok
-    assert found["build mode"].detail == "unshare is not possible (newuidmap: install uidmap)"
+    assert found["build mode"].detail == "unshare is not possible (install uidmap)"
     assert not found["newuidmap"].ok
+
+
+def test_refused_user_namespaces_leave_no_mode() -> None:
+    found = _by_name(doctor.checks([], host=FakeHost(userns="enable it")))
+    assert found["build mode"] == Check("build mode", False, "no mode can build here (enable it)")
+
+
+HOSTS = {
+    "ranges": FakeHost(),
+    "no subuid": FakeHost(subuid=""),
+    "no subgid": FakeHost(subgid="alice:5:3\n"),
+    "no newuidmap": FakeHost(mappers={"newuidmap": (None, "install uidmap"),
+                                      "newgidmap": ("/usr/bin/newgidmap", None)}),
+    "userns refused": FakeHost(userns="enable it"),
+}
+
+
+@pytest.mark.parametrize("requested", sandbox.MODES)
+@pytest.mark.parametrize("host", HOSTS.values(), ids=HOSTS.keys())
+def test_doctor_says_what_the_build_decides(host: FakeHost, requested: str) -> None:
+    found = _by_name(doctor.checks([], mode=requested, host=host))["build mode"]
+    try:
+        mode = sandbox.decide_mode(requested, host)
+    except sandbox.SandboxError as e:
+        assert not found.ok and e.message in found.detail
+    else:
+        assert found == Check("build mode", True, mode.describe())

@@ -20,42 +20,15 @@ from pathlib import Path
 import pytest
 from debian.deb822 import Deb822
 
-from e2e_helpers import (FROZEN_MIRROR_APTOPT, HostDirs, Tree, assert_nothing_foreign, auto_installed,
-                         descendants, installed, mmdebstrap, mmdebstrap_differences, ocistrap, podman_environment,
-                         printed_digests, read_members, read_tree, start_interruptible, wait_gone)
+from e2e_helpers import (CONFIGS, HostDirs, Tree, assert_nothing_foreign, auto_installed, descendants, installed,
+                         mmdebstrap, mmdebstrap_differences, ocistrap, printed_digests, read_members, read_tree, run,
+                         start_interruptible, wait_gone)
+from e2e_helpers import cache_dir, locked, podman_env, work  # noqa: F401  (fixtures)
 from ocistrap import lock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 SOURCE_DATE_EPOCH = "1700000000"
-
-
-@dataclass(frozen=True)
-class Config:
-    """A package selection both tools are asked for."""
-
-    suite: str
-    include: tuple[str, ...] = ()
-    frozen: bool = False
-
-    def lock_args(self) -> list[str]:
-        args = [self.suite]
-        if self.include:
-            args.append(f"--include={','.join(self.include)}")
-        if self.frozen:
-            args.append("--no-check-valid-until")
-        return args
-
-    def aptopts(self) -> list[str]:
-        return [FROZEN_MIRROR_APTOPT] if self.frozen else []
-
-
-CONFIGS = {
-    "bookworm": Config("bookworm"),
-    "sid": Config("sid", frozen=True),
-    "bookworm+hello,procps": Config("bookworm", include=("hello", "procps")),
-    "bookworm+systemd": Config("bookworm", include=("systemd",)),
-}
 
 
 @dataclass(frozen=True)
@@ -72,16 +45,6 @@ class Built:
         return f"oci:{self.layout}:{self.tag}"
 
 
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("e2e")
-
-
 @pytest.fixture(scope="module")
 def reference(work: Path) -> Callable[[str], Path]:
     """mmdebstrap's tarball of a configuration, made on first use."""
@@ -90,17 +53,6 @@ def reference(work: Path) -> Callable[[str], Path]:
         config = CONFIGS[name]
         return mmdebstrap(config.suite, work / f"mmdebstrap-{name}.tar", include=config.include,
                           aptopts=config.aptopts())
-    return make
-
-
-@pytest.fixture(scope="module")
-def locked(work: Path, cache_dir: Path) -> Callable[[str], Path]:
-    """`ocistrap lock` of a configuration, made on first use."""
-    @cache
-    def make(name: str) -> Path:
-        out = work / f"{name}.lock"
-        ocistrap("lock", *CONFIGS[name].lock_args(), "--cache-dir", str(cache_dir), "-o", str(out))
-        return out
     return make
 
 
@@ -298,12 +250,6 @@ def test_auto_mode_falls_back_to_single_uid_inside_a_user_namespace(main_build, 
 
 # ---- 5. real tools accept the output ----
 
-def run(*argv: str, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr}"
-    return result.stdout
-
-
 def test_verify_skopeo_and_umoci_accept_the_layout(main_build, work):
     assert "ok" in ocistrap("verify", main_build.oci).stdout.lower()
     assert ocistrap("verify", f"oci-archive:{work / 'main' / 'image.tar'}:bookworm").returncode == 0
@@ -315,14 +261,6 @@ def test_verify_skopeo_and_umoci_accept_the_layout(main_build, work):
 
 
 
-
-
-@pytest.fixture
-def podman_env() -> dict[str, str]:
-    try:
-        return podman_environment()
-    except RuntimeError as e:
-        pytest.fail(str(e))
 
 
 def test_podman_runs_the_docker_archive(main_build, work, podman_env):

@@ -55,10 +55,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     return rootfs, oci, result.stderr
 
 
-def test_doctor_says_single_uid_and_why() -> None:
+def test_doctor_says_single_uid_and_why_as_the_build_does(built) -> None:
     result = ocistrap("doctor")
     line = next(l for l in result.stdout.splitlines() if "build mode" in l)
-    assert line.startswith("ok") and f"single-uid, because subuid: /etc/subuid has no range for {getpass.getuser()}" in line
+    assert line.startswith("ok") and f"single-uid, because /etc/subuid has no range for {getpass.getuser()}" in line
+    reason = line.split("single-uid, because ", 1)[1].removesuffix(" (fix that to build in unshare mode)")
+    assert f"sandbox: single-uid mode ({reason})" in built[2]
 
 
 def test_build_falls_back_to_single_uid_and_says_so(built) -> None:

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import PODMAN, member_name, ocistrap, printed_digests, read_members
-from e2e_helpers import podman_images  # noqa: F401  (shared fixture)
+from e2e_helpers import PODMAN, member_name, ocistrap, printed_digests, read_members, run
+from e2e_helpers import cache_dir, locked, podman_env, podman_images, work  # noqa: F401  (shared fixtures)
 from ocistrap import lock
 from ocistrap.transports import oci
 from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, RealRegistry, free_port
-from test_e2e_build import cache_dir, locked, podman_env, run, work  # noqa: F401  (shared fixtures)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 

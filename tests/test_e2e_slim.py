@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import PODMAN, member_name, ocistrap, printed_digests
-from e2e_helpers import podman_images  # noqa: F401  (shared fixture)
+from e2e_helpers import PODMAN, member_name, ocistrap, printed_digests, run
+from e2e_helpers import cache_dir, locked, podman_env, podman_images, work  # noqa: F401  (shared fixtures)
 from ocistrap import lock, slim
 from ocistrap.transports import oci
-from test_e2e_build import cache_dir, locked, podman_env, run, work  # noqa: F401  (shared fixtures)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 

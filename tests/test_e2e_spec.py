@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import ocistrap, printed_digests
+from e2e_helpers import ocistrap, printed_digests, run
+from e2e_helpers import cache_dir, podman_env, work  # noqa: F401  (shared fixtures)
 from ocistrap import lock
-from test_e2e_build import cache_dir, podman_env, run, work  # noqa: F401  (shared fixtures)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 

@@ -21,7 +21,7 @@ from ocistrap.errors import OcistrapError
 from ocistrap.image import Descriptor
 from ocistrap.transports import oci, parse_reference
 from ocistrap.verify import verify
-from test_transports import build_image
+from image_helpers import build_image
 
 DIGEST = "sha256:" + "a" * 64
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,7 +6,7 @@ from importlib import resources
 
 import pytest
 
-from ocistrap import image
+from ocistrap import image, schema
 from ocistrap.image import (
     Descriptor,
     ImageError,
@@ -203,12 +203,28 @@ def test_make_manifest_refuses_wrong_media_types():
         ("oci-config", lambda d: d.update(created="yesterday")),
         ("oci-config", lambda d: d["config"].update(Env=["NOEQUALS"])),
         ("oci-config", lambda d: d["config"].update(ExposedPorts={"80/tcp": {"x": 1}})),
+        # through the definitions the OCI schemas share (oci-defs.schema.json)
+        ("oci-manifest", lambda d: d["config"].update(digest="sha512:" + "a" * 64)),
+        ("oci-manifest", lambda d: d["layers"][0].update(size=-1)),
+        ("oci-manifest", lambda d: d.update(subject={"mediaType": image.MEDIA_TYPE_MANIFEST, "size": 1})),
+        ("oci-manifest", lambda d: d.update(artifactType="no-slash")),
+        ("oci-index", lambda d: d["manifests"][0].update(platform={"architecture": "amd64"})),
+        ("oci-index", lambda d: d["manifests"][0].update(platform={"architecture": "arm64", "os": "linux",
+                                                                      "os.features": "not a list"})),
+        ("oci-index", lambda d: d["manifests"][0].update(annotations={"k": None})),
+        ("oci-index", lambda d: d.update(annotations=["k"])),
+        ("oci-descriptor", lambda d: d.update(digest="sha256:short")),
+        ("oci-descriptor", lambda d: d.update(urls="http://x")),
+        ("oci-descriptor", lambda d: d.pop("mediaType")),
+        ("oci-config", lambda d: d["rootfs"].update(diff_ids=["sha256:" + "A" * 64])),
+        ("oci-config", lambda d: d["config"].update(Cmd="sh -c x")),
     ],
 )
 def test_schemas_reject_violations(schema, change):
     docs = {
         "oci-manifest": make_manifest(config_descriptor(), [layer()]),
-        "oci-index": make_index([layer()]),
+        "oci-index": make_index([Descriptor.of(b"{}", image.MEDIA_TYPE_MANIFEST, platform=debian_platform("arm64"))]),
+        "oci-descriptor": layer().to_json(),
         "oci-config": make_config(arch="amd64", created=0, diff_ids=[DIGEST_A]),
     }
     doc = json.loads(json.dumps(docs[schema]))
@@ -224,11 +240,27 @@ def test_config_accepts_null_optional_fields():
     validate(config, "oci-config", what="config")
 
 
-def test_schema_files_share_one_definitions_block():
-    """Each schema is self-contained (schema.validate has no cross-file $ref resolution); keep their $defs identical."""
-    names = ["oci-descriptor", "oci-manifest", "oci-index", "oci-config"]
-    blocks = [json.loads(resources.files("ocistrap.specs").joinpath(f"{n}.schema.json").read_text())["$defs"] for n in names]
-    assert all(block == blocks[0] for block in blocks)
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [*([node["$ref"]] if "$ref" in node else []), *(r for v in node.values() for r in _refs(v))]
+    return [r for v in node for r in _refs(v)] if isinstance(node, list) else []
+
+
+SCHEMAS = sorted(p.name.removesuffix(".schema.json") for p in resources.files("ocistrap.specs").iterdir()
+                 if p.name.endswith(".schema.json"))
+
+
+@pytest.mark.parametrize("name", SCHEMAS)
+def test_every_reference_of_a_schema_resolves_in_the_registry(name):
+    resolver = schema.registry().resolver(schema.load(name)["$id"])
+    assert all(resolver.lookup(ref).contents is not None for ref in _refs(schema.load(name)))
+
+
+def test_the_oci_schemas_define_nothing_of_their_own_that_they_share():
+    """Descriptor, digest, platform and annotations live once, in oci-defs."""
+    for name in ("oci-descriptor", "oci-manifest", "oci-index", "oci-config"):
+        assert "$defs" not in schema.load(name)
+        assert any(ref.startswith("oci-defs.schema.json#/$defs/") for ref in _refs(schema.load(name)))
 
 
 def test_canonical_json_is_sorted_compact_utf8():

@@ -629,7 +629,7 @@ def test_module_entry_point_reports_errors(tmp_path: Path) -> None:
     assert result.returncode == 1 and "cannot list" in result.stderr and result.stdout == ""
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_inside_a_user_namespace_owners_are_in_image_ids(tree: Path, blobs: Path) -> None:
     """As mapped root the walker sees the invoking user's files as uid 0, and says so."""
     proc = subprocess.Popen(

@@ -625,14 +625,14 @@ def _child(live: dict[str, Any], name: str) -> list[Any]:
     return out.splitlines()
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_without_the_recorder_chown_fails_with_einval(live: dict[str, Any]) -> None:
     assert live["without"] == errno.EINVAL
     rc, _, err = live["children"]["without"]
     assert rc != 0 and "Invalid argument" in err
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_chown_is_recorded_and_shown_to_children(live: dict[str, Any]) -> None:
     stat_out, ls_out = _child(live, "chown")
     assert stat_out == "42:43"
@@ -643,25 +643,25 @@ def test_live_chown_is_recorded_and_shown_to_children(live: dict[str, Any]) -> N
     assert live["parent_sees"] == [0, True], "the bootstrap itself must see the staging tree as it is"
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_python_stat_calls_are_faked(live: dict[str, Any]) -> None:
     assert _child(live, "pystat") == ["42 43 42 42 43 True"]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_symlink_and_partial_chown(live: dict[str, Any]) -> None:
     assert _child(live, "link") == ["42:43", "5:5"]
     assert live["shown"]["link"][:3] == [5, 5, "lrwxrwxrwx"]
     assert _child(live, "partial") == ["6:9"]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_chown_of_missing_file_fails(live: dict[str, Any]) -> None:
     rc, _, err = live["children"]["missing"]
     assert rc != 0 and "No such file" in err
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_mknod_records_devices(live: dict[str, Any]) -> None:
     stat_out, ls_out = _child(live, "mknod")
     assert stat_out == "character special file:1:3:0"
@@ -671,28 +671,28 @@ def test_live_mknod_records_devices(live: dict[str, Any]) -> None:
     assert live["shown"]["fifo"][2] == "prw-r--r--"
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_copies_carry_recorded_owner_and_type(live: dict[str, Any]) -> None:
     assert _child(live, "cp") == ["42:43"]
     assert live["shown"]["copy"][:2] == [42, 43]
     assert live["shown"]["devcopy"] == [0, 0, "crw-r--r--", 1, 3, 0]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_dir_fd_fd_and_empty_path(live: dict[str, Any]) -> None:
     _child(live, "dirfd")
     shown = live["shown"]
     assert [shown[p][:2] for p in ("sub/g", "sub/h", "sub/e", "sub/l")] == [[7, 8], [9, 10], [11, 12], [13, 14]]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_chown_clears_set_id_bits(live: dict[str, Any]) -> None:
     _child(live, "setid")
     assert live["modes"] == {"s": 0o755, "s2": 0o755, "g2": 0o2745, "sd": 0o2755}
     assert [live["shown"][n][:2] for n in ("s", "s2", "g2", "sd")] == [[1, 1]] * 4
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_removed_file_loses_its_record(live: dict[str, Any]) -> None:
     _child(live, "gone1")
     _child(live, "gone2")
@@ -703,7 +703,7 @@ def test_live_removed_file_loses_its_record(live: dict[str, Any]) -> None:
     assert live["shown"]["hl2"][:2] == [30, 30]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_refused_removals_keep_records(live: dict[str, Any]) -> None:
     _child(live, "dirs")
     assert _child(live, "refused") == [str(errno.EISDIR), str(errno.ENOTDIR)]
@@ -712,7 +712,7 @@ def test_live_refused_removals_keep_records(live: dict[str, Any]) -> None:
     assert live["rd_forgotten"]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_rename(live: dict[str, Any]) -> None:
     _child(live, "rename1")
     _child(live, "rename2")
@@ -725,7 +725,7 @@ def test_live_rename(live: dict[str, Any]) -> None:
     assert live["shown"]["xa"][:2] == [51, 51] and live["shown"]["xb"][:2] == [50, 50]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_chrooted_child(live: dict[str, Any]) -> None:
     assert _child(live, "chroot") == ["12 15 True"]
     shown = live["shown"]
@@ -733,17 +733,17 @@ def test_live_chrooted_child(live: dict[str, Any]) -> None:
     assert shown["jail/n"][2:5] == ["crw-------", 5, 1]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_fchown_of_a_closed_fd_fails_with_ebadf(live: dict[str, Any]) -> None:
     assert live["bugs"]["fchown_closed_fd"] == errno.EBADF
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_fstat_of_closed_fd_fails_with_ebadf(live: dict[str, Any]) -> None:
     assert live["bugs"]["fstat_closed_fd"] == errno.EBADF
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_live_fchown_of_at_fdcwd_fails_with_ebadf(live: dict[str, Any]) -> None:
     assert live["bugs"]["fchown_at_fdcwd"] == errno.EBADF
     assert live["bugs_dir_recorded"] is False

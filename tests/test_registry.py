@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, free_port
-from test_transports import build_image
+from image_helpers import build_image
 
 from ocistrap import auth, image
 from ocistrap.image import Descriptor

@@ -1,4 +1,5 @@
 import errno
+import re
 import fcntl
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from e2e_helpers import start_interruptible
+from host_helpers import FULL, FakeHost
 
 from ocistrap import sandbox
 from ocistrap.sandbox import IdMaps, IdRange, SandboxError, SubIdRange
@@ -248,7 +250,7 @@ def _inside(code: str, **kwargs: object) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_spawn_runs_as_root_with_the_full_map() -> None:
     proc = sandbox.spawn(["sh", "-c", "id -u; id -g; cat /proc/self/uid_map; echo $$"],
                          stdout=subprocess.PIPE)
@@ -258,7 +260,7 @@ def test_spawn_runs_as_root_with_the_full_map() -> None:
     assert out == ["0", "0", "0", str(os.getuid()), "1", "1", str(subordinate), "65535", "2"]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_the_sandbox_has_no_network() -> None:
     result = _inside("""
         import socket
@@ -273,7 +275,7 @@ def test_the_sandbox_has_no_network() -> None:
     assert interfaces == "['lo']" and failure.endswith("Error")
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_spawn_propagates_exit_status_signals_and_pipes() -> None:
     assert sandbox.spawn(["sh", "-c", "exit 7"]).wait() == 7
     assert sandbox.spawn(["sh", "-c", "kill -TERM $$"]).wait() == 128 + signal.SIGTERM
@@ -282,20 +284,20 @@ def test_spawn_propagates_exit_status_signals_and_pipes() -> None:
     assert proc.communicate(b"hello", timeout=30)[0] == b"HELLO"
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_terminate_reaches_the_payload() -> None:
     proc = sandbox.spawn(["sleep", "1000"])
     proc.terminate()
     assert proc.wait(timeout=10) == 128 + signal.SIGTERM
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_spawn_reports_a_missing_command() -> None:
     with pytest.raises(SandboxError, match="cannot run no-such-command in the sandbox"):
         sandbox.spawn(["no-such-command"])
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_spawn_reports_a_map_newuidmap_refuses() -> None:
     maps = sandbox.load_maps()
     foreign = (maps.uid[0], IdRange(1, 7000000, 65535))
@@ -303,7 +305,7 @@ def test_spawn_reports_a_map_newuidmap_refuses() -> None:
         sandbox.spawn(["true"], maps=IdMaps(uid=foreign, gid=maps.gid))
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_missing_subuid_entry_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "subuid").write_text("someone-else:100000:65536\n")
     with pytest.raises(SandboxError) as e:
@@ -311,12 +313,12 @@ def test_missing_subuid_entry_is_a_clear_error(tmp_path: Path) -> None:
     assert "has no range for" in str(e.value) and "usermod --add-subuids" in str(e.value)
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_probe_userns_finds_user_namespaces_usable() -> None:
     assert sandbox.probe_userns() is None
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_staging_tmpfs_keeps_owners(tmp_path: Path) -> None:
     result = _inside(f"""
         import os
@@ -335,7 +337,7 @@ def test_staging_tmpfs_keeps_owners(tmp_path: Path) -> None:
     assert list((tmp_path / "staging").iterdir()) == []
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_bind_mount_readonly() -> None:
     result = _inside("""
         import tempfile
@@ -388,7 +390,7 @@ CHROOT_PAYLOAD = """
 """
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_prepare_chroot_run_and_release(tmp_path: Path) -> None:
     proc = sandbox.spawn([sys.executable, "-c", textwrap.dedent(CHROOT_PAYLOAD),
                           str(tmp_path / "root")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -398,7 +400,7 @@ def test_prepare_chroot_run_and_release(tmp_path: Path) -> None:
                                          "dev []", "proc []", "sys []", "usr []"]
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_remove_tree_deletes_files_of_subordinate_ids(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     result = _inside(f"""
@@ -438,7 +440,7 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 @pytest.mark.parametrize("how", ["SIGKILL to the caller", "Ctrl-C to the process group"])
 def test_killing_the_caller_kills_the_whole_sandbox(how: str) -> None:
     marker = f"1000.{uuid.uuid4().int % 10**9}"
@@ -473,7 +475,7 @@ def _assert_foreign(root: Path) -> None:
         list((root / "a").iterdir())
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 @pytest.mark.parametrize("end", ["exit", "terminate", "kill"])
 def test_remove_on_exit_deletes_the_tree_before_wait_returns(end: str, tmp_path: Path) -> None:
     root = tmp_path / "work"
@@ -492,7 +494,7 @@ def test_remove_on_exit_deletes_the_tree_before_wait_returns(end: str, tmp_path:
     proc.stdout.close()
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_remove_on_exit_needs_a_directory(tmp_path: Path) -> None:
     with pytest.raises(SandboxError, match="cannot open the directory .*missing"):
         sandbox.spawn(["true"], remove_on_exit=tmp_path / "missing")
@@ -509,7 +511,7 @@ KILLED_BUILDER = """
 """
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 @pytest.mark.parametrize("how", ["SIGKILL to the caller", "Ctrl-C to the process group"])
 def test_remove_on_exit_outlives_the_caller(how: str, tmp_path: Path) -> None:
     marker = f"1000.{uuid.uuid4().int % 10**9}"
@@ -536,7 +538,7 @@ def test_remove_on_exit_outlives_the_caller(how: str, tmp_path: Path) -> None:
     assert _processes_with(marker) == []
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_scratch_dir_sweeps_foreign_leftovers_but_not_a_live_sandbox(tmp_path: Path) -> None:
     stale, live = tmp_path / "build-stale", tmp_path / "build-live"
     stale.mkdir()
@@ -555,48 +557,78 @@ def test_scratch_dir_sweeps_foreign_leftovers_but_not_a_live_sandbox(tmp_path: P
     assert list(tmp_path.iterdir()) == []
 
 
-# ---- choosing the mode ----
+# ---- deciding the mode ----
 
-FULL = sandbox.IdMaps(uid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)),
-                      gid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)))
-
-
-def _no_range() -> sandbox.IdMaps:
-    raise sandbox.SandboxError("/etc/subuid has no range for alice", hint="add one")
+NO_MAPPER = {"newuidmap": (None, "newuidmap is not installed: run `sudo apt install uidmap`"),
+             "newgidmap": ("/usr/bin/newgidmap", None)}
+REFUSED = "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0)"
 
 
 def test_auto_mode_takes_unshare_when_the_ranges_work() -> None:
-    mode = sandbox.choose_mode("auto", subid_maps=lambda: FULL, mappers=lambda: None, own_ids=(1000, 1000))
+    mode = sandbox.decide_mode("auto", FakeHost())
     assert (mode.name, mode.maps, mode.records_owners) == ("unshare", FULL, False)
+    assert mode.reason == "65536 ids mapped from /etc/subuid and /etc/subgid"
+    assert [m.name for m in mode.fallbacks] == ["single-uid"]
 
 
 def test_auto_mode_falls_back_to_single_uid_and_says_why() -> None:
-    mode = sandbox.choose_mode("auto", subid_maps=_no_range, mappers=lambda: None, own_ids=(1000, 1001))
+    mode = sandbox.decide_mode("auto", FakeHost(subuid="", ids=(1000, 1001)))
     assert mode.name == "single-uid" and mode.records_owners
     assert mode.maps == sandbox.IdMaps.single(1000, 1001) and mode.maps.is_single
-    assert mode.reason == "/etc/subuid has no range for alice; owners are recorded instead of applied"
+    assert mode.reason == ("/etc/subuid has no range for alice; the sandbox needs 65536 subordinate uids; "
+                           "owners are recorded instead of applied")
+    assert mode.fell_back_from == "unshare" and mode.fallbacks == ()
 
 
-def test_auto_mode_falls_back_when_a_mapper_is_unusable() -> None:
-    def broken() -> None:
-        raise sandbox.SandboxError("newuidmap is not installed")
-    mode = sandbox.choose_mode("auto", subid_maps=lambda: FULL, mappers=broken, own_ids=(1000, 1000))
+def test_auto_mode_falls_back_when_a_mapper_is_missing() -> None:
+    mode = sandbox.decide_mode("auto", FakeHost(mappers=NO_MAPPER))
     assert mode.name == "single-uid" and mode.reason.startswith("newuidmap is not installed")
 
 
 def test_unshare_mode_raises_what_is_missing() -> None:
-    with pytest.raises(sandbox.SandboxError, match="no range for alice"):
-        sandbox.choose_mode("unshare", subid_maps=_no_range, mappers=lambda: None, own_ids=(1000, 1000))
+    with pytest.raises(SandboxError, match="no range for alice") as raised:
+        sandbox.decide_mode("unshare", FakeHost(subgid="bob:100000:65536\n"))
+    assert "sudo usermod --add-subgids 165536-231071 alice" in str(raised.value)
+    with pytest.raises(SandboxError, match="newuidmap is not installed"):
+        sandbox.decide_mode("unshare", FakeHost(mappers=NO_MAPPER))
 
 
-def test_single_uid_mode_needs_no_range() -> None:
-    mode = sandbox.choose_mode("single-uid", subid_maps=_no_range, mappers=_no_range, own_ids=(5, 6))
+def test_requested_modes_have_no_fallback() -> None:
+    for requested in ("unshare", "single-uid"):
+        mode = sandbox.decide_mode(requested, FakeHost())
+        assert (mode.name, mode.reason, mode.fallbacks) == (requested, f"requested with --mode {requested}", ())
+
+
+def test_single_uid_mode_needs_no_range_nor_mapper() -> None:
+    mode = sandbox.decide_mode("single-uid", FakeHost(subuid="", subgid="", mappers=NO_MAPPER, ids=(5, 6)))
     assert mode.name == "single-uid" and mode.maps == sandbox.IdMaps.single(5, 6)
 
 
+@pytest.mark.parametrize("requested", sandbox.MODES)
+def test_no_mode_builds_when_user_namespaces_are_refused(requested: str) -> None:
+    with pytest.raises(SandboxError, match=re.escape(REFUSED)):
+        sandbox.decide_mode(requested, FakeHost(userns=REFUSED, subuid=""))
+
+
 def test_unknown_mode_is_refused() -> None:
-    with pytest.raises(sandbox.SandboxError, match="unknown mode 'root'"):
-        sandbox.build_mode("root")
+    with pytest.raises(SandboxError, match="unknown mode 'root'"):
+        sandbox.decide_mode("root", FakeHost())
+
+
+def test_a_fallback_at_run_time_says_why_and_is_not_offered_twice() -> None:
+    refused = sandbox.MapRefused("newuidmap refused the uid map 0 1000 1: write failed")
+    mode = sandbox.decide_mode("auto", FakeHost()).fallback(refused)
+    assert (mode.name, mode.fell_back_from) == ("single-uid", "unshare")
+    assert mode.reason == "newuidmap refused the uid map 0 1000 1: write failed; owners are recorded instead of applied"
+    assert mode.describe().startswith("single-uid, because newuidmap refused")
+    with pytest.raises(sandbox.MapRefused):
+        mode.fallback(refused)
+
+
+def test_a_requested_mode_raises_the_problem_instead_of_falling_back() -> None:
+    refused = sandbox.MapRefused("newuidmap refused the uid map")
+    with pytest.raises(sandbox.MapRefused):
+        sandbox.decide_mode("unshare", FakeHost()).fallback(refused)
 
 
 def test_full_maps_are_not_single() -> None:

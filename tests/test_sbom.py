@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_combine import build, isolated, lockfile  # noqa: F401  (isolated: an autouse fixture)
+from image_helpers import build, lockfile
 
 from ocistrap import sbom
 from ocistrap.cli import main

@@ -1,11 +1,8 @@
 """Reference parsing and the local transports (oci, oci-archive, docker-archive), with real clients.
 
-The tiny images here are built from generated layer tars; the helpers at the
-top are shared with test_verify.py (``ocistrap.layer`` is not used, so these
-tests stand on their own).
+The tiny images here are built from generated layer tars (tests/image_helpers.py).
 """
 
-import gzip
 import io
 import json
 import multiprocessing
@@ -15,15 +12,13 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
-import zstandard
 
-from e2e_helpers import podman_environment
+from e2e_helpers import podman_env_in
+from image_helpers import build_image
 from ocistrap import image
-from ocistrap.image import Descriptor
 from ocistrap.transports import (
     Reference,
     TransportError,
@@ -35,46 +30,6 @@ from ocistrap.transports import (
     replacing,
 )
 from ocistrap.transports import write as write_to
-
-COMPRESSORS = {
-    image.MEDIA_TYPE_LAYER: lambda raw: raw,
-    image.MEDIA_TYPE_LAYER_GZIP: lambda raw: gzip.compress(raw, mtime=0),
-    image.MEDIA_TYPE_LAYER_ZSTD: lambda raw: zstandard.ZstdCompressor().compress(raw),
-}
-
-
-def layer_tar(files: Mapping[str, bytes]) -> bytes:
-    """A reproducible uncompressed layer tar holding FILES."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def build_image(
-    root: Path,
-    layers: Sequence[Mapping[str, bytes]] = ({"etc/hostname": b"ocistrap\n"},),
-    *,
-    media_type: str = image.MEDIA_TYPE_LAYER_GZIP,
-    arch: str = "amd64",
-    created: int = 0,
-) -> Descriptor:
-    """Write a small image's blobs into the layout ROOT; return its manifest descriptor (untagged)."""
-    oci.init_layout(root)
-    raws = [layer_tar(files) for files in layers]
-    layer_descs = []
-    for raw in raws:
-        blob = COMPRESSORS[media_type](raw)
-        oci.put_bytes(root, blob)
-        layer_descs.append(Descriptor.of(blob, media_type))
-    config = image.make_config(arch=arch, created=created, diff_ids=[image.sha256_digest(r) for r in raws])
-    config_desc = oci.put_json(root, config, image.MEDIA_TYPE_CONFIG)
-    manifest = image.make_manifest(config_desc, layer_descs)
-    return oci.put_json(root, manifest, image.MEDIA_TYPE_MANIFEST, platform=image.debian_platform(arch))
-
 
 def blob_files(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "blobs" / "sha256").iterdir())
@@ -522,10 +477,6 @@ def test_umoci_unpacks_our_layout(tmp_path):
     assert runtime["process"]["args"] == ["bash"]
 
 
-def podman_env(tmp_path: Path) -> dict[str, str]:
-    return podman_environment(runtime_fallback=tmp_path / "xdg-runtime")
-
-
 @pytest.mark.e2e
 @needs("podman")
 def test_podman_loads_our_docker_archive(tmp_path):
@@ -535,7 +486,7 @@ def test_podman_loads_our_docker_archive(tmp_path):
     diff_ids = oci.read_json(build, config)["rootfs"]["diff_ids"]
     name = f"localhost/ocistrap-test-load:{os.getpid()}"
     docker_archive.write(build, desc, tmp_path / "d.tar", [name])
-    env = podman_env(tmp_path)
+    env = podman_env_in(tmp_path)
     podman = ("podman", "--log-level=error")
     try:
         assert name in run(*podman, "load", "-i", str(tmp_path / "d.tar"), env=env)

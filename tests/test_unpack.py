@@ -456,7 +456,7 @@ ATTACKS = {
 }
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_build_with_a_hostile_essential_deb_fails_and_touches_nothing(attack: str, repo: RepoBuilder,
                                                                       http_mirror, signing_key, tmp_path: Path) -> None:
@@ -500,7 +500,7 @@ print(Path(root, home.lstrip("/"), "pwned").read_text())
 """
 
 
-@pytest.mark.e2e
+@pytest.mark.userns
 def test_the_chroot_holds_even_with_the_member_checks_switched_off(tmp_path: Path) -> None:
     """The second wall alone: '..' stops at the chroot's /, so the write lands inside the staging root."""
     from ocistrap import expand, sandbox

@@ -14,7 +14,7 @@ from ocistrap import image
 from ocistrap.image import Descriptor
 from ocistrap.transports import docker_archive, oci, oci_archive, parse_reference
 from ocistrap.verify import VerifyError, sniff_compression, verify
-from test_transports import build_image, layer_tar
+from image_helpers import build_image, layer_tar
 
 
 def tagged(tmp_path: Path, **kwargs) -> tuple[Path, Descriptor]:
