@@ -9,14 +9,14 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocistrap import __version__, combine, doctor, lock, log, pipeline, sandbox, sbom, settings
+from ocistrap import __version__, combine, doctor, lock, log, pipeline, sandbox, sbom, settings, transports
 from ocistrap.assemble import ImageOptions
 from ocistrap.cache import Cache, Entry, default_root
 from ocistrap.doctor import native_arch
 from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.fetch import Fetcher
 from ocistrap.mirror import Source
-from ocistrap.transports import TRANSPORTS, open_image, parse_reference, registry
+from ocistrap.transports import BadReference, Shape, parse_reference, registry
 from ocistrap.verify import check_lock, verify
 
 
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("push", help="push an image from an OCI layout or archive to a registry")
     p.add_argument("source", help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
-    p.add_argument("destination", help="registry reference, e.g. registry.example/debian:bookworm")
+    p.add_argument("destination", help="registry reference, e.g. registry.example/debian:bookworm "
+                                       "(or any other output, as -o takes)")
     settings.add_options(p, "push")
     p.set_defaults(run=cmd_push)
 
@@ -57,14 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_logout)
 
     p = commands.add_parser("verify", help="check every digest, diff_id and document of an image")
-    p.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or docker://REF")
+    p.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or a registry "
+                                     "reference (docker:// optional)")
     p.add_argument("--lock", type=Path, default=None,
                    help="also prove the image was built from this lockfile (its digest and Release in the manifest)")
     settings.add_options(p, "verify")
     p.set_defaults(run=cmd_verify)
 
     p = commands.add_parser("sbom", help="print the SPDX SBOM attached to an image")
-    p.add_argument("reference", help="oci:DIR[:TAG] or docker://REF (docker:// optional)")
+    p.add_argument("reference", help="oci:DIR[:TAG] or a registry reference (docker:// optional)")
     p.add_argument("--arch", default=None, help="for a multi-architecture image: whose SBOM (a Debian architecture)")
     settings.add_options(p, "sbom")
     p.set_defaults(run=cmd_sbom)
@@ -196,13 +198,15 @@ def cmd_build(args: argparse.Namespace) -> int:
         if s.slim and not locked.slim:
             raise UsageError(f"{s.lock} was locked without --slim",
                              hint=f"lock again with --slim, e.g. `ocistrap lock {locked.suite} --slim`")
-        pipeline.require_runnable(locked.architectures)
+        architectures, layers = tuple(locked.architectures), locked.layers
     elif s.suite is None:
         raise UsageError("name a suite (e.g. `ocistrap build bookworm`), a lockfile with --lock "
                          "or a spec file with -f")
     else:
-        pipeline.require_runnable(s.architectures or [native_arch()])
+        architectures, layers = s.architectures or (native_arch(),), s.layers
         locked = None
+    transports.check(s.outputs + s.push, Shape(platforms=len(architectures), layers=len(layers) + 1))
+    pipeline.require_runnable(architectures)
     mode = sandbox.decide_mode(s.mode)  # once, before any download: a mode that cannot work fails here
     fetcher, cache = Fetcher(offline=s.offline), _cache(s)
     if locked is None:
@@ -223,10 +227,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    destination = settings.registry_reference(args.destination)
-    with open_image(parse_reference(args.source)) as (layout, desc):
-        digest = registry.push(layout, desc, destination, tls_verify=args.tls_verify)
-    print(f"{destination} {digest}")
+    """Copy an image from a layout or archive to any place (a registry, most often)."""
+    source, destination = parse_reference(args.source), parse_reference(args.destination)
+    ctx = transports.Context(tls_verify=args.tls_verify)
+    with transports.open_image(source, ctx) as store:
+        if store.layout is None:
+            raise BadReference(f"{source}: push copies from an image layout, and cannot read images from "
+                               f"{source.transport}: for that", hint="give an oci:DIR[:TAG] or oci-archive:FILE[:TAG] image")
+        roots = store.roots()
+        if len(roots) != 1:
+            raise BadReference(f"{source} holds {len(roots)} images", hint="name one as oci:DIR:TAG")
+        transports.write(store.layout, roots[0], destination, ctx)
+    print(f"{destination} {roots[0].digest}")
     return 0
 
 
@@ -248,7 +260,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     locked = settings.read_lockfile(args.lock) if args.lock is not None else None
-    report = verify(args.reference, tls_verify=args.tls_verify)
+    report = verify(parse_reference(args.reference), transports.Context(tls_verify=args.tls_verify))
     print(report.summary())
     if locked is not None:
         arches = check_lock(report, locked, str(args.lock))
@@ -257,9 +269,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_sbom(args: argparse.Namespace) -> int:
-    named = args.reference.partition(":")[0] in TRANSPORTS and "://" not in args.reference.removeprefix("docker://")
-    ref = parse_reference(args.reference) if named else settings.registry_reference(args.reference)
-    sys.stdout.buffer.write(sbom.read(ref, platform_arch=args.arch, tls_verify=args.tls_verify))
+    ref = parse_reference(args.reference)
+    ctx = transports.Context(tls_verify=args.tls_verify)
+    sys.stdout.buffer.write(sbom.read(ref, platform_arch=args.arch, ctx=ctx))
     return 0
 
 

@@ -1,7 +1,6 @@
 """The build pipeline as a short sequence of steps: lock, fetch, bootstrap, image, deliver."""
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -16,7 +15,7 @@ from ocistrap.errors import OcistrapError
 from ocistrap.fetch import Fetcher, Wanted
 from ocistrap.lock import LockedArch, LockedArchive, LockedLayer, LockedPackage, LockedRelease, Lockfile
 from ocistrap.mirror import Source
-from ocistrap.transports import Reference, oci, registry
+from ocistrap.transports import Reference, oci
 
 
 T = TypeVar("T")
@@ -373,9 +372,10 @@ def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fe
         attached = sbom.attach_all(layout, lock, list(zip(lock.architectures, manifests)),
                                    created=image.rfc3339(epoch)) if request.sbom else []
         with log.get().step("writing outputs"):
+            ctx = transports.Context(tls_verify=request.tls_verify)
             for ref in request.outputs:
-                deliver(layout, top, ref, tls_verify=request.tls_verify)
-                sbom.deliver(layout, attached, ref, tls_verify=request.tls_verify)
+                transports.write(layout, top, ref, ctx)
+                transports.attach(layout, attached, ref, ctx)
     return Built(digest=top.digest, outputs=request.outputs)
 
 
@@ -403,20 +403,3 @@ def _history(lock: Lockfile, arch: str) -> list[str]:
     return [f"ocistrap {lock.variant}{' slim' if lock.slim else ''} {lock.suite} ({count[0]} packages)"] + [
         f"ocistrap layer {layer.name}: {', '.join(layer.include)} ({count[n]} packages)"
         for n, layer in enumerate(lock.layers, start=1)]
-
-
-def deliver(layout: Path, top: image.Descriptor, ref: Reference, *, tls_verify: bool | None = None) -> None:
-    """Write the image to REF; ``tar:`` gets the plain root filesystem of a one-layer image."""
-    if ref.transport == "docker":
-        registry.push(layout, top, ref, tls_verify=tls_verify)
-        return
-    if ref.transport != "tar":
-        transports.write(layout, top, ref)
-        return
-    layers = oci.read_json(layout, top).get("layers")
-    if layers is None or len(layers) != 1:
-        raise PipelineError(f"{ref}: a plain rootfs tarball needs a single-architecture, single-layer image")
-    compression = image.LAYER_COMPRESSION[layers[0]["mediaType"]]
-    with (transports.replacing(Path(ref.path)) as tmp, open(tmp, "wb") as out,
-          open(oci.blob_path(layout, layers[0]["digest"]), "rb") as blob):
-        shutil.copyfileobj(layer.decompressed(blob, compression), out, 1 << 20)

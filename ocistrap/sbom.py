@@ -15,11 +15,10 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ocistrap import __version__, log
+from ocistrap import __version__
 from ocistrap.errors import OcistrapError
 from ocistrap.image import (
     ANNOTATION_CREATED,
@@ -30,7 +29,8 @@ from ocistrap.image import (
     debian_platform,
 )
 from ocistrap.lock import LockedPackage, Lockfile
-from ocistrap.transports import Reference, TransportError, atomic_write_bytes, oci, registry
+from ocistrap import transports
+from ocistrap.transports import Context, ImageStore, Reference, Referrer, oci
 
 FORMATS = ("spdx",)
 MEDIA_TYPE_SPDX = "application/spdx+json"
@@ -137,15 +137,6 @@ def document_bytes(document: dict[str, Any]) -> bytes:
 # --- as an OCI artifact ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Attached:
-    """An SBOM artifact manifest in a layout, and the image manifest it is about."""
-
-    artifact: Descriptor
-    subject: Descriptor
-    arch: str
-
-
 def write_artifact(layout: Path, document: dict[str, Any], subject: Descriptor, *, created: str) -> Descriptor:
     """Store DOCUMENT and an artifact manifest referring to SUBJECT in LAYOUT; return the manifest's descriptor."""
     data = document_bytes(document)
@@ -163,21 +154,6 @@ def write_artifact(layout: Path, document: dict[str, Any], subject: Descriptor, 
     return oci.put_json(layout, manifest, MEDIA_TYPE_MANIFEST)
 
 
-def deliver(layout: Path, attached: Sequence[Attached], ref: Reference, *, tls_verify: bool | None = None) -> None:
-    """Attach the SBOMs at REF, which already holds their images (registries and ``oci:`` layouts)."""
-    if ref.transport == "docker":
-        for item in attached:
-            registry.push_referrer(layout, item.artifact, ref, tls_verify=tls_verify)
-    elif ref.transport == "oci":
-        assert ref.path is not None
-        for item in attached:
-            oci.write(layout, item.artifact, ref.path)
-            sbom = oci.blob_path(layout, _layer(oci.read_json(layout, item.artifact), str(ref)).digest)
-            atomic_write_bytes(ref.path / f"{ref.tag or 'image'}.{item.arch}.spdx.json", sbom.read_bytes())
-    elif attached:
-        log.get().info(f"{ref}: {ref.transport}: keeps no referrers, so the SBOM is not attached there")
-
-
 def _layer(manifest: dict[str, Any], shown: str) -> Descriptor:
     layers = manifest.get("layers") or []
     if len(layers) != 1:
@@ -188,13 +164,34 @@ def _layer(manifest: dict[str, Any], shown: str) -> Descriptor:
 # --- reading it back ------------------------------------------------------------------------
 
 
-def read(ref: Reference, *, platform_arch: str | None = None, tls_verify: bool | None = None) -> bytes:
+def read(ref: Reference, *, platform_arch: str | None = None, ctx: Context | None = None) -> bytes:
     """The SPDX document attached to the image REF names (for an index, to PLATFORM_ARCH's image)."""
-    if ref.transport == "docker":
-        return _read_registry(ref, platform_arch, tls_verify)
-    if ref.transport == "oci":
-        return _read_layout(ref, platform_arch)
-    raise SbomError(f"cannot read SBOMs from {ref.transport}: images", hint="use oci:DIR[:TAG] or docker://REF")
+    with transports.open_image(ref, ctx) as store:
+        images = [d for d in store.roots() if not _is_artifact(store, d)]
+        if len(images) != 1:
+            raise SbomError(f"{ref}: names {len(images)} images", hint="name one as oci:DIR:TAG")
+        subject = images[0]
+        if subject.media_type in INDEX_MEDIA_TYPES:
+            subject = _pick(_json(store, subject), platform_arch, str(ref))
+        entries = store.referrers(subject, MEDIA_TYPE_SPDX)
+        if entries is None:
+            raise SbomError(f"cannot read SBOMs from {ref}: it keeps no referrers",
+                            hint="use oci:DIR[:TAG] or a registry reference")
+        if not entries:
+            raise SbomError(f"{ref}: no SPDX SBOM is attached to {subject.digest}",
+                            hint="build with --sbom spdx to attach one")
+        artifact = sorted(entries, key=lambda e: e.digest)[0]
+        layer = _layer(_json(store, artifact), str(ref))
+        return _checked(store.read(layer, "the SBOM"), layer, str(ref))
+
+
+def _json(store: ImageStore, desc: Descriptor) -> Any:
+    """The document DESC of STORE, checked against its digest."""
+    data = _checked(store.read(desc, "a document"), desc, store.shown)
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SbomError(f"{store.blob_name(desc)}: not valid JSON: {exc}") from None
 
 
 def _pick(index: dict[str, Any], arch: str | None, shown: str) -> Descriptor:
@@ -211,69 +208,20 @@ def _pick(index: dict[str, Any], arch: str | None, shown: str) -> Descriptor:
     raise SbomError(f"{shown} has no image for {arch} ({wanted})")
 
 
-def _read_registry(ref: Reference, arch: str | None, tls_verify: bool | None) -> bytes:
-    repo, target = registry.open_repository(ref, tls_verify=tls_verify)
-    found = repo.get_manifest(target.digest or target.tag or "latest")
-    if found is None:
-        raise SbomError(f"{target}: no such image")
-    data, media_type = found
-    subject = Descriptor.of(data, media_type)
-    if media_type in INDEX_MEDIA_TYPES:
-        subject = _pick(json.loads(data), arch, str(target))
-    pinned = Reference("docker", name=ref.name, digest=subject.digest)
-    entries = registry.list_referrers(pinned, artifact_type=MEDIA_TYPE_SPDX, tls_verify=tls_verify)
-    if not entries:
-        raise SbomError(f"{target}: no SPDX SBOM is attached to {subject.digest}",
-                        hint="build with --sbom spdx to attach one")
-    artifact = Descriptor.from_json(sorted(entries, key=lambda e: e["digest"])[0])
-    manifest = repo.get_manifest(artifact.digest, accept=artifact.media_type)
-    if manifest is None or Descriptor.of(manifest[0], artifact.media_type).digest != artifact.digest:
-        raise SbomError(f"{target}: the SBOM manifest {artifact.digest} is missing or damaged")
-    layer = _layer(json.loads(manifest[0]), str(target))
-    with repo.open_blob(layer.digest) as stream:
-        content = stream.read(layer.size + 1)
-    return _checked(content, layer, str(target))
+def _is_artifact(store: ImageStore, desc: Descriptor) -> bool:
+    return desc.media_type in MANIFEST_MEDIA_TYPES and "subject" in _json(store, desc)
 
 
-def _read_layout(ref: Reference, arch: str | None) -> bytes:
-    assert ref.path is not None
-    entries = [Descriptor.from_json(d) for d in oci.load_index(ref.path)["manifests"]]
-    images = [e for e in entries if e.ref_name == ref.tag] if ref.tag else \
-        [e for e in entries if not _is_artifact(ref.path, e)]
-    if len(images) != 1:
-        raise SbomError(f"{ref}: names {len(images)} images", hint="name one as oci:DIR:TAG")
-    subject = images[0]
-    if subject.media_type in INDEX_MEDIA_TYPES:
-        subject = _pick(oci.read_json(ref.path, subject), arch, str(ref))
-    for entry in entries:
-        if entry.media_type not in MANIFEST_MEDIA_TYPES:
-            continue
-        manifest = oci.read_json(ref.path, entry)
-        if (manifest.get("subject") or {}).get("digest") == subject.digest and \
-                manifest.get("artifactType") == MEDIA_TYPE_SPDX:
-            layer = _layer(manifest, str(ref))
-            return _checked(oci.blob_path(ref.path, layer.digest).read_bytes(), layer, str(ref))
-    raise SbomError(f"{ref}: no SPDX SBOM is attached to {subject.digest}", hint="build with --sbom spdx")
-
-
-def _is_artifact(root: Path, desc: Descriptor) -> bool:
-    if desc.media_type not in MANIFEST_MEDIA_TYPES:
-        return False
-    try:
-        return "subject" in oci.read_json(root, desc)
-    except TransportError:
-        return False
-
-
-def _checked(content: bytes, layer: Descriptor, shown: str) -> bytes:
-    if "sha256:" + hashlib.sha256(content).hexdigest() != layer.digest:
-        raise SbomError(f"{shown}: the SBOM {layer.digest} does not match its digest")
+def _checked(content: bytes, desc: Descriptor, shown: str) -> bytes:
+    if len(content) != desc.size or "sha256:" + hashlib.sha256(content).hexdigest() != desc.digest:
+        raise SbomError(f"{shown}: {desc.media_type} {desc.digest} does not match its digest")
     return content
 
 
 def attach_all(layout: Path, lock: Lockfile, manifests: Sequence[tuple[str, Descriptor]], *,
-               created: str) -> list[Attached]:
-    """An SBOM artifact in LAYOUT for each (arch, image manifest) of the build."""
-    return [Attached(write_artifact(layout, spdx(lock, arch, created=created), desc, created=created), desc, arch)
+               created: str) -> list[Referrer]:
+    """An SBOM artifact in LAYOUT for each (arch, image manifest) of the build, to attach to outputs."""
+    return [Referrer(write_artifact(layout, spdx(lock, arch, created=created), desc, created=created),
+                     f"{arch}.spdx.json")
             for arch, desc in manifests]
 

@@ -29,7 +29,7 @@ from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.lock import LockedLayer
 from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR
 from ocistrap.resolve import VARIANTS
-from ocistrap.transports import Reference, parse_reference
+from ocistrap.transports import BARE_TRANSPORT, BadReference, Reference, parse_reference
 
 SPEC_COMMANDS = ("lock", "build")
 _RESOLVE = SPEC_COMMANDS
@@ -83,8 +83,12 @@ def pair(value: str) -> tuple[str, str]:
 
 
 def registry_reference(text: str) -> Reference:
-    """A registry reference, ``docker://`` optional."""
-    return parse_reference(text if text.startswith("docker://") else f"docker://{text}")
+    """A registry reference (``docker://`` optional), in the grammar of every other reference."""
+    ref = parse_reference(text)
+    if ref.transport != BARE_TRANSPORT:
+        raise BadReference(f"{text!r} is not a registry reference",
+                           hint="e.g. registry.example/debian:bookworm; -o takes the other outputs")
+    return ref
 
 
 # ---- kinds of settings ----

@@ -10,10 +10,9 @@ import hashlib
 import io
 import json
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ContextManager
+from typing import IO, Any
 
 import zstandard
 
@@ -32,7 +31,8 @@ from ocistrap.image import (
     debian_platform,
 )
 from ocistrap.schema import SchemaError, validate
-from ocistrap.transports import Reference, TransportError, docker_archive, oci, oci_archive, parse_reference, registry
+from ocistrap import transports
+from ocistrap.transports import BadReference, ImageStore, Reference, SavedImage, TransportError, parse_reference
 
 _CHUNK = 1 << 20
 
@@ -69,90 +69,40 @@ class VerifyReport:
         )
 
 
-def verify(ref: str | Reference, *, tls_verify: bool | None = None) -> VerifyReport:
-    """Verify the image(s) at REF (oci:, oci-archive:, docker-archive: or docker://).
-
-    TLS_VERIFY applies to docker:// only (see ``transports.registry``).
-    """
+def verify(ref: str | Reference, ctx: transports.Context | None = None) -> VerifyReport:
+    """Verify the image(s) at REF, any reference whose transport can be read back."""
     reference = parse_reference(ref) if isinstance(ref, str) else ref
     report = VerifyReport(str(reference))
-    verifier = _VERIFIERS.get(reference.transport)
-    if verifier is None:
-        raise VerifyError(
-            f"cannot verify {reference.transport}: images",
-            hint="verify works on oci:, oci-archive:, docker-archive: and docker://",
-        )
     try:
-        if reference.transport == "docker":
-            _verify_registry(reference, report, tls_verify)
-        else:
-            verifier(reference, report)
+        with transports.open_image(reference, ctx) as store:
+            _Checker(store, report).run()
+    except BadReference as exc:
+        raise VerifyError(exc.message, hint=exc.hint) from exc
     except (TransportError, ImageError, SchemaError) as exc:
         raise VerifyError(str(exc)) from exc
     return report
 
 
-def _verify_oci(ref: Reference, report: VerifyReport) -> None:
-    assert ref.path is not None
-    _LayoutChecker(ref.path, report).run(ref.tag)
+class _Checker:
+    """Walks the images of a store from its roots down, checking each blob once; blobs are
+    streamed straight into the hashes."""
 
-
-def _verify_oci_archive(ref: Reference, report: VerifyReport) -> None:
-    assert ref.path is not None
-    _require_file(ref.path)
-    with oci_archive.read(ref.path, ref.tag) as (layout, _):
-        _LayoutChecker(layout, report, shown=ref.path).run(ref.tag)
-
-
-def _verify_docker_archive(ref: Reference, report: VerifyReport) -> None:
-    assert ref.path is not None
-    _require_file(ref.path)
-    with docker_archive.read(ref.path) as archive:
-        for image in archive.images:
-            _check_docker_image(archive.root, image, report, ref.path)
-
-
-def _require_file(path: Path) -> None:
-    if not path.is_file():
-        raise VerifyError(f"{path}: no such archive")
-
-
-def _verify_registry(ref: Reference, report: VerifyReport, tls_verify: bool | None = None) -> None:
-    repo, target = registry.open_repository(ref, tls_verify=tls_verify)
-    _RegistryChecker(repo, str(target), report).run(target.digest or target.tag)
-
-
-_VERIFIERS: dict[str, Callable[[Reference, VerifyReport], None]] = {
-    "oci": _verify_oci,
-    "oci-archive": _verify_oci_archive,
-    "docker-archive": _verify_docker_archive,
-    "docker": _verify_registry,
-}
-
-
-class _LayoutChecker:
-    """Walks an OCI layout from index.json down, checking each blob once."""
-
-    def __init__(self, root: Path, report: VerifyReport, *, shown: Path | None = None) -> None:
-        self.root = root
+    def __init__(self, store: ImageStore, report: VerifyReport) -> None:
+        self.store = store
         self.report = report
-        self.shown = shown or root
         self.done: set[str] = set()
         self.layers: dict[str, _LayerHashes] = {}
 
-    def run(self, tag: str | None) -> None:
-        _check_layout_file(self.root, self.shown)
-        index = oci.load_index(self.root)
-        if tag is not None:
-            _, desc = oci.read(self.root, tag)
-            roots = [desc]
-        else:
-            roots = [self._descriptor(d, "index.json") for d in index["manifests"]]
-        if not roots:
-            raise VerifyError(f"{self.shown}/{oci.INDEX_FILE}: the layout holds no images")
+    def run(self) -> None:
+        roots = self.store.roots()
+        saved = self.store.saved_images()
+        if not roots and not saved:
+            raise VerifyError(f"{self.store.shown}: holds no images")
         self.report.tags = sorted(d.ref_name for d in roots if d.ref_name)
         for desc in roots:
-            self.node(desc, f"{desc.ref_name or desc.digest} in index.json")
+            self.node(desc, f"{desc.ref_name or desc.digest} at {self.store.shown}")
+        for image in saved:
+            _check_saved_image(image, self.report)
 
     def node(self, desc: Descriptor, where: str) -> None:
         if desc.media_type in INDEX_MEDIA_TYPES:
@@ -192,14 +142,14 @@ class _LayoutChecker:
         """An artifact about an image (an SBOM, a signature): its blobs must match their digests."""
         for i, entry in enumerate([doc["config"], *doc["layers"]]):
             blob = self._descriptor(entry, here)
-            data = self._read(blob, here)
+            data = self.store.read(blob, here)
             problem = _digest_mismatch(blob, len(data), "sha256:" + hashlib.sha256(data).hexdigest())
-            self._count(blob, problem, self._blob_name(blob), f"blob {i} of {here}")
+            self._count(blob, problem, f"blob {i} of {here}")
 
     def document(self, desc: Descriptor, schema: str, where: str) -> dict[str, Any]:
-        name = self._blob_name(desc)
-        data = self._read(desc, where)
-        self._count(desc, _digest_mismatch(desc, len(data), "sha256:" + hashlib.sha256(data).hexdigest()), name, where)
+        name = self.store.blob_name(desc)
+        data = self.store.read(desc, where)
+        self._count(desc, _digest_mismatch(desc, len(data), "sha256:" + hashlib.sha256(data).hexdigest()), where)
         doc = _load_json(data, f"{name} ({where})")
         validate(doc, schema, what=f"{name} ({where})")
         declared = doc.get("mediaType")
@@ -214,38 +164,20 @@ class _LayoutChecker:
             raise VerifyError(f"{where} ({desc.digest}): media type {desc.media_type} is not a layer type")
         hashes = self.layers.get(desc.digest)
         if hashes is None:
-            with self._open(desc, where) as handle:
+            with self.store.open_blob(desc, where) as handle:
                 hashes = self.layers[desc.digest] = _hash_layer(handle, LAYER_COMPRESSION[desc.media_type])
             self.report.layers += 1
         problem = _digest_mismatch(desc, hashes.size, hashes.digest) or hashes.diff_id_problem(diff_id)
-        self._count(desc, problem, self._blob_name(desc), where)
+        self._count(desc, problem, where)
 
-    def _read(self, desc: Descriptor, where: str) -> bytes:
-        return self._blob(desc, where).read_bytes()
-
-    def _open(self, desc: Descriptor, where: str) -> ContextManager[IO[bytes]]:
-        return open(self._blob(desc, where), "rb")
-
-    def _blob_name(self, desc: Descriptor) -> str:
-        return self._name(oci.blob_path(self.root, desc.digest))
-
-    def _count(self, desc: Descriptor, problem: str | None, name: str, where: str = "") -> None:
+    def _count(self, desc: Descriptor, problem: str | None, where: str = "") -> None:
         if problem is not None:
             context = f" ({where})" if where else ""
-            raise VerifyError(f"{name}{context}: {problem}")
+            raise VerifyError(f"{self.store.blob_name(desc)}{context}: {problem}")
         if desc.digest not in self.done:
             self.done.add(desc.digest)
             self.report.blobs += 1
             self.report.bytes += desc.size
-
-    def _blob(self, desc: Descriptor, where: str) -> Path:
-        path = oci.blob_path(self.root, desc.digest)
-        if not path.is_file():
-            raise VerifyError(f"{self._name(path)} ({where}): blob is missing")
-        return path
-
-    def _name(self, path: Path) -> str:
-        return f"{self.shown}/{path.relative_to(self.root).as_posix()}"
 
     @staticmethod
     def _descriptor(doc: Any, where: str) -> Descriptor:
@@ -253,53 +185,6 @@ class _LayoutChecker:
             return Descriptor.from_json(doc)
         except ImageError as exc:
             raise VerifyError(f"{where}: {exc}") from None
-
-
-class _RegistryChecker(_LayoutChecker):
-    """The same walk over a registry: documents fetched, blobs streamed straight into the hashes."""
-
-    def __init__(self, repo: registry.Repository, shown: str, report: VerifyReport) -> None:
-        super().__init__(Path(), report)
-        self.repo = repo
-        self.shown_name = shown
-        self.fetched: dict[str, bytes] = {}
-
-    def run(self, reference: str | None) -> None:
-        assert reference is not None
-        found = self.repo.get_manifest(reference)
-        if found is None:
-            raise VerifyError(f"{self.shown_name}: no such image in the registry")
-        data, media_type = found
-        root = Descriptor(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
-        if reference.startswith("sha256:") and root.digest != reference:
-            raise VerifyError(f"{self.shown_name}: digest mismatch: manifest hashes to {root.digest}")
-        self.fetched[root.digest] = data
-        self.report.tags = [] if reference.startswith("sha256:") else [reference]
-        self.node(root, "the manifest the registry serves")
-
-    def _read(self, desc: Descriptor, where: str) -> bytes:
-        if desc.digest in self.fetched:
-            return self.fetched.pop(desc.digest)
-        if desc.media_type in INDEX_MEDIA_TYPES or desc.media_type in MANIFEST_MEDIA_TYPES:
-            found = self.repo.get_manifest(desc.digest, accept=desc.media_type)
-            if found is None:
-                raise VerifyError(f"{self._blob_name(desc)} ({where}): manifest is missing")
-            return found[0]
-        with self._open(desc, where) as handle:
-            return handle.read(desc.size + 1)
-
-    def _open(self, desc: Descriptor, where: str) -> ContextManager[IO[bytes]]:
-        return self.repo.open_blob(desc.digest)
-
-    def _blob_name(self, desc: Descriptor) -> str:
-        return f"{self.shown_name}@{desc.digest}"
-
-
-def _check_layout_file(root: Path, shown: Path) -> None:
-    oci.check_layout(root)
-    layout = _load_json((root / oci.LAYOUT_FILE).read_bytes(), f"{shown}/{oci.LAYOUT_FILE}")
-    if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
-        raise VerifyError(f"{shown}/{oci.LAYOUT_FILE}: needs a JSON object with imageLayoutVersion")
 
 
 def _config_platform(config: dict[str, Any]) -> Platform:
@@ -434,10 +319,10 @@ def sniff_compression(path: Path) -> str | None:
     return None
 
 
-def _check_docker_image(root: Path, image: docker_archive.DockerImage, report: VerifyReport, shown: Path) -> None:
-    def name(path: Path) -> str:
-        return f"{shown}:{path.relative_to(root).as_posix()}"
-
+def _check_saved_image(image: SavedImage, report: VerifyReport) -> None:
+    """An image without a manifest (docker save): its config by the digest its file name
+    claims and against the schema, each layer's diff_id."""
+    name = image.name
     data = image.config.read_bytes()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     expected = _hex_in_name(image.config)

@@ -80,6 +80,21 @@ def garbage_lockfile(a: Archive, tmp: Path) -> list[str]:
     return ["build", "--lock", str(tmp / "notes.lock"), *a.common()]
 
 
+def unreachable_build(*extra: str) -> Callable[[Archive, Path], list[str]]:
+    """`ocistrap build` from a mirror that cannot be reached: refused before any download, or
+    the last line would name the mirror."""
+    return lambda a, tmp: ["build", "unstable", "--mirror", f"http://127.0.0.1:{free_port()}/debian", *a.common(),
+                           "--variant", "essential", *extra]
+
+
+def push_to_an_unwritable_tar(a: Archive, tmp: Path) -> list[str]:
+    """`-o tar:` and `push` write through the same dispatch; a file where a directory should be
+    is unwritable even for root."""
+    oci.write(tmp / "image", build_image(tmp / "image"), tmp / "layout", "x")
+    (tmp / "file").write_text("")
+    return ["push", f"oci:{tmp / 'layout'}:x", f"tar:{tmp / 'file' / 'x.tar'}"]
+
+
 CASES = {
     "unknown transport": Case(build("-o", "foo:bar"), 2, ("foo:bar", "unknown transport", "use one of")),
     "malformed reference": Case(build("--push", "UPPER/Case:tag"), 2, ("UPPER/Case:tag", "names are lowercase")),
@@ -87,6 +102,13 @@ CASES = {
     "output to a transport that cannot be written": Case(build("-o", "tar:"), 2, ("tar:", "missing")),
     "push of an unknown transport": Case(lambda a, tmp: ["push", "foo:bar", "127.0.0.1:1/x:y"], 2,
                                          ("foo:bar", "unknown transport")),
+    "tar: output of a layered build": Case(
+        unreachable_build("--arch", "amd64", "--layer", "extra=hello", "-o", "tar:rootfs.tar"), 2,
+        ("tar:rootfs.tar", "one platform and one layer", "2 layer(s)", "drop --layer")),
+    "docker-archive: output of two architectures": Case(
+        unreachable_build("--arch", "amd64,arm64", "-o", "docker-archive:d.tar"), 2,
+        ("docker-archive:d.tar", "holds one platform", "makes 2")),
+    "tar: output that cannot be written": Case(push_to_an_unwritable_tar, 1, ("cannot write tar:", "file/x.tar")),
     "push from a registry reference": Case(lambda a, tmp: ["push", "docker://127.0.0.1:1/x:y", "127.0.0.1:1/x:z"],
                                            2, ("cannot read images from docker", "oci:DIR")),
     "missing lockfile": Case(lambda a, tmp: ["build", "--lock", str(tmp / "no.lock"), *a.common()],

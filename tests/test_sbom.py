@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from image_helpers import build, lockfile
 
-from ocistrap import sbom
+from ocistrap import sbom, transports
 from ocistrap.cli import main
 from ocistrap.image import MEDIA_TYPE_INDEX, make_index
 from ocistrap.lock import LockedArch, LockedArchive, LockedPackage, LockedRelease, Lockfile
@@ -110,7 +110,7 @@ def test_oci_layout_keeps_the_sbom_as_a_referrer_and_a_file(tmp_path: Path, caps
     desc, attached = attach(tmp_path / "build", "amd64", locked)
     ref = parse_reference(f"oci:{tmp_path / 'out'}:bookworm")
     oci.write(tmp_path / "build", desc, ref.path, "bookworm")
-    sbom.deliver(tmp_path / "build", attached, ref)
+    transports.attach(tmp_path / "build", attached, ref)
 
     expected = sbom.document_bytes(sbom.spdx(locked, "amd64", created=CREATED))
     assert (tmp_path / "out" / "bookworm.amd64.spdx.json").read_bytes() == expected
@@ -118,7 +118,7 @@ def test_oci_layout_keeps_the_sbom_as_a_referrer_and_a_file(tmp_path: Path, caps
     assert capsys.readouterr().out.encode() == expected
     entries = json.loads((tmp_path / "out" / "index.json").read_text())["manifests"]
     assert len(entries) == 2 and verify(f"oci:{tmp_path / 'out'}").manifests == 1, "the artifact is checked too"
-    artifact = oci.read_json(tmp_path / "out", attached[0].artifact)
+    artifact = oci.read_json(tmp_path / "out", attached[0].manifest)
     assert artifact["subject"]["digest"] == desc.digest and artifact["artifactType"] == sbom.MEDIA_TYPE_SPDX
 
 
@@ -130,7 +130,7 @@ def test_registry_without_referrers_api_gets_the_tag_fallback_and_sbom_reads_it(
     top = oci.put_json(layout, make_index(list(descs.values())), MEDIA_TYPE_INDEX)
     ref = parse_reference(f"docker://{registry.host}/debian:multi")
     reg.push(layout, top, ref)
-    sbom.deliver(layout, attached, ref)
+    transports.attach(layout, attached, ref)
 
     repo, _ = reg.open_repository(ref)
     assert repo.get_manifest(reg.referrers_tag(descs["arm64"].digest)) is not None
@@ -148,7 +148,7 @@ def test_registry_with_referrers_api(fake_registry, tmp_path, capsys) -> None:
     desc, attached = attach(tmp_path / "build", "amd64", locked)
     ref = parse_reference(f"docker://{fake_registry.host}/debian:one")
     reg.push(tmp_path / "build", desc, ref)
-    sbom.deliver(tmp_path / "build", attached, ref)
+    transports.attach(tmp_path / "build", attached, ref)
     assert not [t for t in fake_registry.state.tags.get("debian", {}) if t.startswith("sha256-")]
     assert main(["-q", "sbom", f"{fake_registry.host}/debian:one"]) == 0
     assert json.loads(capsys.readouterr().out)["packages"][0]["name"] == "base-files"
@@ -160,3 +160,11 @@ def test_image_without_sbom_is_a_clear_error(registry, tmp_path, capsys) -> None
     assert main(["-q", "sbom", f"{registry.host}/debian:bare"]) == 1
     err = capsys.readouterr().err
     assert "no SPDX SBOM is attached" in err and "--sbom spdx" in err
+
+
+def test_verify_takes_a_bare_registry_reference(fake_registry, tmp_path, capsys) -> None:
+    """One reference grammar: what `push`, `sbom` and `--push` take, `verify` takes too."""
+    desc = build(tmp_path / "build", "amd64", lockfile(("amd64",)))
+    reg.push(tmp_path / "build", desc, parse_reference(f"docker://{fake_registry.host}/debian:bookworm"))
+    assert main(["-q", "verify", f"{fake_registry.host}/debian:bookworm"]) == 0
+    assert capsys.readouterr().out.startswith(f"docker://{fake_registry.host}/debian:bookworm: OK, 1 image(s)")

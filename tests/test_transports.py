@@ -20,8 +20,15 @@ from e2e_helpers import podman_env_in
 from image_helpers import build_image
 from ocistrap import image
 from ocistrap.transports import (
+    TRANSPORTS,
+    BadReference,
+    Context,
     Reference,
+    Shape,
     TransportError,
+    check,
+    lookup,
+    open_image,
     docker_archive,
     extract_archive,
     oci,
@@ -72,6 +79,10 @@ def index_tags(root: Path) -> dict[str, str]:
         ("containers-storage:", Reference("containers-storage")),
         ("containers-storage:localhost/debian:bookworm", Reference("containers-storage", name="localhost/debian", tag="bookworm")),
         ("containers-storage:debian", Reference("containers-storage", name="debian")),
+        ("registry.example/debian:bookworm", Reference("docker", name="registry.example/debian", tag="bookworm")),
+        ("127.0.0.1:5000/x:y", Reference("docker", name="127.0.0.1:5000/x", tag="y")),
+        ("localhost:5000/debian", Reference("docker", name="localhost:5000/debian", tag="latest")),
+        ("library/debian", Reference("docker", name="library/debian", tag="latest")),
     ],
 )
 def test_parse_reference(text, expected):
@@ -86,6 +97,10 @@ def test_parse_reference(text, expected):
         ("out", "unknown transport 'out'"),
         ("dir:out", "unknown transport 'dir'"),
         ("OCI:out", "unknown transport 'OCI'"),
+        ("oic:out", "unknown transport 'oic'"),
+        ("debian:bookworm", "unknown transport 'debian'"),
+        ("https://registry.example/debian", "unknown transport 'https'"),
+        ("registry.example/Debian", "not a valid image name"),
         ("oci:", "missing after the transport"),
         ("oci::tag", "missing after the transport"),
         ("oci:out:bad tag", "not a valid image-layout tag"),
@@ -113,10 +128,71 @@ def test_unknown_transport_lists_the_valid_ones():
         assert transport in str(info.value)
 
 
-def test_write_to_a_transport_without_writer(tmp_path):
-    desc = build_image(tmp_path / "build")
-    with pytest.raises(TransportError, match="cannot write images to tar:"):
-        write_to(tmp_path / "build", desc, parse_reference("tar:x"))
+def test_every_transport_module_implements_the_protocol():
+    for prefix in TRANSPORTS:
+        module = lookup(prefix)
+        for member in ("parse", "show", "check", "write_image", "open_image", "attach"):
+            assert callable(getattr(module, member)), f"{prefix}: has no {member}"
+
+
+def test_one_dispatch_from_reference_to_module(tmp_path, monkeypatch):
+    """write() reaches the module TABLE names for the prefix, with the context it was given."""
+    calls = []
+    module = lookup("oci")
+    monkeypatch.setattr(module, "write_image", lambda layout, desc, ref, ctx: calls.append((ref, ctx)))
+    ctx = Context(tls_verify=False)
+    ref = parse_reference(f"oci:{tmp_path}:x")
+    write_to(tmp_path, build_image(tmp_path / "build"), ref, ctx)
+    assert calls == [(ref, ctx)]
+
+
+@pytest.mark.parametrize(
+    "text, shape, message",
+    [
+        ("tar:x.tar", Shape(platforms=1, layers=2), "one platform and one layer"),
+        ("tar:x.tar", Shape(platforms=2, layers=1), "one platform and one layer"),
+        ("docker-archive:d.tar", Shape(platforms=2, layers=1), "holds one platform"),
+        ("containers-storage:", Shape(platforms=1, layers=1), "needs a name"),
+    ],
+)
+def test_shape_checks_refuse_before_the_build(text, shape, message):
+    with pytest.raises(TransportError, match=message):
+        check([parse_reference(text)], shape)
+
+
+@pytest.mark.parametrize("text", ["tar:x.tar", "docker-archive:d.tar", "oci:o", "oci-archive:a.tar",
+                                  "docker://registry.example/x:y"])
+def test_shape_checks_accept_what_fits(text):
+    check([parse_reference(text)], Shape(platforms=1, layers=1))
+    if not text.startswith(("tar:", "docker-archive:")):
+        check([parse_reference(text)], Shape(platforms=3, layers=4))
+
+
+def test_tar_output_is_the_layer_decompressed(tmp_path):
+    build = tmp_path / "build"
+    desc = build_image(build, [{"etc/hostname": b"x\n"}])
+    write_to(build, desc, parse_reference(f"tar:{tmp_path / 'rootfs.tar'}"))
+    assert (tmp_path / "rootfs.tar").read_bytes() == layer_tar({"etc/hostname": b"x\n"})
+    two = build_image(build, [{"a": b"1"}, {"b": b"2"}])
+    with pytest.raises(TransportError, match="single-platform, single-layer"):
+        write_to(build, two, parse_reference(f"tar:{tmp_path / 'two.tar'}"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere; run as a user (make test does)")
+@pytest.mark.parametrize("prefix", ["tar:", "oci:", "oci-archive:", "docker-archive:"])
+def test_an_unwritable_output_is_one_transport_error(tmp_path, prefix):
+    build = tmp_path / "build"
+    desc = build_image(build)
+    locked_dir = tmp_path / "ro"
+    locked_dir.mkdir(mode=0o555)
+    with pytest.raises(TransportError, match=f"cannot write {prefix}.*Permission denied"):
+        write_to(build, desc, parse_reference(f"{prefix}{locked_dir / 'sub' / 'x'}"))
+
+
+def test_reading_back_what_cannot_be_read_is_a_bad_reference(tmp_path):
+    for text in ("tar:x.tar", "containers-storage:localhost/x:y"):
+        with pytest.raises(BadReference, match="cannot read images from"), open_image(parse_reference(text)):
+            pass
 
 
 # --- shared helpers ------------------------------------------------------------------
@@ -296,7 +372,46 @@ def test_a_writer_that_waited_for_a_failed_one_makes_the_layout_again(tmp_path):
     holding.wait()
     oci.write(build, desc, dest, "t")
     failing.join()
-    assert "t" in oci.tags(dest) and (dest / oci.LOCK_FILE).exists()
+    assert "t" in oci.tags(dest)
+    assert sorted(os.listdir(dest)) == ["blobs", "index.json", "oci-layout"], "nothing but the layout"
+
+
+def test_a_failed_second_writer_keeps_the_image_the_first_one_finished(tmp_path, monkeypatch):
+    """Both writers found no layout; the first finished before the second got the lock, then
+    the second failed: the layout is no longer the second's to remove."""
+    dest = tmp_path / "out"
+    first = build_image(tmp_path / "first")
+    second_build = tmp_path / "second"
+    second = build_image(second_build, ({"etc/other": b"other\n"},), created=1)
+    layer = oci.children(second_build, second)[1]
+    path = oci.blob_path(second_build, layer.digest)
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    real_locked = oci.locked
+    done = []
+
+    def first_writer_finishes_meanwhile(root):
+        if not done:
+            done.append(True)
+            oci.write(tmp_path / "first", first, dest, "first")
+        return real_locked(root)
+
+    monkeypatch.setattr(oci, "locked", first_writer_finishes_meanwhile)
+    with pytest.raises(TransportError, match="content hashes to"):
+        oci.write(second_build, second, dest, "second")
+    assert index_tags(dest) == {"first": first.digest}
+    verify_layout_blobs(dest, first)
+
+
+def verify_layout_blobs(root: Path, desc: Descriptor) -> None:
+    for blob in oci.reachable(root, desc):
+        oci.check_blob(oci.blob_path(root, blob.digest), blob)
+
+
+def test_the_lock_is_no_file_of_the_layout(tmp_path):
+    dest = tmp_path / "out"
+    oci.write(tmp_path / "build", build_image(tmp_path / "build"), dest, "t")
+    assert sorted(os.listdir(dest)) == ["blobs", "index.json", "oci-layout"]
+    assert sorted(os.listdir(tmp_path)) == ["build", "out"]
 
 
 def test_write_refuses_a_missing_blob(tmp_path):
@@ -343,12 +458,22 @@ def test_oci_archive_round_trip_is_reproducible(tmp_path):
         names = tar.getnames()
         assert all(m.uid == 0 and m.mtime == 0 for m in tar.getmembers())
     assert {"oci-layout", "index.json", "blobs", "blobs/sha256"} <= set(names)
-    assert oci.LOCK_FILE not in names
+    assert not [n for n in names if "lock" in n]
     with oci_archive.read(tmp_path / "a.tar", "bookworm") as (layout, found):
         assert found.digest == desc.digest and found.ref_name == "bookworm"
         assert oci.read_json(layout, found)["schemaVersion"] == 2
     assert not layout.exists()
     assert sorted(os.listdir(tmp_path)) == ["a.tar", "b.tar", "build"]
+
+
+@pytest.mark.parametrize("file, name", [("debian.tar", "debian"), ("Debian Bookworm.tar", "debian-bookworm"),
+                                        ("img", "img"), ("..tar", "image")])
+def test_an_untagged_oci_archive_is_named_after_its_file(tmp_path, file, name):
+    build = tmp_path / "build"
+    desc = build_image(build)
+    write_to(build, desc, parse_reference(f"oci-archive:{tmp_path / file}"))
+    with oci_archive.read(tmp_path / file) as (_, found):
+        assert found.ref_name == name and found.digest == desc.digest
 
 
 def test_oci_archive_write_replaces_and_leaves_no_temp_on_failure(tmp_path):

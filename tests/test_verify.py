@@ -125,7 +125,7 @@ def test_wrong_size(tmp_path):
 def test_wrong_size_of_a_manifest_in_index_json(tmp_path):
     layout, desc = tagged(tmp_path)
     point_tag(layout, Descriptor(desc.media_type, desc.digest, desc.size - 1))
-    with pytest.raises(VerifyError, match=f"blobs/sha256/{desc.hex} \\(t in index.json\\): size mismatch"):
+    with pytest.raises(VerifyError, match=f"blobs/sha256/{desc.hex} \\(t at {layout}\\): size mismatch"):
         verify(f"oci:{layout}")
 
 

@@ -1,9 +1,13 @@
-"""Places an image can be written to or read from, one module each.
+"""Places an image can be written to or read from: one protocol, one module per transport.
 
 Every transport trades in the same currency: an OCI image layout directory
-holding the blobs plus the descriptor of a manifest or index in it. This module
-parses the ``TRANSPORT:DETAILS`` references users type, following skopeo's
-syntax, and holds the small file-system helpers the transports share.
+holding the blobs plus the descriptor of a manifest or index in it. ``TABLE``
+maps each ``TRANSPORT:`` prefix users type (skopeo's syntax) to the module that
+implements ``Transport`` for it; ``parse_reference``, ``check``, ``write``,
+``attach`` and ``open_image`` are the one dispatch through it, so the build,
+``verify`` and ``sbom`` never name a transport, and adding one is a new module
+and a line in ``TABLE``. This module also holds the small file-system helpers
+the transports share.
 """
 
 import importlib
@@ -12,22 +16,26 @@ import re
 import shutil
 import secrets
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import IO, NoReturn, Protocol, cast
 
+from ocistrap import log as logging
 from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.image import Descriptor, is_ref_name
 
-TRANSPORTS = ("oci", "oci-archive", "docker-archive", "tar", "docker", "containers-storage")
-_WRITERS = {
+TABLE: dict[str, str] = {
     "oci": "oci",
     "oci-archive": "oci_archive",
     "docker-archive": "docker_archive",
-    "docker": "registry",
+    "tar": "rootfs_tar",
     "containers-storage": "containers_storage",
+    "docker": "docker",
 }
+TRANSPORTS = tuple(TABLE)
+BARE_TRANSPORT = "docker"
 
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
@@ -36,6 +44,7 @@ _NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _DOCKER_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?")
+_HOST_PORT_PATH = re.compile(r"[^/:]+:[0-9]+/")
 
 
 class TransportError(OcistrapError):
@@ -62,17 +71,10 @@ class Reference:
     digest: str | None = None
 
     def __str__(self) -> str:
-        if self.transport == "docker":
-            return f"docker://{self._image()}"
-        details = str(self.path) if self.path is not None else ""
-        if self.transport in ("oci", "oci-archive"):
-            return f"{self.transport}:{details}" + (f":{self.tag}" if self.tag else "")
-        image = self._image()
-        if self.transport == "containers-storage":
-            return f"containers-storage:{image}"
-        return f"{self.transport}:{details}" + (f":{image}" if image else "")
+        return lookup(self.transport).show(self)
 
-    def _image(self) -> str:
+    def image(self) -> str:
+        """``NAME[:TAG][@DIGEST]``, as the stores that name images write it."""
         text = self.name or ""
         if self.tag:
             text += f":{self.tag}"
@@ -81,32 +83,135 @@ class Reference:
         return text
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What a build will make, known before anything is fetched: how many platforms
+    (architectures) and how many layers each image has."""
+
+    platforms: int
+    layers: int
+
+
+@dataclass(frozen=True)
+class Context:
+    """The options every transport call gets. TLS_VERIFY: None verifies certificates
+    except for loopback registries (see ``transports.registry``, which also finds the
+    stored credentials); LOG is where a transport reports what it did."""
+
+    tls_verify: bool | None = None
+    log: logging.Log = field(default_factory=logging.get)
+
+
+@dataclass(frozen=True)
+class Referrer:
+    """An artifact manifest in a build's layout that refers to one of its images (an SBOM
+    today; signatures and attestations next). Stores of plain files may also keep its one
+    layer beside the image as ``TAG.FILE_NAME``."""
+
+    manifest: Descriptor
+    file_name: str
+
+
+class SavedImage(Protocol):
+    """An image stored without a manifest (``docker save``): its config and layer files."""
+
+    config: Path
+    layers: list[Path]
+    repo_tags: list[str]
+
+    def name(self, path: Path) -> str:
+        """How messages name the member PATH of the store."""
+
+
+class ImageStore(Protocol):
+    """Images opened for reading: documents and blobs by descriptor, from a layout, an
+    archive or a registry. Whatever is missing or unreadable raises TransportError."""
+
+    @property
+    def shown(self) -> str:
+        """How messages name the store."""
+
+    @property
+    def layout(self) -> Path | None:
+        """The OCI layout the images live in, when they do (``push`` copies from it)."""
+
+    def roots(self) -> list[Descriptor]:
+        """The images the reference names (tags as ``ref.name`` annotations)."""
+
+    def read(self, desc: Descriptor, where: str) -> bytes:
+        """The bytes stored for DESC (at most ``desc.size + 1`` of them), unchecked."""
+
+    def open_blob(self, desc: Descriptor, where: str) -> AbstractContextManager[IO[bytes]]:
+        """A stream of the bytes stored for DESC, unchecked."""
+
+    def blob_name(self, desc: Descriptor) -> str:
+        """How messages name the blob DESC in this store."""
+
+    def referrers(self, subject: Descriptor, artifact_type: str) -> list[Descriptor] | None:
+        """The artifact manifests of ARTIFACT_TYPE referring to SUBJECT; None where the
+        store keeps no referrers."""
+
+    def saved_images(self) -> Sequence[SavedImage]:
+        """Images stored without a manifest (empty for OCI stores)."""
+
+
+class Transport(Protocol):
+    """What each transport module implements (module-level functions)."""
+
+    def parse(self, details: str, text: str) -> Reference:
+        """The reference TEXT, whose part after ``TRANSPORT:`` is DETAILS."""
+
+    def show(self, ref: Reference) -> str:
+        """REF as the user would type it."""
+
+    def check(self, ref: Reference, shape: Shape) -> None:
+        """Refuse, before anything is built, an image of SHAPE that REF cannot hold."""
+
+    def write_image(self, layout: Path, desc: Descriptor, ref: Reference, ctx: Context) -> None:
+        """Write the image DESC of LAYOUT to REF."""
+
+    def open_image(self, ref: Reference, ctx: Context) -> AbstractContextManager[ImageStore]:
+        """The images at REF, readable while the context lasts."""
+
+    def attach(self, layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
+        """Store REFERRER of LAYOUT at REF beside its image; False where REF keeps no referrers."""
+
+
+def lookup(transport: str) -> Transport:
+    """The module implementing TRANSPORT."""
+    module = TABLE.get(transport)
+    if module is None:
+        raise BadReference(f"unknown transport {transport!r}", hint=_KNOWN)
+    return cast(Transport, importlib.import_module(f"ocistrap.transports.{module}"))
+
+
+_KNOWN = "use one of " + ", ".join(f"{t}:" for t in TRANSPORTS) + \
+    " or a registry reference such as registry.example/debian:bookworm"
+
+
 def parse_reference(text: str) -> Reference:
-    """Parse an image reference such as ``oci:out:bookworm`` or ``docker://host/x:tag``."""
+    """Parse an image reference such as ``oci:out:bookworm``, ``docker://host/x:tag`` or the bare
+    registry reference ``host/x:tag`` (one grammar for every command and option).
+
+    A bare reference must hold a ``/`` before any ``:`` (or ``HOST:PORT/``), so that a
+    mistyped transport (``oic:out``) is refused instead of pushed to Docker Hub.
+    """
     transport, sep, details = text.partition(":")
-    if not sep or transport not in TRANSPORTS:
-        raise BadReference(
-            f"{text!r} is not an image reference: unknown transport {transport!r}",
-            hint="use one of " + ", ".join(f"{t}:" for t in TRANSPORTS),
-        )
-    parser = {
-        "oci": _parse_layout,
-        "oci-archive": _parse_layout,
-        "docker-archive": _parse_docker_archive,
-        "tar": _parse_tar,
-        "docker": _parse_docker,
-        "containers-storage": _parse_storage,
-    }[transport]
-    return parser(transport, details, text)
+    if sep and transport in TABLE:
+        return lookup(transport).parse(details, text)
+    if "/" in transport or _HOST_PORT_PATH.match(text):
+        return lookup(BARE_TRANSPORT).parse("//" + text, text)
+    raise BadReference(f"{text!r} is not an image reference: unknown transport {transport!r}", hint=_KNOWN)
 
 
-def _require_path(path: str, text: str) -> Path:
+def require_path(path: str, text: str) -> Path:
+    """The file or directory part of a file-based reference TEXT."""
     if not path:
         raise BadReference(f"{text!r}: the file or directory is missing after the transport")
     return Path(path)
 
 
-def _parse_layout(transport: str, details: str, text: str) -> Reference:
+def parse_layout(transport: str, details: str, text: str) -> Reference:
     """``DIR[:TAG]``: like skopeo, the path ends at the first colon; the tag is a ref.name."""
     path, _, tag = details.partition(":")
     if tag and not is_ref_name(tag):
@@ -114,39 +219,11 @@ def _parse_layout(transport: str, details: str, text: str) -> Reference:
             f"{text!r}: {tag!r} is not a valid image-layout tag",
             hint="tags are letters/digits joined by one of - . _ : @ + / (a path cannot contain ':')",
         )
-    return Reference(transport, path=_require_path(path, text), tag=tag or None)
+    return Reference(transport, path=require_path(path, text), tag=tag or None)
 
 
-def _parse_docker_archive(transport: str, details: str, text: str) -> Reference:
-    """``FILE[:REPO[:TAG]]``: the path ends at the first colon; a bare REPO gets tag ``latest``."""
-    path, _, image = details.partition(":")
-    file = _require_path(path, text)
-    if not image:
-        return Reference(transport, path=file)
-    name, tag, digest = split_docker_reference(image, text)
-    if digest:
-        raise BadReference(f"{text!r}: a docker-archive reference takes a tag, not a digest")
-    return Reference(transport, path=file, name=name, tag=tag or "latest")
-
-
-def _parse_tar(transport: str, details: str, text: str) -> Reference:
-    return Reference(transport, path=_require_path(details, text))
-
-
-def _parse_docker(transport: str, details: str, text: str) -> Reference:
-    if not details.startswith("//") or len(details) == 2:
-        raise BadReference(f"{text!r}: expected docker://[HOST[:PORT]/]NAME[:TAG][@DIGEST]")
-    name, tag, digest = split_docker_reference(details[2:], text)
-    return Reference(transport, name=name, tag=tag or (None if digest else "latest"), digest=digest)
-
-
-def _parse_storage(transport: str, details: str, text: str) -> Reference:
-    if not details:
-        return Reference(transport)
-    if details.startswith("["):
-        raise BadReference(f"{text!r}: containers-storage store specifications are not supported")
-    name, tag, digest = split_docker_reference(details, text)
-    return Reference(transport, name=name, tag=tag, digest=digest)
+def show_layout(ref: Reference) -> str:
+    return f"{ref.transport}:{ref.path}" + (f":{ref.tag}" if ref.tag else "")
 
 
 def split_docker_reference(image: str, text: str | None = None) -> tuple[str, str | None, str | None]:
@@ -160,35 +237,47 @@ def split_docker_reference(image: str, text: str | None = None) -> tuple[str, st
     return match.group("name"), match.group("tag"), match.group("digest")
 
 
-def write(layout: Path, desc: Descriptor, ref: Reference) -> None:
-    """Write the image DESC of LAYOUT to REF with the transport REF names."""
-    module = _WRITERS.get(ref.transport)
-    if module is None:
-        raise BadReference(
-            f"cannot write images to {ref.transport}: in this version",
-            hint="writable: " + ", ".join(f"{t}:" for t in _WRITERS),
-        )
+def _wrapped(ref: Reference, action: str, call: Callable[[], None]) -> None:
+    """Run CALL; an OSError (an unwritable path, a full disk) becomes one TransportError naming REF."""
     try:
-        importlib.import_module(f"ocistrap.transports.{module}").write_reference(layout, desc, ref)
+        call()
     except OSError as exc:
-        raise TransportError(f"cannot write {ref}: {exc.strerror or exc}") from exc
+        raise TransportError(f"cannot {action} {ref}: {exc.strerror or exc}") from exc
+
+
+def check(refs: Sequence[Reference], shape: Shape) -> None:
+    """Refuse, before anything is built, an image of SHAPE that one of REFS cannot hold."""
+    for ref in refs:
+        lookup(ref.transport).check(ref, shape)
+
+
+def write(layout: Path, desc: Descriptor, ref: Reference, ctx: Context | None = None) -> None:
+    """Write the image DESC of LAYOUT to REF with the transport REF names."""
+    _wrapped(ref, "write", lambda: lookup(ref.transport).write_image(layout, desc, ref, ctx or Context()))
+
+
+def attach(layout: Path, referrers: Sequence[Referrer], ref: Reference, ctx: Context | None = None) -> None:
+    """Store REFERRERS of LAYOUT at REF, which already holds their images, where REF keeps referrers."""
+    ctx = ctx or Context()
+    transport = lookup(ref.transport)
+    kept: list[bool] = []
+    for referrer in referrers:
+        _wrapped(ref, "attach to", lambda: kept.append(transport.attach(layout, referrer, ref, ctx)))
+    if not all(kept):
+        ctx.log.info(f"{ref}: keeps no referrers, so the SBOM is not attached there")
 
 
 @contextmanager
-def open_image(ref: Reference) -> Iterator[tuple[Path, Descriptor]]:
-    """An image stored locally (``oci:`` or ``oci-archive:``) as (layout, descriptor) while in use."""
-    if ref.transport == "oci":
-        from ocistrap.transports import oci
+def open_image(ref: Reference, ctx: Context | None = None) -> Iterator[ImageStore]:
+    """The images at REF, readable while in use."""
+    with lookup(ref.transport).open_image(ref, ctx or Context()) as store:
+        yield store
 
-        yield oci.read(Path(ref.path), ref.tag)
-    elif ref.transport == "oci-archive":
-        from ocistrap.transports import oci_archive
 
-        with oci_archive.read(Path(ref.path), ref.tag) as found:
-            yield found
-    else:
-        raise BadReference(f"cannot read images from {ref.transport}: here",
-                           hint="give an oci:DIR[:TAG] or oci-archive:FILE[:TAG] image")
+def not_readable(ref: Reference) -> NoReturn:
+    """What ``open_image`` raises for transports that cannot be read back."""
+    raise BadReference(f"cannot read images from {ref.transport}: here",
+                       hint="give an oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or registry image")
 
 
 @contextmanager

@@ -14,10 +14,23 @@ image cannot be stored without a name.
 import shutil
 import subprocess
 import tempfile
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ocistrap.image import Descriptor
-from ocistrap.transports import Reference, TransportError, docker_archive, oci
+from ocistrap.transports import (
+    BadReference,
+    Context,
+    ImageStore,
+    Reference,
+    Referrer,
+    Shape,
+    TransportError,
+    docker_archive,
+    not_readable,
+    oci,
+    split_docker_reference,
+)
 
 TOOLS = ("skopeo", "podman")
 
@@ -69,6 +82,38 @@ def _run(argv: list[str], name: str) -> None:
         raise TransportError(f"{argv[0]} could not store the image as {name}: {detail}")
 
 
-def write_reference(layout: Path, desc: Descriptor, ref: Reference) -> None:
-    """Transport entry point for ``containers-storage:NAME[:TAG]``."""
+# --- the transport -----------------------------------------------------------------------------
+
+
+def parse(details: str, text: str) -> Reference:
+    if not details:
+        return Reference("containers-storage")
+    if details.startswith("["):
+        raise BadReference(f"{text!r}: containers-storage store specifications are not supported")
+    name, tag, digest = split_docker_reference(details, text)
+    return Reference("containers-storage", name=name, tag=tag, digest=digest)
+
+
+def show(ref: Reference) -> str:
+    return f"containers-storage:{ref.image()}"
+
+
+def check(ref: Reference, shape: Shape) -> None:
+    """The name is needed, and a tool to store with; podman loads one platform only."""
+    storage_name(ref)
+    if find_tool() == "podman" and shape.platforms != 1:
+        raise TransportError(f"{ref}: without skopeo, podman loads one platform, this build makes "
+                             f"{shape.platforms}", hint="install skopeo, or build one architecture")
+
+
+def write_image(layout: Path, desc: Descriptor, ref: Reference, ctx: Context) -> None:
     store(layout, desc, storage_name(ref))
+
+
+def open_image(ref: Reference, ctx: Context) -> AbstractContextManager[ImageStore]:
+    not_readable(ref)
+
+
+def attach(layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
+    """containers/storage keeps referrers only through its own tools' signature stores."""
+    return False

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from ocistrap.image import (
     CONFIG_MEDIA_TYPES,
@@ -25,12 +25,18 @@ from ocistrap.image import (
     canonical_json,
 )
 from ocistrap.transports import (
+    BadReference,
+    Context,
     Reference,
+    Referrer,
+    Shape,
     TransportError,
     extract_archive,
     oci,
     plain_tarinfo,
     replacing,
+    require_path,
+    split_docker_reference,
 )
 
 MANIFEST_FILE = "manifest.json"
@@ -44,6 +50,12 @@ class DockerImage:
     config: Path
     layers: list[Path]
     repo_tags: list[str]
+    root: Path
+    archive: Path
+
+    def name(self, path: Path) -> str:
+        """``ARCHIVE:MEMBER``, how messages name a file of the unpacked archive."""
+        return f"{self.archive}:{path.relative_to(self.root).as_posix()}"
 
 
 @dataclass(frozen=True)
@@ -76,12 +88,6 @@ def write(layout_src: Path, desc: Descriptor, dest_file: Path, repo_tags: Sequen
         _add_bytes(tar, MANIFEST_FILE, canonical_json([entry]))
 
 
-def write_reference(layout: Path, desc: Descriptor, ref: Reference) -> None:
-    """Transport entry point for ``docker-archive:FILE[:REPO:TAG]``."""
-    assert ref.path is not None
-    write(layout, desc, ref.path, [f"{ref.name}:{ref.tag}"] if ref.name else [])
-
-
 def _single_manifest(layout: Path, desc: Descriptor) -> Descriptor:
     if desc.media_type in MANIFEST_MEDIA_TYPES:
         return desc
@@ -106,6 +112,8 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 @contextmanager
 def read(archive: Path) -> Iterator[DockerArchive]:
     """Unpack ARCHIVE into a temporary directory and yield its images while it exists."""
+    if not archive.is_file():
+        raise TransportError(f"{archive}: no such archive")
     with tempfile.TemporaryDirectory(prefix="ocistrap-docker-archive.") as work:
         root = Path(work)
         extract_archive(archive, root)
@@ -136,6 +144,8 @@ def _image(root: Path, archive: Path, number: int, entry: Any) -> DockerImage:
         config=_member(root, where, config),
         layers=[_member(root, where, layer) for layer in layers],
         repo_tags=[str(t) for t in tags],
+        root=root,
+        archive=archive,
     )
 
 
@@ -147,3 +157,72 @@ def _member(root: Path, where: str, name: Any) -> Path:
     if not path.is_file():
         raise TransportError(f"{where}: {name} is missing from the archive")
     return path
+
+
+# --- the transport -----------------------------------------------------------------------------
+
+
+def parse(details: str, text: str) -> Reference:
+    """``FILE[:REPO[:TAG]]``: the path ends at the first colon; a bare REPO gets tag ``latest``."""
+    path, _, image = details.partition(":")
+    file = require_path(path, text)
+    if not image:
+        return Reference("docker-archive", path=file)
+    name, tag, digest = split_docker_reference(image, text)
+    if digest:
+        raise BadReference(f"{text!r}: a docker-archive reference takes a tag, not a digest")
+    return Reference("docker-archive", path=file, name=name, tag=tag or "latest")
+
+
+def show(ref: Reference) -> str:
+    return f"docker-archive:{ref.path}" + (f":{ref.image()}" if ref.name else "")
+
+
+def check(ref: Reference, shape: Shape) -> None:
+    if shape.platforms != 1:
+        raise BadReference(f"{ref}: a docker-archive holds one platform, this build makes {shape.platforms}",
+                           hint="build one architecture per docker-archive, or write oci: or oci-archive:")
+
+
+def write_image(layout: Path, desc: Descriptor, ref: Reference, ctx: Context) -> None:
+    assert ref.path is not None
+    write(layout, desc, ref.path, [ref.image()] if ref.name else [])
+
+
+@contextmanager
+def open_image(ref: Reference, ctx: Context) -> Iterator["SavedStore"]:
+    assert ref.path is not None
+    with read(ref.path) as archive:
+        yield SavedStore(archive, str(ref.path))
+
+
+def attach(layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
+    """``docker save`` archives have no manifests, so nothing can refer to one."""
+    return False
+
+
+@dataclass(frozen=True)
+class SavedStore:
+    """An unpacked docker-archive as an image store: images without manifests, no referrers."""
+
+    archive: DockerArchive
+    shown: str
+    layout: None = None
+
+    def roots(self) -> list[Descriptor]:
+        return []
+
+    def read(self, desc: Descriptor, where: str) -> bytes:
+        raise TransportError(f"{self.shown}: a docker-archive holds no {desc.media_type} documents")
+
+    def open_blob(self, desc: Descriptor, where: str) -> IO[bytes]:
+        raise TransportError(f"{self.shown}: a docker-archive holds no blobs by digest")
+
+    def blob_name(self, desc: Descriptor) -> str:
+        return f"{self.shown}@{desc.digest}"
+
+    def referrers(self, subject: Descriptor, artifact_type: str) -> None:
+        return None
+
+    def saved_images(self) -> list[DockerImage]:
+        return self.archive.images

@@ -3,8 +3,11 @@
 A layout is ``oci-layout``, ``index.json`` and ``blobs/sha256/<hex>``. Blobs
 appear under their final name only once complete; blobs are added and
 ``index.json`` replaced atomically under an exclusive lock, so several builds
-may tag into one layout at the same time. A write that fails leaves the layout
-as it was: the blobs it added go, and so does a layout it created.
+may tag into one layout at the same time. The lock is an flock on the layout
+directory itself, so no lock file joins the layout. A write that fails leaves
+the layout as it was: the blobs it added go, and so does a layout it created;
+whether it created it is decided under the lock, so a writer that failed never
+removes the image of one that finished first.
 """
 
 import errno
@@ -15,8 +18,9 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ocistrap.image import (
     ANNOTATION_REF_NAME,
@@ -29,11 +33,20 @@ from ocistrap.image import (
     parse_digest,
 )
 from ocistrap.schema import validate
-from ocistrap.transports import Reference, TransportError, atomic_write_bytes, replacing
+from ocistrap.transports import (
+    Context,
+    Reference,
+    Referrer,
+    Shape,
+    TransportError,
+    atomic_write_bytes,
+    parse_layout,
+    replacing,
+    show_layout,
+)
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
-LOCK_FILE = ".ocistrap.lock"
 LAYOUT_VERSION = "1.0.0"
 
 
@@ -166,18 +179,26 @@ def read(root: Path, tag: str | None = None) -> tuple[Path, Descriptor]:
 
 
 @contextmanager
-def locked(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the layout ROOT (blocks until other writers finish); a layout
-    that a failed writer removed while this one waited is made again."""
+def locked(root: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on the layout directory ROOT (blocks until other writers finish) and
+    say whether this call made the directory; one that a failed writer removed while this one
+    waited is made again."""
     while True:
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            root.mkdir(parents=True)
+            made = True
+        except FileExistsError:
+            made = False
+        try:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
         fcntl.flock(fd, fcntl.LOCK_EX)
         if os.fstat(fd).st_nlink > 0:
             break
         os.close(fd)
     try:
-        yield
+        yield made
     finally:
         os.close(fd)
 
@@ -190,8 +211,8 @@ def write(layout_src: Path, desc: Descriptor, dest_dir: Path, tag: str | None = 
     index entry is returned. On failure DEST_DIR is left as it was.
     """
     blobs = reachable(layout_src, desc)
-    created = not dest_dir.exists()
-    with locked(dest_dir):
+    with locked(dest_dir) as made:
+        fresh = made and not (dest_dir / LAYOUT_FILE).exists()
         added: list[Path] = []
         try:
             (dest_dir / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
@@ -201,7 +222,7 @@ def write(layout_src: Path, desc: Descriptor, dest_dir: Path, tag: str | None = 
             init_layout(dest_dir)
             return _add_to_index(dest_dir, desc, tag)
         except BaseException:
-            if created:
+            if fresh:
                 shutil.rmtree(dest_dir, ignore_errors=True)
             else:
                 for path in added:
@@ -209,10 +230,91 @@ def write(layout_src: Path, desc: Descriptor, dest_dir: Path, tag: str | None = 
             raise
 
 
-def write_reference(layout: Path, desc: Descriptor, ref: Reference) -> None:
-    """Transport entry point for ``oci:DIR[:TAG]``."""
+# --- the transport (``oci:DIR[:TAG]``) ----------------------------------------------------------
+
+
+def parse(details: str, text: str) -> Reference:
+    return parse_layout("oci", details, text)
+
+
+show = show_layout
+
+
+def check(ref: Reference, shape: Shape) -> None:
+    """A layout holds any image."""
+
+
+def write_image(layout: Path, desc: Descriptor, ref: Reference, ctx: Context) -> None:
     assert ref.path is not None
     write(layout, desc, ref.path, ref.tag)
+
+
+@contextmanager
+def open_image(ref: Reference, ctx: Context) -> Iterator["LayoutStore"]:
+    assert ref.path is not None
+    yield LayoutStore(ref.path, ref.tag, str(ref.path))
+
+
+def attach(layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
+    """An untagged entry of ``index.json``, and its one layer as the plain file ``TAG.FILE_NAME``."""
+    assert ref.path is not None
+    write(layout, referrer.manifest, ref.path)
+    layers = children(layout, referrer.manifest)[1:]
+    if len(layers) == 1:
+        content = blob_path(layout, layers[0].digest).read_bytes()
+        atomic_write_bytes(ref.path / f"{ref.tag or 'image'}.{referrer.file_name}", content)
+    return True
+
+
+@dataclass(frozen=True)
+class LayoutStore:
+    """The images of a layout ROOT (TAG's, or all of index.json), read for ``verify`` and ``sbom``;
+    messages name it SHOWN (an archive names the file it came from)."""
+
+    root: Path
+    tag: str | None
+    shown: str
+
+    @property
+    def layout(self) -> Path:
+        return self.root
+
+    def roots(self) -> list[Descriptor]:
+        check_layout(self.root)
+        version = _parse_json((self.root / LAYOUT_FILE).read_bytes(), self.root / LAYOUT_FILE)
+        if not isinstance(version, dict) or not isinstance(version.get("imageLayoutVersion"), str):
+            raise TransportError(f"{self.shown}/{LAYOUT_FILE}: needs a JSON object with imageLayoutVersion")
+        if self.tag is not None:
+            return [read(self.root, self.tag)[1]]
+        return [Descriptor.from_json(d) for d in load_index(self.root)["manifests"]]
+
+    def read(self, desc: Descriptor, where: str) -> bytes:
+        return self._path(desc, where).read_bytes()
+
+    def open_blob(self, desc: Descriptor, where: str) -> IO[bytes]:
+        return open(self._path(desc, where), "rb")
+
+    def blob_name(self, desc: Descriptor) -> str:
+        return f"{self.shown}/{blob_path(self.root, desc.digest).relative_to(self.root).as_posix()}"
+
+    def referrers(self, subject: Descriptor, artifact_type: str) -> list[Descriptor]:
+        found = []
+        for entry in (Descriptor.from_json(d) for d in load_index(self.root)["manifests"]):
+            if entry.media_type in MANIFEST_MEDIA_TYPES:
+                doc = read_json(self.root, entry)
+                if (doc.get("subject") or {}).get("digest") == subject.digest and \
+                        doc.get("artifactType") == artifact_type:
+                    found.append(entry)
+        return found
+
+    def saved_images(self) -> list[Any]:
+        return []
+
+    def _path(self, desc: Descriptor, where: str) -> Path:
+        path = blob_path(self.root, desc.digest)
+        if not path.is_file():
+            raise TransportError(f"{self.blob_name(desc)} ({where}): blob is missing")
+        return path
 
 
 def _add_to_index(root: Path, desc: Descriptor, tag: str | None) -> Descriptor:

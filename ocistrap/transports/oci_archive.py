@@ -3,8 +3,15 @@
 The archive is built from a private layout beside FILE and renamed into place
 when complete. Its members carry no owner or time, so the same image gives
 the same archive bytes.
+
+``podman load`` names an image after its ``org.opencontainers.image.ref.name``
+(``TAG``: ``localhost/debian:bookworm`` as given, a bare ``bookworm`` as
+``localhost/bookworm:latest``) and leaves one without it unnamed, so an
+archive written without TAG is named after its file: ``debian.tar`` holds
+``debian``, which podman loads as ``localhost/debian:latest``.
 """
 
+import re
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -12,7 +19,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ocistrap.image import Descriptor
-from ocistrap.transports import Reference, extract_archive, oci, plain_tarinfo, replacing
+from ocistrap.transports import (
+    Context,
+    Reference,
+    Referrer,
+    TransportError,
+    extract_archive,
+    oci,
+    parse_layout,
+    plain_tarinfo,
+    replacing,
+    show_layout,
+)
+
+_NOT_IN_A_NAME = re.compile(r"[^a-z0-9._-]+")
+
+
+def default_name(dest_file: Path) -> str:
+    """The ref.name of an archive written without a tag: its file name without ``.tar``, as an
+    image name (lowercase letters, digits, ``.``, ``_``, ``-``), or ``image``."""
+    stem = dest_file.name.lower().removesuffix(".tar")
+    return _NOT_IN_A_NAME.sub("-", stem).strip("._-") or "image"
 
 
 def write(layout_src: Path, desc: Descriptor, dest_file: Path, tag: str | None = None) -> None:
@@ -20,20 +47,14 @@ def write(layout_src: Path, desc: Descriptor, dest_file: Path, tag: str | None =
     dest_file.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest_file.name}.", dir=dest_file.parent) as work:
         layout = Path(work) / "layout"
-        oci.write(layout_src, desc, layout, tag)
+        oci.write(layout_src, desc, layout, tag or default_name(dest_file))
         with replacing(dest_file) as temp:
             tar_layout(layout, temp)
 
 
-def write_reference(layout: Path, desc: Descriptor, ref: Reference) -> None:
-    """Transport entry point for ``oci-archive:FILE[:TAG]``."""
-    assert ref.path is not None
-    write(layout, desc, ref.path, ref.tag)
-
-
 def tar_layout(layout: Path, dest: Path) -> None:
-    """Write the layout directory LAYOUT as a reproducible tar at DEST (no lock file)."""
-    paths = sorted(p for p in layout.rglob("*") if p.name != oci.LOCK_FILE)
+    """Write the layout directory LAYOUT as a reproducible tar at DEST."""
+    paths = sorted(layout.rglob("*"))
     with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
         for path in paths:
             tar.add(path, arcname=path.relative_to(layout).as_posix(), recursive=False, filter=plain_tarinfo)
@@ -42,6 +63,44 @@ def tar_layout(layout: Path, dest: Path) -> None:
 @contextmanager
 def read(archive: Path, tag: str | None = None) -> Iterator[tuple[Path, Descriptor]]:
     """Unpack ARCHIVE into a temporary layout and yield (layout, descriptor of TAG) while it exists."""
+    with _unpacked(archive) as layout:
+        yield oci.read(layout, tag)
+
+
+@contextmanager
+def _unpacked(archive: Path) -> Iterator[Path]:
+    if not archive.is_file():
+        raise TransportError(f"{archive}: no such archive")
     with tempfile.TemporaryDirectory(prefix="ocistrap-oci-archive.") as work:
         extract_archive(archive, Path(work))
-        yield oci.read(Path(work), tag)
+        yield Path(work)
+
+
+# --- the transport -----------------------------------------------------------------------------
+
+
+def parse(details: str, text: str) -> Reference:
+    return parse_layout("oci-archive", details, text)
+
+
+show = show_layout
+
+
+check = oci.check
+
+
+def write_image(layout: Path, desc: Descriptor, ref: Reference, ctx: Context) -> None:
+    assert ref.path is not None
+    write(layout, desc, ref.path, ref.tag)
+
+
+@contextmanager
+def open_image(ref: Reference, ctx: Context) -> Iterator[oci.LayoutStore]:
+    assert ref.path is not None
+    with _unpacked(ref.path) as layout:
+        yield oci.LayoutStore(layout, ref.tag, str(ref.path))
+
+
+def attach(layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
+    """An archive is written whole, once: it keeps no referrers."""
+    return False

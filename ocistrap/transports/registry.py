@@ -783,11 +783,6 @@ def store_manifest(repo: Repository, reference: str, data: bytes, media_type: st
     return desc
 
 
-def write_reference(layout: Path, desc: Descriptor, ref: Reference) -> None:
-    """Transport entry point for ``docker://REF`` (TLS verified except for loopback registries)."""
-    push(layout, desc, ref)
-
-
 # --- referrers ---------------------------------------------------------------------------------
 
 
