@@ -106,8 +106,7 @@ def read_member(ref: Reference, *, tls_verify: bool | None = None) -> Member:
         config_desc = Descriptor.from_json(document["config"])
     except (KeyError, TypeError, ImageError) as exc:
         raise CombineError(f"{shown}: the manifest has no usable config descriptor ({exc})", damaged=True) from None
-    with repo.open_blob(config_desc.digest) as stream:
-        config = stream.read(config_desc.size + 1)
+    config = repo.read_blob(config_desc)
     if Descriptor.of(config, config_desc.media_type).digest != config_desc.digest:
         raise CombineError(f"{shown}: config {config_desc.digest} does not match its digest", damaged=True)
     return Member(shown, repo, data, media_type, document, platform_of(_json(config, f"{shown}: config"), shown))

@@ -5,18 +5,17 @@ SHA256 from signed metadata) before it is used or enters the cache.
 """
 
 import hashlib
-import time
-import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-import requests
-
+from ocistrap import http, log
 from ocistrap.cache import CHUNK, Cache, file_sha256
-from ocistrap import log
 from ocistrap.errors import OcistrapError
+
+T = TypeVar("T")
 
 
 class FetchError(OcistrapError):
@@ -31,10 +30,9 @@ class Mismatch(FetchError):
     """A downloaded file's size or SHA256 is not the signed one."""
 
 
-RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
-MAX_REDIRECTS = 5
-_SCHEME_RANK = {"http": 0, "https": 1}
+RELEASE_LIMIT = 16 << 20
+"""The largest InRelease, Release or Release.gpg accepted (Debian's largest are a few hundred KiB)."""
+INDEX_LIMIT = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -51,20 +49,16 @@ class Fetcher:
     """One HTTP session with retry policy; ``offline`` refuses any network use."""
 
     def __init__(self, *, offline: bool = False, attempts: int = 4, timeout: float = 30.0,
-                 backoff: float = 0.5, jobs: int = 8) -> None:
+                 deadline: float = 300.0, stall: float = 60.0, backoff: float = 0.5, jobs: int = 8) -> None:
         self.offline = offline
         self.attempts = attempts
-        self.timeout = timeout
-        self.backoff = backoff
         self.jobs = jobs
-        self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=jobs)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = "ocistrap"
+        self.retry = http.RetryPolicy(attempts=attempts, base_delay=backoff)
+        timeouts = http.Timeouts(connect=timeout, read=timeout, deadline=deadline, stall=stall)
+        self.http = http.Client(error=_cannot_fetch, timeouts=timeouts, pool=jobs)
 
-    def get(self, url: str, *, what: str, limit: int = 256 << 20) -> bytes:
-        """The whole body of a small file (InRelease, an index)."""
+    def get(self, url: str, *, what: str, limit: int = INDEX_LIMIT) -> bytes:
+        """The whole body of a file read into memory (InRelease, an index), refused past LIMIT bytes."""
         return self._retrying(url, what, lambda: self._get_once(url, what, limit))
 
     def download(self, wanted: Wanted, cache: Cache) -> Path:
@@ -113,46 +107,20 @@ class Fetcher:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             return list(pool.map(one, items))
 
-    def _retrying(self, url: str, what: str, attempt: Callable[[], object]):  # type: ignore[no-untyped-def]
+    def _retrying(self, url: str, what: str, attempt: Callable[[], T]) -> T:
         if self.offline:
             raise FetchError(f"cannot fetch {what}: --offline forbids network access",
                              hint="run once with network access to fill the cache")
-        for n in range(self.attempts):
-            try:
-                return attempt()
-            except _Transient as e:
-                if n + 1 == self.attempts:
-                    raise FetchError(f"cannot fetch {what}: {e} (gave up after {self.attempts} attempts)",
-                                     hint="check the mirror URL and the network") from None
-                time.sleep(self.backoff * 2**n)
-        raise AssertionError("unreachable")
+        return self.retry.run(attempt, lambda exc, attempts: FetchError(
+            f"cannot fetch {what}: {exc} (gave up after {attempts} attempts)",
+            hint="check the mirror URL and the network"))
 
-    def _request(self, url: str, what: str, headers: dict[str, str] | None = None) -> requests.Response:
-        """GET URL, following at most MAX_REDIRECTS redirects that ``redirect_target`` allows."""
-        for _ in range(MAX_REDIRECTS + 1):
-            response = self._get_one(url, what, headers)
-            if response.status_code not in REDIRECT_STATUS:
-                return self._checked(response, url, what)
-            location = response.headers.get("Location", "")
-            response.close()
-            url = redirect_target(url, location, what)
-        raise FetchError(f"cannot fetch {what}: more than {MAX_REDIRECTS} redirects (last to {url})",
-                         hint="check the mirror URL; it may redirect in a loop")
-
-    def _get_one(self, url: str, what: str, headers: dict[str, str] | None) -> requests.Response:
-        try:
-            return self.session.get(url, stream=True, timeout=self.timeout, headers=headers,
-                                    allow_redirects=False)
-        except (requests.ConnectionError, requests.Timeout) as e:
-            raise _Transient(_reason(e)) from None
-        except requests.RequestException as e:
-            raise FetchError(f"cannot fetch {what}: {_reason(e)}") from None
+    def _request(self, url: str, what: str, headers: dict[str, str] | None = None) -> http.Response:
+        """GET URL (redirects, deadlines and retry statuses as ``ocistrap.http`` decides)."""
+        return self._checked(self.http.send("GET", url, what=what, headers=headers, large=True), url, what)
 
     @staticmethod
-    def _checked(response: requests.Response, url: str, what: str) -> requests.Response:
-        if response.status_code in RETRY_STATUS:
-            response.close()
-            raise _Transient(f"HTTP {response.status_code}")
+    def _checked(response: http.Response, url: str, what: str) -> http.Response:
         if response.status_code == 404:
             response.close()
             raise NotFound(f"{what} does not exist on the mirror (HTTP 404: {url})")
@@ -162,17 +130,7 @@ class Fetcher:
         return response
 
     def _get_once(self, url: str, what: str, limit: int) -> bytes:
-        with self._request(url, what) as response:
-            body = bytearray()
-            try:
-                for chunk in response.iter_content(CHUNK):
-                    body += chunk
-                    if len(body) > limit:
-                        raise FetchError(f"{what} is larger than {limit} bytes; refusing it")
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as e:
-                raise _Transient(_reason(e)) from None
-        return bytes(body)
+        return self._request(url, what).read(limit, what)
 
     def _download_once(self, wanted: Wanted, cache: Cache) -> None:
         partial = cache.partial_path(wanted.sha256)
@@ -184,17 +142,14 @@ class Fetcher:
         with self._request(wanted.url, wanted.what, headers) as response:
             mode = "ab" if have and response.status_code == 206 else "wb"
             received = start = have if mode == "ab" else 0
-            announced = _content_length(response)
+            announced = http.content_length(response.headers)
             try:
                 with open(partial, mode) as f:
-                    for chunk in response.iter_content(CHUNK):
+                    for chunk in response.chunks(CHUNK):
                         received += len(chunk)
                         if received > wanted.size:
                             break
                         f.write(chunk)
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as e:
-                raise _Transient(_reason(e)) from None
             except OSError as e:
                 raise FetchError(f"cannot write {partial}: {e.strerror}") from None
         if received > wanted.size:
@@ -206,35 +161,7 @@ class Fetcher:
             raise FetchError(f"{wanted.what}: the mirror sent {received} bytes, less than the signed size of "
                              f"{wanted.size} bytes; refused", hint="the mirror may be broken or mid-update")
         if received < wanted.size:
-            raise _Transient(f"connection closed after {received} of {wanted.size} bytes")
-
-
-def redirect_target(source: str, location: str, what: str) -> str:
-    """The absolute URL a redirect from SOURCE to LOCATION leads to, if the policy allows it.
-
-    Another host is fine (every byte is checked against signed hashes anyway),
-    but, as apt does, never a step down from https to http, nor any other scheme.
-    """
-    if not location:
-        raise FetchError(f"cannot fetch {what}: the mirror redirected without a Location ({source})")
-    target = urllib.parse.urljoin(source, location)
-    if not scheme_allows(source, target):
-        raise FetchError(f"cannot fetch {what}: refused the redirect from {source} to {target} "
-                         f"(only http->http, http->https and https->https are followed)",
-                         hint="point --mirror at the https URL the mirror redirects to")
-    return target
-
-
-def scheme_allows(source: str, target: str) -> bool:
-    """Whether a redirect from SOURCE to TARGET keeps to http/https and never steps down to http."""
-    old = _SCHEME_RANK.get(urllib.parse.urlsplit(source).scheme.lower())
-    new = _SCHEME_RANK.get(urllib.parse.urlsplit(target).scheme.lower())
-    return old is not None and new is not None and new >= old
-
-
-def _content_length(response: requests.Response) -> int | None:
-    value = response.headers.get("Content-Length", "")
-    return int(value) if value.isascii() and value.isdigit() else None
+            raise http.Transient(f"connection closed after {received} of {wanted.size} bytes")
 
 
 def check_file(path: Path, wanted: Wanted) -> None:
@@ -255,10 +182,5 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class _Transient(Exception):
-    """A failure worth retrying: a dropped connection, a timeout, 5xx or 429."""
-
-
-def _reason(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:200]
+def _cannot_fetch(message: str, *, hint: str | None = None) -> FetchError:
+    return FetchError(f"cannot fetch {message}", hint=hint)

@@ -22,7 +22,7 @@ from pathlib import Path
 from ocistrap import archive, openpgp
 from ocistrap.archive import ArchiveError, Package, Release
 from ocistrap.cache import Cache
-from ocistrap.fetch import Fetcher, NotFound, sha256_hex
+from ocistrap.fetch import RELEASE_LIMIT, Fetcher, NotFound, sha256_hex
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -120,17 +120,18 @@ def _release_bytes(source: Source, fetcher: Fetcher, cache: Cache,
         raise ArchiveError(f"no verified Release of {source.suite} from {source.mirror} in the cache",
                            hint="run `ocistrap lock` once with network access")
     try:
-        return fetcher.get(source.url(inrelease), what=source.url(inrelease)), inrelease
+        return fetcher.get(source.url(inrelease), what=source.url(inrelease), limit=RELEASE_LIMIT), inrelease
     except NotFound:
         pass
     release_path = f"dists/{source.suite}/Release"
     try:
-        data = fetcher.get(source.url(release_path), what=source.url(release_path))
+        data = fetcher.get(source.url(release_path), what=source.url(release_path), limit=RELEASE_LIMIT)
     except NotFound:
         raise ArchiveError(f"suite {source.suite!r} not found on {source.mirror} "
                            f"(neither InRelease nor Release exists)",
                            hint="check the suite name (e.g. bookworm, trixie, sid) and --mirror") from None
-    signature = fetcher.get(source.url(release_path + ".gpg"), what=source.url(release_path + ".gpg"))
+    signature = fetcher.get(source.url(release_path + ".gpg"), what=source.url(release_path + ".gpg"),
+                            limit=RELEASE_LIMIT)
     return _detached_bundle(data, signature), release_path
 
 
@@ -303,11 +304,11 @@ def _fetch_index(source: Source, signed: SignedRelease, path: str, entry: archiv
     if signed.release.acquire_by_hash:
         by_hash = base + archive.by_hash_path(path, entry)
         try:
-            data = fetcher.get(source.url(by_hash), what=source.url(by_hash))
+            data = fetcher.get(source.url(by_hash), what=source.url(by_hash), limit=entry.size)
             archive.verify_bytes(data, entry, what=source.url(by_hash))
             return data
         except NotFound:
             pass
-    data = fetcher.get(source.url(base + path), what=what)
+    data = fetcher.get(source.url(base + path), what=what, limit=entry.size)
     archive.verify_bytes(data, entry, what=what)
     return data

@@ -149,6 +149,10 @@ class Faults:
     drop_upload: int = 0
     manifest_500: int = 0
     wrong_manifest_back: bool = False
+    token_503: int = 0
+    huge: str | None = None  # "manifest", "error" (to a manifest PUT) or "token": a 100 MiB answer
+    drip: float = 0.0  # manifest GETs: the body one byte at a time, this many seconds apart
+    upload_to: str | None = None  # uploads go to this other origin (as Location)
 
 
 @dataclass
@@ -163,6 +167,7 @@ class FakeState:
     seen_authorization: list[str] = field(default_factory=list)
     referrers_api: bool = False
     referrers: dict[str, list[dict]] = field(default_factory=dict)
+    sent: int = 0  # bytes of a huge answer that got out
 
 
 _BLOB = re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})")
@@ -219,6 +224,34 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _huge(self, status: int, content_type: str, announced: bool) -> None:
+        """Answer with 100 MiB of zeros, counting what gets out before the client stops reading."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length" if announced else "Connection", str(100 << 20) if announced else "close")
+        self.end_headers()
+        self.close_connection = True
+        block = b"\0" * (1 << 16)
+        try:
+            while self.state.sent < 100 << 20:
+                self.wfile.write(block)
+                self.state.sent += len(block)
+        except OSError:
+            pass
+
+    def _drip(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for offset in range(len(body)):
+                time.sleep(self.state.faults.drip)
+                self.wfile.write(body[offset:offset + 1])
+                self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+
     def _authorized(self) -> bool:
         if self.state.auth is None:
             return True
@@ -238,6 +271,11 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _token(self) -> None:
+        if self.state.faults.token_503:
+            self.state.faults.token_503 -= 1
+            return self._reply(503, b"try later", "text/plain")
+        if self.state.faults.huge == "token":
+            return self._huge(200, "application/json", announced=False)
         expected = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
         if self.headers.get("Authorization") != f"Basic {expected}":
             return self._reply(401, b'{"details":"bad credentials"}', "application/json")
@@ -258,7 +296,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply(201, Location=f"/v2/{name}/blobs/{mount}", Docker_Content_Digest=mount)
             new_id = os.urandom(8).hex()
             self.state.uploads[new_id] = bytearray()
-            return self._reply(202, Location=f"/v2/{name}/blobs/uploads/{new_id}?_state=x", Range="0-0")
+            where = self.state.faults.upload_to or ""
+            return self._reply(202, Location=f"{where}/v2/{name}/blobs/uploads/{new_id}?_state=x", Range="0-0")
         if upload_id not in self.state.uploads:
             self._body()
             return self._reply(404, b'{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"unknown"}]}', "application/json")
@@ -298,6 +337,8 @@ class _Handler(BaseHTTPRequestHandler):
         tags = self.state.tags.setdefault(name, {})
         if self.command == "PUT":
             body = self._body()
+            if self.state.faults.huge == "error":
+                return self._huge(400, "application/json", announced=False)
             if self.state.faults.manifest_500:
                 self.state.faults.manifest_500 -= 1
                 return self._reply(500, b"{}", "application/json")
@@ -314,6 +355,10 @@ class _Handler(BaseHTTPRequestHandler):
         body, media_type = found
         if self.state.faults.wrong_manifest_back:
             body = body + b" "
+        if self.state.faults.huge == "manifest" and self.command == "GET":
+            return self._huge(200, media_type, announced=True)
+        if self.state.faults.drip and self.command == "GET":
+            return self._drip(body, media_type)
         self._reply(200, body, media_type, Docker_Content_Digest=digest)
 
 

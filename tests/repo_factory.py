@@ -274,8 +274,10 @@ class Tamper:
     body: serve these bytes instead of the file; status: answer with this code;
     content_length: announce this length; cut_after: close the connection after
     this many body bytes; delay: wait this long before answering (a large
-    value is a hang); redirect: answer 302 to this location; times: misbehave
-    for this many requests only, then serve normally.
+    value is a hang); drip: send the body one byte at a time, this many
+    seconds apart (each read is quick, the whole never ends); redirect: answer
+    302 to this location; times: misbehave for this many requests only, then
+    serve normally.
     """
 
     body: bytes | None = None
@@ -283,6 +285,7 @@ class Tamper:
     content_length: int | None = None
     cut_after: int | None = None
     delay: float = 0.0
+    drip: float = 0.0
     redirect: str | None = None
     times: int | None = None
 
@@ -351,10 +354,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body, status, extra = self._range(body, status)
         length = tamper.content_length if tamper.content_length is not None else len(body)
         self._head(status, length, extra)
-        if send_body:
+        if send_body and tamper.drip:
+            self._drip(body, tamper.drip)
+        elif send_body:
             self.wfile.write(body if tamper.cut_after is None else body[: tamper.cut_after])
         if tamper.cut_after is not None or length != len(body):
             self.close_connection = True
+
+    def _drip(self, body: bytes, seconds: float) -> None:
+        for offset in range(len(body)):
+            if self.mirror.stopping.wait(seconds):
+                break
+            self.wfile.write(body[offset:offset + 1])
+            self.wfile.flush()
 
     def _read(self, path: str) -> bytes | None:
         target = (self.mirror.root / path).resolve()

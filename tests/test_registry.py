@@ -6,13 +6,16 @@ when present, checks what we pushed from the outside.
 """
 
 import base64
+import hashlib
 import io
 import json
 import os
 import shutil
 import stat
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +27,8 @@ import requests
 from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, free_port
 from image_helpers import build_image
 
-from ocistrap import auth, image
+from ocistrap import auth, http, image
+from ocistrap.cli import main
 from ocistrap.image import Descriptor
 from ocistrap.transports import Reference, TransportError, oci, parse_reference
 from ocistrap.transports import registry as reg
@@ -147,7 +151,7 @@ def test_loopback(registry, loopback):
 def test_plain_http_only_for_loopback(name, tls_verify, base):
     session = reg.Registry(name, tls_verify=tls_verify)
     assert session.base == base
-    assert session.session.verify is (tls_verify is not False)
+    assert session.http.session.verify is (tls_verify is not False)
 
 
 def test_backoff_grows_and_honours_retry_after():
@@ -165,12 +169,12 @@ def test_connection_errors_are_summarised_without_urls():
         "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: "
         "/v2/x/blobs/uploads/abc?_state=SECRETSTATE"
     )
-    assert "SECRETSTATE" not in reg._reason(exc)
+    assert "SECRETSTATE" not in http.reason(exc)
     port = free_port()
     try:
         requests.put(f"http://127.0.0.1:{port}/v2/x/blobs/uploads/abc?_state=SECRETSTATE", timeout=5)
     except requests.ConnectionError as real:
-        assert reg._reason(real) == "Failed to establish a new connection: [Errno 111] Connection refused"
+        assert http.reason(real) == "Failed to establish a new connection: [Errno 111] Connection refused"
 
 
 # --- credentials ---------------------------------------------------------------------------
@@ -452,6 +456,17 @@ def storage(fake_registry) -> Iterator[Storage]:
 
         do_HEAD = do_GET
 
+        def do_PUT(self) -> None:
+            """Take an upload (a registry's Location may point here) and answer as a registry does."""
+            found.seen.append((self.command, self.path, self.headers.get("Authorization", "")))
+            data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            found.blobs[digest] = data
+            self.send_response(201)
+            self.send_header("Docker-Content-Digest", digest)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     found = Storage(f"http://localhost:{server.server_address[1]}", fake_registry.state.blobs)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -494,7 +509,7 @@ def test_storage_asking_for_credentials_gets_none(tmp_path, fake_registry, stora
     pushed(tmp_path, fake_registry)
     storage.challenge = True
     redirect_blob_reads(monkeypatch, fake_registry, lambda digest: f"{storage.url}/store/{digest}")
-    with pytest.raises(VerifyError, match="where the registry redirected, asks for credentials"):
+    with pytest.raises(VerifyError, match="where the registry sent us, asks for credentials"):
         verify(f"docker://{fake_registry.host}/x:t")
     assert storage.seen and [a for _, _, a in storage.seen if a] == []
     assert fake_registry.requests("GET", "^/token") == [] and not any(p == "/token" for _, p, _ in storage.seen)
@@ -516,20 +531,78 @@ def test_redirect_to_another_scheme_is_refused(tmp_path, fake_registry, monkeypa
         verify(f"docker://{fake_registry.host}/x:t@{desc.digest}")
 
 
-def test_redirect_from_https_down_to_http_is_refused_without_showing_the_query():
-    session = reg.Registry("registry.example")
-    response = requests.Response()
-    response.status_code = 307
-    response.url = "https://registry.example/v2/x/blobs/sha256:ab"
-    response.headers["Location"] = "http://storage.example/ab?X-Amz-Signature=s3cr3t"
-    response.request = requests.Request("GET", response.url).prepare()
-    response.raw = io.BytesIO()
-    with pytest.raises(reg.RegistryError, match="refused the redirect of GET https://registry.example/v2/x/blobs/"
-                                                r"sha256:ab to http://storage.example/ab \(only") as info:
-        session._check_redirect(response)
-    assert "s3cr3t" not in str(info.value)
-    response.headers["Location"] = "https://storage.example/ab?X-Amz-Signature=s3cr3t"
-    session._check_redirect(response)  # https to https elsewhere: followed
+@pytest.mark.parametrize("scheme", ["basic", "bearer"])
+def test_an_upload_location_on_another_host_gets_no_credentials(tmp_path, fake_registry, storage, monkeypatch, scheme):
+    fake_registry.state.auth = scheme
+    auth_file(tmp_path, monkeypatch, fake_registry.host, REGISTRY_PASSWORD)
+    fake_registry.state.faults.upload_to = storage.url
+    desc = build_image(tmp_path / "l")
+    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    puts = [(path, authorization) for method, path, authorization in storage.seen if method == "PUT"]
+    assert len(puts) == len(image_blobs(tmp_path / "l", desc))
+    assert [a for _, a in puts if a] == [], "credentials were sent to the upload location's host"
+    assert fake_registry.state.tags["x"]["t"] == desc.digest
+    assert any(a for a in fake_registry.state.seen_authorization), "the registry itself gets them"
+
+
+def test_an_https_registry_never_sends_credentials_to_a_plain_http_token_service():
+    session = reg.Registry("registry.example", credentials=auth.Credentials(REGISTRY_USER, REGISTRY_PASSWORD))
+    with pytest.raises(reg.RegistryError, match="token service http://auth.example/token is plain http"):
+        session._realm_credentials("http://auth.example/token?scope=x")
+    grant = session._realm_credentials("https://auth.example/token")
+    assert grant.allows("https://auth.example/token") and not grant.allows("https://registry.example/v2/")
+
+
+def test_a_token_service_503_is_retried(tmp_path, fake_registry, monkeypatch):
+    fake_registry.state.auth = "bearer"
+    fake_registry.state.faults.token_503 = 2
+    auth_file(tmp_path, monkeypatch, fake_registry.host, REGISTRY_PASSWORD)
+    desc = build_image(tmp_path / "l")
+    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    assert fake_registry.state.tags["x"]["t"] == desc.digest
+    assert len(fake_registry.requests("GET", "^/token")) == 3
+
+
+def test_a_registry_dripping_a_manifest_is_cut_off_at_the_deadline(tmp_path, fake_registry, monkeypatch):
+    """A byte every 0.2 s never trips the 2 s read timeout; the 1 s deadline of each attempt does."""
+    pushed(tmp_path, fake_registry)
+    monkeypatch.setattr(reg, "TIMEOUTS", http.Timeouts(read=2.0, deadline=1.0))
+    fake_registry.state.faults.drip = 0.2
+    repo, _ = reg.open_repository(docker(fake_registry.host, "x:t"))
+    started = time.monotonic()
+    with pytest.raises(reg.RegistryError, match=r"fetch manifest t: timed out: no complete answer within 1 s "
+                                                r"\(gave up after 4 attempts\)"):
+        repo.get_manifest("t")
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(("huge", "refusal"), [
+    ("manifest", f"fetch manifest t: the answer is larger than {reg.MANIFEST_LIMIT} bytes; refused"),
+    ("error", "store manifest t: HTTP 400$"),
+    ("token", f"token service http://127.0.0.1:[0-9]+/token: the answer is larger than {reg.TOKEN_LIMIT} bytes"),
+])
+def test_a_100_mib_answer_is_refused_at_the_cap_without_reading_it_all(tmp_path, fake_registry, monkeypatch,
+                                                                         huge, refusal):
+    if huge == "token":
+        fake_registry.state.auth = "bearer"
+        auth_file(tmp_path, monkeypatch, fake_registry.host, REGISTRY_PASSWORD)
+    desc = build_image(tmp_path / "l")
+    fake_registry.state.faults.huge = huge
+    with pytest.raises(reg.RegistryError, match=refusal):
+        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    time.sleep(0.2)
+    assert 0 < fake_registry.state.sent < 40 << 20
+
+
+def test_login_to_an_unreachable_registry_says_unreachable_not_bad_credentials(isolated, monkeypatch, capsys):
+    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=2, base_delay=0.01))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+    host = f"127.0.0.1:{free_port()}"
+    rc = main(["-q", "login", "--username", REGISTRY_USER, "--password-stdin", host])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert len(err.splitlines()) == 1 and "unreachable" in err and "credentials" not in err, err
+    assert not (isolated / "runtime" / "containers" / "auth.json").exists()
 
 
 def test_a_manifest_put_is_never_redirected(tmp_path, fake_registry, monkeypatch):

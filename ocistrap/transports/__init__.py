@@ -326,16 +326,29 @@ def plain_tarinfo(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+EXPANSION_LIMIT = 20
+"""How many times its own size an archive may unpack to (a compressed one; a plain tar cannot grow)..."""
+EXPANSION_FLOOR = 256 << 20
+"""...or this many bytes, whichever is more (a small archive of text compresses well)."""
+
+
 def extract_archive(archive: Path, dest: Path) -> None:
     """Unpack the regular files and directories of tar ARCHIVE into DEST.
 
     Archives come from elsewhere: members that are absolute, escape DEST through
     ``..`` or are devices are refused; links (docker's legacy ``layer.tar``
-    symlinks) are skipped, so nothing read later can lead outside DEST.
+    symlinks) are skipped, so nothing read later can lead outside DEST. The
+    members may add up to EXPANSION_LIMIT times the archive's size (at least
+    EXPANSION_FLOOR), so a small compressed or sparse archive cannot fill the disk.
     """
+    budget = max(archive.stat().st_size * EXPANSION_LIMIT, EXPANSION_FLOOR)
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
+                budget -= member.size if member.isfile() else 0
+                if budget < 0:
+                    raise TransportError(f"{archive}: unpacks to more than {EXPANSION_LIMIT} times its size "
+                                         f"(at member {member.name!r}); refused as an archive bomb")
                 _extract_member(tar, member, archive, dest)
     except (tarfile.TarError, EOFError) as exc:
         raise TransportError(f"{archive}: not a readable tar archive: {exc}") from None

@@ -11,32 +11,32 @@ The OCI distribution protocol as ocistrap needs it:
   after every blob is confirmed; the tag's manifest is then read back and its
   digest checked. A tag therefore never points at a half-pushed image, and a
   push run again after an interruption uploads only what is missing.
-* Retries, with exponential backoff, only on 5xx, 429 and dropped
-  connections. A blob upload is retried as a whole (a fresh upload session),
-  since a session that failed half-way is in an unknown state.
+* Retries, redirects, deadlines and body caps are those of ``ocistrap.http``,
+  shared with the mirror. A blob upload is retried as a whole (a fresh
+  upload session), since a session that failed half-way is in an unknown state.
 * Referrers (OCI 1.1): the referrers API where the registry has it; the
   ``sha256-<hex>`` tag schema where it does not (distribution 2.8).
 
-oras-py is used for what it does well: parsing ``WWW-Authenticate`` challenges
-and fetching bearer tokens (``oras.auth``). Its ``Registry`` class is too coarse
-here (it reads blobs whole into memory, has no HEAD-before-upload, no
-cross-repository mount, retries every exception, raises bare ValueErrors), so
-requests go through our own choke point, ``Registry.request``: one requests
-session per registry, which answers at most one auth challenge per request
-(Basic with stored credentials, or a Bearer token for the challenged scopes)
-and retries only transient failures.
+oras-py is used for what it does well: parsing ``WWW-Authenticate``
+challenges (``oras.auth.utils``). Its ``Registry`` class is too coarse here
+(it reads blobs whole into memory, has no HEAD-before-upload, no
+cross-repository mount, no referrers fallback, retries every exception,
+raises bare ValueErrors), and its token request has no timeout, no size cap
+and reports a token service's 503 as refused credentials; so requests go
+through our own choke point, ``Registry.request``, which answers at most one
+auth challenge per request (Basic with stored credentials, or a Bearer token
+for the challenged scopes, fetched with the same retries as any request).
 
 Transport security: HTTPS with certificate checks by default; loopback
 registries (127.0.0.0/8, ::1, localhost) are spoken to over plain HTTP, as
 Docker does; ``tls_verify=False`` allows any other registry over HTTPS without
 certificate checks, falling back to plain HTTP if it speaks no TLS.
 
-Redirects, as for mirrors (``ocistrap.fetch``): at most ``MAX_REDIRECTS`` hops,
-only for GET and HEAD (blob and manifest reads go to storage hosts; an upload
-or a manifest PUT is never redirected), within http/https and never down
-from https to http. The Authorization header goes only to the registry itself:
-requests drops it when a redirect leaves the registry's origin, and a 401 from
-elsewhere is not answered with our credentials.
+Credentials go only to the registry's own origin (scheme, host, port), on
+every request: an upload ``Location``, a redirect to storage, or the same
+host over plain http gets none, and a 401 from elsewhere is not answered.
+A token service (the challenge's realm) gets the Basic credentials only when
+the challenge names it, and never over http when the registry is https.
 
 Credentials (see ``ocistrap.auth``) never appear in messages or logs: only
 the user name and where it came from are ever named.
@@ -47,29 +47,30 @@ import io
 import ipaddress
 import json
 import os
-import re
-import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
-import oras.auth
 import oras.auth.utils
-import requests
-import urllib3
 
-from ocistrap import auth, fetch, log
+from ocistrap import auth, http, log
+from ocistrap.http import RetryPolicy, Transient
 from ocistrap.image import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, MEDIA_TYPE_INDEX, Descriptor, canonical_json
 from ocistrap.transports import Reference, TransportError, atomic_write_bytes, oci
 
 MANIFEST_ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES))
-_TIMEOUT = (30, 300)
-MAX_REDIRECTS = fetch.MAX_REDIRECTS
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+TIMEOUTS = http.Timeouts(connect=30, read=300, deadline=300, stall=60)
+"""The timeouts every registry uses unless given others (tests make them short)."""
+MAX_REDIRECTS = http.MAX_REDIRECTS
+MANIFEST_LIMIT = 4 << 20
+"""The largest manifest or index read (containerd's limit)."""
+CONFIG_LIMIT = 16 << 20
+"""The largest image config read into memory."""
+TOKEN_LIMIT = 1 << 20
+ERROR_LIMIT = 64 << 10
 _RECORD_LIMIT = 5000
 
 
@@ -77,27 +78,8 @@ class RegistryError(TransportError):
     """A registry cannot be reached, refused a request, or answered something we cannot trust."""
 
 
-class _Transient(Exception):
-    """A failure worth retrying: 5xx, 429 or a dropped connection."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently transient failures are retried."""
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 20.0
-    sleep: Callable[[float], None] = time.sleep
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_delay)
-        return min(self.base_delay * 2**attempt, self.max_delay)
+class CredentialsRefused(RegistryError):
+    """The registry (or its token service) refused the credentials given: ``login`` stores nothing."""
 
 
 RETRY = RetryPolicy()
@@ -180,16 +162,16 @@ class Registry:
         tls_verify: bool | None = None,
         credentials: auth.Credentials | None = None,
         retry: RetryPolicy | None = None,
+        timeouts: http.Timeouts | None = None,
     ) -> None:
         self.name = name
         self.credentials = credentials
         self.retry = retry or RETRY
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = "ocistrap"
-        self.session.max_redirects = MAX_REDIRECTS
-        self.session.hooks["response"].append(self._check_redirect)
         self._insecure = tls_verify is False
-        self.session.verify = not self._insecure
+        self.http = http.Client(
+            error=self._error, timeouts=timeouts or TIMEOUTS, verify=not self._insecure,
+            tls_hint="for a registry without a valid certificate pass --tls-verify=false",
+        )
         plain = is_loopback(name) and tls_verify is None
         self.base = f"{'http' if plain else 'https'}://{_api_host(name)}"
         self._authorization: str | None = None
@@ -201,6 +183,9 @@ class Registry:
         """A registry session using the stored credentials for TARGET, if any."""
         return cls(target.registry, tls_verify=tls_verify, credentials=auth.lookup(target.registry, target.repository))
 
+    def _error(self, message: str, *, hint: str | None = None) -> RegistryError:
+        return RegistryError(f"{self.name}: {message}", hint=hint)
+
     def ping(self) -> None:
         """Check the registry speaks the v2 API (answering its challenge), choosing http for insecure ones."""
         if self._pinged:
@@ -208,10 +193,8 @@ class Registry:
         self._pinged = True
         if self._insecure and self.base.startswith("https://"):
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-                    self.session.get(self.base + "/v2/", timeout=_TIMEOUT).close()
-            except requests.ConnectionError:
+                self.http.send("GET", self.base + "/v2/", what="GET /v2/").close()
+            except (Transient, RegistryError):
                 self.base = "http://" + self.base.removeprefix("https://")
         self.request("GET", "/v2/", expect=(200,)).close()
 
@@ -225,25 +208,30 @@ class Registry:
         params: dict[str, str] | None = None,
         body: bytes | Callable[[], Any] | None = None,
         stream: bool = False,
+        limit: int | None = None,
         retry: bool = True,
         what: str | None = None,
-    ) -> requests.Response:
+    ) -> http.Response:
         """Send one request (PATH may be a full URL), answer one auth challenge, retry transient failures.
 
         Statuses in EXPECT (and 404) are returned; anything else raises RegistryError.
         BODY may be a callable returning a fresh body for each attempt (a file to stream).
+        With LIMIT, the body of an expected answer is read (capped) into ``.body``
+        within the attempt, so a connection broken while reading it is retried.
         """
         if not self._pinged and path != "/v2/":
             self.ping()
         url = path if "://" in path else self.base + path
-        action = what or f"{method} {_shown(url)}"
+        action = what or f"{method} {http.shown(url)}"
 
-        def attempt() -> requests.Response:
-            response = self._send(method, url, headers, params, body, stream)
+        def attempt() -> http.Response:
+            response = self._send(method, url, headers, params, body, stream, action)
             if response.status_code == 401 and response.headers.get("WWW-Authenticate"):
                 self._refuse_foreign_challenge(response)
                 self._answer(response.headers["WWW-Authenticate"], response)
-                response = self._send(method, url, headers, params, body, stream)
+                response = self._send(method, url, headers, params, body, stream, action)
+            if limit is not None and response.status_code in expect:
+                response.body = response.read(limit, action)
             return response
 
         response = self.retrying(attempt, action) if retry else attempt()
@@ -253,20 +241,14 @@ class Registry:
 
     def retrying(self, operation: Callable[[], Any], what: str) -> Any:
         """Run OPERATION, retrying it with backoff while it fails transiently."""
-        failures = 0
-        while True:
-            try:
-                return operation()
-            except _Transient as exc:
-                failures += 1
-                if failures >= self.retry.attempts:
-                    raise RegistryError(
-                        f"{self.name}: {what}: {exc} (gave up after {failures} attempts)",
-                        hint="check that the registry is up, then run the same command again (a push keeps what it uploaded)",
-                    ) from None
-                delay = self.retry.delay(failures - 1, exc.retry_after)
-                log.get().detail(f"{self.name}: {what}: {exc}; retrying in {delay:.1f}s")
-                self.retry.sleep(delay)
+        return self.retry.run(
+            operation,
+            lambda exc, attempts: RegistryError(
+                f"{self.name}: {what}: {exc} (gave up after {attempts} attempts)",
+                hint="check that the registry is up, then run the same command again (a push keeps what it uploaded)",
+            ),
+            lambda exc, delay: log.get().detail(f"{self.name}: {what}: {exc}; retrying in {delay:.1f}s"),
+        )
 
     def _send(
         self,
@@ -276,60 +258,25 @@ class Registry:
         params: dict[str, str] | None,
         body: bytes | Callable[[], Any] | None,
         stream: bool,
-    ) -> requests.Response:
+        what: str,
+    ) -> http.Response:
         data = body() if callable(body) else body
-        all_headers = dict(headers or {})
-        if self._authorization:
-            all_headers["Authorization"] = self._authorization
+        authorization = http.Authorization.for_url(self.base, self._authorization) if self._authorization else None
         try:
-            with warnings.catch_warnings():
-                if self._insecure:
-                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-                response = self.session.request(
-                    method, url, headers=all_headers, params=params, data=data, stream=stream, timeout=_TIMEOUT
-                )
-        except requests.TooManyRedirects:
-            raise RegistryError(f"{self.name}: {method} {_shown(url)}: more than {MAX_REDIRECTS} redirects",
-                                hint="the registry or its storage redirects in a loop") from None
-        except requests.exceptions.SSLError as exc:
-            raise RegistryError(
-                f"{self.name}: TLS failed: {_reason(exc)}",
-                hint="for a registry without a valid certificate pass --tls-verify=false",
-            ) from None
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Transient(f"connection failed: {_reason(exc)}") from None
+            return self.http.send(method, url, what=what, headers=headers, params=params, body=data,
+                                  authorization=authorization, large=stream or hasattr(data, "read"))
         finally:
             if hasattr(data, "close"):
                 data.close()
-        if response.status_code >= 500 or response.status_code == 429:
-            response.close()
-            raise _Transient(f"HTTP {response.status_code}", _retry_after(response))
-        return response
 
-    def _check_redirect(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        """requests' response hook: refuse to follow a redirect the policy does not allow (module docstring)."""
-        if not response.is_redirect:
-            return
-        target = urljoin(response.url, response.headers["Location"])
-        method = response.request.method or ""
-        if method not in ("GET", "HEAD"):
-            reason = f"a {method} is never redirected"
-        elif not fetch.scheme_allows(response.url, target):
-            reason = "only http->http, http->https and https->https are followed"
-        else:
-            return
-        response.close()
-        raise RegistryError(f"{self.name}: refused the redirect of {method} {_shown(response.url)} "
-                            f"to {_shown(target)} ({reason})")
-
-    def _refuse_foreign_challenge(self, response: requests.Response) -> None:
-        """Credentials are for the registry: a host it redirected to that asks for them gets none."""
-        if _origin(response.url) != _origin(self.base):
+    def _refuse_foreign_challenge(self, response: http.Response) -> None:
+        """Credentials are for the registry: another host (a redirect, an upload location) asking gets none."""
+        if http.origin(response.url) != http.origin(self.base):
             response.close()
-            raise RegistryError(f"{self.name}: {_shown(response.url)}, where the registry redirected, asks for "
+            raise RegistryError(f"{self.name}: {http.shown(response.url)}, where the registry sent us, asks for "
                                 "credentials; ocistrap sends them only to the registry itself")
 
-    def _answer(self, challenge: str, response: requests.Response) -> None:
+    def _answer(self, challenge: str, response: http.Response) -> None:
         """Answer a WWW-Authenticate challenge: Basic with our credentials, Bearer with a fresh token."""
         response.close()
         scheme = challenge.split(None, 1)[0].lower()
@@ -343,28 +290,49 @@ class Registry:
             raise RegistryError(f"{self.name}: unsupported authentication scheme {scheme!r}")
 
     def _token(self, challenge: str) -> str:
-        """Fetch a bearer token for every scope this session was challenged for (via oras.auth)."""
+        """A bearer token for every scope this session was challenged for, from the challenge's realm.
+
+        The realm gets our Basic credentials (it is where the challenge says
+        they go), but never over plain http when the registry is https; its
+        5xx, 429 and dropped connections are retried like any request.
+        """
         header = oras.auth.utils.parse_auth_header(challenge)
-        if not header.realm:
-            raise RegistryError(f"{self.name}: bearer challenge without a realm")
+        realm = header.realm or ""
+        if not realm.lower().startswith(("https://", "http://")):
+            raise RegistryError(f"{self.name}: bearer challenge without an http(s) realm")
         if header.scope:
             self._scopes.update(header.scope.split())
-        header.scope = sorted(self._scopes) or None
-        backend = oras.auth.get_auth_backend("token", session=self.session, tls_verify=self.session.verify)
-        if self.credentials is not None:
-            backend.set_basic_auth(self.credentials.username, self.credentials.password)
-        try:
-            token = backend.request_token(header)
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Transient(f"token service failed: {_reason(exc)}") from None
-        except ValueError:
-            token = None
-        if not token:
+        params: dict[str, Any] = {"scope": sorted(self._scopes)} if self._scopes else {}
+        if header.service:
+            params["service"] = header.service
+        response = self.http.send("GET", realm, what=f"token service {http.shown(realm)}", params=params,
+                                  headers={"Accept": "application/json"}, authorization=self._realm_credentials(realm))
+        if response.status_code in (401, 403):
+            response.close()
             raise self._login_failed() if self.credentials else self._login_needed()
+        if response.status_code != 200:
+            response.close()
+            raise RegistryError(f"{self.name}: token service {http.shown(realm)}: HTTP {response.status_code}")
+        try:
+            answer = json.loads(response.read(TOKEN_LIMIT, f"token service {http.shown(realm)}"))
+            token = answer.get("token") or answer.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"{self.name}: token service {http.shown(realm)} answered without a token")
         return token
 
-    def _failure(self, response: requests.Response, action: str) -> RegistryError:
+    def _realm_credentials(self, realm: str) -> http.Authorization | None:
+        if self.credentials is None:
+            return None
+        if not http.scheme_allows(self.base, realm):
+            raise RegistryError(f"{self.name}: its token service {http.shown(realm)} is plain http; "
+                                "ocistrap does not send the credentials of an https registry there")
+        return http.Authorization.for_url(realm, f"Basic {self.credentials.basic()}")
+
+    def _failure(self, response: http.Response, action: str) -> RegistryError:
         if response.status_code == 401:
+            response.close()
             return self._login_failed() if self.credentials else self._login_needed()
         detail = _error_detail(response)
         if response.status_code == 403:
@@ -381,46 +349,23 @@ class Registry:
     def _login_failed(self) -> RegistryError:
         assert self.credentials is not None
         source = f" (from {self.credentials.source})" if self.credentials.source else ""
-        return RegistryError(
+        return CredentialsRefused(
             f"{self.name}: the registry refused the credentials of user {self.credentials.username}{source}",
             hint=f"check the user name and password, then `ocistrap login {self.name}` again",
         )
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
-
-
-def _shown(url: str) -> str:
-    """A URL fit for messages: upload-session state and other query strings dropped."""
-    return url.partition("?")[0]
-
-
-def _reason(exc: Exception) -> str:
-    """The innermost cause of a requests exception, without object reprs or query strings (upload state)."""
-    inner = exc.args[0] if exc.args else exc
-    text = str(getattr(inner, "reason", inner))
-    text = re.sub(r"^(?:<[^>]*>|\w+\([^)]*\)):\s*", "", text)
-    return re.sub(r"\?[^\s'\")]*", "", text)[:300]
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None
-
-
-def _error_detail(response: requests.Response) -> str:
-    """``: CODE: message`` from a distribution error body, if it has one."""
+def _error_detail(response: http.Response) -> str:
+    """``: CODE: message`` from a distribution error body, if it has a small one."""
     try:
-        errors = response.json().get("errors") or []
-        first = errors[0]
+        body = response.read_at_most(ERROR_LIMIT)
+    except Transient:
+        return ""
+    try:
+        first = (json.loads(body or b"").get("errors") or [])[0]
         return f": {first.get('code', '')}: {first.get('message', '')}"[:300]
     except (ValueError, AttributeError, IndexError, TypeError):
         return ""
-    finally:
-        response.close()
 
 
 # --- one repository --------------------------------------------------------------------------
@@ -478,11 +423,11 @@ class Repository:
         )
         done.close()
         if done.status_code == 404:
-            raise _Transient("upload session vanished")
+            raise Transient("upload session vanished")
         self._check_answer(done, desc)
         return False
 
-    def _check_answer(self, response: requests.Response, desc: Descriptor) -> None:
+    def _check_answer(self, response: http.Response, desc: Descriptor) -> None:
         """Refuse a registry that says it stored something other than DESC."""
         answered = response.headers.get("Docker-Content-Digest")
         if answered is None:
@@ -502,10 +447,24 @@ class Repository:
         if response.status_code == 404:
             response.close()
             raise RegistryError(f"{self.registry.name}/{self.name}: blob {digest} is missing")
+        stream = response.stream(f"{self.registry.name}/{self.name}: fetch blob {digest}")
         try:
-            yield response.raw
+            yield stream
         finally:
+            stream.close()
+
+    def read_blob(self, desc: Descriptor, limit: int = CONFIG_LIMIT) -> bytes:
+        """Small blob DESC (a config) read into memory; refused when it is, or says it is, larger than LIMIT."""
+        where = f"{self.registry.name}/{self.name}: blob {desc.digest}"
+        if desc.size > limit:
+            raise RegistryError(f"{where} is {desc.size} bytes, more than the {limit} read into memory")
+        response = self.registry.request("GET", self._path("blobs", desc.digest), limit=desc.size,
+                                         what=f"fetch blob {desc.digest}")
+        if response.status_code == 404:
             response.close()
+            raise RegistryError(f"{where} is missing")
+        assert response.body is not None
+        return response.body
 
     def stream_blob(self, desc: Descriptor) -> IO[bytes]:
         """Blob DESC as a stream of known length, to upload straight into another registry."""
@@ -514,20 +473,23 @@ class Repository:
         if response.status_code == 404:
             response.close()
             raise RegistryError(f"{self.registry.name}/{self.name}: blob {desc.digest} is missing")
-        return _SizedStream(response, desc.size)
+        return _SizedStream(response.stream(f"{self.registry.name}/{self.name}: fetch blob {desc.digest}"),
+                            http.shown(response.url), desc.size)
 
     def get_manifest(self, reference: str, *, accept: str = MANIFEST_ACCEPT) -> tuple[bytes, str] | None:
         """The bytes and media type of the manifest or index at REFERENCE (tag or digest), or None."""
         response = self.registry.request(
-            "GET", self._path("manifests", reference), headers={"Accept": accept}, what=f"fetch manifest {reference}"
+            "GET", self._path("manifests", reference), headers={"Accept": accept}, limit=MANIFEST_LIMIT,
+            what=f"fetch manifest {reference}",
         )
         if response.status_code == 404:
             response.close()
             return None
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        return response.content, media_type
+        assert response.body is not None
+        return response.body, media_type
 
-    def put_manifest(self, reference: str, data: bytes, media_type: str) -> requests.Response:
+    def put_manifest(self, reference: str, data: bytes, media_type: str) -> http.Response:
         """Store manifest DATA at REFERENCE; return the registry's answer (for its digest and OCI-Subject)."""
         response = self.registry.request(
             "PUT", self._path("manifests", reference), expect=(201,), headers={"Content-Type": media_type},
@@ -546,19 +508,21 @@ class Repository:
         params = {"artifactType": artifact_type} if artifact_type else None
         response = self.registry.request(
             "GET", self._path("referrers", digest), params=params, headers={"Accept": MEDIA_TYPE_INDEX},
-            what=f"list referrers of {digest}",
+            limit=MANIFEST_LIMIT, what=f"list referrers of {digest}",
         )
         if response.status_code == 404 or not response.headers.get("Content-Type", "").startswith(MEDIA_TYPE_INDEX):
             response.close()
             return None
-        return _index_entries(response.content, f"{self.registry.name}: referrers of {digest}")
+        assert response.body is not None
+        return _index_entries(response.body, f"{self.registry.name}: referrers of {digest}")
 
 
 class _SizedStream(io.RawIOBase):
     """A response body that requests uploads with its known Content-Length (not chunked)."""
 
-    def __init__(self, response: requests.Response, size: int) -> None:
-        self._response = response
+    def __init__(self, body: IO[bytes], url: str, size: int) -> None:
+        self._body = body
+        self._url = url
         self._size = size
         self._read = 0
 
@@ -572,16 +536,15 @@ class _SizedStream(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._response.raw.read(min(len(buffer), self._size - self._read))
+        data = self._body.read(min(len(buffer), self._size - self._read))
         if not data and self._read < self._size:
-            raise RegistryError(f"{self._response.url.partition('?')[0]}: the blob ended after {self._read} "
-                                f"of {self._size} bytes")
+            raise RegistryError(f"{self._url}: the blob ended after {self._read} of {self._size} bytes")
         buffer[:len(data)] = data
         self._read += len(data)
         return len(data)
 
     def close(self) -> None:
-        self._response.close()
+        self._body.close()
         super().close()
 
 
@@ -671,7 +634,7 @@ class _Pusher:
         self.record = record
         self.stats = PushStats()
 
-    def push(self, desc: Descriptor, reference: str) -> requests.Response:
+    def push(self, desc: Descriptor, reference: str) -> http.Response:
         """Push DESC and all below it; store the root manifest at REFERENCE and return the answer."""
         nodes = oci.reachable(self.layout, desc)
         blobs = [n for n in nodes if not _is_manifest(n)]
@@ -705,7 +668,7 @@ class _Pusher:
             self.stats.uploaded_bytes += desc.size
             log.get().detail(f"uploaded {desc.digest} ({desc.size} bytes)")
 
-    def manifest(self, desc: Descriptor, reference: str) -> requests.Response:
+    def manifest(self, desc: Descriptor, reference: str) -> http.Response:
         data = _manifest_bytes(self.layout, desc)
         response = self.repo.put_manifest(reference, data, desc.media_type)
         answered = response.headers.get("Docker-Content-Digest")
@@ -867,13 +830,14 @@ def login(registry: str, username: str, password: str, *, tls_verify: bool | Non
     """Check USERNAME/PASSWORD against REGISTRY (``host[:port]``), then store them; return the auth file.
 
     Nothing is stored when the registry refuses them (AuthError, whose message
-    names the user but never the password).
+    names the user but never the password) or cannot be asked (RegistryError:
+    unreachable, failing, not a registry), which is not a verdict on them.
     """
     credentials = auth.Credentials(username, password)
     session = Registry(auth.normalize_registry(registry), tls_verify=tls_verify, credentials=credentials)
     try:
         session.ping()
-    except RegistryError as exc:
+    except CredentialsRefused as exc:
         raise auth.AuthError(exc.message, hint=exc.hint) from None
     return auth.store(registry, credentials)
 
