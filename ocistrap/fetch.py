@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
 
-from ocistrap.cache import CHUNK, Cache, file_sha256
+from ocistrap.cache import CHUNK, Cache, file_sha256, hash_open
 from ocistrap import log
 from ocistrap.errors import OcistrapError
 
@@ -77,7 +78,7 @@ class Fetcher:
         with cache.claim(wanted.sha256):
             if (path := self._cached(wanted, cache)) is not None:
                 return path
-            resuming = cache.partial_path(wanted.sha256).exists()
+            resuming = cache.partial_size(wanted.sha256) > 0
             try:
                 return self._download_verified(wanted, cache)
             except Mismatch:
@@ -176,17 +177,17 @@ class Fetcher:
 
     def _download_once(self, wanted: Wanted, cache: Cache) -> None:
         partial = cache.partial_path(wanted.sha256)
-        have = partial.stat().st_size if partial.exists() else 0
+        have = cache.partial_size(wanted.sha256)
         if have >= wanted.size:
             partial.unlink()
             have = 0
         headers = {"Range": f"bytes={have}-"} if have else None
         with self._request(wanted.url, wanted.what, headers) as response:
-            mode = "ab" if have and response.status_code == 206 else "wb"
-            received = start = have if mode == "ab" else 0
+            append = bool(have) and response.status_code == 206
+            received = start = have if append else 0
             announced = _content_length(response)
             try:
-                with open(partial, mode) as f:
+                with cache.open_partial(wanted.sha256, append=append) as f:
                     for chunk in response.iter_content(CHUNK):
                         received += len(chunk)
                         if received > wanted.size:
@@ -237,16 +238,15 @@ def _content_length(response: requests.Response) -> int | None:
     return int(value) if value.isascii() and value.isdigit() else None
 
 
-def check_file(path: Path, wanted: Wanted) -> None:
-    """Raise FetchError (and drop the file) unless PATH has WANTED's size and SHA256."""
-    size, sha256 = file_sha256(path)
+def check_file(f: BinaryIO, wanted: Wanted) -> None:
+    """Raise Mismatch unless the open file F has WANTED's size and SHA256 (the cache then drops it)."""
+    size, sha256 = hash_open(f)
     problem = None
     if size != wanted.size:
         problem = f"size {size}, expected {wanted.size}"
     elif sha256 != wanted.sha256:
         problem = f"SHA256 mismatch (expected {wanted.sha256}, got {sha256})"
     if problem:
-        path.unlink(missing_ok=True)
         raise Mismatch(f"{wanted.what}: {problem}; the file was discarded",
                          hint="the mirror serves bytes that are not the signed ones")
 
