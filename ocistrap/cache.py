@@ -4,8 +4,9 @@ Layout under the cache root:
   blobs/sha256/HEX   a file whose SHA256 is HEX; only ever created by rename
                      after verification, so a present blob is a verified blob
   partial/HEX        an interrupted download of HEX, resumed next time
-  partial/.tmp-*     files being written, flocked by their writer; those of a
-                     killed process are swept by the next one
+  partial/.tmp-*     files being written, flocked by their writer from the start
+                     (under locks/creating); those of a killed process are swept
+                     by the next one
   refs/NAME          the SHA256 of the last verified InRelease of a suite,
                      so that ``--offline`` can find it without a lockfile
   parsed/HEX.marshal a parsed Packages index, keyed by the index's SHA256
@@ -17,22 +18,30 @@ Layout under the cache root:
 
 Parsed indices and derived files are not named by their own hash, so their
 name vouches for nothing: each carries an HMAC-SHA256 under a key that lives
-outside the cache (``default_key_file``). A cache copied from elsewhere, a CI
-cache restored from another job, or one someone else could write, is then
-made again from its blobs instead of trusted.
+outside the cache (``default_key_file``). A cache copied from elsewhere or a
+CI cache restored from another job is then made again from its blobs instead
+of trusted.
 
 Several processes may share one cache: every write goes to a unique temp file
 and is renamed into place; identical content makes a concurrent rename harmless.
 The one shared file, partial/HEX, is only touched under its lock.
+
+Only its owner may write a cache: a directory of the layout that is a symbolic
+link, belongs to another user (root aside) or that others may write is refused,
+and so is a way to it that others may change (see ``check_directory``). Files
+are opened without following symbolic links, and one that others may write is
+not used. What is verified is used through the same open file (``open_verified``,
+``open_derived``, ``link_private``), never reopened by name.
 """
 
+import errno
 import fcntl
 import hashlib
 import hmac
 import marshal
 import os
+import stat
 import tempfile
-import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,14 +100,126 @@ def load_key(path: Path) -> bytes | None:
 
 
 def file_sha256(path: Path) -> tuple[int, str]:
-    """Size and SHA256 of a file, read in bounded chunks."""
+    """Size and SHA256 of a file (not followed if it is a symbolic link), read in bounded chunks."""
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+        return hash_open(f)
+
+
+def hash_open(f: BinaryIO) -> tuple[int, str]:
+    """Size and SHA256 of the open file F from its start; F is left at its start again, so that
+    what reads it next reads the bytes hashed here."""
+    f.seek(0)
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+    while chunk := f.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    f.seek(0)
     return size, digest.hexdigest()
+
+
+class Untrusted(Exception):
+    """A cache entry that is not a plain file only its owner (or root) may change."""
+
+
+def trusted(st: os.stat_result) -> bool:
+    """Whether ST is a regular file that no other user than its owner, this user or root, may write."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid in (os.geteuid(), 0) and not st.st_mode & 0o022
+
+
+def open_trusted(path: Path) -> BinaryIO:
+    """PATH open for reading; FileNotFoundError if absent, Untrusted if it is a symbolic link, a
+    FIFO, a device or a file that others may write (its bytes could change after they were checked)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Untrusted(f"{path} is a symbolic link") from None
+        raise
+    if not trusted(os.fstat(fd)):
+        os.close(fd)
+        raise Untrusted(f"{path} is not a plain file only its owner may write")
+    return open(fd, "rb")
+
+
+def open_verified(path: Path, sha256: str, what: str) -> BinaryIO:
+    """PATH open for reading once its bytes hash to SHA256; read it through this file only."""
+    try:
+        f = open_trusted(path)
+    except (FileNotFoundError, Untrusted) as e:
+        raise CacheError(f"{what}: the verified file {path} is gone or was replaced",
+                         hint="run the command again to fetch it afresh") from e
+    if hash_open(f)[1] != sha256:
+        f.close()
+        raise CacheError(f"{what}: {path} changed on disk after it was verified",
+                         hint="run the command again to fetch it afresh")
+    return f
+
+
+def link_private(f: BinaryIO, source: Path, dest: Path) -> None:
+    """Give the open file F, found at SOURCE, the new name DEST in a directory only this process
+    writes: a hard link, kept only if it is F's very inode (SOURCE may lead elsewhere by now),
+    else a copy read through F."""
+    try:
+        os.link(source, dest, follow_symlinks=False)
+        st, linked = os.fstat(f.fileno()), os.lstat(dest)
+        if (st.st_dev, st.st_ino) == (linked.st_dev, linked.st_ino):
+            return
+        dest.unlink()
+    except OSError:
+        pass  # another file system, or a kernel that refuses: copy
+    try:
+        f.seek(0)
+        with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644),
+                  "wb") as out:
+            while chunk := f.read(CHUNK):
+                out.write(chunk)
+        f.seek(0)
+    except OSError as e:
+        dest.unlink(missing_ok=True)
+        raise CacheError(f"cannot write {dest}: {e.strerror}") from e
+
+
+LAYOUT = ("blobs", "blobs/sha256", "partial", "refs", "parsed", "locks", "derived", "derived/expanded")
+
+
+def directory_problem(st: os.stat_result, *, sticky_ok: bool = False) -> str | None:
+    """Why a directory with ST cannot hold a cache (None if it can): anyone who may change it
+    could swap a file between its check and its use. STICKY_OK: others may write it if the sticky
+    bit stops them from renaming what is not theirs (as in /tmp, for a way to the cache)."""
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"it belongs to another user (uid {st.st_uid})"
+    if st.st_mode & 0o022 and not (sticky_ok and st.st_mode & stat.S_ISVTX):
+        return WRITABLE
+    return None
+
+
+WRITABLE = "other users may write to it"
+
+
+def check_directory(root: Path) -> None:
+    """Refuse ROOT as a cache, naming the directory, if another user could change what it holds:
+    ROOT and each directory of its layout must be a real directory of this user (or root) that
+    no one else may write; each directory on the way to it may be written by others only if it
+    is sticky."""
+    real = Path(os.path.realpath(root))
+    checks = [(p, os.stat, True) for p in reversed(real.parents)]
+    checks += [(real, os.stat, False)] + [(real / sub, os.lstat, False) for sub in LAYOUT]
+    for path, look, sticky_ok in checks:
+        try:
+            problem = directory_problem(look(path), sticky_ok=sticky_ok)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            problem = e.strerror
+        if problem:
+            fix = f"run `chmod go-w {path}` or " if problem == WRITABLE else ""
+            raise CacheError(f"refusing the cache directory {path}: {problem}",
+                             hint=f"{fix}choose another cache with --cache-dir")
 
 
 class Cache:
@@ -108,11 +229,13 @@ class Cache:
         """EXCLUSIVE: this process alone may use the cache (to prune it); raise if another does."""
         self.root = root
         try:
-            for sub in ("blobs/sha256", "partial", "refs", "parsed", "locks", "derived"):
-                (root / sub).mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True, mode=0o755)
+            for sub in LAYOUT:
+                _mkdir(root / sub)
         except OSError as e:
             raise CacheError(f"cannot create cache directory {root}: {e.strerror}",
                              hint="choose another with --cache-dir") from e
+        check_directory(root)
         self.key_file = key_file or default_key_file()
         self._key: bytes | None = None
         self.used: set[str] | None = None
@@ -120,14 +243,14 @@ class Cache:
         self.exclusive = exclusive
         self._in_use = self._hold(exclusive)
         try:
-            sweep_orphans(root / "partial")
+            sweep_orphans(root / "partial", root / "locks")
         except OSError:
             pass  # a read-only cache can still be read
 
     def _hold(self, exclusive: bool) -> BinaryIO | None:
         """Hold locks/in-use while this object lives (a read-only cache is not locked, only read)."""
         try:
-            f = open(os.open(self.root / "locks" / IN_USE, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644), "rb")
+            f = _open_lock(self.root / "locks" / IN_USE)
         except OSError as e:
             if exclusive:
                 raise CacheError(f"cannot lock the cache in {self.root}: {e.strerror}") from e
@@ -165,22 +288,17 @@ class Cache:
         return self.root / "partial" / sha256
 
     def lookup(self, sha256: str, size: int) -> Path | None:
-        """The blob's path if present with the right size (its name vouches for its hash)."""
+        """The blob's path if present with the right size (its name vouches for its hash); anything
+        but a plain file of ours under that name is removed."""
         self._record(sha256)
         path = self.blob_path(sha256)
-        try:
-            if path.stat().st_size == size:
-                return path
-        except FileNotFoundError:
-            return None
-        return None
+        return path if _plain_size(path) == size else None
 
     def read(self, sha256: str) -> bytes | None:
         """A small blob's bytes, re-hashed on the way out; None if absent."""
         self._record(sha256)
-        try:
-            data = self.blob_path(sha256).read_bytes()
-        except FileNotFoundError:
+        data = _read_entry(self.blob_path(sha256))
+        if data is None:
             return None
         if hashlib.sha256(data).hexdigest() != sha256:
             self.blob_path(sha256).unlink(missing_ok=True)
@@ -193,26 +311,52 @@ class Cache:
         verify(data)
         sha256 = hashlib.sha256(data).hexdigest()
         path = self.blob_path(sha256)
-        if path.exists():
+        if _plain_size(path) == len(data):
             return path
-        with self._temp() as (tmp, f):
-            f.write(data)
-        self._commit(tmp, path)
+        with self._temp() as tmp:
+            tmp.file.write(data)
+            tmp.commit(path)
         return path
 
-    def commit_partial(self, sha256: str, verify: Callable[[Path], None]) -> Path:
-        """Move a completed download into the store once VERIFY accepted its file."""
+    def partial_size(self, sha256: str) -> int:
+        """How much of SHA256 an earlier download left in partial/SHA256 (0: none); anything but
+        a plain file of ours there is removed, never written through."""
+        return _plain_size(self.partial_path(sha256)) or 0
+
+    def open_partial(self, sha256: str, *, append: bool) -> BinaryIO:
+        """partial/SHA256 for writing, from its end (APPEND) or emptied; never through a link."""
+        path = self.partial_path(sha256)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+        try:
+            return open(os.open(path, flags, 0o600), "ab" if append else "wb")
+        except OSError as e:
+            raise CacheError(f"cannot write {path}: {e.strerror}") from e
+
+    def commit_partial(self, sha256: str, verify: Callable[[BinaryIO], None]) -> Path:
+        """Move a completed download into the store once VERIFY accepted its bytes, read through the
+        file that is then renamed; a rejected one is removed."""
         partial = self.partial_path(sha256)
-        verify(partial)
+        try:
+            f = open_trusted(partial)
+        except (FileNotFoundError, Untrusted) as e:
+            _remove(partial)
+            raise CacheError(f"the download of {sha256} in {partial} is gone or was replaced",
+                             hint="run the command again") from e
         path = self.blob_path(sha256)
-        self._commit(partial, path)
+        with f:
+            try:
+                verify(f)
+            except BaseException:
+                _remove(partial)
+                raise
+            _commit(f, partial, path)
         return path
 
     @contextmanager
     def claim(self, sha256: str) -> Iterator[None]:
         """Exclusive use of partial/SHA256: a second downloader waits, then finds the blob."""
         try:
-            f = open(self.root / "locks" / sha256, "ab")
+            f = _open_lock(self.root / "locks" / sha256)
         except OSError as e:
             raise CacheError(f"cannot lock {sha256} in the cache: {e.strerror}") from e
         with f:
@@ -220,22 +364,22 @@ class Cache:
             yield
 
     def set_ref(self, name: str, sha256: str) -> None:
-        with self._temp() as (tmp, f):
-            f.write(sha256.encode() + b"\n")
-        os.replace(tmp, self.root / "refs" / _safe(name))
+        with self._temp() as tmp:
+            tmp.file.write(sha256.encode() + b"\n")
+            tmp.commit(self.root / "refs" / _safe(name))
 
     def get_ref(self, name: str) -> str | None:
+        data = _read_entry(self.root / "refs" / _safe(name))
         try:
-            return (self.root / "refs" / _safe(name)).read_text().strip()
-        except FileNotFoundError:
+            return None if data is None else data.decode().strip()
+        except UnicodeDecodeError:
             return None
 
     def load_parsed(self, sha256: str) -> Any | None:
         """The value stored for SHA256 if its HMAC is ours, else None; marshal never sees other bytes."""
         self._record(sha256)
-        try:
-            data = (self.root / "parsed" / f"{sha256}.marshal").read_bytes()
-        except FileNotFoundError:
+        data = _read_entry(self.root / "parsed" / f"{sha256}.marshal")
+        if data is None:
             return None
         body = memoryview(data)[KEY_SIZE:]
         if not hmac.compare_digest(data[:KEY_SIZE], self._parsed_mac(sha256, body)):
@@ -247,10 +391,10 @@ class Cache:
 
     def store_parsed(self, sha256: str, value: Any) -> None:
         body = marshal.dumps(value)
-        with self._temp() as (tmp, f):
-            f.write(self._parsed_mac(sha256, body))
-            f.write(body)
-        os.replace(tmp, self.root / "parsed" / f"{sha256}.marshal")
+        with self._temp() as tmp:
+            tmp.file.write(self._parsed_mac(sha256, body))
+            tmp.file.write(body)
+            tmp.commit(self.root / "parsed" / f"{sha256}.marshal")
 
     def _parsed_mac(self, sha256: str, body: bytes | memoryview) -> bytes:
         mac = hmac.new(self.key, f"parsed {sha256} ".encode(), hashlib.sha256)
@@ -260,42 +404,55 @@ class Cache:
     def derived_path(self, kind: str, source: str) -> Path:
         return self.root / "derived" / kind / source
 
-    def derived(self, kind: str, source: str) -> Path | None:
-        """The file derived as KIND from blob SOURCE if its tag is ours and its bytes still match
-        it (re-hashed, as blobs are); a stale or foreign one is removed."""
+    def open_derived(self, kind: str, source: str) -> BinaryIO | None:
+        """The file derived as KIND from blob SOURCE, open at its start, if its tag is ours and the
+        bytes of this open file still match it (re-hashed, as blobs are); a stale or foreign one
+        is removed. Use it through this file: its name may since lead elsewhere."""
         self._record(source)
         path = self.derived_path(kind, source)
         tag = path.with_name(f"{source}.tag")
         try:
-            fields = tag.read_text().split()
+            fields = (_read_entry(tag) or b"").decode().split()
             if len(fields) == 6 and fields[:3] == [TAG_FORMAT, kind, source]:
                 _, _, _, size, sha256, mac = fields
-                if hmac.compare_digest(bytes.fromhex(mac), self._derived_mac(kind, source, size, sha256)) and \
-                        file_sha256(path) == (int(size), sha256):
-                    return path
+                if hmac.compare_digest(bytes.fromhex(mac), self._derived_mac(kind, source, size, sha256)):
+                    f = open_trusted(path)
+                    if hash_open(f) == (int(size), sha256):
+                        return f
+                    f.close()
         except FileNotFoundError:
             return None
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, Untrusted):
             pass
         for stale in (path, tag):
-            stale.unlink(missing_ok=True)
+            _remove(stale)
         return None
 
-    def derive(self, kind: str, source: str, make: Callable[[BinaryIO], object]) -> Path:
-        """Write what MAKE writes into a file as the KIND derived from blob SOURCE, and tag it."""
+    def derive(self, kind: str, source: str, make: Callable[[BinaryIO], object]) -> BinaryIO:
+        """Write what MAKE writes into a file as the KIND derived from blob SOURCE, tag it with the
+        hash of the bytes this file holds, and return it open at its start."""
         path = self.derived_path(kind, source)
-        path.parent.mkdir(exist_ok=True)
-        with self._temp() as (tmp, f):
-            make(f)
-        size, sha256 = file_sha256(tmp)
-        with self._temp() as (tag, f):
-            f.write(f"{TAG_FORMAT} {kind} {source} {size} {sha256} "
-                    f"{self._derived_mac(kind, source, str(size), sha256).hex()}\n".encode())
-        # the tag first: a process killed in between leaves a tag without its file (made again
-        # next time), never a file without its tag
-        self._commit(tag, path.with_name(f"{source}.tag"))
-        self._commit(tmp, path)
-        return path
+        self._ensure_dir(path.parent)
+        with self._temp() as data:
+            make(data.file)
+            size, sha256 = hash_open(data.file)
+            with self._temp() as tag:
+                tag.file.write(f"{TAG_FORMAT} {kind} {source} {size} {sha256} "
+                               f"{self._derived_mac(kind, source, str(size), sha256).hex()}\n".encode())
+                # the tag first: a process killed in between leaves a tag without its file (made
+                # again next time), never a file without its tag
+                tag.commit(path.with_name(f"{source}.tag"))
+            data.commit(path)
+            return data.keep()
+
+    def _ensure_dir(self, path: Path) -> None:
+        try:
+            _mkdir(path)
+            problem = directory_problem(os.lstat(path))
+        except OSError as e:
+            raise CacheError(f"cannot create cache directory {path}: {e.strerror}") from e
+        if problem:
+            raise CacheError(f"refusing the cache directory {path}: {problem}")
 
     def entries(self) -> Iterator["Entry"]:
         """Everything stored, one entry per blob, derived file (with its tag), parsed index,
@@ -310,7 +467,8 @@ class Cache:
         yield from _files(PARSED, self.root / "parsed", lambda name: name.removesuffix(".marshal"))
         yield from _files(PARTIAL, self.root / "partial", lambda name: "")
         yield from _files(REFS, self.root / "refs", lambda name: "")
-        yield from (e for e in _files(LOCKS, self.root / "locks", lambda name: "") if e.paths[0].name != IN_USE)
+        yield from (e for e in _files(LOCKS, self.root / "locks", lambda name: "")
+                    if e.paths[0].name not in (IN_USE, CREATING))
 
     def prune(self, keep: Collection[str] | None = None, *, dry_run: bool = False) -> list["Entry"]:
         """Remove what no build needs from the cache, and return it.
@@ -337,14 +495,71 @@ class Cache:
         return hmac.new(self.key, f"{TAG_FORMAT} {kind} {source} {size} {sha256}".encode(), hashlib.sha256).digest()
 
     def _temp(self) -> "_TempFile":
-        return _TempFile(self.root / "partial")
+        return _TempFile(self.root / "partial", self.root / "locks")
 
-    def _commit(self, tmp: Path, path: Path) -> None:
-        try:
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except OSError as e:
-            raise CacheError(f"cannot write {path}: {e.strerror}") from e
+
+def _commit(f: BinaryIO, tmp: Path, path: Path) -> None:
+    """Make the file F, written (or checked) under the name TMP, readable and name it PATH."""
+    try:
+        f.flush()
+        os.fchmod(f.fileno(), 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CacheError(f"cannot write {path}: {e.strerror}") from e
+
+
+def _mkdir(path: Path) -> None:
+    """Make the directory PATH unless something is there already (checked apart)."""
+    try:
+        path.mkdir(mode=0o755)
+    except FileExistsError:
+        pass
+
+
+def _plain_size(path: Path) -> int | None:
+    """The size of the plain file of ours at PATH; None if there is none (anything else there,
+    a symbolic link say, is removed: no cache entry is ever one)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if trusted(st):
+        return st.st_size
+    _remove(path)
+    return None
+
+
+def _remove(path: Path) -> None:
+    """Remove the entry PATH (a link itself, not what it leads to), if this user may."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _read_entry(path: Path) -> bytes | None:
+    """The bytes of the cache file PATH; None if it is absent, or not a plain file of ours
+    (then removed): a link to /dev/zero or a FIFO is never read."""
+    try:
+        with open_trusted(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except Untrusted:
+        _remove(path)
+        return None
+
+
+def _open_lock(path: Path) -> BinaryIO:
+    """The lock file PATH, made if need be; a symbolic link there is removed, not followed."""
+    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return open(os.open(path, flags, 0o644), "rb")
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+    path.unlink()
+    return open(os.open(path, flags, 0o644), "rb")
 
 
 BLOBS, PARSED, PARTIAL, REFS, LOCKS = ("verified files", "parsed indices", "partial downloads", "refs", "locks")
@@ -365,7 +580,7 @@ class Entry:
         total = 0
         for path in self.paths:
             try:
-                total += path.stat().st_size
+                total += path.lstat().st_size
             except FileNotFoundError:
                 pass
         return total
@@ -397,7 +612,7 @@ def _listing(directory: Path) -> list[Path]:
 
 def _subdirs(directory: Path) -> list[Path]:
     try:
-        return sorted(p for p in directory.iterdir() if p.is_dir())
+        return sorted(p for p in directory.iterdir() if p.is_dir() and not p.is_symlink())
     except FileNotFoundError:
         return []
 
@@ -407,54 +622,92 @@ def _files(kind: str, directory: Path, key: Callable[[str], str] = lambda name: 
 
 
 TEMP_PREFIX = ".tmp-"
-ORPHAN_AGE = 10.0
-"""Seconds a temp file must sit unlocked and unchanged before a sweep takes it for orphaned."""
+CREATING = "creating"
+"""The lock file (in locks/) that writers hold shared while they make and flock a temp file, and a
+sweep holds exclusively: so no temp file is ever unlocked but one whose writer is gone."""
+
+
+@contextmanager
+def _creating(locks: Path, operation: int) -> Iterator[None]:
+    with _open_lock(locks / CREATING) as f:
+        fcntl.flock(f, operation)
+        yield
 
 
 class _TempFile:
-    """A uniquely named temp file, removed if the block fails; its writer holds a flock on it,
-    so that a file left by a killed process can be told from one still being written."""
+    """A uniquely named temp file in DIRECTORY, open for writing and reading, removed on the way
+    out unless ``commit`` named it; its writer holds a flock on it from the moment it exists (see
+    CREATING), so that a file left by a killed process can be told from one still being written."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, locks: Path) -> None:
         self.directory = directory
+        self.locks = locks
+        self.committed = False
+        self.kept = False
 
-    def __enter__(self) -> tuple[Path, BinaryIO]:
-        fd, name = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    def __enter__(self) -> "_TempFile":
+        try:
+            with _creating(self.locks, fcntl.LOCK_SH):
+                fd, name = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            raise CacheError(f"cannot write to the cache in {self.directory}: {e.strerror}") from e
         self.path = Path(name)
-        self.file = os.fdopen(fd, "wb")
-        return self.path, self.file
+        self.file: BinaryIO = os.fdopen(fd, "w+b")
+        return self
+
+    def commit(self, path: Path) -> None:
+        """Name the file PATH, with all that was written flushed."""
+        _commit(self.file, self.path, path)
+        self.committed = True
+
+    def keep(self) -> BinaryIO:
+        """The file, open at its start, for the caller to close."""
+        self.file.seek(0)
+        self.kept = True
+        return self.file
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
-        try:
-            self.file.close()  # flushes: a full disk may show only here
-        except OSError as e:
-            value = value if kind is not None else e
-            kind = kind or type(e)
-        if kind is not None:
+        failure = value if kind is not None else None
+        if not self.kept or failure is not None:
+            try:
+                self.file.close()
+            except OSError as e:
+                failure = failure or e
+        if not self.committed or failure is not None:
             self.path.unlink(missing_ok=True)
-            if isinstance(value, OSError):
-                raise CacheError(f"cannot write to the cache in {self.directory}: {value.strerror}") from value
+        if isinstance(failure, OSError):
+            raise CacheError(f"cannot write to the cache in {self.directory}: {failure.strerror}") from failure
 
 
-def sweep_orphans(directory: Path, now: float | None = None) -> list[str]:
-    """Remove the temp files in DIRECTORY that killed processes left (unlocked, and unchanged for
-    ORPHAN_AGE seconds); return their names."""
-    now = time.time() if now is None else now
+def sweep_orphans(directory: Path, locks: Path) -> list[str]:
+    """Remove the temp files in DIRECTORY that killed processes left, however recently (unlocked:
+    a writer flocks its file before a sweep can see it); return their names."""
     removed = []
-    for entry in os.scandir(directory):
-        if not entry.name.startswith(TEMP_PREFIX):
-            continue
-        try:
-            with open(entry.path, "rb") as f:
-                if now - os.fstat(f.fileno()).st_mtime < ORPHAN_AGE:
-                    continue
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.unlink(entry.path)
+    with _creating(locks, fcntl.LOCK_EX):
+        for entry in os.scandir(directory):
+            if entry.name.startswith(TEMP_PREFIX) and _orphan(entry.path):
                 removed.append(entry.name)
-        except (BlockingIOError, FileNotFoundError):
-            continue
     return removed
+
+
+def _orphan(path: str) -> bool:
+    """Remove PATH if no writer holds it (a link there is removed, never followed); whether it was."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            return False
+        os.unlink(path)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.unlink(path)
+        return True
+    except (BlockingIOError, FileNotFoundError):
+        return False
+    finally:
+        os.close(fd)
 
 
 def _safe(name: str) -> str:

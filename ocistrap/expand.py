@@ -10,6 +10,11 @@ host, from the verified download, by dpkg-deb, and kept in the cache under an
 HMAC that binds it to that download (``cache.Cache.derive``); a build checks the
 HMAC and re-hashes the expansion as it re-hashes every blob it uses.
 
+Each is read through the file that was checked: the .deb is hashed and then read
+by dpkg-deb through the same descriptor (``/proc/self/fd/N``), the expansion is
+hashed through the one whose inode the build then links into its own scratch
+directory.
+
 The ar format is the one dpkg-deb writes: the global header ``!<arch>\\n``, then
 members of a 60-byte header (name 16, mtime 12, uid 6, gid 6, mode 8, size 10,
 "`\\n") followed by the data, padded to an even length.
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ocistrap.cache import Cache
+from ocistrap.cache import Cache, link_private, open_verified
 from ocistrap.errors import OcistrapError
 
 MAGIC = b"!<arch>\n"
@@ -89,24 +94,26 @@ def plain_data(path: Path, what: str) -> Member:
     return member
 
 
-def expand(deb: Path, out: BinaryIO, what: str, *, nice: int = 0) -> int:
-    """Write DEB to OUT (a file at its start) with data.tar uncompressed; return OUT's size.
+def expand(deb: BinaryIO, out: BinaryIO, what: str, *, nice: int = 0) -> int:
+    """Write the .deb open as DEB to OUT (a file at its start) with data.tar uncompressed; return
+    OUT's size.
 
     dpkg-deb decompresses, straight into OUT: the data is by definition what dpkg
     reads from DEB, and the decompressor's memory (up to 64 MiB for xz -9) is its own.
+    It reads the very file DEB (through /proc/self/fd), not whatever its name leads to now.
     NICE lowers its priority, for work that must not slow down what waits on the CPU.
     """
-    with open(deb, "rb") as f:
-        data = data_member(f, what)
-        template = _read_at(f, data.header, HEADER)
-        f.seek(0)
-        _copy(f, out, data.header, what)
+    deb.seek(0)
+    data = data_member(deb, what)
+    template = _read_at(deb, data.header, HEADER)
+    deb.seek(0)
+    _copy(deb, out, data.header, what)
     out.write(b"\0" * HEADER)
     out.flush()
     start = out.tell()
     niced = ["nice", "-n", str(nice)] if nice else []
-    done = subprocess.run([*niced, "dpkg-deb", "--fsys-tarfile", str(deb)], stdout=out, stderr=subprocess.PIPE,
-                          env={**os.environ, "LC_ALL": "C"})
+    done = subprocess.run([*niced, "dpkg-deb", "--fsys-tarfile", f"/proc/self/fd/{deb.fileno()}"], stdout=out,
+                          stderr=subprocess.PIPE, pass_fds=(deb.fileno(),), env={**os.environ, "LC_ALL": "C"})
     if done.returncode != 0:
         reason = done.stderr.decode(errors="replace").strip().splitlines()
         _raise_if_full(reason)
@@ -179,27 +186,35 @@ class Source:
     nice: int = 0
 
 
-def expanded(source: Source, cache: Cache) -> Path:
-    """The cache's expansion of SOURCE, made now if it has none (or a damaged one)."""
-    if (path := cache.derived(KIND, source.sha256)) is not None:
-        return path
-    return cache.derive(KIND, source.sha256, lambda out: expand(source.path, out, source.what, nice=source.nice))
+def expanded(source: Source, cache: Cache) -> BinaryIO:
+    """The cache's expansion of SOURCE, open and verified, made now if it has none (or a damaged
+    one) from SOURCE's file once that hashed to its SHA256. Read it through this file only."""
+    if (f := cache.open_derived(KIND, source.sha256)) is not None:
+        return f
+    with open_verified(source.path, source.sha256, source.what) as deb:
+        return cache.derive(KIND, source.sha256, lambda out: expand(deb, out, source.what, nice=source.nice))
 
 
 class Pending:
     """Expansions of SOURCES being made in the background, in their order, so that the sandbox
-    can start on the first packages while later ones are still decompressing."""
+    can start on the first packages while later ones are still decompressing. With INTO, a
+    directory only this build writes, each is given a name there (``cache.link_private``): the
+    very file that was verified, which no one who can write the cache can swap."""
 
-    def __init__(self, sources: Sequence[Source], cache: Cache, workers: int | None = None) -> None:
-        self.paths = [cache.derived_path(KIND, s.sha256) for s in sources]
+    def __init__(self, sources: Sequence[Source], cache: Cache, workers: int | None = None,
+                 into: Path | None = None) -> None:
+        self.into = into
+        self.paths = [into / s.sha256 if into else cache.derived_path(KIND, s.sha256) for s in sources]
         self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1,
                                         thread_name_prefix="expand")
         self.started = time.monotonic()
         self.finished = self.started
-        self._futures = [self._pool.submit(self._one, s, cache) for s in sources]
+        self._futures = [self._pool.submit(self._one, s, path, cache) for s, path in zip(sources, self.paths)]
 
-    def _one(self, source: Source, cache: Cache) -> Path:
-        path = expanded(source, cache)
+    def _one(self, source: Source, path: Path, cache: Cache) -> Path:
+        with expanded(source, cache) as f:
+            if self.into:
+                link_private(f, cache.derived_path(KIND, source.sha256), path)
         self.finished = max(self.finished, time.monotonic())
         return path
 

@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from ocistrap import http, log
-from ocistrap.cache import CHUNK, Cache, file_sha256
+from ocistrap.cache import CHUNK, Cache, file_sha256, hash_open
 from ocistrap.errors import OcistrapError
 
 T = TypeVar("T")
@@ -71,7 +71,7 @@ class Fetcher:
         with cache.claim(wanted.sha256):
             if (path := self._cached(wanted, cache)) is not None:
                 return path
-            resuming = cache.partial_path(wanted.sha256).exists()
+            resuming = cache.partial_size(wanted.sha256) > 0
             try:
                 return self._download_verified(wanted, cache)
             except Mismatch:
@@ -134,17 +134,17 @@ class Fetcher:
 
     def _download_once(self, wanted: Wanted, cache: Cache) -> None:
         partial = cache.partial_path(wanted.sha256)
-        have = partial.stat().st_size if partial.exists() else 0
+        have = cache.partial_size(wanted.sha256)
         if have >= wanted.size:
             partial.unlink()
             have = 0
         headers = {"Range": f"bytes={have}-"} if have else None
         with self._request(wanted.url, wanted.what, headers) as response:
-            mode = "ab" if have and response.status_code == 206 else "wb"
-            received = start = have if mode == "ab" else 0
+            append = bool(have) and response.status_code == 206
+            received = start = have if append else 0
             announced = http.content_length(response.headers)
             try:
-                with open(partial, mode) as f:
+                with cache.open_partial(wanted.sha256, append=append) as f:
                     for chunk in response.chunks(CHUNK):
                         received += len(chunk)
                         if received > wanted.size:
@@ -164,16 +164,15 @@ class Fetcher:
             raise http.Transient(f"connection closed after {received} of {wanted.size} bytes")
 
 
-def check_file(path: Path, wanted: Wanted) -> None:
-    """Raise FetchError (and drop the file) unless PATH has WANTED's size and SHA256."""
-    size, sha256 = file_sha256(path)
+def check_file(f: BinaryIO, wanted: Wanted) -> None:
+    """Raise Mismatch unless the open file F has WANTED's size and SHA256 (the cache then drops it)."""
+    size, sha256 = hash_open(f)
     problem = None
     if size != wanted.size:
         problem = f"size {size}, expected {wanted.size}"
     elif sha256 != wanted.sha256:
         problem = f"SHA256 mismatch (expected {wanted.sha256}, got {sha256})"
     if problem:
-        path.unlink(missing_ok=True)
         raise Mismatch(f"{wanted.what}: {problem}; the file was discarded",
                          hint="the mirror serves bytes that are not the signed ones")
 

@@ -213,7 +213,8 @@ def wanted_debs(lock: Lockfile, arch: str) -> list[Wanted]:
 class Fetched:
     """A lockfile's packages, verified against the signed archive and present in the cache.
 
-    PATHS are their expansions (ocistrap.expand), which is what the sandbox installs;
+    PATHS are their expansions (ocistrap.expand), which is what the sandbox installs:
+    for a build, names in its own scratch directory for the very files that were verified;
     PENDING makes them in the background, so a build can start before the last one is made.
     """
 
@@ -239,9 +240,11 @@ def expansion_nice(arch_number: int, stage: str) -> int:
     return 0 if arch_number == 0 and stage == "essential" else BACKGROUND_NICE
 
 
-def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: Cache) -> Fetched:
+def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: Cache,
+          private: Path | None = None) -> Fetched:
     """Make every locked .deb present and verified in the cache, and start expanding them; the
-    caller closes the result."""
+    caller closes the result. PRIVATE: a directory only this build writes, where each
+    architecture's verified expansions are linked for the sandbox to read (none for `ocistrap fetch`)."""
     out = log.get()
     with out.step("checking the lockfile against the signed archive"):
         signed = check_lock_against_archive(lock, keyrings, fetcher, cache)
@@ -255,12 +258,18 @@ def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
             sources = {p.name: expand.Source(w.sha256, path, w.what, nice=expansion_nice(number, p.stage))
                        for p, w, path in zip(entry.packages, wanted, found)}
             order = entry.install_order()  # the plan's order, in which the sandbox waits for them
-            pending = fetched.pending[arch] = expand.Pending([sources[p.name] for p in order], cache)
+            into = _private_dir(private / arch) if private else None
+            pending = fetched.pending[arch] = expand.Pending([sources[p.name] for p in order], cache, into=into)
             fetched.paths[arch] = {p.name: path for p, path in zip(order, pending.paths)}
     except BaseException:
         fetched.close()
         raise
     return fetched
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, mode=0o700)
+    return path
 
 
 @dataclass(frozen=True)
@@ -341,41 +350,43 @@ class Built:
 
 def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: Cache,
           request: BuildRequest) -> Built:
-    """Fetch, install, layer, wrap and deliver: the whole of `ocistrap build` after locking."""
-    fetched = fetch(lock, keyrings, fetcher, cache)
-    try:
-        return _install_and_deliver(lock, keyrings, fetched, cache, request)
-    finally:
-        fetched.close()
+    """Fetch, install, layer, wrap and deliver: the whole of `ocistrap build` after locking.
+    Everything happens in a scratch directory of this build, which holds the packages it
+    installs, and is gone (with every expansion finished or stopped) before this returns."""
+    with sandbox.scratch_dir(cache.root / "partial", "build-") as tmp:
+        fetched = fetch(lock, keyrings, fetcher, cache, private=tmp / "debs")
+        try:
+            return _install_and_deliver(lock, keyrings, fetched, tmp, request)
+        finally:
+            fetched.close()
 
 
-def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fetched, cache: Cache,
+def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fetched, tmp: Path,
                          request: BuildRequest) -> Built:
     epoch = request.epoch if request.epoch is not None else release_epoch(lock)
     provenance = assemble.Provenance(suite=lock.suite, mirror=lock.mirror, lock_digest=lock.digest(),
                                      release_sha256=next(iter(lock.architectures.values())).releases[0].sha256)
-    with sandbox.scratch_dir(cache.root / "partial", "build-") as tmp:
-        layout = Path(tmp) / "layout"
-        oci.init_layout(layout)
-        manifests = []
-        staging = request.staging
-        for arch in lock.architectures:
-            blobs, mode = run_bootstrap(lock, arch, fetched, staging, epoch=epoch, keyrings=keyrings,
-                                        sink=lambda stream: write_layer(stream, layout / "blobs" / "sha256",
-                                                                        request.compression))
-            staging = replace(staging, mode=mode)  # a fallback holds for the next architecture
-            layers = [assemble.Layer(blob, created_by) for blob, created_by in zip(blobs, _history(lock, arch))]
-            manifests.append(assemble.write_image(layout, arch, layers, epoch=epoch, options=request.options,
-                                                  provenance=provenance))
-        top = manifests[0] if len(manifests) == 1 else assemble.write_index(
-            layout, manifests, provenance.annotations(image.rfc3339(epoch)))
-        attached = sbom.attach_all(layout, lock, list(zip(lock.architectures, manifests)),
-                                   created=image.rfc3339(epoch)) if request.sbom else []
-        with log.get().step("writing outputs"):
-            ctx = transports.Context(tls_verify=request.tls_verify)
-            for ref in request.outputs:
-                transports.write(layout, top, ref, ctx)
-                transports.attach(layout, attached, ref, ctx)
+    layout = Path(tmp) / "layout"
+    oci.init_layout(layout)
+    manifests = []
+    staging = request.staging
+    for arch in lock.architectures:
+        blobs, mode = run_bootstrap(lock, arch, fetched, staging, epoch=epoch, keyrings=keyrings,
+                                    sink=lambda stream: write_layer(stream, layout / "blobs" / "sha256",
+                                                                    request.compression))
+        staging = replace(staging, mode=mode)  # a fallback holds for the next architecture
+        layers = [assemble.Layer(blob, created_by) for blob, created_by in zip(blobs, _history(lock, arch))]
+        manifests.append(assemble.write_image(layout, arch, layers, epoch=epoch, options=request.options,
+                                              provenance=provenance))
+    top = manifests[0] if len(manifests) == 1 else assemble.write_index(
+        layout, manifests, provenance.annotations(image.rfc3339(epoch)))
+    attached = sbom.attach_all(layout, lock, list(zip(lock.architectures, manifests)),
+                               created=image.rfc3339(epoch)) if request.sbom else []
+    with log.get().step("writing outputs"):
+        ctx = transports.Context(tls_verify=request.tls_verify)
+        for ref in request.outputs:
+            transports.write(layout, top, ref, ctx)
+            transports.attach(layout, attached, ref, ctx)
     return Built(digest=top.digest, outputs=request.outputs)
 
 

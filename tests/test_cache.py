@@ -1,7 +1,11 @@
 """The content-addressed cache: only verified bytes enter it, damage is noticed, sharing is safe."""
 
+import errno
 import hashlib
 import marshal
+import os
+import re
+import stat
 import threading
 import time
 from pathlib import Path
@@ -284,29 +288,129 @@ def test_racing_processes_agree_on_one_key(tmp_path: Path) -> None:
 
 def test_temp_files_of_killed_writers_are_swept_but_not_those_being_written(tmp_path: Path) -> None:
     import fcntl
-    import os
-    from ocistrap.cache import ORPHAN_AGE, sweep_orphans
+    from ocistrap.cache import sweep_orphans
     cache = Cache(tmp_path / "c")
-    partial = cache.root / "partial"
-    old = time.time() - ORPHAN_AGE - 1
-    for name in (".tmp-orphan", ".tmp-fresh", ".tmp-written", "ab" * 32):
-        (partial / name).write_bytes(b"x")
+    partial, locks = cache.root / "partial", cache.root / "locks"
     for name in (".tmp-orphan", ".tmp-written", "ab" * 32):
-        os.utime(partial / name, (old, old))
+        (partial / name).write_bytes(b"x")
     with open(partial / ".tmp-written", "rb") as writer:
         fcntl.flock(writer, fcntl.LOCK_EX)
-        assert sweep_orphans(partial) == [".tmp-orphan"]
-    assert sorted(p.name for p in partial.iterdir()) == [".tmp-fresh", ".tmp-written", "ab" * 32]
-    assert sorted(sweep_orphans(partial, now=time.time() + ORPHAN_AGE + 1)) == [".tmp-fresh", ".tmp-written"]
+        assert sweep_orphans(partial, locks) == [".tmp-orphan"]
+    assert sorted(p.name for p in partial.iterdir()) == [".tmp-written", "ab" * 32]
+    assert sweep_orphans(partial, locks) == [".tmp-written"]
     assert [p.name for p in partial.iterdir()] == ["ab" * 32]
 
 
-def test_a_new_cache_sweeps_what_a_killed_build_left(tmp_path: Path) -> None:
-    import os
-    from ocistrap.cache import ORPHAN_AGE
+def test_a_sweep_waits_for_a_writer_making_its_temp_file(tmp_path: Path) -> None:
+    """Between creating its temp file and locking it a writer holds locks/creating: a sweep in
+    that moment would take the unlocked file for an orphan."""
+    import fcntl
+    from ocistrap.cache import sweep_orphans
+    cache = Cache(tmp_path / "c")
+    swept: list[list[str]] = []
+    with open(cache.root / "locks" / "creating", "rb") as creating:
+        fcntl.flock(creating, fcntl.LOCK_SH)
+        (cache.root / "partial" / ".tmp-just-made").write_bytes(b"")
+        sweeper = threading.Thread(target=lambda: swept.append(sweep_orphans(cache.root / "partial",
+                                                                             cache.root / "locks")))
+        sweeper.start()
+        sweeper.join(0.3)
+        assert sweeper.is_alive() and (cache.root / "partial" / ".tmp-just-made").exists()
+    sweeper.join()
+    assert swept == [[".tmp-just-made"]]
+
+
+def test_a_new_cache_sweeps_what_a_killed_build_left_at_once(tmp_path: Path) -> None:
+    """A cache copied or used right after a build was killed holds its fresh temp files: the next
+    process removes them, so that a failed build leaves the cache as it found it."""
     Cache(tmp_path / "c")
     orphan = tmp_path / "c" / "partial" / ".tmp-orphan"
     orphan.write_bytes(b"half an expansion")
-    os.utime(orphan, (time.time() - ORPHAN_AGE - 1,) * 2)
     Cache(tmp_path / "c")
     assert not orphan.exists()
+
+
+# who may write the cache: its owner alone, and never through a link
+
+@pytest.mark.parametrize("sub", ["", "partial", "blobs/sha256", "derived/expanded", "locks"])
+def test_a_cache_directory_others_may_write_is_refused_naming_it(tmp_path: Path, sub: str) -> None:
+    Cache(tmp_path / "c")
+    loose = tmp_path / "c" / sub
+    loose.chmod(0o775)
+    with pytest.raises(CacheError, match=rf"^refusing the cache directory {re.escape(str(loose))}: other users "
+                                         rf"may write to it \(run `chmod go-w"):
+        Cache(tmp_path / "c")
+
+
+def test_a_way_to_the_cache_others_may_change_is_refused_unless_sticky(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(CacheError, match=f"refusing the cache directory {re.escape(str(shared))}: other users"):
+        Cache(shared / "c")
+    shared.chmod(0o1777)  # as /tmp: others cannot rename what is ours
+    Cache(shared / "c")
+
+
+def test_a_directory_of_another_user_cannot_hold_a_cache() -> None:
+    from ocistrap.cache import directory_problem
+    def st(mode: int, uid: int) -> os.stat_result:
+        return os.stat_result((mode, 0, 0, 1, uid, 0, 0, 0, 0, 0))
+    other = os.geteuid() + 1 if os.geteuid() else 1000
+    assert directory_problem(st(stat.S_IFDIR | 0o755, other)) == f"it belongs to another user (uid {other})"
+    assert directory_problem(st(stat.S_IFDIR | 0o755, 0)) is None
+    assert directory_problem(st(stat.S_IFDIR | 0o700, os.geteuid())) is None
+    assert directory_problem(st(stat.S_IFDIR | 0o1777, 0), sticky_ok=True) is None
+    assert directory_problem(st(stat.S_IFDIR | 0o1777, 0)) == "other users may write to it"
+    assert directory_problem(st(stat.S_IFLNK | 0o777, os.geteuid())) == "it is a symbolic link"
+
+
+def test_a_linked_partial_directory_is_refused_and_nothing_is_swept_where_it_leads(tmp_path: Path) -> None:
+    Cache(tmp_path / "c")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "build-precious").mkdir(parents=True)
+    (elsewhere / ".tmp-precious").write_bytes(b"mine")
+    os.utime(elsewhere / ".tmp-precious", (time.time() - 3600,) * 2)
+    partial = tmp_path / "c" / "partial"
+    partial.rmdir()
+    partial.symlink_to(elsewhere)
+    with pytest.raises(CacheError, match=f"refusing the cache directory {re.escape(str(partial))}: it is a symbolic"):
+        Cache(tmp_path / "c")
+    assert sorted(p.name for p in elsewhere.iterdir()) == [".tmp-precious", "build-precious"]
+
+
+def test_a_link_in_place_of_a_blob_or_a_lock_is_removed_not_followed(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c")
+    honest = tmp_path / "honest"
+    honest.write_bytes(b"verified")
+    cache.blob_path(sha(b"verified")).symlink_to(honest)
+    assert cache.lookup(sha(b"verified"), len(b"verified")) is None
+    assert cache.read(sha(b"verified")) is None
+    (cache.root / "locks" / ("ab" * 32)).symlink_to(tmp_path / "made-elsewhere")
+    with cache.claim("ab" * 32):
+        pass
+    assert not (tmp_path / "made-elsewhere").exists() and honest.read_bytes() == b"verified"
+
+
+def test_a_blob_others_may_write_is_not_used(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c")
+    path = cache.put_bytes(b"verified", lambda data: None)
+    path.chmod(0o666)
+    assert cache.lookup(sha(b"verified"), len(b"verified")) is None
+    assert not path.exists()
+
+
+def test_a_derived_file_that_fails_after_it_was_written_leaves_no_temp_file(tmp_path: Path, monkeypatch) -> None:
+    """The disk fills up while the tag is written, after the expansion itself was: both go."""
+    cache = Cache(tmp_path / "c")
+    replace = os.replace
+
+    def full_for_tags(source, target, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(target).endswith(".tag"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return replace(source, target, *args, **kwargs)
+    monkeypatch.setattr(os, "replace", full_for_tags)
+    with pytest.raises(CacheError, match="No space left on device"):
+        cache.derive("expanded", "ab" * 32, lambda out: out.write(b"x" * 100_000))
+    assert list((cache.root / "partial").iterdir()) == []
+    assert list((cache.root / "derived" / "expanded").iterdir()) == []

@@ -1,12 +1,16 @@
 """Expanded packages: the same .deb with data.tar plain, made by dpkg-deb, trusted only under our HMAC."""
 
 import io
+import os
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
+from lockfetch_support import sha256_file
 from repo_factory import build_deb
 
+from ocistrap import cache as cache_module
 from ocistrap import expand
 from ocistrap.cache import Cache
 from ocistrap.expand import ExpandError
@@ -33,8 +37,8 @@ def make_deb(tmp_path: Path, compression: str = "gzip", name: str = "odd") -> Pa
 
 
 def expanded_bytes(deb: Path) -> bytes:
-    with open(deb.with_suffix(".expanded"), "w+b") as out:
-        size = expand.expand(deb, out, "odd")
+    with open(deb, "rb") as f, open(deb.with_suffix(".expanded"), "w+b") as out:
+        size = expand.expand(f, out, "odd")
         out.seek(0)
         data = out.read()
     assert size == len(data)
@@ -84,8 +88,9 @@ def test_a_short_file_is_an_eof_error_for_the_unpacker() -> None:
 def test_not_a_deb_is_named(tmp_path: Path) -> None:
     junk = tmp_path / "junk.deb"
     junk.write_bytes(b"<html>not found</html>")
-    with pytest.raises(ExpandError, match="junk is not a .deb"), open(tmp_path / "out", "wb") as out:
-        expand.expand(junk, out, "junk")
+    with pytest.raises(ExpandError, match="junk is not a .deb"), open(tmp_path / "out", "wb") as out, \
+            open(junk, "rb") as f:
+        expand.expand(f, out, "junk")
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -95,8 +100,9 @@ def test_not_a_deb_is_named(tmp_path: Path) -> None:
 def test_a_damaged_deb_is_refused(tmp_path: Path, damage, message: str) -> None:
     damaged = tmp_path / "damaged.deb"
     damaged.write_bytes(damage(make_deb(tmp_path, "xz").read_bytes()))
-    with pytest.raises(ExpandError, match=message), open(tmp_path / "out", "wb") as out:
-        expand.expand(damaged, out, "damaged")
+    with pytest.raises(ExpandError, match=message), open(tmp_path / "out", "wb") as out, \
+            open(damaged, "rb") as f:
+        expand.expand(f, out, "damaged")
 
 
 def ar(*members: tuple[str, bytes]) -> bytes:
@@ -120,14 +126,37 @@ def test_the_member_order_is_dpkgs(members, message: str) -> None:
 
 # the cache's expansions
 
+def source_of(deb: Path, what: str = "odd", nice: int = 0) -> expand.Source:
+    return expand.Source(sha256_file(deb), deb, what, nice=nice)
+
+
+def expansion(source: expand.Source, cache: Cache) -> bytes:
+    with expand.expanded(source, cache) as f:
+        return f.read()
+
+
+def derived(cache: Cache, sha256: str) -> bytes | None:
+    f = cache.open_derived(expand.KIND, sha256)
+    if f is None:
+        return None
+    with f:
+        return f.read()
+
+
+def tar_of(data: bytes, tmp_path: Path) -> bytes:
+    path = tmp_path / "some.deb"
+    path.write_bytes(data)
+    return dpkg_deb("--fsys-tarfile", str(path))
+
+
 def test_an_expansion_is_made_once_then_reused(tmp_path: Path, monkeypatch) -> None:
     cache = Cache(tmp_path / "cache")
-    source = expand.Source("ab" * 32, make_deb(tmp_path, "xz"), "odd")
-    path = expand.expanded(source, cache)
-    assert path == cache.derived_path(expand.KIND, source.sha256)
-    assert dpkg_deb("--fsys-tarfile", str(path)) == dpkg_deb("--fsys-tarfile", str(source.path))
+    source = source_of(make_deb(tmp_path, "xz"))
+    made = expansion(source, cache)
+    assert cache.derived_path(expand.KIND, source.sha256).read_bytes() == made
+    assert tar_of(made, tmp_path) == dpkg_deb("--fsys-tarfile", str(source.path))
     monkeypatch.setattr(expand, "expand", lambda *a: pytest.fail("made again"))
-    assert expand.expanded(source, cache) == path
+    assert expansion(source, cache) == made
 
 
 @pytest.mark.parametrize("tamper", [
@@ -139,26 +168,27 @@ def test_an_expansion_is_made_once_then_reused(tmp_path: Path, monkeypatch) -> N
 ])
 def test_a_tampered_expansion_is_made_again_not_used(tmp_path: Path, tamper) -> None:
     cache = Cache(tmp_path / "cache")
-    source = expand.Source("ab" * 32, make_deb(tmp_path, "xz"), "odd")
-    other = expand.expanded(expand.Source("cd" * 32, make_deb(tmp_path, "gzip", "other"), "other"), cache)
-    path = expand.expanded(source, cache)
-    good = path.read_bytes()
-    tamper(path, path.with_name(path.name + ".tag"), other)
-    assert cache.derived(expand.KIND, source.sha256) is None
+    source = source_of(make_deb(tmp_path, "xz"))
+    other = source_of(make_deb(tmp_path, "gzip", "other"), "other")
+    expansion(other, cache)
+    good = expansion(source, cache)
+    path = cache.derived_path(expand.KIND, source.sha256)
+    tamper(path, path.with_name(path.name + ".tag"), cache.derived_path(expand.KIND, other.sha256))
+    assert derived(cache, source.sha256) is None
     assert not path.exists()
-    assert expand.expanded(source, cache).read_bytes() == good
+    assert expansion(source, cache) == good
 
 
 def test_an_expansion_made_under_another_key_is_not_trusted(tmp_path: Path) -> None:
-    source = expand.Source("ab" * 32, make_deb(tmp_path, "xz"), "odd")
-    expand.expanded(source, Cache(tmp_path / "cache", key_file=tmp_path / "mine.key"))
+    source = source_of(make_deb(tmp_path, "xz"))
+    expansion(source, Cache(tmp_path / "cache", key_file=tmp_path / "mine.key"))
     elsewhere = Cache(tmp_path / "cache", key_file=tmp_path / "theirs.key")
-    assert elsewhere.derived(expand.KIND, source.sha256) is None
+    assert derived(elsewhere, source.sha256) is None
 
 
 def test_expand_all_keeps_the_order(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
-    sources = [expand.Source(f"{i:064x}", make_deb(tmp_path, "gzip", f"p{i}"), f"p{i}") for i in range(5)]
+    sources = [source_of(make_deb(tmp_path, "gzip", f"p{i}"), f"p{i}") for i in range(5)]
     pending = expand.Pending(sources, cache, workers=3)
     try:
         paths = pending.wait()
@@ -172,12 +202,12 @@ def test_pending_announces_each_package_in_order_and_stops_at_a_failure(tmp_path
     cache = Cache(tmp_path / "cache")
     junk = tmp_path / "junk.deb"
     junk.write_bytes(b"junk")
-    sources = [expand.Source(f"{i:064x}", make_deb(tmp_path, "gzip", f"p{i}"), f"p{i}") for i in range(3)]
-    pending = expand.Pending([*sources[:2], expand.Source("ee" * 32, junk, "junk"), sources[2]], cache, workers=2)
+    sources = [source_of(make_deb(tmp_path, "gzip", f"p{i}"), f"p{i}") for i in range(3)]
+    pending = expand.Pending([*sources[:2], source_of(junk, "junk"), sources[2]], cache, workers=2)
     try:
         ready = pending.ready()
         assert [next(ready), next(ready)] == [1, 2]
-        assert all(cache.derived(expand.KIND, s.sha256) for s in sources[:2])
+        assert all(derived(cache, s.sha256) for s in sources[:2])
         with pytest.raises(ExpandError, match="junk is not a .deb"):
             next(ready)
     finally:
@@ -194,11 +224,83 @@ def test_background_expansions_run_dpkg_deb_at_a_lower_priority(tmp_path: Path, 
     deb = make_deb(tmp_path, "xz")
     monkeypatch.setattr(expand.subprocess, "run", spy)
     cache = Cache(tmp_path / "cache")
-    path = expand.expanded(expand.Source("ab" * 32, deb, "odd", nice=10), cache)
-    assert seen == [["nice", "-n", "10", "dpkg-deb", "--fsys-tarfile", str(deb)]]
-    assert dpkg_deb("--fsys-tarfile", str(path)) == dpkg_deb("--fsys-tarfile", str(deb))
+    made = expansion(source_of(deb, nice=10), cache)
+    assert [argv[:5] for argv in seen] == [["nice", "-n", "10", "dpkg-deb", "--fsys-tarfile"]]
+    assert tar_of(made, tmp_path) == dpkg_deb("--fsys-tarfile", str(deb))
 
 
 def test_only_the_first_architectures_essential_set_expands_at_full_priority() -> None:
     assert expansion_nice(0, "essential") == 0
     assert expansion_nice(0, "rest") == expansion_nice(1, "essential") == expansion_nice(1, "rest") == BACKGROUND_NICE
+
+
+# what is verified is what is used: a file swapped in the cache after its check changes nothing
+
+def swapping_after_the_first_hash(monkeypatch, path: Path, replacement: bytes) -> None:
+    """Replace PATH by a file of REPLACEMENT's bytes right after the cache first hashed a file:
+    what someone who could write the cache would do between the check and the use."""
+    real = cache_module.hash_open
+    done: list[bool] = []
+
+    def hash_then_swap(f):  # type: ignore[no-untyped-def]
+        result = real(f)
+        if not done:
+            done.append(True)
+            swapped = path.with_name(".swapped")
+            swapped.write_bytes(replacement)
+            os.replace(swapped, path)
+        return result
+    monkeypatch.setattr(cache_module, "hash_open", hash_then_swap)
+
+
+def test_a_deb_swapped_after_its_check_is_not_what_gets_expanded(tmp_path: Path, monkeypatch) -> None:
+    deb = make_deb(tmp_path, "xz")
+    evil = make_deb(tmp_path, "gzip", "evil")
+    cache = Cache(tmp_path / "cache")
+    source = source_of(deb)
+    verified = dpkg_deb("--fsys-tarfile", str(deb))
+    swapping_after_the_first_hash(monkeypatch, deb, evil.read_bytes())
+    made = expansion(source, cache)
+    assert deb.read_bytes() == evil.read_bytes()  # the swap did happen
+    assert tar_of(made, tmp_path) == verified
+
+
+def test_an_expansion_swapped_after_its_check_is_not_what_the_build_reads(tmp_path: Path, monkeypatch) -> None:
+    cache = Cache(tmp_path / "cache")
+    source, other = source_of(make_deb(tmp_path, "xz")), source_of(make_deb(tmp_path, "gzip", "evil"), "evil")
+    good, evil = expansion(source, cache), expansion(other, cache)
+    private = tmp_path / "build"
+    private.mkdir(mode=0o700)
+    swapping_after_the_first_hash(monkeypatch, cache.derived_path(expand.KIND, source.sha256), evil)
+    pending = expand.Pending([source], cache, into=private)
+    try:
+        (path,) = pending.wait()
+    finally:
+        pending.close()
+    assert cache.derived_path(expand.KIND, source.sha256).read_bytes() == evil  # the swap did happen
+    assert path.parent == private and path.read_bytes() == good
+
+
+def test_an_expansion_others_may_write_is_made_again(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    source = source_of(make_deb(tmp_path, "xz"))
+    good = expansion(source, cache)
+    cache.derived_path(expand.KIND, source.sha256).chmod(0o666)
+    assert derived(cache, source.sha256) is None
+    assert expansion(source, cache) == good
+    assert stat.S_IMODE(cache.derived_path(expand.KIND, source.sha256).stat().st_mode) == 0o644
+
+
+def test_a_build_names_the_verified_expansion_without_copying_it(tmp_path: Path) -> None:
+    """A warm build reads ~160 MB of expansions: linked, not copied, into its scratch directory."""
+    cache = Cache(tmp_path / "cache")
+    source = source_of(make_deb(tmp_path, "xz"))
+    expansion(source, cache)
+    private = tmp_path / "build"
+    private.mkdir(mode=0o700)
+    pending = expand.Pending([source], cache, into=private)
+    try:
+        (path,) = pending.wait()
+    finally:
+        pending.close()
+    assert path.stat().st_ino == cache.derived_path(expand.KIND, source.sha256).stat().st_ino

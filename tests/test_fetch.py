@@ -7,6 +7,7 @@ the next honest run with the same cache succeeds.
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -175,6 +176,19 @@ def test_stale_wrong_partial_file_does_not_spoil_an_honest_run(locked: Archive) 
     partial.write_bytes(flipped(data[: len(data) // 2], 10))
     rc, _, err = locked.fetch()
     assert rc == 0, err
+    assert_cache_verified(locked.cache)
+
+
+def test_a_link_planted_at_a_partial_download_is_not_written_through(locked: Archive, tmp_path: Path) -> None:
+    deb = locked.repo.root / locked.deb("bigdata")
+    victim = tmp_path / "victim"
+    victim.write_bytes(deb.read_bytes()[:1000])
+    victim.chmod(0o600)
+    (locked.cache / "partial" / sha256_file(deb)).symlink_to(victim)
+    rc, _, err = locked.fetch()
+    assert rc == 0, err
+    assert victim.read_bytes() == deb.read_bytes()[:1000] and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert not (locked.cache / "blobs" / "sha256" / sha256_file(deb)).is_symlink()
     assert_cache_verified(locked.cache)
 
 
