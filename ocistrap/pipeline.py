@@ -163,8 +163,8 @@ def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetch
     """Prove each locked .deb is listed, with its hash, in the signed index it came from.
 
     A lockfile is plain JSON; this check makes an edited one useless to an
-    attacker. It needs the locked Releases, which the cache keeps; their
-    expiry is not checked again: the lock pinned that state on purpose. The
+    attacker. It needs exactly the locked Releases, from the cache or the
+    mirror; their expiry is not checked again: the lock pinned that state on purpose. The
     lockfile object ``make_lock`` just made from the verified indices, with the
     same keyrings, needs no second reading of them.
     """
@@ -173,8 +173,7 @@ def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetch
     sources = sources_of(lock, keyrings)
     signed_packages: dict[str, dict[str, Package]] = {}
     for arch, entry in lock.architectures.items():
-        opened = [(src, mirror.open_release(src, fetcher, cache, sha256=release.sha256,
-                                            check_valid_until=False))
+        opened = [(src, mirror.open_release(src, fetcher, cache, pin=mirror.Pin(release.path, release.sha256)))
                   for src, release in zip(sources, entry.releases)]
         index = {(n, p.name, p.version, p.architecture): p
                  for n, p in load_universe(opened, arch, fetcher, cache)}
