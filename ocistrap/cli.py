@@ -103,6 +103,10 @@ def _cache(s: settings.Settings) -> Cache:
     return Cache(s.cache_dir or default_root())
 
 
+def _fetcher(s: settings.Settings) -> Fetcher:
+    return Fetcher(offline=s.offline, logins=settings.mirror_logins(s))
+
+
 def _make_lock(s: settings.Settings, fetcher: Fetcher, cache: Cache) -> lock.Lockfile:
     source = Source(mirror=s.mirror, suite=s.suite, components=s.components, keyrings=s.keyrings,
                     check_valid_until=not s.no_check_valid_until)
@@ -122,7 +126,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     s = _settings(args, "lock")
     if s.suite is None:
         raise UsageError("name a suite (e.g. `ocistrap lock bookworm`) or a spec file with -f that sets `suite`")
-    result = _make_lock(s, Fetcher(offline=s.offline), _cache(s))
+    result = _make_lock(s, _fetcher(s), _cache(s))
     lock.write(result, s.lock)
     count = sum(len(a.packages) for a in result.architectures.values())
     print(f"{s.lock}: {count} packages locked ({result.digest()})")
@@ -132,7 +136,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     s = _settings(args, "fetch")
     locked = settings.read_lockfile(args.lockfile)
-    fetched = pipeline.fetch(locked, s.keyrings, Fetcher(offline=s.offline), _cache(s))
+    fetched = pipeline.fetch(locked, s.keyrings, _fetcher(s), _cache(s))
     try:
         fetched.complete()
     finally:
@@ -204,7 +208,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         pipeline.require_runnable(s.architectures or [native_arch()])
         locked = None
     sandbox.build_mode(s.mode)  # a mode that cannot work fails before any download
-    fetcher, cache = Fetcher(offline=s.offline), _cache(s)
+    fetcher, cache = _fetcher(s), _cache(s)
     if locked is None:
         locked = _make_lock(s, fetcher, cache)
     if s.write_lock is not None:

@@ -17,6 +17,7 @@ import requests
 from ocistrap.cache import CHUNK, Cache, file_sha256
 from ocistrap import log
 from ocistrap.errors import OcistrapError
+from ocistrap.mirrorauth import MirrorLogins
 
 
 class FetchError(OcistrapError):
@@ -48,11 +49,13 @@ class Wanted:
 
 
 class Fetcher:
-    """One HTTP session with retry policy; ``offline`` refuses any network use."""
+    """One HTTP session with retry policy; ``offline`` refuses any network use. LOGINS are sent
+    with each request, redirected ones too, only where they apply (ocistrap.mirrorauth)."""
 
     def __init__(self, *, offline: bool = False, attempts: int = 4, timeout: float = 30.0,
-                 backoff: float = 0.5, jobs: int = 8) -> None:
+                 backoff: float = 0.5, jobs: int = 8, logins: MirrorLogins = MirrorLogins()) -> None:
         self.offline = offline
+        self.logins = logins
         self.attempts = attempts
         self.timeout = timeout
         self.backoff = backoff
@@ -142,7 +145,7 @@ class Fetcher:
     def _get_one(self, url: str, what: str, headers: dict[str, str] | None) -> requests.Response:
         try:
             return self.session.get(url, stream=True, timeout=self.timeout, headers=headers,
-                                    allow_redirects=False)
+                                    allow_redirects=False, auth=self.logins.for_url(url))
         except (requests.ConnectionError, requests.Timeout) as e:
             raise _Transient(_reason(e)) from None
         except requests.RequestException as e:

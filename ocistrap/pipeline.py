@@ -314,6 +314,12 @@ def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging,
         return layers
 
 
+def provenance_of(lock: Lockfile) -> assemble.Provenance:
+    """What the image's annotations say it was built from: the lock and the Release it pins."""
+    return assemble.Provenance(suite=lock.suite, mirror=lock.mirror, lock_digest=lock.digest(),
+                               release_sha256=next(iter(lock.architectures.values())).releases[0].sha256)
+
+
 def release_epoch(lock: Lockfile) -> int:
     """SOURCE_DATE_EPOCH default: the signed Release's Date, the same on every machine."""
     dates = [datetime.fromisoformat(r.date) for a in lock.architectures.values() for r in a.releases]
@@ -352,8 +358,7 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
 def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fetched, cache: Cache,
                          request: BuildRequest) -> Built:
     epoch = request.epoch if request.epoch is not None else release_epoch(lock)
-    provenance = assemble.Provenance(suite=lock.suite, mirror=lock.mirror, lock_digest=lock.digest(),
-                                     release_sha256=next(iter(lock.architectures.values())).releases[0].sha256)
+    provenance = provenance_of(lock)
     with sandbox.scratch_dir(cache.root / "partial", "build-") as tmp:
         layout = Path(tmp) / "layout"
         oci.init_layout(layout)

@@ -24,10 +24,11 @@ from typing import Any
 
 import jsonschema
 
-from ocistrap import image, lock, openpgp, sandbox, schema, sbom
+from ocistrap import image, lock, mirrorauth, openpgp, sandbox, schema, sbom
 from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.lock import LockedLayer
 from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR
+from ocistrap.mirrorauth import MirrorLogins
 from ocistrap.resolve import VARIANTS
 from ocistrap.transports import Reference, parse_reference
 
@@ -240,8 +241,12 @@ TABLE_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("suite", TEXT, "Debian suite or codename, e.g. bookworm, trixie, sid", flags=("suite",)),
-    Setting("mirror", TEXT, "archive URL", default=DEFAULT_MIRROR),
+    Setting("mirror", TEXT, "archive URL (a user:password@ in it is used for this mirror only and written "
+            "nowhere; --auth-file is the better place)", default=DEFAULT_MIRROR),
     Setting("security_mirror", TEXT, "archive URL of SUITE-security", default_text="MIRROR-security"),
+    Setting("auth_files", PATHS, "mirror logins in apt's auth.conf format, read before /etc/apt/auth.conf.d/*.conf "
+            "and /etc/apt/auth.conf", flags=("--auth-file",), commands=(*_RESOLVE, "fetch"), default=(),
+            metavar="FILE"),
     Setting("components", NAMES, "archive components", default=("main",)),
     Setting("keyrings", PATHS, "OpenPGP keyrings to verify the archive with", flags=("--keyring",),
             commands=(*_RESOLVE, "fetch", "cache"), default=(DEFAULT_KEYRING,), metavar="FILE"),
@@ -299,10 +304,16 @@ SETTINGS: tuple[Setting, ...] = (
 
 KEYS: tuple[str, ...] = tuple(dict.fromkeys(s.key for s in SETTINGS))
 
+URL_KEYS = ("mirror", "security_mirror")
+
 Settings = dataclasses.make_dataclass(
-    "Settings", [("spec", Path | None), *((key, Any) for key in KEYS)], frozen=True)
+    "Settings", [("spec", Path | None), *((key, Any) for key in KEYS),
+                 ("given", frozenset, field(default=frozenset())),
+                 ("url_logins", MirrorLogins, field(default=MirrorLogins()))], frozen=True)
 Settings.__doc__ = """The settings of one command: command line over spec file over default.
-``spec`` is the spec file read, if any; the other fields are the keys of SETTINGS."""
+``spec`` is the spec file read, if any; the other fields are the keys of SETTINGS, then ``given``:
+the keys the spec file or the command line set, and ``url_logins``: the logins taken out of the
+URL_KEYS' URLs, which hold none from then on (ocistrap.mirrorauth)."""
 
 
 def rows(command: str) -> list[Setting]:
@@ -324,13 +335,26 @@ def resolve(args: argparse.Namespace, command: str) -> Settings:
     spec: Path | None = getattr(args, "spec", None)
     filed = read_spec(spec) if spec is not None else {}
     values = {key: next(s.default for s in SETTINGS if s.key == key) for key in KEYS}
+    given = set()
     for setting in rows(command):
         value = filed.get(setting.key, setting.default)
-        given = getattr(args, setting.key)
-        if given is not None:
-            value = setting.kind.merge(value, setting.kind.from_flag(given))
+        flag = getattr(args, setting.key)
+        if flag is not None:
+            value = setting.kind.merge(value, setting.kind.from_flag(flag))
+        if flag is not None or setting.key in filed:
+            given.add(setting.key)
         values[setting.key] = value
-    return Settings(spec=spec, **values)
+    logins = MirrorLogins()
+    for key in URL_KEYS:
+        if values[key] is not None:
+            values[key], found = mirrorauth.split_userinfo(values[key])
+            logins += found
+    return Settings(spec=spec, **values, given=frozenset(given), url_logins=logins)
+
+
+def mirror_logins(settings: Settings) -> MirrorLogins:
+    """Every login a Fetcher of these settings may send: a mirror URL's own, then the auth files'."""
+    return settings.url_logins + mirrorauth.read(settings.auth_files or ())
 
 
 # ---- files the user names: wrong ones are usage errors ----

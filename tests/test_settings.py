@@ -114,6 +114,7 @@ def test_every_key_read_from_a_file(tmp_path):
 suite = "sid"
 mirror = "http://m.example/debian"
 security_mirror = "http://s.example/debian-security"
+auth_files = ["auth.conf"]
 components = ["main"]
 keyrings = ["keys/a.gpg", "/abs/b.gpg"]
 architectures = ["arm64"]
@@ -151,6 +152,7 @@ packages = ["gcc", "make"]
     base = tmp_path / "sub"
     s = resolved("-f", str(path))
     assert s.keyrings == (base / "keys/a.gpg", Path("/abs/b.gpg"))
+    assert s.auth_files == (base / "auth.conf",)
     assert (s.lock, s.write_lock, s.staging_dir, s.cache_dir) == (
         base / "my.lock", base / "../written.lock", base / "staging", base / "cache")
     assert [str(o) for o in s.outputs] == [
@@ -164,6 +166,16 @@ packages = ["gcc", "make"]
         True, True, True, True, True, False)
     assert (s.workdir, s.user, dict(s.labels), dict(s.annotations)) == ("/src", "nobody", {"l": "v"}, {"n": "v"})
     assert resolved("-f", str(path), command="lock").lock == base / "my.lock", "lock -f writes the spec's lock"
+
+
+def test_a_login_in_a_mirror_url_is_taken_out_of_the_settings(tmp_path):
+    path = spec(tmp_path, 'security_mirror = "https://sec:r3t@s.example/debian-security"\n')
+    s = resolved("sid", "--mirror", "https://u:p4ss@m.example/debian", "-f", str(path))
+    assert (s.mirror, s.security_mirror) == ("https://m.example/debian", "https://s.example/debian-security")
+    assert s.url_logins.for_url("https://m.example/debian/dists/sid/InRelease") == ("u", "p4ss")
+    assert s.url_logins.for_url("https://s.example/debian-security/dists/sid-security/InRelease") == ("sec", "r3t")
+    assert "p4ss" not in repr(s) and "r3t" not in repr(s)
+    assert settings.mirror_logins(s).for_url("https://m.example/debian/pool/x.deb") == ("u", "p4ss")
 
 
 def test_command_line_paths_stay_relative_to_the_working_directory(tmp_path):
