@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from ocistrap import __version__, combine, doctor, lock, log, pipeline, sandbox, sbom, settings
@@ -20,16 +21,26 @@ from ocistrap.transports import TRANSPORTS, open_image, parse_reference, registr
 from ocistrap.verify import check_lock, verify
 
 
+def add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, defaults: bool) -> None:
+    """The options of every command, before or after its name (as podman takes them). After it
+    they default to nothing, so that they do not undo the same option given before it."""
+    given = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and commands", **given)
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only results and errors", **given)
+    parser.add_argument("--timings", action="store_true",
+                        help="print how long each step took at the end (on stderr)", **given)
+    parser.add_argument("--log-format", choices=log.FORMATS, **(given or {"default": "text"}),
+                        help="stderr as text (a live status line on a terminal) or one JSON object per line")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ocistrap", description="Verified Debian OCI base images without root.")
     parser.add_argument("--version", action="version", version=f"ocistrap {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and commands")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only results and errors")
-    parser.add_argument("--timings", action="store_true",
-                        help="print how long each step took at the end (on stderr)")
-    parser.add_argument("--log-format", choices=log.FORMATS, default="text",
-                        help="stderr as text (a live status line on a terminal) or one JSON object per line")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_global_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    add_global_options(common.add_argument_group("global options (also before COMMAND)"), defaults=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=partial(argparse.ArgumentParser, parents=[common]))
 
     p = commands.add_parser("lock", help="verify the archive, resolve the package set, write a lockfile")
     settings.add_options(p, "lock")
@@ -197,9 +208,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     s = _settings(args, "build")
     if s.lock is not None:
         locked = settings.read_lockfile(s.lock)
-        if s.slim and not locked.slim:
-            raise UsageError(f"{s.lock} was locked without --slim",
-                             hint=f"lock again with --slim, e.g. `ocistrap lock {locked.suite} --slim`")
+        settings.check_against_lock(s, locked, s.lock)
         pipeline.require_runnable(locked.architectures)
     elif s.suite is None:
         raise UsageError("name a suite (e.g. `ocistrap build bookworm`), a lockfile with --lock "
