@@ -87,8 +87,9 @@ class Pin:
     sha256: str
 
 
-PIN_HINT = ("the lockfile is older than the mirror's current Release: lock again with `ocistrap lock`, "
-            "or use a mirror or snapshot that still serves the pinned Release")
+PIN_HINT = ("the mirror no longer serves the pinned Release (the lockfile is older than its current one) "
+            "or serves an old one: lock again with `ocistrap lock`, or use a mirror or snapshot that still "
+            "serves the pinned Release")
 
 
 def open_release(source: Source, fetcher: Fetcher, cache: Cache, *,
