@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from ocistrap import __version__, combine, doctor, lock, log, pipeline, sandbox, sbom, settings, transports
@@ -20,16 +21,26 @@ from ocistrap.transports import BadReference, Shape, parse_reference, registry
 from ocistrap.verify import check_lock, verify
 
 
+def add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, defaults: bool) -> None:
+    """The options of every command, before or after its name (as podman takes them). After it
+    they default to nothing, so that they do not undo the same option given before it."""
+    given = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and commands", **given)
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only results and errors", **given)
+    parser.add_argument("--timings", action="store_true",
+                        help="print how long each step took at the end (on stderr)", **given)
+    parser.add_argument("--log-format", choices=log.FORMATS, **(given or {"default": "text"}),
+                        help="stderr as text (a live status line on a terminal) or one JSON object per line")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ocistrap", description="Verified Debian OCI base images without root.")
     parser.add_argument("--version", action="version", version=f"ocistrap {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and commands")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only results and errors")
-    parser.add_argument("--timings", action="store_true",
-                        help="print how long each step took at the end (on stderr)")
-    parser.add_argument("--log-format", choices=log.FORMATS, default="text",
-                        help="stderr as text (a live status line on a terminal) or one JSON object per line")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_global_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    add_global_options(common.add_argument_group("global options (also before COMMAND)"), defaults=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=partial(argparse.ArgumentParser, parents=[common]))
 
     p = commands.add_parser("lock", help="verify the archive, resolve the package set, write a lockfile")
     settings.add_options(p, "lock")
@@ -105,6 +116,10 @@ def _cache(s: settings.Settings) -> Cache:
     return Cache(s.cache_dir or default_root())
 
 
+def _fetcher(s: settings.Settings) -> Fetcher:
+    return Fetcher(offline=s.offline, logins=settings.mirror_logins(s))
+
+
 def _make_lock(s: settings.Settings, fetcher: Fetcher, cache: Cache) -> lock.Lockfile:
     source = Source(mirror=s.mirror, suite=s.suite, components=s.components, keyrings=s.keyrings,
                     check_valid_until=not s.no_check_valid_until)
@@ -124,7 +139,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     s = _settings(args, "lock")
     if s.suite is None:
         raise UsageError("name a suite (e.g. `ocistrap lock bookworm`) or a spec file with -f that sets `suite`")
-    result = _make_lock(s, Fetcher(offline=s.offline), _cache(s))
+    result = _make_lock(s, _fetcher(s), _cache(s))
     lock.write(result, s.lock)
     count = sum(len(a.packages) for a in result.architectures.values())
     print(f"{s.lock}: {count} packages locked ({result.digest()})")
@@ -134,7 +149,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     s = _settings(args, "fetch")
     locked = settings.read_lockfile(args.lockfile)
-    fetched = pipeline.fetch(locked, s.keyrings, Fetcher(offline=s.offline), _cache(s))
+    fetched = pipeline.fetch(locked, s.keyrings, _fetcher(s), _cache(s))
     try:
         fetched.complete()
     finally:
@@ -195,9 +210,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     s = _settings(args, "build")
     if s.lock is not None:
         locked = settings.read_lockfile(s.lock)
-        if s.slim and not locked.slim:
-            raise UsageError(f"{s.lock} was locked without --slim",
-                             hint=f"lock again with --slim, e.g. `ocistrap lock {locked.suite} --slim`")
+        settings.check_against_lock(s, locked, s.lock)
         architectures, layers = tuple(locked.architectures), locked.layers
     elif s.suite is None:
         raise UsageError("name a suite (e.g. `ocistrap build bookworm`), a lockfile with --lock "
@@ -208,7 +221,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     transports.check(s.outputs + s.push, Shape(platforms=len(architectures), layers=len(layers) + 1))
     pipeline.require_runnable(architectures)
     mode = sandbox.decide_mode(s.mode)  # once, before any download: a mode that cannot work fails here
-    fetcher, cache = Fetcher(offline=s.offline), _cache(s)
+    fetcher, cache = _fetcher(s), _cache(s)
     if locked is None:
         locked = _make_lock(s, fetcher, cache)
     if s.write_lock is not None:

@@ -14,6 +14,7 @@ from typing import BinaryIO, TypeVar
 from ocistrap import http, log
 from ocistrap.cache import CHUNK, Cache, file_sha256, hash_open
 from ocistrap.errors import OcistrapError
+from ocistrap.mirrorauth import MirrorLogins
 
 T = TypeVar("T")
 
@@ -46,11 +47,14 @@ class Wanted:
 
 
 class Fetcher:
-    """One HTTP session with retry policy; ``offline`` refuses any network use."""
+    """One HTTP session with retry policy; ``offline`` refuses any network use. LOGINS are sent
+    with each request, redirected ones too, only where they apply (ocistrap.mirrorauth)."""
 
     def __init__(self, *, offline: bool = False, attempts: int = 4, timeout: float = 30.0,
-                 deadline: float = 300.0, stall: float = 60.0, backoff: float = 0.5, jobs: int = 8) -> None:
+                 deadline: float = 300.0, stall: float = 60.0, backoff: float = 0.5, jobs: int = 8,
+                 logins: MirrorLogins = MirrorLogins()) -> None:
         self.offline = offline
+        self.logins = logins
         self.attempts = attempts
         self.jobs = jobs
         self.retry = http.RetryPolicy(attempts=attempts, base_delay=backoff)
@@ -117,7 +121,8 @@ class Fetcher:
 
     def _request(self, url: str, what: str, headers: dict[str, str] | None = None) -> http.Response:
         """GET URL (redirects, deadlines and retry statuses as ``ocistrap.http`` decides)."""
-        return self._checked(self.http.send("GET", url, what=what, headers=headers, large=True), url, what)
+        return self._checked(self.http.send("GET", url, what=what, headers=headers, large=True,
+                                            authorization=self.logins), url, what)
 
     @staticmethod
     def _checked(response: http.Response, url: str, what: str) -> http.Response:

@@ -30,7 +30,7 @@ import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import requests
 import requests.adapters
@@ -131,6 +131,15 @@ class Authorization:
     def allows(self, url: str) -> bool:
         """Whether a request to URL may carry it: same scheme, host and port, nothing else."""
         return origin(url) == self.issued_for
+
+    def header_for(self, url: str) -> str | None:
+        return self.value if self.allows(url) else None
+
+
+class Credentials(Protocol):
+    """What decides, for each request (each redirect hop too), which ``Authorization`` it carries."""
+
+    def header_for(self, url: str) -> str | None: ...
 
 
 def scheme_allows(source: str, target: str) -> bool:
@@ -357,7 +366,7 @@ class Client:
 
     def send(self, method: str, url: str, *, what: str, headers: dict[str, str] | None = None,
              params: dict[str, Any] | None = None, body: Any = None,
-             authorization: Authorization | None = None, large: bool = False) -> "Response":
+             authorization: Credentials | None = None, large: bool = False) -> "Response":
         """Send one request, following allowed redirects, under one deadline; return the answer unread.
 
         Raises Transient for what is worth retrying (a transient status
@@ -381,11 +390,12 @@ class Client:
             raise
 
     def _hop(self, method: str, url: str, what: str, headers: dict[str, str] | None,
-             params: dict[str, Any] | None, body: Any, authorization: Authorization | None,
+             params: dict[str, Any] | None, body: Any, authorization: Credentials | None,
              watch: _Watch) -> requests.Response:
         all_headers = dict(headers or {})
-        if authorization is not None and authorization.allows(url):
-            all_headers["Authorization"] = authorization.value
+        value = authorization.header_for(url) if authorization is not None else None
+        if value is not None:
+            all_headers["Authorization"] = value
         _current.watch = watch
         try:
             with warnings.catch_warnings():

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ocistrap import schema
+from ocistrap import mirrorauth, schema
 from ocistrap.errors import OcistrapError
 
 
@@ -108,6 +108,7 @@ class Lockfile:
         """Deterministic bytes: same package set, same file, same digest."""
         document = self.to_json()
         schema.validate(document, "lockfile", what="lockfile")
+        _refuse_userinfo([self.mirror, *(a.mirror for a in self.archives)], "the lockfile")
         return (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
     def digest(self) -> str:
@@ -139,6 +140,7 @@ def loads(data: bytes, *, what: str) -> Lockfile:
     except schema.SchemaError as e:
         raise LockError(str(e), hint="regenerate it with `ocistrap lock`") from None
     archives = tuple(LockedArchive(**a) for a in document["archives"])
+    _refuse_userinfo([document["mirror"], *(a.mirror for a in archives)], what)
     architectures = {}
     for arch, entry in document["architectures"].items():
         locked = LockedArch(releases=tuple(LockedRelease(**r) for r in entry["releases"]),
@@ -162,6 +164,15 @@ def loads(data: bytes, *, what: str) -> Lockfile:
                      for layer in document.get("layers", [])),
         slim=document.get("slim", False),
     )
+
+
+def _refuse_userinfo(mirrors: list[str], what: str) -> None:
+    """A login in a mirror URL would be copied into the image (annotations, SBOM, apt sources)."""
+    for url in mirrors:
+        if mirrorauth.has_userinfo(url):
+            raise LockError(f"{what} names the mirror {mirrorauth.without_userinfo(url)} with a user name or "
+                            f"password in its URL; refusing to copy them into an image",
+                            hint="put the login in an auth file (--auth-file, /etc/apt/auth.conf) and lock again")
 
 
 def read(path: Path) -> Lockfile:

@@ -79,16 +79,33 @@ class SignedRelease:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Pin:
+    """The Release a lockfile names: its path and the SHA256 of the signed bytes."""
+
+    path: str
+    sha256: str
+
+
+PIN_HINT = ("the mirror no longer serves the pinned Release (the lockfile is older than its current one) "
+            "or serves an old one: lock again with `ocistrap lock`, or use a mirror or snapshot that still "
+            "serves the pinned Release")
+
+
 def open_release(source: Source, fetcher: Fetcher, cache: Cache, *,
-                 sha256: str | None = None, now: datetime | None = None,
-                 check_valid_until: bool | None = None) -> SignedRelease:
+                 pin: Pin | None = None, now: datetime | None = None) -> SignedRelease:
     """Fetch (or take from the cache) and verify the suite's Release.
 
-    With SHA256 (from a lockfile) the cached copy of exactly that file is used.
-    Offline without SHA256, the last verified InRelease of the suite is used.
+    With a PIN (from a lockfile) only exactly that file is used, from the cache
+    or the mirror: other bytes are refused before anything is read from them,
+    and its Valid-Until is not checked again, since the lock trusted that very
+    file. Offline without a pin, the last verified InRelease of the suite is used.
     """
-    check = source.check_valid_until if check_valid_until is None else check_valid_until
-    raw, path = _release_bytes(source, fetcher, cache, sha256)
+    raw, path = _release_bytes(source, fetcher, cache, pin)
+    digest = sha256_hex(raw)
+    if pin is not None and digest != pin.sha256:
+        raise ArchiveError(f"{source.url(path)}: the lockfile pins the Release of {source.suite} at sha256 "
+                           f"{pin.sha256}, but the mirror serves sha256 {digest}; refusing it", hint=PIN_HINT)
     signed = _verify(source, fetcher, raw, path)
     what = source.url(path)
     release = archive.parse_release(signed.decode("utf-8", "replace"), what=what)
@@ -97,18 +114,15 @@ def open_release(source: Source, fetcher: Fetcher, cache: Cache, *,
             f"{what} is signed for suite {release.suite!r} (codename {release.codename!r}), "
             f"not {source.suite!r}; refusing it", hint="the mirror may be serving another suite")
     archive.check_valid_until(release, now or datetime.now(timezone.utc),
-                              allow_expired=not check, what=what)
-    digest = sha256_hex(raw)
+                              allow_expired=pin is not None or not source.check_valid_until, what=what)
     if cache.lookup(digest, len(raw)) is None:
         cache.put_bytes(raw, lambda data: None)
     cache.set_ref(source.ref_name, digest)
     return SignedRelease(release=release, path=path, sha256=digest)
 
 
-def _release_bytes(source: Source, fetcher: Fetcher, cache: Cache,
-                   sha256: str | None) -> tuple[bytes, str]:
-    inrelease = f"dists/{source.suite}/InRelease"
-    wanted = sha256 or (cache.get_ref(source.ref_name) if fetcher.offline else None)
+def _release_bytes(source: Source, fetcher: Fetcher, cache: Cache, pin: Pin | None) -> tuple[bytes, str]:
+    wanted = pin.sha256 if pin is not None else (cache.get_ref(source.ref_name) if fetcher.offline else None)
     if wanted is not None:
         data = cache.read(wanted)
         if data is not None:
@@ -119,20 +133,39 @@ def _release_bytes(source: Source, fetcher: Fetcher, cache: Cache,
     if fetcher.offline:
         raise ArchiveError(f"no verified Release of {source.suite} from {source.mirror} in the cache",
                            hint="run `ocistrap lock` once with network access")
+    order = [_inline_release, _detached_release]
+    if pin is not None and pin.path == _release_path(source):
+        order.reverse()
+    for attempt in order:
+        if (found := attempt(source, fetcher)) is not None:
+            return found
+    raise ArchiveError(f"suite {source.suite!r} not found on {source.mirror} "
+                       f"(neither InRelease nor Release exists)",
+                       hint="check the suite name (e.g. bookworm, trixie, sid) and --mirror")
+
+
+def _release_path(source: Source) -> str:
+    return f"dists/{source.suite}/Release"
+
+
+def _inline_release(source: Source, fetcher: Fetcher) -> tuple[bytes, str] | None:
+    """The suite's InRelease, or None where the mirror has none."""
+    path = f"dists/{source.suite}/InRelease"
     try:
-        return fetcher.get(source.url(inrelease), what=source.url(inrelease), limit=RELEASE_LIMIT), inrelease
+        return fetcher.get(source.url(path), what=source.url(path), limit=RELEASE_LIMIT), path
     except NotFound:
-        pass
-    release_path = f"dists/{source.suite}/Release"
+        return None
+
+
+def _detached_release(source: Source, fetcher: Fetcher) -> tuple[bytes, str] | None:
+    """The suite's Release and Release.gpg as one bundle, or None where the mirror has no Release."""
+    path = _release_path(source)
     try:
-        data = fetcher.get(source.url(release_path), what=source.url(release_path), limit=RELEASE_LIMIT)
+        data = fetcher.get(source.url(path), what=source.url(path), limit=RELEASE_LIMIT)
     except NotFound:
-        raise ArchiveError(f"suite {source.suite!r} not found on {source.mirror} "
-                           f"(neither InRelease nor Release exists)",
-                           hint="check the suite name (e.g. bookworm, trixie, sid) and --mirror") from None
-    signature = fetcher.get(source.url(release_path + ".gpg"), what=source.url(release_path + ".gpg"),
-                            limit=RELEASE_LIMIT)
-    return _detached_bundle(data, signature), release_path
+        return None
+    signature = fetcher.get(source.url(path + ".gpg"), what=source.url(path + ".gpg"), limit=RELEASE_LIMIT)
+    return _detached_bundle(data, signature), path
 
 
 # A Release with a detached signature is kept in the cache as one blob:

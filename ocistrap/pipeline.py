@@ -17,7 +17,6 @@ from ocistrap.lock import LockedArch, LockedArchive, LockedLayer, LockedPackage,
 from ocistrap.mirror import Source
 from ocistrap.transports import Reference, oci
 
-
 T = TypeVar("T")
 
 
@@ -162,8 +161,8 @@ def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetch
     """Prove each locked .deb is listed, with its hash, in the signed index it came from.
 
     A lockfile is plain JSON; this check makes an edited one useless to an
-    attacker. It needs the locked Releases, which the cache keeps; their
-    expiry is not checked again: the lock pinned that state on purpose. The
+    attacker. It needs exactly the locked Releases, from the cache or the
+    mirror; their expiry is not checked again: the lock pinned that state on purpose. The
     lockfile object ``make_lock`` just made from the verified indices, with the
     same keyrings, needs no second reading of them.
     """
@@ -172,8 +171,7 @@ def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetch
     sources = sources_of(lock, keyrings)
     signed_packages: dict[str, dict[str, Package]] = {}
     for arch, entry in lock.architectures.items():
-        opened = [(src, mirror.open_release(src, fetcher, cache, sha256=release.sha256,
-                                            check_valid_until=False))
+        opened = [(src, mirror.open_release(src, fetcher, cache, pin=mirror.Pin(release.path, release.sha256)))
                   for src, release in zip(sources, entry.releases)]
         index = {(n, p.name, p.version, p.architecture): p
                  for n, p in load_universe(opened, arch, fetcher, cache)}
@@ -323,6 +321,12 @@ def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging,
         return installed
 
 
+def provenance_of(lock: Lockfile) -> assemble.Provenance:
+    """What the image's annotations say it was built from: the lock and the Release it pins."""
+    return assemble.Provenance(suite=lock.suite, mirror=lock.mirror, lock_digest=lock.digest(),
+                               release_sha256=next(iter(lock.architectures.values())).releases[0].sha256)
+
+
 def release_epoch(lock: Lockfile) -> int:
     """SOURCE_DATE_EPOCH default: the signed Release's Date, the same on every machine."""
     dates = [datetime.fromisoformat(r.date) for a in lock.architectures.values() for r in a.releases]
@@ -364,8 +368,7 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
 def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fetched, tmp: Path,
                          request: BuildRequest) -> Built:
     epoch = request.epoch if request.epoch is not None else release_epoch(lock)
-    provenance = assemble.Provenance(suite=lock.suite, mirror=lock.mirror, lock_digest=lock.digest(),
-                                     release_sha256=next(iter(lock.architectures.values())).releases[0].sha256)
+    provenance = provenance_of(lock)
     layout = Path(tmp) / "layout"
     oci.init_layout(layout)
     manifests = []

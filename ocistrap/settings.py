@@ -24,10 +24,11 @@ from typing import Any
 
 import jsonschema
 
-from ocistrap import image, lock, openpgp, sandbox, schema, sbom
+from ocistrap import image, lock, mirrorauth, openpgp, sandbox, schema, sbom
 from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.lock import LockedLayer
-from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR
+from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR, STABLE_SUITES
+from ocistrap.mirrorauth import MirrorLogins
 from ocistrap.resolve import VARIANTS
 from ocistrap.transports import BARE_TRANSPORT, BadReference, Reference, parse_reference
 
@@ -244,8 +245,12 @@ TABLE_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("suite", TEXT, "Debian suite or codename, e.g. bookworm, trixie, sid", flags=("suite",)),
-    Setting("mirror", TEXT, "archive URL", default=DEFAULT_MIRROR),
+    Setting("mirror", TEXT, "archive URL (a user:password@ in it is used for this mirror only and written "
+            "nowhere; --auth-file is the better place)", default=DEFAULT_MIRROR),
     Setting("security_mirror", TEXT, "archive URL of SUITE-security", default_text="MIRROR-security"),
+    Setting("auth_files", PATHS, "mirror logins in apt's auth.conf format, read before /etc/apt/auth.conf.d/*.conf "
+            "and /etc/apt/auth.conf", flags=("--auth-file",), commands=(*_RESOLVE, "fetch"), default=(),
+            metavar="FILE"),
     Setting("components", NAMES, "archive components", default=("main",)),
     Setting("keyrings", PATHS, "OpenPGP keyrings to verify the archive with", flags=("--keyring",),
             commands=(*_RESOLVE, "fetch", "cache"), default=(DEFAULT_KEYRING,), metavar="FILE"),
@@ -266,8 +271,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lock", PATH, "lockfile to write", flags=("-o", "--output"), commands=("lock",),
             default=Path("ocistrap.lock"), metavar="FILE",
             file_help="the lockfile: `ocistrap lock -f` writes it, `ocistrap build -f` builds exactly it "
-                      "(the suite and package keys then come from it)"),
-    Setting("lock", PATH, "build exactly this lockfile (the suite and package options then come from it)",
+                      "(the suite and package keys then come from it; any given must agree with it)"),
+    Setting("lock", PATH, "build exactly this lockfile (the suite and package options then come from it; "
+            "any given must agree with it)",
             commands=_BUILD, metavar="FILE"),
     Setting("write_lock", PATH, "also save the resolved lockfile here", commands=_BUILD, metavar="FILE"),
     Setting("outputs", OUTPUTS, "where to write the image: oci:DIR[:TAG], oci-archive:FILE[:TAG], "
@@ -303,10 +309,16 @@ SETTINGS: tuple[Setting, ...] = (
 
 KEYS: tuple[str, ...] = tuple(dict.fromkeys(s.key for s in SETTINGS))
 
+URL_KEYS = ("mirror", "security_mirror")
+
 Settings = dataclasses.make_dataclass(
-    "Settings", [("spec", Path | None), *((key, Any) for key in KEYS)], frozen=True)
+    "Settings", [("spec", Path | None), *((key, Any) for key in KEYS),
+                 ("given", frozenset, field(default=frozenset())),
+                 ("url_logins", MirrorLogins, field(default=MirrorLogins()))], frozen=True)
 Settings.__doc__ = """The settings of one command: command line over spec file over default.
-``spec`` is the spec file read, if any; the other fields are the keys of SETTINGS."""
+``spec`` is the spec file read, if any; the other fields are the keys of SETTINGS, then ``given``:
+the keys the spec file or the command line set, and ``url_logins``: the logins taken out of the
+URL_KEYS' URLs, which hold none from then on (ocistrap.mirrorauth)."""
 
 
 def rows(command: str) -> list[Setting]:
@@ -328,13 +340,26 @@ def resolve(args: argparse.Namespace, command: str) -> Settings:
     spec: Path | None = getattr(args, "spec", None)
     filed = read_spec(spec) if spec is not None else {}
     values = {key: next(s.default for s in SETTINGS if s.key == key) for key in KEYS}
+    given = set()
     for setting in rows(command):
         value = filed.get(setting.key, setting.default)
-        given = getattr(args, setting.key)
-        if given is not None:
-            value = setting.kind.merge(value, setting.kind.from_flag(given))
+        flag = getattr(args, setting.key)
+        if flag is not None:
+            value = setting.kind.merge(value, setting.kind.from_flag(flag))
+        if flag is not None or setting.key in filed:
+            given.add(setting.key)
         values[setting.key] = value
-    return Settings(spec=spec, **values)
+    logins = MirrorLogins()
+    for key in URL_KEYS:
+        if values[key] is not None:
+            values[key], found = mirrorauth.split_userinfo(values[key])
+            logins += found
+    return Settings(spec=spec, **values, given=frozenset(given), url_logins=logins)
+
+
+def mirror_logins(settings: Settings) -> MirrorLogins:
+    """Every login a Fetcher of these settings may send: a mirror URL's own, then the auth files'."""
+    return settings.url_logins + mirrorauth.read(settings.auth_files or ())
 
 
 # ---- files the user names: wrong ones are usage errors ----
@@ -353,6 +378,85 @@ def read_lockfile(path: Path) -> lock.Lockfile:
         return lock.read(path)
     except lock.LockError as e:
         raise UsageError(e.message, hint=e.hint) from None
+
+
+# ---- settings a lockfile decides ----
+
+@dataclass(frozen=True)
+class Locked:
+    """How a lockfile decides one setting: its value there (None: the lock leaves it open) and
+    whether a given value agrees with it."""
+
+    value: Callable[[lock.Lockfile], Any]
+    agrees: Callable[[Any, Any], bool] = lambda given, locked: given == locked
+
+
+def _same_url(given: str, locked: str) -> bool:
+    return given.rstrip("/") == locked.rstrip("/")
+
+
+def _same_set(given: Iterable[str], locked: Iterable[str]) -> bool:
+    return set(given) == set(locked)
+
+
+def _main_releases(locked: lock.Lockfile) -> list[lock.LockedRelease]:
+    return [entry.releases[0] for entry in locked.architectures.values() if entry.releases]
+
+
+def _suite_names(locked: lock.Lockfile) -> tuple[str, ...]:
+    """The names the lock's suite goes by: as locked, and as its signed Release says (suite, codename)."""
+    return (locked.suite, *(name for r in _main_releases(locked) for name in (r.suite, r.codename)))
+
+
+def _security_mirror(locked: lock.Lockfile) -> str | None:
+    return next((a.mirror for a in locked.archives[1:] if a.suite.endswith("-security")), None)
+
+
+def _left_out_updates(locked: lock.Lockfile) -> bool | None:
+    """Whether a stable release was locked without its -updates and -security suites."""
+    stable = any(r.suite in STABLE_SUITES for r in _main_releases(locked))
+    return len(locked.archives) == 1 if stable else None
+
+
+LOCKED: Mapping[str, Locked] = MappingProxyType({
+    "suite": Locked(_suite_names, lambda given, names: given in names),
+    "mirror": Locked(lambda lk: lk.mirror, _same_url),
+    "security_mirror": Locked(_security_mirror, _same_url),
+    "components": Locked(lambda lk: lk.components),
+    "architectures": Locked(lambda lk: tuple(lk.architectures), _same_set),
+    "variant": Locked(lambda lk: lk.variant),
+    "include": Locked(lambda lk: lk.include, _same_set),
+    "layers": Locked(lambda lk: lk.layers),
+    "install_recommends": Locked(lambda lk: lk.install_recommends),
+    "slim": Locked(lambda lk: lk.slim),
+    "no_updates": Locked(_left_out_updates),
+})
+
+
+def check_against_lock(settings: Settings, locked: lock.Lockfile, path: Path) -> None:
+    """Refuse a setting the lockfile decides that was given with another value (exit 2): a build
+    of a lockfile builds exactly it, and ignoring `--arch arm64` beside an amd64 lock would
+    silently build amd64."""
+    for key in sorted(settings.given & LOCKED.keys(), key=KEYS.index):
+        rule, given = LOCKED[key], getattr(settings, key)
+        value = rule.value(locked)
+        if value is None or rule.agrees(given, value):
+            continue
+        flag = next(s for s in rows("build") if s.key == key).option_flags()[0]
+        named = f"{key} {_shown(given)}" + (f" ({flag})" if flag.startswith("-") else "")
+        shown = _shown(value[0] if key == "suite" else value)
+        raise UsageError(f"{named} disagrees with the lockfile {path}, which locks {key} {shown}",
+                         hint="leave it out to build exactly the lockfile, or lock again with it (`ocistrap lock`)")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, LockedLayer):
+        return f"{value.name}={','.join(value.include)}"
+    if isinstance(value, tuple):
+        return ",".join(map(_shown, value)) if value else "none"
+    return str(value)
 
 
 # ---- spec files ----

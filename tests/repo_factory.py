@@ -292,12 +292,14 @@ class Tamper:
 
 @dataclass
 class Mirror:
-    """A served directory; ``url`` has no trailing slash."""
+    """A served directory; ``url`` has no trailing slash; ``authorizations`` pairs each requested
+    path with the Authorization header it came with."""
 
     root: Path
     url: str = ""
     tampers: dict[str, Tamper] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    authorizations: list[tuple[str, str | None]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -342,6 +344,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, *, send_body: bool) -> None:
         path = self.path.split("?", 1)[0].lstrip("/")
+        self.mirror.authorizations.append((path, self.headers.get("Authorization")))
         tamper = self.mirror.take_tamper(path) or Tamper()
         if tamper.delay:
             self.mirror.stopping.wait(min(tamper.delay, MAX_HANG_SECONDS))

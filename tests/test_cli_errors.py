@@ -51,6 +51,14 @@ def spec(text: str) -> Callable[[Archive, Path], list[str]]:
     return argv
 
 
+def spec_with_lock(text: str) -> Callable[[Archive, Path], list[str]]:
+    """`ocistrap build -f SPEC` of a spec naming the lockfile and holding TEXT."""
+    def argv(a: Archive, tmp: Path) -> list[str]:
+        (tmp / "spec.toml").write_text(f'lock = "{a.lockfile}"\n{text}\n')
+        return ["build", "-f", str(tmp / "spec.toml"), *a.common()]
+    return argv
+
+
 def directory_keyring(a: Archive, tmp: Path) -> list[str]:
     (tmp / "keys.d").mkdir()
     return lock("unstable", keyring="keys.d")(a, tmp)
@@ -131,6 +139,18 @@ CASES = {
     "spec with a wrong type": Case(spec("suite = 3\n"), 2, ("spec.toml", "suite", "expected a string")),
     "spec with a malformed output": Case(spec('suite = "unstable"\noutputs = ["foo:bar"]\n'), 2,
                                          ("spec.toml", "outputs", "unknown transport")),
+    "architecture other than the lock's": Case(build("--arch", "arm64"), 2,
+                                               ("architectures arm64 (--arch)", "locks architectures amd64")),
+    "suite other than the lock's": Case(lambda a, tmp: ["build", "bookworm", *build()(a, tmp)[1:]], 2,
+                                        ("suite bookworm disagrees", "locks suite unstable")),
+    "variant other than the lock's": Case(build("--variant", "minbase"), 2, ("variant minbase", "locks variant essential")),
+    "include beside a lock without it": Case(build("--include", "hello"), 2, ("include hello", "locks include none")),
+    "mirror other than the lock's": Case(build("--mirror", "http://elsewhere.example/debian"), 2,
+                                         ("mirror http://elsewhere.example/debian", "locks mirror http://127.0.0.1")),
+    "spec naming a lock and another suite": Case(spec_with_lock('suite = "sid"'), 2,
+                                                 ("suite sid", "locks suite unstable", "leave it out")),
+    "missing auth file": Case(lock("unstable", "--auth-file", "/nonexistent/auth.conf"), 2,
+                              ("cannot read the auth file /nonexistent/auth.conf",)),
     "missing spec": Case(lambda a, tmp: ["lock", "-f", str(tmp / "none.toml")], 2, ("none.toml", "No such file")),
     "verify of an unknown transport": Case(lambda a, tmp: ["verify", "foo:bar"], 2, ("foo:bar",)),
     "verify of a missing layout": Case(lambda a, tmp: ["verify", f"oci:{tmp / 'none'}:x"], 1, ("none",)),
@@ -166,6 +186,25 @@ def test_debug_shows_the_traceback(locked: Archive, tmp_path: Path) -> None:
     assert rc == 1
     assert "Traceback (most recent call last)" in err
     assert err.rstrip().splitlines()[-1].startswith("ocistrap: error: ")
+
+
+def test_global_options_work_after_the_command_too(locked: Archive, tmp_path: Path) -> None:
+    """As podman takes them: `ocistrap lock ... --quiet` is `ocistrap --quiet lock ...`."""
+    def direct(*argv: str) -> tuple[int, str]:
+        locked.capsys.readouterr()
+        rc = main(list(argv))
+        return rc, locked.capsys.readouterr().err
+
+    failing, working = CASES["unknown suite"].argv(locked, tmp_path), lock("unstable")(locked, tmp_path)
+    rc, err = direct(*failing, "--debug")
+    assert rc == 1 and "Traceback (most recent call last)" in err
+    rc, err = direct(*working, "--log-format", "json", "--timings")
+    assert rc == 0 and all(line.startswith("{") for line in err.splitlines()), err
+    assert '"verifying unstable' in err and '"total"' in err.splitlines()[-1], err
+    rc, err = direct(*working, "--quiet")
+    assert rc == 0 and err == ""
+    rc, err = direct("--log-format", "json", *working, "-q")
+    assert rc == 0 and err == ""
 
 
 def test_argparse_refusals_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

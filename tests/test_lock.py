@@ -217,7 +217,8 @@ def test_slim_is_recorded_in_the_lockfile_only_when_asked(locked: Archive, tmp_p
 def test_slim_build_of_a_lockfile_made_without_slim_is_refused(locked: Archive) -> None:
     rc, out, err = locked.run("build", "--lock", str(locked.lockfile), "--slim", *locked.common())
     assert rc == 2 and out == ""
-    assert_one_error(rc, err, str(locked.lockfile), "without --slim", "lock again with --slim")
+    assert_one_error(rc, err, "slim true (--slim) disagrees with the lockfile", str(locked.lockfile),
+                     "locks slim false", "lock again with it")
 
 
 def test_a_lock_just_made_is_not_checked_against_the_indices_again(

@@ -46,7 +46,8 @@ def test_committed_schema_is_the_generated_one():
 def test_every_option_of_lock_and_build_is_a_spec_key(command):
     parser = cli.build_parser()
     sub = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices[command]
-    dests = {a.dest for a in sub._actions} - {"help", "spec"}
+    common = {a.dest for a in parser._actions} - {"command"}
+    dests = {a.dest for a in sub._actions} - {"help", "spec"} - common
     assert dests == {s.key for s in settings.rows(command)}
     assert dests <= set(settings.spec_schema()["properties"])
 
@@ -114,6 +115,7 @@ def test_every_key_read_from_a_file(tmp_path):
 suite = "sid"
 mirror = "http://m.example/debian"
 security_mirror = "http://s.example/debian-security"
+auth_files = ["auth.conf"]
 components = ["main"]
 keyrings = ["keys/a.gpg", "/abs/b.gpg"]
 architectures = ["arm64"]
@@ -151,6 +153,7 @@ packages = ["gcc", "make"]
     base = tmp_path / "sub"
     s = resolved("-f", str(path))
     assert s.keyrings == (base / "keys/a.gpg", Path("/abs/b.gpg"))
+    assert s.auth_files == (base / "auth.conf",)
     assert (s.lock, s.write_lock, s.staging_dir, s.cache_dir) == (
         base / "my.lock", base / "../written.lock", base / "staging", base / "cache")
     assert [str(o) for o in s.outputs] == [
@@ -164,6 +167,44 @@ packages = ["gcc", "make"]
         True, True, True, True, True, False)
     assert (s.workdir, s.user, dict(s.labels), dict(s.annotations)) == ("/src", "nobody", {"l": "v"}, {"n": "v"})
     assert resolved("-f", str(path), command="lock").lock == base / "my.lock", "lock -f writes the spec's lock"
+
+
+def test_a_login_in_a_mirror_url_is_taken_out_of_the_settings(tmp_path):
+    path = spec(tmp_path, 'security_mirror = "https://sec:r3t@s.example/debian-security"\n')
+    s = resolved("sid", "--mirror", "https://u:p4ss@m.example/debian", "-f", str(path))
+    assert (s.mirror, s.security_mirror) == ("https://m.example/debian", "https://s.example/debian-security")
+    assert s.url_logins.for_url("https://m.example/debian/dists/sid/InRelease") == ("u", "p4ss")
+    assert s.url_logins.for_url("https://s.example/debian-security/dists/sid-security/InRelease") == ("sec", "r3t")
+    assert "p4ss" not in repr(s) and "r3t" not in repr(s)
+    assert settings.mirror_logins(s).for_url("https://m.example/debian/pool/x.deb") == ("u", "p4ss")
+
+
+def test_settings_that_agree_with_the_lock_are_accepted_beside_it(archive: Archive):
+    rc, _, err = archive.lock("--include", "hello")
+    assert rc == 0, err
+    locked = lock.read(archive.lockfile)
+    agreeing = resolved(SUITE, "--lock", str(archive.lockfile), "--mirror", f"http://u:p@{archive.mirror.url[7:]}/",
+                        "--arch", "amd64", "--variant", "essential", "--include", "hello", "--components", "main",
+                        "--security-mirror", "http://elsewhere.example/debian-security", "--no-check-valid-until")
+    settings.check_against_lock(agreeing, locked, archive.lockfile)
+    with pytest.raises(UsageError, match="layers dev=gcc \\(--layer\\) disagrees .* locks layers none"):
+        settings.check_against_lock(resolved("--layer", "dev=gcc"), locked, archive.lockfile)
+    with pytest.raises(UsageError, match="install_recommends true"):
+        settings.check_against_lock(resolved("--install-recommends"), locked, archive.lockfile)
+
+
+def test_a_stable_lock_decides_its_companion_suites(archive: Archive):
+    archive.repo.write("stable", codename="bookworm")
+    archive.repo.write("bookworm-updates")
+    archive.repo.write("bookworm-security")
+    rc, _, err = archive.lock("--security-mirror", archive.mirror.url, suite="stable")
+    assert rc == 0, err
+    locked = lock.read(archive.lockfile)
+    settings.check_against_lock(resolved("bookworm", "--security-mirror", archive.mirror.url), locked, archive.lockfile)
+    with pytest.raises(UsageError, match="no_updates true .* locks no_updates false"):
+        settings.check_against_lock(resolved("--no-updates"), locked, archive.lockfile)
+    with pytest.raises(UsageError, match="security_mirror http://s.example"):
+        settings.check_against_lock(resolved("--security-mirror", "http://s.example"), locked, archive.lockfile)
 
 
 def test_command_line_paths_stay_relative_to_the_working_directory(tmp_path):

@@ -155,6 +155,68 @@ def test_stable_suite_needs_its_updates_and_security_suites(archive: Archive) ->
     assert rc == 0, err
 
 
+# the lockfile's pinned Release
+
+
+def pinned_sha256(archive: Archive) -> str:
+    return json.loads(archive.lockfile.read_text())["architectures"]["amd64"]["releases"][0]["sha256"]
+
+
+def test_a_newer_release_than_the_pinned_one_is_refused_naming_both(archive: Archive, tmp_path: Path) -> None:
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    archive.repo.add_deb("newcomer", "1.0")
+    archive.repo.write(SUITE)
+    served = sha256_of(archive.original(archive.dist("InRelease")))
+    archive.mirror.requests.clear()
+    archive.cache = tmp_path / "cold-cache"
+    rc, _, err = archive.fetch()
+    assert_one_error(rc, err, archive.dist("InRelease"), f"pins the Release of {SUITE} at sha256 "
+                     f"{pinned_sha256(archive)}", f"serves sha256 {served}", "lock again", "snapshot")
+    assert not [r for r in archive.mirror.requests if r.startswith("pool/") or "Packages" in r]
+    assert_cache_verified(archive.cache)
+
+
+def test_a_replayed_expired_release_is_refused_for_a_lock_of_a_newer_one(archive: Archive, tmp_path: Path) -> None:
+    archive.repo.write(SUITE, valid_until=datetime.now(timezone.utc) - timedelta(days=2),
+                       date=datetime.now(timezone.utc) - timedelta(days=9))
+    replayed = archive.original(archive.dist("InRelease"))
+    archive.repo.write(SUITE)
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    archive.mirror.tamper(archive.dist("InRelease"), body=replayed)
+    archive.cache = tmp_path / "cold-cache"
+    rc, _, err = archive.fetch()
+    assert_one_error(rc, err, pinned_sha256(archive), sha256_of(replayed))
+
+
+def test_the_pinned_release_is_used_past_its_valid_until_wherever_it_comes_from(
+        archive: Archive, tmp_path: Path) -> None:
+    archive.repo.write(SUITE, valid_until=datetime.now(timezone.utc) - timedelta(days=2))
+    rc, _, err = archive.lock("--no-check-valid-until")
+    assert rc == 0, err
+    rc, _, err = archive.fetch()
+    assert rc == 0, err
+    archive.cache = tmp_path / "cold-cache"
+    rc, _, err = archive.fetch()
+    assert rc == 0, err
+    assert archive.dist("InRelease") in archive.mirror.requests
+
+
+def test_a_pinned_detached_release_is_fetched_as_such_when_inrelease_is_back(
+        archive: Archive, tmp_path: Path) -> None:
+    archive.mirror.tamper(archive.dist("InRelease"), status=404)
+    rc, _, err = archive.lock()
+    assert rc == 0, err
+    archive.honest_again()
+    archive.mirror.requests.clear()
+    archive.cache = tmp_path / "cold-cache"
+    rc, _, err = archive.fetch()
+    assert rc == 0, err
+    assert archive.dist("Release.gpg") in archive.mirror.requests
+    assert archive.dist("InRelease") not in archive.mirror.requests
+
+
 # Packages indices
 
 
