@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ocistrap import sandbox
+from ocistrap import inroot, sandbox
 
 # what the host's dpkg must see of the target instead of the host's own
 COVERED = ("etc", "root")
@@ -81,7 +81,8 @@ def target_version(root: Path, dpkg_deb: str | None) -> str | None:
                               text=True, check=False)
         return done.stdout.strip() or None if done.returncode == 0 else None
     try:
-        return installed_version((root / STATUS).read_text(), "dpkg")
+        with inroot.Tree(root) as tree:
+            return installed_version(tree.read_text(STATUS), "dpkg")
     except FileNotFoundError:
         return None
 
@@ -97,7 +98,9 @@ def target_view(root: Path) -> Iterator[None]:
     done: list[Path] = []
     try:
         for name in COVERED:
-            sandbox.bind_mount(root / name, Path("/") / name)
+            with inroot.Tree(root) as tree:
+                source = tree.mount_point(name)
+            sandbox.bind_mount(Path(source), Path("/") / name)
             done.append(Path("/") / name)
         yield
     finally:
@@ -110,8 +113,9 @@ def probe(root: Path, env: Mapping[str, str]) -> tuple[str, str] | None:
     or its dpkg-deb are missing or cannot start that way (their libraries are then found without
     the host's ld.so.cache), or the target's view cannot be set up or would hide ROOT."""
     tools = [shutil.which("dpkg"), shutil.which("dpkg-deb")]
-    dirs = [Path("/") / name for name in COVERED] + [root / name for name in COVERED]
-    if None in tools or covers_root(root) or not all(d.is_dir() for d in dirs):
+    with inroot.Tree(root) as tree:
+        targets = all(tree.is_dir(name) for name in COVERED)
+    if None in tools or covers_root(root) or not targets or not all((Path("/") / n).is_dir() for n in COVERED):
         return None
     try:
         with target_view(root):
