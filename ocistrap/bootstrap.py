@@ -745,7 +745,9 @@ def _passwd_uid(tree: inroot.Tree, user: str) -> int | None:
 
 def _main() -> int:
     """Entry point inside the sandbox: layers go to the pipes the plan names;
-    stdout becomes stderr so that no child's output goes anywhere unexpected."""
+    stdout becomes stderr so that no child's output goes anywhere unexpected. Maintainer
+    scripts run as this uid, so this process, whose root is the host's, is made undumpable."""
+    sandbox.make_undumpable()
     plan = Plan.loads(sys.stdin.buffer.read())
     os.dup2(2, 1)
     sys.stdout = sys.stderr

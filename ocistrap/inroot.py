@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ocistrap import unpack
 from ocistrap.errors import OcistrapError
 
 SYS_OPENAT2 = 437  # the same number on every architecture Linux added it to at once (5.6)
@@ -110,6 +109,7 @@ class Tree:
             except FileNotFoundError:
                 if not create:
                     raise
+        from ocistrap import unpack  # not at the top: the sandbox's helper imports this module
         real = unpack.resolve_dir(self.fd, path, create=create) or "."
         if self.openat2:
             return _openat2(self.fd, real, _DIR | os.O_NOFOLLOW)
@@ -148,9 +148,14 @@ class Tree:
         raise InRootError(f"/{rel} goes through too many symlinks")
 
     def mount_point(self, rel: str | Path) -> str:
-        """The symlink-free absolute path of REL as this process sees it, for mount(2)."""
+        """The symlink-free absolute path of REL as this process sees it, for mount(2), which
+        only takes paths; REL itself must not be a symlink. Nothing but this process may change
+        the tree between this call and the mount (no maintainer script runs meanwhile)."""
         fd = self.open(rel, os.O_PATH, follow=False)
         try:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise InRootError(f"/{str(rel).strip('/')} in {self.root} is a symlink, where something "
+                                  "is to be mounted")
             return os.readlink(f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
@@ -182,6 +187,10 @@ class Tree:
 
     def read_text(self, rel: str | Path) -> str:
         return self.read_bytes(rel).decode()
+
+    def readlink(self, rel: str | Path) -> str:
+        with self.entry(rel) as (fd, base):
+            return os.readlink(base, dir_fd=fd)
 
     def listdir(self, rel: str | Path) -> list[str]:
         with self._dir(str(rel)) as fd:
