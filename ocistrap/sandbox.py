@@ -26,6 +26,7 @@ import errno
 import fcntl
 import json
 import os
+import platform
 import pwd
 import select
 import shlex
@@ -786,8 +787,8 @@ def _read_all(fd: int) -> bytes:
 def _helper_main(args: list[str]) -> None:
     if args[0] == "probe":
         _probe()
-    if args[0] == "chroot":
-        _chroot_main(args[1], args[2:])
+    if args[0] in NESTED:
+        _nested_main(args[0], args[1], args[2:])
     parent, up, down = (int(a) for a in args[1:])
     _helper_run(parent, up, down)
 
@@ -1223,9 +1224,31 @@ def chroot_run(root: Path, argv: Sequence[str], *, env: Mapping[str, str], check
     return result
 
 
-def _chroot_main(root: str, argv: list[str]) -> NoReturn:
-    """chroot_run's helper: a new PID and mount namespace whose first process mounts its
-    own /proc in ROOT, enters ROOT, drops CHROOT_DROPPED_CAPS and becomes ARGV."""
+def host_view_run(root: Path, argv: Sequence[str], *, env: Mapping[str, str],
+                  stdout: Any = None, stderr: Any = None) -> subprocess.CompletedProcess:
+    """Run ARGV, a host program that works on the tree ROOT from outside (the host's dpkg with
+    --root=/target), where ROOT is /target and ROOT's etc and root are /etc and /root, and of the
+    host only its system directories (HOST_SYSTEM) are there, read-only, with /dev/null, a
+    tmpfs /tmp and a /proc (also ROOT's) of a PID namespace of its own.
+
+    The program follows the tree's symlinks as it pleases (dpkg does): whatever they point
+    at, it finds the tree, the host's system files read-only, or nothing. What it runs
+    chrooted (preinst scripts) lacks CAP_SYS_PTRACE, and all of it dies with ARGV.
+    """
+    if _PIVOT_ROOT.get(platform.machine()) is None:
+        raise SandboxError(f"cannot confine a host program on {platform.machine()}: "
+                           "the pivot_root system call's number is unknown here")
+    try:
+        return subprocess.run(_helper_argv("view", str(root), *argv), env=dict(env),
+                              stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    except OSError as e:
+        raise SandboxError(f"cannot run {argv[0]} on {root}: {e.strerror}") from e
+
+
+def _nested_main(kind: str, root: str, argv: list[str]) -> NoReturn:
+    """chroot_run's and host_view_run's helper: a new PID and mount namespace whose first
+    process enters ROOT (or the view of it) and becomes ARGV."""
+    make_undumpable()
     try:
         _unshare(CLONE_NEWPID | CLONE_NEWNS)
     except OSError as e:
@@ -1233,21 +1256,67 @@ def _chroot_main(root: str, argv: list[str]) -> NoReturn:
         os._exit(126)
     child = os.fork()
     if child == 0:
-        _enter_chroot(root, argv)
+        try:
+            _die_with_parent()
+            _mount(None, "/", None, MS_REC | MS_PRIVATE)
+            NESTED[kind](root)
+            os.execvp(argv[0], argv)
+        except OSError as e:
+            print(f"ocistrap: cannot run {argv[0]} in {root}: {e.strerror}", file=sys.stderr)
+            os._exit(127 if e.errno == errno.ENOENT else 126)
+        os._exit(126)
     _, status = os.waitpid(child, 0)
     os._exit(_exit_code(status))
 
 
-def _enter_chroot(root: str, argv: list[str]) -> NoReturn:
-    try:
-        _die_with_parent()
-        _mount(None, "/", None, MS_REC | MS_PRIVATE)
-        _mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        os.chroot(root)
-        os.chdir("/")
-        _drop_bounding(CHROOT_DROPPED_CAPS)
-        os.execvp(argv[0], argv)
-    except OSError as e:
-        print(f"ocistrap: cannot run {argv[0]} in {root}: {e.strerror}", file=sys.stderr)
-        os._exit(127 if e.errno == errno.ENOENT else 126)
-    os._exit(126)
+def _enter_chroot(root: str) -> None:
+    _mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.chroot(root)
+    os.chdir("/")
+    _drop_bounding(CHROOT_DROPPED_CAPS)
+
+
+HOST_SYSTEM = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+VIEW = "/tmp"  # any directory of the host: the view is a tmpfs mounted on it, then made /
+VIEW_TARGET = "/target"
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "loongarch64": 41, "ppc64le": 203,
+               "ppc64": 203, "s390x": 217, "i686": 217, "i386": 217, "armv7l": 218}
+
+
+def _enter_view(root: str) -> None:
+    """Build host_view_run's view on a tmpfs and make it / (pivot_root: no way back to the
+    host's / remains, even for a process that leaves a chroot)."""
+    with inroot.Tree(root) as tree:
+        sources = {"target": root, "etc": tree.mount_point("etc"), "root": tree.mount_point("root")}
+    held = {name: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for name, path in sources.items()}
+    _mount("tmpfs", VIEW, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    for name in HOST_SYSTEM:
+        host, here = f"/{name}", os.path.join(VIEW, name)
+        if os.path.islink(host):
+            os.symlink(os.readlink(host), here)
+        elif os.path.isdir(host):
+            os.mkdir(here)
+            _mount(host, here, None, MS_BIND | MS_REC)
+            _remount_readonly(Path(here))
+    for name, fd in held.items():
+        here = os.path.join(VIEW, name)
+        os.mkdir(here)
+        _mount(f"/proc/self/fd/{fd}", here, None, MS_BIND | MS_REC)
+        if name != "target":
+            _remount_readonly(Path(here))
+        os.close(fd)
+    for name, mode in (("tmp", 0o1777), ("dev", 0o755), ("proc", 0o555)):
+        os.mkdir(os.path.join(VIEW, name))
+        os.chmod(os.path.join(VIEW, name), mode)
+    os.close(os.open(os.path.join(VIEW, "dev/null"), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    _mount("/dev/null", os.path.join(VIEW, "dev/null"), None, MS_BIND)
+    for proc in ("proc", "target/proc"):
+        _mount("proc", os.path.join(VIEW, proc), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.chdir(VIEW)
+    _check(_libc.syscall(_PIVOT_ROOT[platform.machine()], b".", b"."))
+    _umount(".", MNT_DETACH)
+    os.chdir("/")
+    _drop_bounding((CAP_SYS_PTRACE,))
+
+
+NESTED: dict[str, Callable[[str], None]] = {"chroot": _enter_chroot, "view": _enter_view}

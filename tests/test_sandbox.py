@@ -752,3 +752,44 @@ def test_a_command_in_the_chroot_reaches_no_host_socket_and_leaves_nothing_behin
     assert proc.returncode == 0, err.decode()
     lines = out.decode().splitlines()
     assert lines == ["abstract ECONNREFUSED", "path ENOENT", "proc ['ENOENT']", "chroot EPERM", "left 0"]
+
+
+VIEW_PAYLOAD = """
+    import subprocess, sys
+    from pathlib import Path
+    from ocistrap import sandbox
+    root, outside = Path(sys.argv[1]), sys.argv[2]
+    sandbox.mount_staging(root)
+    for d in ("etc", "root", "usr"):
+        (root / d).mkdir()
+    (root / "etc/hostname").write_text("target\\n")
+    (root / "usr/share").symlink_to(outside)
+    (root / "usr/cwd").symlink_to("/proc/self/cwd")
+    sandbox.prepare_chroot(root)
+    script = (f"cat /etc/hostname; echo x > /target/usr/share/pwned; echo y > /target/usr/cwd/pwned; "
+              f"echo z > {outside}/pwned; ls /home 2>&1; echo w > /usr/pwned; echo done")
+    result = sandbox.host_view_run(root, ["sh", "-c", script], env={"PATH": "/usr/bin:/bin"},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    print(result.stdout.decode(), flush=True)
+    sandbox.release_chroot(root)
+"""
+
+
+@pytest.mark.e2e
+def test_a_host_program_on_the_tree_finds_nothing_of_the_caller_s(tmp_path: Path) -> None:
+    """host_view_run (the host's dpkg for foreign architectures): the tree's symlinks out of it
+    lead nowhere, the host's system directories are read-only, the rest of the host is absent."""
+    outside = tmp_path / "home"
+    outside.mkdir()
+    proc = sandbox.spawn([sys.executable, "-c", textwrap.dedent(VIEW_PAYLOAD), str(tmp_path / "root"),
+                          str(outside)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[0] == "target" and "done" in lines, lines
+    text = out.decode()
+    assert "/target/usr/share/pwned: Directory nonexistent" in text
+    assert f"{outside}/pwned: Directory nonexistent" in text
+    assert "'/home': No such file or directory" in text
+    assert "/usr/pwned: Read-only file system" in text
+    assert list(outside.iterdir()) == []
