@@ -1264,6 +1264,8 @@ def _nested_main(kind: str, root: str, argv: list[str]) -> NoReturn:
         except OSError as e:
             print(f"ocistrap: cannot run {argv[0]} in {root}: {e.strerror}", file=sys.stderr)
             os._exit(127 if e.errno == errno.ENOENT else 126)
+        except OcistrapError as e:
+            print(f"ocistrap: cannot run {argv[0]} in {root}: {e}", file=sys.stderr)
         os._exit(126)
     _, status = os.waitpid(child, 0)
     os._exit(_exit_code(status))
