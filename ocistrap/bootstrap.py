@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NamedTuple, NoReturn, TypeVar
 
-from ocistrap import doctor, expand, hostdpkg, layer, log, recorder, resolve, sandbox, slim, unpack
+from ocistrap import doctor, expand, hostdpkg, inroot, layer, log, recorder, resolve, sandbox, slim, unpack
 from ocistrap.errors import OcistrapError
 
 if TYPE_CHECKING:  # the inner half starts faster without the lockfile's schema validator
@@ -493,8 +493,9 @@ def _chroot(root: Path, plan: Plan, *, first_round: bool) -> Iterator[None]:
     mmdebstrap does; later rounds cover it with a bind mount instead, which leaves
     the real file untouched and so out of the diff layers.
     """
-    debs = root / DEBS_MOUNT
-    debs.mkdir(parents=True, exist_ok=True)
+    with inroot.Tree(root) as tree:
+        tree.mkdir(DEBS_MOUNT)
+        debs = Path(tree.mount_point(DEBS_MOUNT))
     sandbox.bind_mount(Path(plan.debs_dir), debs, readonly=True)
     try:
         sandbox.prepare_chroot(root)
@@ -506,17 +507,20 @@ def _chroot(root: Path, plan: Plan, *, first_round: bool) -> Iterator[None]:
             sandbox.release_chroot(root)
     finally:
         sandbox.unmount(debs)
-    debs.rmdir()
+    with inroot.Tree(root) as tree:
+        tree.rmdir(DEBS_MOUNT)
 
 
 def _setup(root: Path, plan: Plan) -> None:
-    for d in SETUP_DIRS:
-        (root / d).mkdir(parents=True, exist_ok=True)
-    (root / "tmp").chmod(0o1777)
-    (root / "var/lib/dpkg/status").touch()
-    (root / "var/lib/dpkg/arch").write_text(plan.arch + "\n")
-    if plan.slim:
-        _ensure_file(root / slim.CONFIG_PATH, slim.config_text())
+    with inroot.Tree(root) as tree:
+        for d in SETUP_DIRS:
+            tree.mkdir(d)
+        tree.mkdir("tmp", 0o1777)
+        if not tree.exists("var/lib/dpkg/status"):
+            tree.write("var/lib/dpkg/status", b"")
+        tree.write("var/lib/dpkg/arch", f"{plan.arch}\n".encode())
+        if plan.slim:
+            _ensure_file(tree, slim.CONFIG_PATH, slim.config_text())
 
 
 def _extract_all(debs: Sequence[Deb], root: Path, ready: _Ready | None = None,
@@ -579,31 +583,34 @@ def _unpacker(root: Path, channel: socket.socket, aliased: Sequence[str]) -> NoR
         os._exit(0)
 
 
+POLICY, SSD, SSD_REAL = "usr/sbin/policy-rc.d", "sbin/start-stop-daemon", "sbin/start-stop-daemon.REAL"
+
+
 def _divert_daemons(root: Path, *, move: bool) -> None:
-    policy = root / "usr/sbin/policy-rc.d"
-    policy.write_text(POLICY_RC_D)
-    policy.chmod(0o755)
-    ssd = root / "sbin/start-stop-daemon"
-    if not ssd.is_file():
-        return
-    fake = ssd if move else root.parent / "fake-start-stop-daemon"
-    if move:
-        ssd.rename(root / "sbin/start-stop-daemon.REAL")
-    fake.write_text(FAKE_START_STOP_DAEMON)
-    fake.chmod(0o755)
-    if not move:
-        sandbox.bind_mount(fake, ssd, readonly=True)
+    """policy-rc.d and a fake start-stop-daemon; paths resolved inside ROOT (its symlinks are
+    the packages')."""
+    with inroot.Tree(root) as tree:
+        tree.write(POLICY, POLICY_RC_D.encode(), mode=0o755)
+        if not tree.is_file(SSD):
+            return
+        if move:
+            tree.rename(SSD, SSD_REAL)
+            tree.write(SSD, FAKE_START_STOP_DAEMON.encode(), mode=0o755)
+            return
+        fake = root.parent / "fake-start-stop-daemon"
+        fake.write_text(FAKE_START_STOP_DAEMON)
+        fake.chmod(0o755)
+        sandbox.bind_mount(fake, Path(tree.mount_point(SSD)), readonly=True)
 
 
 def _undivert_daemons(root: Path) -> None:
-    (root / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
-    ssd = root / "sbin/start-stop-daemon"
-    real = root / "sbin/start-stop-daemon.REAL"
-    if real.exists():
-        real.replace(ssd)
-    elif (root.parent / "fake-start-stop-daemon").exists():
-        sandbox.unmount(ssd.resolve())
-        (root.parent / "fake-start-stop-daemon").unlink()
+    with inroot.Tree(root) as tree:
+        tree.unlink(POLICY)
+        if tree.exists(SSD_REAL):
+            tree.rename(SSD_REAL, SSD)
+        elif (root.parent / "fake-start-stop-daemon").exists():
+            sandbox.unmount(Path(tree.mount_point(SSD)))
+            (root.parent / "fake-start-stop-daemon").unlink()
 
 
 def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases) -> None:
@@ -669,7 +676,8 @@ def _dpkg_install_foreign(root: Path, debs: Sequence[Deb], paths: Sequence[str],
     then the target's configures DEBS in the same order, as --install would have. dpkg's backup
     of its database is left as one --install leaves it, not as it was between the steps."""
     names = [d.name for d in debs]
-    before = (root / hostdpkg.STATUS).read_bytes()
+    with inroot.Tree(root) as tree:
+        before = tree.read_bytes(hostdpkg.STATUS)
     with phases.timed(DPKG_UNPACKING):
         unpacked = hostdpkg.unpack(root, paths, CHROOT_ENV)
     if unpacked != 0:
@@ -679,63 +687,64 @@ def _dpkg_install_foreign(root: Path, debs: Sequence[Deb], paths: Sequence[str],
                                     env=CHROOT_ENV, check=False)
     if result.returncode != 0:
         raise BootstrapError(f"dpkg --configure failed for {', '.join(names)}")
-    (root / hostdpkg.STATUS_BACKUP).write_bytes(before)
+    with inroot.Tree(root) as tree:
+        tree.write(hostdpkg.STATUS_BACKUP, before)
 
 
 def _finish(root: Path, plan: Plan, rest: Sequence[Deb]) -> None:
-    """Leave the tree as a user receives it; idempotent, so a diff layer holds only real changes."""
-    _ensure_file(root / "etc/apt/sources.list.d/debian.sources", plan.sources)
-    for name, data in plan.keyrings.items():
-        (root / "etc/apt/keyrings").mkdir(parents=True, exist_ok=True)
-        _ensure_file(root / "etc/apt/keyrings" / name, bytes.fromhex(data))
-    for rel in VOLATILE:
-        (root / rel).unlink(missing_ok=True)
-    if (root / "etc/machine-id").exists():
-        _ensure_file(root / "etc/machine-id", "")
-    for d in ("var/lib/apt/lists", "var/cache/apt/archives"):
-        _empty_dir(root / d, keep={"partial", "lock"})
-    if not (root / "etc/fstab").exists():
-        _ensure_file(root / "etc/fstab", FSTAB)
-    if (root / "usr/bin/apt-get").exists():
-        _apt_state(root, rest)
+    """Leave the tree as a user receives it; idempotent, so a diff layer holds only real changes.
+    Every path is resolved inside ROOT: the symlinks there are the packages'."""
+    with inroot.Tree(root) as tree:
+        _ensure_file(tree, "etc/apt/sources.list.d/debian.sources", plan.sources)
+        for name, data in plan.keyrings.items():
+            _ensure_file(tree, f"etc/apt/keyrings/{name}", bytes.fromhex(data))
+        for rel in VOLATILE:
+            tree.unlink(rel)
+        if tree.exists("etc/machine-id"):
+            _ensure_file(tree, "etc/machine-id", "")
+        for d in ("var/lib/apt/lists", "var/cache/apt/archives"):
+            tree.empty(d, keep={"partial", "lock"})
+        if not tree.exists("etc/fstab"):
+            _ensure_file(tree, "etc/fstab", FSTAB)
+        if tree.exists("usr/bin/apt-get"):
+            _apt_state(tree, rest)
 
 
-def _apt_state(root: Path, rest: Sequence[Deb]) -> None:
+def _apt_state(tree: inroot.Tree, rest: Sequence[Deb]) -> None:
     """What apt itself leaves after installing: its locks, its partial dirs owned by _apt, auto marks."""
     if states := extended_states(rest):
-        _ensure_file(root / "var/lib/apt/extended_states", states)
-    apt_uid = _passwd_uid(root, "_apt")
+        _ensure_file(tree, "var/lib/apt/extended_states", states)
+    apt_uid = _passwd_uid(tree, "_apt")
     for rel in APT_PARTIAL:
-        _ensure_dir(root / rel, 0o700, 0 if apt_uid is None else apt_uid)
+        _ensure_dir(tree, rel, 0o700, 0 if apt_uid is None else apt_uid)
     for rel in APT_LOCKS:
-        if not (root / rel).exists():
-            _ensure_file(root / rel, "", mode=0o640)
+        if not tree.exists(rel):
+            _ensure_file(tree, rel, "", mode=0o640)
 
 
-def _ensure_file(path: Path, content: str | bytes, *, mode: int = 0o644) -> None:
+def _ensure_file(tree: inroot.Tree, rel: str, content: str | bytes, *, mode: int = 0o644) -> None:
     """Write CONTENT only if it differs, so an unchanged file keeps its inode and ctime."""
     data = content.encode() if isinstance(content, str) else content
+    if tree.is_file(rel) and tree.read_bytes(rel) == data:
+        return
+    tree.write(rel, data, mode=mode)
+
+
+def _ensure_dir(tree: inroot.Tree, rel: str, mode: int, uid: int) -> None:
+    fd = tree.opendir(rel, create=True)
     try:
-        if path.read_bytes() == data:
-            return
-    except FileNotFoundError:
-        pass
-    path.write_bytes(data)
-    path.chmod(mode)
+        st = os.fstat(fd)
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
+        if (st.st_uid, st.st_gid) != (uid, 0):
+            os.fchown(fd, uid, 0)
+    finally:
+        os.close(fd)
 
 
-def _ensure_dir(path: Path, mode: int, uid: int) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    st = path.stat()
-    if stat.S_IMODE(st.st_mode) != mode:
-        path.chmod(mode)
-    if (st.st_uid, st.st_gid) != (uid, 0):
-        os.chown(path, uid, 0)
-
-
-def _passwd_uid(root: Path, user: str) -> int | None:
+def _passwd_uid(tree: inroot.Tree, user: str) -> int | None:
     try:
-        lines = (root / "etc/passwd").read_text().splitlines()
+        lines = tree.read_text("etc/passwd").splitlines()
     except FileNotFoundError:
         return None
     for line in lines:
@@ -745,21 +754,11 @@ def _passwd_uid(root: Path, user: str) -> int | None:
     return None
 
 
-def _empty_dir(path: Path, keep: set[str]) -> None:
-    if not path.is_dir():
-        return
-    for entry in path.iterdir():
-        if entry.name in keep:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
 def _main() -> int:
     """Entry point inside the sandbox: layers go to the pipes the plan names;
-    stdout becomes stderr so that no child's output goes anywhere unexpected."""
+    stdout becomes stderr so that no child's output goes anywhere unexpected. Maintainer
+    scripts run as this uid, so this process, whose root is the host's, is made undumpable."""
+    sandbox.make_undumpable()
     plan = Plan.loads(sys.stdin.buffer.read())
     os.dup2(2, 1)
     sys.stdout = sys.stderr

@@ -13,23 +13,23 @@ order Architecture: all packages differently).
 The host's dpkg is used only if it is of the target's release series (1.21.x
 with 1.21.y): within a series the database it writes and the files it unpacks
 are the target dpkg's own (tests/test_e2e_foreign.py compares the trees);
-otherwise the caller keeps the emulated dpkg. While the host's dpkg runs, the
-target's /etc and /root cover the host's in the sandbox's mount namespace:
-it reads the target's dpkg configuration, ~/.dpkg.cfg and user and group
-names, exactly as a dpkg chrooted into ROOT would, and never the host's.
+otherwise the caller keeps the emulated dpkg. The host's dpkg runs in a view
+of its own (sandbox.host_view_run): the tree at /target, the target's /etc and
+/root in place of the host's, so it reads the target's dpkg configuration,
+~/.dpkg.cfg and user and group names exactly as a dpkg chrooted into ROOT
+would, and of the host only its system directories, read-only. dpkg follows
+the tree's symlinks (a package's `usr/share -> /home/you` included) wherever
+they lead; there they lead to nothing of the caller's.
 """
 
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ocistrap import sandbox
+from ocistrap import inroot, sandbox
 
-# what the host's dpkg must see of the target instead of the host's own
-COVERED = ("etc", "root")
 VERSION_LINE = re.compile(r"\bversion (\S+) \((\S+)\)")
 STATUS = "var/lib/dpkg/status"
 STATUS_BACKUP = "var/lib/dpkg/status-old"
@@ -81,52 +81,37 @@ def target_version(root: Path, dpkg_deb: str | None) -> str | None:
                               text=True, check=False)
         return done.stdout.strip() or None if done.returncode == 0 else None
     try:
-        return installed_version((root / STATUS).read_text(), "dpkg")
+        with inroot.Tree(root) as tree:
+            return installed_version(tree.read_text(STATUS), "dpkg")
     except FileNotFoundError:
         return None
 
 
-def covers_root(root: Path) -> bool:
-    """True if ROOT lies in a directory the target's would hide from the host's dpkg."""
-    return any(root.resolve().is_relative_to(Path("/") / name) for name in COVERED)
-
-
-@contextmanager
-def target_view(root: Path) -> Iterator[None]:
-    """The target's /etc and /root in place of the host's, for the processes started meanwhile."""
-    done: list[Path] = []
-    try:
-        for name in COVERED:
-            sandbox.bind_mount(root / name, Path("/") / name)
-            done.append(Path("/") / name)
-        yield
-    finally:
-        for mount in reversed(done):
-            sandbox.unmount(mount)
-
-
 def probe(root: Path, env: Mapping[str, str]) -> tuple[str, str] | None:
-    """The host's dpkg's (version, architecture) as it runs with the target's /etc, or None if it
-    or its dpkg-deb are missing or cannot start that way (their libraries are then found without
-    the host's ld.so.cache), or the target's view cannot be set up or would hide ROOT."""
+    """The host's dpkg's (version, architecture) as it runs in the view unpack() gives it, or
+    None if it or its dpkg-deb are missing or cannot start there (their libraries are then found
+    without the host's ld.so.cache), or the view cannot be set up."""
     tools = [shutil.which("dpkg"), shutil.which("dpkg-deb")]
-    dirs = [Path("/") / name for name in COVERED] + [root / name for name in COVERED]
-    if None in tools or covers_root(root) or not all(d.is_dir() for d in dirs):
+    if None in tools:
         return None
     try:
-        with target_view(root):
-            done = [subprocess.run([tool, "--version"], env=dict(env), capture_output=True, text=True, check=False)
-                    for tool in tools]
+        done = [sandbox.host_view_run(root, [str(tool), "--version"], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL) for tool in tools]
     except sandbox.SandboxError:
         return None
-    return parse_version_output(done[0].stdout) if all(d.returncode == 0 for d in done) else None
+    return parse_version_output(done[0].stdout.decode()) if all(d.returncode == 0 for d in done) else None
 
 
 def unpack(root: Path, paths: Sequence[str], env: Mapping[str, str]) -> int:
     """`dpkg --unpack` of the .debs at PATHS (absolute inside ROOT) by the host's dpkg into ROOT;
-    its exit status. Its log goes where the target's dpkg writes its own."""
+    its exit status. Its log goes where the target's dpkg writes its own.
+
+    dpkg --root follows every symlink on the way to a path it writes, the packages' too
+    (`usr/share -> /home/you`), and runs preinst scripts chrooted into the root with all of
+    root's capabilities; so it runs in sandbox.host_view_run's view, where nothing of the
+    caller's is to be found."""
     dpkg = shutil.which("dpkg") or "dpkg"
-    argv = [dpkg, f"--root={root}", f"--log={root}/var/log/dpkg.log", "--unpack", "--force-depends",
-            "--force-unsafe-io", *(str(root / p.lstrip("/")) for p in paths)]
-    with target_view(root):
-        return subprocess.run(argv, env=dict(env), check=False).returncode
+    target = sandbox.VIEW_TARGET
+    argv = [dpkg, f"--root={target}", f"--log={target}/var/log/dpkg.log", "--unpack", "--force-depends",
+            "--force-unsafe-io", *(f"{target}/{p.lstrip('/')}" for p in paths)]
+    return sandbox.host_view_run(root, argv, env=env).returncode

@@ -9,13 +9,17 @@ have skipped, with dpkg's own matching rules (``src/main/filters.c``).
 """
 
 import os
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from ocistrap import inroot
+
 CONFIG_PATH = "etc/dpkg/dpkg.cfg.d/ocistrap-slim"
 _WILDCARDS = "*?[\\"
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -72,29 +76,47 @@ def skips(path: str, *, directory: bool, rules: Sequence[Rule] = RULES) -> bool:
 def prune(root: Path, rules: Sequence[Rule] = RULES) -> int:
     """Remove from the tree ROOT what dpkg would skip under RULES; return how many entries went.
 
-    Directories go only once empty, so nothing an include rule keeps is lost.
+    Directories go only once empty, so nothing an include rule keeps is lost. The tree's
+    symlinks are the packages': every path is resolved inside ROOT (ocistrap.inroot) and the
+    walk never follows one.
     """
     removed = 0
-    for top in _tops(root, rules):
-        for dirpath, dirnames, filenames in os.walk(top, topdown=False):
-            here = Path(dirpath)
-            for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
-                path = here / name
-                if skips(_absolute(root, path), directory=path.is_symlink(), rules=rules):
-                    path.unlink()
-                    removed += 1
-            if here != top and skips(_absolute(root, here), directory=True, rules=rules) and not any(here.iterdir()):
-                here.rmdir()
-                removed += 1
+    with inroot.Tree(root) as tree:
+        for top in _tops(tree, rules):
+            fd = tree.opendir(top)
+            try:
+                removed += _prune_below(fd, "/" + top, rules)
+            finally:
+                os.close(fd)
     return removed
 
 
-def _tops(root: Path, rules: Sequence[Rule]) -> list[Path]:
-    """The directories to walk: each exclude rule's deepest directory without a wildcard."""
-    tops = {root / rule.fixed().lstrip("/").rpartition("/")[0] for rule in rules if not rule.include}
-    return sorted(t for t in tops if t.is_dir() and not t.is_symlink()
-                  and not any(o != t and o in t.parents for o in tops))
+def _prune_below(fd: int, here: str, rules: Sequence[Rule]) -> int:
+    """Prune directory HERE (open as FD) depth first; symlinks are entries, never followed."""
+    removed = 0
+    with os.scandir(fd) as listing:
+        entries = list(listing)
+    for entry in entries:
+        path = posixpath.join(here, entry.name)
+        if entry.is_dir(follow_symlinks=False):
+            child = os.open(entry.name, _DIR, dir_fd=fd)
+            try:
+                removed += _prune_below(child, path, rules)
+                empty = not os.listdir(child)
+            finally:
+                os.close(child)
+            if empty and skips(path, directory=True, rules=rules):
+                os.rmdir(entry.name, dir_fd=fd)
+                removed += 1
+        elif skips(path, directory=entry.is_symlink(), rules=rules):
+            os.unlink(entry.name, dir_fd=fd)
+            removed += 1
+    return removed
 
 
-def _absolute(root: Path, path: Path) -> str:
-    return "/" + path.relative_to(root).as_posix()
+def _tops(tree: inroot.Tree, rules: Sequence[Rule]) -> list[str]:
+    """The directories to walk: each exclude rule's deepest directory without a wildcard,
+    unless the tree has a symlink there."""
+    tops = {rule.fixed().strip("/").rpartition("/")[0] for rule in rules if not rule.include}
+    return sorted(t for t in tops if tree.is_dir(t)
+                  and not any(o != t and t.startswith(o + "/") for o in tops))

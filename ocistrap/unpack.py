@@ -29,6 +29,7 @@ is merged-/usr from the start, as usrmerge would leave it.
 these checks miss something.
 """
 
+import errno
 import os
 import stat
 import tarfile
@@ -322,6 +323,16 @@ class _Tree:
             finally:
                 os.close(fd)
         self.deferred.clear()
+
+
+def resolve_dir(fd: int, path: str, *, create: bool = False) -> str:
+    """The symlink-free path, relative to the root descriptor FD, of directory PATH resolved
+    as if that root were ``/`` (missing directories made when CREATE); FileNotFoundError if it
+    cannot be (missing, not a directory, a loop). ocistrap.inroot's fallback without openat2."""
+    try:
+        return _Tree(fd=fd, same_owner=False).resolve(path, create=create)
+    except Refused as e:
+        raise FileNotFoundError(errno.ENOENT, f"/{path} {e}") from None
 
 
 def alias_usr_only(root: str | Path, aliased: Collection[str]) -> None:

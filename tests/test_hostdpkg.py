@@ -77,13 +77,6 @@ def test_target_version_of_an_unreadable_deb_is_unknown(tmp_path: Path) -> None:
     assert hostdpkg.target_version(tmp_path, str(tmp_path / "dpkg.deb")) is None
 
 
-@pytest.mark.parametrize("root, covered", [
-    ("/etc/staging/root", True), ("/root/.cache/root", True), ("/tmp/ocistrap-staging-x/root", False),
-    ("/etcetera/root", False), ("/run/user/1000/ocistrap-staging-x/root", False)])
-def test_a_root_the_target_view_would_hide_is_recognised(root: str, covered: bool) -> None:
-    assert hostdpkg.covers_root(Path(root)) is covered
-
-
 def test_target_version_of_the_deb_being_installed(tmp_path: Path) -> None:
     package = tmp_path / "pkg"
     (package / "DEBIAN").mkdir(parents=True)

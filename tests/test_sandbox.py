@@ -360,7 +360,8 @@ def test_bind_mount_readonly() -> None:
     assert result.stdout.split() == ["x", str(errno.EROFS), "[]"]
 
 
-CHROOT_PAYLOAD = """
+# a staging root at sys.argv[1] that holds the host's /usr (read-only), as a chroot
+USR_CHROOT = """
     import os, subprocess, sys
     from pathlib import Path
     from ocistrap import sandbox
@@ -371,6 +372,9 @@ CHROOT_PAYLOAD = """
             (root / name).symlink_to(os.readlink(Path("/", name)))
     (root / "usr").mkdir()
     sandbox.bind_mount(Path("/usr"), root / "usr", readonly=True)
+"""
+
+CHROOT_PAYLOAD = USR_CHROOT + """
     sandbox.prepare_chroot(root)
     env = {"PATH": "/usr/bin:/bin"}
     r = sandbox.chroot_run(root, ["sh", "-c",
@@ -643,3 +647,181 @@ def test_inner_id_mapped(inner: int, expected: bool) -> None:
 
 def test_only_id_zero_exists_in_a_single_uid_namespace() -> None:
     assert not sandbox.inner_id_mapped(5, "0 1000 1\n")
+
+
+# ---- what a command in the sandbox can reach ----
+
+def test_sandbox_env_drops_what_names_host_sockets() -> None:
+    env = {"PATH": "/bin", "SSH_AUTH_SOCK": "/tmp/a", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/b",
+           "XDG_RUNTIME_DIR": "/run/user/1", "FOO_SOCKET": "/c", "LANG": "C.UTF-8"}
+    assert sandbox.sandbox_env(env) == {"PATH": "/bin", "LANG": "C.UTF-8"}
+
+
+NO_TTY = """
+    import errno, os
+    try:
+        os.open("/dev/tty", os.O_RDWR)
+        print("tty")
+    except OSError as e:
+        print(errno.errorcode[e.errno])
+"""
+
+TTY_CALLER = """
+    import fcntl, os, subprocess, sys, termios
+    from ocistrap import sandbox
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    os.close(os.open("/dev/tty", os.O_RDWR))
+    proc = sandbox.spawn([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE)
+    print(proc.communicate(timeout=60)[0].decode().strip())
+"""
+
+
+@pytest.mark.e2e
+def test_the_sandbox_has_no_controlling_terminal() -> None:
+    """The caller's terminal is not the sandbox's: no /dev/tty, so no TIOCSTI into it."""
+    master, slave = os.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(TTY_CALLER), textwrap.dedent(NO_TTY)],
+                                stdin=slave, capture_output=True, start_new_session=True, timeout=60)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().split() == ["ENXIO"]
+
+
+@pytest.mark.e2e
+def test_the_sandbox_does_not_see_host_socket_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/tmp/ssh-x/agent.1")
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", "unix:path=/run/user/1/bus")
+    monkeypatch.setenv("OCISTRAP_KEPT", "yes")
+    result = _inside("""
+        import os
+        print(sorted(k for k in os.environ if k in ("SSH_AUTH_SOCK", "DBUS_SESSION_BUS_ADDRESS", "OCISTRAP_KEPT")))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['OCISTRAP_KEPT']"
+
+
+@pytest.mark.e2e
+def test_a_daemon_started_in_the_sandbox_is_gone_when_it_ends() -> None:
+    marker = f"1000.{uuid.uuid4().int % 10**9}"
+    proc = sandbox.spawn(["sh", "-c", f"setsid sleep {marker} </dev/null >/dev/null 2>&1 & exit 0"])
+    assert proc.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(marker) == []
+
+
+# What a maintainer script might try, run by chroot_run in a chroot holding the host's /usr
+# (read-only): reach the caller's sockets directly, through a second chroot() or through
+# /proc/PID/root of a process outside the chroot, and leave a daemon behind.
+ESCAPE_SCRIPT = """
+import errno, os, socket, subprocess, sys
+abstract, path, marker = sys.argv[1:]
+
+def connect(address):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(address)
+        return "connected"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    finally:
+        s.close()
+
+print("abstract", connect("\\0" + abstract))
+print("path", connect(path))
+print("proc", sorted({connect(f"/proc/{p}/{link}{path}") for p in os.listdir("/proc") if p.isdigit()
+                      for link in ("root", "cwd")}))
+try:
+    os.mkdir("/escape")
+    os.chroot("/escape")
+    for _ in range(64):
+        os.chdir("..")
+    os.chroot(".")
+    print("chroot", connect(path))
+except OSError as e:
+    print("chroot", errno.errorcode[e.errno])
+subprocess.Popen(["sleep", marker], start_new_session=True, stdin=subprocess.DEVNULL,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+"""
+
+ESCAPE_PAYLOAD = USR_CHROOT + """
+    abstract, path, marker = sys.argv[2:]
+    (root / "probe.py").write_text(sys.stdin.read())
+    sandbox.prepare_chroot(root)
+    sandbox.chroot_run(root, ["python3", "/probe.py", abstract, path, marker],
+                       env={"PATH": "/usr/bin:/bin"}, stdout=sys.stdout.buffer.fileno())
+    me = os.readlink("/proc/self")  # the host's /proc, where this process has another pid
+    left = [p for p in os.listdir("/proc") if p.isdigit() and p != me
+            and marker.encode() in Path("/proc", p, "cmdline").read_bytes()]
+    print("left", len(left), flush=True)
+    sandbox.release_chroot(root)
+    sandbox.unmount(root / "usr")
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("single", [False, True], ids=["unshare", "single-uid"])
+def test_a_command_in_the_chroot_reaches_no_host_socket_and_leaves_nothing_behind(tmp_path: Path,
+                                                                                  single: bool) -> None:
+    import socket
+    abstract = f"ocistrap-test-{uuid.uuid4().hex}"
+    path = tmp_path / "agent.sock"
+    marker = f"1000.{uuid.uuid4().int % 10**9}"
+    with socket.socket(socket.AF_UNIX) as listening, socket.socket(socket.AF_UNIX) as hidden:
+        listening.bind(str(path))
+        listening.listen()
+        hidden.bind("\0" + abstract)
+        hidden.listen()
+        maps = IdMaps.single(os.getuid(), os.getgid()) if single else None
+        proc = sandbox.spawn([sys.executable, "-c", textwrap.dedent(ESCAPE_PAYLOAD), str(tmp_path / "root"),
+                              abstract, str(path), marker], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, maps=maps)
+        out, err = proc.communicate(ESCAPE_SCRIPT.encode(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines == ["abstract ECONNREFUSED", "path ENOENT", "proc ['ENOENT']", "chroot EPERM", "left 0"]
+
+
+VIEW_PAYLOAD = """
+    import subprocess, sys
+    from pathlib import Path
+    from ocistrap import sandbox
+    root, outside = Path(sys.argv[1]), sys.argv[2]
+    sandbox.mount_staging(root)
+    for d in ("etc", "root", "usr"):
+        (root / d).mkdir()
+    (root / "etc/hostname").write_text("target\\n")
+    (root / "usr/share").symlink_to(outside)
+    (root / "usr/cwd").symlink_to("/proc/self/cwd")
+    sandbox.prepare_chroot(root)
+    script = (f"cat /etc/hostname; echo x > /target/usr/share/pwned; echo y > /target/usr/cwd/pwned; "
+              f"echo z > {outside}/pwned; ls /home 2>&1; echo w > /usr/pwned; echo done")
+    result = sandbox.host_view_run(root, ["sh", "-c", script], env={"PATH": "/usr/bin:/bin"},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    print(result.stdout.decode(), flush=True)
+    sandbox.release_chroot(root)
+"""
+
+
+@pytest.mark.e2e
+def test_a_host_program_on_the_tree_finds_nothing_of_the_caller_s(tmp_path: Path) -> None:
+    """host_view_run (the host's dpkg for foreign architectures): the tree's symlinks out of it
+    lead nowhere, the host's system directories are read-only, the rest of the host is absent."""
+    outside = tmp_path / "home"
+    outside.mkdir()
+    proc = sandbox.spawn([sys.executable, "-c", textwrap.dedent(VIEW_PAYLOAD), str(tmp_path / "root"),
+                          str(outside)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[0] == "target" and "done" in lines, lines
+    text = out.decode()
+    assert "/target/usr/share/pwned: Directory nonexistent" in text
+    assert f"{outside}/pwned: Directory nonexistent" in text
+    assert "'/home': No such file or directory" in text
+    assert "/usr/pwned: Read-only file system" in text
+    assert list(outside.iterdir()) == []
