@@ -77,6 +77,7 @@ class SignedRelease:
     release: Release
     path: str
     sha256: str
+    keys: tuple[str, ...] = ()
 
 
 def open_release(source: Source, fetcher: Fetcher, cache: Cache, *,
@@ -89,7 +90,7 @@ def open_release(source: Source, fetcher: Fetcher, cache: Cache, *,
     """
     check = source.check_valid_until if check_valid_until is None else check_valid_until
     raw, path = _release_bytes(source, fetcher, cache, sha256)
-    signed = _verify(source, fetcher, raw, path)
+    signed, keys = _verify(source, fetcher, raw, path)
     what = source.url(path)
     release = archive.parse_release(signed.decode("utf-8", "replace"), what=what)
     if source.suite not in (release.suite, release.codename):
@@ -102,7 +103,7 @@ def open_release(source: Source, fetcher: Fetcher, cache: Cache, *,
     if cache.lookup(digest, len(raw)) is None:
         cache.put_bytes(raw, lambda data: None)
     cache.set_ref(source.ref_name, digest)
-    return SignedRelease(release=release, path=path, sha256=digest)
+    return SignedRelease(release=release, path=path, sha256=digest, keys=tuple(keys))
 
 
 def _release_bytes(source: Source, fetcher: Fetcher, cache: Cache,
@@ -148,13 +149,13 @@ def _stored_path(data: bytes, source: Source) -> str:
     return f"dists/{source.suite}/{name}"
 
 
-def _verify(source: Source, fetcher: Fetcher, raw: bytes, path: str) -> bytes:
+def _verify(source: Source, fetcher: Fetcher, raw: bytes, path: str) -> tuple[bytes, list[str]]:
+    """The signed Release text and the fingerprints of the keys that signed it."""
     what = source.url(path)
     if _SEPARATOR in raw:
         signature, release = raw.split(_SEPARATOR, 1)
-        openpgp.verify_detached(release, signature, source.keyrings, what=what)
-        return release
-    return openpgp.verify_clearsigned(raw, source.keyrings, what=what)
+        return release, openpgp.verify_detached(release, signature, source.keyrings, what=what)
+    return openpgp.verify_clearsigned_by(raw, source.keyrings, what=what)
 
 
 def load_packages(source: Source, signed: SignedRelease, arch: str,

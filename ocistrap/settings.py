@@ -266,6 +266,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lock", PATH, "build exactly this lockfile (the suite and package options then come from it)",
             commands=_BUILD, metavar="FILE"),
     Setting("write_lock", PATH, "also save the resolved lockfile here", commands=_BUILD, metavar="FILE"),
+    Setting("embed_keyring", SWITCH, "carry the keyrings in the lockfile (informative: a build trusts them "
+            "only with --trust-lock-keyring)", commands=("lock",), default=False),
+    Setting("trust_lock_keyring", SWITCH, "verify the archive with the keyrings embedded in the lockfile "
+            "instead of --keyring (the lockfile then is the trust root)", commands=(*_BUILD, "fetch"),
+            default=False),
     Setting("outputs", OUTPUTS, "where to write the image: oci:DIR[:TAG], oci-archive:FILE[:TAG], "
             "docker-archive:FILE[:REPO:TAG], tar:FILE, containers-storage:NAME[:TAG]",
             flags=("--output", "-o"), commands=_BUILD, default=(), default_text="oci:./ocistrap-images:SUITE"),
