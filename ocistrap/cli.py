@@ -5,12 +5,14 @@ import errno
 import getpass
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
-from ocistrap import __version__, combine, doctor, lock, log, pipeline, sandbox, sbom, settings, transports
+from ocistrap import __version__, combine, doctor, keys, lock, log, pipeline, sandbox, sbom, settings, transports
 from ocistrap.assemble import ImageOptions
 from ocistrap.cache import Cache, Entry, default_root
 from ocistrap.doctor import native_arch
@@ -100,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_options(p, "fetch")
     p.set_defaults(run=cmd_fetch)
 
+    p = commands.add_parser("key", help="make a key pair for signing images")
+    key_commands = p.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    k = key_commands.add_parser("generate", help="write an ECDSA P-256 key pair: NAME.key (mode 0600) and NAME.pub")
+    k.add_argument("name", nargs="?", default="ocistrap", help="path without suffix (default: ocistrap)")
+    k.add_argument("--passphrase-file", type=Path, default=None, metavar="FILE",
+                   help=f"encrypt the private key with the first line of FILE (else ${keys.PASSPHRASE_ENV}, "
+                        "else asked on the terminal; empty for none)")
+    k.set_defaults(run=cmd_key_generate)
+
     p = commands.add_parser("cache", help="show what the cache holds, or prune it")
     p.add_argument("action", nargs="?", choices=("show", "prune"), default="show",
                    help="show (default): sizes by kind; prune: remove what no build needs")
@@ -140,6 +151,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
     if s.suite is None:
         raise UsageError("name a suite (e.g. `ocistrap lock bookworm`) or a spec file with -f that sets `suite`")
     result = _make_lock(s, _fetcher(s), _cache(s))
+    if s.embed_keyring:
+        result = lock.embed_keyrings(result, s.keyrings)
     lock.write(result, s.lock)
     count = sum(len(a.packages) for a in result.architectures.values())
     print(f"{s.lock}: {count} packages locked ({result.digest()})")
@@ -149,11 +162,13 @@ def cmd_lock(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     s = _settings(args, "fetch")
     locked = settings.read_lockfile(args.lockfile)
-    fetched = pipeline.fetch(locked, s.keyrings, _fetcher(s), _cache(s))
-    try:
-        fetched.complete()
-    finally:
-        fetched.close()
+    with ExitStack() as stack:
+        keyrings = _keyrings(s, locked, stack, str(args.lockfile))
+        fetched = pipeline.fetch(locked, keyrings, _fetcher(s), _cache(s))
+        try:
+            fetched.complete()
+        finally:
+            fetched.close()
     count = sum(len(p) for p in fetched.paths.values())
     print(f"{count} packages verified in {(s.cache_dir or default_root())}")
     return 0
@@ -193,6 +208,20 @@ def _print_sizes(entries: Sequence[Entry]) -> None:
           f"{_megabytes(sum(s for _, s in kinds.values())):>12}")
 
 
+def _keyrings(s: settings.Settings, locked: lock.Lockfile, stack: ExitStack, what: str) -> tuple[Path, ...]:
+    """--keyring's files, or with --trust-lock-keyring the lock's own, for as long as STACK lasts.
+
+    The lock is no trust root by default: whoever can edit it can edit the keys in it.
+    """
+    if not s.trust_lock_keyring:
+        return s.keyrings
+    directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ocistrap-keyrings-")))
+    try:
+        return lock.write_keyrings(locked, directory, what=what)
+    except lock.LockError as e:
+        raise UsageError(e.message, hint=e.hint) from None
+
+
 def _megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
@@ -218,6 +247,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         architectures, layers = s.architectures or (native_arch(),), s.layers
         locked = None
+    if s.trust_lock_keyring and locked is None:
+        raise UsageError("--trust-lock-keyring needs --lock FILE: the keyrings it trusts come from that lockfile")
     transports.check(s.outputs + s.push, Shape(platforms=len(architectures), layers=len(layers) + 1))
     pipeline.require_runnable(architectures)
     mode = sandbox.decide_mode(s.mode)  # once, before any download: a mode that cannot work fails here
@@ -233,9 +264,20 @@ def cmd_build(args: argparse.Namespace) -> int:
     request = pipeline.BuildRequest(outputs=outputs + s.push, compression=s.compression,
                                     staging=pipeline.Staging(mode, s.staging_dir), options=options,
                                     epoch=_epoch(), tls_verify=s.tls_verify, sbom=s.sbom)
-    built = pipeline.build(locked, s.keyrings, fetcher, cache, request)
+    with ExitStack() as stack:
+        built = pipeline.build(locked, _keyrings(s, locked, stack, str(s.lock)), fetcher, cache, request)
     for ref in built.outputs:
         print(f"{ref} {built.digest}")
+    return 0
+
+
+def cmd_key_generate(args: argparse.Namespace) -> int:
+    private, public = Path(f"{args.name}.key"), Path(f"{args.name}.pub")
+    passphrase = keys.read_passphrase(args.passphrase_file, prompt=f"Passphrase for {private} (empty for none): ",
+                                      confirm=True)
+    keys.generate(private, public, passphrase)
+    print(f"Private key written to {private}{' (unencrypted)' if not passphrase else ''}; "
+          f"public key written to {public}")
     return 0
 
 

@@ -26,8 +26,7 @@ from ocistrap.image import (
     canonical_json,
     make_index,
 )
-from ocistrap.transports import Reference
-from ocistrap.transports import registry
+from ocistrap.transports import Reference, registry
 
 
 class CombineError(OcistrapError):

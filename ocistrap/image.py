@@ -7,7 +7,7 @@ the same inputs always give the same documents and therefore the same digests.
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -254,13 +254,18 @@ def make_config(
 
 
 def make_manifest(
-    config: Descriptor, layers: Sequence[Descriptor], annotations: Mapping[str, str] | None = None
+    config: Descriptor, layers: Sequence[Descriptor], annotations: Mapping[str, str] | None = None,
+    *, layer_types: Collection[str] = LAYER_COMPRESSION.keys(),
 ) -> dict[str, Any]:
-    """Build an image manifest referring to CONFIG and LAYERS (base layer first)."""
+    """Build an image manifest referring to CONFIG and LAYERS (base layer first).
+
+    LAYER_TYPES are the layer media types allowed: file system layers unless
+    the manifest carries something else (a signature's payload).
+    """
     if config.media_type not in CONFIG_MEDIA_TYPES:
         raise ImageError(f"config {config.digest} has media type {config.media_type}, not a config type")
     for layer in layers:
-        if layer.media_type not in LAYER_COMPRESSION:
+        if layer.media_type not in layer_types:
             raise ImageError(f"layer {layer.digest} has unsupported media type {layer.media_type}")
     manifest: dict[str, Any] = {
         "schemaVersion": 2,

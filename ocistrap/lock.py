@@ -4,8 +4,12 @@ Pure: building, serialising and parsing; the schema in specs/ is checked on
 write and on read, so a hand-edited or truncated lockfile is refused early.
 """
 
+import base64
+import dataclasses
 import hashlib
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,39 @@ class LockedRelease:
     date: str
     suite: str
     codename: str
+    keys: tuple[str, ...] = ()
+    """Primary-key fingerprints of the OpenPGP keys whose signatures verified it (absent in older locks)."""
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"path": self.path, "sha256": self.sha256, "date": self.date,
+                                    "suite": self.suite, "codename": self.codename}
+        if self.keys:
+            document["keys"] = list(self.keys)
+        return document
+
+
+@dataclass(frozen=True)
+class EmbeddedKeyring:
+    """A keyring the lock was made with, carried inside it (``lock --embed-keyring``).
+
+    Informative by default: a build trusts it only when told to
+    (``--trust-lock-keyring``), since whoever can edit a lock can edit this too.
+    """
+
+    name: str
+    data: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": hashlib.sha256(self.data).hexdigest(),
+                "data": base64.b64encode(self.data).decode()}
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any], *, what: str) -> "EmbeddedKeyring":
+        data = base64.b64decode(document["data"])
+        if hashlib.sha256(data).hexdigest() != document["sha256"]:
+            raise LockError(f"{what}: the embedded keyring {document['name']} does not match its sha256",
+                            hint="regenerate it with `ocistrap lock --embed-keyring`")
+        return cls(name=document["name"], data=data)
 
 
 @dataclass(frozen=True)
@@ -86,6 +123,7 @@ class Lockfile:
     architectures: dict[str, LockedArch] = field(default_factory=dict)
     layers: tuple[LockedLayer, ...] = ()
     slim: bool = False
+    keyrings: tuple[EmbeddedKeyring, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -102,6 +140,8 @@ class Lockfile:
         }
         if self.slim:
             document["slim"] = True
+        if self.keyrings:
+            document["keyrings"] = [k.to_json() for k in self.keyrings]
         return document
 
     def dumps(self) -> bytes:
@@ -126,7 +166,7 @@ def _arch_json(arch: LockedArch) -> dict[str, Any]:
         optional = {"source": p.source, "auto": p.auto, "archive": p.archive, "layer": p.layer}
         entry.update({k: v for k, v in optional.items() if v})
         packages.append(entry)
-    return {"releases": [vars(r).copy() for r in arch.releases], "packages": packages}
+    return {"releases": [r.to_json() for r in arch.releases], "packages": packages}
 
 
 def loads(data: bytes, *, what: str) -> Lockfile:
@@ -143,7 +183,8 @@ def loads(data: bytes, *, what: str) -> Lockfile:
     _refuse_userinfo([document["mirror"], *(a.mirror for a in archives)], what)
     architectures = {}
     for arch, entry in document["architectures"].items():
-        locked = LockedArch(releases=tuple(LockedRelease(**r) for r in entry["releases"]),
+        locked = LockedArch(releases=tuple(LockedRelease(**{**r, "keys": tuple(r.get("keys", ()))})
+                                           for r in entry["releases"]),
                             packages=tuple(LockedPackage(**p) for p in entry["packages"]))
         layers = document.get("layers", [])
         if (len(locked.releases) != len(archives) or any(p.archive >= len(archives) for p in locked.packages)
@@ -163,6 +204,7 @@ def loads(data: bytes, *, what: str) -> Lockfile:
         layers=tuple(LockedLayer(name=layer["name"], include=tuple(layer["include"]))
                      for layer in document.get("layers", [])),
         slim=document.get("slim", False),
+        keyrings=tuple(EmbeddedKeyring.from_json(k, what=what) for k in document.get("keyrings", [])),
     )
 
 
@@ -194,3 +236,29 @@ def write(lockfile: Lockfile, path: Path) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise LockError(f"cannot write lockfile {path}: {e.strerror}") from None
+
+
+def embed_keyrings(lockfile: Lockfile, keyrings: Sequence[Path]) -> Lockfile:
+    """LOCKFILE carrying the files of KEYRINGS, so that a rebuild years later holds the keys it trusted."""
+    embedded = []
+    for number, path in enumerate(keyrings):
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise LockError(f"cannot read keyring {path} to embed it: {e.strerror}") from None
+        name = path.name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", path.name) else f"keyring-{number}.gpg"
+        embedded.append(EmbeddedKeyring(name=name, data=data))
+    return dataclasses.replace(lockfile, keyrings=tuple(embedded))
+
+
+def write_keyrings(lockfile: Lockfile, directory: Path, *, what: str) -> tuple[Path, ...]:
+    """Write the keyrings embedded in LOCKFILE into DIRECTORY, for a build told to trust them."""
+    if not lockfile.keyrings:
+        raise LockError(f"{what} carries no keyring", hint="make it with `ocistrap lock --embed-keyring`, "
+                        "or drop --trust-lock-keyring and pass --keyring FILE")
+    paths = []
+    for number, keyring in enumerate(lockfile.keyrings):
+        path = directory / f"{number}-{keyring.name}"
+        path.write_bytes(keyring.data)
+        paths.append(path)
+    return tuple(paths)

@@ -77,6 +77,7 @@ class SignedRelease:
     release: Release
     path: str
     sha256: str
+    keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def open_release(source: Source, fetcher: Fetcher, cache: Cache, *,
     if pin is not None and digest != pin.sha256:
         raise ArchiveError(f"{source.url(path)}: the lockfile pins the Release of {source.suite} at sha256 "
                            f"{pin.sha256}, but the mirror serves sha256 {digest}; refusing it", hint=PIN_HINT)
-    signed = _verify(source, fetcher, raw, path)
+    signed, keys = _verify(source, fetcher, raw, path)
     what = source.url(path)
     release = archive.parse_release(signed.decode("utf-8", "replace"), what=what)
     if source.suite not in (release.suite, release.codename):
@@ -118,7 +119,7 @@ def open_release(source: Source, fetcher: Fetcher, cache: Cache, *,
     if cache.lookup(digest, len(raw)) is None:
         cache.put_bytes(raw, lambda data: None)
     cache.set_ref(source.ref_name, digest)
-    return SignedRelease(release=release, path=path, sha256=digest)
+    return SignedRelease(release=release, path=path, sha256=digest, keys=tuple(keys))
 
 
 def _release_bytes(source: Source, fetcher: Fetcher, cache: Cache, pin: Pin | None) -> tuple[bytes, str]:
@@ -182,13 +183,13 @@ def _stored_path(data: bytes, source: Source) -> str:
     return f"dists/{source.suite}/{name}"
 
 
-def _verify(source: Source, fetcher: Fetcher, raw: bytes, path: str) -> bytes:
+def _verify(source: Source, fetcher: Fetcher, raw: bytes, path: str) -> tuple[bytes, list[str]]:
+    """The signed Release text and the fingerprints of the keys that signed it."""
     what = source.url(path)
     if _SEPARATOR in raw:
         signature, release = raw.split(_SEPARATOR, 1)
-        openpgp.verify_detached(release, signature, source.keyrings, what=what)
-        return release
-    return openpgp.verify_clearsigned(raw, source.keyrings, what=what)
+        return release, openpgp.verify_detached(release, signature, source.keyrings, what=what)
+    return openpgp.verify_clearsigned_by(raw, source.keyrings, what=what)
 
 
 def load_packages(source: Source, signed: SignedRelease, arch: str,

@@ -39,25 +39,28 @@ def verify_clearsigned(data: bytes, keyrings: Sequence[Path], *, what: str) -> b
     Whatever surrounds the signed block is never returned: only the text the
     signature covers can be trusted.
     """
+    return verify_clearsigned_by(data, keyrings, what=what)[0]
+
+
+def verify_clearsigned_by(data: bytes, keyrings: Sequence[Path], *, what: str) -> tuple[bytes, list[str]]:
+    """``verify_clearsigned``, and the primary-key fingerprints of the good signatures."""
     text, signature = split_clearsigned(data, what=what)
     paths = readable_keyrings(keyrings, what=what)
     tool, executable = find_verifier()
     if tool == "gpgv":
         return _gpgv_clearsigned(executable, data, paths, what=what)
-    _run_sqv(executable, text.removesuffix(b"\n"), signature, paths, what=what)
-    return text
+    return text, _run_sqv(executable, text.removesuffix(b"\n"), signature, paths, what=what)
 
 
-def verify_detached(data: bytes, signature: bytes, keyrings: Sequence[Path], *, what: str) -> None:
-    """Check a detached signature (Release.gpg) over ``data``."""
+def verify_detached(data: bytes, signature: bytes, keyrings: Sequence[Path], *, what: str) -> list[str]:
+    """Check a detached signature (Release.gpg) over ``data``; the primary-key fingerprints of the good ones."""
     if not signature.strip():
         raise SignatureError(f"{what}: the signature is empty", hint=MIRROR_HINT)
     paths = readable_keyrings(keyrings, what=what)
     tool, executable = find_verifier()
     if tool == "gpgv":
-        _gpgv_detached(executable, data, signature, paths, what=what)
-    else:
-        _run_sqv(executable, data, signature, paths, what=what)
+        return _gpgv_detached(executable, data, signature, paths, what=what)
+    return _run_sqv(executable, data, signature, paths, what=what)
 
 
 def find_verifier() -> tuple[str, str]:
@@ -196,24 +199,24 @@ def _run_gpgv(executable: str, args: list[str], paths: list[Path], home: Path) -
     return result.returncode, result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
 
 
-def _gpgv_clearsigned(executable: str, data: bytes, paths: list[Path], *, what: str) -> bytes:
+def _gpgv_clearsigned(executable: str, data: bytes, paths: list[Path], *, what: str) -> tuple[bytes, list[str]]:
     with tempfile.TemporaryDirectory(prefix="ocistrap-gpgv-") as tmp:
         home = Path(tmp)
         (home / "message").write_bytes(data)
         output = home / "signed-text"
         args = ["--output", str(output), str(home / "message")]
         returncode, status, stderr = _run_gpgv(executable, args, paths, home)
-        judge_gpgv(returncode, status, stderr, what=what, plaintexts=1)
-        return output.read_bytes()
+        keys = judge_gpgv(returncode, status, stderr, what=what, plaintexts=1)
+        return output.read_bytes(), keys
 
 
-def _gpgv_detached(executable: str, data: bytes, signature: bytes, paths: list[Path], *, what: str) -> None:
+def _gpgv_detached(executable: str, data: bytes, signature: bytes, paths: list[Path], *, what: str) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="ocistrap-gpgv-") as tmp:
         home = Path(tmp)
         (home / "data").write_bytes(data)
         (home / "data.sig").write_bytes(signature)
         returncode, status, stderr = _run_gpgv(executable, [str(home / "data.sig"), str(home / "data")], paths, home)
-        judge_gpgv(returncode, status, stderr, what=what, plaintexts=0)
+        return judge_gpgv(returncode, status, stderr, what=what, plaintexts=0)
 
 
 @dataclass
@@ -223,6 +226,7 @@ class GpgvSignature:
     key: str = ""
     good: bool = False
     fingerprint: str = ""
+    primary: str = ""
     digest: str = ""
     problems: list[str] = field(default_factory=list)
 
@@ -273,6 +277,7 @@ def parse_gpgv_status(status: str) -> GpgvStatus:
         elif keyword == "VALIDSIG" and len(args) >= 8:
             result.current().fingerprint = args[0]
             result.current().digest = args[7]
+            result.current().primary = args[9] if len(args) >= 10 else args[0]
         elif keyword in PROBLEM_KEYWORDS:
             result.current().problems.append(PROBLEM_KEYWORDS[keyword])
             result.current().key = result.current().key or (args[0] if args else "")
@@ -289,7 +294,9 @@ def _is_good(signature: GpgvSignature) -> bool:
 
 
 def judge_gpgv(returncode: int, status: str, stderr: str, *, what: str, plaintexts: int) -> list[str]:
-    """Return the fingerprints of the good signatures, or raise SignatureError.
+    """Return the primary-key fingerprints of the good signatures, or raise SignatureError.
+
+    The primary key, not a signing subkey, is what a keyring is known by.
 
     Exit status 2 with a good signature is accepted only when every other
     signature failed for want of its key, as apt does for archives signed by
@@ -303,7 +310,7 @@ def judge_gpgv(returncode: int, status: str, stderr: str, *, what: str, plaintex
     if parsed.plaintexts != plaintexts:
         expected = "exactly one signed message" if plaintexts else "a detached signature"
         raise SignatureError(f"{what}: expected {expected}", hint=MIRROR_HINT)
-    good = [signature.fingerprint for signature in signatures if _is_good(signature)]
+    good = [signature.primary for signature in signatures if _is_good(signature)]
     tolerated = all(_is_good(s) or set(s.problems) <= {"unchecked", "unknown key"} for s in signatures)
     if good and not parsed.errors and (returncode == 0 or (returncode == 2 and tolerated)):
         return good
@@ -336,13 +343,14 @@ def _gpgv_failure(returncode: int, parsed: GpgvStatus, stderr: str, *, what: str
     return SignatureError(f"{what}: gpgv could not verify the signature: {detail}", hint=KEYRING_HINT)
 
 
-def _run_sqv(executable: str, data: bytes, signature: bytes, paths: list[Path], *, what: str) -> None:
+def _run_sqv(executable: str, data: bytes, signature: bytes, paths: list[Path], *, what: str) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="ocistrap-sqv-") as tmp:
         (Path(tmp) / "data").write_bytes(data)
         (Path(tmp) / "data.sig").write_bytes(signature)
         command = [executable, *(f"--keyring={path}" for path in paths), f"{tmp}/data.sig", f"{tmp}/data"]
         result = subprocess.run(command, capture_output=True, timeout=TIMEOUT_SECONDS, check=False)
     judge_sqv(result.returncode, result.stderr.decode(errors="replace"), what=what)
+    return re.findall(r"^([0-9A-F]{40}|[0-9A-F]{64})$", result.stdout.decode(errors="replace"), re.MULTILINE)
 
 
 def judge_sqv(returncode: int, stderr: str, *, what: str) -> None:

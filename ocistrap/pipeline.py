@@ -141,7 +141,7 @@ def _resolve_layers(universe: resolve.Universe, selection: Selection,
 def _locked_release(signed: mirror.SignedRelease) -> LockedRelease:
     release = signed.release
     return LockedRelease(path=signed.path, sha256=signed.sha256, date=release.date.isoformat(),
-                         suite=release.suite, codename=release.codename)
+                         suite=release.suite, codename=release.codename, keys=signed.keys)
 
 
 def _locked(package: Package, stage: str, archive: int, *, auto: bool, layer: int) -> LockedPackage:

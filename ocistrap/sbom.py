@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ocistrap import __version__
+from ocistrap import __version__, transports
 from ocistrap.errors import OcistrapError
 from ocistrap.image import (
     ANNOTATION_CREATED,
@@ -29,7 +29,6 @@ from ocistrap.image import (
     debian_platform,
 )
 from ocistrap.lock import LockedPackage, Lockfile
-from ocistrap import transports
 from ocistrap.transports import Context, ImageStore, Reference, Referrer, oci
 
 FORMATS = ("spdx",)

@@ -24,7 +24,7 @@ from typing import Any
 
 import jsonschema
 
-from ocistrap import image, lock, mirrorauth, openpgp, sandbox, schema, sbom
+from ocistrap import image, lock, mirrorauth, openpgp, sandbox, sbom, schema
 from ocistrap.errors import OcistrapError, UsageError
 from ocistrap.lock import LockedLayer
 from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR, STABLE_SUITES
@@ -276,6 +276,11 @@ SETTINGS: tuple[Setting, ...] = (
             "any given must agree with it)",
             commands=_BUILD, metavar="FILE"),
     Setting("write_lock", PATH, "also save the resolved lockfile here", commands=_BUILD, metavar="FILE"),
+    Setting("embed_keyring", SWITCH, "carry the keyrings in the lockfile (informative: a build trusts them "
+            "only with --trust-lock-keyring)", commands=("lock",), default=False),
+    Setting("trust_lock_keyring", SWITCH, "verify the archive with the keyrings embedded in the lockfile "
+            "instead of --keyring (the lockfile then is the trust root)", commands=(*_BUILD, "fetch"),
+            default=False),
     Setting("outputs", OUTPUTS, "where to write the image: oci:DIR[:TAG], oci-archive:FILE[:TAG], "
             "docker-archive:FILE[:REPO:TAG], tar:FILE, containers-storage:NAME[:TAG]",
             flags=("--output", "-o"), commands=_BUILD, default=(), default_text="oci:./ocistrap-images:SUITE"),

@@ -16,10 +16,9 @@ from typing import IO, Any
 
 import zstandard
 
+from ocistrap import transports
 from ocistrap.assemble import ANNOTATION_LOCK, ANNOTATION_RELEASE
 from ocistrap.errors import OcistrapError
-from ocistrap.layer import decompressed
-from ocistrap.lock import Lockfile
 from ocistrap.image import (
     CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
@@ -30,8 +29,9 @@ from ocistrap.image import (
     Platform,
     debian_platform,
 )
+from ocistrap.layer import decompressed
+from ocistrap.lock import Lockfile
 from ocistrap.schema import SchemaError, validate
-from ocistrap import transports
 from ocistrap.transports import BadReference, ImageStore, Reference, SavedImage, TransportError, parse_reference
 
 _CHUNK = 1 << 20

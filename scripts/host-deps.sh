@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages ocistrap and its tests need; sudo only when not root.
 set -eu
-PACKAGES="python3 python3-venv python3-pip uidmap gpgv gnupg debian-archive-keyring
+PACKAGES="python3 python3-venv python3-pip uidmap gpgv gnupg openssl debian-archive-keyring
 dpkg-dev xz-utils zstd mmdebstrap docker-registry apache2-utils podman runc skopeo
 umoci buildah git make ca-certificates qemu-user-static binfmt-support arch-test sqv"
 missing=""

@@ -1,5 +1,6 @@
 """`ocistrap lock` output and `ocistrap fetch` input: deterministic bytes, and bad lockfiles refused."""
 
+import base64
 import copy
 import hashlib
 import json
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
 from lockfetch_support import Archive, assert_cache_verified, assert_one_error
+from repo_factory import SigningKey
 
 from ocistrap import lock
 
@@ -257,3 +259,50 @@ def test_install_order_is_the_essential_set_then_the_rest_whatever_the_file_orde
     entry = LockedArch(releases=(), packages=(package("apt", "rest"), package("bash", "essential"),
                                               package("curl", "rest"), package("dash", "essential")))
     assert [p.name for p in entry.install_order()] == ["bash", "dash", "apt", "curl"]
+
+
+# the keys that verified each Release
+
+
+def test_lock_records_the_key_that_verified_each_release(locked: Archive, signing_key: SigningKey) -> None:
+    document = json.loads(locked.lockfile.read_text())
+    assert [r["keys"] for r in document["architectures"]["amd64"]["releases"]] == [[signing_key.fingerprint]]
+    assert "keyrings" not in document
+
+
+def test_a_lock_without_fingerprints_still_loads_and_keeps_its_bytes(locked: Archive, tmp_path: Path) -> None:
+    document = json.loads(locked.lockfile.read_text())
+    for entry in document["architectures"]["amd64"]["releases"]:
+        entry.pop("keys")
+    old = tmp_path / "old.lock"
+    old.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    assert lock.read(old).dumps() == old.read_bytes()
+
+
+def test_embed_keyring_and_trust_it_only_when_asked(archive: Archive, other_key: SigningKey, tmp_path: Path) -> None:
+    rc, _, err = archive.lock("--embed-keyring")
+    assert rc == 0, err
+    (embedded,) = json.loads(archive.lockfile.read_text())["keyrings"]
+    assert base64.b64decode(embedded["data"]) == archive.keyring.read_bytes()
+    assert lock.read(archive.lockfile).keyrings[0].data == archive.keyring.read_bytes()
+    with_other_key = ("fetch", str(archive.lockfile), *archive.common(keyring=other_key.keyring))
+    rc, _, err = archive.run(*with_other_key)
+    assert_one_error(rc, err, "no given keyring holds")
+    rc, _, err = archive.run(*with_other_key, "--trust-lock-keyring")
+    assert rc == 0, err
+
+
+def test_trust_lock_keyring_needs_an_embedded_keyring(locked: Archive) -> None:
+    rc, _, err = locked.fetch("--trust-lock-keyring")
+    assert rc == 2
+    assert_one_error(rc, err, "carries no keyring", "--embed-keyring")
+
+
+def test_an_embedded_keyring_that_does_not_match_its_digest_is_refused(archive: Archive) -> None:
+    rc, _, err = archive.lock("--embed-keyring")
+    assert rc == 0, err
+    document = json.loads(archive.lockfile.read_text())
+    document["keyrings"][0]["data"] = base64.b64encode(b"\x99other key").decode()
+    archive.lockfile.write_text(json.dumps(document))
+    with pytest.raises(lock.LockError, match="does not match its sha256"):
+        lock.read(archive.lockfile)

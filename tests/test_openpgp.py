@@ -182,6 +182,12 @@ def test_judge_gpgv_accepts_one_good_signature_among_unknown_keys() -> None:
     assert judge_gpgv(2, status("PLAINTEXT 74 0", *UNKNOWN_B, *GOOD_A), "", what=WHAT, plaintexts=1) == [FPR_A]
 
 
+def test_judge_gpgv_names_the_primary_key_of_a_signing_subkey() -> None:
+    """A keyring is known by its primary key; VALIDSIG's last field names it when a subkey signed."""
+    subkey_signed = ("NEWSIG", "GOODSIG BBBBBBBBBBBBBBBB A", f"VALIDSIG {FPR_B} 2026-01-01 1 0 4 0 22 8 01 {FPR_A}")
+    assert judge_gpgv(0, status("PLAINTEXT 74 0", *subkey_signed), "", what=WHAT, plaintexts=1) == [FPR_A]
+
+
 @pytest.mark.parametrize(("returncode", "lines", "message"), [
     (0, ("PLAINTEXT 74 0",), "holds no OpenPGP signature"),
     (1, ("PLAINTEXT 74 0", *GOOD_A, "NEWSIG", "BADSIG BBBBBBBBBBBBBBBB B"), "BAD signature"),

@@ -127,6 +127,8 @@ no_updates = true
 no_check_valid_until = true
 lock = "my.lock"
 write_lock = "../written.lock"
+embed_keyring = true
+trust_lock_keyring = true
 outputs = ["oci:images:sid", "docker-archive:d.tar:me/debian:sid", "tar:/abs/root.tar",
            "containers-storage:localhost/debian:sid", "oci-archive:~/img.tar"]
 push = ["registry.example/debian:sid", "docker://other.example/x"]

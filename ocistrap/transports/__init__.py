@@ -13,8 +13,8 @@ the transports share.
 import importlib
 import os
 import re
-import shutil
 import secrets
+import shutil
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
