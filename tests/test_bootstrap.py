@@ -192,7 +192,7 @@ def test_a_second_architecture_does_not_retry_unshare_after_a_fallback(monkeypat
         tried, lambda plan: io.BytesIO(layer_tar({"etc/arch": plan.arch.encode()}))))
     pending = SimpleNamespace(ready=lambda: iter(()), paths=[], seconds=lambda: 0.0)
     fetched = SimpleNamespace(pending={"amd64": pending, "arm64": pending}, close=lambda: None)
-    monkeypatch.setattr(pipeline, "fetch", lambda *args: fetched)
+    monkeypatch.setattr(pipeline, "fetch", lambda *args, **kw: fetched)
     monkeypatch.setattr(pipeline, "make_plan", lambda lock, arch, *args, **kw: replace(PLAN, arch=arch))
     (tmp_path / "partial").mkdir()
     mode = sandbox.decide_mode("auto", FakeHost())

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from e2e_helpers import podman_env_in
-from image_helpers import build_image
+from image_helpers import build_image, layer_tar
+
 from ocistrap import image
+from ocistrap.image import Descriptor
 from ocistrap.transports import (
     TRANSPORTS,
     BadReference,
@@ -27,16 +28,17 @@ from ocistrap.transports import (
     Shape,
     TransportError,
     check,
-    lookup,
-    open_image,
     docker_archive,
     extract_archive,
+    lookup,
     oci,
     oci_archive,
+    open_image,
     parse_reference,
     replacing,
 )
 from ocistrap.transports import write as write_to
+
 
 def blob_files(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "blobs" / "sha256").iterdir())

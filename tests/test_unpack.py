@@ -509,8 +509,8 @@ def test_the_chroot_holds_even_with_the_member_checks_switched_off(tmp_path: Pat
     deb = hostile_deb(tmp_path / "evil.deb", "evil",
                       tar_bytes(d("./"), f("./" + "../" * 30 + str(home / "pwned").lstrip("/"), b"pwned")))
     expanded = tmp_path / "evil.expanded.deb"
-    with open(expanded, "wb") as out, open(deb, "rb") as f:
-        expand.expand(f, out, "evil")
+    with open(expanded, "wb") as out, open(deb, "rb") as packed:
+        expand.expand(packed, out, "evil")
     proc = sandbox.spawn([sys.executable, "-c", CHECKS_BROKEN, str(expanded), str(tmp_path / "root"), str(home)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=120)
