@@ -18,18 +18,15 @@ Run inside the namespace as ``python -m ocistrap.layer tree ROOT --epoch N`` (se
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import errno
 import fcntl
 import gzip
 import hashlib
-import json
 import os
 import stat
 import struct
-import sys
 import tarfile
 import tempfile
 import zlib
@@ -116,17 +113,6 @@ class Snapshot:
     """The signature of every path of a tree, by relative path, to diff a later state against."""
 
     paths: dict[str, Signature]
-
-    def dumps(self) -> str:
-        """Serialize for the next process inside the namespace (surrogates survive via escapes)."""
-        return json.dumps({"version": 1, "paths": [[p, *s] for p, s in self.paths.items()]})
-
-    @classmethod
-    def loads(cls, text: str) -> "Snapshot":
-        doc = json.loads(text)
-        if not isinstance(doc, dict) or doc.get("version") != 1:
-            raise LayerError("not an ocistrap tree snapshot (version 1)")
-        return cls({row[0]: Signature(*row[1:]) for row in doc["paths"]})
 
 
 # --- Tree walking -----------------------------------------------------------------
@@ -640,45 +626,3 @@ def _storage_error(exc: OSError, blobs_dir: Path) -> LayerError:
             hint="free space on that file system or move the cache, where layers are made, with --cache-dir"
         )
     return LayerError(f"cannot write a layer blob in {blobs_dir}: {exc.strerror or exc}")
-
-
-# --- Entry point inside the namespace ---------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``tree ROOT``, ``diff ROOT --before SNAP`` or ``snapshot ROOT``: tar to stdout, snapshot to a file."""
-    parser = argparse.ArgumentParser(prog="python -m ocistrap.layer")
-    parser.add_argument("command", choices=("tree", "diff", "snapshot"))
-    parser.add_argument("root", type=Path)
-    parser.add_argument("--epoch", type=int, default=0)
-    parser.add_argument("--before", type=Path, help="snapshot file the diff is against")
-    parser.add_argument("--snapshot-out", type=Path, help="write a snapshot of ROOT here afterwards")
-    parser.add_argument("--empty-dir", action="append", dest="empty_dirs", help="omit this directory's contents")
-    args = parser.parse_args(argv)
-    empty_dirs = MOUNT_POINTS if args.empty_dirs is None else tuple(args.empty_dirs)
-    try:
-        if args.command == "tree":
-            write_tree(args.root, sys.stdout.buffer, epoch=args.epoch, empty_dirs=empty_dirs)
-        elif args.command == "diff":
-            if args.before is None:
-                parser.error("diff needs --before SNAPSHOT")
-            before = Snapshot.loads(args.before.read_text())
-            write_diff(args.root, before, sys.stdout.buffer, epoch=args.epoch, empty_dirs=empty_dirs)
-        if args.snapshot_out is not None or args.command == "snapshot":
-            target = args.snapshot_out
-            text = snapshot(args.root, empty_dirs=empty_dirs).dumps()
-            if target is None:
-                sys.stdout.write(text)
-            else:
-                target.write_text(text)
-    except OcistrapError as exc:
-        print(f"ocistrap.layer: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except BrokenPipeError:
-        print("ocistrap.layer: the reader of the tar stream went away", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
