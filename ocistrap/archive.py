@@ -21,13 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import ArchiveError
 
 MIRROR_HINT = "the mirror may be broken, mid-update or hostile; try again or use another mirror"
-
-
-class ArchiveError(OcistrapError):
-    """Archive metadata is missing, malformed, expired or does not match its hash."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,17 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import CredentialsError
 from ocistrap.transports import atomic_write_bytes
 
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
-
-
-class AuthError(OcistrapError):
-    """Credentials cannot be found, read, stored or were refused."""
-
-    exit_code = 3
 
 
 @dataclass(frozen=True)
@@ -114,13 +108,13 @@ def _load(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise AuthError(f"{path}: cannot read the credentials file: {exc.strerror}") from None
+        raise CredentialsError(f"{path}: cannot read the credentials file: {exc.strerror}") from None
     try:
         config = json.loads(data) if data.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise AuthError(f"{path}: not a valid JSON credentials file", hint="fix or remove it") from None
+        raise CredentialsError(f"{path}: not a valid JSON credentials file", hint="fix or remove it") from None
     if not isinstance(config, dict):
-        raise AuthError(f"{path}: expected a JSON object with an \"auths\" map")
+        raise CredentialsError(f"{path}: expected a JSON object with an \"auths\" map")
     return config
 
 
@@ -145,7 +139,7 @@ def _decode(auth: str, key: str, path: Path) -> Credentials:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         sep = ""
     if not sep:
-        raise AuthError(
+        raise CredentialsError(
             f"{path}: the \"auth\" entry for {key} is not base64 of USER:PASSWORD",
             hint=f"log in again with `ocistrap login {key}`",
         )
@@ -158,19 +152,19 @@ def _from_helper(helper: str, registry: str) -> Credentials | None:
     try:
         result = subprocess.run([program, "get"], input=registry.encode(), capture_output=True, timeout=60)
     except FileNotFoundError:
-        raise AuthError(
+        raise CredentialsError(
             f"credential helper {program} is configured for {registry} but not installed",
             hint="install it or remove it from credHelpers/credsStore",
         ) from None
     except subprocess.TimeoutExpired:
-        raise AuthError(f"credential helper {program} did not answer within 60 s") from None
+        raise CredentialsError(f"credential helper {program} did not answer within 60 s") from None
     if result.returncode != 0:
         return None
     try:
         answer = json.loads(result.stdout)
         return Credentials(answer["Username"], answer["Secret"], source=program)
     except (ValueError, KeyError, TypeError):
-        raise AuthError(f"credential helper {program} gave an answer that is not {{Username, Secret}} JSON") from None
+        raise CredentialsError(f"credential helper {program} gave an answer that is not {{Username, Secret}} JSON") from None
 
 
 def store(registry: str, credentials: Credentials) -> Path:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NamedTuple, NoReturn, TypeVar
 
 from ocistrap import doctor, expand, hostdpkg, inroot, layer, log, recorder, resolve, sandbox, slim, unpack
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import BuildError, OcistrapError
 
 if TYPE_CHECKING:  # the inner half starts faster without the lockfile's schema validator
     from ocistrap.lock import LockedArchive
@@ -65,10 +65,6 @@ APT_PARTIAL = ("var/cache/apt/archives/partial", "var/lib/apt/lists/partial")
 DONE, REFUSED, FAILED = "done", "refused:", "failed:"
 MESSAGE_SIZE = 1 << 16
 INNER_ERROR = "ocistrap (inside the sandbox): "
-
-
-class BootstrapError(OcistrapError):
-    """Installing the packages inside the sandbox failed."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +162,7 @@ def install_batches(rest: Sequence[Deb], installed: Iterable[Deb]) -> list[list[
                                              for group in _groups(d, "pre_depends"))]
         if not ready:
             names = ", ".join(d.name for d in remaining)
-            raise BootstrapError(f"cannot order the installation of {names}: their Pre-Depends "
+            raise BuildError(f"cannot order the installation of {names}: their Pre-Depends "
                                  f"are not in the locked package set")
         batches.append(ready)
         for deb in ready:
@@ -258,7 +254,7 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
             announcer.raise_failure()
             if isinstance(e, OcistrapError) and (inner := _inner_error(errors)):
                 # the stream ended early because the inside failed, and said why
-                raise BootstrapError(f"installing the packages failed: {inner}",
+                raise BuildError(f"installing the packages failed: {inner}",
                                      hint="run with --debug to see the whole log") from e
             raise
         finally:
@@ -269,7 +265,7 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: sandbox.IdMap
         status = proc.wait()
         if status != 0:
             announcer.raise_failure()
-            raise BootstrapError(f"installing the packages failed (exit status {status}): "
+            raise BuildError(f"installing the packages failed (exit status {status}): "
                                  f"{_tail(errors)}", hint="run with --debug to see the whole log")
     return results
 
@@ -472,7 +468,7 @@ class _Ready:
         while self.fd >= 0 and self.count < count:
             data = os.read(self.fd, 1 << 16)
             if not data:
-                raise BootstrapError("the packages to install were not all made ready on the host")
+                raise BuildError("the packages to install were not all made ready on the host")
             self.count += len(data)
 
 
@@ -552,7 +548,7 @@ def _check_unpacked(deb: Deb, reply: str) -> None:
     """Raise with the child's reason if its REPLY says unpacking DEB failed."""
     if reply == DONE:
         return
-    raise BootstrapError(reply.removeprefix(REFUSED).removeprefix(FAILED) or
+    raise BuildError(reply.removeprefix(REFUSED).removeprefix(FAILED) or
                          f"cannot unpack {deb.name}: the unpacking process died")
 
 
@@ -623,7 +619,7 @@ def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases) -> None:
         return
     returncode = _dpkg_timed(root, ["--install", "--force-depends", "--force-unsafe-io", *paths], phases)
     if returncode != 0:
-        raise BootstrapError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
+        raise BuildError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
 
 
 CONFIGURE_STARTS = b"processing: configure: "
@@ -681,12 +677,12 @@ def _dpkg_install_foreign(root: Path, debs: Sequence[Deb], paths: Sequence[str],
     with phases.timed(DPKG_UNPACKING):
         unpacked = hostdpkg.unpack(root, paths, CHROOT_ENV)
     if unpacked != 0:
-        raise BootstrapError(f"dpkg --unpack (the host's dpkg) failed for {', '.join(names)}")
+        raise BuildError(f"dpkg --unpack (the host's dpkg) failed for {', '.join(names)}")
     with phases.timed(DPKG_CONFIGURING):
         result = sandbox.chroot_run(root, ["dpkg", "--configure", "--force-depends", "--force-unsafe-io", *names],
                                     env=CHROOT_ENV, check=False)
     if result.returncode != 0:
-        raise BootstrapError(f"dpkg --configure failed for {', '.join(names)}")
+        raise BuildError(f"dpkg --configure failed for {', '.join(names)}")
     with inroot.Tree(root) as tree:
         tree.write(hostdpkg.STATUS_BACKUP, before)
 

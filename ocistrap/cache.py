@@ -49,12 +49,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ocistrap import log
-from ocistrap.errors import OcistrapError
-
-
-class CacheError(OcistrapError):
-    """The cache cannot be read or written, or holds a damaged file."""
-
+from ocistrap.errors import ArchiveError
 
 CHUNK = 1 << 20
 KEY_SIZE = 32
@@ -147,11 +142,11 @@ def open_verified(path: Path, sha256: str, what: str) -> BinaryIO:
     try:
         f = open_trusted(path)
     except (FileNotFoundError, Untrusted) as e:
-        raise CacheError(f"{what}: the verified file {path} is gone or was replaced",
+        raise ArchiveError(f"{what}: the verified file {path} is gone or was replaced",
                          hint="run the command again to fetch it afresh") from e
     if hash_open(f)[1] != sha256:
         f.close()
-        raise CacheError(f"{what}: {path} changed on disk after it was verified",
+        raise ArchiveError(f"{what}: {path} changed on disk after it was verified",
                          hint="run the command again to fetch it afresh")
     return f
 
@@ -177,7 +172,7 @@ def link_private(f: BinaryIO, source: Path, dest: Path) -> None:
         f.seek(0)
     except OSError as e:
         dest.unlink(missing_ok=True)
-        raise CacheError(f"cannot write {dest}: {e.strerror}") from e
+        raise ArchiveError(f"cannot write {dest}: {e.strerror}") from e
 
 
 LAYOUT = ("blobs", "blobs/sha256", "partial", "refs", "parsed", "locks", "derived", "derived/expanded")
@@ -218,7 +213,7 @@ def check_directory(root: Path) -> None:
             problem = e.strerror
         if problem:
             fix = f"run `chmod go-w {path}` or " if problem == WRITABLE else ""
-            raise CacheError(f"refusing the cache directory {path}: {problem}",
+            raise ArchiveError(f"refusing the cache directory {path}: {problem}",
                              hint=f"{fix}choose another cache with --cache-dir")
 
 
@@ -233,7 +228,7 @@ class Cache:
             for sub in LAYOUT:
                 _mkdir(root / sub)
         except OSError as e:
-            raise CacheError(f"cannot create cache directory {root}: {e.strerror}",
+            raise ArchiveError(f"cannot create cache directory {root}: {e.strerror}",
                              hint="choose another with --cache-dir") from e
         check_directory(root)
         self.key_file = key_file or default_key_file()
@@ -253,14 +248,14 @@ class Cache:
             f = _open_lock(self.root / "locks" / IN_USE)
         except OSError as e:
             if exclusive:
-                raise CacheError(f"cannot lock the cache in {self.root}: {e.strerror}") from e
+                raise ArchiveError(f"cannot lock the cache in {self.root}: {e.strerror}") from e
             return None
         try:
             fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
             if exclusive:
                 f.close()
-                raise CacheError(f"the cache in {self.root} is in use by another ocistrap",
+                raise ArchiveError(f"the cache in {self.root} is in use by another ocistrap",
                                  hint="run this again once it has finished") from None
             fcntl.flock(f, fcntl.LOCK_SH)  # a prune is running: wait for it
         return f
@@ -302,7 +297,7 @@ class Cache:
             return None
         if hashlib.sha256(data).hexdigest() != sha256:
             self.blob_path(sha256).unlink(missing_ok=True)
-            raise CacheError(f"cache blob {sha256} was damaged on disk and has been removed",
+            raise ArchiveError(f"cache blob {sha256} was damaged on disk and has been removed",
                              hint="run the command again to download it afresh")
         return data
 
@@ -330,7 +325,7 @@ class Cache:
         try:
             return open(os.open(path, flags, 0o600), "ab" if append else "wb")
         except OSError as e:
-            raise CacheError(f"cannot write {path}: {e.strerror}") from e
+            raise ArchiveError(f"cannot write {path}: {e.strerror}") from e
 
     def commit_partial(self, sha256: str, verify: Callable[[BinaryIO], None]) -> Path:
         """Move a completed download into the store once VERIFY accepted its bytes, read through the
@@ -340,7 +335,7 @@ class Cache:
             f = open_trusted(partial)
         except (FileNotFoundError, Untrusted) as e:
             _remove(partial)
-            raise CacheError(f"the download of {sha256} in {partial} is gone or was replaced",
+            raise ArchiveError(f"the download of {sha256} in {partial} is gone or was replaced",
                              hint="run the command again") from e
         path = self.blob_path(sha256)
         with f:
@@ -358,7 +353,7 @@ class Cache:
         try:
             f = _open_lock(self.root / "locks" / sha256)
         except OSError as e:
-            raise CacheError(f"cannot lock {sha256} in the cache: {e.strerror}") from e
+            raise ArchiveError(f"cannot lock {sha256} in the cache: {e.strerror}") from e
         with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
@@ -450,9 +445,9 @@ class Cache:
             _mkdir(path)
             problem = directory_problem(os.lstat(path))
         except OSError as e:
-            raise CacheError(f"cannot create cache directory {path}: {e.strerror}") from e
+            raise ArchiveError(f"cannot create cache directory {path}: {e.strerror}") from e
         if problem:
-            raise CacheError(f"refusing the cache directory {path}: {problem}")
+            raise ArchiveError(f"refusing the cache directory {path}: {problem}")
 
     def entries(self) -> Iterator["Entry"]:
         """Everything stored, one entry per blob, derived file (with its tag), parsed index,
@@ -480,7 +475,7 @@ class Cache:
         to itself (``exclusive``), so that no running build loses a file.
         """
         if not self.exclusive:
-            raise CacheError(f"cannot prune the cache in {self.root} without having it to itself")
+            raise ArchiveError(f"cannot prune the cache in {self.root} without having it to itself")
         gone = [e for e in self.entries() if _prunable(e, keep)]
         if not dry_run:
             for entry in gone:
@@ -488,7 +483,7 @@ class Cache:
                     try:
                         path.unlink(missing_ok=True)
                     except OSError as e:
-                        raise CacheError(f"cannot remove {path}: {e.strerror}") from e
+                        raise ArchiveError(f"cannot remove {path}: {e.strerror}") from e
         return gone
 
     def _derived_mac(self, kind: str, source: str, size: str, sha256: str) -> bytes:
@@ -505,7 +500,7 @@ def _commit(f: BinaryIO, tmp: Path, path: Path) -> None:
         os.fchmod(f.fileno(), 0o644)
         os.replace(tmp, path)
     except OSError as e:
-        raise CacheError(f"cannot write {path}: {e.strerror}") from e
+        raise ArchiveError(f"cannot write {path}: {e.strerror}") from e
 
 
 def _mkdir(path: Path) -> None:
@@ -651,7 +646,7 @@ class _TempFile:
                 fd, name = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX)
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
-            raise CacheError(f"cannot write to the cache in {self.directory}: {e.strerror}") from e
+            raise ArchiveError(f"cannot write to the cache in {self.directory}: {e.strerror}") from e
         self.path = Path(name)
         self.file: BinaryIO = os.fdopen(fd, "w+b")
         return self
@@ -677,7 +672,7 @@ class _TempFile:
         if not self.committed or failure is not None:
             self.path.unlink(missing_ok=True)
         if isinstance(failure, OSError):
-            raise CacheError(f"cannot write to the cache in {self.directory}: {failure.strerror}") from failure
+            raise ArchiveError(f"cannot write to the cache in {self.directory}: {failure.strerror}") from failure
 
 
 def sweep_orphans(directory: Path, locks: Path) -> list[str]:

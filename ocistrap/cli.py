@@ -16,7 +16,7 @@ from ocistrap import __version__, combine, doctor, keys, lock, log, pipeline, sa
 from ocistrap.assemble import ImageOptions
 from ocistrap.cache import Cache, Entry, default_root
 from ocistrap.doctor import native_arch
-from ocistrap.errors import OcistrapError, UsageError
+from ocistrap.errors import ArchiveError, OcistrapError, UsageError
 from ocistrap.fetch import Fetcher
 from ocistrap.mirror import Source
 from ocistrap.transports import BadReference, Shape, parse_reference, registry
@@ -218,7 +218,7 @@ def _keyrings(s: settings.Settings, locked: lock.Lockfile, stack: ExitStack, wha
     directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ocistrap-keyrings-")))
     try:
         return lock.write_keyrings(locked, directory, what=what)
-    except lock.LockError as e:
+    except ArchiveError as e:
         raise UsageError(e.message, hint=e.hint) from None
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ocistrap import log
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import ImageError, UsageError
 from ocistrap.image import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
@@ -27,15 +27,6 @@ from ocistrap.image import (
     make_index,
 )
 from ocistrap.transports import Reference, registry
-
-
-class CombineError(OcistrapError):
-    """The images named cannot be combined into one index: the naming is at fault (exit 2), or
-    with DAMAGED, what the registry served (exit 1, as any registry failure)."""
-
-    def __init__(self, message: str, *, hint: str | None = None, damaged: bool = False) -> None:
-        super().__init__(message, hint=hint)
-        self.exit_code = 1 if damaged else 2
 
 
 @dataclass(frozen=True)
@@ -60,7 +51,7 @@ class Member:
 def platform_of(config: Mapping[str, Any], shown: str) -> Platform:
     """The platform an image config declares (``os``, ``architecture``, ``variant``)."""
     if not isinstance(config.get("os"), str) or not isinstance(config.get("architecture"), str):
-        raise CombineError(f"{shown}: its config names no os and architecture")
+        raise UsageError(f"{shown}: its config names no os and architecture")
     variant = config.get("variant")
     return Platform(os=config["os"], architecture=config["architecture"],
                     variant=variant if isinstance(variant, str) else None)
@@ -79,7 +70,7 @@ def index_document(members: Sequence[Member]) -> dict[str, Any]:
     seen: dict[Platform, str] = {}
     for member in members:
         if member.platform in seen:
-            raise CombineError(f"{seen[member.platform]} and {member.shown} are both {member.platform}",
+            raise UsageError(f"{seen[member.platform]} and {member.shown} are both {member.platform}",
                               hint="name one image per platform")
         seen[member.platform] = member.shown
     return make_index([m.descriptor for m in members], shared_annotations([m.document for m in members]))
@@ -91,23 +82,23 @@ def read_member(ref: Reference, *, tls_verify: bool | None = None) -> Member:
     shown = str(target)
     found = repo.get_manifest(target.digest or target.tag or "latest")
     if found is None:
-        raise CombineError(f"{shown}: no such image in the registry")
+        raise UsageError(f"{shown}: no such image in the registry")
     data, media_type = found
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if target.digest is not None and digest != target.digest:
-        raise CombineError(f"{shown}: the registry served a manifest that hashes to {digest}", damaged=True)
+        raise ImageError(f"{shown}: the registry served a manifest that hashes to {digest}")
     if media_type in INDEX_MEDIA_TYPES:
-        raise CombineError(f"{shown} is already an index", hint="name the single-architecture images it lists")
+        raise UsageError(f"{shown} is already an index", hint="name the single-architecture images it lists")
     if media_type not in MANIFEST_MEDIA_TYPES:
-        raise CombineError(f"{shown}: {media_type or 'no media type'} is not an image manifest")
+        raise UsageError(f"{shown}: {media_type or 'no media type'} is not an image manifest")
     document = _json(data, f"{shown}: manifest")
     try:
         config_desc = Descriptor.from_json(document["config"])
     except (KeyError, TypeError, ImageError) as exc:
-        raise CombineError(f"{shown}: the manifest has no usable config descriptor ({exc})", damaged=True) from None
+        raise ImageError(f"{shown}: the manifest has no usable config descriptor ({exc})") from None
     config = repo.read_blob(config_desc)
     if Descriptor.of(config, config_desc.media_type).digest != config_desc.digest:
-        raise CombineError(f"{shown}: config {config_desc.digest} does not match its digest", damaged=True)
+        raise ImageError(f"{shown}: config {config_desc.digest} does not match its digest")
     return Member(shown, repo, data, media_type, document, platform_of(_json(config, f"{shown}: config"), shown))
 
 
@@ -115,9 +106,9 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CombineError(f"{what} is not valid JSON: {exc}", damaged=True) from None
+        raise ImageError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise CombineError(f"{what} is not a JSON object", damaged=True)
+        raise ImageError(f"{what} is not a JSON object")
     return doc
 
 
@@ -125,7 +116,7 @@ def push_index(destination: Reference, sources: Sequence[Reference], *,
                tls_verify: bool | None = None) -> Descriptor:
     """Store at DESTINATION an index over the images SOURCES name; return the index's descriptor."""
     if not sources:
-        raise CombineError("name at least one image to put into the index")
+        raise UsageError("name at least one image to put into the index")
     members = [read_member(ref, tls_verify=tls_verify) for ref in sources]
     document = index_document(members)
     repo, target = registry.open_repository(destination, tls_verify=tls_verify)
@@ -137,7 +128,7 @@ def push_index(destination: Reference, sources: Sequence[Reference], *,
                    ", ".join(f"{how.count(k)} {k}" for k in ("present", "mounted", "copied") if k in how))
     data = canonical_json(document)
     if target.digest is not None and target.digest != Descriptor.of(data, MEDIA_TYPE_INDEX).digest:
-        raise CombineError(f"{destination}: names digest {target.digest}, but the index is "
+        raise UsageError(f"{destination}: names digest {target.digest}, but the index is "
                           f"{Descriptor.of(data, MEDIA_TYPE_INDEX).digest}")
     stored = registry.store_manifest(repo, target.tag or target.digest or "latest", data, MEDIA_TYPE_INDEX)
     out.info(f"indexed {', '.join(str(m.platform) for m in members)} as {target}")

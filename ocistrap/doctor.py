@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from ocistrap import sandbox
+from ocistrap.errors import BuildError
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
@@ -100,7 +101,7 @@ def check_subids(host: Host, kind: Literal["uid", "gid"]) -> Check:
     try:
         text = host.subid_text(kind)
         sandbox.subid_map(text, kind=kind, user=user, uid=uid, own_id=uid if kind == "uid" else gid)
-    except sandbox.SandboxError as e:
+    except BuildError as e:
         return Check(name, False, str(e))
     ranges = sandbox.parse_subid(text, user=user, uid=uid)
     listed = ", ".join(f"{r.start}-{r.end - 1}" for r in ranges)
@@ -170,7 +171,7 @@ def check_mode(requested: str, host: Host) -> tuple[sandbox.BuildMode | None, Ch
     mode can build), and the check that says why."""
     try:
         mode = sandbox.decide_mode(requested, host)
-    except sandbox.SandboxError as e:
+    except BuildError as e:
         if requested == "auto":
             return None, Check("build mode", False, f"no mode can build here ({e.message})")
         return None, Check("build mode", False, f"{requested} is not possible ({e.message})")

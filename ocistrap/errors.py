@@ -1,4 +1,8 @@
-"""The root of every error a user can cause; each domain module subclasses it.
+"""The root of every error a user can cause, and one error type per domain.
+
+A subclass exists only where a caller acts on it (``fetch.NotFound`` tries
+the next file, ``unpack.UnpackError`` says whether a member was refused) or
+where it has its own exit code; the README's table lists every exit code.
 
 The CLI prints ``str(error)`` as one line on stderr and exits with
 ``error.exit_code``; anything else escaping is a bug and shows a traceback
@@ -26,3 +30,28 @@ class UsageError(OcistrapError):
     """The command line or a spec file is wrong."""
 
     exit_code = 2
+
+
+class ArchiveError(OcistrapError):
+    """The Debian side: archive metadata, its signatures, downloads, the cache, resolution
+    and lockfiles are missing, malformed, expired or do not match what was signed."""
+
+
+class BuildError(OcistrapError):
+    """The root file system side: the sandbox, the bootstrap, unpacking, recording owners or
+    writing the tree as a layer failed."""
+
+
+class ImageError(OcistrapError):
+    """The OCI side: an image, index, blob, SBOM or signature is malformed, unsupported or
+    does not verify."""
+
+
+class TransportError(OcistrapError):
+    """An image cannot be read or written at a reference (a layout, an archive, a registry)."""
+
+
+class CredentialsError(TransportError):
+    """Registry credentials cannot be found, read or stored, or the registry refused them."""
+
+    exit_code = 3

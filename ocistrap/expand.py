@@ -31,17 +31,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ocistrap.cache import Cache, link_private, open_verified
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import ArchiveError
 
 MAGIC = b"!<arch>\n"
 HEADER = 60
 SIZE = slice(48, 58)
 END = b"`\n"
 DATA = "data.tar"
-
-
-class ExpandError(OcistrapError):
-    """A .deb is not an archive dpkg could install, so it cannot be expanded either."""
 
 
 @dataclass(frozen=True)
@@ -60,12 +56,12 @@ class Member:
 def members(deb: BinaryIO, what: str) -> Iterator[Member]:
     """The members of the ar archive DEB (positioned at its start), checked as dpkg-deb checks them."""
     if deb.read(len(MAGIC)) != MAGIC:
-        raise ExpandError(f"{what} is not a .deb (an ar archive)")
+        raise ArchiveError(f"{what} is not a .deb (an ar archive)")
     offset = len(MAGIC)
     while header := deb.read(HEADER):
         size_field = header[SIZE].strip()
         if len(header) < HEADER or header[58:] != END or not size_field.isdigit():
-            raise ExpandError(f"{what} has a damaged ar member header at byte {offset}")
+            raise ArchiveError(f"{what} has a damaged ar member header at byte {offset}")
         name = header[:16].decode("ascii", "replace").rstrip().removesuffix("/")
         member = Member(name, offset, int(size_field))
         yield member
@@ -78,10 +74,10 @@ def data_member(deb: BinaryIO, what: str) -> Member:
     found = list(members(deb, what))
     names = [m.name for m in found]
     if len(found) < 3 or names[0] != "debian-binary" or not names[1].startswith("control.tar"):
-        raise ExpandError(f"{what} does not start with debian-binary and control.tar ({', '.join(names)})")
+        raise ArchiveError(f"{what} does not start with debian-binary and control.tar ({', '.join(names)})")
     data = [m for m in found[2:] if m.name.startswith(DATA)]
     if len(data) != 1:
-        raise ExpandError(f"{what} has {len(data)} data.tar members, not one")
+        raise ArchiveError(f"{what} has {len(data)} data.tar members, not one")
     return data[0]
 
 
@@ -90,7 +86,7 @@ def plain_data(path: Path, what: str) -> Member:
     with open(path, "rb") as deb:
         member = data_member(deb, what)
     if member.name != DATA:
-        raise ExpandError(f"{what} is not expanded: its data member is {member.name}")
+        raise ArchiveError(f"{what} is not expanded: its data member is {member.name}")
     return member
 
 
@@ -117,7 +113,7 @@ def expand(deb: BinaryIO, out: BinaryIO, what: str, *, nice: int = 0) -> int:
     if done.returncode != 0:
         reason = done.stderr.decode(errors="replace").strip().splitlines()
         _raise_if_full(reason)
-        raise ExpandError(f"{what}: dpkg-deb cannot read its data: {reason[-1] if reason else done.returncode}")
+        raise ArchiveError(f"{what}: dpkg-deb cannot read its data: {reason[-1] if reason else done.returncode}")
     end = out.seek(0, os.SEEK_END)
     size = end - start
     if size % 2:
@@ -149,7 +145,7 @@ def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
 def _copy(source: BinaryIO, out: BinaryIO, size: int, what: str) -> None:
     data = source.read(size)
     if len(data) != size:
-        raise ExpandError(f"{what} is cut short")
+        raise ArchiveError(f"{what} is cut short")
     out.write(data)
 
 

@@ -13,21 +13,17 @@ from typing import BinaryIO, TypeVar
 
 from ocistrap import http, log
 from ocistrap.cache import CHUNK, Cache, file_sha256, hash_open
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import ArchiveError
 from ocistrap.mirrorauth import MirrorLogins
 
 T = TypeVar("T")
 
 
-class FetchError(OcistrapError):
-    """A file could not be downloaded, or its bytes are not the signed ones."""
-
-
-class NotFound(FetchError):
+class NotFound(ArchiveError):
     """The mirror answered 404 for a file."""
 
 
-class Mismatch(FetchError):
+class Mismatch(ArchiveError):
     """A downloaded file's size or SHA256 is not the signed one."""
 
 
@@ -70,7 +66,7 @@ class Fetcher:
         if (path := self._cached(wanted, cache)) is not None:
             return path
         if self.offline:
-            raise FetchError(f"{wanted.what} is not in the cache and --offline forbids downloading it",
+            raise ArchiveError(f"{wanted.what} is not in the cache and --offline forbids downloading it",
                              hint="run `ocistrap fetch LOCKFILE` once with network access")
         with cache.claim(wanted.sha256):
             if (path := self._cached(wanted, cache)) is not None:
@@ -113,9 +109,9 @@ class Fetcher:
 
     def _retrying(self, url: str, what: str, attempt: Callable[[], T]) -> T:
         if self.offline:
-            raise FetchError(f"cannot fetch {what}: --offline forbids network access",
+            raise ArchiveError(f"cannot fetch {what}: --offline forbids network access",
                              hint="run once with network access to fill the cache")
-        return self.retry.run(attempt, lambda exc, attempts: FetchError(
+        return self.retry.run(attempt, lambda exc, attempts: ArchiveError(
             f"cannot fetch {what}: {exc} (gave up after {attempts} attempts)",
             hint="check the mirror URL and the network"))
 
@@ -131,7 +127,7 @@ class Fetcher:
             raise NotFound(f"{what} does not exist on the mirror (HTTP 404: {url})")
         if response.status_code not in (200, 206):
             response.close()
-            raise FetchError(f"cannot fetch {what}: HTTP {response.status_code} from {url}")
+            raise ArchiveError(f"cannot fetch {what}: HTTP {response.status_code} from {url}")
         return response
 
     def _get_once(self, url: str, what: str, limit: int) -> bytes:
@@ -156,14 +152,14 @@ class Fetcher:
                             break
                         f.write(chunk)
             except OSError as e:
-                raise FetchError(f"cannot write {partial}: {e.strerror}") from None
+                raise ArchiveError(f"cannot write {partial}: {e.strerror}") from None
         if received > wanted.size:
             partial.unlink(missing_ok=True)
-            raise FetchError(f"{wanted.what}: the mirror sent more than the signed size of "
+            raise ArchiveError(f"{wanted.what}: the mirror sent more than the signed size of "
                              f"{wanted.size} bytes; refused")
         if received < wanted.size and received - start == announced:
             partial.unlink(missing_ok=True)
-            raise FetchError(f"{wanted.what}: the mirror sent {received} bytes, less than the signed size of "
+            raise ArchiveError(f"{wanted.what}: the mirror sent {received} bytes, less than the signed size of "
                              f"{wanted.size} bytes; refused", hint="the mirror may be broken or mid-update")
         if received < wanted.size:
             raise http.Transient(f"connection closed after {received} of {wanted.size} bytes")
@@ -186,5 +182,5 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _cannot_fetch(message: str, *, hint: str | None = None) -> FetchError:
-    return FetchError(f"cannot fetch {message}", hint=hint)
+def _cannot_fetch(message: str, *, hint: str | None = None) -> ArchiveError:
+    return ArchiveError(f"cannot fetch {message}", hint=hint)

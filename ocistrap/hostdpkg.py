@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ocistrap import inroot, sandbox
+from ocistrap.errors import BuildError
 
 VERSION_LINE = re.compile(r"\bversion (\S+) \((\S+)\)")
 STATUS = "var/lib/dpkg/status"
@@ -97,7 +98,7 @@ def probe(root: Path, env: Mapping[str, str]) -> tuple[str, str] | None:
     try:
         done = [sandbox.host_view_run(root, [str(tool), "--version"], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL) for tool in tools]
-    except sandbox.SandboxError:
+    except BuildError:
         return None
     return parse_version_output(done[0].stdout.decode()) if all(d.returncode == 0 for d in done) else None
 

@@ -49,7 +49,7 @@ _RECHECK = 0.2
 
 T = TypeVar("T")
 ErrorFactory = Callable[..., OcistrapError]
-"""Builds the caller's domain error from a message (and ``hint=``): FetchError, RegistryError."""
+"""Builds the caller's domain error from a message (and ``hint=``): ArchiveError, TransportError."""
 
 
 class Transient(Exception):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import ImageError
 
 MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -53,10 +53,6 @@ _SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
 _REF_NAME = re.compile(
     r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*"
 )
-
-
-class ImageError(OcistrapError):
-    """An image document or one of its parts is malformed or unsupported."""
 
 
 def sha256_digest(data: bytes) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import BuildError
 
 SYS_OPENAT2 = 437  # the same number on every architecture Linux added it to at once (5.6)
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -33,10 +33,6 @@ RESOLVE_IN_ROOT = 0x10
 RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
 MAX_HOPS = 40
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-class InRootError(OcistrapError):
-    """A path in the tree cannot be resolved inside it."""
 
 
 class _OpenHow(ctypes.Structure):
@@ -76,7 +72,7 @@ def _split(rel: str | Path) -> tuple[str, str]:
     """(parent, last component) of REL, a path relative to the root; refuses the root itself."""
     parts = [p for p in str(rel).split("/") if p not in ("", ".")]
     if not parts or parts[-1] == "..":
-        raise InRootError(f"{rel!r} names no entry below the root")
+        raise BuildError(f"{rel!r} names no entry below the root")
     return "/".join(parts[:-1]), parts[-1]
 
 
@@ -145,7 +141,7 @@ class Tree:
                     target = os.readlink(base, dir_fd=fd)
             parent = _split(rel)[0]
             rel = target if target.startswith("/") else f"{parent}/{target}"
-        raise InRootError(f"/{rel} goes through too many symlinks")
+        raise BuildError(f"/{rel} goes through too many symlinks")
 
     def mount_point(self, rel: str | Path) -> str:
         """The symlink-free absolute path of REL as this process sees it, for mount(2), which
@@ -154,7 +150,7 @@ class Tree:
         fd = self.open(rel, os.O_PATH, follow=False)
         try:
             if stat.S_ISLNK(os.fstat(fd).st_mode):
-                raise InRootError(f"/{str(rel).strip('/')} in {self.root} is a symlink, where something "
+                raise BuildError(f"/{str(rel).strip('/')} in {self.root} is a symlink, where something "
                                   "is to be mounted")
             return os.readlink(f"/proc/self/fd/{fd}")
         finally:

@@ -36,7 +36,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
 
 import zstandard
 
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import BuildError
 
 MOUNT_POINTS: tuple[str, ...] = ("dev", "proc", "sys")
 """Directories whose contents the runtime provides: written empty."""
@@ -66,10 +66,6 @@ _END_OF_ARCHIVE = bytes(2 * _BLOCK)
 _PAX = tarfile.PAX_FORMAT
 
 XattrReader = Callable[[str], dict[str, bytes]]
-
-
-class LayerError(OcistrapError):
-    """A tree could not be written as a layer, or a blob could not be stored."""
 
 
 @dataclass(frozen=True)
@@ -143,14 +139,14 @@ def _walk(root: Path, empty_dirs: frozenset[str], restat: Restat = unchanged) ->
             with os.scandir(directory) as it:
                 names = sorted((e.name for e in it), key=os.fsencode)
         except OSError as exc:
-            raise LayerError(f"cannot list {directory}: {exc.strerror}") from exc
+            raise BuildError(f"cannot list {directory}: {exc.strerror}") from exc
         for name in names:
             path = os.path.join(directory, name)
             rel = prefix + name
             try:
                 st = os.lstat(path)
             except OSError as exc:
-                raise LayerError(f"cannot stat {path}: {exc.strerror}") from exc
+                raise BuildError(f"cannot stat {path}: {exc.strerror}") from exc
             yield _Entry(rel, path, restat(st))
             if stat.S_ISDIR(st.st_mode) and rel not in empty_dirs:
                 yield from visit(path, rel + "/")
@@ -170,7 +166,7 @@ def read_xattrs(path: str) -> dict[str, bytes]:
             found[name] = os.getxattr(path, name, follow_symlinks=False)
         except OSError as exc:
             if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
-                raise LayerError(f"cannot read xattr {name} of {path}: {exc.strerror}") from exc
+                raise BuildError(f"cannot read xattr {name} of {path}: {exc.strerror}") from exc
     return found
 
 
@@ -178,7 +174,7 @@ def _read_link(path: str) -> str:
     try:
         return os.readlink(path)
     except OSError as exc:
-        raise LayerError(f"cannot read symlink {path}: {exc.strerror}") from exc
+        raise BuildError(f"cannot read symlink {path}: {exc.strerror}") from exc
 
 
 _TYPES: dict[int, bytes] = {
@@ -278,11 +274,11 @@ class _TarWriter:
                 while left:
                     n = f.readinto(view[: min(left, CHUNK_SIZE)])
                     if not n:
-                        raise LayerError(f"{path} shrank while it was being archived")
+                        raise BuildError(f"{path} shrank while it was being archived")
                     self.out.write(view[:n])
                     left -= n
         except OSError as exc:
-            raise LayerError(f"cannot read {path}: {exc.strerror}") from exc
+            raise BuildError(f"cannot read {path}: {exc.strerror}") from exc
         self.file_bytes += size
         if size % _BLOCK:
             self.out.write(bytes(_BLOCK - size % _BLOCK))
@@ -409,7 +405,7 @@ def _chunks(stream: BinaryIO, size: int = CHUNK_SIZE) -> Iterator[bytes]:
             try:
                 n = stream.readinto(view[filled:])
             except OSError as exc:
-                raise LayerError(f"cannot read the layer tar stream: {exc.strerror or exc}") from exc
+                raise BuildError(f"cannot read the layer tar stream: {exc.strerror or exc}") from exc
             if not n:
                 break
             filled += n
@@ -550,7 +546,7 @@ def write_blob(
     leaves nothing behind. WORKERS (default: the usable cores) changes speed, never bytes.
     """
     if compression not in MEDIA_TYPES:
-        raise LayerError(f"unknown layer compression {compression!r}", hint="use gzip, zstd or none")
+        raise BuildError(f"unknown layer compression {compression!r}", hint="use gzip, zstd or none")
     widen_pipe(stream)
     codec = _codec(compression, workers or _cores())
     raw, packed, tail = hashlib.sha256(), hashlib.sha256(), _TarTail()
@@ -570,7 +566,7 @@ def write_blob(
                     packed_size += len(out)
                     f.write(out)
             if not tail.complete(raw_size):
-                raise LayerError(
+                raise BuildError(
                     f"the layer tar stream ended early after {raw_size} bytes",
                     hint="the tree writer failed; see its error above",
                 )
@@ -619,10 +615,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _storage_error(exc: OSError, blobs_dir: Path) -> LayerError:
+def _storage_error(exc: OSError, blobs_dir: Path) -> BuildError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return LayerError(
+        return BuildError(
             f"no space left writing a layer blob in {blobs_dir}",
             hint="free space on that file system or move the cache, where layers are made, with --cache-dir"
         )
-    return LayerError(f"cannot write a layer blob in {blobs_dir}: {exc.strerror or exc}")
+    return BuildError(f"cannot write a layer blob in {blobs_dir}: {exc.strerror or exc}")

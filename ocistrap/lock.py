@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ocistrap import mirrorauth, schema
-from ocistrap.errors import OcistrapError
-
-
-class LockError(OcistrapError):
-    """The lockfile is missing, unreadable or invalid."""
+from ocistrap.errors import ArchiveError
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,7 @@ class EmbeddedKeyring:
     def from_json(cls, document: dict[str, Any], *, what: str) -> "EmbeddedKeyring":
         data = base64.b64decode(document["data"])
         if hashlib.sha256(data).hexdigest() != document["sha256"]:
-            raise LockError(f"{what}: the embedded keyring {document['name']} does not match its sha256",
+            raise ArchiveError(f"{what}: the embedded keyring {document['name']} does not match its sha256",
                             hint="regenerate it with `ocistrap lock --embed-keyring`")
         return cls(name=document["name"], data=data)
 
@@ -174,11 +170,11 @@ def loads(data: bytes, *, what: str) -> Lockfile:
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LockError(f"{what} is not valid JSON: {e}", hint="regenerate it with `ocistrap lock`") from None
+        raise ArchiveError(f"{what} is not valid JSON: {e}", hint="regenerate it with `ocistrap lock`") from None
     try:
         schema.validate(document, "lockfile", what=what)
     except schema.SchemaError as e:
-        raise LockError(str(e), hint="regenerate it with `ocistrap lock`") from None
+        raise ArchiveError(str(e), hint="regenerate it with `ocistrap lock`") from None
     archives = tuple(LockedArchive(**a) for a in document["archives"])
     _refuse_userinfo([document["mirror"], *(a.mirror for a in archives)], what)
     architectures = {}
@@ -189,7 +185,7 @@ def loads(data: bytes, *, what: str) -> Lockfile:
         layers = document.get("layers", [])
         if (len(locked.releases) != len(archives) or any(p.archive >= len(archives) for p in locked.packages)
                 or any(p.layer > len(layers) for p in locked.packages)):
-            raise LockError(f"{what}: {arch} does not match the archives list",
+            raise ArchiveError(f"{what}: {arch} does not match the archives list",
                             hint="regenerate it with `ocistrap lock`")
         architectures[arch] = locked
     return Lockfile(
@@ -212,7 +208,7 @@ def _refuse_userinfo(mirrors: list[str], what: str) -> None:
     """A login in a mirror URL would be copied into the image (annotations, SBOM, apt sources)."""
     for url in mirrors:
         if mirrorauth.has_userinfo(url):
-            raise LockError(f"{what} names the mirror {mirrorauth.without_userinfo(url)} with a user name or "
+            raise ArchiveError(f"{what} names the mirror {mirrorauth.without_userinfo(url)} with a user name or "
                             f"password in its URL; refusing to copy them into an image",
                             hint="put the login in an auth file (--auth-file, /etc/apt/auth.conf) and lock again")
 
@@ -221,7 +217,7 @@ def read(path: Path) -> Lockfile:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise LockError(f"cannot read lockfile {path}: {e.strerror}",
+        raise ArchiveError(f"cannot read lockfile {path}: {e.strerror}",
                         hint="create one with `ocistrap lock SUITE -o FILE`") from None
     return loads(data, what=f"lockfile {path}")
 
@@ -235,7 +231,7 @@ def write(lockfile: Lockfile, path: Path) -> None:
         tmp.replace(path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise LockError(f"cannot write lockfile {path}: {e.strerror}") from None
+        raise ArchiveError(f"cannot write lockfile {path}: {e.strerror}") from None
 
 
 def embed_keyrings(lockfile: Lockfile, keyrings: Sequence[Path]) -> Lockfile:
@@ -245,7 +241,7 @@ def embed_keyrings(lockfile: Lockfile, keyrings: Sequence[Path]) -> Lockfile:
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise LockError(f"cannot read keyring {path} to embed it: {e.strerror}") from None
+            raise ArchiveError(f"cannot read keyring {path} to embed it: {e.strerror}") from None
         name = path.name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", path.name) else f"keyring-{number}.gpg"
         embedded.append(EmbeddedKeyring(name=name, data=data))
     return dataclasses.replace(lockfile, keyrings=tuple(embedded))
@@ -254,7 +250,7 @@ def embed_keyrings(lockfile: Lockfile, keyrings: Sequence[Path]) -> Lockfile:
 def write_keyrings(lockfile: Lockfile, directory: Path, *, what: str) -> tuple[Path, ...]:
     """Write the keyrings embedded in LOCKFILE into DIRECTORY, for a build told to trust them."""
     if not lockfile.keyrings:
-        raise LockError(f"{what} carries no keyring", hint="make it with `ocistrap lock --embed-keyring`, "
+        raise ArchiveError(f"{what} carries no keyring", hint="make it with `ocistrap lock --embed-keyring`, "
                         "or drop --trust-lock-keyring and pass --keyring FILE")
     paths = []
     for number, keyring in enumerate(lockfile.keyrings):

@@ -20,8 +20,9 @@ from functools import partial
 from pathlib import Path
 
 from ocistrap import archive, openpgp
-from ocistrap.archive import ArchiveError, Package, Release
+from ocistrap.archive import Package, Release
 from ocistrap.cache import Cache
+from ocistrap.errors import ArchiveError
 from ocistrap.fetch import RELEASE_LIMIT, Fetcher, NotFound, sha256_hex
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

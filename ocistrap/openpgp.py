@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import ArchiveError
 
 KEYRING_HINT = "pass the archive's public key with --keyring FILE"
 MIRROR_HINT = "the file was changed after signing: the mirror may be broken or hostile; try another mirror"
@@ -27,10 +27,6 @@ ARMORED_KEY_RE = re.compile(
 )
 WEAK_DIGESTS = {"1": "MD5", "2": "SHA1", "3": "RIPEMD160"}
 TIMEOUT_SECONDS = 300
-
-
-class SignatureError(OcistrapError):
-    """A signature is missing, bad, by an unknown or expired key, or cannot be checked."""
 
 
 def verify_clearsigned(data: bytes, keyrings: Sequence[Path], *, what: str) -> bytes:
@@ -55,7 +51,7 @@ def verify_clearsigned_by(data: bytes, keyrings: Sequence[Path], *, what: str) -
 def verify_detached(data: bytes, signature: bytes, keyrings: Sequence[Path], *, what: str) -> list[str]:
     """Check a detached signature (Release.gpg) over ``data``; the primary-key fingerprints of the good ones."""
     if not signature.strip():
-        raise SignatureError(f"{what}: the signature is empty", hint=MIRROR_HINT)
+        raise ArchiveError(f"{what}: the signature is empty", hint=MIRROR_HINT)
     paths = readable_keyrings(keyrings, what=what)
     tool, executable = find_verifier()
     if tool == "gpgv":
@@ -69,7 +65,7 @@ def find_verifier() -> tuple[str, str]:
         executable = shutil.which(tool)
         if executable:
             return tool, executable
-    raise SignatureError(
+    raise ArchiveError(
         "cannot verify signatures: neither gpgv nor sqv is installed",
         hint="install gpgv (Debian package gpgv)",
     )
@@ -81,7 +77,7 @@ def readable_keyrings(keyrings: Sequence[Path], *, what: str) -> list[Path]:
     Absolute because gpgv looks a bare file name up in its home directory.
     """
     if not keyrings:
-        raise SignatureError(f"no keyring to verify {what} with", hint=KEYRING_HINT)
+        raise ArchiveError(f"no keyring to verify {what} with", hint=KEYRING_HINT)
     paths = []
     for keyring in keyrings:
         path = Path(keyring).absolute()
@@ -89,11 +85,11 @@ def readable_keyrings(keyrings: Sequence[Path], *, what: str) -> list[Path]:
             with path.open("rb") as handle:
                 empty = not handle.read(1)
         except OSError as error:
-            raise SignatureError(
+            raise ArchiveError(
                 f"keyring {path} (needed for {what}) cannot be read: {error.strerror}", hint=KEYRING_HINT
             ) from error
         if empty:
-            raise SignatureError(f"keyring {path} (needed for {what}) is empty", hint=KEYRING_HINT)
+            raise ArchiveError(f"keyring {path} (needed for {what}) is empty", hint=KEYRING_HINT)
         paths.append(path)
     return paths
 
@@ -109,7 +105,7 @@ def split_clearsigned(data: bytes, *, what: str) -> tuple[bytes, bytes]:
     lines = data.split(b"\n")
     start = _skip_blank(lines, 0)
     if start == len(lines) or lines[start].rstrip() != CLEARSIGN_BEGIN:
-        raise SignatureError(f"{what} is not a clearsigned OpenPGP message", hint=MIRROR_HINT)
+        raise ArchiveError(f"{what} is not a clearsigned OpenPGP message", hint=MIRROR_HINT)
     index = start + 1
     while index < len(lines) and lines[index].strip():
         index += 1
@@ -119,7 +115,7 @@ def split_clearsigned(data: bytes, *, what: str) -> tuple[bytes, bytes]:
         line = lines[index].rstrip(b" \t\r")
         if line.startswith(b"-"):
             if not line.startswith(b"- "):
-                raise SignatureError(f"{what}: malformed clearsigned text at line {index + 1}", hint=MIRROR_HINT)
+                raise ArchiveError(f"{what}: malformed clearsigned text at line {index + 1}", hint=MIRROR_HINT)
             line = line[2:]
         text_lines.append(line)
         index += 1
@@ -127,9 +123,9 @@ def split_clearsigned(data: bytes, *, what: str) -> tuple[bytes, bytes]:
     while end < len(lines) and lines[end].rstrip() != SIGNATURE_END:
         end += 1
     if index >= len(lines) or end == len(lines):
-        raise SignatureError(f"{what}: the clearsigned message has no complete signature", hint=MIRROR_HINT)
+        raise ArchiveError(f"{what}: the clearsigned message has no complete signature", hint=MIRROR_HINT)
     if _skip_blank(lines, end + 1) != len(lines):
-        raise SignatureError(f"{what}: unsigned data follows the signature", hint=MIRROR_HINT)
+        raise ArchiveError(f"{what}: unsigned data follows the signature", hint=MIRROR_HINT)
     signature = b"\n".join(line.rstrip(b"\r") for line in lines[index : end + 1]) + b"\n"
     return b"\n".join(text_lines) + b"\n", signature
 
@@ -144,7 +140,7 @@ def dearmor(data: bytes, *, name: str) -> bytes:
     """Turn ASCII-armored public keys into the binary form gpgv reads."""
     blocks = ARMORED_KEY_RE.findall(data)
     if not blocks:
-        raise SignatureError(f"keyring {name} is neither a binary keyring nor an armored key", hint=KEYRING_HINT)
+        raise ArchiveError(f"keyring {name} is neither a binary keyring nor an armored key", hint=KEYRING_HINT)
     binary = b""
     for block in blocks:
         lines = block.replace(b"\r", b"").split(b"\n")
@@ -153,7 +149,7 @@ def dearmor(data: bytes, *, name: str) -> bytes:
         try:
             binary += base64.b64decode(payload, validate=True)
         except ValueError as error:
-            raise SignatureError(f"keyring {name}: broken ASCII armor", hint=KEYRING_HINT) from error
+            raise ArchiveError(f"keyring {name}: broken ASCII armor", hint=KEYRING_HINT) from error
     return binary
 
 
@@ -170,7 +166,7 @@ def _dearmored(data: bytes, path: Path) -> bytes | None:
     if data.lstrip().startswith(b"-----BEGIN"):
         return dearmor(data, name=str(path))
     if not _binary_keyring(data):
-        raise SignatureError(f"keyring {path} is neither a binary keyring nor an armored key",
+        raise ArchiveError(f"keyring {path} is neither a binary keyring nor an armored key",
                              hint=KEYRING_HINT)
     return None
 
@@ -294,7 +290,7 @@ def _is_good(signature: GpgvSignature) -> bool:
 
 
 def judge_gpgv(returncode: int, status: str, stderr: str, *, what: str, plaintexts: int) -> list[str]:
-    """Return the primary-key fingerprints of the good signatures, or raise SignatureError.
+    """Return the primary-key fingerprints of the good signatures, or raise ArchiveError.
 
     The primary key, not a signing subkey, is what a keyring is known by.
 
@@ -306,10 +302,10 @@ def judge_gpgv(returncode: int, status: str, stderr: str, *, what: str, plaintex
     signatures = parsed.signatures
     if any("bad" in signature.problems for signature in signatures):
         keys = ", ".join(s.key for s in signatures if "bad" in s.problems)
-        raise SignatureError(f"{what}: BAD signature by key {keys}", hint=MIRROR_HINT)
+        raise ArchiveError(f"{what}: BAD signature by key {keys}", hint=MIRROR_HINT)
     if parsed.plaintexts != plaintexts:
         expected = "exactly one signed message" if plaintexts else "a detached signature"
-        raise SignatureError(f"{what}: expected {expected}", hint=MIRROR_HINT)
+        raise ArchiveError(f"{what}: expected {expected}", hint=MIRROR_HINT)
     good = [signature.primary for signature in signatures if _is_good(signature)]
     tolerated = all(_is_good(s) or set(s.problems) <= {"unchecked", "unknown key"} for s in signatures)
     if good and not parsed.errors and (returncode == 0 or (returncode == 2 and tolerated)):
@@ -317,30 +313,30 @@ def judge_gpgv(returncode: int, status: str, stderr: str, *, what: str, plaintex
     raise _gpgv_failure(returncode, parsed, stderr, what=what)
 
 
-def _gpgv_failure(returncode: int, parsed: GpgvStatus, stderr: str, *, what: str) -> SignatureError:
+def _gpgv_failure(returncode: int, parsed: GpgvStatus, stderr: str, *, what: str) -> ArchiveError:
     problems = {problem: s.key for s in parsed.signatures for problem in s.problems}
     if "expired key" in problems or "revoked key" in problems:
         kind = "an expired" if "expired key" in problems else "a revoked"
         key = problems.get("expired key") or problems["revoked key"]
-        return SignatureError(
+        return ArchiveError(
             f"{what} is signed only by {kind} key ({key})",
             hint="update the keyring to the archive's current key and pass it with --keyring FILE",
         )
     if "expired signature" in problems:
-        return SignatureError(f"{what}: the signature has expired", hint=MIRROR_HINT)
+        return ArchiveError(f"{what}: the signature has expired", hint=MIRROR_HINT)
     if "unknown key" in problems:
         keys = ", ".join(sorted({s.key for s in parsed.signatures if "unknown key" in s.problems}))
-        return SignatureError(f"{what} is signed by key {keys}, which no given keyring holds", hint=KEYRING_HINT)
+        return ArchiveError(f"{what} is signed by key {keys}, which no given keyring holds", hint=KEYRING_HINT)
     weak = [s for s in parsed.signatures if s.good and s.digest in WEAK_DIGESTS]
     if weak:
-        return SignatureError(
+        return ArchiveError(
             f"{what} is signed with the weak digest {WEAK_DIGESTS[weak[0].digest]}",
             hint="the archive must be re-signed with SHA-256 or better",
         )
     if parsed.no_data or not parsed.signatures:
-        return SignatureError(f"{what} holds no OpenPGP signature", hint=MIRROR_HINT)
+        return ArchiveError(f"{what} holds no OpenPGP signature", hint=MIRROR_HINT)
     detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {returncode}"
-    return SignatureError(f"{what}: gpgv could not verify the signature: {detail}", hint=KEYRING_HINT)
+    return ArchiveError(f"{what}: gpgv could not verify the signature: {detail}", hint=KEYRING_HINT)
 
 
 def _run_sqv(executable: str, data: bytes, signature: bytes, paths: list[Path], *, what: str) -> list[str]:
@@ -358,17 +354,17 @@ def judge_sqv(returncode: int, stderr: str, *, what: str) -> None:
     if returncode == 0:
         return
     if "manipulated" in stderr or "Bad signature" in stderr:
-        raise SignatureError(f"{what}: BAD signature", hint=MIRROR_HINT)
+        raise ArchiveError(f"{what}: BAD signature", hint=MIRROR_HINT)
     missing = re.findall(r"Missing key (\w+)", stderr)
     if missing:
         keys = ", ".join(sorted(set(missing)))
-        raise SignatureError(f"{what} is signed by key {keys}, which no given keyring holds", hint=KEYRING_HINT)
+        raise ArchiveError(f"{what} is signed by key {keys}, which no given keyring holds", hint=KEYRING_HINT)
     if "expired" in stderr.lower() or "revoked" in stderr.lower():
-        raise SignatureError(
+        raise ArchiveError(
             f"{what} is signed only by an expired or revoked key",
             hint="update the keyring to the archive's current key and pass it with --keyring FILE",
         )
     if "Malformed" in stderr or "No signature" in stderr:
-        raise SignatureError(f"{what} holds no OpenPGP signature", hint=MIRROR_HINT)
+        raise ArchiveError(f"{what} holds no OpenPGP signature", hint=MIRROR_HINT)
     detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {returncode}"
-    raise SignatureError(f"{what}: sqv could not verify the signature: {detail}", hint=KEYRING_HINT)
+    raise ArchiveError(f"{what}: sqv could not verify the signature: {detail}", hint=KEYRING_HINT)

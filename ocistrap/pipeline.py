@@ -11,7 +11,7 @@ from typing import BinaryIO, TypeVar
 from ocistrap import assemble, bootstrap, doctor, expand, image, layer, log, mirror, resolve, sandbox, sbom, transports
 from ocistrap.archive import Package
 from ocistrap.cache import Cache
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import ArchiveError, BuildError
 from ocistrap.fetch import Fetcher, Wanted
 from ocistrap.lock import LockedArch, LockedArchive, LockedLayer, LockedPackage, LockedRelease, Lockfile
 from ocistrap.mirror import Source
@@ -21,10 +21,6 @@ T = TypeVar("T")
 
 
 BACKGROUND_NICE = 10
-
-
-class PipelineError(OcistrapError):
-    """The lockfile and the signed archive disagree."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +128,7 @@ def _resolve_layers(universe: resolve.Universe, selection: Selection,
                                                layer=number)
                 chosen[package.name] = package
             elif earlier.version != package.version:
-                raise PipelineError(
+                raise ArchiveError(
                     f"layer {selection.layers[number - 1].name!r} needs {package.name} {package.version}, "
                     f"but an earlier layer has {earlier.version}", hint="move those packages into one layer")
     return list(locked.values()), chosen
@@ -179,7 +175,7 @@ def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetch
         for p in entry.packages:
             match = index.get((p.archive, p.name, p.version, p.architecture))
             if match is None or (match.filename, match.size, match.sha256) != (p.filename, p.size, p.sha256):
-                raise PipelineError(
+                raise ArchiveError(
                     f"lockfile entry {p.name} {p.version} ({p.architecture}) is not in the signed "
                     f"index of {lock.archives[p.archive].suite} with that file, size and SHA256; refusing it",
                     hint="regenerate the lockfile with `ocistrap lock`")
@@ -297,7 +293,7 @@ def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
     signed_by = [f"/etc/apt/keyrings/{name}" for name in custom] or [str(mirror.DEFAULT_KEYRING)]
     debs_dirs = {str(p.parent) for p in paths.values()}
     if len(debs_dirs) != 1:
-        raise PipelineError("the cached packages are not in one directory")
+        raise BuildError("the cached packages are not in one directory")
     return bootstrap.Plan(arch=arch, essential=debs("essential"), rest=debs("rest"),
                           sources=bootstrap.sources_text(lock.archives, lock.components, signed_by),
                           staging=str(staging_dir), tmpfs=tmpfs, epoch=epoch,
@@ -407,7 +403,7 @@ def require_runnable(architectures: Iterable[str]) -> None:
     for arch in architectures:
         check = doctor.check_binfmt(host, arch, native)
         if not check.ok:
-            raise PipelineError(f"cannot build for {arch} on this {native} host: {check.detail}")
+            raise BuildError(f"cannot build for {arch} on this {native} host: {check.detail}")
 
 
 def _history(lock: Lockfile, arch: str) -> list[str]:

@@ -29,8 +29,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
 
+from ocistrap.errors import BuildError
+
 from . import sandbox
-from .errors import OcistrapError
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -98,10 +99,6 @@ STATX_UID, STATX_GID, STATX_MODE, STATX_SIZE, STATX_RDEV_MAJOR, STATX_RDEV_MINOR
 _NAMES = {arch: {nr: name for name, nr in table.items()} for arch, table in SYSCALLS.items()}
 NATIVE_AUDIT_ARCH = {"x86_64": AUDIT_ARCH_X86_64, "aarch64": AUDIT_ARCH_AARCH64}
 COMPAT_AUDIT_ARCH = {AUDIT_ARCH_X86_64: (AUDIT_ARCH_I386,)}
-
-
-class RecorderError(OcistrapError):
-    """The ownership recorder could not be started or failed."""
 
 
 # ---- what a call asks for (pure) ----
@@ -412,7 +409,7 @@ def filter_program(arches: tuple[int, ...]) -> bytes:
 def host_arches(machine: str | None = None) -> tuple[int, ...]:
     native = NATIVE_AUDIT_ARCH.get(machine or os.uname().machine)
     if native is None:
-        raise RecorderError(f"recording owners is not supported on {machine or os.uname().machine}",
+        raise BuildError(f"recording owners is not supported on {machine or os.uname().machine}",
                             hint="use --mode unshare with a subordinate id range")
     return (native, *COMPAT_AUDIT_ARCH.get(native, ()))
 
@@ -429,13 +426,13 @@ def install_filter(program: bytes) -> int:
     buffer = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise RecorderError(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+        raise BuildError(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
     number = {"x86_64": 317, "aarch64": 277}[os.uname().machine]
     fd = libc.syscall(number, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
                       ctypes.byref(prog))
     if fd < 0:
         err = ctypes.get_errno()
-        raise RecorderError(f"cannot install the seccomp filter that records owners: {os.strerror(err)}",
+        raise BuildError(f"cannot install the seccomp filter that records owners: {os.strerror(err)}",
                             hint="the kernel needs seccomp user notification (Linux 5.5 or later); "
                                  "or use --mode unshare with a subordinate id range")
     return fd
@@ -800,7 +797,7 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     while len(data) < size:
         chunk = sock.recv(size - len(data))
         if not chunk:
-            raise RecorderError("the ownership recorder stopped unexpectedly (see the log above)")
+            raise BuildError("the ownership recorder stopped unexpectedly (see the log above)")
         data += chunk
     return bytes(data)
 

@@ -16,7 +16,7 @@ order); an or-group already satisfied is left alone; otherwise its solutions are
 tried in ``CompareProviders`` order and the first that installs wins.  Where apt
 would remove an already chosen package for a Conflicts/Breaks or call its
 problem resolver, this module skips that solution or raises
-:class:`ResolveError` instead.
+:class:`ArchiveError` instead.
 """
 
 from __future__ import annotations
@@ -35,12 +35,7 @@ from debian import debian_support
 from debian.debian_support import version_compare
 
 from ocistrap.archive import Package
-from ocistrap.errors import OcistrapError
-
-
-class ResolveError(OcistrapError):
-    """The requested package set cannot be installed as asked."""
-
+from ocistrap.errors import ArchiveError
 
 VARIANTS = ("essential", "minbase", "required", "buildd", "important", "standard", "custom")
 """mmdebstrap's variants that install packages (``minbase`` is ``required``)."""
@@ -114,7 +109,7 @@ def parse_relations(text: str, *, arch: str, what: str = "relationship field") -
         for alt_text in group_text.split("|"):
             match = _ALTERNATIVE.match(alt_text)
             if match is None:
-                raise ResolveError(f"cannot parse {alt_text.strip()!r} in {what}")
+                raise ArchiveError(f"cannot parse {alt_text.strip()!r} in {what}")
             if not _arch_allowed(arch, match["arches"]):
                 continue
             op = match["op"]
@@ -287,7 +282,7 @@ def _parse_provides(text: str, package: Package) -> list[tuple[str, str | None]]
         elif op.startswith("=") and len(op) > 1:
             provided.append((name.strip(), op[1:]))
         else:
-            raise ResolveError(f"cannot parse {item!r} in Provides of {package.name} {package.version}")
+            raise ArchiveError(f"cannot parse {item!r} in Provides of {package.name} {package.version}")
     return provided
 
 
@@ -576,7 +571,7 @@ class _Marker:
         for name in names:
             self.mark_install(name)
         if self.broken:
-            raise ResolveError(self.broken[0])
+            raise ArchiveError(self.broken[0])
 
     def possible_solutions(self, group: Group) -> list[Package]:
         """getAllPossibleSolutions: per alternative, candidates in CompareProviders order."""
@@ -748,26 +743,26 @@ def _parse_include(universe: Universe, entry: str) -> tuple[str, Package | None]
     if name.endswith(f":{universe.arch}"):
         name = name[: -len(universe.arch) - 1]
     if not name or ":" in name or name.startswith(("?", "~", "/", ".")):
-        raise ResolveError(f"cannot include {entry!r}", hint="give a package name, optionally name=version")
+        raise ArchiveError(f"cannot include {entry!r}", hint="give a package name, optionally name=version")
     if name not in universe:
         providers = sorted({p.owner.name for p in universe.providers(name)})
         if len(providers) == 1 and not version:
             return providers[0], None
         if providers:
-            raise ResolveError(
+            raise ArchiveError(
                 f"{name} is a virtual package provided by {', '.join(providers)}",
                 hint="include one of them explicitly",
             )
         near = universe.near_names(name)
         hint = f"did you mean {', '.join(near)}?" if near else "check the suite and the spelling"
-        raise ResolveError(f"unknown package {name!r} in --include", hint=hint)
+        raise ArchiveError(f"unknown package {name!r} in --include", hint=hint)
     if not version:
         return name, None
     for package in universe.versions(name):
         if package.version == version:
             return name, package
     available = ", ".join(p.version for p in universe.versions(name))
-    raise ResolveError(f"version {version} of {name} is not available (only {available})")
+    raise ArchiveError(f"version {version} of {name} is not available (only {available})")
 
 
 def resolve(
@@ -779,7 +774,7 @@ def resolve(
 ) -> Resolution:
     """Replay mmdebstrap's two ``apt-get install`` runs for ``variant`` plus ``include``."""
     if variant not in VARIANTS:
-        raise ResolveError(f"unknown variant {variant!r}", hint=f"choose one of {', '.join(VARIANTS)}")
+        raise ArchiveError(f"unknown variant {variant!r}", hint=f"choose one of {', '.join(VARIANTS)}")
     variant = "required" if variant == "minbase" else variant
     requested: list[str] = []
     pinned: dict[str, Package] = {}
@@ -804,7 +799,7 @@ def resolve(
     second = _Marker(universe, install_recommends, installed=dict(first.marked), pinned=pinned)
     for name, package in pinned.items():
         if name in second.installed and second.installed[name] is not package:
-            raise ResolveError(
+            raise ArchiveError(
                 f"{name} {package.version} was asked for, but the essential set needs {name} "
                 f"{second.installed[name].version}"
             )
@@ -816,7 +811,7 @@ def resolve(
 def _checked(universe: Universe, names: list[str]) -> list[str]:
     for name in names:
         if name not in universe:
-            raise ResolveError(f"{name} is needed by the variant but is not in the archive")
+            raise ArchiveError(f"{name} is needed by the variant but is not in the archive")
     return names
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, NoReturn, Protocol
 
 from ocistrap import inroot, log
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import BuildError, OcistrapError
 
 SUBUID = Path("/etc/subuid")
 SUBGID = Path("/etc/subgid")
@@ -119,11 +119,7 @@ USERNS_SYSCTLS = ("kernel.unprivileged_userns_clone", "user.max_user_namespaces"
                   "kernel.apparmor_restrict_unprivileged_userns")
 
 
-class SandboxError(OcistrapError):
-    """The sandbox cannot be set up, or a command in it failed."""
-
-
-class ChrootCommandError(SandboxError):
+class ChrootCommandError(BuildError):
     """A command run by ``chroot_run(check=True)`` exited non-zero."""
 
     def __init__(self, message: str, *, returncode: int, stderr: bytes | None) -> None:
@@ -207,7 +203,7 @@ class SystemProbe:
 
 @dataclass(frozen=True)
 class ModeKind:
-    """One way to build. PROBE returns the id maps it needs on a host or raises SandboxError
+    """One way to build. PROBE returns the id maps it needs on a host or raises BuildError
     naming what is missing and the fix; RUNNER names bootstrap's runner for it. WORKS is
     the reason when auto takes it first, COST what a fallback to it gives up."""
 
@@ -225,7 +221,7 @@ class ModeKind:
 def _require_userns(host: HostProbe) -> None:
     problem = host.userns_problem()
     if problem:
-        raise SandboxError(problem)
+        raise BuildError(problem)
 
 
 def _unshare_maps(host: HostProbe) -> IdMaps:
@@ -273,7 +269,7 @@ class BuildMode:
     def records_owners(self) -> bool:
         return self.kind.records_owners
 
-    def fallback(self, problem: SandboxError) -> "BuildMode":
+    def fallback(self, problem: BuildError) -> "BuildMode":
         """The mode to build in now that PROBLEM stopped this one; raises PROBLEM when the
         mode was requested explicitly (no fallbacks)."""
         if not self.fallbacks:
@@ -296,17 +292,17 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
     before it could not; a requested kind raises what it is missing, naming the fix.
     """
     if requested not in MODES:
-        raise SandboxError(f"unknown mode {requested!r}", hint=f"use one of {', '.join(MODES)}")
+        raise BuildError(f"unknown mode {requested!r}", hint=f"use one of {', '.join(MODES)}")
     host = SystemProbe() if host is None else host
     if requested != "auto":
         kind = KINDS[requested]
         return BuildMode(kind, kind.probe(host), f"requested with --mode {requested}")
     usable: list[BuildMode] = []
-    problems: list[SandboxError] = []
+    problems: list[BuildError] = []
     for kind in AUTO_ORDER:
         try:
             usable.append(BuildMode(kind, kind.probe(host), kind.works))
-        except SandboxError as e:
+        except BuildError as e:
             problems.append(e)
     if not usable:
         raise problems[-1]
@@ -358,7 +354,7 @@ def id_map(own_id: int, ranges: Sequence[SubIdRange], *, user: str,
     """
     path = path or f"/etc/sub{kind}"
     if not ranges:
-        raise SandboxError(f"{path} has no range for {user}; the sandbox needs "
+        raise BuildError(f"{path} has no range for {user}; the sandbox needs "
                            f"{SUBORDINATE_IDS + 1} subordinate {kind}s",
                            hint=add_range_advice(user, kind, suggest_start))
     _check_disjoint(own_id, ranges, user=user, kind=kind, path=path)
@@ -372,7 +368,7 @@ def id_map(own_id: int, ranges: Sequence[SubIdRange], *, user: str,
         inner += count
     have = inner - 1
     if have < SUBORDINATE_IDS:
-        raise SandboxError(f"{path} gives {user} only {have} subordinate {kind}s; the sandbox "
+        raise BuildError(f"{path} gives {user} only {have} subordinate {kind}s; the sandbox "
                            f"needs {SUBORDINATE_IDS} (ids 1-{SUBORDINATE_IDS} of the image)",
                            hint=add_range_advice(user, kind, suggest_start))
     return result
@@ -385,7 +381,7 @@ def _check_disjoint(own_id: int, ranges: Sequence[SubIdRange], *, user: str, kin
                    + [(r.start, r.end, f"{user}:{r.start}:{r.count}") for r in ranges])
     for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
         if start < end:
-            raise SandboxError(f"{path}: {second} overlaps {first}",
+            raise BuildError(f"{path}: {second} overlaps {first}",
                                hint=f"fix or remove one of these ranges in {path}")
 
 
@@ -417,7 +413,7 @@ def _read_subid_file(path: Path) -> str:
     except FileNotFoundError:
         return ""
     except OSError as e:
-        raise SandboxError(f"cannot read {path}: {e.strerror}") from e
+        raise BuildError(f"cannot read {path}: {e.strerror}") from e
 
 
 def current_user() -> tuple[str, int, int]:
@@ -530,12 +526,12 @@ def in_nested_userns() -> bool:
 
 
 def _mappers(find: Callable[[str], tuple[str | None, str | None]] = find_mapper) -> tuple[str, str]:
-    """The paths of newuidmap and newgidmap, or SandboxError saying what is wrong with one."""
+    """The paths of newuidmap and newgidmap, or BuildError saying what is wrong with one."""
     paths = []
     for name in ("newuidmap", "newgidmap"):
         path, problem = find(name)
         if problem or path is None:
-            raise SandboxError(problem or f"{name} not found")
+            raise BuildError(problem or f"{name} not found")
         paths.append(path)
     return paths[0], paths[1]
 
@@ -650,15 +646,15 @@ def _raise_for(message: dict[str, Any], argv: Sequence[str]) -> NoReturn:
     err = message["errno"]
     step = message["step"]
     if step == "unshare":
-        raise SandboxError(userns_advice(err, read_sysctls()))
+        raise BuildError(userns_advice(err, read_sysctls()))
     if step == "exec":
-        raise SandboxError(f"cannot run {argv[0]} in the sandbox: {os.strerror(err)}")
+        raise BuildError(f"cannot run {argv[0]} in the sandbox: {os.strerror(err)}")
     if err == errno.EPERM and read_sysctls().get("kernel.apparmor_restrict_unprivileged_userns") == "1":
-        raise SandboxError(userns_advice(err, read_sysctls()))
-    raise SandboxError(f"setting up the sandbox failed at {step}: {os.strerror(err)}")
+        raise BuildError(userns_advice(err, read_sysctls()))
+    raise BuildError(f"setting up the sandbox failed at {step}: {os.strerror(err)}")
 
 
-class MapRefused(SandboxError):
+class MapRefused(BuildError):
     """newuidmap or newgidmap would not write the maps."""
 
 
@@ -684,7 +680,7 @@ def _write_own_maps(pid: int, maps: IdMaps) -> None:
         (proc / "uid_map").write_text(" ".join(map_args(maps.uid)) + "\n")
         (proc / "gid_map").write_text(" ".join(map_args(maps.gid)) + "\n")
     except OSError as e:
-        raise SandboxError(f"cannot map your own uid and gid into the sandbox: {e.strerror}") from e
+        raise BuildError(f"cannot map your own uid and gid into the sandbox: {e.strerror}") from e
 
 
 class RemovingPopen(subprocess.Popen):
@@ -713,7 +709,7 @@ def spawn(argv: Sequence[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any =
     session of its own (no controlling terminal), with ENV (default: this process's) less
     what names host sockets (sandbox_env) and no descriptors but PASS_FDS and stdio.
 
-    Returns once ARGV is executing (or raises SandboxError). stdin (default: /dev/null),
+    Returns once ARGV is executing (or raises BuildError). stdin (default: /dev/null),
     stdout and stderr take what subprocess.Popen takes; the returned Popen's returncode is ARGV's
     exit status (128+N if a signal N killed it). terminate() reaches ARGV.
     The sandbox is killed when the thread that called spawn() exits.
@@ -767,7 +763,7 @@ def _handshake(proc: subprocess.Popen, up: IO[bytes], down: IO[bytes], argv: Seq
                request: dict[str, Any], maps: IdMaps) -> None:
     message = _read_message(up)
     if message is None:
-        raise SandboxError(f"the sandbox helper exited early with status {proc.wait()}")
+        raise BuildError(f"the sandbox helper exited early with status {proc.wait()}")
     if "errno" in message:
         _raise_for(message, argv)
     _write_maps(proc.pid, maps)
@@ -796,7 +792,7 @@ def remove_tree(path: Path) -> None:
         return
     proc = spawn(["rm", "-rf", "--one-file-system", "--", str(path)])
     if proc.wait() != 0:
-        raise SandboxError(f"cannot remove {path} (rm exited with status {proc.returncode})")
+        raise BuildError(f"cannot remove {path} (rm exited with status {proc.returncode})")
 
 
 @contextmanager
@@ -837,7 +833,7 @@ def _open_dir(path: Path, *, follow: bool = False) -> int:
     try:
         return os.open(path, flags)
     except OSError as e:
-        raise SandboxError(f"cannot open the directory {path}: {e.strerror}") from e
+        raise BuildError(f"cannot open the directory {path}: {e.strerror}") from e
 
 
 def _try_flock(fd: int, operation: int) -> bool:
@@ -856,13 +852,13 @@ def _sweep(parent: Path, prefix: str) -> None:
             continue
         try:
             fd = _open_dir(path)
-        except SandboxError:
+        except BuildError:
             continue
         try:
             if _try_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
                 log.get().info(f"removing {path}, left behind by an interrupted build")
                 _discard(path)
-        except (OSError, SandboxError) as e:
+        except (OSError, BuildError) as e:
             print(f"ocistrap: warning: cannot remove {path}: {e}", file=sys.stderr)
         finally:
             os.close(fd)
@@ -1132,7 +1128,7 @@ def bind_mount(source: Path, target: Path, *, readonly: bool = False) -> None:
             _remount_readonly(target)
         except OSError as e:
             _umount(target, MNT_DETACH)
-            raise SandboxError(f"cannot make {target} read-only: {e.strerror}") from e
+            raise BuildError(f"cannot make {target} read-only: {e.strerror}") from e
 
 
 def unmount(target: Path) -> None:
@@ -1140,7 +1136,7 @@ def unmount(target: Path) -> None:
     try:
         _umount(target, MNT_DETACH)
     except OSError as e:
-        raise SandboxError(f"cannot unmount {target}: {e.strerror}") from e
+        raise BuildError(f"cannot unmount {target}: {e.strerror}") from e
 
 
 def _mount_or_fail(source: str | Path | None, target: Path, fstype: str | None, flags: int,
@@ -1148,7 +1144,7 @@ def _mount_or_fail(source: str | Path | None, target: Path, fstype: str | None, 
     try:
         _mount(source, target, fstype, flags, data)
     except OSError as e:
-        raise SandboxError(f"cannot mount {fstype or source} on {target}: {e.strerror}",
+        raise BuildError(f"cannot mount {fstype or source} on {target}: {e.strerror}",
                            hint="mounts only work inside the sandbox (sandbox.spawn)") from e
 
 
@@ -1171,11 +1167,11 @@ def prepare_chroot(root: Path) -> None:
     root = root.resolve()
     try:
         _prepare(root)
-    except (OSError, SandboxError) as e:
+    except (OSError, BuildError) as e:
         release_chroot(root)
-        if isinstance(e, SandboxError):
+        if isinstance(e, BuildError):
             raise
-        raise SandboxError(f"cannot prepare {root} for chroot: {e}") from e
+        raise BuildError(f"cannot prepare {root} for chroot: {e}") from e
 
 
 def _prepare(root: Path) -> None:
@@ -1208,16 +1204,13 @@ def _real_dir(tree: inroot.Tree, rel: str, mode: int) -> None:
     mounts by these paths)."""
     st = tree.lstat(rel)
     if st is not None and stat.S_ISLNK(st.st_mode):
-        raise SandboxError(f"/{rel} in {tree.root} is a symlink; refusing to mount on it")
+        raise BuildError(f"/{rel} in {tree.root} is a symlink; refusing to mount on it")
     if st is None:
         tree.mkdir(rel, mode)
 
 
 def _point(tree: inroot.Tree, rel: str) -> Path:
-    try:
-        return Path(tree.mount_point(rel))
-    except inroot.InRootError as e:
-        raise SandboxError(e.message) from e
+    return Path(tree.mount_point(rel))
 
 
 def _bind_sys(target: Path) -> None:
@@ -1284,9 +1277,9 @@ def release_chroot(root: Path) -> None:
                 _umount(mount_point, MNT_DETACH)
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOENT):
-                    raise SandboxError(f"cannot unmount {mount_point}: {e.strerror}") from e
+                    raise BuildError(f"cannot unmount {mount_point}: {e.strerror}") from e
     if remaining := _chroot_mounts(root):
-        raise SandboxError(f"still mounted in {root}: {', '.join(remaining)}")
+        raise BuildError(f"still mounted in {root}: {', '.join(remaining)}")
     _remove_placeholders(root)
 
 
@@ -1323,7 +1316,7 @@ def chroot_run(root: Path, argv: Sequence[str], *, env: Mapping[str, str], check
                                 stdin=subprocess.DEVNULL if input is None else None, stdout=stdout,
                                 stderr=stderr, pass_fds=tuple(pass_fds))
     except OSError as e:
-        raise SandboxError(f"cannot run {argv[0]} in {root}: {e.strerror}") from e
+        raise BuildError(f"cannot run {argv[0]} in {root}: {e.strerror}") from e
     if check and result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip() if isinstance(result.stderr, bytes) else ""
         raise ChrootCommandError(f"`{shlex.join(argv)}` failed in {root} with exit status "
@@ -1344,13 +1337,13 @@ def host_view_run(root: Path, argv: Sequence[str], *, env: Mapping[str, str],
     chrooted (preinst scripts) lacks CAP_SYS_PTRACE, and all of it dies with ARGV.
     """
     if _PIVOT_ROOT.get(platform.machine()) is None:
-        raise SandboxError(f"cannot confine a host program on {platform.machine()}: "
+        raise BuildError(f"cannot confine a host program on {platform.machine()}: "
                            "the pivot_root system call's number is unknown here")
     try:
         return subprocess.run(_helper_argv("view", str(root), *argv), env=dict(env),
                               stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
     except OSError as e:
-        raise SandboxError(f"cannot run {argv[0]} on {root}: {e.strerror}") from e
+        raise BuildError(f"cannot run {argv[0]} on {root}: {e.strerror}") from e
 
 
 def _nested_main(kind: str, root: str, argv: list[str]) -> NoReturn:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ocistrap import __version__, transports
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import ImageError
 from ocistrap.image import (
     ANNOTATION_CREATED,
     INDEX_MEDIA_TYPES,
@@ -36,10 +36,6 @@ MEDIA_TYPE_SPDX = "application/spdx+json"
 MEDIA_TYPE_EMPTY = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
 _SPDX_ID = re.compile(r"[^A-Za-z0-9.-]")
-
-
-class SbomError(OcistrapError):
-    """An SBOM cannot be made, found or read."""
 
 
 def _spdx_id(kind: str, *parts: str) -> str:
@@ -66,7 +62,7 @@ def spdx(lock: Lockfile, arch: str, *, created: str) -> dict[str, Any]:
     """The SPDX 2.3 document of ARCH's image built from LOCK (CREATED: RFC 3339, e.g. the image's date)."""
     entry = lock.architectures.get(arch)
     if entry is None:
-        raise SbomError(f"the lockfile has no {arch} packages")
+        raise ImageError(f"the lockfile has no {arch} packages")
     lock_hex = lock.digest().removeprefix("sha256:")
     releases = [_release_package(lock, n, release) for n, release in enumerate(entry.releases)]
     packages = [_deb_package(lock, p) for p in sorted(entry.packages, key=lambda p: (p.name, p.architecture))]
@@ -156,7 +152,7 @@ def write_artifact(layout: Path, document: dict[str, Any], subject: Descriptor, 
 def _layer(manifest: dict[str, Any], shown: str) -> Descriptor:
     layers = manifest.get("layers") or []
     if len(layers) != 1:
-        raise SbomError(f"{shown}: the SBOM artifact has {len(layers)} layers, not one")
+        raise ImageError(f"{shown}: the SBOM artifact has {len(layers)} layers, not one")
     return Descriptor.from_json(layers[0])
 
 
@@ -168,16 +164,16 @@ def read(ref: Reference, *, platform_arch: str | None = None, ctx: Context | Non
     with transports.open_image(ref, ctx) as store:
         images = [d for d in store.roots() if not _is_artifact(store, d)]
         if len(images) != 1:
-            raise SbomError(f"{ref}: names {len(images)} images", hint="name one as oci:DIR:TAG")
+            raise ImageError(f"{ref}: names {len(images)} images", hint="name one as oci:DIR:TAG")
         subject = images[0]
         if subject.media_type in INDEX_MEDIA_TYPES:
             subject = _pick(_json(store, subject), platform_arch, str(ref))
         entries = store.referrers(subject, MEDIA_TYPE_SPDX)
         if entries is None:
-            raise SbomError(f"cannot read SBOMs from {ref}: it keeps no referrers",
+            raise ImageError(f"cannot read SBOMs from {ref}: it keeps no referrers",
                             hint="use oci:DIR[:TAG] or a registry reference")
         if not entries:
-            raise SbomError(f"{ref}: no SPDX SBOM is attached to {subject.digest}",
+            raise ImageError(f"{ref}: no SPDX SBOM is attached to {subject.digest}",
                             hint="build with --sbom spdx to attach one")
         artifact = sorted(entries, key=lambda e: e.digest)[0]
         layer = _layer(_json(store, artifact), str(ref))
@@ -190,7 +186,7 @@ def _json(store: ImageStore, desc: Descriptor) -> Any:
     try:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SbomError(f"{store.blob_name(desc)}: not valid JSON: {exc}") from None
+        raise ImageError(f"{store.blob_name(desc)}: not valid JSON: {exc}") from None
 
 
 def _pick(index: dict[str, Any], arch: str | None, shown: str) -> Descriptor:
@@ -199,12 +195,12 @@ def _pick(index: dict[str, Any], arch: str | None, shown: str) -> Descriptor:
     if arch is None and len(entries) == 1:
         return entries[0]
     if arch is None:
-        raise SbomError(f"{shown} is a multi-architecture index", hint="name one with --arch")
+        raise ImageError(f"{shown} is a multi-architecture index", hint="name one with --arch")
     wanted = debian_platform(arch)
     for entry in entries:
         if entry.platform == wanted:
             return entry
-    raise SbomError(f"{shown} has no image for {arch} ({wanted})")
+    raise ImageError(f"{shown} has no image for {arch} ({wanted})")
 
 
 def _is_artifact(store: ImageStore, desc: Descriptor) -> bool:
@@ -213,7 +209,7 @@ def _is_artifact(store: ImageStore, desc: Descriptor) -> bool:
 
 def _checked(content: bytes, desc: Descriptor, shown: str) -> bytes:
     if len(content) != desc.size or "sha256:" + hashlib.sha256(content).hexdigest() != desc.digest:
-        raise SbomError(f"{shown}: {desc.media_type} {desc.digest} does not match its digest")
+        raise ImageError(f"{shown}: {desc.media_type} {desc.digest} does not match its digest")
     return content
 
 

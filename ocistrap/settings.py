@@ -25,7 +25,7 @@ from typing import Any
 import jsonschema
 
 from ocistrap import image, lock, mirrorauth, openpgp, sandbox, sbom, schema
-from ocistrap.errors import OcistrapError, UsageError
+from ocistrap.errors import ArchiveError, OcistrapError, UsageError
 from ocistrap.lock import LockedLayer
 from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR, STABLE_SUITES
 from ocistrap.mirrorauth import MirrorLogins
@@ -373,7 +373,7 @@ def check_inputs(settings: Settings) -> None:
     """Refuse, before any work, keyrings that are missing, unreadable or no keyrings (exit 2)."""
     try:
         openpgp.check_keyrings(settings.keyrings, what="the archive")
-    except openpgp.SignatureError as e:
+    except ArchiveError as e:
         raise UsageError(e.message, hint=e.hint) from None
 
 
@@ -381,7 +381,7 @@ def read_lockfile(path: Path) -> lock.Lockfile:
     """The lockfile the user named; one that is missing, unreadable or no lockfile is a usage error."""
     try:
         return lock.read(path)
-    except lock.LockError as e:
+    except ArchiveError as e:
         raise UsageError(e.message, hint=e.hint) from None
 
 

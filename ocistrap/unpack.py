@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import BuildError
 from ocistrap.layer import XATTR_ALLOW
 
 MAX_MEMBERS = 1_000_000
@@ -53,7 +53,7 @@ _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 T = TypeVar("T")
 
 
-class UnpackError(OcistrapError):
+class UnpackError(BuildError):
     """A package's data archive cannot be unpacked, or holds a member we refuse (REFUSED)."""
 
     def __init__(self, message: str, *, refused: bool = False) -> None:

@@ -18,7 +18,7 @@ import zstandard
 
 from ocistrap import transports
 from ocistrap.assemble import ANNOTATION_LOCK, ANNOTATION_RELEASE
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import TransportError
 from ocistrap.image import (
     CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
@@ -32,13 +32,9 @@ from ocistrap.image import (
 from ocistrap.layer import decompressed
 from ocistrap.lock import Lockfile
 from ocistrap.schema import SchemaError, validate
-from ocistrap.transports import BadReference, ImageStore, Reference, SavedImage, TransportError, parse_reference
+from ocistrap.transports import BadReference, ImageStore, Reference, SavedImage, parse_reference
 
 _CHUNK = 1 << 20
-
-
-class VerifyError(OcistrapError):
-    """An image's blobs or documents do not match what refers to them."""
 
 
 @dataclass(frozen=True)
@@ -77,9 +73,9 @@ def verify(ref: str | Reference, ctx: transports.Context | None = None) -> Verif
         with transports.open_image(reference, ctx) as store:
             _Checker(store, report).run()
     except BadReference as exc:
-        raise VerifyError(exc.message, hint=exc.hint) from exc
+        raise ImageError(exc.message, hint=exc.hint) from exc
     except (TransportError, ImageError, SchemaError) as exc:
-        raise VerifyError(str(exc)) from exc
+        raise ImageError(str(exc)) from exc
     return report
 
 
@@ -97,7 +93,7 @@ class _Checker:
         roots = self.store.roots()
         saved = self.store.saved_images()
         if not roots and not saved:
-            raise VerifyError(f"{self.store.shown}: holds no images")
+            raise ImageError(f"{self.store.shown}: holds no images")
         self.report.tags = sorted(d.ref_name for d in roots if d.ref_name)
         for desc in roots:
             self.node(desc, f"{desc.ref_name or desc.digest} at {self.store.shown}")
@@ -110,7 +106,7 @@ class _Checker:
         elif desc.media_type in MANIFEST_MEDIA_TYPES:
             self.manifest(desc, where)
         else:
-            raise VerifyError(f"{where}: media type {desc.media_type} is neither an image index nor a manifest")
+            raise ImageError(f"{where}: media type {desc.media_type} is neither an image index nor a manifest")
 
     def index(self, desc: Descriptor, where: str) -> None:
         doc = self.document(desc, "oci-index", where)
@@ -125,12 +121,12 @@ class _Checker:
             self.artifact(doc, f"artifact {desc.digest}")
             return
         if config_desc.media_type not in CONFIG_MEDIA_TYPES:
-            raise VerifyError(f"{here}: config media type {config_desc.media_type} is not an image config")
+            raise ImageError(f"{here}: config media type {config_desc.media_type} is not an image config")
         config = self.document(config_desc, "oci-config", f"config of {here}")
         layers = [self._descriptor(d, here) for d in doc["layers"]]
         diff_ids = config["rootfs"]["diff_ids"]
         if len(diff_ids) != len(layers):
-            raise VerifyError(f"{here}: {len(layers)} layers but its config lists {len(diff_ids)} diff_ids")
+            raise ImageError(f"{here}: {len(layers)} layers but its config lists {len(diff_ids)} diff_ids")
         _check_platform(desc, config, here)
         for i, (layer, diff_id) in enumerate(zip(layers, diff_ids)):
             self.layer(layer, diff_id, f"layer {i} of {here}")
@@ -154,14 +150,14 @@ class _Checker:
         validate(doc, schema, what=f"{name} ({where})")
         declared = doc.get("mediaType")
         if declared is not None and declared != desc.media_type:
-            raise VerifyError(
+            raise ImageError(
                 f"{name} ({where}): document says mediaType {declared}, its descriptor {desc.media_type}"
             )
         return doc
 
     def layer(self, desc: Descriptor, diff_id: str, where: str) -> None:
         if desc.media_type not in LAYER_COMPRESSION:
-            raise VerifyError(f"{where} ({desc.digest}): media type {desc.media_type} is not a layer type")
+            raise ImageError(f"{where} ({desc.digest}): media type {desc.media_type} is not a layer type")
         hashes = self.layers.get(desc.digest)
         if hashes is None:
             with self.store.open_blob(desc, where) as handle:
@@ -173,7 +169,7 @@ class _Checker:
     def _count(self, desc: Descriptor, problem: str | None, where: str = "") -> None:
         if problem is not None:
             context = f" ({where})" if where else ""
-            raise VerifyError(f"{self.store.blob_name(desc)}{context}: {problem}")
+            raise ImageError(f"{self.store.blob_name(desc)}{context}: {problem}")
         if desc.digest not in self.done:
             self.done.add(desc.digest)
             self.report.blobs += 1
@@ -184,7 +180,7 @@ class _Checker:
         try:
             return Descriptor.from_json(doc)
         except ImageError as exc:
-            raise VerifyError(f"{where}: {exc}") from None
+            raise ImageError(f"{where}: {exc}") from None
 
 
 def _config_platform(config: dict[str, Any]) -> Platform:
@@ -198,7 +194,7 @@ def _check_platform(desc: Descriptor, config: dict[str, Any], here: str) -> None
     if (actual.os, actual.architecture) != (desc.platform.os, desc.platform.architecture) or (
         desc.platform.variant and desc.platform.variant != actual.variant
     ):
-        raise VerifyError(f"{here}: descriptor platform {desc.platform} but config says {actual}")
+        raise ImageError(f"{here}: descriptor platform {desc.platform} but config says {actual}")
 
 
 def check_lock(report: VerifyReport, locked: Lockfile, shown: str) -> list[str]:
@@ -209,7 +205,7 @@ def check_lock(report: VerifyReport, locked: Lockfile, shown: str) -> list[str]:
     once. Returns the Debian architectures proven.
     """
     if not report.images:
-        raise VerifyError(f"{report.reference}: no image manifest to check against {shown}",
+        raise ImageError(f"{report.reference}: no image manifest to check against {shown}",
                           hint="docker-archive: keeps no manifest annotations; verify the oci: or registry image")
     by_platform = {debian_platform(arch): arch for arch in locked.architectures}
     digest = locked.digest()
@@ -218,17 +214,17 @@ def check_lock(report: VerifyReport, locked: Lockfile, shown: str) -> list[str]:
         what = f"{report.reference}: image {facts.digest} ({facts.platform})"
         arch = by_platform.get(facts.platform)
         if arch is None:
-            raise VerifyError(f"{what} is for an architecture {shown} does not lock "
+            raise ImageError(f"{what} is for an architecture {shown} does not lock "
                               f"({', '.join(sorted(locked.architectures))})")
         if arch in proven:
-            raise VerifyError(f"{what}: a second image for {arch}")
+            raise ImageError(f"{what}: a second image for {arch}")
         recorded = facts.annotations.get(ANNOTATION_LOCK)
         if recorded != digest:
-            raise VerifyError(f"{what} was built from lockfile {recorded or '(none recorded)'}, not from "
+            raise ImageError(f"{what} was built from lockfile {recorded or '(none recorded)'}, not from "
                               f"{shown} ({digest})")
         release = "sha256:" + locked.architectures[arch].releases[0].sha256
         if facts.annotations.get(ANNOTATION_RELEASE) != release:
-            raise VerifyError(f"{what} names Release {facts.annotations.get(ANNOTATION_RELEASE) or '(none)'}, "
+            raise ImageError(f"{what} names Release {facts.annotations.get(ANNOTATION_RELEASE) or '(none)'}, "
                               f"not the {release} that {shown} pins")
         proven.append(arch)
     return proven
@@ -246,7 +242,7 @@ def _load_json(data: bytes, what: str) -> Any:
     try:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VerifyError(f"{what}: not valid JSON: {exc}") from None
+        raise ImageError(f"{what}: not valid JSON: {exc}") from None
 
 
 class _HashingReader(io.RawIOBase):
@@ -327,18 +323,18 @@ def _check_saved_image(image: SavedImage, report: VerifyReport) -> None:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     expected = _hex_in_name(image.config)
     if expected is not None and digest != f"sha256:{expected}":
-        raise VerifyError(f"{name(image.config)}: digest mismatch: content hashes to {digest}, file name says {expected}")
+        raise ImageError(f"{name(image.config)}: digest mismatch: content hashes to {digest}, file name says {expected}")
     config = _load_json(data, name(image.config))
     validate(config, "oci-config", what=name(image.config))
     diff_ids = config["rootfs"]["diff_ids"]
     if len(diff_ids) != len(image.layers):
-        raise VerifyError(f"{name(image.config)}: {len(image.layers)} layers but the config lists {len(diff_ids)} diff_ids")
+        raise ImageError(f"{name(image.config)}: {len(image.layers)} layers but the config lists {len(diff_ids)} diff_ids")
     for i, (layer, diff_id) in enumerate(zip(image.layers, diff_ids)):
         with open(layer, "rb") as handle:
             hashes = _hash_layer(handle, sniff_compression(layer))
         problem = hashes.diff_id_problem(diff_id)
         if problem is not None:
-            raise VerifyError(f"{name(layer)} (layer {i}): {problem}")
+            raise ImageError(f"{name(layer)} (layer {i}): {problem}")
         report.layers += 1
         report.blobs += 1
         report.bytes += hashes.size

@@ -2,8 +2,8 @@ import os
 from pathlib import Path
 
 import pytest
-from repo_factory import *  # noqa: F401,F403  (signed test repository and hostile mirror fixtures)
 from registry_fixture import auth_registry, fake_registry, registry  # noqa: F401  (docker-registry and fake registries)
+from repo_factory import *  # noqa: F401,F403  (signed test repository and hostile mirror fixtures)
 
 from ocistrap.transports import registry as reg
 

@@ -453,7 +453,7 @@ def test_tampered_repository_is_caught(repo: RepoBuilder, signing_key: SigningKe
     with pytest.raises(ArchiveError, match="size"):
         chain(repo.root, "testing", signing_key.keyring)
     repo.resign("testing", other_key)
-    with pytest.raises(openpgp.SignatureError, match="no given keyring holds"):
+    with pytest.raises(ArchiveError, match="no given keyring holds"):
         chain(repo.root, "testing", signing_key.keyring)
 
 
@@ -476,7 +476,7 @@ def test_http_mirror_serves_and_misbehaves_on_request(repo: RepoBuilder, http_mi
     inrelease = http_mirror.url + "/dists/testing/InRelease"
     assert get(inrelease) == (repo.root / "dists/testing/InRelease").read_bytes()
     http_mirror.tamper("dists/testing/InRelease", body=get(inrelease).replace(b"testing", b"tasting"), times=1)
-    with pytest.raises(openpgp.SignatureError, match="BAD signature"):
+    with pytest.raises(ArchiveError, match="BAD signature"):
         openpgp.verify_clearsigned(get(inrelease), [signing_key.keyring], what=inrelease)
     assert openpgp.verify_clearsigned(get(inrelease), [signing_key.keyring], what=inrelease)
     http_mirror.tamper("dists/testing/Release", status=503)

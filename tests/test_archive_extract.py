@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ocistrap.transports import EXPANSION_FLOOR, EXPANSION_LIMIT, TransportError, extract_archive
+from ocistrap.errors import TransportError
+from ocistrap.transports import EXPANSION_FLOOR, EXPANSION_LIMIT, extract_archive
 
 
 def test_a_compressed_archive_bomb_is_refused_before_it_is_written(tmp_path: Path) -> None:

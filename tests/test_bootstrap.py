@@ -8,7 +8,8 @@ from host_helpers import FakeHost
 from image_helpers import layer_tar, lockfile
 
 from ocistrap import bootstrap, pipeline, sandbox
-from ocistrap.bootstrap import BootstrapError, Deb, Plan
+from ocistrap.bootstrap import Deb, Plan
+from ocistrap.errors import BuildError
 from ocistrap.lock import LockedArchive
 
 
@@ -35,7 +36,7 @@ def test_pre_depends_through_provides_and_alternatives() -> None:
 
 
 def test_unsatisfiable_pre_depends_is_an_error_naming_the_packages() -> None:
-    with pytest.raises(BootstrapError, match="tool"):
+    with pytest.raises(BuildError, match="tool"):
         bootstrap.install_batches([deb("tool", pre="missing")], [deb("libc6")])
 
 
@@ -129,25 +130,25 @@ def test_the_inner_half_waits_for_each_package_the_host_announces() -> None:
     assert waiting.count >= 2
     waiting.wait(3)
     assert made == [1, 2, 3]
-    with pytest.raises(BootstrapError, match="not all made ready on the host"):
+    with pytest.raises(BuildError, match="not all made ready on the host"):
         waiting.wait(4)
     os.close(announcer.inner_fd)
     announcer.raise_failure()
 
 
 def test_a_package_that_could_not_be_made_ready_is_the_error_raised() -> None:
-    from ocistrap.expand import ExpandError
+    from ocistrap.expand import ArchiveError
 
     def ready():
         yield 1
-        raise ExpandError("junk is not a .deb (an ar archive)")
+        raise ArchiveError("junk is not a .deb (an ar archive)")
     announcer = bootstrap._Announcer(ready)
     waiting = bootstrap._Ready(announcer.inner_fd)
     announcer.start()
-    with pytest.raises(BootstrapError):
+    with pytest.raises(BuildError):
         waiting.wait(2)
     os.close(announcer.inner_fd)
-    with pytest.raises(ExpandError, match="junk is not a .deb"):
+    with pytest.raises(ArchiveError, match="junk is not a .deb"):
         announcer.raise_failure()
 
 

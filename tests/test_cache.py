@@ -11,12 +11,20 @@ import time
 from pathlib import Path
 
 import pytest
-from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
-from lockfetch_support import Archive, assert_cache_verified, assert_one_error, sha256_file
+from lockfetch_support import (  # noqa: F401  (fixtures)
+    Archive,
+    archive,
+    assert_cache_verified,
+    assert_one_error,
+    fast_fetcher,
+    sha256_file,
+    template,
+)
 
 from ocistrap import archive as archive_module
-from ocistrap.cache import Cache, CacheError
-from ocistrap.fetch import Fetcher, FetchError, Wanted
+from ocistrap.cache import Cache
+from ocistrap.errors import ArchiveError
+from ocistrap.fetch import Fetcher, Wanted
 
 
 def sha(data: bytes) -> str:
@@ -24,7 +32,7 @@ def sha(data: bytes) -> str:
 
 
 def reject(data: object) -> None:
-    raise FetchError("rejected by the test")
+    raise ArchiveError("rejected by the test")
 
 
 def leftovers(cache: Cache) -> list[Path]:
@@ -44,7 +52,7 @@ def test_put_bytes_stores_under_the_sha256(tmp_path: Path) -> None:
 
 def test_rejected_bytes_leave_nothing(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c")
-    with pytest.raises(FetchError):
+    with pytest.raises(ArchiveError):
         cache.put_bytes(b"unverified", reject)
     assert leftovers(cache) == []
     assert cache.read(sha(b"unverified")) is None
@@ -54,7 +62,7 @@ def test_rejected_partial_is_not_committed(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c")
     digest = sha(b"the real thing")
     cache.partial_path(digest).write_bytes(b"something else")
-    with pytest.raises(FetchError):
+    with pytest.raises(ArchiveError):
         cache.commit_partial(digest, reject)
     assert cache.lookup(digest, len(b"the real thing")) is None
     assert not cache.blob_path(digest).exists()
@@ -71,7 +79,7 @@ def test_damaged_blob_is_removed_when_read(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c")
     path = cache.put_bytes(b"original", lambda data: None)
     path.write_bytes(b"origina1")
-    with pytest.raises(CacheError, match="damaged on disk and has been removed"):
+    with pytest.raises(ArchiveError, match="damaged on disk and has been removed"):
         cache.read(sha(b"original"))
     assert not path.exists()
 
@@ -92,7 +100,7 @@ def test_refs_and_parsed_values_round_trip(tmp_path: Path) -> None:
 def test_unusable_cache_directory_is_one_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(CacheError, match=str(blocker)):
+    with pytest.raises(ArchiveError, match=str(blocker)):
         Cache(blocker / "cache")
 
 
@@ -288,6 +296,7 @@ def test_racing_processes_agree_on_one_key(tmp_path: Path) -> None:
 
 def test_temp_files_of_killed_writers_are_swept_but_not_those_being_written(tmp_path: Path) -> None:
     import fcntl
+
     from ocistrap.cache import sweep_orphans
     cache = Cache(tmp_path / "c")
     partial, locks = cache.root / "partial", cache.root / "locks"
@@ -305,6 +314,7 @@ def test_a_sweep_waits_for_a_writer_making_its_temp_file(tmp_path: Path) -> None
     """Between creating its temp file and locking it a writer holds locks/creating: a sweep in
     that moment would take the unlocked file for an orphan."""
     import fcntl
+
     from ocistrap.cache import sweep_orphans
     cache = Cache(tmp_path / "c")
     swept: list[list[str]] = []
@@ -337,7 +347,7 @@ def test_a_cache_directory_others_may_write_is_refused_naming_it(tmp_path: Path,
     Cache(tmp_path / "c")
     loose = tmp_path / "c" / sub
     loose.chmod(0o775)
-    with pytest.raises(CacheError, match=rf"^refusing the cache directory {re.escape(str(loose))}: other users "
+    with pytest.raises(ArchiveError, match=rf"^refusing the cache directory {re.escape(str(loose))}: other users "
                                          rf"may write to it \(run `chmod go-w"):
         Cache(tmp_path / "c")
 
@@ -346,7 +356,7 @@ def test_a_way_to_the_cache_others_may_change_is_refused_unless_sticky(tmp_path:
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    with pytest.raises(CacheError, match=f"refusing the cache directory {re.escape(str(shared))}: other users"):
+    with pytest.raises(ArchiveError, match=f"refusing the cache directory {re.escape(str(shared))}: other users"):
         Cache(shared / "c")
     shared.chmod(0o1777)  # as /tmp: others cannot rename what is ours
     Cache(shared / "c")
@@ -374,7 +384,7 @@ def test_a_linked_partial_directory_is_refused_and_nothing_is_swept_where_it_lea
     partial = tmp_path / "c" / "partial"
     partial.rmdir()
     partial.symlink_to(elsewhere)
-    with pytest.raises(CacheError, match=f"refusing the cache directory {re.escape(str(partial))}: it is a symbolic"):
+    with pytest.raises(ArchiveError, match=f"refusing the cache directory {re.escape(str(partial))}: it is a symbolic"):
         Cache(tmp_path / "c")
     assert sorted(p.name for p in elsewhere.iterdir()) == [".tmp-precious", "build-precious"]
 
@@ -410,7 +420,7 @@ def test_a_derived_file_that_fails_after_it_was_written_leaves_no_temp_file(tmp_
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return replace(source, target, *args, **kwargs)
     monkeypatch.setattr(os, "replace", full_for_tags)
-    with pytest.raises(CacheError, match="No space left on device"):
+    with pytest.raises(ArchiveError, match="No space left on device"):
         cache.derive("expanded", "ab" * 32, lambda out: out.write(b"x" * 100_000))
     assert list((cache.root / "partial").iterdir()) == []
     assert list((cache.root / "derived" / "expanded").iterdir()) == []

@@ -4,11 +4,11 @@ import re
 from pathlib import Path
 
 import pytest
-from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
-from lockfetch_support import Archive, assert_cache_verified, assert_one_error
+from lockfetch_support import Archive, archive, assert_cache_verified, assert_one_error, fast_fetcher, template  # noqa: F401  (fixtures)
 
 from ocistrap import expand
-from ocistrap.cache import Cache, CacheError
+from ocistrap.cache import Cache
+from ocistrap.errors import ArchiveError
 
 
 def sizes(out: str) -> dict[str, int]:
@@ -103,7 +103,7 @@ def test_prune_refuses_while_another_ocistrap_uses_the_cache(archive: Archive, t
 
 
 def test_only_a_cache_held_exclusively_prunes(tmp_path: Path) -> None:
-    with pytest.raises(CacheError, match="without having it to itself"):
+    with pytest.raises(ArchiveError, match="without having it to itself"):
         Cache(tmp_path / "c").prune()
     assert Cache(tmp_path / "c", exclusive=True).prune() == []
 

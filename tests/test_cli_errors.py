@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
-from lockfetch_support import Archive
-from registry_fixture import free_port
 from image_helpers import build_image
+from lockfetch_support import Archive, archive, fast_fetcher, template  # noqa: F401  (fixtures)
+from registry_fixture import free_port
 
 from ocistrap.cli import main
 from ocistrap.transports import oci

@@ -10,12 +10,13 @@ from image_helpers import build, layer_tar, lockfile
 
 from ocistrap import assemble, combine, image, layer
 from ocistrap.cli import main
+from ocistrap.errors import ImageError, UsageError
 from ocistrap.image import Descriptor, Platform
 from ocistrap.lock import Lockfile
 from ocistrap.lock import write as write_lock
 from ocistrap.transports import oci, parse_reference
 from ocistrap.transports import registry as reg
-from ocistrap.verify import VerifyError, check_lock, verify
+from ocistrap.verify import check_lock, verify
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
 
@@ -47,7 +48,7 @@ def test_shared_annotations_keep_only_what_every_member_says_alike() -> None:
 def test_platform_comes_from_the_config() -> None:
     assert combine.platform_of({"os": "linux", "architecture": "arm", "variant": "v7"}, "x") == \
         Platform("linux", "arm", "v7")
-    with pytest.raises(combine.CombineError, match="x: its config names no os"):
+    with pytest.raises(UsageError, match="x: its config names no os"):
         combine.platform_of({"architecture": "amd64"}, "x")
 
 
@@ -145,7 +146,7 @@ def test_verify_lock_proves_the_image_and_names_the_lock(tmp_path, capsys) -> No
 def test_verify_lock_refuses_an_image_of_another_lock(tmp_path, other: Lockfile, words) -> None:
     build(tmp_path / "layout", "amd64", lockfile(("amd64",)))
     report = verify(f"oci:{tmp_path / 'layout'}:amd64")
-    with pytest.raises(VerifyError) as caught:
+    with pytest.raises(ImageError) as caught:
         check_lock(report, other, "other.lock")
     assert all(w in str(caught.value) for w in words), str(caught.value)
 
@@ -161,5 +162,5 @@ def test_verify_lock_refuses_a_matching_lock_digest_with_another_release(tmp_pat
     desc = assemble.write_image(layout, "amd64", [assemble.Layer(blob, "t")], epoch=0,
                                 options=assemble.ImageOptions(), provenance=provenance)
     oci.write(layout, desc, layout, "t")
-    with pytest.raises(VerifyError, match="names Release sha256:0{64}, not the sha256:e{64}"):
+    with pytest.raises(ImageError, match="names Release sha256:0{64}, not the sha256:e{64}"):
         check_lock(verify(f"oci:{layout}:t"), locked, "ocistrap.lock")

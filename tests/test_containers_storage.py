@@ -10,7 +10,8 @@ from e2e_helpers import podman_env_in
 from image_helpers import build_image
 
 from ocistrap import image
-from ocistrap.transports import TransportError, containers_storage, oci, parse_reference
+from ocistrap.errors import TransportError
+from ocistrap.transports import containers_storage, oci, parse_reference
 from ocistrap.transports import write as write_to
 
 

@@ -3,6 +3,7 @@ from host_helpers import ARM64_ENTRY, FakeHost
 
 from ocistrap import doctor, sandbox
 from ocistrap.doctor import Check
+from ocistrap.errors import BuildError
 
 
 def _by_name(results: list[Check]) -> dict[str, Check]:
@@ -134,7 +135,7 @@ def test_doctor_says_what_the_build_decides(host: FakeHost, requested: str) -> N
     found = _by_name(doctor.checks([], mode=requested, host=host))["build mode"]
     try:
         mode = sandbox.decide_mode(requested, host)
-    except sandbox.SandboxError as e:
+    except BuildError as e:
         assert not found.ok and e.message in found.detail
     else:
         assert found == Check("build mode", True, mode.describe())

@@ -19,11 +19,29 @@ from pathlib import Path
 
 import pytest
 from debian.deb822 import Deb822
+from e2e_helpers import (  # noqa: F401  (fixtures)
+    CONFIGS,
+    HostDirs,
+    Tree,
+    assert_nothing_foreign,
+    auto_installed,
+    cache_dir,
+    descendants,
+    installed,
+    locked,
+    mmdebstrap,
+    mmdebstrap_differences,
+    ocistrap,
+    podman_env,
+    printed_digests,
+    read_members,
+    read_tree,
+    run,
+    start_interruptible,
+    wait_gone,
+    work,
+)
 
-from e2e_helpers import (CONFIGS, HostDirs, Tree, assert_nothing_foreign, auto_installed, descendants, installed,
-                         mmdebstrap, mmdebstrap_differences, ocistrap, printed_digests, read_members, read_tree, run,
-                         start_interruptible, wait_gone)
-from e2e_helpers import cache_dir, locked, podman_env, work  # noqa: F401  (fixtures)
 from ocistrap import lock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]

@@ -6,13 +6,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from debian.deb822 import Deb822
-
-from e2e_helpers import (PODMAN, installed, mmdebstrap_differences, ocistrap, podman_environment, printed_digests,
-                         read_members, remove_podman_images)
-from ocistrap import doctor, hostdpkg
+from e2e_helpers import (
+    PODMAN,
+    installed,
+    mmdebstrap_differences,
+    ocistrap,
+    podman_environment,
+    printed_digests,
+    read_members,
+    remove_podman_images,
+)
 from registry_fixture import registry  # noqa: F401  (fixture)
+
+from ocistrap import doctor, hostdpkg
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 

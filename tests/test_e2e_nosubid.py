@@ -11,8 +11,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from e2e_helpers import ocistrap, printed_digests
+
 from ocistrap import sandbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network, pytest.mark.nosubid]

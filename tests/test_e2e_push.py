@@ -22,12 +22,23 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from e2e_helpers import (  # noqa: F401  (shared fixtures)
+    PODMAN,
+    cache_dir,
+    locked,
+    member_name,
+    ocistrap,
+    podman_env,
+    podman_images,
+    printed_digests,
+    read_members,
+    run,
+    work,
+)
+from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, RealRegistry, free_port
 
-from e2e_helpers import PODMAN, member_name, ocistrap, printed_digests, read_members, run
-from e2e_helpers import cache_dir, locked, podman_env, podman_images, work  # noqa: F401  (shared fixtures)
 from ocistrap import lock
 from ocistrap.transports import oci
-from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, RealRegistry, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 

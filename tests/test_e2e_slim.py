@@ -12,9 +12,19 @@ from functools import cached_property
 from pathlib import Path
 
 import pytest
+from e2e_helpers import (  # noqa: F401  (shared fixtures)
+    PODMAN,
+    cache_dir,
+    locked,
+    member_name,
+    ocistrap,
+    podman_env,
+    podman_images,
+    printed_digests,
+    run,
+    work,
+)
 
-from e2e_helpers import PODMAN, member_name, ocistrap, printed_digests, run
-from e2e_helpers import cache_dir, locked, podman_env, podman_images, work  # noqa: F401  (shared fixtures)
 from ocistrap import lock, slim
 from ocistrap.transports import oci
 

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e_helpers import cache_dir, ocistrap, podman_env, printed_digests, run, work  # noqa: F401  (shared fixtures)
 
-from e2e_helpers import ocistrap, printed_digests, run
-from e2e_helpers import cache_dir, podman_env, work  # noqa: F401  (shared fixtures)
 from ocistrap import lock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]

@@ -13,7 +13,7 @@ from repo_factory import build_deb
 from ocistrap import cache as cache_module
 from ocistrap import expand
 from ocistrap.cache import Cache
-from ocistrap.expand import ExpandError
+from ocistrap.errors import ArchiveError
 from ocistrap.pipeline import BACKGROUND_NICE, expansion_nice
 
 FIELDS = {"Package": "odd", "Version": "1:1.0-1", "Architecture": "amd64",
@@ -73,7 +73,7 @@ def test_plain_data_points_at_the_tar_that_dpkg_reads(tmp_path: Path) -> None:
 
 
 def test_plain_data_refuses_a_package_that_was_not_expanded(tmp_path: Path) -> None:
-    with pytest.raises(ExpandError, match="odd is not expanded: its data member is data.tar.xz"):
+    with pytest.raises(ArchiveError, match="odd is not expanded: its data member is data.tar.xz"):
         expand.plain_data(make_deb(tmp_path, "xz"), "odd")
 
 
@@ -88,7 +88,7 @@ def test_a_short_file_is_an_eof_error_for_the_unpacker() -> None:
 def test_not_a_deb_is_named(tmp_path: Path) -> None:
     junk = tmp_path / "junk.deb"
     junk.write_bytes(b"<html>not found</html>")
-    with pytest.raises(ExpandError, match="junk is not a .deb"), open(tmp_path / "out", "wb") as out, \
+    with pytest.raises(ArchiveError, match="junk is not a .deb"), open(tmp_path / "out", "wb") as out, \
             open(junk, "rb") as f:
         expand.expand(f, out, "junk")
 
@@ -100,7 +100,7 @@ def test_not_a_deb_is_named(tmp_path: Path) -> None:
 def test_a_damaged_deb_is_refused(tmp_path: Path, damage, message: str) -> None:
     damaged = tmp_path / "damaged.deb"
     damaged.write_bytes(damage(make_deb(tmp_path, "xz").read_bytes()))
-    with pytest.raises(ExpandError, match=message), open(tmp_path / "out", "wb") as out, \
+    with pytest.raises(ArchiveError, match=message), open(tmp_path / "out", "wb") as out, \
             open(damaged, "rb") as f:
         expand.expand(f, out, "damaged")
 
@@ -120,7 +120,7 @@ def ar(*members: tuple[str, bytes]) -> bytes:
      "has 2 data.tar members"),
 ])
 def test_the_member_order_is_dpkgs(members, message: str) -> None:
-    with pytest.raises(ExpandError, match=message):
+    with pytest.raises(ArchiveError, match=message):
         expand.data_member(io.BytesIO(ar(*members)), "odd")
 
 
@@ -208,7 +208,7 @@ def test_pending_announces_each_package_in_order_and_stops_at_a_failure(tmp_path
         ready = pending.ready()
         assert [next(ready), next(ready)] == [1, 2]
         assert all(derived(cache, s.sha256) for s in sources[:2])
-        with pytest.raises(ExpandError, match="junk is not a .deb"):
+        with pytest.raises(ArchiveError, match="junk is not a .deb"):
             next(ready)
     finally:
         pending.close()

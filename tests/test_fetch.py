@@ -17,9 +17,16 @@ from pathlib import Path
 import pytest
 import repo_factory
 import requests
-from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
-from lockfetch_support import (Archive, assert_cache_verified, assert_one_error, assert_partials_honest,
-                               sha256_file)
+from lockfetch_support import (  # noqa: F401  (fixtures)
+    Archive,
+    archive,
+    assert_cache_verified,
+    assert_one_error,
+    assert_partials_honest,
+    fast_fetcher,
+    sha256_file,
+    template,
+)
 
 from ocistrap import fetch as fetch_module
 

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from image_helpers import build_image
 
 from ocistrap import image, lock
 from ocistrap.errors import OcistrapError
 from ocistrap.image import Descriptor
 from ocistrap.transports import oci, parse_reference
 from ocistrap.verify import verify
-from image_helpers import build_image
 
 DIGEST = "sha256:" + "a" * 64
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from ocistrap import layer
 from ocistrap.layer import (
+    BuildError,
     LayerBlob,
-    LayerError,
     snapshot,
     tar_header,
     write_blob,
@@ -224,7 +224,7 @@ def test_unreadable_file_is_a_layer_error(tree: Path, monkeypatch: pytest.Monkey
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", failing_open)
-    with pytest.raises(LayerError, match="etc/passwd"):
+    with pytest.raises(BuildError, match="etc/passwd"):
         write_tree(tree, io.BytesIO(), epoch=EPOCH)
 
 
@@ -559,14 +559,14 @@ class Broken(io.RawIOBase):
 
 
 def test_failing_stream_leaves_nothing(stream: bytes, blobs: Path) -> None:
-    with pytest.raises(LayerError, match="cannot read the layer tar stream: Input/output error"):
+    with pytest.raises(BuildError, match="cannot read the layer tar stream: Input/output error"):
         write_blob(Broken(stream), blobs, compression="gzip")
     assert list(blobs.iterdir()) == []
 
 
 @pytest.mark.parametrize("cut", [1, 4096, -1024, -1])
 def test_truncated_stream_is_refused_and_leaves_nothing(stream: bytes, blobs: Path, cut: int) -> None:
-    with pytest.raises(LayerError, match="ended early"):
+    with pytest.raises(BuildError, match="ended early"):
         write_blob(io.BytesIO(stream[:cut]), blobs, compression="zstd")
     assert list(blobs.iterdir()) == []
 
@@ -576,15 +576,15 @@ def test_disk_full_names_the_directory(stream: bytes, blobs: Path, monkeypatch: 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(layer.os, "fsync", full)
-    with pytest.raises(LayerError, match=f"no space left writing a layer blob in {blobs}"):
+    with pytest.raises(BuildError, match=f"no space left writing a layer blob in {blobs}"):
         write_blob(io.BytesIO(stream), blobs, compression="none")
     assert list(blobs.iterdir()) == []
 
 
 def test_missing_blobs_dir_and_unknown_compression(stream: bytes, blobs: Path) -> None:
-    with pytest.raises(LayerError, match="missing"):
+    with pytest.raises(BuildError, match="missing"):
         write_blob(io.BytesIO(stream), blobs / "missing", compression="gzip")
-    with pytest.raises(LayerError, match="unknown layer compression 'xz'"):
+    with pytest.raises(BuildError, match="unknown layer compression 'xz'"):
         write_blob(io.BytesIO(stream), blobs, compression="xz")
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
-from lockfetch_support import Archive, assert_cache_verified, assert_one_error
+from lockfetch_support import Archive, archive, assert_cache_verified, assert_one_error, fast_fetcher, template  # noqa: F401  (fixtures)
 from repo_factory import SigningKey
 
 from ocistrap import lock
+from ocistrap.errors import ArchiveError
 
 
 @pytest.fixture
@@ -304,5 +304,5 @@ def test_an_embedded_keyring_that_does_not_match_its_digest_is_refused(archive: 
     document = json.loads(archive.lockfile.read_text())
     document["keyrings"][0]["data"] = base64.b64encode(b"\x99other key").decode()
     archive.lockfile.write_text(json.dumps(document))
-    with pytest.raises(lock.LockError, match="does not match its sha256"):
+    with pytest.raises(ArchiveError, match="does not match its sha256"):
         lock.read(archive.lockfile)

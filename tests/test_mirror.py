@@ -11,8 +11,8 @@ import pytest
 from repo_factory import Mirror, RepoBuilder, SigningKey
 
 from ocistrap import archive, mirror
-from ocistrap.archive import ArchiveError
 from ocistrap.cache import Cache
+from ocistrap.errors import ArchiveError
 from ocistrap.fetch import Fetcher
 
 INDEX = "main/binary-amd64/Packages.xz"

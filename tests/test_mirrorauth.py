@@ -6,13 +6,12 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
-from lockfetch_support import SUITE, Archive, assert_one_error
+from lockfetch_support import SUITE, Archive, archive, assert_one_error, fast_fetcher, template  # noqa: F401  (fixtures)
 from repo_factory import serving
 
 from ocistrap import bootstrap, lock, pipeline, sbom
 from ocistrap.cli import main
-from ocistrap.errors import UsageError
+from ocistrap.errors import ArchiveError, UsageError
 from ocistrap.mirrorauth import MirrorLogins, parse, read, split_userinfo, without_userinfo
 
 URI = "https://example.org/debian/dists/bookworm/InRelease"
@@ -91,7 +90,7 @@ def test_a_lockfile_with_a_login_in_a_mirror_url_is_refused_without_showing_it(a
     rc, _, err = archive.lock()
     assert rc == 0, err
     text = archive.lockfile.read_text().replace("http://", "http://mirroruser:tok3n@")
-    with pytest.raises(lock.LockError, match="auth file") as caught:
+    with pytest.raises(ArchiveError, match="auth file") as caught:
         lock.loads(text.encode(), what="x.lock")
     assert "tok3n" not in str(caught.value) and "mirroruser" not in str(caught.value)
     archive.lockfile.write_text(text)

@@ -6,7 +6,8 @@ import pytest
 from repo_factory import EXPIRED_KEY_TIME, SigningKey
 
 from ocistrap import openpgp
-from ocistrap.openpgp import SignatureError, judge_gpgv, split_clearsigned, verify_clearsigned, verify_detached
+from ocistrap.errors import ArchiveError
+from ocistrap.openpgp import judge_gpgv, split_clearsigned, verify_clearsigned, verify_detached
 
 WHAT = "http://mirror.example/debian/dists/testing/InRelease"
 TEXT = b"Origin: Test\nSuite: testing\n- a line with a dash\ntrailing blanks  \t\n\nSHA256:\n 00 1 x\n"
@@ -43,7 +44,7 @@ def test_good_clearsigned_returns_exactly_the_signed_text(verifier: str, inrelea
 def test_changed_byte_in_inrelease_is_a_bad_signature(verifier: str, inrelease: bytes,
                                                       signing_key: SigningKey) -> None:
     tampered = inrelease.replace(b"Suite: testing", b"Suite: testinG")
-    with pytest.raises(SignatureError, match="BAD signature") as caught:
+    with pytest.raises(ArchiveError, match="BAD signature") as caught:
         verify_clearsigned(tampered, [signing_key.keyring], what=WHAT)
     assert WHAT in str(caught.value)
 
@@ -53,14 +54,14 @@ def test_unsigned_text_around_the_signed_block_is_refused(verifier: str, inrelea
                                                           signing_key: SigningKey, where: str) -> None:
     extra = b"Suite: evil\nSHA256:\n " + b"f" * 64 + b" 1 main/binary-amd64/Packages\n"
     data = extra + inrelease if where == "before" else inrelease + extra
-    with pytest.raises(SignatureError, match=WHAT):
+    with pytest.raises(ArchiveError, match=WHAT):
         verify_clearsigned(data, [signing_key.keyring], what=WHAT)
 
 
 def test_signature_by_unknown_key_names_the_key_and_the_remedy(verifier: str, inrelease: bytes,
                                                               other_key: SigningKey,
                                                               signing_key: SigningKey) -> None:
-    with pytest.raises(SignatureError, match="no given keyring holds") as caught:
+    with pytest.raises(ArchiveError, match="no given keyring holds") as caught:
         verify_clearsigned(inrelease, [other_key.keyring], what=WHAT)
     assert WHAT in str(caught.value)
     assert "--keyring FILE" in str(caught.value)
@@ -69,7 +70,7 @@ def test_signature_by_unknown_key_names_the_key_and_the_remedy(verifier: str, in
 
 def test_missing_keyring_is_named(verifier: str, inrelease: bytes, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.gpg"
-    with pytest.raises(SignatureError, match="cannot be read") as caught:
+    with pytest.raises(ArchiveError, match="cannot be read") as caught:
         verify_clearsigned(inrelease, [missing], what=WHAT)
     assert str(missing) in str(caught.value) and WHAT in str(caught.value)
     assert "--keyring FILE" in str(caught.value)
@@ -78,16 +79,16 @@ def test_missing_keyring_is_named(verifier: str, inrelease: bytes, tmp_path: Pat
 def test_unreadable_or_empty_keyring_or_none_at_all(inrelease: bytes, tmp_path: Path) -> None:
     empty = tmp_path / "empty.gpg"
     empty.write_bytes(b"")
-    with pytest.raises(SignatureError, match="is empty"):
+    with pytest.raises(ArchiveError, match="is empty"):
         verify_clearsigned(inrelease, [empty], what=WHAT)
-    with pytest.raises(SignatureError, match="cannot be read"):
+    with pytest.raises(ArchiveError, match="cannot be read"):
         verify_clearsigned(inrelease, [tmp_path], what=WHAT)
-    with pytest.raises(SignatureError, match="no keyring"):
+    with pytest.raises(ArchiveError, match="no keyring"):
         verify_clearsigned(inrelease, [], what=WHAT)
 
 
 def test_unsigned_file_is_refused(verifier: str, signing_key: SigningKey) -> None:
-    with pytest.raises(SignatureError, match="not a clearsigned"):
+    with pytest.raises(ArchiveError, match="not a clearsigned"):
         verify_clearsigned(TEXT, [signing_key.keyring], what=WHAT)
 
 
@@ -96,7 +97,7 @@ def test_signature_by_expired_key_is_refused(inrelease: bytes, expired_key: Sign
     if shutil.which("gpgv") is None:
         pytest.skip("gpgv is not installed")
     data = expired_key.clearsign(TEXT, faked_time=EXPIRED_KEY_TIME)
-    with pytest.raises(SignatureError, match="expired key") as caught:
+    with pytest.raises(ArchiveError, match="expired key") as caught:
         verify_clearsigned(data, [expired_key.keyring], what=WHAT)
     assert WHAT in str(caught.value)
 
@@ -110,7 +111,7 @@ def test_armored_keyring_and_relative_path_work(verifier: str, inrelease: bytes,
 
 def test_no_verifier_installed(monkeypatch: pytest.MonkeyPatch, inrelease: bytes, signing_key: SigningKey) -> None:
     monkeypatch.setattr(openpgp.shutil, "which", lambda name: None)
-    with pytest.raises(SignatureError, match="neither gpgv nor sqv"):
+    with pytest.raises(ArchiveError, match="neither gpgv nor sqv"):
         verify_clearsigned(inrelease, [signing_key.keyring], what=WHAT)
 
 
@@ -119,30 +120,30 @@ def test_good_detached_signature(verifier: str, detached: bytes, signing_key: Si
 
 
 def test_detached_signature_over_changed_data(verifier: str, detached: bytes, signing_key: SigningKey) -> None:
-    with pytest.raises(SignatureError, match="BAD signature"):
+    with pytest.raises(ArchiveError, match="BAD signature"):
         verify_detached(TEXT.replace(b"testing", b"unstable"), detached, [signing_key.keyring], what=WHAT)
 
 
 def test_detached_signature_by_unknown_key(verifier: str, detached: bytes, other_key: SigningKey) -> None:
-    with pytest.raises(SignatureError, match="no given keyring holds"):
+    with pytest.raises(ArchiveError, match="no given keyring holds"):
         verify_detached(TEXT, detached, [other_key.keyring], what=WHAT)
 
 
 def test_detached_missing_keyring(verifier: str, detached: bytes, tmp_path: Path) -> None:
-    with pytest.raises(SignatureError, match="cannot be read"):
+    with pytest.raises(ArchiveError, match="cannot be read"):
         verify_detached(TEXT, detached, [tmp_path / "none.gpg"], what=WHAT)
 
 
 @pytest.mark.parametrize("signature", [b"", b"not a signature at all\n"])
 def test_detached_garbage_signature(verifier: str, signing_key: SigningKey, signature: bytes) -> None:
-    with pytest.raises(SignatureError, match=WHAT):
+    with pytest.raises(ArchiveError, match=WHAT):
         verify_detached(TEXT, signature, [signing_key.keyring], what=WHAT)
 
 
 def test_a_signed_message_is_no_detached_signature(verifier: str, signing_key: SigningKey) -> None:
     """An inline-signed blob must not vouch for different data passed beside it."""
     inline = signing_key.gpg("--sign", data=TEXT)
-    with pytest.raises(SignatureError, match=WHAT):
+    with pytest.raises(ArchiveError, match=WHAT):
         verify_detached(b"Suite: evil\n", inline, [signing_key.keyring], what=WHAT)
 
 
@@ -161,7 +162,7 @@ def test_split_clearsigned_handles_crlf(inrelease: bytes) -> None:
     b"-----END PGP SIGNATURE-----\n",
 ])
 def test_split_clearsigned_refuses_malformed_messages(data: bytes) -> None:
-    with pytest.raises(SignatureError, match=WHAT):
+    with pytest.raises(ArchiveError, match=WHAT):
         split_clearsigned(data, what=WHAT)
 
 
@@ -206,7 +207,7 @@ def test_judge_gpgv_names_the_primary_key_of_a_signing_subkey() -> None:
 ])
 def test_judge_gpgv_refuses(returncode: int, lines: tuple[str, ...], message: str) -> None:
     plaintexts = 0 if message == "a detached signature" else 1
-    with pytest.raises(SignatureError, match=message) as caught:
+    with pytest.raises(ArchiveError, match=message) as caught:
         judge_gpgv(returncode, status(*lines), "gpgv: some detail", what=WHAT, plaintexts=plaintexts)
     assert WHAT in str(caught.value)
 
@@ -223,5 +224,5 @@ def test_real_bookworm_inrelease(verifier: str, keyring: Path) -> None:
     text = verify_clearsigned(data, [keyring], what=url)
     assert b"Codename: bookworm\n" in text
     assert not text.startswith(b"-----BEGIN")
-    with pytest.raises(SignatureError, match="BAD signature"):
+    with pytest.raises(ArchiveError, match="BAD signature"):
         verify_clearsigned(data.replace(b"Codename: bookworm", b"Codename: bookwurm"), [keyring], what=url)

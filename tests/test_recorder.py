@@ -17,10 +17,28 @@ from typing import Any
 import pytest
 
 from ocistrap import recorder, sandbox
-from ocistrap.recorder import (AT_EMPTY_PATH, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, AUDIT_ARCH_AARCH64,
-                               AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, RENAME_EXCHANGE, RENAME_NOREPLACE,
-                               SECCOMP_RET_ALLOW, SECCOMP_RET_USER_NOTIF, SYSCALLS, Chown, Mknod,
-                               Recorded, Records, Remove, Rename, Stat, Where)
+from ocistrap.errors import BuildError
+from ocistrap.recorder import (
+    AT_EMPTY_PATH,
+    AT_REMOVEDIR,
+    AT_SYMLINK_NOFOLLOW,
+    AUDIT_ARCH_AARCH64,
+    AUDIT_ARCH_I386,
+    AUDIT_ARCH_X86_64,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    SECCOMP_RET_ALLOW,
+    SECCOMP_RET_USER_NOTIF,
+    SYSCALLS,
+    Chown,
+    Mknod,
+    Recorded,
+    Records,
+    Remove,
+    Rename,
+    Stat,
+    Where,
+)
 
 ARCHES = (AUDIT_ARCH_X86_64, AUDIT_ARCH_I386, AUDIT_ARCH_AARCH64)
 PATH, DEST, BUF, FD, FD2 = 0x1000, 0x2000, 0x3000, 5, 6
@@ -452,7 +470,7 @@ def test_filter_program_notifies_exactly_the_listed_calls(arches: tuple[int, ...
 def test_host_arches() -> None:
     assert recorder.host_arches("x86_64") == (AUDIT_ARCH_X86_64, AUDIT_ARCH_I386)
     assert recorder.host_arches("aarch64") == (AUDIT_ARCH_AARCH64,)
-    with pytest.raises(recorder.RecorderError, match="riscv64"):
+    with pytest.raises(BuildError, match="riscv64"):
         recorder.host_arches("riscv64")
 
 

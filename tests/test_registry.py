@@ -24,16 +24,17 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, free_port
 from image_helpers import build_image
+from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, free_port
 
 from ocistrap import auth, http, image
 from ocistrap.cli import main
+from ocistrap.errors import CredentialsError, ImageError, TransportError
 from ocistrap.image import Descriptor
-from ocistrap.transports import Reference, TransportError, oci, parse_reference
+from ocistrap.transports import Reference, oci, parse_reference
 from ocistrap.transports import registry as reg
 from ocistrap.transports import write as write_to
-from ocistrap.verify import VerifyError, verify
+from ocistrap.verify import verify
 
 SBOM_TYPE = "application/spdx+json"
 
@@ -115,7 +116,7 @@ def test_target_of_reference():
     target = reg.target_of(parse_reference("docker://127.0.0.1:5000/ocistrap/debian:sid"))
     assert target == reg.Target("127.0.0.1:5000", "ocistrap/debian", "sid")
     assert str(target) == "127.0.0.1:5000/ocistrap/debian:sid"
-    with pytest.raises(reg.RegistryError, match="not a docker://"):
+    with pytest.raises(TransportError, match="not a docker://"):
         reg.target_of(parse_reference("oci:x"))
 
 
@@ -241,14 +242,14 @@ def test_credential_helpers_and_store(isolated, monkeypatch, tmp_path):
 def test_missing_helper_is_named(isolated, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     write_json(isolated / ".docker" / "config.json", {"credsStore": "nonesuch"})
-    with pytest.raises(auth.AuthError, match="docker-credential-nonesuch .* not installed"):
+    with pytest.raises(CredentialsError, match="docker-credential-nonesuch .* not installed"):
         auth.lookup("r.example")
 
 
 @pytest.mark.parametrize("entry", ["not base64!", base64.b64encode(b"no-colon-here").decode()])
 def test_malformed_auth_entry(isolated, entry):
     write_json(isolated / ".docker" / "config.json", {"auths": {"r.example": {"auth": entry}}})
-    with pytest.raises(auth.AuthError, match="not base64 of USER:PASSWORD") as info:
+    with pytest.raises(CredentialsError, match="not base64 of USER:PASSWORD") as info:
         auth.lookup("r.example")
     assert "no-colon-here" not in str(info.value)
 
@@ -286,7 +287,7 @@ def test_push_blobs_first_manifest_last(tmp_path, fake_registry, traffic):
 def test_wrong_digest_answer_is_refused(tmp_path, fake_registry):
     fake_registry.state.faults.wrong_digest = True
     desc = build_image(tmp_path / "l")
-    with pytest.raises(reg.RegistryError, match="answered digest sha256:0000.* refusing"):
+    with pytest.raises(TransportError, match="answered digest sha256:0000.* refusing"):
         reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert fake_registry.requests("PUT", "/manifests/") == []
 
@@ -313,7 +314,7 @@ def test_persistent_failure_gives_up_without_tagging(tmp_path, fake_registry, mo
     monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=3, base_delay=0.5, sleep=delays.append))
     fake_registry.state.faults.upload_500 = 100
     desc = build_image(tmp_path / "l")
-    with pytest.raises(reg.RegistryError, match=r"HTTP 500 \(gave up after 3 attempts\)"):
+    with pytest.raises(TransportError, match=r"HTTP 500 \(gave up after 3 attempts\)"):
         reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert delays == [0.5, 1.0]
     assert fake_registry.requests("PUT", "/manifests/") == []
@@ -324,7 +325,7 @@ def test_client_errors_are_not_retried(tmp_path, fake_registry):
     layer = image_blobs(tmp_path / "l", desc)[-1]
     path = oci.blob_path(tmp_path / "l", layer.digest)
     path.write_bytes(b"\0" * layer.size)
-    with pytest.raises(reg.RegistryError, match=f"upload blob {layer.digest}: HTTP 400: DIGEST_INVALID"):
+    with pytest.raises(TransportError, match=f"upload blob {layer.digest}: HTTP 400: DIGEST_INVALID"):
         reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert len(fake_registry.requests("PUT", "/blobs/uploads/")) == len(image_blobs(tmp_path / "l", desc))
 
@@ -332,13 +333,13 @@ def test_client_errors_are_not_retried(tmp_path, fake_registry):
 def test_manifest_read_back_must_match(tmp_path, fake_registry):
     fake_registry.state.faults.wrong_manifest_back = True
     desc = build_image(tmp_path / "l")
-    with pytest.raises(reg.RegistryError, match="reads back as"):
+    with pytest.raises(TransportError, match="reads back as"):
         reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
 
 
 def test_digest_reference_must_match(tmp_path, fake_registry):
     desc = build_image(tmp_path / "l")
-    with pytest.raises(reg.RegistryError, match="names digest"):
+    with pytest.raises(TransportError, match="names digest"):
         reg.push(tmp_path / "l", desc, docker(fake_registry.host, f"x@sha256:{'1' * 64}"))
     reg.push(tmp_path / "l", desc, docker(fake_registry.host, f"x@{desc.digest}"))
     assert desc.digest in fake_registry.state.manifests and fake_registry.state.tags.get("x", {}) == {}
@@ -379,7 +380,7 @@ def test_insecure_registry_falls_back_to_plain_http(tmp_path, fake_registry):
 
 def test_tls_verify_on_a_plain_http_registry_fails_clearly(tmp_path, fake_registry):
     desc = build_image(tmp_path / "l")
-    with pytest.raises(reg.RegistryError, match="TLS failed") as info:
+    with pytest.raises(TransportError, match="TLS failed") as info:
         reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"), tls_verify=True)
     assert "--tls-verify=false" in info.value.hint
 
@@ -406,7 +407,7 @@ def test_bearer_wrong_password_is_not_shown(tmp_path, fake_registry, monkeypatch
     fake_registry.state.auth = "bearer"
     auth_file(tmp_path, monkeypatch, fake_registry.host, "wrong-Pa55word-xyz")
     desc = build_image(tmp_path / "l")
-    with pytest.raises(reg.RegistryError, match=f"refused the credentials of user {REGISTRY_USER}") as info:
+    with pytest.raises(TransportError, match=f"refused the credentials of user {REGISTRY_USER}") as info:
         reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     text = f"{info.value} {info.value!r} {info.value.hint}"
     assert "wrong-Pa55word-xyz" not in text and basic(REGISTRY_USER, "wrong-Pa55word-xyz") not in text
@@ -415,7 +416,7 @@ def test_bearer_wrong_password_is_not_shown(tmp_path, fake_registry, monkeypatch
 def test_no_credentials_asks_for_login(tmp_path, fake_registry):
     fake_registry.state.auth = "basic"
     desc = build_image(tmp_path / "l")
-    with pytest.raises(reg.RegistryError, match="requires authentication") as info:
+    with pytest.raises(TransportError, match="requires authentication") as info:
         reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert f"ocistrap login {fake_registry.host}" in info.value.hint
 
@@ -509,7 +510,7 @@ def test_storage_asking_for_credentials_gets_none(tmp_path, fake_registry, stora
     pushed(tmp_path, fake_registry)
     storage.challenge = True
     redirect_blob_reads(monkeypatch, fake_registry, lambda digest: f"{storage.url}/store/{digest}")
-    with pytest.raises(VerifyError, match="where the registry sent us, asks for credentials"):
+    with pytest.raises(ImageError, match="where the registry sent us, asks for credentials"):
         verify(f"docker://{fake_registry.host}/x:t")
     assert storage.seen and [a for _, _, a in storage.seen if a] == []
     assert fake_registry.requests("GET", "^/token") == [] and not any(p == "/token" for _, p, _ in storage.seen)
@@ -517,7 +518,7 @@ def test_storage_asking_for_credentials_gets_none(tmp_path, fake_registry, stora
 
 def test_redirect_loop_gives_up_after_the_limit_without_retrying(fake_registry, monkeypatch):
     redirect_blob_reads(monkeypatch, fake_registry, lambda digest: f"/v2/x/blobs/{digest}")
-    with pytest.raises(reg.RegistryError, match=f"more than {reg.MAX_REDIRECTS} redirects"):
+    with pytest.raises(TransportError, match=f"more than {reg.MAX_REDIRECTS} redirects"):
         reg.open_repository(docker(fake_registry.host, "x:t"))[0].blob_size("sha256:" + "1" * 64)
     assert len(fake_registry.requests("HEAD", "/blobs/")) == reg.MAX_REDIRECTS + 1
 
@@ -526,7 +527,7 @@ def test_redirect_loop_gives_up_after_the_limit_without_retrying(fake_registry, 
 def test_redirect_to_another_scheme_is_refused(tmp_path, fake_registry, monkeypatch, location):
     desc = pushed(tmp_path, fake_registry)
     redirect_blob_reads(monkeypatch, fake_registry, lambda digest: location)
-    with pytest.raises(VerifyError, match=f"refused the redirect of GET .*/blobs/sha256:.* to {location} "
+    with pytest.raises(ImageError, match=f"refused the redirect of GET .*/blobs/sha256:.* to {location} "
                                           r"\(only http->http"):
         verify(f"docker://{fake_registry.host}/x:t@{desc.digest}")
 
@@ -547,7 +548,7 @@ def test_an_upload_location_on_another_host_gets_no_credentials(tmp_path, fake_r
 
 def test_an_https_registry_never_sends_credentials_to_a_plain_http_token_service():
     session = reg.Registry("registry.example", credentials=auth.Credentials(REGISTRY_USER, REGISTRY_PASSWORD))
-    with pytest.raises(reg.RegistryError, match="token service http://auth.example/token is plain http"):
+    with pytest.raises(TransportError, match="token service http://auth.example/token is plain http"):
         session._realm_credentials("http://auth.example/token?scope=x")
     grant = session._realm_credentials("https://auth.example/token")
     assert grant.allows("https://auth.example/token") and not grant.allows("https://registry.example/v2/")
@@ -570,7 +571,7 @@ def test_a_registry_dripping_a_manifest_is_cut_off_at_the_deadline(tmp_path, fak
     fake_registry.state.faults.drip = 0.2
     repo, _ = reg.open_repository(docker(fake_registry.host, "x:t"))
     started = time.monotonic()
-    with pytest.raises(reg.RegistryError, match=r"fetch manifest t: timed out: no complete answer within 1 s "
+    with pytest.raises(TransportError, match=r"fetch manifest t: timed out: no complete answer within 1 s "
                                                 r"\(gave up after 4 attempts\)"):
         repo.get_manifest("t")
     assert time.monotonic() - started < 10
@@ -588,7 +589,7 @@ def test_a_100_mib_answer_is_refused_at_the_cap_without_reading_it_all(tmp_path,
         auth_file(tmp_path, monkeypatch, fake_registry.host, REGISTRY_PASSWORD)
     desc = build_image(tmp_path / "l")
     fake_registry.state.faults.huge = huge
-    with pytest.raises(reg.RegistryError, match=refusal):
+    with pytest.raises(TransportError, match=refusal):
         reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     time.sleep(0.2)
     assert 0 < fake_registry.state.sent < 40 << 20
@@ -615,7 +616,7 @@ def test_a_manifest_put_is_never_redirected(tmp_path, fake_registry, monkeypatch
         handler._reply(307, Location=f"http://localhost:1/v2/{name}/manifests/{ref}")
     monkeypatch.setattr(fake_registry.server.RequestHandlerClass, "_manifest", manifest)
     desc = build_image(tmp_path / "l")
-    with pytest.raises(reg.RegistryError, match="refused the redirect of PUT .*manifests/t .*a PUT is never redirected"):
+    with pytest.raises(TransportError, match="refused the redirect of PUT .*manifests/t .*a PUT is never redirected"):
         reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert fake_registry.state.tags.get("x", {}) == {}
 
@@ -683,7 +684,7 @@ def test_registry_killed_mid_push_then_rerun_uploads_only_the_rest(tmp_path, reg
 
     monkeypatch.setattr(reg, "_open_blob", open_blob)
     ref = docker(registry.host, "crash:latest")
-    with pytest.raises(reg.RegistryError, match="gave up after") as info:
+    with pytest.raises(TransportError, match="gave up after") as info:
         reg.push(tmp_path / "l", desc, ref)
     assert "run the same command again" in info.value.hint
     monkeypatch.setattr(reg, "_open_blob", original)
@@ -702,7 +703,7 @@ def test_verify_detects_a_corrupted_registry_blob(tmp_path, registry):
     layer = image_blobs(tmp_path / "l", desc)[-1]
     stored = registry.root / "storage/docker/registry/v2/blobs/sha256" / layer.hex[:2] / layer.hex / "data"
     stored.write_bytes(bytes(b ^ 1 for b in stored.read_bytes()))
-    with pytest.raises(VerifyError, match=f"x:t@{layer.digest}.*digest mismatch"):
+    with pytest.raises(ImageError, match=f"x:t@{layer.digest}.*digest mismatch"):
         verify(f"docker://{registry.host}/x:t")
 
 
@@ -722,9 +723,9 @@ def test_multi_platform_index(tmp_path, registry):
 def test_login_push_logout_with_htpasswd(tmp_path, auth_registry, isolated):
     host = auth_registry.host
     desc = build_image(tmp_path / "l")
-    with pytest.raises(reg.RegistryError, match="requires authentication"):
+    with pytest.raises(TransportError, match="requires authentication"):
         reg.push(tmp_path / "l", desc, docker(host, "x:t"))
-    with pytest.raises(auth.AuthError, match=f"refused the credentials of user {REGISTRY_USER}") as info:
+    with pytest.raises(CredentialsError, match=f"refused the credentials of user {REGISTRY_USER}") as info:
         reg.login(host, REGISTRY_USER, "Wr0ng-password-42")
     text = f"{info.value} {info.value!r}"
     assert "Wr0ng-password-42" not in text and basic(REGISTRY_USER, "Wr0ng-password-42") not in text
@@ -737,7 +738,7 @@ def test_login_push_logout_with_htpasswd(tmp_path, auth_registry, isolated):
         assert info["Digest"] == desc.digest
     assert verify(f"docker://{host}/x:t").manifests == 1
     assert reg.logout(host) == auth_json
-    with pytest.raises(auth.AuthError, match=f"not logged in to {host}"):
+    with pytest.raises(CredentialsError, match=f"not logged in to {host}"):
         reg.logout(host)
 
 
@@ -785,7 +786,7 @@ def test_referrers_fall_back_to_the_digest_tag(tmp_path, registry):
 
 def test_referrer_needs_a_subject(tmp_path, registry):
     desc = build_image(tmp_path / "l")
-    with pytest.raises(reg.RegistryError, match="has no subject"):
+    with pytest.raises(TransportError, match="has no subject"):
         reg.push_referrer(tmp_path / "l", desc, docker(registry.host, "x:t"))
 
 

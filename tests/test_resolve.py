@@ -20,14 +20,13 @@ from ocistrap.archive import Package
 from ocistrap.resolve import (
     VARIANTS,
     Alternative,
-    ResolveError,
+    ArchiveError,
     Universe,
     _version_compare,
     parse_relations,
     resolve,
     version_satisfies,
 )
-
 
 
 def pkg(name: str, version: str = "1", **fields: object) -> Package:
@@ -81,7 +80,7 @@ def test_parse_relations_drops_other_architectures() -> None:
 
 
 def test_parse_relations_rejects_garbage() -> None:
-    with pytest.raises(ResolveError, match="Depends of p 1"):
+    with pytest.raises(ArchiveError, match="Depends of p 1"):
         resolve(Universe([ess("p", depends="ok, (>= 1)")], "amd64"), variant="essential")
 
 
@@ -157,7 +156,7 @@ def test_includes_go_to_the_second_stage() -> None:
 
 
 def test_unknown_variant() -> None:
-    with pytest.raises(ResolveError, match="unknown variant 'apt'"):
+    with pytest.raises(ArchiveError, match="unknown variant 'apt'"):
         resolve(Universe([], "amd64"), variant="apt")
     assert "minbase" in VARIANTS
 
@@ -171,7 +170,7 @@ def test_include_with_version_pins_it() -> None:
     universe = Universe([ess("base"), pkg("hello", "2"), pkg("hello", "1")], "amd64")
     rest = resolve(universe, variant="essential", include=["hello=1"]).rest
     assert [(p.name, p.version) for p in rest] == [("hello", "1")]
-    with pytest.raises(ResolveError, match=r"version 3 of hello is not available \(only 2, 1\)"):
+    with pytest.raises(ArchiveError, match=r"version 3 of hello is not available \(only 2, 1\)"):
         resolve(universe, variant="essential", include=["hello=3"])
 
 
@@ -227,7 +226,7 @@ def test_versioned_provides() -> None:
 def test_versioned_constraints_with_epochs_and_tildes() -> None:
     assert essential_set(ess("a", depends="b (>= 2)"), pkg("b", "1:1")) == ["a", "b"]
     assert essential_set(ess("a", depends="b (<< 2) | c"), pkg("b", "2~rc1"), pkg("c")) == ["a", "b"]
-    with pytest.raises(ResolveError, match=r"a 1 depends on b \(>= 2\) but only 2~rc1 of b is available"):
+    with pytest.raises(ArchiveError, match=r"a 1 depends on b \(>= 2\) but only 2~rc1 of b is available"):
         essential_set(ess("a", depends="b (>= 2)"), pkg("b", "2~rc1"))
 
 
@@ -285,7 +284,7 @@ def test_stage_two_reuses_what_the_essential_stage_installed() -> None:
 
 def test_unknown_include_suggests_near_names() -> None:
     universe = Universe([ess("base"), pkg("hello"), pkg("help")], "amd64")
-    with pytest.raises(ResolveError, match="unknown package 'helo'") as caught:
+    with pytest.raises(ArchiveError, match="unknown package 'helo'") as caught:
         resolve(universe, variant="minbase", include=["helo"])
     assert "hello" in str(caught.value)
 
@@ -293,25 +292,25 @@ def test_unknown_include_suggests_near_names() -> None:
 def test_virtual_include() -> None:
     universe = Universe([ess("base"), pkg("mawk", provides="awk"), pkg("gawk", provides="awk, x")], "amd64")
     assert names(resolve(universe, variant="essential", include=["x"]).rest) == ["gawk"]
-    with pytest.raises(ResolveError, match="awk is a virtual package provided by gawk, mawk"):
+    with pytest.raises(ArchiveError, match="awk is a virtual package provided by gawk, mawk"):
         resolve(universe, variant="essential", include=["awk"])
 
 
 def test_patterns_are_not_includes() -> None:
-    with pytest.raises(ResolveError, match="cannot include"):
+    with pytest.raises(ArchiveError, match="cannot include"):
         resolve(Universe([ess("base")], "amd64"), variant="essential", include=["?priority(important)"])
 
 
 def test_unsatisfiable_dependency_names_the_chain() -> None:
     universe = [ess("a", depends="b"), pkg("b", depends="c (>= 2)"), pkg("c", "1")]
-    with pytest.raises(ResolveError) as caught:
+    with pytest.raises(ArchiveError) as caught:
         essential_set(*universe)
     assert str(caught.value) == "b 1 depends on c (>= 2) but only 1 of c is available (needed by a)"
 
 
 def test_failure_below_a_choice_is_explained() -> None:
     universe = [ess("a", depends="b | c"), pkg("b", depends="nothere"), pkg("c", depends="old (>= 2)"), pkg("old")]
-    with pytest.raises(ResolveError) as caught:
+    with pytest.raises(ArchiveError) as caught:
         essential_set(*universe)
     assert str(caught.value) == (
         "a 1 depends on b | c but b cannot be installed (b 1 depends on nothere but nothere is not available); "
@@ -320,19 +319,19 @@ def test_failure_below_a_choice_is_explained() -> None:
 
 
 def test_missing_dependency() -> None:
-    with pytest.raises(ResolveError, match="a 1 pre-depends on nothere but nothere is not available"):
+    with pytest.raises(ArchiveError, match="a 1 pre-depends on nothere but nothere is not available"):
         essential_set(ess("a", pre_depends="nothere"))
 
 
 def test_conflicting_includes() -> None:
     universe = Universe([ess("base"), pkg("a", conflicts="b"), pkg("b")], "amd64")
-    with pytest.raises(ResolveError, match="a 1 conflicts with b, but b 1 is selected too"):
+    with pytest.raises(ArchiveError, match="a 1 conflicts with b, but b 1 is selected too"):
         resolve(universe, variant="essential", include=["a", "b"])
 
 
 def test_breaks_through_a_virtual_package() -> None:
     universe = Universe([ess("base", breaks="v (<< 2)"), pkg("p", provides="v (= 1)")], "amd64")
-    with pytest.raises(ResolveError, match="base 1 breaks v \\(<< 2\\), but p 1 is selected too"):
+    with pytest.raises(ArchiveError, match="base 1 breaks v \\(<< 2\\), but p 1 is selected too"):
         resolve(universe, variant="essential", include=["p"])
 
 
@@ -391,7 +390,7 @@ def test_resolution_is_closed_or_an_error(packages: list[Package], variant: str,
     universe = Universe(packages, "amd64")
     try:
         resolution = resolve(universe, variant=variant, include=include)
-    except ResolveError:
+    except ArchiveError:
         return
     selected = {p.name: p for p in resolution.all}
     assert len(selected) == len(resolution.essential) + len(resolution.rest)

@@ -1,7 +1,7 @@
 import errno
-import re
 import fcntl
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -16,7 +16,8 @@ from e2e_helpers import start_interruptible
 from host_helpers import FULL, FakeHost
 
 from ocistrap import sandbox
-from ocistrap.sandbox import IdMaps, IdRange, SandboxError, SubIdRange
+from ocistrap.errors import BuildError
+from ocistrap.sandbox import IdMaps, IdRange, SubIdRange
 
 SUBUID = """\
 # comment
@@ -52,7 +53,7 @@ def test_id_map_concatenates_several_ranges_and_stops_at_65535() -> None:
 
 
 def test_id_map_without_ranges_says_which_line_to_add() -> None:
-    with pytest.raises(SandboxError) as e:
+    with pytest.raises(BuildError) as e:
         sandbox.id_map(1000, [], user="alice", suggest_start=231072)
     text = str(e.value)
     assert "/etc/subuid has no range for alice" in text
@@ -61,7 +62,7 @@ def test_id_map_without_ranges_says_which_line_to_add() -> None:
 
 
 def test_id_map_refuses_a_short_range_instead_of_a_smaller_map() -> None:
-    with pytest.raises(SandboxError) as e:
+    with pytest.raises(BuildError) as e:
         sandbox.id_map(1000, [SubIdRange(100000, 1000)], user="alice", kind="gid",
                        suggest_start=165536)
     text = str(e.value)
@@ -74,7 +75,7 @@ def test_id_map_refuses_a_short_range_instead_of_a_smaller_map() -> None:
     [SubIdRange(900, 65536)],
 ])
 def test_id_map_refuses_overlapping_ranges(ranges: list[SubIdRange]) -> None:
-    with pytest.raises(SandboxError, match="overlaps"):
+    with pytest.raises(BuildError, match="overlaps"):
         sandbox.id_map(1000, ranges, user="alice")
 
 
@@ -102,7 +103,7 @@ def test_load_maps_reads_both_files(tmp_path: Path) -> None:
 
 def test_load_maps_names_the_file_that_lacks_the_user(tmp_path: Path) -> None:
     (tmp_path / "subuid").write_text(SUBUID)
-    with pytest.raises(SandboxError) as e:
+    with pytest.raises(BuildError) as e:
         sandbox.load_maps(subuid=tmp_path / "subuid", subgid=tmp_path / "missing",
                           user="alice", uid=1000, gid=1000)
     assert f"{tmp_path / 'missing'} has no range for alice" in str(e.value)
@@ -193,7 +194,7 @@ def test_mounts_below_lists_only_inside_and_deepest_first() -> None:
 def test_mount_helpers_refuse_outside_the_sandbox(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         pytest.skip("root can mount on the host")
-    with pytest.raises(SandboxError, match="only work inside the sandbox"):
+    with pytest.raises(BuildError, match="only work inside the sandbox"):
         sandbox.mount_staging(tmp_path / "staging")
 
 
@@ -293,7 +294,7 @@ def test_terminate_reaches_the_payload() -> None:
 
 @pytest.mark.userns
 def test_spawn_reports_a_missing_command() -> None:
-    with pytest.raises(SandboxError, match="cannot run no-such-command in the sandbox"):
+    with pytest.raises(BuildError, match="cannot run no-such-command in the sandbox"):
         sandbox.spawn(["no-such-command"])
 
 
@@ -301,14 +302,14 @@ def test_spawn_reports_a_missing_command() -> None:
 def test_spawn_reports_a_map_newuidmap_refuses() -> None:
     maps = sandbox.load_maps()
     foreign = (maps.uid[0], IdRange(1, 7000000, 65535))
-    with pytest.raises(SandboxError, match="newuidmap refused the uid map"):
+    with pytest.raises(BuildError, match="newuidmap refused the uid map"):
         sandbox.spawn(["true"], maps=IdMaps(uid=foreign, gid=maps.gid))
 
 
 @pytest.mark.userns
 def test_missing_subuid_entry_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "subuid").write_text("someone-else:100000:65536\n")
-    with pytest.raises(SandboxError) as e:
+    with pytest.raises(BuildError) as e:
         sandbox.spawn(["true"], maps=sandbox.load_maps(subuid=tmp_path / "subuid"))
     assert "has no range for" in str(e.value) and "usermod --add-subuids" in str(e.value)
 
@@ -500,7 +501,7 @@ def test_remove_on_exit_deletes_the_tree_before_wait_returns(end: str, tmp_path:
 
 @pytest.mark.userns
 def test_remove_on_exit_needs_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(SandboxError, match="cannot open the directory .*missing"):
+    with pytest.raises(BuildError, match="cannot open the directory .*missing"):
         sandbox.spawn(["true"], remove_on_exit=tmp_path / "missing")
 
 
@@ -590,10 +591,10 @@ def test_auto_mode_falls_back_when_a_mapper_is_missing() -> None:
 
 
 def test_unshare_mode_raises_what_is_missing() -> None:
-    with pytest.raises(SandboxError, match="no range for alice") as raised:
+    with pytest.raises(BuildError, match="no range for alice") as raised:
         sandbox.decide_mode("unshare", FakeHost(subgid="bob:100000:65536\n"))
     assert "sudo usermod --add-subgids 165536-231071 alice" in str(raised.value)
-    with pytest.raises(SandboxError, match="newuidmap is not installed"):
+    with pytest.raises(BuildError, match="newuidmap is not installed"):
         sandbox.decide_mode("unshare", FakeHost(mappers=NO_MAPPER))
 
 
@@ -610,12 +611,12 @@ def test_single_uid_mode_needs_no_range_nor_mapper() -> None:
 
 @pytest.mark.parametrize("requested", sandbox.MODES)
 def test_no_mode_builds_when_user_namespaces_are_refused(requested: str) -> None:
-    with pytest.raises(SandboxError, match=re.escape(REFUSED)):
+    with pytest.raises(BuildError, match=re.escape(REFUSED)):
         sandbox.decide_mode(requested, FakeHost(userns=REFUSED, subuid=""))
 
 
 def test_unknown_mode_is_refused() -> None:
-    with pytest.raises(SandboxError, match="unknown mode 'root'"):
+    with pytest.raises(BuildError, match="unknown mode 'root'"):
         sandbox.decide_mode("root", FakeHost())
 
 

@@ -5,8 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
-from lockfetch_support import SUITE, Archive
+from lockfetch_support import SUITE, Archive, archive, fast_fetcher, template  # noqa: F401  (fixtures)
 
 from ocistrap import cli, image, lock, settings
 from ocistrap.errors import UsageError

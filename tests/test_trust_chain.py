@@ -9,8 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from lockfetch_support import archive, fast_fetcher, template  # noqa: F401  (fixtures)
-from lockfetch_support import SUITE, Archive, assert_cache_verified, assert_one_error
+from lockfetch_support import SUITE, Archive, archive, assert_cache_verified, assert_one_error, fast_fetcher, template  # noqa: F401  (fixtures)
 from repo_factory import SigningKey, sha256_of
 
 INDEX = "main/binary-amd64/Packages.xz"

@@ -9,12 +9,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from image_helpers import build_image, layer_tar
 
 from ocistrap import image
+from ocistrap.errors import ImageError
 from ocistrap.image import Descriptor
 from ocistrap.transports import docker_archive, oci, oci_archive, parse_reference
-from ocistrap.verify import VerifyError, sniff_compression, verify
-from image_helpers import build_image, layer_tar
+from ocistrap.verify import sniff_compression, verify
 
 
 def tagged(tmp_path: Path, **kwargs) -> tuple[Path, Descriptor]:
@@ -91,7 +92,7 @@ def test_a_shared_layer_is_hashed_once_but_checked_against_every_config(tmp_path
     wrong = image.sha256_digest(b"not the tar")
     bad = rewrite_config(build, other, lambda c: c["rootfs"].update(diff_ids=[wrong]))
     oci.write(build, bad, tmp_path / "out", "other")
-    with pytest.raises(VerifyError, match=f"config says {wrong}"):
+    with pytest.raises(ImageError, match=f"config says {wrong}"):
         verify(f"oci:{tmp_path / 'out'}")
 
 
@@ -99,7 +100,7 @@ def test_flipped_byte_in_a_layer(tmp_path):
     layout, desc = tagged(tmp_path)
     layer = oci.children(layout, desc)[1]
     flip_last_byte(oci.blob_path(layout, layer.digest))
-    with pytest.raises(VerifyError) as info:
+    with pytest.raises(ImageError) as info:
         verify(f"oci:{layout}:t")
     message = str(info.value)
     assert f"blobs/sha256/{layer.hex}" in message
@@ -111,42 +112,42 @@ def test_wrong_diff_id(tmp_path):
     layout, desc = tagged(tmp_path)
     wrong = image.sha256_digest(b"another tar")
     rewrite_config(layout, desc, lambda c: c["rootfs"].update(diff_ids=[wrong]))
-    with pytest.raises(VerifyError, match=f"diff_id mismatch: uncompressed tar hashes to sha256:.*config says {wrong}"):
+    with pytest.raises(ImageError, match=f"diff_id mismatch: uncompressed tar hashes to sha256:.*config says {wrong}"):
         verify(f"oci:{layout}:t")
 
 
 def test_wrong_size(tmp_path):
     layout, desc = tagged(tmp_path)
     rewrite_manifest(layout, desc, lambda m: m["layers"][0].update(size=m["layers"][0]["size"] + 1))
-    with pytest.raises(VerifyError, match=r"layer 0 of manifest .*size mismatch: blob is \d+ bytes, descriptor says"):
+    with pytest.raises(ImageError, match=r"layer 0 of manifest .*size mismatch: blob is \d+ bytes, descriptor says"):
         verify(f"oci:{layout}:t")
 
 
 def test_wrong_size_of_a_manifest_in_index_json(tmp_path):
     layout, desc = tagged(tmp_path)
     point_tag(layout, Descriptor(desc.media_type, desc.digest, desc.size - 1))
-    with pytest.raises(VerifyError, match=f"blobs/sha256/{desc.hex} \\(t at {layout}\\): size mismatch"):
+    with pytest.raises(ImageError, match=f"blobs/sha256/{desc.hex} \\(t at {layout}\\): size mismatch"):
         verify(f"oci:{layout}")
 
 
 def test_manifest_schema_violation(tmp_path):
     layout, desc = tagged(tmp_path)
     new = rewrite_manifest(layout, desc, lambda m: m.update(schemaVersion=3))
-    with pytest.raises(VerifyError, match=f"blobs/sha256/{new.hex} .*invalid at schemaVersion"):
+    with pytest.raises(ImageError, match=f"blobs/sha256/{new.hex} .*invalid at schemaVersion"):
         verify(f"oci:{layout}:t")
 
 
 def test_config_schema_violation(tmp_path):
     layout, desc = tagged(tmp_path)
     rewrite_config(layout, desc, lambda c: c.pop("architecture"))
-    with pytest.raises(VerifyError, match=r"\(config of manifest .*'architecture' is a required property"):
+    with pytest.raises(ImageError, match=r"\(config of manifest .*'architecture' is a required property"):
         verify(f"oci:{layout}:t")
 
 
 def test_index_json_schema_violation(tmp_path):
     layout, _ = tagged(tmp_path)
     (layout / "index.json").write_text('{"schemaVersion": 2}')
-    with pytest.raises(VerifyError, match="index.json: invalid at .*'manifests' is a required property"):
+    with pytest.raises(ImageError, match="index.json: invalid at .*'manifests' is a required property"):
         verify(f"oci:{layout}")
 
 
@@ -156,14 +157,14 @@ def test_manifest_media_type_must_match_its_descriptor(tmp_path):
     lying = oci.put_json(layout, manifest, image.MEDIA_TYPE_DOCKER_MANIFEST)
     point_tag(layout, lying)
     expected = f"document says mediaType {image.MEDIA_TYPE_MANIFEST}, its descriptor {image.MEDIA_TYPE_DOCKER_MANIFEST}"
-    with pytest.raises(VerifyError, match=re.escape(expected)):
+    with pytest.raises(ImageError, match=re.escape(expected)):
         verify(f"oci:{layout}:t")
 
 
 def test_layer_media_type_must_be_a_layer_type(tmp_path):
     layout, desc = tagged(tmp_path)
     rewrite_manifest(layout, desc, lambda m: m["layers"][0].update(mediaType="application/octet-stream"))
-    with pytest.raises(VerifyError, match="media type application/octet-stream is not a layer type"):
+    with pytest.raises(ImageError, match="media type application/octet-stream is not a layer type"):
         verify(f"oci:{layout}:t")
 
 
@@ -171,7 +172,7 @@ def test_layer_that_does_not_decompress(tmp_path):
     layout, desc = tagged(tmp_path, media_type=image.MEDIA_TYPE_LAYER)
     layer = oci.children(layout, desc)[1]
     rewrite_manifest(layout, desc, lambda m: m["layers"][0].update(mediaType=image.MEDIA_TYPE_LAYER_GZIP))
-    with pytest.raises(VerifyError, match=f"{layer.hex} .*cannot decompress \\(gzip\\)"):
+    with pytest.raises(ImageError, match=f"{layer.hex} .*cannot decompress \\(gzip\\)"):
         verify(f"oci:{layout}:t")
 
 
@@ -181,7 +182,7 @@ def test_truncated_gzip_layer_reports_the_digest_first(tmp_path):
     data = path.read_bytes()
     os.unlink(path)
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(VerifyError, match="size mismatch"):
+    with pytest.raises(ImageError, match="size mismatch"):
         verify(f"oci:{layout}:t")
 
 
@@ -190,14 +191,14 @@ def test_platform_must_match_the_config(tmp_path):
     desc = build_image(build, arch="arm64")
     wrong = Descriptor(desc.media_type, desc.digest, desc.size, platform=image.debian_platform("amd64"))
     oci.write(build, wrong, tmp_path / "out", "t")
-    with pytest.raises(VerifyError, match="descriptor platform linux/amd64 but config says linux/arm64/v8"):
+    with pytest.raises(ImageError, match="descriptor platform linux/amd64 but config says linux/arm64/v8"):
         verify(f"oci:{tmp_path / 'out'}:t")
 
 
 def test_layer_count_must_match_diff_ids(tmp_path):
     layout, desc = tagged(tmp_path)
     rewrite_config(layout, desc, lambda c: c["rootfs"]["diff_ids"].append(image.sha256_digest(b"")))
-    with pytest.raises(VerifyError, match="1 layers but its config lists 2 diff_ids"):
+    with pytest.raises(ImageError, match="1 layers but its config lists 2 diff_ids"):
         verify(f"oci:{layout}:t")
 
 
@@ -205,22 +206,22 @@ def test_missing_blob_and_missing_layout(tmp_path):
     layout, desc = tagged(tmp_path)
     config = oci.children(layout, desc)[0]
     oci.blob_path(layout, config.digest).unlink()
-    with pytest.raises(VerifyError, match=f"{config.hex} \\(config of manifest .*blob is missing"):
+    with pytest.raises(ImageError, match=f"{config.hex} \\(config of manifest .*blob is missing"):
         verify(f"oci:{layout}:t")
-    with pytest.raises(VerifyError, match="not an OCI image layout"):
+    with pytest.raises(ImageError, match="not an OCI image layout"):
         verify(f"oci:{tmp_path / 'nowhere'}")
-    with pytest.raises(VerifyError, match="no image tagged 'x'"):
+    with pytest.raises(ImageError, match="no image tagged 'x'"):
         verify(f"oci:{layout}:x")
 
 
 def test_empty_layout_is_not_an_image(tmp_path):
     oci.init_layout(tmp_path)
-    with pytest.raises(VerifyError, match="holds no images"):
+    with pytest.raises(ImageError, match="holds no images"):
         verify(f"oci:{tmp_path}")
 
 
 def test_plain_rootfs_tarballs_are_not_images(tmp_path):
-    with pytest.raises(VerifyError, match="tar"):
+    with pytest.raises(ImageError, match="tar"):
         verify("tar:" + str(tmp_path / "rootfs.tar"))
 
 
@@ -235,9 +236,9 @@ def test_oci_archive(tmp_path):
     with oci_archive.read(tmp_path / "a.tar") as (layout, _):
         shutil.copy(tmp_path / "bad", oci.blob_path(layout, layer.digest))
         oci_archive.tar_layout(layout, tmp_path / "b.tar")
-    with pytest.raises(VerifyError, match=f"{tmp_path / 'b.tar'}/blobs/sha256/{layer.hex} .*digest mismatch"):
+    with pytest.raises(ImageError, match=f"{tmp_path / 'b.tar'}/blobs/sha256/{layer.hex} .*digest mismatch"):
         verify(f"oci-archive:{tmp_path / 'b.tar'}")
-    with pytest.raises(VerifyError, match="no such archive"):
+    with pytest.raises(ImageError, match="no such archive"):
         verify(f"oci-archive:{tmp_path / 'missing.tar'}")
 
 
@@ -259,7 +260,7 @@ def test_docker_archive_wrong_diff_id(tmp_path):
     first = image.sha256_digest(layer_tar({"a": b"1"}))
     wrong = image.sha256_digest(b"x")
     archive = _docker_archive(tmp_path, diff_ids=[first, wrong])
-    with pytest.raises(VerifyError, match=rf"d.tar:\w+\.tar\.gz \(layer 1\): diff_id mismatch.*config says {wrong}"):
+    with pytest.raises(ImageError, match=rf"d.tar:\w+\.tar\.gz \(layer 1\): diff_id mismatch.*config says {wrong}"):
         verify(f"docker-archive:{archive}")
 
 
@@ -271,7 +272,7 @@ def test_docker_archive_config_digest_and_schema(tmp_path):
         with tarfile.open(tmp_path / "e.tar", "w") as tar:
             for path in sorted(unpacked.root.iterdir()):
                 tar.add(path, arcname=path.name)
-    with pytest.raises(VerifyError, match=f"{config.name}: digest mismatch: content hashes to"):
+    with pytest.raises(ImageError, match=f"{config.name}: digest mismatch: content hashes to"):
         verify(f"docker-archive:{tmp_path / 'e.tar'}")
 
 

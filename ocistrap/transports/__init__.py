@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, NoReturn, Protocol, cast
 
 from ocistrap import log as logging
-from ocistrap.errors import OcistrapError, UsageError
+from ocistrap.errors import TransportError, UsageError
 from ocistrap.image import Descriptor, is_ref_name
 
 TABLE: dict[str, str] = {
@@ -45,10 +45,6 @@ _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _DOCKER_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?")
 _HOST_PORT_PATH = re.compile(r"[^/:]+:[0-9]+/")
-
-
-class TransportError(OcistrapError):
-    """An image cannot be read or written at a reference."""
 
 
 class BadReference(UsageError, TransportError):

@@ -57,9 +57,10 @@ from urllib.parse import urljoin
 import oras.auth.utils
 
 from ocistrap import auth, http, log
+from ocistrap.errors import CredentialsError, TransportError
 from ocistrap.http import RetryPolicy, Transient
 from ocistrap.image import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, MEDIA_TYPE_INDEX, Descriptor, canonical_json
-from ocistrap.transports import Reference, TransportError, atomic_write_bytes, oci
+from ocistrap.transports import Reference, atomic_write_bytes, oci
 
 MANIFEST_ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES))
 TIMEOUTS = http.Timeouts(connect=30, read=300, deadline=300, stall=60)
@@ -72,14 +73,6 @@ CONFIG_LIMIT = 16 << 20
 TOKEN_LIMIT = 1 << 20
 ERROR_LIMIT = 64 << 10
 _RECORD_LIMIT = 5000
-
-
-class RegistryError(TransportError):
-    """A registry cannot be reached, refused a request, or answered something we cannot trust."""
-
-
-class CredentialsRefused(RegistryError):
-    """The registry (or its token service) refused the credentials given: ``login`` stores nothing."""
 
 
 RETRY = RetryPolicy()
@@ -119,7 +112,7 @@ def split_name(name: str) -> tuple[str, str]:
 def target_of(ref: Reference) -> Target:
     """The registry target a ``docker://`` reference names."""
     if ref.transport != "docker" or not ref.name:
-        raise RegistryError(f"{ref}: not a docker:// reference")
+        raise TransportError(f"{ref}: not a docker:// reference")
     registry, repository = split_name(ref.name)
     return Target(registry, repository, ref.tag, ref.digest)
 
@@ -183,8 +176,8 @@ class Registry:
         """A registry session using the stored credentials for TARGET, if any."""
         return cls(target.registry, tls_verify=tls_verify, credentials=auth.lookup(target.registry, target.repository))
 
-    def _error(self, message: str, *, hint: str | None = None) -> RegistryError:
-        return RegistryError(f"{self.name}: {message}", hint=hint)
+    def _error(self, message: str, *, hint: str | None = None) -> TransportError:
+        return TransportError(f"{self.name}: {message}", hint=hint)
 
     def ping(self) -> None:
         """Check the registry speaks the v2 API (answering its challenge), choosing http for insecure ones."""
@@ -194,7 +187,7 @@ class Registry:
         if self._insecure and self.base.startswith("https://"):
             try:
                 self.http.send("GET", self.base + "/v2/", what="GET /v2/").close()
-            except (Transient, RegistryError):
+            except (Transient, TransportError):
                 self.base = "http://" + self.base.removeprefix("https://")
         self.request("GET", "/v2/", expect=(200,)).close()
 
@@ -214,7 +207,7 @@ class Registry:
     ) -> http.Response:
         """Send one request (PATH may be a full URL), answer one auth challenge, retry transient failures.
 
-        Statuses in EXPECT (and 404) are returned; anything else raises RegistryError.
+        Statuses in EXPECT (and 404) are returned; anything else raises TransportError.
         BODY may be a callable returning a fresh body for each attempt (a file to stream).
         With LIMIT, the body of an expected answer is read (capped) into ``.body``
         within the attempt, so a connection broken while reading it is retried.
@@ -243,7 +236,7 @@ class Registry:
         """Run OPERATION, retrying it with backoff while it fails transiently."""
         return self.retry.run(
             operation,
-            lambda exc, attempts: RegistryError(
+            lambda exc, attempts: TransportError(
                 f"{self.name}: {what}: {exc} (gave up after {attempts} attempts)",
                 hint="check that the registry is up, then run the same command again (a push keeps what it uploaded)",
             ),
@@ -273,7 +266,7 @@ class Registry:
         """Credentials are for the registry: another host (a redirect, an upload location) asking gets none."""
         if http.origin(response.url) != http.origin(self.base):
             response.close()
-            raise RegistryError(f"{self.name}: {http.shown(response.url)}, where the registry sent us, asks for "
+            raise TransportError(f"{self.name}: {http.shown(response.url)}, where the registry sent us, asks for "
                                 "credentials; ocistrap sends them only to the registry itself")
 
     def _answer(self, challenge: str, response: http.Response) -> None:
@@ -287,7 +280,7 @@ class Registry:
         elif scheme == "bearer":
             self._authorization = f"Bearer {self._token(challenge)}"
         else:
-            raise RegistryError(f"{self.name}: unsupported authentication scheme {scheme!r}")
+            raise TransportError(f"{self.name}: unsupported authentication scheme {scheme!r}")
 
     def _token(self, challenge: str) -> str:
         """A bearer token for every scope this session was challenged for, from the challenge's realm.
@@ -299,7 +292,7 @@ class Registry:
         header = oras.auth.utils.parse_auth_header(challenge)
         realm = header.realm or ""
         if not realm.lower().startswith(("https://", "http://")):
-            raise RegistryError(f"{self.name}: bearer challenge without an http(s) realm")
+            raise TransportError(f"{self.name}: bearer challenge without an http(s) realm")
         if header.scope:
             self._scopes.update(header.scope.split())
         params: dict[str, Any] = {"scope": sorted(self._scopes)} if self._scopes else {}
@@ -312,44 +305,44 @@ class Registry:
             raise self._login_failed() if self.credentials else self._login_needed()
         if response.status_code != 200:
             response.close()
-            raise RegistryError(f"{self.name}: token service {http.shown(realm)}: HTTP {response.status_code}")
+            raise TransportError(f"{self.name}: token service {http.shown(realm)}: HTTP {response.status_code}")
         try:
             answer = json.loads(response.read(TOKEN_LIMIT, f"token service {http.shown(realm)}"))
             token = answer.get("token") or answer.get("access_token")
         except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise RegistryError(f"{self.name}: token service {http.shown(realm)} answered without a token")
+            raise TransportError(f"{self.name}: token service {http.shown(realm)} answered without a token")
         return token
 
     def _realm_credentials(self, realm: str) -> http.Authorization | None:
         if self.credentials is None:
             return None
         if not http.scheme_allows(self.base, realm):
-            raise RegistryError(f"{self.name}: its token service {http.shown(realm)} is plain http; "
+            raise TransportError(f"{self.name}: its token service {http.shown(realm)} is plain http; "
                                 "ocistrap does not send the credentials of an https registry there")
         return http.Authorization.for_url(realm, f"Basic {self.credentials.basic()}")
 
-    def _failure(self, response: http.Response, action: str) -> RegistryError:
+    def _failure(self, response: http.Response, action: str) -> TransportError:
         if response.status_code == 401:
             response.close()
             return self._login_failed() if self.credentials else self._login_needed()
         detail = _error_detail(response)
         if response.status_code == 403:
             who = f" for user {self.credentials.username}" if self.credentials else ""
-            return RegistryError(f"{self.name}: {action}: access denied{who}{detail}")
-        return RegistryError(f"{self.name}: {action}: HTTP {response.status_code}{detail}")
+            return TransportError(f"{self.name}: {action}: access denied{who}{detail}")
+        return TransportError(f"{self.name}: {action}: HTTP {response.status_code}{detail}")
 
-    def _login_needed(self) -> RegistryError:
-        return RegistryError(
+    def _login_needed(self) -> TransportError:
+        return TransportError(
             f"{self.name}: the registry requires authentication and no credentials are stored for it",
             hint=f"run `ocistrap login {self.name}`",
         )
 
-    def _login_failed(self) -> RegistryError:
+    def _login_failed(self) -> TransportError:
         assert self.credentials is not None
         source = f" (from {self.credentials.source})" if self.credentials.source else ""
-        return CredentialsRefused(
+        return CredentialsError(
             f"{self.name}: the registry refused the credentials of user {self.credentials.username}{source}",
             hint=f"check the user name and password, then `ocistrap login {self.name}` again",
         )
@@ -414,7 +407,7 @@ class Repository:
             self._check_answer(start, desc)
             return True
         if start.status_code != 202 or not start.headers.get("Location"):
-            raise RegistryError(f"{self.registry.name}: starting an upload of {desc.digest} gave no upload location")
+            raise TransportError(f"{self.registry.name}: starting an upload of {desc.digest} gave no upload location")
         location = urljoin(start.url, start.headers["Location"])
         done = self.registry.request(
             "PUT", location, params={"digest": desc.digest}, expect=(201,), retry=False,
@@ -433,9 +426,9 @@ class Repository:
         if answered is None:
             size = self.blob_size(desc.digest)
             if size != desc.size:
-                raise RegistryError(f"{self.registry.name}: blob {desc.digest} is not there after its upload")
+                raise TransportError(f"{self.registry.name}: blob {desc.digest} is not there after its upload")
         elif answered != desc.digest:
-            raise RegistryError(
+            raise TransportError(
                 f"{self.registry.name}/{self.name}: the registry answered digest {answered} "
                 f"for blob {desc.digest}; refusing to tag an image it may have stored wrongly"
             )
@@ -446,7 +439,7 @@ class Repository:
         response = self.registry.request("GET", self._path("blobs", digest), stream=True, what=f"fetch blob {digest}")
         if response.status_code == 404:
             response.close()
-            raise RegistryError(f"{self.registry.name}/{self.name}: blob {digest} is missing")
+            raise TransportError(f"{self.registry.name}/{self.name}: blob {digest} is missing")
         stream = response.stream(f"{self.registry.name}/{self.name}: fetch blob {digest}")
         try:
             yield stream
@@ -457,12 +450,12 @@ class Repository:
         """Small blob DESC (a config) read into memory; refused when it is, or says it is, larger than LIMIT."""
         where = f"{self.registry.name}/{self.name}: blob {desc.digest}"
         if desc.size > limit:
-            raise RegistryError(f"{where} is {desc.size} bytes, more than the {limit} read into memory")
+            raise TransportError(f"{where} is {desc.size} bytes, more than the {limit} read into memory")
         response = self.registry.request("GET", self._path("blobs", desc.digest), limit=desc.size,
                                          what=f"fetch blob {desc.digest}")
         if response.status_code == 404:
             response.close()
-            raise RegistryError(f"{where} is missing")
+            raise TransportError(f"{where} is missing")
         assert response.body is not None
         return response.body
 
@@ -472,7 +465,7 @@ class Repository:
                                          what=f"fetch blob {desc.digest}")
         if response.status_code == 404:
             response.close()
-            raise RegistryError(f"{self.registry.name}/{self.name}: blob {desc.digest} is missing")
+            raise TransportError(f"{self.registry.name}/{self.name}: blob {desc.digest} is missing")
         return _SizedStream(response.stream(f"{self.registry.name}/{self.name}: fetch blob {desc.digest}"),
                             http.shown(response.url), desc.size)
 
@@ -497,7 +490,7 @@ class Repository:
         )
         response.close()
         if response.status_code == 404:
-            raise RegistryError(
+            raise TransportError(
                 f"{self.registry.name}/{self.name}: storing manifest {reference} failed: the registry "
                 "does not know a blob it refers to"
             )
@@ -538,7 +531,7 @@ class _SizedStream(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         data = self._body.read(min(len(buffer), self._size - self._read))
         if not data and self._read < self._size:
-            raise RegistryError(f"{self._url}: the blob ended after {self._read} of {self._size} bytes")
+            raise TransportError(f"{self._url}: the blob ended after {self._read} of {self._size} bytes")
         buffer[:len(data)] = data
         self._read += len(data)
         return len(data)
@@ -553,9 +546,9 @@ def _index_entries(data: bytes, what: str) -> list[dict[str, Any]]:
         doc = json.loads(data)
         entries = doc["manifests"]
     except (ValueError, KeyError, TypeError):
-        raise RegistryError(f"{what}: not an image index") from None
+        raise TransportError(f"{what}: not an image index") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise RegistryError(f"{what}: its manifests are not a list of descriptors")
+        raise TransportError(f"{what}: its manifests are not a list of descriptors")
     return entries
 
 
@@ -653,7 +646,7 @@ class _Pusher:
         size = self.repo.blob_size(desc.digest)
         if size is not None:
             if size != desc.size:
-                raise RegistryError(
+                raise TransportError(
                     f"{self.repo.registry.name}/{self.repo.name}: blob {desc.digest} is {size} bytes there, "
                     f"{desc.size} here"
                 )
@@ -673,7 +666,7 @@ class _Pusher:
         response = self.repo.put_manifest(reference, data, desc.media_type)
         answered = response.headers.get("Docker-Content-Digest")
         if answered is not None and answered != desc.digest:
-            raise RegistryError(
+            raise TransportError(
                 f"{self.repo.registry.name}/{self.repo.name}: the registry answered digest {answered} "
                 f"for manifest {desc.digest}"
             )
@@ -690,10 +683,10 @@ def _check_stored(repo: Repository, reference: str, desc: Descriptor) -> None:
     """Read REFERENCE back and make sure it is exactly the manifest we pushed."""
     found = repo.get_manifest(reference, accept=desc.media_type)
     if found is None:
-        raise RegistryError(f"{repo.registry.name}/{repo.name}: {reference} is missing right after it was pushed")
+        raise TransportError(f"{repo.registry.name}/{repo.name}: {reference} is missing right after it was pushed")
     digest = "sha256:" + hashlib.sha256(found[0]).hexdigest()
     if digest != desc.digest:
-        raise RegistryError(
+        raise TransportError(
             f"{repo.registry.name}/{repo.name}:{reference} reads back as {digest}, not the pushed {desc.digest}",
             hint="another push to the same tag may have raced this one",
         )
@@ -708,7 +701,7 @@ def push(layout: Path, desc: Descriptor, ref: Reference, *, tls_verify: bool | N
     """
     repo, target = open_repository(ref, tls_verify=tls_verify)
     if target.digest is not None and target.digest != desc.digest:
-        raise RegistryError(f"{ref}: names digest {target.digest}, but the image is {desc.digest}")
+        raise TransportError(f"{ref}: names digest {target.digest}, but the image is {desc.digest}")
     reference = target.tag or desc.digest
     pusher = _Pusher(repo, layout, MountRecord())
     pusher.push(desc, reference)
@@ -726,7 +719,7 @@ def copy_blob(source: Repository, dest: Repository, desc: Descriptor) -> str:
     size = dest.blob_size(desc.digest)
     if size is not None:
         if size != desc.size:
-            raise RegistryError(f"{dest.registry.name}/{dest.name}: blob {desc.digest} is {size} bytes there, "
+            raise TransportError(f"{dest.registry.name}/{dest.name}: blob {desc.digest} is {size} bytes there, "
                                 f"{desc.size} in {source.registry.name}/{source.name}")
         return "present"
     same_registry = source.registry.name == dest.registry.name
@@ -740,7 +733,7 @@ def store_manifest(repo: Repository, reference: str, data: bytes, media_type: st
     desc = Descriptor.of(data, media_type)
     answered = repo.put_manifest(reference, data, media_type).headers.get("Docker-Content-Digest")
     if answered is not None and answered != desc.digest:
-        raise RegistryError(f"{repo.registry.name}/{repo.name}: the registry answered digest {answered} "
+        raise TransportError(f"{repo.registry.name}/{repo.name}: the registry answered digest {answered} "
                             f"for manifest {desc.digest}")
     _check_stored(repo, reference, desc)
     return desc
@@ -754,7 +747,7 @@ def _referrer_entry(layout: Path, desc: Descriptor) -> tuple[dict[str, Any], Des
     doc = oci.read_json(layout, desc)
     subject = doc.get("subject")
     if not isinstance(subject, dict):
-        raise RegistryError(f"manifest {desc.digest} has no subject: it does not refer to any image")
+        raise TransportError(f"manifest {desc.digest} has no subject: it does not refer to any image")
     entry = desc.to_json()
     entry.pop("platform", None)
     artifact_type = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
@@ -819,7 +812,7 @@ def _resolve_digest(repo: Repository, target: Target) -> str:
     assert target.tag is not None
     found = repo.get_manifest(target.tag)
     if found is None:
-        raise RegistryError(f"{target}: no such image")
+        raise TransportError(f"{target}: no such image")
     return "sha256:" + hashlib.sha256(found[0]).hexdigest()
 
 
@@ -829,16 +822,13 @@ def _resolve_digest(repo: Repository, target: Target) -> str:
 def login(registry: str, username: str, password: str, *, tls_verify: bool | None = None) -> Path:
     """Check USERNAME/PASSWORD against REGISTRY (``host[:port]``), then store them; return the auth file.
 
-    Nothing is stored when the registry refuses them (AuthError, whose message
-    names the user but never the password) or cannot be asked (RegistryError:
+    Nothing is stored when the registry refuses them (CredentialsError, whose message
+    names the user but never the password) or cannot be asked (TransportError:
     unreachable, failing, not a registry), which is not a verdict on them.
     """
     credentials = auth.Credentials(username, password)
     session = Registry(auth.normalize_registry(registry), tls_verify=tls_verify, credentials=credentials)
-    try:
-        session.ping()
-    except CredentialsRefused as exc:
-        raise auth.AuthError(exc.message, hint=exc.hint) from None
+    session.ping()
     return auth.store(registry, credentials)
 
 
@@ -846,7 +836,7 @@ def logout(registry: str) -> Path:
     """Forget the stored login for REGISTRY; return the auth file it was removed from."""
     removed = auth.remove(registry)
     if removed is None:
-        raise auth.AuthError(
+        raise CredentialsError(
             f"not logged in to {registry} (nothing stored in {auth.login_file()})",
             hint="credentials in ~/.docker/config.json are docker's: remove them with `docker logout`",
         )
