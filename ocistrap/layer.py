@@ -37,12 +37,10 @@ from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
 import zstandard
 
 from ocistrap.errors import BuildError
+from ocistrap.unpack import XATTR_ALLOW
 
 MOUNT_POINTS: tuple[str, ...] = ("dev", "proc", "sys")
 """Directories whose contents the runtime provides: written empty."""
-
-XATTR_ALLOW: tuple[str, ...] = ("security.capability",)
-"""Extended attributes carried into layers; others (e.g. SELinux labels of the host) are not."""
 
 WHITEOUT_PREFIX = ".wh."
 

@@ -571,16 +571,16 @@ def userns_advice(err: int, sysctls: Mapping[str, str]) -> str:
 
 # ---- libc ----
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+libc.unshare.argtypes = [ctypes.c_int]
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
 
 
-def _check(result: int, target: str | Path | None = None) -> None:
+def ok_or_raise(result: int, target: str | Path | None = None) -> None:
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), None if target is None else str(target))
@@ -590,34 +590,34 @@ def _bytes(value: str | Path | None) -> bytes | None:
     return None if value is None else os.fsencode(value)
 
 
-def _mount(source: str | Path | None, target: str | Path, fstype: str | None, flags: int,
+def mount(source: str | Path | None, target: str | Path, fstype: str | None, flags: int,
            data: str | None = None) -> None:
-    _check(_libc.mount(_bytes(source), _bytes(target), _bytes(fstype), flags, _bytes(data)),
+    ok_or_raise(libc.mount(_bytes(source), _bytes(target), _bytes(fstype), flags, _bytes(data)),
            target)
 
 
-def _umount(target: str | Path, flags: int = 0) -> None:
-    _check(_libc.umount2(_bytes(target), flags), target)
+def umount(target: str | Path, flags: int = 0) -> None:
+    ok_or_raise(libc.umount2(_bytes(target), flags), target)
 
 
-def _unshare(flags: int) -> None:
-    _check(_libc.unshare(flags))
+def unshare(flags: int) -> None:
+    ok_or_raise(libc.unshare(flags))
 
 
-def _die_with_parent(signum: int = signal.SIGKILL) -> None:
-    _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0))
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    ok_or_raise(libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0))
 
 
 def make_undumpable() -> None:
     """Keep this process's memory, descriptors and /proc/PID/root (the host's /) from code of
     the same uid in the sandbox: without CAP_SYS_PTRACE (chroot_run drops it) it cannot
     ptrace this process or follow its /proc links."""
-    _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0))
+    ok_or_raise(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0))
 
 
-def _drop_bounding(caps: Iterable[int]) -> None:
+def drop_bounding(caps: Iterable[int]) -> None:
     for cap in caps:
-        _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
+        ok_or_raise(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
 
 
 def sandbox_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -899,8 +899,8 @@ def _helper_main(args: list[str]) -> None:
 
 def _probe() -> None:
     try:
-        _unshare(CLONE_NEWUSER | CLONE_NEWNS)
-        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        unshare(CLONE_NEWUSER | CLONE_NEWNS)
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
     except OSError as e:
         print(json.dumps({"errno": e.errno}))
         os._exit(1)
@@ -909,13 +909,13 @@ def _probe() -> None:
 
 def _helper_run(parent: int, up: int, down: int) -> None:
     """Unshare, let the parent map ids, become root, fork the init; exit as it does."""
-    _die_with_parent()
+    die_with_parent()
     if os.getppid() != parent:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.set_inheritable(up, False)
     try:
-        _unshare(NAMESPACES)
+        unshare(NAMESPACES)
     except OSError as e:
         _send(up, step="unshare", errno=e.errno)
         os._exit(1)
@@ -933,7 +933,7 @@ def _helper_run(parent: int, up: int, down: int) -> None:
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
         step = "making mounts private"
-        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
     except OSError as e:
         _send(up, step=step, errno=e.errno)
         os._exit(1)
@@ -988,7 +988,7 @@ def _init(request: dict[str, Any], up: int, lifeline: int) -> NoReturn:
         remove = request["remove"]
         make_undumpable()
         signal.pthread_sigmask(signal.SIG_BLOCK, INIT_SIGNALS)
-        _die_with_parent(signal.SIGKILL if remove is None else signal.SIGTERM)
+        die_with_parent(signal.SIGKILL if remove is None else signal.SIGTERM)
         code = None
         if not _closed(lifeline):
             payload = os.fork()
@@ -1074,7 +1074,7 @@ def _detach_mounts(path: str) -> None:
             return
         for point in inside:
             try:
-                _umount(point, MNT_DETACH)
+                umount(point, MNT_DETACH)
             except OSError:
                 continue
 
@@ -1127,14 +1127,14 @@ def bind_mount(source: Path, target: Path, *, readonly: bool = False) -> None:
         try:
             _remount_readonly(target)
         except OSError as e:
-            _umount(target, MNT_DETACH)
+            umount(target, MNT_DETACH)
             raise BuildError(f"cannot make {target} read-only: {e.strerror}") from e
 
 
 def unmount(target: Path) -> None:
     """Detach the mount at TARGET (and everything below it)."""
     try:
-        _umount(target, MNT_DETACH)
+        umount(target, MNT_DETACH)
     except OSError as e:
         raise BuildError(f"cannot unmount {target}: {e.strerror}") from e
 
@@ -1142,7 +1142,7 @@ def unmount(target: Path) -> None:
 def _mount_or_fail(source: str | Path | None, target: Path, fstype: str | None, flags: int,
                    data: str | None = None) -> None:
     try:
-        _mount(source, target, fstype, flags, data)
+        mount(source, target, fstype, flags, data)
     except OSError as e:
         raise BuildError(f"cannot mount {fstype or source} on {target}: {e.strerror}",
                            hint="mounts only work inside the sandbox (sandbox.spawn)") from e
@@ -1154,7 +1154,7 @@ def _remount_readonly(target: Path) -> None:
     for st_flag, ms_flag in KEPT_FLAGS:
         if kept & st_flag:
             flags |= ms_flag
-    _mount(None, target, None, flags)
+    mount(None, target, None, flags)
 
 
 def prepare_chroot(root: Path) -> None:
@@ -1215,7 +1215,7 @@ def _point(tree: inroot.Tree, rel: str) -> Path:
 
 def _bind_sys(target: Path) -> None:
     try:
-        _mount("/sys", target, None, MS_BIND | MS_REC)
+        mount("/sys", target, None, MS_BIND | MS_REC)
     except OSError as e:
         print(f"ocistrap: leaving {target} empty: the kernel refused to bind /sys ({e.strerror})",
               file=sys.stderr)
@@ -1223,7 +1223,7 @@ def _bind_sys(target: Path) -> None:
     try:
         _remount_readonly(target)
     except OSError as e:
-        _umount(target, MNT_DETACH)
+        umount(target, MNT_DETACH)
         print(f"ocistrap: leaving {target} empty: cannot make a /sys bind read-only "
               f"({e.strerror})", file=sys.stderr)
 
@@ -1274,7 +1274,7 @@ def release_chroot(root: Path) -> None:
             break
         for mount_point in sorted(remaining, key=lambda m: m.count("/"), reverse=True):
             try:
-                _umount(mount_point, MNT_DETACH)
+                umount(mount_point, MNT_DETACH)
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOENT):
                     raise BuildError(f"cannot unmount {mount_point}: {e.strerror}") from e
@@ -1351,15 +1351,15 @@ def _nested_main(kind: str, root: str, argv: list[str]) -> NoReturn:
     process enters ROOT (or the view of it) and becomes ARGV."""
     make_undumpable()
     try:
-        _unshare(CLONE_NEWPID | CLONE_NEWNS)
+        unshare(CLONE_NEWPID | CLONE_NEWNS)
     except OSError as e:
         print(f"ocistrap: cannot run {argv[0]} in {root}: {e.strerror}", file=sys.stderr)
         os._exit(126)
     child = os.fork()
     if child == 0:
         try:
-            _die_with_parent()
-            _mount(None, "/", None, MS_REC | MS_PRIVATE)
+            die_with_parent()
+            mount(None, "/", None, MS_REC | MS_PRIVATE)
             NESTED[kind](root)
             os.execvp(argv[0], argv)
         except OSError as e:
@@ -1373,10 +1373,10 @@ def _nested_main(kind: str, root: str, argv: list[str]) -> NoReturn:
 
 
 def _enter_chroot(root: str) -> None:
-    _mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.chroot(root)
     os.chdir("/")
-    _drop_bounding(CHROOT_DROPPED_CAPS)
+    drop_bounding(CHROOT_DROPPED_CAPS)
 
 
 HOST_SYSTEM = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -1392,19 +1392,19 @@ def _enter_view(root: str) -> None:
     with inroot.Tree(root) as tree:
         sources = {"target": root, "etc": tree.mount_point("etc"), "root": tree.mount_point("root")}
     held = {name: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for name, path in sources.items()}
-    _mount("tmpfs", VIEW, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    mount("tmpfs", VIEW, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     for name in HOST_SYSTEM:
         host, here = f"/{name}", os.path.join(VIEW, name)
         if os.path.islink(host):
             os.symlink(os.readlink(host), here)
         elif os.path.isdir(host):
             os.mkdir(here)
-            _mount(host, here, None, MS_BIND | MS_REC)
+            mount(host, here, None, MS_BIND | MS_REC)
             _remount_readonly(Path(here))
     for name, fd in held.items():
         here = os.path.join(VIEW, name)
         os.mkdir(here)
-        _mount(f"/proc/self/fd/{fd}", here, None, MS_BIND | MS_REC)
+        mount(f"/proc/self/fd/{fd}", here, None, MS_BIND | MS_REC)
         if name != "target":
             _remount_readonly(Path(here))
         os.close(fd)
@@ -1412,14 +1412,14 @@ def _enter_view(root: str) -> None:
         os.mkdir(os.path.join(VIEW, name))
         os.chmod(os.path.join(VIEW, name), mode)
     os.close(os.open(os.path.join(VIEW, "dev/null"), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-    _mount("/dev/null", os.path.join(VIEW, "dev/null"), None, MS_BIND)
+    mount("/dev/null", os.path.join(VIEW, "dev/null"), None, MS_BIND)
     for proc in ("proc", "target/proc"):
-        _mount("proc", os.path.join(VIEW, proc), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount("proc", os.path.join(VIEW, proc), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.chdir(VIEW)
-    _check(_libc.syscall(_PIVOT_ROOT[platform.machine()], b".", b"."))
-    _umount(".", MNT_DETACH)
+    ok_or_raise(libc.syscall(_PIVOT_ROOT[platform.machine()], b".", b"."))
+    umount(".", MNT_DETACH)
     os.chdir("/")
-    _drop_bounding((CAP_SYS_PTRACE,))
+    drop_bounding((CAP_SYS_PTRACE,))
 
 
 NESTED: dict[str, Callable[[str], None]] = {"chroot": _enter_chroot, "view": _enter_view}

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from ocistrap.errors import BuildError
-from ocistrap.layer import XATTR_ALLOW
 
 MAX_MEMBERS = 1_000_000
 """More than any Debian package has (the largest hold about 100,000 paths)."""
@@ -51,6 +50,9 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 T = TypeVar("T")
+
+XATTR_ALLOW: tuple[str, ...] = ("security.capability",)
+"""Extended attributes carried into layers; others (e.g. SELinux labels of the host) are not."""
 
 
 class UnpackError(BuildError):
