@@ -12,14 +12,29 @@ from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
-from ocistrap import __version__, combine, doctor, keys, lock, log, pipeline, sandbox, sbom, settings, transports
-from ocistrap.assemble import ImageOptions
-from ocistrap.cache import Cache, Entry, default_root
-from ocistrap.doctor import native_arch
+from ocistrap import (
+    __version__,
+    combine,
+    doctor,
+    hostarch,
+    log,
+    pipeline,
+    referrers,
+    settings,
+    settingtable,
+    transports,
+)
+from ocistrap.debian import lock, locking
+from ocistrap.debian.cache import Cache, Entry, default_root
+from ocistrap.debian.fetch import Fetcher
+from ocistrap.debian.mirror import Source
 from ocistrap.errors import ArchiveError, OcistrapError, UsageError
-from ocistrap.fetch import Fetcher
-from ocistrap.mirror import Source
-from ocistrap.transports import BadReference, Shape, parse_reference, registry
+from ocistrap.hostarch import native_arch
+from ocistrap.oci import keys
+from ocistrap.oci.assemble import ImageOptions
+from ocistrap.rootfs import buildmode
+from ocistrap.transports import BadReference, Shape, parse_reference
+from ocistrap.transports.registry import api
 from ocistrap.verify import check_lock, verify
 
 
@@ -45,25 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
                                      parser_class=partial(argparse.ArgumentParser, parents=[common]))
 
     p = commands.add_parser("lock", help="verify the archive, resolve the package set, write a lockfile")
-    settings.add_options(p, "lock")
+    settingtable.add_options(p, "lock")
     p.set_defaults(run=cmd_lock)
 
     p = commands.add_parser("build", help="build an OCI image (lock, fetch, install rootless, layer, deliver)")
-    settings.add_options(p, "build")
+    settingtable.add_options(p, "build")
     p.set_defaults(run=cmd_build)
 
     p = commands.add_parser("push", help="push an image from an OCI layout or archive to a registry")
     p.add_argument("source", help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
-    p.add_argument("destination", help="registry reference, e.g. registry.example/debian:bookworm "
+    p.add_argument("destination", help="registry reference, e.g. api.example/debian:bookworm "
                                        "(or any other output, as -o takes)")
-    settings.add_options(p, "push")
+    settingtable.add_options(p, "push")
     p.set_defaults(run=cmd_push)
 
     p = commands.add_parser("login", help="store credentials for a registry (as podman login does)")
     p.add_argument("registry")
     p.add_argument("--username", "-u", required=True)
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    settings.add_options(p, "login")
+    settingtable.add_options(p, "login")
     p.set_defaults(run=cmd_login)
 
     p = commands.add_parser("logout", help="remove stored credentials for a registry")
@@ -75,31 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
                                      "reference (docker:// optional)")
     p.add_argument("--lock", type=Path, default=None,
                    help="also prove the image was built from this lockfile (its digest and Release in the manifest)")
-    settings.add_options(p, "verify")
+    settingtable.add_options(p, "verify")
     p.set_defaults(run=cmd_verify)
 
     p = commands.add_parser("sbom", help="print the SPDX SBOM attached to an image")
     p.add_argument("reference", help="oci:DIR[:TAG] or a registry reference (docker:// optional)")
     p.add_argument("--arch", default=None, help="for a multi-architecture image: whose SBOM (a Debian architecture)")
-    settings.add_options(p, "sbom")
+    settingtable.add_options(p, "sbom")
     p.set_defaults(run=cmd_sbom)
 
     p = commands.add_parser("index", help="push one multi-architecture index over images already in a registry")
-    p.add_argument("destination", help="registry reference for the index, e.g. registry.example/debian:bookworm")
+    p.add_argument("destination", help="registry reference for the index, e.g. api.example/debian:bookworm")
     p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="single-architecture images in the same or another registry, e.g. registry.example/ci:amd64")
-    settings.add_options(p, "index")
+                   help="single-architecture images in the same or another registry, e.g. api.example/ci:amd64")
+    settingtable.add_options(p, "index")
     p.set_defaults(run=cmd_index)
 
     p = commands.add_parser("doctor", help="check that this host can build images without root")
-    p.add_argument("--arch", type=settings.csv_list, default=None, help="architectures you intend to build")
-    p.add_argument("--mode", choices=sandbox.MODES, default="auto",
+    p.add_argument("--arch", type=settingtable.csv_list, default=None, help="architectures you intend to build")
+    p.add_argument("--mode", choices=buildmode.MODES, default="auto",
                    help="the sandbox mode you intend to build in (default: auto)")
     p.set_defaults(run=cmd_doctor)
 
     p = commands.add_parser("fetch", help="download and verify every package of a lockfile into the cache")
     p.add_argument("lockfile", type=Path)
-    settings.add_options(p, "fetch")
+    settingtable.add_options(p, "fetch")
     p.set_defaults(run=cmd_fetch)
 
     p = commands.add_parser("key", help="make a key pair for signing images")
@@ -118,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune: keep only what building these lockfiles offline needs (repeatable); without it, "
                         "prune removes what can be made again from the cache: expanded packages, parsed indices")
     p.add_argument("--dry-run", action="store_true", help="prune: say what would go, remove nothing")
-    settings.add_options(p, "cache")
+    settingtable.add_options(p, "cache")
     p.set_defaults(run=cmd_cache)
     return parser
 
@@ -134,9 +149,9 @@ def _fetcher(s: settings.Settings) -> Fetcher:
 def _make_lock(s: settings.Settings, fetcher: Fetcher, cache: Cache) -> lock.Lockfile:
     source = Source(mirror=s.mirror, suite=s.suite, components=s.components, keyrings=s.keyrings,
                     check_valid_until=not s.no_check_valid_until)
-    selection = pipeline.Selection(variant=s.variant, include=s.include, install_recommends=s.install_recommends,
+    selection = locking.Selection(variant=s.variant, include=s.include, install_recommends=s.install_recommends,
                                    layers=s.layers, slim=s.slim)
-    return pipeline.make_lock(source, selection, s.architectures or (native_arch(),), fetcher, cache,
+    return locking.make_lock(source, selection, s.architectures or (native_arch(),), fetcher, cache,
                               updates=not s.no_updates, security_mirror=s.security_mirror)
 
 
@@ -188,7 +203,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         _print_sizes(entries)
         return 0
     cache = Cache(root, exclusive=True)
-    keep = pipeline.needed_by([settings.read_lockfile(f) for f in args.keep], s.keyrings, cache) if args.keep else None
+    keep = locking.needed_by([settings.read_lockfile(f) for f in args.keep], s.keyrings, cache) if args.keep else None
     gone = cache.prune(keep, dry_run=args.dry_run)
     print(f"{'would remove' if args.dry_run else 'removed'} from {root}:")
     _print_sizes(gone)
@@ -250,8 +265,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if s.trust_lock_keyring and locked is None:
         raise UsageError("--trust-lock-keyring needs --lock FILE: the keyrings it trusts come from that lockfile")
     transports.check(s.outputs + s.push, Shape(platforms=len(architectures), layers=len(layers) + 1))
-    pipeline.require_runnable(architectures)
-    mode = sandbox.decide_mode(s.mode)  # once, before any download: a mode that cannot work fails here
+    hostarch.require_runnable(architectures)
+    mode = buildmode.decide_mode(s.mode)  # once, before any download: a mode that cannot work fails here
     fetcher, cache = _fetcher(s), _cache(s)
     if locked is None:
         locked = _make_lock(s, fetcher, cache)
@@ -302,13 +317,13 @@ def cmd_login(args: argparse.Namespace) -> int:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = getpass.getpass(f"Password for {args.username}@{args.registry}: ")
-    path = registry.login(args.registry, args.username, password, tls_verify=args.tls_verify)
+    path = api.login(args.registry, args.username, password, tls_verify=args.tls_verify)
     print(f"Login succeeded; credentials stored in {path}")
     return 0
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
-    path = registry.logout(args.registry)
+    path = api.logout(args.registry)
     print(f"Removed the credentials for {args.registry} from {path}")
     return 0
 
@@ -326,13 +341,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_sbom(args: argparse.Namespace) -> int:
     ref = parse_reference(args.reference)
     ctx = transports.Context(tls_verify=args.tls_verify)
-    sys.stdout.buffer.write(sbom.read(ref, platform_arch=args.arch, ctx=ctx))
+    sys.stdout.buffer.write(referrers.read(ref, platform_arch=args.arch, ctx=ctx))
     return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    destination = settings.registry_reference(args.destination)
-    desc = combine.push_index(destination, [settings.registry_reference(i) for i in args.images], tls_verify=args.tls_verify)
+    destination = settingtable.registry_reference(args.destination)
+    desc = combine.push_index(destination, [settingtable.registry_reference(i) for i in args.images], tls_verify=args.tls_verify)
     print(f"{destination} {desc.digest}")
     return 0
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ocistrap import log
 from ocistrap.errors import ImageError, UsageError
-from ocistrap.image import (
+from ocistrap.oci.image import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
     MEDIA_TYPE_INDEX,
@@ -26,7 +26,8 @@ from ocistrap.image import (
     canonical_json,
     make_index,
 )
-from ocistrap.transports import Reference, registry
+from ocistrap.transports import Reference
+from ocistrap.transports.registry import api, upload
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Member:
     """One single-architecture image as the registry holds it."""
 
     shown: str
-    repo: registry.Repository
+    repo: api.Repository
     manifest: bytes
     media_type: str
     document: dict[str, Any]
@@ -78,7 +79,7 @@ def index_document(members: Sequence[Member]) -> dict[str, Any]:
 
 def read_member(ref: Reference, *, tls_verify: bool | None = None) -> Member:
     """Fetch the manifest and config of the single-architecture image REF names."""
-    repo, target = registry.open_repository(ref, tls_verify=tls_verify)
+    repo, target = api.open_repository(ref, tls_verify=tls_verify)
     shown = str(target)
     found = repo.get_manifest(target.digest or target.tag or "latest")
     if found is None:
@@ -119,17 +120,17 @@ def push_index(destination: Reference, sources: Sequence[Reference], *,
         raise UsageError("name at least one image to put into the index")
     members = [read_member(ref, tls_verify=tls_verify) for ref in sources]
     document = index_document(members)
-    repo, target = registry.open_repository(destination, tls_verify=tls_verify)
+    repo, target = api.open_repository(destination, tls_verify=tls_verify)
     out = log.get()
     for member in members:
-        how = [registry.copy_blob(member.repo, repo, blob) for blob in member.blobs()]
-        registry.store_manifest(repo, member.descriptor.digest, member.manifest, member.media_type)
+        how = [upload.copy_blob(member.repo, repo, blob) for blob in member.blobs()]
+        upload.store_manifest(repo, member.descriptor.digest, member.manifest, member.media_type)
         out.detail(f"{member.shown} ({member.platform}): " +
                    ", ".join(f"{how.count(k)} {k}" for k in ("present", "mounted", "copied") if k in how))
     data = canonical_json(document)
     if target.digest is not None and target.digest != Descriptor.of(data, MEDIA_TYPE_INDEX).digest:
         raise UsageError(f"{destination}: names digest {target.digest}, but the index is "
                           f"{Descriptor.of(data, MEDIA_TYPE_INDEX).digest}")
-    stored = registry.store_manifest(repo, target.tag or target.digest or "latest", data, MEDIA_TYPE_INDEX)
+    stored = upload.store_manifest(repo, target.tag or target.digest or "latest", data, MEDIA_TYPE_INDEX)
     out.info(f"indexed {', '.join(str(m.platform) for m in members)} as {target}")
     return stored

@@ -2,199 +2,26 @@
 
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ocistrap import assemble, bootstrap, doctor, expand, image, layer, log, mirror, resolve, sandbox, sbom, transports
-from ocistrap.archive import Package
-from ocistrap.cache import Cache
-from ocistrap.errors import ArchiveError, BuildError
-from ocistrap.fetch import Fetcher, Wanted
-from ocistrap.lock import LockedArch, LockedArchive, LockedLayer, LockedPackage, LockedRelease, Lockfile
-from ocistrap.mirror import Source
-from ocistrap.transports import Reference, oci
+from ocistrap import log, transports
+from ocistrap.debian import expand, mirror
+from ocistrap.debian.archive import Package
+from ocistrap.debian.cache import Cache
+from ocistrap.debian.fetch import Fetcher, Wanted
+from ocistrap.debian.lock import Lockfile
+from ocistrap.debian.locking import check_lock_against_archive
+from ocistrap.errors import BuildError
+from ocistrap.oci import assemble, blobwriter, image, ocilayout, sbom
+from ocistrap.rootfs import bootplan, bootstrap, buildmode, scratchdirs, tarstream
+from ocistrap.transports import Reference
 
 T = TypeVar("T")
-
-
 BACKGROUND_NICE = 10
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What to install: the variant and extra packages."""
-
-    variant: str = "minbase"
-    include: tuple[str, ...] = ()
-    install_recommends: bool = False
-    layers: tuple[LockedLayer, ...] = ()
-    slim: bool = False
-
-
-def open_archives(source: Source, fetcher: Fetcher, cache: Cache, *, updates: bool = True,
-                  security_mirror: str | None = None) -> list[tuple[Source, mirror.SignedRelease]]:
-    """Verify the suite's Release and, for a stable release, those of its -updates and -security."""
-    out = log.get()
-    with out.step(f"verifying {source.suite} from {source.mirror}"):
-        main = mirror.open_release(source, fetcher, cache)
-    opened = [(source, main)]
-    if updates:
-        for extra in mirror.companions(source, main.release, security_mirror=security_mirror):
-            with out.step(f"verifying {extra.suite} from {extra.mirror}"):
-                opened.append((extra, mirror.open_release(extra, fetcher, cache)))
-    return opened
-
-
-def load_universe(opened: list[tuple[Source, mirror.SignedRelease]], arch: str, fetcher: Fetcher,
-                  cache: Cache) -> list[tuple[int, Package]]:
-    """Every package of every archive for ARCH, in archive order then index order (apt's order).
-
-    A companion archive that does not carry ARCH at all (Debian's security
-    archive has no s390x, for one) is skipped, as apt does.
-    """
-    return [(n, p) for n, (src, signed) in enumerate(opened)
-            if n == 0 or arch in signed.release.architectures
-            for p in mirror.load_packages(src, signed, arch, fetcher, cache)]
-
-
-@dataclass(frozen=True)
-class _Vouched:
-    """The lockfile this process made last, the keyrings that verified its indices, and the
-    signed stanzas of its packages: what checking that very object again would find."""
-
-    lock: Lockfile
-    keyrings: tuple[Path, ...]
-    signed: dict[str, dict[str, Package]]
-
-
-_vouched: _Vouched | None = None
-
-
-def make_lock(source: Source, selection: Selection, architectures: tuple[str, ...],
-              fetcher: Fetcher, cache: Cache, *, updates: bool = True,
-              security_mirror: str | None = None) -> Lockfile:
-    """Verify the archives' metadata, resolve the package set per architecture, and lock it."""
-    global _vouched
-    out = log.get()
-    opened = open_archives(source, fetcher, cache, updates=updates, security_mirror=security_mirror)
-    locked: dict[str, LockedArch] = {}
-    signed: dict[str, dict[str, Package]] = {}
-    for arch in architectures:
-        with out.step(f"reading package indices for {arch}"):
-            numbered = load_universe(opened, arch, fetcher, cache)
-        with out.step(f"resolving {selection.variant} for {arch}"):
-            packages, signed[arch] = _resolve_layers(resolve.Universe((p for _, p in numbered), arch),
-                                                     selection, archive_of={id(p): n for n, p in numbered})
-        del numbered
-        mirror.give_back_freed_memory()  # the universe is gone: later phases peaked ~15 MiB higher
-        essential = sum(p.stage == "essential" for p in packages)
-        out.info(f"{arch}: {essential} essential + {len(packages) - essential} more packages")
-        locked[arch] = LockedArch(releases=tuple(_locked_release(signed) for _, signed in opened),
-                                  packages=tuple(packages))
-    lock = Lockfile(mirror=source.mirror, suite=source.suite, components=source.components,
-                    variant=selection.variant, include=selection.include,
-                    install_recommends=selection.install_recommends,
-                    archives=tuple(LockedArchive(mirror=s.mirror, suite=s.suite) for s, _ in opened),
-                    architectures=locked, layers=selection.layers, slim=selection.slim)
-    _vouched = _Vouched(lock, source.keyrings, signed)
-    return lock
-
-
-def _resolve_layers(universe: resolve.Universe, selection: Selection,
-                    archive_of: dict[int, int]) -> tuple[list[LockedPackage], dict[str, Package]]:
-    """Resolve the base, then each layer's group on top of everything before it.
-
-    Each group adds what apt would install for the base's and all earlier
-    groups' requests plus its own; a group that would change a package of an
-    earlier layer is an error, since layers can only add.
-    """
-    include = list(selection.include)
-    locked: dict[str, LockedPackage] = {}
-    chosen: dict[str, Package] = {}
-    for number in range(len(selection.layers) + 1):
-        if number:
-            include += selection.layers[number - 1].include
-        resolution = resolve.resolve(universe, variant=selection.variant, include=tuple(include),
-                                     install_recommends=selection.install_recommends)
-        staged = [(p, "essential") for p in resolution.essential] + [(p, "rest") for p in resolution.rest]
-        for package, stage in staged:
-            earlier = locked.get(package.name)
-            if earlier is None:
-                locked[package.name] = _locked(package, stage, archive_of[id(package)],
-                                               auto=stage == "rest" and resolution.auto_installed(package),
-                                               layer=number)
-                chosen[package.name] = package
-            elif earlier.version != package.version:
-                raise ArchiveError(
-                    f"layer {selection.layers[number - 1].name!r} needs {package.name} {package.version}, "
-                    f"but an earlier layer has {earlier.version}", hint="move those packages into one layer")
-    return list(locked.values()), chosen
-
-
-def _locked_release(signed: mirror.SignedRelease) -> LockedRelease:
-    release = signed.release
-    return LockedRelease(path=signed.path, sha256=signed.sha256, date=release.date.isoformat(),
-                         suite=release.suite, codename=release.codename, keys=signed.keys)
-
-
-def _locked(package: Package, stage: str, archive: int, *, auto: bool, layer: int) -> LockedPackage:
-    return LockedPackage(name=package.name, version=package.version,
-                         architecture=package.architecture, filename=package.filename,
-                         size=package.size, sha256=package.sha256, stage=stage,
-                         source=package.source, auto=auto, archive=archive, layer=layer)
-
-
-def sources_of(lock: Lockfile, keyrings: tuple[Path, ...]) -> list[Source]:
-    return [Source(mirror=a.mirror, suite=a.suite, components=lock.components, keyrings=keyrings)
-            for a in lock.archives]
-
-
-def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher,
-                               cache: Cache) -> dict[str, dict[str, Package]]:
-    """Prove each locked .deb is listed, with its hash, in the signed index it came from.
-
-    A lockfile is plain JSON; this check makes an edited one useless to an
-    attacker. It needs exactly the locked Releases, from the cache or the
-    mirror; their expiry is not checked again: the lock pinned that state on purpose. The
-    lockfile object ``make_lock`` just made from the verified indices, with the
-    same keyrings, needs no second reading of them.
-    """
-    if _vouched is not None and _vouched.lock is lock and _vouched.keyrings == keyrings:
-        return _vouched.signed
-    sources = sources_of(lock, keyrings)
-    signed_packages: dict[str, dict[str, Package]] = {}
-    for arch, entry in lock.architectures.items():
-        opened = [(src, mirror.open_release(src, fetcher, cache, pin=mirror.Pin(release.path, release.sha256)))
-                  for src, release in zip(sources, entry.releases)]
-        index = {(n, p.name, p.version, p.architecture): p
-                 for n, p in load_universe(opened, arch, fetcher, cache)}
-        signed_packages[arch] = {}
-        for p in entry.packages:
-            match = index.get((p.archive, p.name, p.version, p.architecture))
-            if match is None or (match.filename, match.size, match.sha256) != (p.filename, p.size, p.sha256):
-                raise ArchiveError(
-                    f"lockfile entry {p.name} {p.version} ({p.architecture}) is not in the signed "
-                    f"index of {lock.archives[p.archive].suite} with that file, size and SHA256; refusing it",
-                    hint="regenerate the lockfile with `ocistrap lock`")
-            signed_packages[arch][p.name] = match
-    return signed_packages
-
-
-def needed_by(locks: Sequence[Lockfile], keyrings: tuple[Path, ...], cache: Cache) -> set[str]:
-    """The SHA256 of everything in CACHE that a warm build of LOCKS reads offline: the Release
-    files and indices that the same check as a build's finds, the .debs and their expansions."""
-    used: set[str] = set()
-    cache.used = used
-    try:
-        for lock in locks:
-            check_lock_against_archive(lock, keyrings, Fetcher(offline=True), cache)
-            used.update(p.sha256 for entry in lock.architectures.values() for p in entry.packages)
-    finally:
-        cache.used = None
-    return used
 
 
 def wanted_debs(lock: Lockfile, arch: str) -> list[Wanted]:
@@ -207,7 +34,7 @@ def wanted_debs(lock: Lockfile, arch: str) -> list[Wanted]:
 class Fetched:
     """A lockfile's packages, verified against the signed archive and present in the cache.
 
-    PATHS are their expansions (ocistrap.expand), which is what the sandbox installs:
+    PATHS are their expansions (ocistrap.debian.expand), which is what the sandbox installs:
     for a build, names in its own scratch directory for the very files that were verified;
     PENDING makes them in the background, so a build can start before the last one is made.
     """
@@ -268,22 +95,22 @@ def _private_dir(path: Path) -> Path:
 
 @dataclass(frozen=True)
 class Staging:
-    """How the sandbox runs (decided once, see sandbox.decide_mode) and where the staging
+    """How the sandbox runs (decided once, see buildmode.decide_mode) and where the staging
     root lives (a tmpfs of the namespace, or a directory on disk)."""
 
-    mode: sandbox.BuildMode
+    mode: buildmode.BuildMode
     workdir: Path | None = None
 
 
 def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
-              tmpfs: bool, epoch: int, keyrings: tuple[Path, ...]) -> bootstrap.Plan:
+              tmpfs: bool, epoch: int, keyrings: tuple[Path, ...]) -> bootplan.Plan:
     """The inner half's instructions for ARCH: which files, in which stage, and the image's apt source."""
     entry = lock.architectures[arch]
     paths = fetched.paths[arch]
     signed = fetched.signed[arch]
 
-    def debs(stage: str) -> list[bootstrap.Deb]:
-        return [bootstrap.Deb(name=p.name, path=str(paths[p.name]), pre_depends=signed[p.name].pre_depends,
+    def debs(stage: str) -> list[bootplan.Deb]:
+        return [bootplan.Deb(name=p.name, path=str(paths[p.name]), pre_depends=signed[p.name].pre_depends,
                               provides=signed[p.name].provides, arch=arch, auto=p.auto,
                               layer=p.layer)
                 for p in entry.stage(stage)]
@@ -294,8 +121,8 @@ def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
     debs_dirs = {str(p.parent) for p in paths.values()}
     if len(debs_dirs) != 1:
         raise BuildError("the cached packages are not in one directory")
-    return bootstrap.Plan(arch=arch, essential=debs("essential"), rest=debs("rest"),
-                          sources=bootstrap.sources_text(lock.archives, lock.components, signed_by),
+    return bootplan.Plan(arch=arch, essential=debs("essential"), rest=debs("rest"),
+                          sources=bootplan.sources_text(lock.archives, lock.components, signed_by),
                           staging=str(staging_dir), tmpfs=tmpfs, epoch=epoch,
                           debs_dir=debs_dirs.pop(), keyrings=custom, layer_count=len(lock.layers) + 1,
                           slim=lock.slim)
@@ -305,7 +132,7 @@ def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging,
                   keyrings: tuple[Path, ...], sink: Callable[[BinaryIO], T]) -> bootstrap.Installed[T]:
     """Install ARCH's packages in a sandbox and pass each layer's tar stream to SINK."""
     base = staging.workdir or Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    with sandbox.scratch_dir(base, "ocistrap-staging-") as tmp:
+    with scratchdirs.scratch_dir(base, "ocistrap-staging-") as tmp:
         root = tmp / "root"
         root.mkdir()
         plan = make_plan(lock, arch, fetched, root, tmpfs=staging.workdir is None, epoch=epoch,
@@ -353,7 +180,7 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
     """Fetch, install, layer, wrap and deliver: the whole of `ocistrap build` after locking.
     Everything happens in a scratch directory of this build, which holds the packages it
     installs, and is gone (with every expansion finished or stopped) before this returns."""
-    with sandbox.scratch_dir(cache.root / "partial", "build-") as tmp:
+    with scratchdirs.scratch_dir(cache.root / "partial", "build-") as tmp:
         fetched = fetch(lock, keyrings, fetcher, cache, private=tmp / "debs")
         try:
             return _install_and_deliver(lock, keyrings, fetched, tmp, request)
@@ -366,7 +193,7 @@ def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fe
     epoch = request.epoch if request.epoch is not None else release_epoch(lock)
     provenance = provenance_of(lock)
     layout = Path(tmp) / "layout"
-    oci.init_layout(layout)
+    ocilayout.init_layout(layout)
     manifests = []
     staging = request.staging
     for arch in lock.architectures:
@@ -389,21 +216,11 @@ def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fe
     return Built(digest=top.digest, outputs=request.outputs)
 
 
-def write_layer(stream: BinaryIO, blobs_dir: Path, compression: str) -> layer.LayerBlob:
+def write_layer(stream: BinaryIO, blobs_dir: Path, compression: str) -> blobwriter.LayerBlob:
     """One layer's blob (bootstrap calls this once the stream's first bytes are there)."""
     out = log.get()
     with out.step("writing layer"):
-        return layer.write_blob(out.meter().reader(stream), blobs_dir, compression=compression)  # type: ignore[arg-type]
-
-
-def require_runnable(architectures: Iterable[str]) -> None:
-    """Fail before any download when maintainer scripts of an architecture could not run here."""
-    host = doctor.SystemHost()
-    native = doctor.native_arch()
-    for arch in architectures:
-        check = doctor.check_binfmt(host, arch, native)
-        if not check.ok:
-            raise BuildError(f"cannot build for {arch} on this {native} host: {check.detail}")
+        return blobwriter.write_blob(out.meter().reader(stream), blobs_dir, compression=compression)  # type: ignore[arg-type]
 
 
 def _history(lock: Lockfile, arch: str) -> list[str]:
@@ -411,5 +228,5 @@ def _history(lock: Lockfile, arch: str) -> list[str]:
     packages = lock.architectures[arch].packages
     count = [sum(p.layer == n for p in packages) for n in range(len(lock.layers) + 1)]
     return [f"ocistrap {lock.variant}{' slim' if lock.slim else ''} {lock.suite} ({count[0]} packages)"] + [
-        f"ocistrap layer {layer.name}: {', '.join(layer.include)} ({count[n]} packages)"
+        f"ocistrap layer {tarstream.name}: {', '.join(tarstream.include)} ({count[n]} packages)"
         for n, layer in enumerate(lock.layers, start=1)]

@@ -17,9 +17,11 @@ from typing import IO, Any
 import zstandard
 
 from ocistrap import transports
-from ocistrap.assemble import ANNOTATION_LOCK, ANNOTATION_RELEASE
+from ocistrap.debian.lock import Lockfile
 from ocistrap.errors import TransportError
-from ocistrap.image import (
+from ocistrap.oci.assemble import ANNOTATION_LOCK, ANNOTATION_RELEASE
+from ocistrap.oci.blobwriter import decompressed
+from ocistrap.oci.image import (
     CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     LAYER_COMPRESSION,
@@ -29,8 +31,6 @@ from ocistrap.image import (
     Platform,
     debian_platform,
 )
-from ocistrap.layer import decompressed
-from ocistrap.lock import Lockfile
 from ocistrap.schema import SchemaError, validate
 from ocistrap.transports import BadReference, ImageStore, Reference, SavedImage, parse_reference
 

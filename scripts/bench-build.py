@@ -39,9 +39,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE / "tests"))
 
-from registry_fixture import RealRegistry, free_port  # noqa: E402
-from e2e_helpers import podman_environment  # noqa: E402
 from benchlib import git_revision  # noqa: E402
+from e2e_helpers import podman_environment  # noqa: E402
+from registry_fixture import RealRegistry, free_port  # noqa: E402
 
 TOOLS = ("pipeline", "warm", "cold", "single-uid")
 LABELS = {"pipeline": "mmdebstrap + podman import + push", "warm": "ocistrap, warm cache",

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from ocistrap.archive import Package
-from ocistrap.resolve import Universe, resolve
+from ocistrap.debian.archive import Package
+from ocistrap.debian.resolve import Universe, resolve
 
 _FIELDS = {
     "Package": "name",

@@ -5,7 +5,7 @@ import pytest
 from registry_fixture import auth_registry, fake_registry, registry  # noqa: F401  (docker-registry and fake registries)
 from repo_factory import *  # noqa: F401,F403  (signed test repository and hostile mirror fixtures)
 
-from ocistrap.transports import registry as reg
+from ocistrap.transports.registry import api
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,7 +22,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / "cache"))
     monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
-    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02))
+    monkeypatch.setattr(api, "RETRY", api.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,16 +1,16 @@
-"""A fake host for the build mode's decision and for `ocistrap doctor` (sandbox.HostProbe,
+from ocistrap.rootfs import idmaps
+
+"""A fake host for the build mode's decision and for `ocistrap doctor` (buildmode.HostProbe,
 doctor.Host): every fact a verdict depends on is a field."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ocistrap import sandbox
-
 ARM64_ENTRY = ("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\n"
                "offset 0\nmagic 7f454c460201010000000000000000000200b700\n")
-FULL = sandbox.IdMaps(uid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)),
-                      gid=(sandbox.IdRange(0, 1000, 1), sandbox.IdRange(1, 100000, 65535)))
+FULL = idmaps.IdMaps(uid=(idmaps.IdRange(0, 1000, 1), idmaps.IdRange(1, 100000, 65535)),
+                      gid=(idmaps.IdRange(0, 1000, 1), idmaps.IdRange(1, 100000, 65535)))
 MAPPERS = {"newuidmap": ("/usr/bin/newuidmap", None), "newgidmap": ("/usr/bin/newgidmap", None)}
 
 

@@ -1,5 +1,5 @@
 """Small images and lockfiles made in memory, shared by the OCI, transport, registry, index and
-SBOM tests (``ocistrap.layer`` is used only by ``build``, so the others stand on their own)."""
+SBOM tests (the layer writer is used only by ``build``, so the others stand on their own)."""
 
 import gzip
 import io
@@ -9,10 +9,9 @@ from pathlib import Path
 
 import zstandard
 
-from ocistrap import assemble, image, layer
-from ocistrap.image import Descriptor
-from ocistrap.lock import LockedArch, LockedArchive, LockedPackage, LockedRelease, Lockfile
-from ocistrap.transports import oci
+from ocistrap.debian.lock import LockedArch, LockedArchive, LockedPackage, LockedRelease, Lockfile
+from ocistrap.oci import assemble, blobwriter, image, ocilayout
+from ocistrap.oci.image import Descriptor
 
 COMPRESSORS = {
     image.MEDIA_TYPE_LAYER: lambda raw: raw,
@@ -42,17 +41,17 @@ def build_image(
     created: int = 0,
 ) -> Descriptor:
     """Write a small image's blobs into the layout ROOT; return its manifest descriptor (untagged)."""
-    oci.init_layout(root)
+    ocilayout.init_layout(root)
     raws = [layer_tar(files) for files in layers]
     layer_descs = []
     for raw in raws:
         blob = COMPRESSORS[media_type](raw)
-        oci.put_bytes(root, blob)
+        ocilayout.put_bytes(root, blob)
         layer_descs.append(Descriptor.of(blob, media_type))
     config = image.make_config(arch=arch, created=created, diff_ids=[image.sha256_digest(r) for r in raws])
-    config_desc = oci.put_json(root, config, image.MEDIA_TYPE_CONFIG)
+    config_desc = ocilayout.put_json(root, config, image.MEDIA_TYPE_CONFIG)
     manifest = image.make_manifest(config_desc, layer_descs)
-    return oci.put_json(root, manifest, image.MEDIA_TYPE_MANIFEST, platform=image.debian_platform(arch))
+    return ocilayout.put_json(root, manifest, image.MEDIA_TYPE_MANIFEST, platform=image.debian_platform(arch))
 
 
 def lockfile(arches: tuple[str, ...] = ("amd64", "arm64"), release: str = RELEASE_SHA256) -> Lockfile:
@@ -74,13 +73,13 @@ def lockfile(arches: tuple[str, ...] = ("amd64", "arm64"), release: str = RELEAS
 
 def build(layout: Path, arch: str, locked: Lockfile, *, annotations: dict[str, str] | None = None) -> Descriptor:
     """A one-layer image for ARCH into LAYOUT, with the provenance of LOCKED, tagged ARCH."""
-    oci.init_layout(layout)
+    ocilayout.init_layout(layout)
     raw = layer_tar({"etc/arch": arch.encode()})
-    blob = layer.write_blob(io.BytesIO(raw), layout / "blobs" / "sha256", compression="gzip")
+    blob = blobwriter.write_blob(io.BytesIO(raw), layout / "blobs" / "sha256", compression="gzip")
     provenance = assemble.Provenance(suite=locked.suite, mirror=locked.mirror, lock_digest=locked.digest(),
                                      release_sha256=locked.architectures[arch].releases[0].sha256)
     desc = assemble.write_image(layout, arch, [assemble.Layer(blob, "test")], epoch=1700000000,
                                 options=assemble.ImageOptions(annotations=annotations or {}),
                                 provenance=provenance)
-    oci.write(layout, desc, layout, arch)
+    ocilayout.write(layout, desc, layout, arch)
     return desc

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from repo_factory import Mirror, RepoBuilder, SigningKey
 
-from ocistrap import fetch as fetch_module
-from ocistrap.cache import Cache
 from ocistrap.cli import main
+from ocistrap.debian import fetch as fetch_module
+from ocistrap.debian.cache import Cache
 
 __all__ = ["SUITE", "Archive", "archive", "fast_fetcher", "template", "sha256_file",
            "assert_one_error", "assert_cache_verified", "assert_partials_honest"]
@@ -109,7 +109,7 @@ def archive(template: RepoBuilder, repo: RepoBuilder, http_mirror: Mirror, signi
     shutil.copytree(template.root, repo.root, dirs_exist_ok=True)
     repo.debs = list(template.debs)
     yield Archive(repo=repo, mirror=http_mirror, keyring=signing_key.keyring, cache=tmp_path / "cache",
-                  lockfile=tmp_path / "ocistrap.lock", capsys=capsys)
+                  lockfile=tmp_path / "ocistrap.debian.lock", capsys=capsys)
 
 
 def sha256_file(path: Path) -> str:

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from repo_factory import Mirror, RepoBuilder, SigningKey, release_text
 
-from ocistrap import archive, openpgp
-from ocistrap.archive import (
+from ocistrap.debian import archive, openpgp
+from ocistrap.debian.archive import (
     ArchiveError,
     FileEntry,
     Package,
@@ -182,7 +182,7 @@ def test_decompress_garbage(path: str) -> None:
 
 
 def test_xz_in_pieces_is_what_lzma_decompress_gives() -> None:
-    from ocistrap.archive import decompressed_chunks
+    from ocistrap.debian.archive import decompressed_chunks
     first, second = os.urandom(5000).hex().encode(), b"Package: b\n" * 3000
     packed = lzma.compress(first) + lzma.compress(second)
     pieces = list(decompressed_chunks(packed, "Packages.xz", size=4096))

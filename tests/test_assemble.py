@@ -1,8 +1,8 @@
 import json
 
-from ocistrap import assemble, image, schema
-from ocistrap.layer import LayerBlob
-from ocistrap.transports import oci
+from ocistrap import schema
+from ocistrap.oci import assemble, image, ocilayout
+from ocistrap.oci.blobwriter import LayerBlob
 
 BLOB = LayerBlob(digest="sha256:" + "a" * 64, size=10, diff_id="sha256:" + "b" * 64,
                  media_type=image.MEDIA_TYPE_LAYER_GZIP, uncompressed_size=20)
@@ -11,11 +11,11 @@ PROVENANCE = assemble.Provenance(suite="bookworm", mirror="http://deb.debian.org
 
 
 def write(tmp_path, options=assemble.ImageOptions(), arch="arm64"):
-    oci.init_layout(tmp_path)
+    ocilayout.init_layout(tmp_path)
     desc = assemble.write_image(tmp_path, arch, [assemble.Layer(BLOB, "ocistrap minbase bookworm")],
                                 epoch=1700000000, options=options, provenance=PROVENANCE)
-    manifest = json.loads(oci.blob_path(tmp_path, desc.digest).read_bytes())
-    config = json.loads(oci.blob_path(tmp_path, manifest["config"]["digest"]).read_bytes())
+    manifest = json.loads(ocilayout.blob_path(tmp_path, desc.digest).read_bytes())
+    config = json.loads(ocilayout.blob_path(tmp_path, manifest["config"]["digest"]).read_bytes())
     return desc, manifest, config
 
 

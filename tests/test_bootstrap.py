@@ -7,10 +7,11 @@ import pytest
 from host_helpers import FakeHost
 from image_helpers import layer_tar, lockfile
 
-from ocistrap import bootstrap, pipeline, sandbox
-from ocistrap.bootstrap import Deb, Plan
+from ocistrap import pipeline
+from ocistrap.debian.lock import LockedArchive
 from ocistrap.errors import BuildError
-from ocistrap.lock import LockedArchive
+from ocistrap.rootfs import bootplan, bootstrap, buildmode, idmaps, innerboot
+from ocistrap.rootfs.bootplan import Deb, Plan
 
 
 def deb(name: str, pre: str = "", provides: str = "", auto: bool = False) -> Deb:
@@ -22,26 +23,26 @@ def names(batches: list[list[Deb]]) -> list[list[str]]:
 
 
 def test_batches_without_pre_depends_are_one_dpkg_call() -> None:
-    assert names(bootstrap.install_batches([deb("a"), deb("b")], [deb("libc6")])) == [["a", "b"]]
+    assert names(bootplan.install_batches([deb("a"), deb("b")], [deb("libc6")])) == [["a", "b"]]
 
 
 def test_pre_depends_on_a_later_package_waits_for_it() -> None:
     rest = [deb("e2fsprogs", pre="libext2fs2 (>= 1.47), libc6"), deb("libext2fs2", pre="libc6")]
-    assert names(bootstrap.install_batches(rest, [deb("libc6")])) == [["libext2fs2"], ["e2fsprogs"]]
+    assert names(bootplan.install_batches(rest, [deb("libc6")])) == [["libext2fs2"], ["e2fsprogs"]]
 
 
 def test_pre_depends_through_provides_and_alternatives() -> None:
     rest = [deb("tool", pre="awk | gawk"), deb("mawk", provides="awk")]
-    assert names(bootstrap.install_batches(rest, [])) == [["mawk"], ["tool"]]
+    assert names(bootplan.install_batches(rest, [])) == [["mawk"], ["tool"]]
 
 
 def test_unsatisfiable_pre_depends_is_an_error_naming_the_packages() -> None:
     with pytest.raises(BuildError, match="tool"):
-        bootstrap.install_batches([deb("tool", pre="missing")], [deb("libc6")])
+        bootplan.install_batches([deb("tool", pre="missing")], [deb("libc6")])
 
 
 def test_extended_states_lists_only_auto_installed_sorted() -> None:
-    text = bootstrap.extended_states([deb("zlib", auto=True), deb("apt"), deb("libapt", auto=True)])
+    text = bootplan.extended_states([deb("zlib", auto=True), deb("apt"), deb("libapt", auto=True)])
     assert text == ("Package: libapt\nArchitecture: amd64\nAuto-Installed: 1\n\n"
                     "Package: zlib\nArchitecture: amd64\nAuto-Installed: 1\n\n")
 
@@ -50,7 +51,7 @@ def test_sources_group_suites_by_mirror() -> None:
     archives = [LockedArchive("http://deb.debian.org/debian", "bookworm"),
                 LockedArchive("http://deb.debian.org/debian", "bookworm-updates"),
                 LockedArchive("http://deb.debian.org/debian-security", "bookworm-security")]
-    text = bootstrap.sources_text(archives, ["main", "contrib"], ["/usr/share/keyrings/k.gpg"])
+    text = bootplan.sources_text(archives, ["main", "contrib"], ["/usr/share/keyrings/k.gpg"])
     stanzas = text.split("\n\n")
     assert stanzas[0] == ("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n"
                           "Components: main contrib\nSigned-By: /usr/share/keyrings/k.gpg")
@@ -68,10 +69,10 @@ def test_the_tree_is_merged_up_front_only_when_usrmerge_would_merge_it() -> None
     def plan(*rest: str) -> Plan:
         return Plan(arch="amd64", essential=[deb("base-files"), deb("libc6")], rest=[deb(n) for n in rest],
                     sources="", staging="/x/root", tmpfs=True, epoch=0, debs_dir="/cache")
-    assert bootstrap.merged_usr_aliases(plan("apt", "usrmerge")) == \
+    assert bootplan.merged_usr_aliases(plan("apt", "usrmerge")) == \
         ("bin", "sbin", "lib", "lib32", "lib64", "libo32", "libx32")
-    assert bootstrap.merged_usr_aliases(plan("apt", "usr-is-merged")) == ()
-    assert bootstrap.merged_usr_aliases(plan()) == ()
+    assert bootplan.merged_usr_aliases(plan("apt", "usr-is-merged")) == ()
+    assert bootplan.merged_usr_aliases(plan()) == ()
 
 
 def test_count_configured_counts_whole_setting_up_lines() -> None:
@@ -88,10 +89,10 @@ def test_count_configured_ignores_setting_up_inside_a_line() -> None:
 def refusing_runner(tried: list[tuple[bool, bool]], stream=lambda plan: f"layer of {plan.arch}"):
     """A runner for the namespace kinds whose newuidmap refuses every full map; it passes
     STREAM(plan) to the sink as the one layer."""
-    def run(plan: Plan, sink, *, maps: sandbox.IdMaps, remove_on_exit, ready) -> list:
+    def run(plan: Plan, sink, *, maps: idmaps.IdMaps, remove_on_exit, ready) -> list:
         tried.append((maps.is_single, plan.record_owners))
         if not maps.is_single:
-            raise sandbox.MapRefused("newuidmap refused the uid map 0 1000 1: write failed")
+            raise idmaps.MapRefused("newuidmap refused the uid map 0 1000 1: write failed")
         return [sink(stream(plan))]
     return run
 
@@ -102,18 +103,18 @@ PLAN = Plan(arch="amd64", essential=[], rest=[], sources="", staging="/x/root", 
 def test_auto_mode_falls_back_to_single_uid_when_newuidmap_refuses(monkeypatch) -> None:
     tried: list[tuple[bool, bool]] = []
     monkeypatch.setitem(bootstrap.RUNNERS, "namespace", refusing_runner(tried))
-    installed = bootstrap.bootstrap(PLAN, lambda stream: stream, mode=sandbox.decide_mode("auto", FakeHost()))
+    installed = bootstrap.bootstrap(PLAN, lambda stream: stream, mode=buildmode.decide_mode("auto", FakeHost()))
     assert installed.layers == ["layer of amd64"]
     assert (installed.mode.name, installed.mode.fell_back_from) == ("single-uid", "unshare")
     assert tried == [(False, False), (True, True)]
     tried.clear()
-    with pytest.raises(sandbox.MapRefused):
-        bootstrap.bootstrap(PLAN, lambda stream: stream, mode=sandbox.decide_mode("unshare", FakeHost()))
+    with pytest.raises(idmaps.MapRefused):
+        bootstrap.bootstrap(PLAN, lambda stream: stream, mode=buildmode.decide_mode("unshare", FakeHost()))
     assert tried == [(False, False)]
 
 
 def test_every_kind_of_mode_has_a_runner() -> None:
-    assert {k.runner for k in sandbox.KINDS.values()} <= set(bootstrap.RUNNERS)
+    assert {k.runner for k in buildmode.KINDS.values()} <= set(bootstrap.RUNNERS)
 
 
 def test_the_inner_half_waits_for_each_package_the_host_announces() -> None:
@@ -124,7 +125,7 @@ def test_the_inner_half_waits_for_each_package_the_host_announces() -> None:
             made.append(n)
             yield n
     announcer = bootstrap._Announcer(ready)
-    waiting = bootstrap._Ready(announcer.inner_fd)
+    waiting = innerboot._Ready(announcer.inner_fd)
     announcer.start()
     waiting.wait(2)
     assert waiting.count >= 2
@@ -137,13 +138,13 @@ def test_the_inner_half_waits_for_each_package_the_host_announces() -> None:
 
 
 def test_a_package_that_could_not_be_made_ready_is_the_error_raised() -> None:
-    from ocistrap.expand import ArchiveError
+    from ocistrap.debian.expand import ArchiveError
 
     def ready():
         yield 1
         raise ArchiveError("junk is not a .deb (an ar archive)")
     announcer = bootstrap._Announcer(ready)
-    waiting = bootstrap._Ready(announcer.inner_fd)
+    waiting = innerboot._Ready(announcer.inner_fd)
     announcer.start()
     with pytest.raises(BuildError):
         waiting.wait(2)
@@ -156,34 +157,34 @@ def test_without_announcements_everything_is_ready() -> None:
     announcer = bootstrap._Announcer(None)
     assert announcer.inner_fds == [] and announcer.inner_fd == -1
     announcer.start()
-    bootstrap._Ready(-1).wait(10**6)
+    innerboot._Ready(-1).wait(10**6)
 
 
 def test_phases_cross_to_the_outer_half_one_line_per_layer() -> None:
     r, w = os.pipe()
-    phases = bootstrap.Phases(w)
+    phases = innerboot.Phases(w)
     assert not os.get_inheritable(w), "a maintainer script's daemon could hold the pipe open"
-    with phases.timed(bootstrap.UNPACKING_ESSENTIAL):
+    with phases.timed(innerboot.UNPACKING_ESSENTIAL):
         pass
-    phases.add(bootstrap.DPKG_CONFIGURING, 2.0)
-    phases.add(bootstrap.DPKG_UNPACKING, 1.0)
-    phases.add(bootstrap.DPKG_CONFIGURING, 0.5)
+    phases.add(innerboot.DPKG_CONFIGURING, 2.0)
+    phases.add(innerboot.DPKG_UNPACKING, 1.0)
+    phases.add(innerboot.DPKG_CONFIGURING, 0.5)
     phases.report()
-    phases.add(bootstrap.DPKG_UNPACKING, 3.0)
+    phases.add(innerboot.DPKG_UNPACKING, 3.0)
     phases.report()
     os.close(w)
     with os.fdopen(r, "rb") as reader:
-        first, second = bootstrap.read_phases(reader.readline()), bootstrap.read_phases(reader.readline())
-        assert bootstrap.read_phases(reader.readline()) == []
-    assert [name for name, _ in first] == [bootstrap.UNPACKING_ESSENTIAL, bootstrap.DPKG_UNPACKING,
-                                           bootstrap.DPKG_CONFIGURING]
-    assert first[1:] == [(bootstrap.DPKG_UNPACKING, 1.0), (bootstrap.DPKG_CONFIGURING, 2.5)]
-    assert second == [(bootstrap.DPKG_UNPACKING, 3.0)]
+        first, second = innerboot.read_phases(reader.readline()), innerboot.read_phases(reader.readline())
+        assert innerboot.read_phases(reader.readline()) == []
+    assert [name for name, _ in first] == [innerboot.UNPACKING_ESSENTIAL, innerboot.DPKG_UNPACKING,
+                                           innerboot.DPKG_CONFIGURING]
+    assert first[1:] == [(innerboot.DPKG_UNPACKING, 1.0), (innerboot.DPKG_CONFIGURING, 2.5)]
+    assert second == [(innerboot.DPKG_UNPACKING, 3.0)]
 
 
 @pytest.mark.parametrize("line", [b"", b"not json\n", b"[1, 2]\n", b'{"dpkg unpacking": "x"}\n'])
 def test_a_phase_report_that_is_not_one_gives_no_phases(line: bytes) -> None:
-    assert bootstrap.read_phases(line) == []
+    assert innerboot.read_phases(line) == []
 
 
 def test_a_second_architecture_does_not_retry_unshare_after_a_fallback(monkeypatch, tmp_path) -> None:
@@ -196,7 +197,7 @@ def test_a_second_architecture_does_not_retry_unshare_after_a_fallback(monkeypat
     monkeypatch.setattr(pipeline, "fetch", lambda *args, **kw: fetched)
     monkeypatch.setattr(pipeline, "make_plan", lambda lock, arch, *args, **kw: replace(PLAN, arch=arch))
     (tmp_path / "partial").mkdir()
-    mode = sandbox.decide_mode("auto", FakeHost())
+    mode = buildmode.decide_mode("auto", FakeHost())
     request = pipeline.BuildRequest(outputs=(), staging=pipeline.Staging(mode, tmp_path), epoch=0)
     built = pipeline.build(locked, (), None, SimpleNamespace(root=tmp_path), request)  # type: ignore[arg-type]
     assert tried == [(False, False), (True, True), (True, True)]

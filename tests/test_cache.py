@@ -21,10 +21,10 @@ from lockfetch_support import (  # noqa: F401  (fixtures)
     template,
 )
 
-from ocistrap import archive as archive_module
-from ocistrap.cache import Cache
+from ocistrap.debian import archive as archive_module
+from ocistrap.debian.cache import Cache
+from ocistrap.debian.fetch import Fetcher, Wanted
 from ocistrap.errors import ArchiveError
-from ocistrap.fetch import Fetcher, Wanted
 
 
 def sha(data: bytes) -> str:
@@ -284,7 +284,7 @@ def test_without_a_writable_key_place_nothing_derived_outlives_the_process(tmp_p
 
 
 def test_racing_processes_agree_on_one_key(tmp_path: Path) -> None:
-    from ocistrap.cache import load_key
+    from ocistrap.debian.cache import load_key
     keys = []
     threads = [threading.Thread(target=lambda: keys.append(load_key(tmp_path / "s" / "cache.key"))) for _ in range(8)]
     for t in threads:
@@ -297,7 +297,7 @@ def test_racing_processes_agree_on_one_key(tmp_path: Path) -> None:
 def test_temp_files_of_killed_writers_are_swept_but_not_those_being_written(tmp_path: Path) -> None:
     import fcntl
 
-    from ocistrap.cache import sweep_orphans
+    from ocistrap.debian.cache import sweep_orphans
     cache = Cache(tmp_path / "c")
     partial, locks = cache.root / "partial", cache.root / "locks"
     for name in (".tmp-orphan", ".tmp-written", "ab" * 32):
@@ -315,7 +315,7 @@ def test_a_sweep_waits_for_a_writer_making_its_temp_file(tmp_path: Path) -> None
     that moment would take the unlocked file for an orphan."""
     import fcntl
 
-    from ocistrap.cache import sweep_orphans
+    from ocistrap.debian.cache import sweep_orphans
     cache = Cache(tmp_path / "c")
     swept: list[list[str]] = []
     with open(cache.root / "locks" / "creating", "rb") as creating:
@@ -363,7 +363,7 @@ def test_a_way_to_the_cache_others_may_change_is_refused_unless_sticky(tmp_path:
 
 
 def test_a_directory_of_another_user_cannot_hold_a_cache() -> None:
-    from ocistrap.cache import directory_problem
+    from ocistrap.debian.cache import directory_problem
     def st(mode: int, uid: int) -> os.stat_result:
         return os.stat_result((mode, 0, 0, 1, uid, 0, 0, 0, 0, 0))
     other = os.geteuid() + 1 if os.geteuid() else 1000

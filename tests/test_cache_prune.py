@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from lockfetch_support import Archive, archive, assert_cache_verified, assert_one_error, fast_fetcher, template  # noqa: F401  (fixtures)
 
-from ocistrap import expand
-from ocistrap.cache import Cache
+from ocistrap.debian import expand
+from ocistrap.debian.cache import Cache
 from ocistrap.errors import ArchiveError
 
 

@@ -19,8 +19,8 @@ from lockfetch_support import Archive, archive, fast_fetcher, template  # noqa: 
 from registry_fixture import free_port
 
 from ocistrap.cli import main
-from ocistrap.transports import oci
-from ocistrap.transports import registry as reg
+from ocistrap.oci import ocilayout
+from ocistrap.transports.registry import api
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def unreachable_build(*extra: str) -> Callable[[Archive, Path], list[str]]:
 def push_to_an_unwritable_tar(a: Archive, tmp: Path) -> list[str]:
     """`-o tar:` and `push` write through the same dispatch; a file where a directory should be
     is unwritable even for root."""
-    oci.write(tmp / "image", build_image(tmp / "image"), tmp / "layout", "x")
+    ocilayout.write(tmp / "image", build_image(tmp / "image"), tmp / "layout", "x")
     (tmp / "file").write_text("")
     return ["push", f"oci:{tmp / 'layout'}:x", f"tar:{tmp / 'file' / 'x.tar'}"]
 
@@ -226,8 +226,8 @@ def run(archive: Archive, argv: list[str]) -> tuple[int, str, str]:
 def test_a_registry_that_cannot_be_reached_is_no_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """A failed push exits 1 (every TransportError once exited 2, usage or not)."""
-    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=2, base_delay=0.01))
-    oci.write(tmp_path / "image", build_image(tmp_path / "image"), tmp_path / "layout", "x")
+    monkeypatch.setattr(api, "RETRY", api.RetryPolicy(attempts=2, base_delay=0.01))
+    ocilayout.write(tmp_path / "image", build_image(tmp_path / "image"), tmp_path / "layout", "x")
     rc = main(["-q", "push", f"oci:{tmp_path / 'layout'}:x", f"127.0.0.1:{free_port()}/x:y"])
     err = capsys.readouterr().err
     assert rc == 1, err

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 from image_helpers import build, layer_tar, lockfile
 
-from ocistrap import assemble, combine, image, layer
+from ocistrap import combine
 from ocistrap.cli import main
+from ocistrap.debian.lock import Lockfile
+from ocistrap.debian.lock import write as write_lock
 from ocistrap.errors import ImageError, UsageError
-from ocistrap.image import Descriptor, Platform
-from ocistrap.lock import Lockfile
-from ocistrap.lock import write as write_lock
-from ocistrap.transports import oci, parse_reference
-from ocistrap.transports import registry as reg
+from ocistrap.oci import assemble, blobwriter, image, ocilayout
+from ocistrap.oci.image import Descriptor, Platform
+from ocistrap.transports import parse_reference
+from ocistrap.transports.registry import api, upload
 from ocistrap.verify import check_lock, verify
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
@@ -26,11 +27,11 @@ def docker(host: str, rest: str):
 
 
 def push(layout: Path, desc: Descriptor, host: str, rest: str) -> None:
-    reg.push(layout, desc, docker(host, rest))
+    upload.push(layout, desc, docker(host, rest))
 
 
 def registry_index(host: str, rest: str) -> tuple[dict, str]:
-    repo, target = reg.open_repository(docker(host, rest))
+    repo, target = api.open_repository(docker(host, rest))
     data, media_type = repo.get_manifest(target.tag)
     return json.loads(data), media_type
 
@@ -76,7 +77,7 @@ def test_index_of_images_pushed_apart_is_one_verified_multi_arch_tag(registry, t
 
     report = verify(f"docker://{registry.host}/debian:bookworm")
     assert report.manifests == 2 and report.layers == 2
-    assert check_lock(report, locked, "ocistrap.lock") == ["amd64", "arm64"]
+    assert check_lock(report, locked, "ocistrap.debian.lock") == ["amd64", "arm64"]
 
 
 def test_index_across_registries_streams_the_blobs(registry, fake_registry, tmp_path, capsys) -> None:
@@ -100,7 +101,7 @@ def test_index_refuses_two_images_of_one_platform_and_an_index(registry, tmp_pat
     rc = main(["-q", "index", f"{registry.host}/debian:dup", f"{registry.host}/ci/a:1", f"{registry.host}/ci/b:1"])
     err = capsys.readouterr().err
     assert rc == 2 and "ci/a:1 and" in err and "ci/b:1 are both linux/amd64" in err
-    assert reg.open_repository(docker(registry.host, "debian:dup"))[0].get_manifest("dup") is None
+    assert api.open_repository(docker(registry.host, "debian:dup"))[0].get_manifest("dup") is None
 
     rc = main(["-q", "index", f"{registry.host}/debian:nested", f"{registry.host}/ci/a:1"])
     assert rc == 0
@@ -117,7 +118,7 @@ def test_index_over_an_image_the_registry_serves_damaged_is_a_registry_failure(f
     """What the registry serves wrong exits 1, as any registry failure; what the user names wrong, 2."""
     desc = build(tmp_path / "amd64", "amd64", lockfile(("amd64",)))
     push(tmp_path / "amd64", desc, fake_registry.host, "ci/amd64:1")
-    config = oci.children(tmp_path / "amd64", desc)[0]
+    config = ocilayout.children(tmp_path / "amd64", desc)[0]
     fake_registry.state.blobs[config.digest] = b'{"architecture": "arm64", "os": "linux"}'
 
     rc = main(["-q", "index", f"{fake_registry.host}/debian:one", f"{fake_registry.host}/ci/amd64:1"])
@@ -132,11 +133,11 @@ def test_index_over_an_image_the_registry_serves_damaged_is_a_registry_failure(f
 def test_verify_lock_proves_the_image_and_names_the_lock(tmp_path, capsys) -> None:
     locked = lockfile(("amd64",))
     build(tmp_path / "layout", "amd64", locked)
-    write_lock(locked, tmp_path / "ocistrap.lock")
-    rc = main(["-q", "verify", f"oci:{tmp_path / 'layout'}:amd64", "--lock", str(tmp_path / "ocistrap.lock")])
+    write_lock(locked, tmp_path / "ocistrap.debian.lock")
+    rc = main(["-q", "verify", f"oci:{tmp_path / 'layout'}:amd64", "--lock", str(tmp_path / "ocistrap.debian.lock")])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert f"built from {tmp_path / 'ocistrap.lock'} ({locked.digest()}) for amd64" in out
+    assert f"built from {tmp_path / 'ocistrap.debian.lock'} ({locked.digest()}) for amd64" in out
 
 
 @pytest.mark.parametrize("other, words", [
@@ -154,13 +155,13 @@ def test_verify_lock_refuses_an_image_of_another_lock(tmp_path, other: Lockfile,
 def test_verify_lock_refuses_a_matching_lock_digest_with_another_release(tmp_path) -> None:
     locked = lockfile(("amd64",))
     layout = tmp_path / "layout"
-    oci.init_layout(layout)
+    ocilayout.init_layout(layout)
     raw = layer_tar({"x": b"x"})
-    blob = layer.write_blob(io.BytesIO(raw), layout / "blobs" / "sha256", compression="gzip")
+    blob = blobwriter.write_blob(io.BytesIO(raw), layout / "blobs" / "sha256", compression="gzip")
     provenance = assemble.Provenance(suite="bookworm", mirror=locked.mirror, lock_digest=locked.digest(),
                                      release_sha256="0" * 64)
     desc = assemble.write_image(layout, "amd64", [assemble.Layer(blob, "t")], epoch=0,
                                 options=assemble.ImageOptions(), provenance=provenance)
-    oci.write(layout, desc, layout, "t")
+    ocilayout.write(layout, desc, layout, "t")
     with pytest.raises(ImageError, match="names Release sha256:0{64}, not the sha256:e{64}"):
-        check_lock(verify(f"oci:{layout}:t"), locked, "ocistrap.lock")
+        check_lock(verify(f"oci:{layout}:t"), locked, "ocistrap.debian.lock")

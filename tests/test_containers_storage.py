@@ -9,9 +9,9 @@ import pytest
 from e2e_helpers import podman_env_in
 from image_helpers import build_image
 
-from ocistrap import image
 from ocistrap.errors import TransportError
-from ocistrap.transports import containers_storage, oci, parse_reference
+from ocistrap.oci import image, ocilayout
+from ocistrap.transports import containers_storage, parse_reference
 from ocistrap.transports import write as write_to
 
 
@@ -72,13 +72,13 @@ def test_image_lands_in_rootless_podman_storage(tmp_path, monkeypatch, tool):
     monkeypatch.setenv("XDG_RUNTIME_DIR", env["XDG_RUNTIME_DIR"])
     layout = tmp_path / "l"
     desc = build_image(layout, [{"etc/hostname": b"ocistrap\n"}, {"etc/os-release": b"ID=debian\n"}])
-    config = oci.children(layout, desc)[0]
+    config = ocilayout.children(layout, desc)[0]
     name = f"ocistrap-test-storage-{tool}:{os.getpid()}"
     try:
         write_to(layout, desc, parse_reference(f"containers-storage:{name}"))
         info = json.loads(podman("image", "inspect", f"localhost/{name}", env=env))[0]
         assert info["Id"] == config.hex
-        assert info["RootFS"]["Layers"] == oci.read_json(layout, config)["rootfs"]["diff_ids"]
+        assert info["RootFS"]["Layers"] == ocilayout.read_json(layout, config)["rootfs"]["diff_ids"]
         if tool == "skopeo":
             assert info["Digest"] == desc.digest
         assert exported_file(f"localhost/{name}", "etc/os-release", env, tmp_path) == b"ID=debian\n"
@@ -95,7 +95,7 @@ def test_index_stores_this_machine_s_platform(tmp_path, monkeypatch):
     layout = tmp_path / "l"
     amd64 = build_image(layout, [{"etc/arch": b"amd64"}], arch="amd64")
     arm64 = build_image(layout, [{"etc/arch": b"arm64"}], arch="arm64")
-    index = oci.put_json(layout, image.make_index([amd64, arm64]), image.MEDIA_TYPE_INDEX)
+    index = ocilayout.put_json(layout, image.make_index([amd64, arm64]), image.MEDIA_TYPE_INDEX)
     name = f"localhost/ocistrap-test-index:{os.getpid()}"
     native = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
     if native not in ("amd64", "arm64"):

@@ -1,9 +1,10 @@
 import pytest
 from host_helpers import ARM64_ENTRY, FakeHost
 
-from ocistrap import doctor, sandbox
-from ocistrap.doctor import Check
+from ocistrap import doctor, hostarch
 from ocistrap.errors import BuildError
+from ocistrap.hostarch import Check
+from ocistrap.rootfs import buildmode
 
 
 def _by_name(results: list[Check]) -> dict[str, Check]:
@@ -55,12 +56,12 @@ def test_sqv_is_an_accepted_verifier() -> None:
     (ARM64_ENTRY.replace("POCF", "POC"), True, "lacks the F flag"),
 ])
 def test_binfmt_problems(entry: str | None, mounted: bool, expected: str) -> None:
-    check = doctor.binfmt_verdict("arm64", "amd64", entry, mounted)
+    check = hostarch.binfmt_verdict("arm64", "amd64", entry, mounted)
     assert not check.ok and expected in check.detail
 
 
 def test_binfmt_of_an_unknown_architecture() -> None:
-    assert not doctor.binfmt_verdict("vax", "amd64", None, True).ok
+    assert not hostarch.binfmt_verdict("vax", "amd64", None, True).ok
 
 
 def test_armhf_looks_for_qemu_arm() -> None:
@@ -76,7 +77,7 @@ def test_format_checks_aligns_names() -> None:
 
 @pytest.mark.userns
 def test_this_host_is_ready_for_native_builds() -> None:
-    results = doctor.checks([doctor.native_arch()])
+    results = doctor.checks([hostarch.native_arch()])
     assert all(c.ok for c in results), doctor.format_checks(results)
 
 
@@ -129,12 +130,12 @@ HOSTS = {
 }
 
 
-@pytest.mark.parametrize("requested", sandbox.MODES)
+@pytest.mark.parametrize("requested", buildmode.MODES)
 @pytest.mark.parametrize("host", HOSTS.values(), ids=HOSTS.keys())
 def test_doctor_says_what_the_build_decides(host: FakeHost, requested: str) -> None:
     found = _by_name(doctor.checks([], mode=requested, host=host))["build mode"]
     try:
-        mode = sandbox.decide_mode(requested, host)
+        mode = buildmode.decide_mode(requested, host)
     except BuildError as e:
         assert not found.ok and e.message in found.detail
     else:

@@ -42,7 +42,7 @@ from e2e_helpers import (  # noqa: F401  (fixtures)
     work,
 )
 
-from ocistrap import lock
+from ocistrap.debian import lock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 

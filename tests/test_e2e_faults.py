@@ -234,7 +234,7 @@ def test_interrupted_while_downloading_the_metadata(signum, mirror, signing_key:
 @signal_ids
 def test_interrupted_while_downloading_the_debs(signum, mirror, template: RepoBuilder,  # noqa: F811
                                                 signing_key: SigningKey, tmp_path):
-    cache, layout, locked = tmp_path / "cache", tmp_path / "layout", tmp_path / "ocistrap.lock"
+    cache, layout, locked = tmp_path / "cache", tmp_path / "layout", tmp_path / "ocistrap.debian.lock"
     big = next(d for d in template.debs if d.filename.split("/")[-1].startswith("bigdata_"))
     big_sha256 = big.stanza.split("SHA256: ")[1].split()[0]
     with throttled(mirror.url.removeprefix("http://"), rate=200_000) as proxy:
@@ -410,7 +410,7 @@ def assert_no_space_line(result: subprocess.CompletedProcess[str], *words: str) 
 
 def test_disk_full_while_filling_the_cache(smallfs, mirror, template: RepoBuilder,  # noqa: F811
                                            signing_key: SigningKey, tmp_path):
-    cache, locked = smallfs / "cache", tmp_path / "ocistrap.lock"
+    cache, locked = smallfs / "cache", tmp_path / "ocistrap.debian.lock"
     keyring = ["--keyring", str(signing_key.keyring), "--cache-dir", str(cache)]
     ocistrap("-q", "lock", *lock_args(mirror.url, signing_key.keyring, cache), "-o", str(locked))
     filler = fill(smallfs, leave=400_000)

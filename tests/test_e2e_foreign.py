@@ -19,7 +19,8 @@ from e2e_helpers import (
 )
 from registry_fixture import registry  # noqa: F401  (fixture)
 
-from ocistrap import doctor, hostdpkg
+from ocistrap import doctor, hostarch
+from ocistrap.rootfs import hostdpkg
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
@@ -28,14 +29,14 @@ NATIVE_UNPACK = "ocistrap: arm64: the host's dpkg unpacks, the target's configur
 
 
 def arm64_runnable() -> bool:
-    return doctor.check_binfmt(doctor.SystemHost(), "arm64", doctor.native_arch()).ok
+    return doctor.check_binfmt(doctor.SystemHost(), "arm64", hostarch.native_arch()).ok
 
 
 def blob(layout: Path, digest: str) -> dict:
     return json.loads((layout / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes())
 
 
-@pytest.mark.skipif(doctor.native_arch() != "amd64", reason="the test pairs amd64 with arm64 under qemu")
+@pytest.mark.skipif(hostarch.native_arch() != "amd64", reason="the test pairs amd64 with arm64 under qemu")
 def test_amd64_arm64_index_runs_each_platform_and_arm64_ran_its_scripts_under_qemu(tmp_path: Path, registry) -> None:
     if not arm64_runnable():
         pytest.fail("no qemu-aarch64 binfmt handler: `make test` as root sets it up; see `ocistrap doctor --arch arm64`")
@@ -80,7 +81,7 @@ def host_dpkg_series() -> tuple[int, int] | None:
     return hostdpkg.series(parsed[0]) if parsed else None
 
 
-@pytest.mark.skipif(doctor.native_arch() != "amd64", reason="the test builds arm64 under qemu on amd64")
+@pytest.mark.skipif(hostarch.native_arch() != "amd64", reason="the test builds arm64 under qemu on amd64")
 def test_arm64_minbase_unpacked_by_the_host_dpkg_matches_rootless_mmdebstrap(tmp_path: Path) -> None:
     """bookworm's dpkg is 1.21: on a bookworm host its own dpkg unpacks natively (and only the
     maintainer scripts and the configuring dpkg run under qemu); the tree must still be mmdebstrap's."""
@@ -114,6 +115,6 @@ def test_missing_binfmt_handler_is_a_clear_error_before_any_download(tmp_path: P
                       "-o", f"oci:{tmp_path / 'out'}", check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"ocistrap: error: cannot build for nosuch on this {doctor.native_arch()} host: "
+        f"ocistrap: error: cannot build for nosuch on this {hostarch.native_arch()} host: "
         "unknown Debian architecture 'nosuch'"]
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

@@ -1,3 +1,5 @@
+from ocistrap.rootfs import idmaps
+
 """An account with no /etc/subuid or /etc/subgid entry, as in CI pods: doctor and the build
 choose single-uid mode by themselves, and the image still has the right owners.
 
@@ -12,8 +14,6 @@ from pathlib import Path
 
 import pytest
 from e2e_helpers import ocistrap, printed_digests
-
-from ocistrap import sandbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network, pytest.mark.nosubid]
 
@@ -35,8 +35,8 @@ NOT_ROOT_OWNED = {
 
 
 def _has_ranges() -> bool:
-    _, uid, _ = sandbox.current_user()
-    return any(sandbox.parse_subid(sandbox.SUBUID.read_text() if sandbox.SUBUID.exists() else "",
+    _, uid, _ = idmaps.current_user()
+    return any(idmaps.parse_subid(idmaps.SUBUID.read_text() if idmaps.SUBUID.exists() else "",
                                    user=getpass.getuser(), uid=uid))
 
 

@@ -37,8 +37,8 @@ from e2e_helpers import (  # noqa: F401  (shared fixtures)
 )
 from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, RealRegistry, free_port
 
-from ocistrap import lock
-from ocistrap.transports import oci
+from ocistrap.debian import lock
+from ocistrap.oci import ocilayout
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
@@ -81,14 +81,14 @@ class Image:
         return f"oci:{self.layout}:{self.tag}"
 
     def manifest(self) -> dict:
-        _, desc = oci.read(self.layout, self.tag)
-        return oci.read_json(self.layout, desc)
+        _, desc = ocilayout.read(self.layout, self.tag)
+        return ocilayout.read_json(self.layout, desc)
 
     def config(self) -> dict:
-        return json.loads(oci.blob_path(self.layout, self.manifest()["config"]["digest"]).read_bytes())
+        return json.loads(ocilayout.blob_path(self.layout, self.manifest()["config"]["digest"]).read_bytes())
 
     def layer_blobs(self) -> list[Path]:
-        return [oci.blob_path(self.layout, d["digest"]) for d in self.manifest()["layers"]]
+        return [ocilayout.blob_path(self.layout, d["digest"]) for d in self.manifest()["layers"]]
 
 
 def uploaded(stderr: str) -> int:

@@ -25,8 +25,9 @@ from e2e_helpers import (  # noqa: F401  (shared fixtures)
     work,
 )
 
-from ocistrap import lock, slim
-from ocistrap.transports import oci
+from ocistrap.debian import lock
+from ocistrap.oci import ocilayout
+from ocistrap.rootfs import slim
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
@@ -53,8 +54,8 @@ class Layer:
 
 
 def layers_of(layout: Path) -> list[Layer]:
-    _, desc = oci.read(layout, "bookworm")
-    return [Layer(oci.blob_path(layout, d["digest"])) for d in oci.read_json(layout, desc)["layers"]]
+    _, desc = ocilayout.read(layout, "bookworm")
+    return [Layer(ocilayout.blob_path(layout, d["digest"])) for d in ocilayout.read_json(layout, desc)["layers"]]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from e2e_helpers import cache_dir, ocistrap, podman_env, printed_digests, run, work  # noqa: F401  (shared fixtures)
 
-from ocistrap import lock
+from ocistrap.debian import lock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 

@@ -10,9 +10,9 @@ import pytest
 from lockfetch_support import sha256_file
 from repo_factory import build_deb
 
-from ocistrap import cache as cache_module
-from ocistrap import expand
-from ocistrap.cache import Cache
+from ocistrap.debian import cache as cache_module
+from ocistrap.debian import expand
+from ocistrap.debian.cache import Cache
 from ocistrap.errors import ArchiveError
 from ocistrap.pipeline import BACKGROUND_NICE, expansion_nice
 

@@ -28,7 +28,7 @@ from lockfetch_support import (  # noqa: F401  (fixtures)
     template,
 )
 
-from ocistrap import fetch as fetch_module
+from ocistrap.debian import fetch as fetch_module
 
 DEB = "dash"
 DEB_FILE = "dash_0.5-1_amd64.deb"

@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from image_helpers import build_image
 
-from ocistrap import image, lock
+from ocistrap.debian import lock
 from ocistrap.errors import OcistrapError
-from ocistrap.image import Descriptor
-from ocistrap.transports import oci, parse_reference
+from ocistrap.oci import image, ocilayout
+from ocistrap.oci.image import Descriptor
+from ocistrap.transports import parse_reference
 from ocistrap.verify import verify
 
 DIGEST = "sha256:" + "a" * 64
@@ -148,7 +149,7 @@ def good_layout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Descrip
     """A layout holding one small image tagged ``t``."""
     base = tmp_path_factory.mktemp("fuzz-layout")
     desc = build_image(base / "build")
-    oci.write(base / "build", desc, base / "out", "t")
+    ocilayout.write(base / "build", desc, base / "out", "t")
     return base / "out", desc
 
 
@@ -175,11 +176,11 @@ def test_verify_of_a_fuzzed_index_raises_only_verify_errors(good_layout: tuple[P
 def test_verify_of_a_fuzzed_manifest_raises_only_verify_errors(good_layout: tuple[Path, Descriptor],
                                                                data: st.DataObject) -> None:
     layout, desc = good_layout
-    manifest = data.draw(mutated(oci.read_json(layout, desc)))
+    manifest = data.draw(mutated(ocilayout.read_json(layout, desc)))
 
     def change(copy: Path) -> None:
         blob = json.dumps(manifest).encode()
-        oci.put_bytes(copy, blob)
+        ocilayout.put_bytes(copy, blob)
         entry = Descriptor.of(blob, desc.media_type, platform=desc.platform,
                               annotations={image.ANNOTATION_REF_NAME: "t"})
         (copy / "index.json").write_bytes(image.canonical_json(image.make_index([entry])))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ocistrap import hostdpkg
+from ocistrap.rootfs import hostdpkg
 
 BOOKWORM_HOST = ("1.21.23", "amd64")
 

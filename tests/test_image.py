@@ -6,8 +6,9 @@ from importlib import resources
 
 import pytest
 
-from ocistrap import image, schema
-from ocistrap.image import (
+from ocistrap import schema
+from ocistrap.oci import image
+from ocistrap.oci.image import (
     Descriptor,
     ImageError,
     Platform,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ocistrap import bootstrap, inroot, slim
+from ocistrap.rootfs import bootplan, innerboot, inroot, slim
 
 BOTH = pytest.mark.parametrize("use_openat2", [
     pytest.param(True, marks=pytest.mark.skipif(not inroot.openat2_works(), reason="no openat2 here")),
@@ -139,9 +139,9 @@ def test_finishing_the_tree_follows_no_package_symlink(tmp_path: Path, outside: 
     (root / "etc/machine-id").symlink_to(outside / "dpkg.log")
     monkeypatch.chdir(outside)
     before = _snapshot(outside)
-    plan = bootstrap.Plan(arch="amd64", essential=[], rest=[], sources="Types: deb\n", staging=str(root),
+    plan = bootplan.Plan(arch="amd64", essential=[], rest=[], sources="Types: deb\n", staging=str(root),
                           tmpfs=False, epoch=0, debs_dir=str(tmp_path))
-    bootstrap._finish(root, plan, [])
+    innerboot._finish(root, plan, [])
     assert _snapshot(outside) == before
     assert (root / str(outside).lstrip("/") / "debian.sources").read_text() == "Types: deb\n"
 
@@ -152,8 +152,8 @@ def test_the_policy_rc_d_diversion_writes_only_into_the_tree(tmp_path: Path, out
     (root / "usr/sbin/policy-rc.d").symlink_to(outside / "policy-rc.d")
     (root / "sbin").symlink_to(outside)
     before = _snapshot(outside)
-    bootstrap._divert_daemons(root, move=True)
-    assert (root / "usr/sbin/policy-rc.d").read_text() == bootstrap.POLICY_RC_D
-    bootstrap._undivert_daemons(root)
+    innerboot._divert_daemons(root, move=True)
+    assert (root / "usr/sbin/policy-rc.d").read_text() == innerboot.POLICY_RC_D
+    innerboot._undivert_daemons(root)
     assert _snapshot(outside) == before
     assert not (root / "usr/sbin/policy-rc.d").exists()

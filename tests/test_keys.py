@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ocistrap import keys
 from ocistrap.cli import main
+from ocistrap.oci import keys
 
 
 @pytest.fixture

@@ -20,16 +20,10 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocistrap import layer
-from ocistrap.layer import (
-    BuildError,
-    LayerBlob,
-    snapshot,
-    tar_header,
-    write_blob,
-    write_diff,
-    write_tree,
-)
+from ocistrap.oci import blobwriter
+from ocistrap.oci.blobwriter import LayerBlob, write_blob
+from ocistrap.rootfs import tarstream
+from ocistrap.rootfs.tarstream import BuildError, snapshot, tar_header, write_diff, write_tree
 
 EPOCH = 1_700_000_000
 FUTURE = int(time.time()) + 10**6
@@ -185,7 +179,7 @@ def test_capability_xattr_is_a_schily_pax_record(tree: Path) -> None:
 
 
 def test_read_xattrs_ignores_files_without_them(tree: Path) -> None:
-    assert layer.read_xattrs(os.fspath(tree / "etc/passwd")) == {}
+    assert tarstream.read_xattrs(os.fspath(tree / "etc/passwd")) == {}
 
 
 def fake_stat(mode: int, **kw: int) -> SimpleNamespace:
@@ -252,7 +246,7 @@ def fingerprint(root: Path) -> dict[str, tuple]:
     first: dict[tuple[int, int], str] = {}
     result = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        if os.path.relpath(dirpath, root) in layer.MOUNT_POINTS:
+        if os.path.relpath(dirpath, root) in tarstream.MOUNT_POINTS:
             dirnames[:], filenames[:] = [], []
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
@@ -512,7 +506,7 @@ def test_bytes_do_not_depend_on_workers_or_read_sizes(stream: bytes, blobs: Path
 
 
 def test_gzip_chunks_join_into_one_member(blobs: Path) -> None:
-    stream = os.urandom(layer.CHUNK_SIZE * 3 + 4096) + bytes(1024)
+    stream = os.urandom(blobwriter.CHUNK_SIZE * 3 + 4096) + bytes(1024)
     data = stored(write_blob(io.BytesIO(stream), blobs, compression="gzip", workers=2), blobs)
     member = zlib.decompressobj(31)
     assert member.decompress(data) == stream and member.eof and member.unused_data == b""
@@ -521,10 +515,10 @@ def test_gzip_chunks_join_into_one_member(blobs: Path) -> None:
 def test_layer_pipe_is_widened_and_other_streams_left_alone(stream: bytes) -> None:
     read, write = os.pipe()
     with os.fdopen(read, "rb") as reader, os.fdopen(write, "wb") as writer:
-        layer.widen_pipe(reader)
-        assert fcntl.fcntl(writer.fileno(), fcntl.F_GETPIPE_SZ) == layer.PIPE_SIZE
-    layer.widen_pipe(io.BytesIO(stream))
-    layer.widen_pipe(object())
+        blobwriter.widen_pipe(reader)
+        assert fcntl.fcntl(writer.fileno(), fcntl.F_GETPIPE_SZ) == blobwriter.PIPE_SIZE
+    blobwriter.widen_pipe(io.BytesIO(stream))
+    blobwriter.widen_pipe(object())
 
 
 def test_empty_tree_layer(tmp_path: Path, blobs: Path) -> None:
@@ -575,7 +569,7 @@ def test_disk_full_names_the_directory(stream: bytes, blobs: Path, monkeypatch: 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(layer.os, "fsync", full)
+    monkeypatch.setattr(tarstream.os, "fsync", full)
     with pytest.raises(BuildError, match=f"no space left writing a layer blob in {blobs}"):
         write_blob(io.BytesIO(stream), blobs, compression="none")
     assert list(blobs.iterdir()) == []
@@ -591,7 +585,7 @@ def test_missing_blobs_dir_and_unknown_compression(stream: bytes, blobs: Path) -
 WRITE_TREE = """
 import sys
 from pathlib import Path
-from ocistrap.layer import write_tree
+from ocistrap.rootfs.tarstream import write_tree
 write_tree(Path(sys.argv[1]), sys.stdout.buffer, epoch=0)
 """
 
@@ -612,16 +606,15 @@ def test_inside_a_user_namespace_owners_are_in_image_ids(tree: Path, blobs: Path
 def test_truncated_empty_file_is_not_a_change_but_new_content_is(tmp_path):
     import os
 
-    from ocistrap import layer
 
     (tmp_path / "lock").write_bytes(b"")
     (tmp_path / "data").write_bytes(b"")
     epoch = 1_000_000_000
     os.utime(tmp_path / "lock", (epoch + 5, epoch + 5))
-    before = layer.snapshot(tmp_path)
+    before = tarstream.snapshot(tmp_path)
     (tmp_path / "lock").write_bytes(b"")
     os.utime(tmp_path / "lock", (epoch + 99, epoch + 99))
     (tmp_path / "data").write_bytes(b"x")
-    after = layer.snapshot(tmp_path).paths
-    assert layer.changed_paths(before.paths, after, epoch=epoch) == {"data"}
-    assert "lock" in layer.changed_paths(before.paths, after)
+    after = tarstream.snapshot(tmp_path).paths
+    assert tarstream.changed_paths(before.paths, after, epoch=epoch) == {"data"}
+    assert "lock" in tarstream.changed_paths(before.paths, after)

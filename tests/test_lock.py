@@ -12,7 +12,7 @@ import pytest
 from lockfetch_support import Archive, archive, assert_cache_verified, assert_one_error, fast_fetcher, template  # noqa: F401  (fixtures)
 from repo_factory import SigningKey
 
-from ocistrap import lock
+from ocistrap.debian import lock, locking
 from ocistrap.errors import ArchiveError
 
 
@@ -228,30 +228,29 @@ def test_a_lock_just_made_is_not_checked_against_the_indices_again(
     """`build` without --lock: the lockfile object make_lock returned needs no second reading of
     the indices, and vouches for the same stanzas that reading would find; a copy of it, or the
     same lockfile with other keyrings, is checked as usual."""
-    from ocistrap import pipeline
-    from ocistrap.cache import Cache
-    from ocistrap.fetch import Fetcher
-    from ocistrap.mirror import Source
+    from ocistrap.debian.cache import Cache
+    from ocistrap.debian.fetch import Fetcher
+    from ocistrap.debian.mirror import Source
 
     source = Source(mirror=archive.mirror.url, suite="unstable", components=("main",), keyrings=(archive.keyring,))
     fetcher, cache = Fetcher(), Cache(archive.cache)
-    made = pipeline.make_lock(source, pipeline.Selection(variant="essential"), ("amd64",), fetcher, cache)
-    checked = pipeline.check_lock_against_archive(copy.deepcopy(made), source.keyrings, fetcher, cache)
+    made = locking.make_lock(source, locking.Selection(variant="essential"), ("amd64",), fetcher, cache)
+    checked = locking.check_lock_against_archive(copy.deepcopy(made), source.keyrings, fetcher, cache)
     assert sorted(checked["amd64"]) == sorted(p.name for p in made.architectures["amd64"].packages)
 
     def no_reading(*_: object) -> None:
         raise AssertionError("the indices were read again")
 
-    monkeypatch.setattr(pipeline, "load_universe", no_reading)
-    assert pipeline.check_lock_against_archive(made, source.keyrings, fetcher, cache) == checked
+    monkeypatch.setattr(locking, "load_universe", no_reading)
+    assert locking.check_lock_against_archive(made, source.keyrings, fetcher, cache) == checked
     with pytest.raises(AssertionError, match="read again"):
-        pipeline.check_lock_against_archive(copy.deepcopy(made), source.keyrings, fetcher, cache)
+        locking.check_lock_against_archive(copy.deepcopy(made), source.keyrings, fetcher, cache)
     with pytest.raises(AssertionError, match="read again"):
-        pipeline.check_lock_against_archive(made, (archive.keyring, archive.keyring), fetcher, cache)
+        locking.check_lock_against_archive(made, (archive.keyring, archive.keyring), fetcher, cache)
 
 
 def test_install_order_is_the_essential_set_then_the_rest_whatever_the_file_order() -> None:
-    from ocistrap.lock import LockedArch, LockedPackage
+    from ocistrap.debian.lock import LockedArch, LockedPackage
 
     def package(name: str, stage: str) -> LockedPackage:
         return LockedPackage(name=name, version="1", architecture="amd64", filename=f"{name}.deb", size=1,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from repo_factory import Mirror, RepoBuilder, SigningKey
 
-from ocistrap import archive, mirror
-from ocistrap.cache import Cache
+from ocistrap.debian import archive, mirror
+from ocistrap.debian.cache import Cache
+from ocistrap.debian.fetch import Fetcher
 from ocistrap.errors import ArchiveError
-from ocistrap.fetch import Fetcher
 
 INDEX = "main/binary-amd64/Packages.xz"
 TEXT = b"".join(b"Package: p%d\nDescription: package number %d\n\n" % (n, n * n) for n in range(100_000))

@@ -9,10 +9,13 @@ import pytest
 from lockfetch_support import SUITE, Archive, archive, assert_one_error, fast_fetcher, template  # noqa: F401  (fixtures)
 from repo_factory import serving
 
-from ocistrap import bootstrap, lock, pipeline, sbom
+from ocistrap import pipeline
 from ocistrap.cli import main
+from ocistrap.debian import lock
+from ocistrap.debian.mirrorauth import MirrorLogins, parse, read, split_userinfo, without_userinfo
 from ocistrap.errors import ArchiveError, UsageError
-from ocistrap.mirrorauth import MirrorLogins, parse, read, split_userinfo, without_userinfo
+from ocistrap.oci import sbom
+from ocistrap.rootfs import bootplan
 
 URI = "https://example.org/debian/dists/bookworm/InRelease"
 
@@ -118,7 +121,7 @@ def test_a_login_in_the_mirror_url_is_sent_to_it_and_written_nowhere(
         "lockfile": archive.lockfile.read_text(),
         "stdout": out,
         "log": err,
-        "apt sources": bootstrap.sources_text(locked.archives, locked.components, ["/k.gpg"]),
+        "apt sources": bootplan.sources_text(locked.archives, locked.components, ["/k.gpg"]),
         "SBOM": json.dumps(sbom.spdx(locked, "amd64", created="2024-01-01T00:00:00Z")),
         "annotations": json.dumps(pipeline.provenance_of(locked).annotations("2024-01-01T00:00:00Z")),
     }

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from repo_factory import EXPIRED_KEY_TIME, SigningKey
 
-from ocistrap import openpgp
+from ocistrap.debian import openpgp
+from ocistrap.debian.openpgp import judge_gpgv, split_clearsigned, verify_clearsigned, verify_detached
 from ocistrap.errors import ArchiveError
-from ocistrap.openpgp import judge_gpgv, split_clearsigned, verify_clearsigned, verify_detached
 
 WHAT = "http://mirror.example/debian/dists/testing/InRelease"
 TEXT = b"Origin: Test\nSuite: testing\n- a line with a dash\ntrailing blanks  \t\n\nSHA256:\n 00 1 x\n"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ocistrap import keys, provenance, schema, signature
-from ocistrap.lock import LockedArch, LockedArchive, LockedLayer, LockedPackage, LockedRelease, Lockfile
+from ocistrap import schema
+from ocistrap.debian.lock import LockedArch, LockedArchive, LockedLayer, LockedPackage, LockedRelease, Lockfile
+from ocistrap.oci import keys, provenance, signature
 
 DIGEST = "sha256:" + "12" * 32
 FPR = "0123456789ABCDEF0123456789ABCDEF01234567"

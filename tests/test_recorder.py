@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from ocistrap import recorder, sandbox
 from ocistrap.errors import BuildError
-from ocistrap.recorder import (
+from ocistrap.rootfs import idmaps, recorder, spawn
+from ocistrap.rootfs.recorder import (
     AT_EMPTY_PATH,
     AT_REMOVEDIR,
     AT_SYMLINK_NOFOLLOW,
@@ -502,12 +502,12 @@ def test_syscall_numbers_match_the_kernel_headers(arch: int) -> None:
 LIVE = r'''
 import json, os, stat, subprocess, sys
 from pathlib import Path
-from ocistrap import recorder, sandbox
+from ocistrap.rootfs import mounting, recorder
 
 base = Path(sys.argv[1])
 proc, t = base / "proc", base / "t"
 proc.mkdir(); t.mkdir()
-sandbox.mount_proc(proc)
+mounting.mount_proc(proc)
 os.chdir(t)
 out = {"children": {}}
 
@@ -629,8 +629,8 @@ print(json.dumps(out))
 def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run LIVE once as root of a single-uid sandbox and return its summary."""
     base = tmp_path_factory.mktemp("recorder")
-    proc = sandbox.spawn([sys.executable, "-c", LIVE, str(base)],
-                         maps=sandbox.IdMaps.single(os.getuid(), os.getgid()),
+    proc = spawn.spawn([sys.executable, "-c", LIVE, str(base)],
+                         maps=idmaps.IdMaps.single(os.getuid(), os.getgid()),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()

@@ -27,13 +27,14 @@ import requests
 from image_helpers import build_image
 from registry_fixture import REGISTRY_PASSWORD, REGISTRY_USER, free_port
 
-from ocistrap import auth, http, image
+from ocistrap import http
 from ocistrap.cli import main
 from ocistrap.errors import CredentialsError, ImageError, TransportError
-from ocistrap.image import Descriptor
-from ocistrap.transports import Reference, oci, parse_reference
-from ocistrap.transports import registry as reg
+from ocistrap.oci import image, ocilayout
+from ocistrap.oci.image import Descriptor
+from ocistrap.transports import Reference, parse_reference
 from ocistrap.transports import write as write_to
+from ocistrap.transports.registry import api, attachments, auth, upload
 from ocistrap.verify import verify
 
 SBOM_TYPE = "application/spdx+json"
@@ -48,7 +49,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "runtime"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
     monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
-    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05))
+    monkeypatch.setattr(api, "RETRY", api.RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05))
     return home
 
 
@@ -79,7 +80,7 @@ def docker(host: str, rest: str) -> Reference:
 
 
 def image_blobs(layout: Path, desc: Descriptor) -> list[Descriptor]:
-    return [d for d in oci.reachable(layout, desc) if d.media_type not in image.MANIFEST_MEDIA_TYPES]
+    return [d for d in ocilayout.reachable(layout, desc) if d.media_type not in image.MANIFEST_MEDIA_TYPES]
 
 
 def needs(tool: str):
@@ -109,15 +110,15 @@ def skopeo_inspect(ref: str, *extra: str) -> dict:
     ],
 )
 def test_split_name(name, expected):
-    assert reg.split_name(name) == expected
+    assert api.split_name(name) == expected
 
 
 def test_target_of_reference():
-    target = reg.target_of(parse_reference("docker://127.0.0.1:5000/ocistrap/debian:sid"))
-    assert target == reg.Target("127.0.0.1:5000", "ocistrap/debian", "sid")
+    target = api.target_of(parse_reference("docker://127.0.0.1:5000/ocistrap/debian:sid"))
+    assert target == api.Target("127.0.0.1:5000", "ocistrap/debian", "sid")
     assert str(target) == "127.0.0.1:5000/ocistrap/debian:sid"
     with pytest.raises(TransportError, match="not a docker://"):
-        reg.target_of(parse_reference("oci:x"))
+        api.target_of(parse_reference("oci:x"))
 
 
 @pytest.mark.parametrize(
@@ -136,7 +137,7 @@ def test_target_of_reference():
     ],
 )
 def test_loopback(registry, loopback):
-    assert reg.is_loopback(registry) is loopback
+    assert api.is_loopback(registry) is loopback
 
 
 @pytest.mark.parametrize(
@@ -150,19 +151,19 @@ def test_loopback(registry, loopback):
     ],
 )
 def test_plain_http_only_for_loopback(name, tls_verify, base):
-    session = reg.Registry(name, tls_verify=tls_verify)
+    session = api.Registry(name, tls_verify=tls_verify)
     assert session.base == base
     assert session.http.session.verify is (tls_verify is not False)
 
 
 def test_backoff_grows_and_honours_retry_after():
-    policy = reg.RetryPolicy(base_delay=0.5, max_delay=5)
+    policy = api.RetryPolicy(base_delay=0.5, max_delay=5)
     assert [policy.delay(n, None) for n in range(5)] == [0.5, 1, 2, 4, 5]
     assert policy.delay(0, 3.0) == 3.0 and policy.delay(0, 60.0) == 5
 
 
 def test_referrers_tag():
-    assert reg.referrers_tag("sha256:" + "ab" * 32) == "sha256-" + "ab" * 32
+    assert attachments.referrers_tag("sha256:" + "ab" * 32) == "sha256-" + "ab" * 32
 
 
 def test_connection_errors_are_summarised_without_urls():
@@ -276,7 +277,7 @@ def test_credentials_never_show_their_password():
 
 def test_push_blobs_first_manifest_last(tmp_path, fake_registry, traffic):
     desc = build_image(tmp_path / "l", [{"a": b"a"}, {"b": b"b" * 50_000}])
-    assert reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x/y:t")) == desc.digest
+    assert upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x/y:t")) == desc.digest
     puts = [path for method, path in traffic if method == "PUT"]
     assert len(puts) == 4
     assert all("/blobs/uploads/" in p for p in puts[:3]) and puts[3] == "/v2/x/y/manifests/t"
@@ -288,14 +289,14 @@ def test_wrong_digest_answer_is_refused(tmp_path, fake_registry):
     fake_registry.state.faults.wrong_digest = True
     desc = build_image(tmp_path / "l")
     with pytest.raises(TransportError, match="answered digest sha256:0000.* refusing"):
-        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+        upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert fake_registry.requests("PUT", "/manifests/") == []
 
 
 def test_server_error_mid_upload_is_retried(tmp_path, fake_registry):
     fake_registry.state.faults.upload_500 = 2
     desc = build_image(tmp_path / "l")
-    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     blobs = image_blobs(tmp_path / "l", desc)
     assert len(fake_registry.requests("POST", "/blobs/uploads/")) == len(blobs) + 2
     assert fake_registry.state.tags["x"]["t"] == desc.digest
@@ -304,18 +305,18 @@ def test_server_error_mid_upload_is_retried(tmp_path, fake_registry):
 def test_dropped_connection_is_retried(tmp_path, fake_registry):
     fake_registry.state.faults.drop_upload = 1
     desc = build_image(tmp_path / "l", [{"big": os.urandom(300_000)}])
-    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert fake_registry.state.tags["x"]["t"] == desc.digest
     assert len(fake_registry.requests("POST", "/blobs/uploads/")) == len(image_blobs(tmp_path / "l", desc)) + 1
 
 
 def test_persistent_failure_gives_up_without_tagging(tmp_path, fake_registry, monkeypatch):
     delays: list[float] = []
-    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=3, base_delay=0.5, sleep=delays.append))
+    monkeypatch.setattr(api, "RETRY", api.RetryPolicy(attempts=3, base_delay=0.5, sleep=delays.append))
     fake_registry.state.faults.upload_500 = 100
     desc = build_image(tmp_path / "l")
     with pytest.raises(TransportError, match=r"HTTP 500 \(gave up after 3 attempts\)"):
-        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+        upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert delays == [0.5, 1.0]
     assert fake_registry.requests("PUT", "/manifests/") == []
 
@@ -323,10 +324,10 @@ def test_persistent_failure_gives_up_without_tagging(tmp_path, fake_registry, mo
 def test_client_errors_are_not_retried(tmp_path, fake_registry):
     desc = build_image(tmp_path / "l")
     layer = image_blobs(tmp_path / "l", desc)[-1]
-    path = oci.blob_path(tmp_path / "l", layer.digest)
+    path = ocilayout.blob_path(tmp_path / "l", layer.digest)
     path.write_bytes(b"\0" * layer.size)
     with pytest.raises(TransportError, match=f"upload blob {layer.digest}: HTTP 400: DIGEST_INVALID"):
-        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+        upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert len(fake_registry.requests("PUT", "/blobs/uploads/")) == len(image_blobs(tmp_path / "l", desc))
 
 
@@ -334,14 +335,14 @@ def test_manifest_read_back_must_match(tmp_path, fake_registry):
     fake_registry.state.faults.wrong_manifest_back = True
     desc = build_image(tmp_path / "l")
     with pytest.raises(TransportError, match="reads back as"):
-        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+        upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
 
 
 def test_digest_reference_must_match(tmp_path, fake_registry):
     desc = build_image(tmp_path / "l")
     with pytest.raises(TransportError, match="names digest"):
-        reg.push(tmp_path / "l", desc, docker(fake_registry.host, f"x@sha256:{'1' * 64}"))
-    reg.push(tmp_path / "l", desc, docker(fake_registry.host, f"x@{desc.digest}"))
+        upload.push(tmp_path / "l", desc, docker(fake_registry.host, f"x@sha256:{'1' * 64}"))
+    upload.push(tmp_path / "l", desc, docker(fake_registry.host, f"x@{desc.digest}"))
     assert desc.digest in fake_registry.state.manifests and fake_registry.state.tags.get("x", {}) == {}
 
 
@@ -354,8 +355,8 @@ def test_blobs_are_streamed_in_small_reads(tmp_path, fake_registry, monkeypatch)
             reads.append(size)
             return super().read(size)
 
-    monkeypatch.setattr(reg, "_open_blob", lambda path: Recording(path, "rb"))
-    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    monkeypatch.setattr(api, "_open_blob", lambda path: Recording(path, "rb"))
+    upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert len(reads) > 10 and 0 < max(reads) <= 1 << 20
 
 
@@ -364,24 +365,24 @@ def test_referrers_api_when_the_registry_has_it(tmp_path, fake_registry):
     layout = tmp_path / "l"
     subject = build_image(layout)
     ref = docker(fake_registry.host, "x:t")
-    reg.push(layout, subject, ref)
+    upload.push(layout, subject, ref)
     sbom = artifact(layout, subject, b"{}")
-    reg.push_referrer(layout, sbom, ref)
-    assert [e["digest"] for e in reg.list_referrers(ref, artifact_type=SBOM_TYPE)] == [sbom.digest]
-    assert reg.list_referrers(ref, artifact_type="other/type") == []
-    assert reg.referrers_tag(subject.digest) not in fake_registry.state.tags["x"]
+    attachments.push_referrer(layout, sbom, ref)
+    assert [e["digest"] for e in attachments.list_referrers(ref, artifact_type=SBOM_TYPE)] == [sbom.digest]
+    assert attachments.list_referrers(ref, artifact_type="other/type") == []
+    assert attachments.referrers_tag(subject.digest) not in fake_registry.state.tags["x"]
 
 
 def test_insecure_registry_falls_back_to_plain_http(tmp_path, fake_registry):
     desc = build_image(tmp_path / "l")
-    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"), tls_verify=False)
+    upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"), tls_verify=False)
     assert fake_registry.state.tags["x"]["t"] == desc.digest
 
 
 def test_tls_verify_on_a_plain_http_registry_fails_clearly(tmp_path, fake_registry):
     desc = build_image(tmp_path / "l")
     with pytest.raises(TransportError, match="TLS failed") as info:
-        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"), tls_verify=True)
+        upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"), tls_verify=True)
     assert "--tls-verify=false" in info.value.hint
 
 
@@ -396,7 +397,7 @@ def test_bearer_token_auth(tmp_path, fake_registry, monkeypatch):
     fake_registry.state.auth = "bearer"
     auth_file(tmp_path, monkeypatch, fake_registry.host, REGISTRY_PASSWORD)
     desc = build_image(tmp_path / "l")
-    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert fake_registry.state.tags["x"]["t"] == desc.digest
     assert len(fake_registry.requests("GET", "^/token")) == 1
     challenged = [a for a in fake_registry.state.seen_authorization if not a]
@@ -408,7 +409,7 @@ def test_bearer_wrong_password_is_not_shown(tmp_path, fake_registry, monkeypatch
     auth_file(tmp_path, monkeypatch, fake_registry.host, "wrong-Pa55word-xyz")
     desc = build_image(tmp_path / "l")
     with pytest.raises(TransportError, match=f"refused the credentials of user {REGISTRY_USER}") as info:
-        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+        upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     text = f"{info.value} {info.value!r} {info.value.hint}"
     assert "wrong-Pa55word-xyz" not in text and basic(REGISTRY_USER, "wrong-Pa55word-xyz") not in text
 
@@ -417,7 +418,7 @@ def test_no_credentials_asks_for_login(tmp_path, fake_registry):
     fake_registry.state.auth = "basic"
     desc = build_image(tmp_path / "l")
     with pytest.raises(TransportError, match="requires authentication") as info:
-        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+        upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert f"ocistrap login {fake_registry.host}" in info.value.hint
 
 
@@ -487,7 +488,7 @@ def redirect_blob_reads(monkeypatch, fake_registry, location: Callable[[str], st
 
 def pushed(tmp_path: Path, fake_registry, tag: str = "x:t") -> Descriptor:
     desc = build_image(tmp_path / "l", [{"a": os.urandom(5000)}])
-    reg.push(tmp_path / "l", desc, docker(fake_registry.host, tag))
+    upload.push(tmp_path / "l", desc, docker(fake_registry.host, tag))
     return desc
 
 
@@ -518,9 +519,9 @@ def test_storage_asking_for_credentials_gets_none(tmp_path, fake_registry, stora
 
 def test_redirect_loop_gives_up_after_the_limit_without_retrying(fake_registry, monkeypatch):
     redirect_blob_reads(monkeypatch, fake_registry, lambda digest: f"/v2/x/blobs/{digest}")
-    with pytest.raises(TransportError, match=f"more than {reg.MAX_REDIRECTS} redirects"):
-        reg.open_repository(docker(fake_registry.host, "x:t"))[0].blob_size("sha256:" + "1" * 64)
-    assert len(fake_registry.requests("HEAD", "/blobs/")) == reg.MAX_REDIRECTS + 1
+    with pytest.raises(TransportError, match=f"more than {api.MAX_REDIRECTS} redirects"):
+        api.open_repository(docker(fake_registry.host, "x:t"))[0].blob_size("sha256:" + "1" * 64)
+    assert len(fake_registry.requests("HEAD", "/blobs/")) == api.MAX_REDIRECTS + 1
 
 
 @pytest.mark.parametrize("location", ["ftp://localhost/blob", "file:///etc/passwd"])
@@ -538,7 +539,7 @@ def test_an_upload_location_on_another_host_gets_no_credentials(tmp_path, fake_r
     auth_file(tmp_path, monkeypatch, fake_registry.host, REGISTRY_PASSWORD)
     fake_registry.state.faults.upload_to = storage.url
     desc = build_image(tmp_path / "l")
-    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     puts = [(path, authorization) for method, path, authorization in storage.seen if method == "PUT"]
     assert len(puts) == len(image_blobs(tmp_path / "l", desc))
     assert [a for _, a in puts if a] == [], "credentials were sent to the upload location's host"
@@ -547,7 +548,7 @@ def test_an_upload_location_on_another_host_gets_no_credentials(tmp_path, fake_r
 
 
 def test_an_https_registry_never_sends_credentials_to_a_plain_http_token_service():
-    session = reg.Registry("registry.example", credentials=auth.Credentials(REGISTRY_USER, REGISTRY_PASSWORD))
+    session = api.Registry("registry.example", credentials=auth.Credentials(REGISTRY_USER, REGISTRY_PASSWORD))
     with pytest.raises(TransportError, match="token service http://auth.example/token is plain http"):
         session._realm_credentials("http://auth.example/token?scope=x")
     grant = session._realm_credentials("https://auth.example/token")
@@ -559,7 +560,7 @@ def test_a_token_service_503_is_retried(tmp_path, fake_registry, monkeypatch):
     fake_registry.state.faults.token_503 = 2
     auth_file(tmp_path, monkeypatch, fake_registry.host, REGISTRY_PASSWORD)
     desc = build_image(tmp_path / "l")
-    reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+    upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert fake_registry.state.tags["x"]["t"] == desc.digest
     assert len(fake_registry.requests("GET", "^/token")) == 3
 
@@ -567,9 +568,9 @@ def test_a_token_service_503_is_retried(tmp_path, fake_registry, monkeypatch):
 def test_a_registry_dripping_a_manifest_is_cut_off_at_the_deadline(tmp_path, fake_registry, monkeypatch):
     """A byte every 0.2 s never trips the 2 s read timeout; the 1 s deadline of each attempt does."""
     pushed(tmp_path, fake_registry)
-    monkeypatch.setattr(reg, "TIMEOUTS", http.Timeouts(read=2.0, deadline=1.0))
+    monkeypatch.setattr(api, "TIMEOUTS", http.Timeouts(read=2.0, deadline=1.0))
     fake_registry.state.faults.drip = 0.2
-    repo, _ = reg.open_repository(docker(fake_registry.host, "x:t"))
+    repo, _ = api.open_repository(docker(fake_registry.host, "x:t"))
     started = time.monotonic()
     with pytest.raises(TransportError, match=r"fetch manifest t: timed out: no complete answer within 1 s "
                                                 r"\(gave up after 4 attempts\)"):
@@ -578,9 +579,9 @@ def test_a_registry_dripping_a_manifest_is_cut_off_at_the_deadline(tmp_path, fak
 
 
 @pytest.mark.parametrize(("huge", "refusal"), [
-    ("manifest", f"fetch manifest t: the answer is larger than {reg.MANIFEST_LIMIT} bytes; refused"),
+    ("manifest", f"fetch manifest t: the answer is larger than {api.MANIFEST_LIMIT} bytes; refused"),
     ("error", "store manifest t: HTTP 400$"),
-    ("token", f"token service http://127.0.0.1:[0-9]+/token: the answer is larger than {reg.TOKEN_LIMIT} bytes"),
+    ("token", f"token service http://127.0.0.1:[0-9]+/token: the answer is larger than {api.TOKEN_LIMIT} bytes"),
 ])
 def test_a_100_mib_answer_is_refused_at_the_cap_without_reading_it_all(tmp_path, fake_registry, monkeypatch,
                                                                          huge, refusal):
@@ -590,13 +591,13 @@ def test_a_100_mib_answer_is_refused_at_the_cap_without_reading_it_all(tmp_path,
     desc = build_image(tmp_path / "l")
     fake_registry.state.faults.huge = huge
     with pytest.raises(TransportError, match=refusal):
-        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+        upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     time.sleep(0.2)
     assert 0 < fake_registry.state.sent < 40 << 20
 
 
 def test_login_to_an_unreachable_registry_says_unreachable_not_bad_credentials(isolated, monkeypatch, capsys):
-    monkeypatch.setattr(reg, "RETRY", reg.RetryPolicy(attempts=2, base_delay=0.01))
+    monkeypatch.setattr(api, "RETRY", api.RetryPolicy(attempts=2, base_delay=0.01))
     monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
     host = f"127.0.0.1:{free_port()}"
     rc = main(["-q", "login", "--username", REGISTRY_USER, "--password-stdin", host])
@@ -617,7 +618,7 @@ def test_a_manifest_put_is_never_redirected(tmp_path, fake_registry, monkeypatch
     monkeypatch.setattr(fake_registry.server.RequestHandlerClass, "_manifest", manifest)
     desc = build_image(tmp_path / "l")
     with pytest.raises(TransportError, match="refused the redirect of PUT .*manifests/t .*a PUT is never redirected"):
-        reg.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
+        upload.push(tmp_path / "l", desc, docker(fake_registry.host, "x:t"))
     assert fake_registry.state.tags.get("x", {}) == {}
 
 
@@ -627,13 +628,13 @@ def test_a_manifest_put_is_never_redirected(tmp_path, fake_registry, monkeypatch
 def test_push_then_skopeo_inspects_it(tmp_path, registry):
     desc = build_image(tmp_path / "l", [{"etc/a": b"a"}, {"etc/b": b"b"}], media_type=image.MEDIA_TYPE_LAYER_ZSTD)
     write_to(tmp_path / "l", desc, docker(registry.host, "ocistrap/debian:bookworm"))
-    config, *layers = oci.children(tmp_path / "l", desc)
+    config, *layers = ocilayout.children(tmp_path / "l", desc)
     if shutil.which("skopeo"):
         info = skopeo_inspect(f"docker://{registry.host}/ocistrap/debian:bookworm")
         assert info["Digest"] == desc.digest
         assert info["Layers"] == [layer.digest for layer in layers]
         raw = skopeo_inspect(f"docker://{registry.host}/ocistrap/debian:bookworm", "--config", "--raw")
-        assert raw == oci.read_json(tmp_path / "l", config)
+        assert raw == ocilayout.read_json(tmp_path / "l", config)
     report = verify(f"docker://{registry.host}/ocistrap/debian:bookworm")
     assert (report.manifests, report.layers, report.blobs) == (1, 2, 4)
     assert report.tags == ["bookworm"]
@@ -642,15 +643,15 @@ def test_push_then_skopeo_inspects_it(tmp_path, registry):
 
 def test_second_push_uploads_nothing_and_other_repos_mount(tmp_path, registry, traffic):
     desc = build_image(tmp_path / "l", [{"a": b"a"}, {"b": os.urandom(100_000)}])
-    reg.push(tmp_path / "l", desc, docker(registry.host, "first:v1"))
+    upload.push(tmp_path / "l", desc, docker(registry.host, "first:v1"))
     blobs = image_blobs(tmp_path / "l", desc)
     assert len(uploads(traffic)) == len(blobs)
     traffic.clear()
-    reg.push(tmp_path / "l", desc, docker(registry.host, "first:v2"))
+    upload.push(tmp_path / "l", desc, docker(registry.host, "first:v2"))
     assert uploads(traffic) == []
     assert [m for m, p in traffic if m == "HEAD"] == ["HEAD"] * len(blobs)
     traffic.clear()
-    reg.push(tmp_path / "l", desc, docker(registry.host, "second:v1"))
+    upload.push(tmp_path / "l", desc, docker(registry.host, "second:v1"))
     assert uploads(traffic) == []
     mounts = [p for m, p in traffic if m == "POST"]
     assert sorted(mounts) == sorted(f"/v2/second/blobs/uploads/?mount={b.digest}&from=first" for b in blobs)
@@ -674,7 +675,7 @@ def test_registry_killed_mid_push_then_rerun_uploads_only_the_rest(tmp_path, reg
     desc = build_image(tmp_path / "l", [{"a": b"a"}, {"b": b"b"}, {"big": os.urandom(4_000_000)}])
     blobs = image_blobs(tmp_path / "l", desc)
     big = blobs[-1]
-    original = reg._open_blob
+    original = api._open_blob
 
     def open_blob(path):
         if path.name == big.hex:
@@ -682,24 +683,24 @@ def test_registry_killed_mid_push_then_rerun_uploads_only_the_rest(tmp_path, reg
             return _KillingReader(path, "rb")
         return original(path)
 
-    monkeypatch.setattr(reg, "_open_blob", open_blob)
+    monkeypatch.setattr(api, "_open_blob", open_blob)
     ref = docker(registry.host, "crash:latest")
     with pytest.raises(TransportError, match="gave up after") as info:
-        reg.push(tmp_path / "l", desc, ref)
+        upload.push(tmp_path / "l", desc, ref)
     assert "run the same command again" in info.value.hint
-    monkeypatch.setattr(reg, "_open_blob", original)
+    monkeypatch.setattr(api, "_open_blob", original)
     registry.start()
-    repo, _ = reg.open_repository(ref)
+    repo, _ = api.open_repository(ref)
     assert repo.get_manifest("latest") is None, "the tag must not exist while blobs are missing"
     traffic.clear()
-    reg.push(tmp_path / "l", desc, ref)
+    upload.push(tmp_path / "l", desc, ref)
     assert len(uploads(traffic)) == 1 and big.digest in uploads(traffic)[0]
     assert verify(str(ref)).blobs == len(blobs) + 1
 
 
 def test_verify_detects_a_corrupted_registry_blob(tmp_path, registry):
     desc = build_image(tmp_path / "l", [{"a": b"a" * 1000}])
-    reg.push(tmp_path / "l", desc, docker(registry.host, "x:t"))
+    upload.push(tmp_path / "l", desc, docker(registry.host, "x:t"))
     layer = image_blobs(tmp_path / "l", desc)[-1]
     stored = registry.root / "storage/docker/registry/v2/blobs/sha256" / layer.hex[:2] / layer.hex / "data"
     stored.write_bytes(bytes(b ^ 1 for b in stored.read_bytes()))
@@ -711,9 +712,9 @@ def test_multi_platform_index(tmp_path, registry):
     layout = tmp_path / "l"
     amd64 = build_image(layout, arch="amd64")
     arm64 = build_image(layout, [{"etc/arch": b"arm64"}], arch="arm64")
-    index = oci.put_json(layout, image.make_index([amd64, arm64]), image.MEDIA_TYPE_INDEX)
-    reg.push(layout, index, docker(registry.host, "multi:1"))
-    repo, _ = reg.open_repository(docker(registry.host, "multi:1"))
+    index = ocilayout.put_json(layout, image.make_index([amd64, arm64]), image.MEDIA_TYPE_INDEX)
+    upload.push(layout, index, docker(registry.host, "multi:1"))
+    repo, _ = api.open_repository(docker(registry.host, "multi:1"))
     data, media_type = repo.get_manifest("1")
     assert media_type == image.MEDIA_TYPE_INDEX and image.sha256_digest(data) == index.digest
     assert repo.get_manifest(arm64.digest)[1] == image.MEDIA_TYPE_MANIFEST
@@ -724,28 +725,28 @@ def test_login_push_logout_with_htpasswd(tmp_path, auth_registry, isolated):
     host = auth_registry.host
     desc = build_image(tmp_path / "l")
     with pytest.raises(TransportError, match="requires authentication"):
-        reg.push(tmp_path / "l", desc, docker(host, "x:t"))
+        upload.push(tmp_path / "l", desc, docker(host, "x:t"))
     with pytest.raises(CredentialsError, match=f"refused the credentials of user {REGISTRY_USER}") as info:
-        reg.login(host, REGISTRY_USER, "Wr0ng-password-42")
+        api.login(host, REGISTRY_USER, "Wr0ng-password-42")
     text = f"{info.value} {info.value!r}"
     assert "Wr0ng-password-42" not in text and basic(REGISTRY_USER, "Wr0ng-password-42") not in text
     auth_json = isolated / "runtime" / "containers" / "auth.json"
     assert not auth_json.exists()
-    assert reg.login(host, REGISTRY_USER, REGISTRY_PASSWORD) == auth_json
-    reg.push(tmp_path / "l", desc, docker(host, "x:t"))
+    assert api.login(host, REGISTRY_USER, REGISTRY_PASSWORD) == auth_json
+    upload.push(tmp_path / "l", desc, docker(host, "x:t"))
     if shutil.which("skopeo"):
         info = skopeo_inspect(f"docker://{host}/x:t", "--authfile", str(auth_json))
         assert info["Digest"] == desc.digest
     assert verify(f"docker://{host}/x:t").manifests == 1
-    assert reg.logout(host) == auth_json
+    assert api.logout(host) == auth_json
     with pytest.raises(CredentialsError, match=f"not logged in to {host}"):
-        reg.logout(host)
+        api.logout(host)
 
 
 def artifact(layout: Path, subject: Descriptor, content: bytes, artifact_type: str = SBOM_TYPE) -> Descriptor:
     """An OCI 1.1 artifact manifest about SUBJECT holding CONTENT."""
-    empty = oci.put_json(layout, {}, "application/vnd.oci.empty.v1+json")
-    oci.put_bytes(layout, content)
+    empty = ocilayout.put_json(layout, {}, "application/vnd.oci.empty.v1+json")
+    ocilayout.put_bytes(layout, content)
     manifest = {
         "schemaVersion": 2,
         "mediaType": image.MEDIA_TYPE_MANIFEST,
@@ -755,43 +756,43 @@ def artifact(layout: Path, subject: Descriptor, content: bytes, artifact_type: s
         "subject": Descriptor(subject.media_type, subject.digest, subject.size).to_json(),
         "annotations": {"org.opencontainers.image.created": "1970-01-01T00:00:00Z"},
     }
-    return oci.put_json(layout, manifest, image.MEDIA_TYPE_MANIFEST)
+    return ocilayout.put_json(layout, manifest, image.MEDIA_TYPE_MANIFEST)
 
 
 def test_referrers_fall_back_to_the_digest_tag(tmp_path, registry):
     layout = tmp_path / "l"
     subject = build_image(layout)
     ref = docker(registry.host, "ocistrap/debian:bookworm")
-    reg.push(layout, subject, ref)
-    assert reg.list_referrers(ref) == []
+    upload.push(layout, subject, ref)
+    assert attachments.list_referrers(ref) == []
     sbom = artifact(layout, subject, b'{"spdxVersion": "SPDX-2.3"}')
-    assert reg.push_referrer(layout, sbom, ref) == sbom.digest
-    reg.push_referrer(layout, sbom, ref)
+    assert attachments.push_referrer(layout, sbom, ref) == sbom.digest
+    attachments.push_referrer(layout, sbom, ref)
     sig = artifact(layout, subject, b"signature", "application/vnd.example.sig")
-    reg.push_referrer(layout, sig, ref)
+    attachments.push_referrer(layout, sig, ref)
 
-    found = reg.list_referrers(ref)
+    found = attachments.list_referrers(ref)
     assert [(e["digest"], e["artifactType"]) for e in found] == [
         (sbom.digest, SBOM_TYPE), (sig.digest, "application/vnd.example.sig")
     ]
     assert found[0]["annotations"] == {"org.opencontainers.image.created": "1970-01-01T00:00:00Z"}
-    assert [e["digest"] for e in reg.list_referrers(ref, artifact_type=SBOM_TYPE)] == [sbom.digest]
+    assert [e["digest"] for e in attachments.list_referrers(ref, artifact_type=SBOM_TYPE)] == [sbom.digest]
     by_digest = docker(registry.host, f"ocistrap/debian@{subject.digest}")
-    assert len(reg.list_referrers(by_digest)) == 2
-    repo, _ = reg.open_repository(ref)
-    data, media_type = repo.get_manifest(reg.referrers_tag(subject.digest))
+    assert len(attachments.list_referrers(by_digest)) == 2
+    repo, _ = api.open_repository(ref)
+    data, media_type = repo.get_manifest(attachments.referrers_tag(subject.digest))
     assert media_type == image.MEDIA_TYPE_INDEX
-    assert repo.get_manifest("bookworm")[0] == oci.blob_path(layout, subject.digest).read_bytes()
+    assert repo.get_manifest("bookworm")[0] == ocilayout.blob_path(layout, subject.digest).read_bytes()
 
 
 def test_referrer_needs_a_subject(tmp_path, registry):
     desc = build_image(tmp_path / "l")
     with pytest.raises(TransportError, match="has no subject"):
-        reg.push_referrer(tmp_path / "l", desc, docker(registry.host, "x:t"))
+        attachments.push_referrer(tmp_path / "l", desc, docker(registry.host, "x:t"))
 
 
 def test_transport_error_for_missing_local_blob(tmp_path, registry):
     desc = build_image(tmp_path / "l")
-    oci.blob_path(tmp_path / "l", image_blobs(tmp_path / "l", desc)[-1].digest).unlink()
+    ocilayout.blob_path(tmp_path / "l", image_blobs(tmp_path / "l", desc)[-1].digest).unlink()
     with pytest.raises(TransportError, match="is missing"):
-        reg.push(tmp_path / "l", desc, docker(registry.host, "x:t"))
+        upload.push(tmp_path / "l", desc, docker(registry.host, "x:t"))

@@ -16,17 +16,9 @@ from debian.debian_support import version_compare
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocistrap.archive import Package
-from ocistrap.resolve import (
-    VARIANTS,
-    Alternative,
-    ArchiveError,
-    Universe,
-    _version_compare,
-    parse_relations,
-    resolve,
-    version_satisfies,
-)
+from ocistrap.debian.archive import Package
+from ocistrap.debian.resolve import VARIANTS, Alternative, ArchiveError, Universe, parse_relations, resolve
+from ocistrap.debian.versions import _version_compare, version_satisfies
 
 
 def pkg(name: str, version: str = "1", **fields: object) -> Package:
@@ -521,7 +513,7 @@ def live_universe(suite: str) -> Universe:
     import lzma
     import urllib.request
 
-    from ocistrap.archive import parse_packages
+    from ocistrap.debian.archive import parse_packages
 
     packages: list[Package] = []
     for index in SUITE_INDICES[suite]:

@@ -15,9 +15,9 @@ import pytest
 from e2e_helpers import start_interruptible
 from host_helpers import FULL, FakeHost
 
-from ocistrap import sandbox
 from ocistrap.errors import BuildError
-from ocistrap.sandbox import IdMaps, IdRange, SubIdRange
+from ocistrap.rootfs import buildmode, idmaps, mounting, scratchdirs, spawn, syscalls
+from ocistrap.rootfs.idmaps import IdMaps, IdRange, SubIdRange
 
 SUBUID = """\
 # comment
@@ -33,28 +33,28 @@ carol:x:5
 # ---- parsing and maps ----
 
 def test_parse_subid_matches_name_or_uid_and_skips_the_rest() -> None:
-    assert sandbox.parse_subid(SUBUID, user="alice", uid=1000) == [SubIdRange(100000, 65536)]
-    assert sandbox.parse_subid(SUBUID, user="bob", uid=1001) == [SubIdRange(165536, 65536),
+    assert idmaps.parse_subid(SUBUID, user="alice", uid=1000) == [SubIdRange(100000, 65536)]
+    assert idmaps.parse_subid(SUBUID, user="bob", uid=1001) == [SubIdRange(165536, 65536),
                                                                  SubIdRange(231072, 10)]
-    assert sandbox.parse_subid(SUBUID, user="carol", uid=1002) == []
+    assert idmaps.parse_subid(SUBUID, user="carol", uid=1002) == []
 
 
 def test_id_map_maps_root_to_the_caller_and_the_rest_to_subordinate_ids() -> None:
     ranges = [SubIdRange(100000, 65536)]
-    assert sandbox.id_map(1000, ranges, user="alice") == [IdRange(0, 1000, 1),
+    assert idmaps.id_map(1000, ranges, user="alice") == [IdRange(0, 1000, 1),
                                                           IdRange(1, 100000, 65535)]
 
 
 def test_id_map_concatenates_several_ranges_and_stops_at_65535() -> None:
     ranges = [SubIdRange(200000, 30000), SubIdRange(400000, 40000), SubIdRange(500000, 9)]
-    assert sandbox.id_map(1000, ranges, user="alice") == [IdRange(0, 1000, 1),
+    assert idmaps.id_map(1000, ranges, user="alice") == [IdRange(0, 1000, 1),
                                                           IdRange(1, 200000, 30000),
                                                           IdRange(30001, 400000, 35535)]
 
 
 def test_id_map_without_ranges_says_which_line_to_add() -> None:
     with pytest.raises(BuildError) as e:
-        sandbox.id_map(1000, [], user="alice", suggest_start=231072)
+        idmaps.id_map(1000, [], user="alice", suggest_start=231072)
     text = str(e.value)
     assert "/etc/subuid has no range for alice" in text
     assert "sudo usermod --add-subuids 231072-296607 alice" in text
@@ -63,7 +63,7 @@ def test_id_map_without_ranges_says_which_line_to_add() -> None:
 
 def test_id_map_refuses_a_short_range_instead_of_a_smaller_map() -> None:
     with pytest.raises(BuildError) as e:
-        sandbox.id_map(1000, [SubIdRange(100000, 1000)], user="alice", kind="gid",
+        idmaps.id_map(1000, [SubIdRange(100000, 1000)], user="alice", kind="gid",
                        suggest_start=165536)
     text = str(e.value)
     assert "/etc/subgid gives alice only 1000 subordinate gids" in text
@@ -76,26 +76,26 @@ def test_id_map_refuses_a_short_range_instead_of_a_smaller_map() -> None:
 ])
 def test_id_map_refuses_overlapping_ranges(ranges: list[SubIdRange]) -> None:
     with pytest.raises(BuildError, match="overlaps"):
-        sandbox.id_map(1000, ranges, user="alice")
+        idmaps.id_map(1000, ranges, user="alice")
 
 
 def test_free_subid_start_is_past_every_range() -> None:
-    assert sandbox.free_subid_start(SUBUID) == 231082
-    assert sandbox.free_subid_start("") == 100000
+    assert idmaps.free_subid_start(SUBUID) == 231082
+    assert idmaps.free_subid_start("") == 100000
 
 
 def test_inner_id_and_map_args() -> None:
-    ranges = sandbox.id_map(1000, [SubIdRange(100000, 65536)], user="alice")
-    assert sandbox.inner_id(1000, ranges) == 0
-    assert sandbox.inner_id(100999, ranges) == 1000
-    assert sandbox.inner_id(5, ranges) is None
-    assert sandbox.map_args(ranges) == ["0", "1000", "1", "1", "100000", "65535"]
+    ranges = idmaps.id_map(1000, [SubIdRange(100000, 65536)], user="alice")
+    assert idmaps.inner_id(1000, ranges) == 0
+    assert idmaps.inner_id(100999, ranges) == 1000
+    assert idmaps.inner_id(5, ranges) is None
+    assert idmaps.map_args(ranges) == ["0", "1000", "1", "1", "100000", "65535"]
 
 
 def test_load_maps_reads_both_files(tmp_path: Path) -> None:
     (tmp_path / "subuid").write_text(SUBUID)
     (tmp_path / "subgid").write_text("alice:300000:65536\n")
-    maps = sandbox.load_maps(subuid=tmp_path / "subuid", subgid=tmp_path / "subgid",
+    maps = idmaps.load_maps(subuid=tmp_path / "subuid", subgid=tmp_path / "subgid",
                              user="alice", uid=1000, gid=1000)
     assert maps == IdMaps(uid=(IdRange(0, 1000, 1), IdRange(1, 100000, 65535)),
                           gid=(IdRange(0, 1000, 1), IdRange(1, 300000, 65535)))
@@ -104,7 +104,7 @@ def test_load_maps_reads_both_files(tmp_path: Path) -> None:
 def test_load_maps_names_the_file_that_lacks_the_user(tmp_path: Path) -> None:
     (tmp_path / "subuid").write_text(SUBUID)
     with pytest.raises(BuildError) as e:
-        sandbox.load_maps(subuid=tmp_path / "subuid", subgid=tmp_path / "missing",
+        idmaps.load_maps(subuid=tmp_path / "subuid", subgid=tmp_path / "missing",
                           user="alice", uid=1000, gid=1000)
     assert f"{tmp_path / 'missing'} has no range for alice" in str(e.value)
     assert "--add-subgids 100000-165535 alice" in str(e.value)
@@ -114,39 +114,39 @@ def test_load_maps_names_the_file_that_lacks_the_user(tmp_path: Path) -> None:
 
 def _caps_xattr(revision: int, low: int, high: int = 0) -> bytes:
     data = struct.pack("<III", revision | 1, low, 0)
-    if revision == sandbox.VFS_CAP_REVISION_1:
+    if revision == idmaps.VFS_CAP_REVISION_1:
         return data
     return data + struct.pack("<II", high, 0) + (b"\0" * 4 if revision == 0x03000000 else b"")
 
 
 @pytest.mark.parametrize("revision", [0x01000000, 0x02000000, 0x03000000])
 def test_file_caps_reads_permitted_capabilities(revision: int) -> None:
-    xattr = _caps_xattr(revision, 1 << sandbox.CAP_SETUID)
-    assert sandbox.file_caps(xattr) == {sandbox.CAP_SETUID}
+    xattr = _caps_xattr(revision, 1 << syscalls.CAP_SETUID)
+    assert idmaps.file_caps(xattr) == {syscalls.CAP_SETUID}
 
 
 def test_file_caps_reads_the_high_word_and_tolerates_nothing() -> None:
-    assert sandbox.file_caps(_caps_xattr(0x02000000, 0, 1)) == {32}
-    assert sandbox.file_caps(None) == frozenset()
-    assert sandbox.file_caps(b"\1\2") == frozenset()
+    assert idmaps.file_caps(_caps_xattr(0x02000000, 0, 1)) == {32}
+    assert idmaps.file_caps(None) == frozenset()
+    assert idmaps.file_caps(b"\1\2") == frozenset()
 
 
 def test_mapper_in_a_nested_user_namespace_names_the_namespace() -> None:
-    verdict = sandbox.mapper_verdict("newuidmap", "/usr/bin/newuidmap", mode=0o104755,
-                                     owner=sandbox.OVERFLOW_ID, nested=True)
+    verdict = idmaps.mapper_verdict("newuidmap", "/usr/bin/newuidmap", mode=0o104755,
+                                     owner=idmaps.OVERFLOW_ID, nested=True)
     assert verdict is not None and "inside a user namespace that does not map root" in verdict
 
 
 def test_mapper_verdicts() -> None:
-    assert "sudo apt install uidmap" in sandbox.mapper_verdict("newuidmap", None)
-    assert sandbox.mapper_verdict("newuidmap", "/usr/bin/newuidmap", mode=0o104755, owner=0) is None
-    assert sandbox.mapper_verdict("newgidmap", "/usr/bin/newgidmap", mode=0o100755, owner=0,
-                                  caps=frozenset({sandbox.CAP_SETGID})) is None
-    plain = sandbox.mapper_verdict("newuidmap", "/usr/bin/newuidmap", mode=0o100755, owner=0,
-                                   caps=frozenset({sandbox.CAP_SETGID}))
+    assert "sudo apt install uidmap" in idmaps.mapper_verdict("newuidmap", None)
+    assert idmaps.mapper_verdict("newuidmap", "/usr/bin/newuidmap", mode=0o104755, owner=0) is None
+    assert idmaps.mapper_verdict("newgidmap", "/usr/bin/newgidmap", mode=0o100755, owner=0,
+                                  caps=frozenset({syscalls.CAP_SETGID})) is None
+    plain = idmaps.mapper_verdict("newuidmap", "/usr/bin/newuidmap", mode=0o100755, owner=0,
+                                   caps=frozenset({syscalls.CAP_SETGID}))
     assert "sudo chmod u+s /usr/bin/newuidmap" in plain
     assert "sudo setcap cap_setuid+ep /usr/bin/newuidmap" in plain
-    not_root = sandbox.mapper_verdict("newgidmap", "/x/newgidmap", mode=0o104755, owner=1000)
+    not_root = idmaps.mapper_verdict("newgidmap", "/x/newgidmap", mode=0o104755, owner=1000)
     assert "cap_setgid" in not_root
 
 
@@ -158,11 +158,11 @@ def test_mapper_verdicts() -> None:
     ({}, "seccomp"),
 ])
 def test_userns_advice_names_what_to_enable(sysctls: dict[str, str], expected: str) -> None:
-    assert expected in sandbox.userns_advice(errno.EPERM, sysctls)
+    assert expected in spawn.userns_advice(errno.EPERM, sysctls)
 
 
 def test_userns_advice_for_an_exhausted_limit() -> None:
-    assert "raise it" in sandbox.userns_advice(errno.ENOSPC, {"user.max_user_namespaces": "5"})
+    assert "raise it" in spawn.userns_advice(errno.ENOSPC, {"user.max_user_namespaces": "5"})
 
 
 # ---- mountinfo ----
@@ -180,12 +180,12 @@ MOUNTINFO = r"""
 
 
 def test_parse_mountinfo_unescapes_mount_points() -> None:
-    points = sandbox.parse_mountinfo(MOUNTINFO)
+    points = mounting.parse_mountinfo(MOUNTINFO)
     assert points[0] == "/" and points[-1] == "/tmp/st/with space"
 
 
 def test_mounts_below_lists_only_inside_and_deepest_first() -> None:
-    below = sandbox.mounts_below("/tmp/st", sandbox.parse_mountinfo(MOUNTINFO))
+    below = mounting.mounts_below("/tmp/st", mounting.parse_mountinfo(MOUNTINFO))
     assert below[0] == "/tmp/st/sys/fs/cgroup"
     assert set(below) == {"/tmp/st/dev/null", "/tmp/st/dev/pts", "/tmp/st/sys",
                           "/tmp/st/sys/fs/cgroup", "/tmp/st/with space"}
@@ -195,7 +195,7 @@ def test_mount_helpers_refuse_outside_the_sandbox(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         pytest.skip("root can mount on the host")
     with pytest.raises(BuildError, match="only work inside the sandbox"):
-        sandbox.mount_staging(tmp_path / "staging")
+        mounting.mount_staging(tmp_path / "staging")
 
 
 # ---- scratch directories (no namespaces: their files are the caller's) ----
@@ -212,7 +212,7 @@ def test_scratch_dir_sweeps_leftovers_nobody_holds_and_removes_itself(tmp_path: 
     fd = os.open(held, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        with sandbox.scratch_dir(tmp_path, "build-") as work:
+        with scratchdirs.scratch_dir(tmp_path, "build-") as work:
             assert work.parent == tmp_path and work.name.startswith("build-")
             (work / "root").mkdir()
             assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
@@ -227,7 +227,7 @@ def test_scratch_dir_sweeps_leftovers_nobody_holds_and_removes_itself(tmp_path: 
 
 def test_scratch_dir_removes_itself_when_the_block_fails(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
-        with sandbox.scratch_dir(tmp_path, "build-") as work:
+        with scratchdirs.scratch_dir(tmp_path, "build-") as work:
             (work / "f").write_text("x")
             raise KeyError
     assert list(tmp_path.iterdir()) == []
@@ -245,7 +245,7 @@ def _exclusive(path: Path) -> None:
 
 def _inside(code: str, **kwargs: object) -> subprocess.CompletedProcess:
     """Run Python CODE as root of a fresh sandbox."""
-    proc = sandbox.spawn([sys.executable, "-c", textwrap.dedent(code)],
+    proc = spawn.spawn([sys.executable, "-c", textwrap.dedent(code)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     out, err = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
@@ -253,10 +253,10 @@ def _inside(code: str, **kwargs: object) -> subprocess.CompletedProcess:
 
 @pytest.mark.userns
 def test_spawn_runs_as_root_with_the_full_map() -> None:
-    proc = sandbox.spawn(["sh", "-c", "id -u; id -g; cat /proc/self/uid_map; echo $$"],
+    proc = spawn.spawn(["sh", "-c", "id -u; id -g; cat /proc/self/uid_map; echo $$"],
                          stdout=subprocess.PIPE)
     out = proc.communicate(timeout=30)[0].decode().split()
-    subordinate = sandbox.load_maps().uid[1].outer
+    subordinate = idmaps.load_maps().uid[1].outer
     assert proc.returncode == 0
     assert out == ["0", "0", "0", str(os.getuid()), "1", "1", str(subordinate), "65535", "2"]
 
@@ -278,16 +278,16 @@ def test_the_sandbox_has_no_network() -> None:
 
 @pytest.mark.userns
 def test_spawn_propagates_exit_status_signals_and_pipes() -> None:
-    assert sandbox.spawn(["sh", "-c", "exit 7"]).wait() == 7
-    assert sandbox.spawn(["sh", "-c", "kill -TERM $$"]).wait() == 128 + signal.SIGTERM
-    proc = sandbox.spawn(["tr", "a-z", "A-Z"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    assert spawn.spawn(["sh", "-c", "exit 7"]).wait() == 7
+    assert spawn.spawn(["sh", "-c", "kill -TERM $$"]).wait() == 128 + signal.SIGTERM
+    proc = spawn.spawn(["tr", "a-z", "A-Z"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          env={"PATH": "/usr/bin:/bin"})
     assert proc.communicate(b"hello", timeout=30)[0] == b"HELLO"
 
 
 @pytest.mark.userns
 def test_terminate_reaches_the_payload() -> None:
-    proc = sandbox.spawn(["sleep", "1000"])
+    proc = spawn.spawn(["sleep", "1000"])
     proc.terminate()
     assert proc.wait(timeout=10) == 128 + signal.SIGTERM
 
@@ -295,28 +295,28 @@ def test_terminate_reaches_the_payload() -> None:
 @pytest.mark.userns
 def test_spawn_reports_a_missing_command() -> None:
     with pytest.raises(BuildError, match="cannot run no-such-command in the sandbox"):
-        sandbox.spawn(["no-such-command"])
+        spawn.spawn(["no-such-command"])
 
 
 @pytest.mark.userns
 def test_spawn_reports_a_map_newuidmap_refuses() -> None:
-    maps = sandbox.load_maps()
+    maps = idmaps.load_maps()
     foreign = (maps.uid[0], IdRange(1, 7000000, 65535))
     with pytest.raises(BuildError, match="newuidmap refused the uid map"):
-        sandbox.spawn(["true"], maps=IdMaps(uid=foreign, gid=maps.gid))
+        spawn.spawn(["true"], maps=IdMaps(uid=foreign, gid=maps.gid))
 
 
 @pytest.mark.userns
 def test_missing_subuid_entry_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "subuid").write_text("someone-else:100000:65536\n")
     with pytest.raises(BuildError) as e:
-        sandbox.spawn(["true"], maps=sandbox.load_maps(subuid=tmp_path / "subuid"))
+        spawn.spawn(["true"], maps=idmaps.load_maps(subuid=tmp_path / "subuid"))
     assert "has no range for" in str(e.value) and "usermod --add-subuids" in str(e.value)
 
 
 @pytest.mark.userns
 def test_probe_userns_finds_user_namespaces_usable() -> None:
-    assert sandbox.probe_userns() is None
+    assert buildmode.probe_userns() is None
 
 
 @pytest.mark.userns
@@ -324,9 +324,9 @@ def test_staging_tmpfs_keeps_owners(tmp_path: Path) -> None:
     result = _inside(f"""
         import os
         from pathlib import Path
-        from ocistrap import sandbox
+        from ocistrap.rootfs import mounting, spawn
         root = Path({str(tmp_path / "staging")!r})
-        sandbox.mount_staging(root)
+        mounting.mount_staging(root)
         f = root / "owned"
         f.write_text("x")
         os.chown(f, 1000, 1000)
@@ -343,18 +343,18 @@ def test_bind_mount_readonly() -> None:
     result = _inside("""
         import tempfile
         from pathlib import Path
-        from ocistrap import sandbox
+        from ocistrap.rootfs import mounting, spawn
         with tempfile.TemporaryDirectory() as d:
             src, dst = Path(d, "src"), Path(d, "dst")
             src.mkdir(); dst.mkdir()
             (src / "f").write_text("x")
-            sandbox.bind_mount(src, dst, readonly=True)
+            mounting.bind_mount(src, dst, readonly=True)
             print((dst / "f").read_text())
             try:
                 (dst / "g").write_text("y")
             except OSError as e:
                 print(e.errno)
-            sandbox.unmount(dst)
+            mounting.unmount(dst)
             print(list(dst.iterdir()))
     """)
     assert result.returncode == 0, result.stderr
@@ -365,31 +365,31 @@ def test_bind_mount_readonly() -> None:
 USR_CHROOT = """
     import os, subprocess, sys
     from pathlib import Path
-    from ocistrap import sandbox
+    from ocistrap.rootfs import mounting, spawn
     root = Path(sys.argv[1])
-    sandbox.mount_staging(root)
+    mounting.mount_staging(root)
     for name in ("bin", "lib", "lib64", "sbin"):
         if Path("/", name).is_symlink():
             (root / name).symlink_to(os.readlink(Path("/", name)))
     (root / "usr").mkdir()
-    sandbox.bind_mount(Path("/usr"), root / "usr", readonly=True)
+    mounting.bind_mount(Path("/usr"), root / "usr", readonly=True)
 """
 
 CHROOT_PAYLOAD = USR_CHROOT + """
-    sandbox.prepare_chroot(root)
+    mounting.prepare_chroot(root)
     env = {"PATH": "/usr/bin:/bin"}
-    r = sandbox.chroot_run(root, ["sh", "-c",
+    r = spawn.chroot_run(root, ["sh", "-c",
         "echo x > /dev/null && test -c /dev/null && head -c 4 /dev/zero | wc -c && "
         "test -L /dev/ptmx && test -d /proc/self && test -d /sys/kernel && "
         "echo ok > /dev/stderr && id -u && pwd"],
         env=env, stdout=sys.stdout.buffer.fileno())
     try:
-        sandbox.chroot_run(root, ["sh", "-c", "echo nope >&2; exit 4"], env=env,
+        spawn.chroot_run(root, ["sh", "-c", "echo nope >&2; exit 4"], env=env,
                            stderr=subprocess.PIPE)
-    except sandbox.ChrootCommandError as e:
+    except spawn.ChrootCommandError as e:
         print("failed", e.returncode, "nope" in str(e), flush=True)
-    sandbox.release_chroot(root)
-    sandbox.unmount(root / "usr")
+    mounting.release_chroot(root)
+    mounting.unmount(root / "usr")
     for d in ("dev", "proc", "sys", "usr"):
         print(d, sorted(p.name for p in (root / d).iterdir()), flush=True)
 """
@@ -397,7 +397,7 @@ CHROOT_PAYLOAD = USR_CHROOT + """
 
 @pytest.mark.userns
 def test_prepare_chroot_run_and_release(tmp_path: Path) -> None:
-    proc = sandbox.spawn([sys.executable, "-c", textwrap.dedent(CHROOT_PAYLOAD),
+    proc = spawn.spawn([sys.executable, "-c", textwrap.dedent(CHROOT_PAYLOAD),
                           str(tmp_path / "root")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
@@ -421,14 +421,14 @@ def test_remove_tree_deletes_files_of_subordinate_ids(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     with pytest.raises(PermissionError):
         list((tree / "locked").iterdir())
-    sandbox.remove_tree(tree)
+    scratchdirs.remove_tree(tree)
     assert not tree.exists()
 
 
 KILLED_PARENT = """
     import sys, time
-    from ocistrap import sandbox
-    proc = sandbox.spawn(["sleep", sys.argv[1]])
+    from ocistrap.rootfs import mounting, spawn
+    proc = spawn.spawn(["sleep", sys.argv[1]])
     print("ready", flush=True)
     time.sleep(1000)
 """
@@ -487,7 +487,7 @@ def test_remove_on_exit_deletes_the_tree_before_wait_returns(end: str, tmp_path:
     root.mkdir()
     payload = (f"{_foreign_tree(root)} && echo ready && "
                + ("exit 3" if end == "exit" else "exec sleep 1000"))
-    proc = sandbox.spawn(["sh", "-c", payload], stdout=subprocess.PIPE, remove_on_exit=root)
+    proc = spawn.spawn(["sh", "-c", payload], stdout=subprocess.PIPE, remove_on_exit=root)
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n"
     if end != "exit":
@@ -502,14 +502,15 @@ def test_remove_on_exit_deletes_the_tree_before_wait_returns(end: str, tmp_path:
 @pytest.mark.userns
 def test_remove_on_exit_needs_a_directory(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="cannot open the directory .*missing"):
-        sandbox.spawn(["true"], remove_on_exit=tmp_path / "missing")
+        spawn.spawn(["true"], remove_on_exit=tmp_path / "missing")
 
 
 KILLED_BUILDER = """
-    import subprocess, sys, time
+    import signal, subprocess, sys, time
     from pathlib import Path
-    from ocistrap import sandbox
-    proc = sandbox.spawn(["sh", "-c", sys.argv[1]], stdout=subprocess.PIPE,
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # started from a background job, it was ignored
+    from ocistrap.rootfs import mounting, spawn
+    proc = spawn.spawn(["sh", "-c", sys.argv[1]], stdout=subprocess.PIPE,
                          remove_on_exit=Path(sys.argv[2]))
     print(proc.stdout.readline().decode(), end="", flush=True)
     time.sleep(1000)
@@ -548,13 +549,13 @@ def test_scratch_dir_sweeps_foreign_leftovers_but_not_a_live_sandbox(tmp_path: P
     stale, live = tmp_path / "build-stale", tmp_path / "build-live"
     stale.mkdir()
     live.mkdir()
-    assert sandbox.spawn(["sh", "-c", _foreign_tree(stale)]).wait() == 0
+    assert spawn.spawn(["sh", "-c", _foreign_tree(stale)]).wait() == 0
     _assert_foreign(stale)
-    proc = sandbox.spawn(["sh", "-c", f"{_foreign_tree(live)} && echo ready && exec sleep 1000"],
+    proc = spawn.spawn(["sh", "-c", f"{_foreign_tree(live)} && echo ready && exec sleep 1000"],
                          stdout=subprocess.PIPE, remove_on_exit=live)
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n"
-    with sandbox.scratch_dir(tmp_path, "build-") as work:
+    with scratchdirs.scratch_dir(tmp_path, "build-") as work:
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["build-live", work.name])
     proc.terminate()
     proc.wait(timeout=30)
@@ -570,70 +571,70 @@ REFUSED = "unprivileged user namespaces are disabled (kernel.unprivileged_userns
 
 
 def test_auto_mode_takes_unshare_when_the_ranges_work() -> None:
-    mode = sandbox.decide_mode("auto", FakeHost())
+    mode = buildmode.decide_mode("auto", FakeHost())
     assert (mode.name, mode.maps, mode.records_owners) == ("unshare", FULL, False)
     assert mode.reason == "65536 ids mapped from /etc/subuid and /etc/subgid"
     assert [m.name for m in mode.fallbacks] == ["single-uid"]
 
 
 def test_auto_mode_falls_back_to_single_uid_and_says_why() -> None:
-    mode = sandbox.decide_mode("auto", FakeHost(subuid="", ids=(1000, 1001)))
+    mode = buildmode.decide_mode("auto", FakeHost(subuid="", ids=(1000, 1001)))
     assert mode.name == "single-uid" and mode.records_owners
-    assert mode.maps == sandbox.IdMaps.single(1000, 1001) and mode.maps.is_single
+    assert mode.maps == idmaps.IdMaps.single(1000, 1001) and mode.maps.is_single
     assert mode.reason == ("/etc/subuid has no range for alice; the sandbox needs 65536 subordinate uids; "
                            "owners are recorded instead of applied")
     assert mode.fell_back_from == "unshare" and mode.fallbacks == ()
 
 
 def test_auto_mode_falls_back_when_a_mapper_is_missing() -> None:
-    mode = sandbox.decide_mode("auto", FakeHost(mappers=NO_MAPPER))
+    mode = buildmode.decide_mode("auto", FakeHost(mappers=NO_MAPPER))
     assert mode.name == "single-uid" and mode.reason.startswith("newuidmap is not installed")
 
 
 def test_unshare_mode_raises_what_is_missing() -> None:
     with pytest.raises(BuildError, match="no range for alice") as raised:
-        sandbox.decide_mode("unshare", FakeHost(subgid="bob:100000:65536\n"))
+        buildmode.decide_mode("unshare", FakeHost(subgid="bob:100000:65536\n"))
     assert "sudo usermod --add-subgids 165536-231071 alice" in str(raised.value)
     with pytest.raises(BuildError, match="newuidmap is not installed"):
-        sandbox.decide_mode("unshare", FakeHost(mappers=NO_MAPPER))
+        buildmode.decide_mode("unshare", FakeHost(mappers=NO_MAPPER))
 
 
 def test_requested_modes_have_no_fallback() -> None:
     for requested in ("unshare", "single-uid"):
-        mode = sandbox.decide_mode(requested, FakeHost())
+        mode = buildmode.decide_mode(requested, FakeHost())
         assert (mode.name, mode.reason, mode.fallbacks) == (requested, f"requested with --mode {requested}", ())
 
 
 def test_single_uid_mode_needs_no_range_nor_mapper() -> None:
-    mode = sandbox.decide_mode("single-uid", FakeHost(subuid="", subgid="", mappers=NO_MAPPER, ids=(5, 6)))
-    assert mode.name == "single-uid" and mode.maps == sandbox.IdMaps.single(5, 6)
+    mode = buildmode.decide_mode("single-uid", FakeHost(subuid="", subgid="", mappers=NO_MAPPER, ids=(5, 6)))
+    assert mode.name == "single-uid" and mode.maps == idmaps.IdMaps.single(5, 6)
 
 
-@pytest.mark.parametrize("requested", sandbox.MODES)
+@pytest.mark.parametrize("requested", buildmode.MODES)
 def test_no_mode_builds_when_user_namespaces_are_refused(requested: str) -> None:
     with pytest.raises(BuildError, match=re.escape(REFUSED)):
-        sandbox.decide_mode(requested, FakeHost(userns=REFUSED, subuid=""))
+        buildmode.decide_mode(requested, FakeHost(userns=REFUSED, subuid=""))
 
 
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(BuildError, match="unknown mode 'root'"):
-        sandbox.decide_mode("root", FakeHost())
+        buildmode.decide_mode("root", FakeHost())
 
 
 def test_a_fallback_at_run_time_says_why_and_is_not_offered_twice() -> None:
-    refused = sandbox.MapRefused("newuidmap refused the uid map 0 1000 1: write failed")
-    mode = sandbox.decide_mode("auto", FakeHost()).fallback(refused)
+    refused = idmaps.MapRefused("newuidmap refused the uid map 0 1000 1: write failed")
+    mode = buildmode.decide_mode("auto", FakeHost()).fallback(refused)
     assert (mode.name, mode.fell_back_from) == ("single-uid", "unshare")
     assert mode.reason == "newuidmap refused the uid map 0 1000 1: write failed; owners are recorded instead of applied"
     assert mode.describe().startswith("single-uid, because newuidmap refused")
-    with pytest.raises(sandbox.MapRefused):
+    with pytest.raises(idmaps.MapRefused):
         mode.fallback(refused)
 
 
 def test_a_requested_mode_raises_the_problem_instead_of_falling_back() -> None:
-    refused = sandbox.MapRefused("newuidmap refused the uid map")
-    with pytest.raises(sandbox.MapRefused):
-        sandbox.decide_mode("unshare", FakeHost()).fallback(refused)
+    refused = idmaps.MapRefused("newuidmap refused the uid map")
+    with pytest.raises(idmaps.MapRefused):
+        buildmode.decide_mode("unshare", FakeHost()).fallback(refused)
 
 
 def test_full_maps_are_not_single() -> None:
@@ -642,12 +643,12 @@ def test_full_maps_are_not_single() -> None:
 
 @pytest.mark.parametrize("inner, expected", [(0, True), (5, True), (65535, True), (65536, False)])
 def test_inner_id_mapped(inner: int, expected: bool) -> None:
-    assert sandbox.inner_id_mapped(inner, "         0       1000          1\n         1     100000      65535\n") \
+    assert idmaps.inner_id_mapped(inner, "         0       1000          1\n         1     100000      65535\n") \
         is expected
 
 
 def test_only_id_zero_exists_in_a_single_uid_namespace() -> None:
-    assert not sandbox.inner_id_mapped(5, "0 1000 1\n")
+    assert not idmaps.inner_id_mapped(5, "0 1000 1\n")
 
 
 # ---- what a command in the sandbox can reach ----
@@ -655,7 +656,7 @@ def test_only_id_zero_exists_in_a_single_uid_namespace() -> None:
 def test_sandbox_env_drops_what_names_host_sockets() -> None:
     env = {"PATH": "/bin", "SSH_AUTH_SOCK": "/tmp/a", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/b",
            "XDG_RUNTIME_DIR": "/run/user/1", "FOO_SOCKET": "/c", "LANG": "C.UTF-8"}
-    assert sandbox.sandbox_env(env) == {"PATH": "/bin", "LANG": "C.UTF-8"}
+    assert spawn.sandbox_env(env) == {"PATH": "/bin", "LANG": "C.UTF-8"}
 
 
 NO_TTY = """
@@ -669,10 +670,10 @@ NO_TTY = """
 
 TTY_CALLER = """
     import fcntl, os, subprocess, sys, termios
-    from ocistrap import sandbox
+    from ocistrap.rootfs import mounting, spawn
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     os.close(os.open("/dev/tty", os.O_RDWR))
-    proc = sandbox.spawn([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE)
+    proc = spawn.spawn([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE)
     print(proc.communicate(timeout=60)[0].decode().strip())
 """
 
@@ -707,7 +708,7 @@ def test_the_sandbox_does_not_see_host_socket_variables(monkeypatch: pytest.Monk
 @pytest.mark.e2e
 def test_a_daemon_started_in_the_sandbox_is_gone_when_it_ends() -> None:
     marker = f"1000.{uuid.uuid4().int % 10**9}"
-    proc = sandbox.spawn(["sh", "-c", f"setsid sleep {marker} </dev/null >/dev/null 2>&1 & exit 0"])
+    proc = spawn.spawn(["sh", "-c", f"setsid sleep {marker} </dev/null >/dev/null 2>&1 & exit 0"])
     assert proc.wait(timeout=30) == 0
     deadline = time.monotonic() + 10
     while _processes_with(marker) and time.monotonic() < deadline:
@@ -752,15 +753,15 @@ subprocess.Popen(["sleep", marker], start_new_session=True, stdin=subprocess.DEV
 ESCAPE_PAYLOAD = USR_CHROOT + """
     abstract, path, marker = sys.argv[2:]
     (root / "probe.py").write_text(sys.stdin.read())
-    sandbox.prepare_chroot(root)
-    sandbox.chroot_run(root, ["python3", "/probe.py", abstract, path, marker],
+    mounting.prepare_chroot(root)
+    spawn.chroot_run(root, ["python3", "/probe.py", abstract, path, marker],
                        env={"PATH": "/usr/bin:/bin"}, stdout=sys.stdout.buffer.fileno())
     me = os.readlink("/proc/self")  # the host's /proc, where this process has another pid
     left = [p for p in os.listdir("/proc") if p.isdigit() and p != me
             and marker.encode() in Path("/proc", p, "cmdline").read_bytes()]
     print("left", len(left), flush=True)
-    sandbox.release_chroot(root)
-    sandbox.unmount(root / "usr")
+    mounting.release_chroot(root)
+    mounting.unmount(root / "usr")
 """
 
 
@@ -778,7 +779,7 @@ def test_a_command_in_the_chroot_reaches_no_host_socket_and_leaves_nothing_behin
         hidden.bind("\0" + abstract)
         hidden.listen()
         maps = IdMaps.single(os.getuid(), os.getgid()) if single else None
-        proc = sandbox.spawn([sys.executable, "-c", textwrap.dedent(ESCAPE_PAYLOAD), str(tmp_path / "root"),
+        proc = spawn.spawn([sys.executable, "-c", textwrap.dedent(ESCAPE_PAYLOAD), str(tmp_path / "root"),
                               abstract, str(path), marker], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, maps=maps)
         out, err = proc.communicate(ESCAPE_SCRIPT.encode(), timeout=60)
@@ -790,21 +791,21 @@ def test_a_command_in_the_chroot_reaches_no_host_socket_and_leaves_nothing_behin
 VIEW_PAYLOAD = """
     import subprocess, sys
     from pathlib import Path
-    from ocistrap import sandbox
+    from ocistrap.rootfs import mounting, spawn
     root, outside = Path(sys.argv[1]), sys.argv[2]
-    sandbox.mount_staging(root)
+    mounting.mount_staging(root)
     for d in ("etc", "root", "usr"):
         (root / d).mkdir()
     (root / "etc/hostname").write_text("target\\n")
     (root / "usr/share").symlink_to(outside)
     (root / "usr/cwd").symlink_to("/proc/self/cwd")
-    sandbox.prepare_chroot(root)
+    mounting.prepare_chroot(root)
     script = (f"cat /etc/hostname; echo x > /target/usr/share/pwned; echo y > /target/usr/cwd/pwned; "
               f"echo z > {outside}/pwned; ls /home 2>&1; echo w > /usr/pwned; echo done")
-    result = sandbox.host_view_run(root, ["sh", "-c", script], env={"PATH": "/usr/bin:/bin"},
+    result = spawn.host_view_run(root, ["sh", "-c", script], env={"PATH": "/usr/bin:/bin"},
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     print(result.stdout.decode(), flush=True)
-    sandbox.release_chroot(root)
+    mounting.release_chroot(root)
 """
 
 
@@ -814,7 +815,7 @@ def test_a_host_program_on_the_tree_finds_nothing_of_the_caller_s(tmp_path: Path
     lead nowhere, the host's system directories are read-only, the rest of the host is absent."""
     outside = tmp_path / "home"
     outside.mkdir()
-    proc = sandbox.spawn([sys.executable, "-c", textwrap.dedent(VIEW_PAYLOAD), str(tmp_path / "root"),
+    proc = spawn.spawn([sys.executable, "-c", textwrap.dedent(VIEW_PAYLOAD), str(tmp_path / "root"),
                           str(outside)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from image_helpers import build, lockfile
 
-from ocistrap import sbom, transports
+from ocistrap import transports
 from ocistrap.cli import main
+from ocistrap.debian.lock import LockedArch, LockedArchive, LockedPackage, LockedRelease, Lockfile
 from ocistrap.errors import ImageError
-from ocistrap.image import MEDIA_TYPE_INDEX, make_index
-from ocistrap.lock import LockedArch, LockedArchive, LockedPackage, LockedRelease, Lockfile
-from ocistrap.transports import oci, parse_reference
-from ocistrap.transports import registry as reg
+from ocistrap.oci import ocilayout, sbom
+from ocistrap.oci.image import MEDIA_TYPE_INDEX, make_index
+from ocistrap.transports import parse_reference
+from ocistrap.transports.registry import api, attachments, upload
 from ocistrap.verify import verify
 
 CREATED = "2024-01-02T03:04:05Z"
@@ -110,7 +111,7 @@ def test_oci_layout_keeps_the_sbom_as_a_referrer_and_a_file(tmp_path: Path, caps
     locked = lockfile(("amd64",))
     desc, attached = attach(tmp_path / "build", "amd64", locked)
     ref = parse_reference(f"oci:{tmp_path / 'out'}:bookworm")
-    oci.write(tmp_path / "build", desc, ref.path, "bookworm")
+    ocilayout.write(tmp_path / "build", desc, ref.path, "bookworm")
     transports.attach(tmp_path / "build", attached, ref)
 
     expected = sbom.document_bytes(sbom.spdx(locked, "amd64", created=CREATED))
@@ -119,7 +120,7 @@ def test_oci_layout_keeps_the_sbom_as_a_referrer_and_a_file(tmp_path: Path, caps
     assert capsys.readouterr().out.encode() == expected
     entries = json.loads((tmp_path / "out" / "index.json").read_text())["manifests"]
     assert len(entries) == 2 and verify(f"oci:{tmp_path / 'out'}").manifests == 1, "the artifact is checked too"
-    artifact = oci.read_json(tmp_path / "out", attached[0].manifest)
+    artifact = ocilayout.read_json(tmp_path / "out", attached[0].manifest)
     assert artifact["subject"]["digest"] == desc.digest and artifact["artifactType"] == sbom.MEDIA_TYPE_SPDX
 
 
@@ -128,13 +129,13 @@ def test_registry_without_referrers_api_gets_the_tag_fallback_and_sbom_reads_it(
     layout = tmp_path / "build"
     descs = {arch: build(layout, arch, locked) for arch in ("amd64", "arm64")}
     attached = sbom.attach_all(layout, locked, list(descs.items()), created=CREATED)
-    top = oci.put_json(layout, make_index(list(descs.values())), MEDIA_TYPE_INDEX)
+    top = ocilayout.put_json(layout, make_index(list(descs.values())), MEDIA_TYPE_INDEX)
     ref = parse_reference(f"docker://{registry.host}/debian:multi")
-    reg.push(layout, top, ref)
+    upload.push(layout, top, ref)
     transports.attach(layout, attached, ref)
 
-    repo, _ = reg.open_repository(ref)
-    assert repo.get_manifest(reg.referrers_tag(descs["arm64"].digest)) is not None
+    repo, _ = api.open_repository(ref)
+    assert repo.get_manifest(attachments.referrers_tag(descs["arm64"].digest)) is not None
     assert main(["-q", "sbom", f"{registry.host}/debian:multi", "--arch", "arm64"]) == 0
     assert capsys.readouterr().out.encode() == sbom.document_bytes(sbom.spdx(locked, "arm64", created=CREATED))
     assert main(["-q", "sbom", f"{registry.host}/debian:multi"]) == 1
@@ -148,7 +149,7 @@ def test_registry_with_referrers_api(fake_registry, tmp_path, capsys) -> None:
     locked = lockfile(("amd64",))
     desc, attached = attach(tmp_path / "build", "amd64", locked)
     ref = parse_reference(f"docker://{fake_registry.host}/debian:one")
-    reg.push(tmp_path / "build", desc, ref)
+    upload.push(tmp_path / "build", desc, ref)
     transports.attach(tmp_path / "build", attached, ref)
     assert not [t for t in fake_registry.state.tags.get("debian", {}) if t.startswith("sha256-")]
     assert main(["-q", "sbom", f"{fake_registry.host}/debian:one"]) == 0
@@ -157,7 +158,7 @@ def test_registry_with_referrers_api(fake_registry, tmp_path, capsys) -> None:
 
 def test_image_without_sbom_is_a_clear_error(registry, tmp_path, capsys) -> None:
     desc = build(tmp_path / "build", "amd64", lockfile(("amd64",)))
-    reg.push(tmp_path / "build", desc, parse_reference(f"docker://{registry.host}/debian:bare"))
+    upload.push(tmp_path / "build", desc, parse_reference(f"docker://{registry.host}/debian:bare"))
     assert main(["-q", "sbom", f"{registry.host}/debian:bare"]) == 1
     err = capsys.readouterr().err
     assert "no SPDX SBOM is attached" in err and "--sbom spdx" in err
@@ -166,6 +167,6 @@ def test_image_without_sbom_is_a_clear_error(registry, tmp_path, capsys) -> None
 def test_verify_takes_a_bare_registry_reference(fake_registry, tmp_path, capsys) -> None:
     """One reference grammar: what `push`, `sbom` and `--push` take, `verify` takes too."""
     desc = build(tmp_path / "build", "amd64", lockfile(("amd64",)))
-    reg.push(tmp_path / "build", desc, parse_reference(f"docker://{fake_registry.host}/debian:bookworm"))
+    upload.push(tmp_path / "build", desc, parse_reference(f"docker://{fake_registry.host}/debian:bookworm"))
     assert main(["-q", "verify", f"{fake_registry.host}/debian:bookworm"]) == 0
     assert capsys.readouterr().out.startswith(f"docker://{fake_registry.host}/debian:bookworm: OK, 1 image(s)")

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 from lockfetch_support import SUITE, Archive, archive, fast_fetcher, template  # noqa: F401  (fixtures)
 
-from ocistrap import cli, image, lock, settings
+from ocistrap import cli, settings, settingtable, specfile
+from ocistrap.debian import lock
+from ocistrap.debian.lock import LockedLayer
+from ocistrap.debian.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR
 from ocistrap.errors import UsageError
-from ocistrap.lock import LockedLayer
-from ocistrap.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR
+from ocistrap.oci import image
 from ocistrap.transports import parse_reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +31,7 @@ def spec(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
 
 def spec_error(path: Path) -> str:
     with pytest.raises(UsageError) as caught:
-        settings.read_spec(path)
+        specfile.read_spec(path)
     return str(caught.value)
 
 
@@ -37,18 +39,18 @@ def spec_error(path: Path) -> str:
 
 def test_committed_schema_is_the_generated_one():
     committed = (ROOT / "specs" / "spec.schema.json").read_text()
-    assert committed == settings.spec_schema_text(), (
-        "regenerate it: python -m ocistrap.settings > specs/spec.schema.json")
+    assert committed == specfile.spec_schema_text(), (
+        "regenerate it: python -m ocistrap.specfile > specs/spec.schema.json")
 
 
-@pytest.mark.parametrize("command", settings.SPEC_COMMANDS)
+@pytest.mark.parametrize("command", settingtable.SPEC_COMMANDS)
 def test_every_option_of_lock_and_build_is_a_spec_key(command):
     parser = cli.build_parser()
     sub = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices[command]
     common = {a.dest for a in parser._actions} - {"command"}
     dests = {a.dest for a in sub._actions} - {"help", "spec"} - common
-    assert dests == {s.key for s in settings.rows(command)}
-    assert dests <= set(settings.spec_schema()["properties"])
+    assert dests == {s.key for s in settingtable.rows(command)}
+    assert dests <= set(specfile.spec_schema()["properties"])
 
 
 def test_defaults_when_nothing_is_given():
@@ -58,7 +60,7 @@ def test_defaults_when_nothing_is_given():
     assert (s.include, s.layers, s.outputs, s.push, s.architectures) == ((), (), (), (), None)
     assert (s.slim, s.no_updates, s.install_recommends, s.offline, s.tls_verify) == (False, False, False, False, None)
     assert (s.cmd, dict(s.env), s.compression, s.lock, s.spec) == (image.DEFAULT_CMD, {}, "gzip", None, None)
-    assert resolved("sid", command="lock").lock == Path("ocistrap.lock")
+    assert resolved("sid", command="lock").lock == Path("ocistrap.debian.lock")
 
 
 def test_command_line_as_before():
@@ -150,7 +152,7 @@ offline = true
 name = "dev"
 packages = ["gcc", "make"]
 """)
-    assert set(settings.read_spec(path)) == set(settings.spec_schema()["properties"])
+    assert set(specfile.read_spec(path)) == set(specfile.spec_schema()["properties"])
     base = tmp_path / "sub"
     s = resolved("-f", str(path))
     assert s.keyrings == (base / "keys/a.gpg", Path("/abs/b.gpg"))
@@ -316,7 +318,7 @@ def test_every_example_is_a_valid_spec():
     assert {p.name for p in examples} >= {"debian-bookworm.toml", "debian-sid-build-essential.toml",
                                           "debian-trixie-slim.toml", "debian-bookworm-multiarch.toml"}
     for path in examples:
-        settings.read_spec(path)
+        specfile.read_spec(path)
         assert resolved("-f", str(path)).suite, path
 
 

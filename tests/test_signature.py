@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from ocistrap import keys, signature
-from ocistrap.image import MEDIA_TYPE_CONFIG, Descriptor, canonical_json, sha256_digest
+from ocistrap.oci import keys, signature
+from ocistrap.oci.image import MEDIA_TYPE_CONFIG, Descriptor, canonical_json, sha256_digest
 
 DIGEST = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32

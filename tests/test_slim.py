@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ocistrap import slim
-from ocistrap.slim import Rule
+from ocistrap.rootfs import slim
+from ocistrap.rootfs.slim import Rule
 
 
 @pytest.mark.parametrize("path,directory,skipped", [

@@ -18,8 +18,9 @@ import pytest
 from e2e_helpers import podman_env_in
 from image_helpers import build_image, layer_tar
 
-from ocistrap import image
-from ocistrap.image import Descriptor
+from ocistrap.oci import image, ocilayout
+from ocistrap.oci.image import Descriptor
+from ocistrap.oci.ocilayout import replacing
 from ocistrap.transports import (
     TRANSPORTS,
     BadReference,
@@ -31,11 +32,9 @@ from ocistrap.transports import (
     docker_archive,
     extract_archive,
     lookup,
-    oci,
     oci_archive,
     open_image,
     parse_reference,
-    replacing,
 )
 from ocistrap.transports import write as write_to
 
@@ -45,7 +44,7 @@ def blob_files(root: Path) -> list[str]:
 
 
 def index_tags(root: Path) -> dict[str, str]:
-    return {tag: desc.digest for tag, desc in oci.tags(root).items()}
+    return {tag: desc.digest for tag, desc in ocilayout.tags(root).items()}
 
 
 # --- reference parsing ---------------------------------------------------------------
@@ -267,21 +266,21 @@ def test_write_tags_and_dedups_blobs(tmp_path):
     first = build_image(build, [{"etc/a": b"a"}, {"etc/b": b"b"}])
     second = build_image(build, [{"etc/a": b"a"}, {"etc/c": b"c"}], created=5)
     dest = tmp_path / "out"
-    oci.write(build, first, dest, "one")
-    oci.write(build, second, dest, "two")
+    ocilayout.write(build, first, dest, "one")
+    ocilayout.write(build, second, dest, "two")
     assert index_tags(dest) == {"one": first.digest, "two": second.digest}
     # the shared base layer is stored once: 2 manifests + 2 configs + 3 distinct layers
     assert len(blob_files(dest)) == 7
     assert json.loads((dest / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
-    assert oci.read(dest, "two") == (dest, oci.tags(dest)["two"])
+    assert ocilayout.read(dest, "two") == (dest, ocilayout.tags(dest)["two"])
 
 
 def test_write_copies_only_reachable_blobs_and_hardlinks_them(tmp_path):
     build = tmp_path / "build"
     desc = build_image(build)
-    stray = oci.put_bytes(build, b"unrelated")
+    stray = ocilayout.put_bytes(build, b"unrelated")
     dest = tmp_path / "out"
-    stored = oci.write(build, desc, dest, "t")
+    stored = ocilayout.write(build, desc, dest, "t")
     assert stray.removeprefix("sha256:") not in blob_files(dest)
     assert len(blob_files(dest)) == 3
     assert stored.ref_name == "t" and stored.platform == image.debian_platform("amd64")
@@ -293,66 +292,66 @@ def test_retag_replaces_the_entry(tmp_path):
     build = tmp_path / "build"
     old, new = build_image(build, created=1), build_image(build, created=2)
     dest = tmp_path / "out"
-    oci.write(build, old, dest, "latest")
-    oci.write(build, new, dest, "latest")
-    oci.write(build, new, dest, "latest")
+    ocilayout.write(build, old, dest, "latest")
+    ocilayout.write(build, new, dest, "latest")
+    ocilayout.write(build, new, dest, "latest")
     assert index_tags(dest) == {"latest": new.digest}
-    assert len(oci.load_index(dest)["manifests"]) == 1
+    assert len(ocilayout.load_index(dest)["manifests"]) == 1
 
 
 def test_untagged_write_adds_the_image_once(tmp_path):
     build = tmp_path / "build"
     desc = build_image(build)
-    oci.write(build, desc, tmp_path / "out", None)
-    oci.write(build, desc, tmp_path / "out", None)
-    root, found = oci.read(tmp_path / "out")
+    ocilayout.write(build, desc, tmp_path / "out", None)
+    ocilayout.write(build, desc, tmp_path / "out", None)
+    root, found = ocilayout.read(tmp_path / "out")
     assert found == desc and root == tmp_path / "out"
 
 
 def test_writing_into_the_build_layout_itself(tmp_path):
     desc = build_image(tmp_path)
-    oci.write(tmp_path, desc, tmp_path, "here")
+    ocilayout.write(tmp_path, desc, tmp_path, "here")
     assert index_tags(tmp_path) == {"here": desc.digest}
 
 
 def test_read_errors_name_the_tags(tmp_path):
     build = tmp_path / "build"
     dest = tmp_path / "out"
-    oci.write(build, build_image(build, created=1), dest, "a")
-    oci.write(build, build_image(build, created=2), dest, "b")
+    ocilayout.write(build, build_image(build, created=1), dest, "a")
+    ocilayout.write(build, build_image(build, created=2), dest, "b")
     with pytest.raises(TransportError, match="no image tagged 'c'.*tags here: a, b"):
-        oci.read(dest, "c")
+        ocilayout.read(dest, "c")
     with pytest.raises(TransportError, match="holds 2 images"):
-        oci.read(dest)
+        ocilayout.read(dest)
     with pytest.raises(TransportError, match="not an OCI image layout"):
-        oci.read(tmp_path / "nothing")
+        ocilayout.read(tmp_path / "nothing")
 
 
 def test_write_refuses_a_corrupt_source_blob(tmp_path):
     build = tmp_path / "build"
     desc = build_image(build)
-    layer = oci.children(build, desc)[1]
-    path = oci.blob_path(build, layer.digest)
+    layer = ocilayout.children(build, desc)[1]
+    path = ocilayout.blob_path(build, layer.digest)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     dest = tmp_path / "out"
     with pytest.raises(TransportError, match="content hashes to"):
-        oci.write(build, desc, dest, "t")
+        ocilayout.write(build, desc, dest, "t")
     assert not dest.exists(), "a layout the failed write created was left"
 
 
 def test_a_failed_write_leaves_an_existing_layout_as_it_was(tmp_path):
     dest = tmp_path / "out"
-    oci.write(tmp_path / "first", build_image(tmp_path / "first"), dest, "first")
+    ocilayout.write(tmp_path / "first", build_image(tmp_path / "first"), dest, "first")
     before = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
     build = tmp_path / "build"
     desc = build_image(build, ({"etc/other": b"other\n"},), created=1)
-    layer = oci.children(build, desc)[1]
-    path = oci.blob_path(build, layer.digest)
+    layer = ocilayout.children(build, desc)[1]
+    path = ocilayout.blob_path(build, layer.digest)
     path.write_bytes(path.read_bytes()[:-1] + b"!")
     with pytest.raises(TransportError, match="content hashes to"):
-        oci.write(build, desc, dest, "second")
+        ocilayout.write(build, desc, dest, "second")
     assert {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
 
 
@@ -364,7 +363,7 @@ def test_a_writer_that_waited_for_a_failed_one_makes_the_layout_again(tmp_path):
     holding = threading.Event()
 
     def fail_while_holding_the_lock() -> None:
-        with oci.locked(dest):
+        with ocilayout.locked(dest):
             holding.set()
             time.sleep(0.3)
             shutil.rmtree(dest)
@@ -372,9 +371,9 @@ def test_a_writer_that_waited_for_a_failed_one_makes_the_layout_again(tmp_path):
     failing = threading.Thread(target=fail_while_holding_the_lock)
     failing.start()
     holding.wait()
-    oci.write(build, desc, dest, "t")
+    ocilayout.write(build, desc, dest, "t")
     failing.join()
-    assert "t" in oci.tags(dest)
+    assert "t" in ocilayout.tags(dest)
     assert sorted(os.listdir(dest)) == ["blobs", "index.json", "oci-layout"], "nothing but the layout"
 
 
@@ -385,33 +384,33 @@ def test_a_failed_second_writer_keeps_the_image_the_first_one_finished(tmp_path,
     first = build_image(tmp_path / "first")
     second_build = tmp_path / "second"
     second = build_image(second_build, ({"etc/other": b"other\n"},), created=1)
-    layer = oci.children(second_build, second)[1]
-    path = oci.blob_path(second_build, layer.digest)
+    layer = ocilayout.children(second_build, second)[1]
+    path = ocilayout.blob_path(second_build, layer.digest)
     path.write_bytes(path.read_bytes()[:-1] + b"!")
-    real_locked = oci.locked
+    real_locked = ocilayout.locked
     done = []
 
     def first_writer_finishes_meanwhile(root):
         if not done:
             done.append(True)
-            oci.write(tmp_path / "first", first, dest, "first")
+            ocilayout.write(tmp_path / "first", first, dest, "first")
         return real_locked(root)
 
-    monkeypatch.setattr(oci, "locked", first_writer_finishes_meanwhile)
+    monkeypatch.setattr(ocilayout, "locked", first_writer_finishes_meanwhile)
     with pytest.raises(TransportError, match="content hashes to"):
-        oci.write(second_build, second, dest, "second")
+        ocilayout.write(second_build, second, dest, "second")
     assert index_tags(dest) == {"first": first.digest}
     verify_layout_blobs(dest, first)
 
 
 def verify_layout_blobs(root: Path, desc: Descriptor) -> None:
-    for blob in oci.reachable(root, desc):
-        oci.check_blob(oci.blob_path(root, blob.digest), blob)
+    for blob in ocilayout.reachable(root, desc):
+        ocilayout.check_blob(ocilayout.blob_path(root, blob.digest), blob)
 
 
 def test_the_lock_is_no_file_of_the_layout(tmp_path):
     dest = tmp_path / "out"
-    oci.write(tmp_path / "build", build_image(tmp_path / "build"), dest, "t")
+    ocilayout.write(tmp_path / "build", build_image(tmp_path / "build"), dest, "t")
     assert sorted(os.listdir(dest)) == ["blobs", "index.json", "oci-layout"]
     assert sorted(os.listdir(tmp_path)) == ["build", "out"]
 
@@ -419,16 +418,16 @@ def test_the_lock_is_no_file_of_the_layout(tmp_path):
 def test_write_refuses_a_missing_blob(tmp_path):
     build = tmp_path / "build"
     desc = build_image(build)
-    config = oci.children(build, desc)[0]
-    oci.blob_path(build, config.digest).unlink()
+    config = ocilayout.children(build, desc)[0]
+    ocilayout.blob_path(build, config.digest).unlink()
     with pytest.raises(TransportError, match="is missing"):
-        oci.write(build, desc, tmp_path / "out", "t")
+        ocilayout.write(build, desc, tmp_path / "out", "t")
 
 
 def _write_tag(args: tuple[str, str, str]) -> None:
     build, dest, tag = args
     desc = build_image(Path(build) / tag, [{f"etc/{tag}": tag.encode()}])
-    oci.write(Path(build) / tag, desc, Path(dest), tag)
+    ocilayout.write(Path(build) / tag, desc, Path(dest), tag)
 
 
 def test_concurrent_writers_never_lose_a_tag(tmp_path):
@@ -463,7 +462,7 @@ def test_oci_archive_round_trip_is_reproducible(tmp_path):
     assert not [n for n in names if "lock" in n]
     with oci_archive.read(tmp_path / "a.tar", "bookworm") as (layout, found):
         assert found.digest == desc.digest and found.ref_name == "bookworm"
-        assert oci.read_json(layout, found)["schemaVersion"] == 2
+        assert ocilayout.read_json(layout, found)["schemaVersion"] == 2
     assert not layout.exists()
     assert sorted(os.listdir(tmp_path)) == ["a.tar", "b.tar", "build"]
 
@@ -482,7 +481,7 @@ def test_oci_archive_write_replaces_and_leaves_no_temp_on_failure(tmp_path):
     build = tmp_path / "build"
     desc = build_image(build)
     (tmp_path / "a.tar").write_bytes(b"previous")
-    oci.blob_path(build, oci.children(build, desc)[0].digest).unlink()
+    ocilayout.blob_path(build, ocilayout.children(build, desc)[0].digest).unlink()
     with pytest.raises(TransportError):
         oci_archive.write(build, desc, tmp_path / "a.tar", "t")
     assert (tmp_path / "a.tar").read_bytes() == b"previous"
@@ -495,7 +494,7 @@ def test_oci_archive_write_replaces_and_leaves_no_temp_on_failure(tmp_path):
 def test_docker_archive_layout(tmp_path):
     build = tmp_path / "build"
     desc = build_image(build, [{"a": b"1"}, {"b": b"2"}])
-    config, *layers = oci.children(build, desc)
+    config, *layers = ocilayout.children(build, desc)
     docker_archive.write(build, desc, tmp_path / "d.tar", ["localhost/debian:bookworm"])
     with docker_archive.read(tmp_path / "d.tar") as archive:
         manifest = json.loads((archive.root / "manifest.json").read_text())
@@ -507,19 +506,19 @@ def test_docker_archive_layout(tmp_path):
             }
         ]
         (img,) = archive.images
-        assert img.config.read_bytes() == oci.blob_path(build, config.digest).read_bytes()
-        assert [p.read_bytes() for p in img.layers] == [oci.blob_path(build, l.digest).read_bytes() for l in layers]
+        assert img.config.read_bytes() == ocilayout.blob_path(build, config.digest).read_bytes()
+        assert [p.read_bytes() for p in img.layers] == [ocilayout.blob_path(build, l.digest).read_bytes() for l in layers]
         assert img.repo_tags == ["localhost/debian:bookworm"]
 
 
 def test_docker_archive_refuses_multi_platform_index(tmp_path):
     build = tmp_path / "build"
     amd, arm = build_image(build, arch="amd64"), build_image(build, arch="arm64")
-    index = oci.put_json(build, image.make_index([amd, arm]), image.MEDIA_TYPE_INDEX)
+    index = ocilayout.put_json(build, image.make_index([amd, arm]), image.MEDIA_TYPE_INDEX)
     with pytest.raises(TransportError, match="one platform.*linux/amd64, linux/arm64/v8"):
         docker_archive.write(build, index, tmp_path / "d.tar", [])
     assert not (tmp_path / "d.tar").exists()
-    single = oci.put_json(build, image.make_index([arm]), image.MEDIA_TYPE_INDEX)
+    single = ocilayout.put_json(build, image.make_index([arm]), image.MEDIA_TYPE_INDEX)
     docker_archive.write(build, single, tmp_path / "d.tar", [])
     assert (tmp_path / "d.tar").exists()
 
@@ -562,15 +561,15 @@ def run(*argv: str, **kwargs) -> str:
 def test_skopeo_reads_our_layout_and_archives(tmp_path):
     build = tmp_path / "build"
     desc = build_image(build, [{"etc/a": b"a"}, {"etc/b": b"b"}], media_type=image.MEDIA_TYPE_LAYER_ZSTD)
-    oci.write(build, desc, tmp_path / "out", "bookworm")
-    oci.write(build, build_image(build, arch="arm64"), tmp_path / "out", "arm")
-    config, *layers = oci.children(build, desc)
+    ocilayout.write(build, desc, tmp_path / "out", "bookworm")
+    ocilayout.write(build, build_image(build, arch="arm64"), tmp_path / "out", "arm")
+    config, *layers = ocilayout.children(build, desc)
     info = json.loads(run("skopeo", "inspect", f"oci:{tmp_path / 'out'}:bookworm"))
     assert info["Digest"] == desc.digest
     assert info["Layers"] == [layer.digest for layer in layers]
     assert info["Architecture"] == "amd64" and info["Env"] == [image.DEFAULT_PATH]
     raw = json.loads(run("skopeo", "inspect", "--config", "--raw", f"oci:{tmp_path / 'out'}:bookworm"))
-    assert raw == oci.read_json(build, config)
+    assert raw == ocilayout.read_json(build, config)
 
     oci_archive.write(build, desc, tmp_path / "ours.tar", "t")
     assert json.loads(run("skopeo", "inspect", f"oci-archive:{tmp_path / 'ours.tar'}:t"))["Digest"] == desc.digest
@@ -584,18 +583,18 @@ def test_skopeo_reads_our_layout_and_archives(tmp_path):
 def test_skopeo_copies_our_layout_to_an_archive_we_read(tmp_path):
     build = tmp_path / "build"
     desc = build_image(build)
-    oci.write(build, desc, tmp_path / "out", "bookworm")
+    ocilayout.write(build, desc, tmp_path / "out", "bookworm")
     run("skopeo", "copy", f"oci:{tmp_path / 'out'}:bookworm", f"oci-archive:{tmp_path / 'sk.tar'}:copied")
     with oci_archive.read(tmp_path / "sk.tar", "copied") as (layout, found):
         assert found.digest == desc.digest
-        assert oci.read_json(layout, found) == oci.read_json(build, desc)
+        assert ocilayout.read_json(layout, found) == ocilayout.read_json(build, desc)
 
 
 @needs("umoci")
 def test_umoci_unpacks_our_layout(tmp_path):
     build = tmp_path / "build"
     desc = build_image(build, [{"etc/a": b"first"}, {"etc/a": b"second", "usr/b": b"b"}])
-    oci.write(build, desc, tmp_path / "out", "bookworm")
+    ocilayout.write(build, desc, tmp_path / "out", "bookworm")
     run("umoci", "unpack", "--rootless", "--image", f"{tmp_path / 'out'}:bookworm", str(tmp_path / "bundle"))
     rootfs = tmp_path / "bundle" / "rootfs"
     assert (rootfs / "etc/a").read_bytes() == b"second"
@@ -609,8 +608,8 @@ def test_umoci_unpacks_our_layout(tmp_path):
 def test_podman_loads_our_docker_archive(tmp_path):
     build = tmp_path / "build"
     desc = build_image(build, [{"etc/a": b"a"}, {"etc/hostname": b"ocistrap\n"}])
-    config, *layers = oci.children(build, desc)
-    diff_ids = oci.read_json(build, config)["rootfs"]["diff_ids"]
+    config, *layers = ocilayout.children(build, desc)
+    diff_ids = ocilayout.read_json(build, config)["rootfs"]["diff_ids"]
     name = f"localhost/ocistrap-test-load:{os.getpid()}"
     docker_archive.write(build, desc, tmp_path / "d.tar", [name])
     env = podman_env_in(tmp_path)

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from repo_factory import BuiltDeb, RepoBuilder, control_text, sha256_of
 
-from ocistrap import unpack
-from ocistrap.unpack import UnpackError
+from ocistrap.rootfs import spawn, unpack
+from ocistrap.rootfs.unpack import UnpackError
 
 MTIME = 1_700_000_000
 IS_ROOT = os.geteuid() == 0
@@ -485,7 +485,7 @@ def test_build_with_a_hostile_essential_deb_fails_and_touches_nothing(attack: st
 CHECKS_BROKEN = """
 import os, sys
 from pathlib import Path
-from ocistrap import bootstrap, sandbox, unpack
+from ocistrap.rootfs import bootplan, innerboot, mounting, unpack
 
 def resolve_nothing(self, path, *, create):
     os.makedirs("/" + path, exist_ok=True)
@@ -494,8 +494,8 @@ def resolve_nothing(self, path, *, create):
 unpack.normalise = lambda name: name.removeprefix("./")
 unpack._Tree.resolve = resolve_nothing
 deb, root, home = sys.argv[1:]
-sandbox.mount_staging(Path(root))
-bootstrap._extract_all([bootstrap.Deb(name="evil", path=deb)], Path(root))
+mounting.mount_staging(Path(root))
+innerboot._extract_all([bootplan.Deb(name="evil", path=deb)], Path(root))
 print(Path(root, home.lstrip("/"), "pwned").read_text())
 """
 
@@ -503,7 +503,7 @@ print(Path(root, home.lstrip("/"), "pwned").read_text())
 @pytest.mark.userns
 def test_the_chroot_holds_even_with_the_member_checks_switched_off(tmp_path: Path) -> None:
     """The second wall alone: '..' stops at the chroot's /, so the write lands inside the staging root."""
-    from ocistrap import expand, sandbox
+    from ocistrap.debian import expand
     home = tmp_path / "home"
     home.mkdir()
     deb = hostile_deb(tmp_path / "evil.deb", "evil",
@@ -511,7 +511,7 @@ def test_the_chroot_holds_even_with_the_member_checks_switched_off(tmp_path: Pat
     expanded = tmp_path / "evil.expanded.deb"
     with open(expanded, "wb") as out, open(deb, "rb") as packed:
         expand.expand(packed, out, "evil")
-    proc = sandbox.spawn([sys.executable, "-c", CHECKS_BROKEN, str(expanded), str(tmp_path / "root"), str(home)],
+    proc = spawn.spawn([sys.executable, "-c", CHECKS_BROKEN, str(expanded), str(tmp_path / "root"), str(home)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()

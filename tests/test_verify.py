@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from image_helpers import build_image, layer_tar
 
-from ocistrap import image
 from ocistrap.errors import ImageError
-from ocistrap.image import Descriptor
-from ocistrap.transports import docker_archive, oci, oci_archive, parse_reference
+from ocistrap.oci import image, ocilayout
+from ocistrap.oci.image import Descriptor
+from ocistrap.transports import docker_archive, oci_archive, parse_reference
 from ocistrap.verify import sniff_compression, verify
 
 
@@ -22,7 +22,7 @@ def tagged(tmp_path: Path, **kwargs) -> tuple[Path, Descriptor]:
     """A layout at tmp_path/out holding one image tagged ``t``; returns (layout, manifest descriptor)."""
     build = tmp_path / "build"
     desc = build_image(build, **kwargs)
-    oci.write(build, desc, tmp_path / "out", "t")
+    ocilayout.write(build, desc, tmp_path / "out", "t")
     return tmp_path / "out", desc
 
 
@@ -34,26 +34,26 @@ def flip_last_byte(path: Path) -> None:
 
 
 def point_tag(layout: Path, desc: Descriptor, tag: str = "t") -> None:
-    """Make index.json hold only DESC as TAG, bypassing oci.write's checks."""
+    """Make index.json hold only DESC as TAG, bypassing ocilayout.write's checks."""
     entry = desc.with_annotations({image.ANNOTATION_REF_NAME: tag})
     (layout / "index.json").write_bytes(image.canonical_json(image.make_index([entry])))
 
 
 def rewrite_manifest(layout: Path, desc: Descriptor, change) -> Descriptor:
     """Store a changed copy of DESC's manifest (correctly hashed) and tag it ``t``."""
-    manifest = oci.read_json(layout, desc)
+    manifest = ocilayout.read_json(layout, desc)
     change(manifest)
-    new = oci.put_json(layout, manifest, desc.media_type, platform=desc.platform)
+    new = ocilayout.put_json(layout, manifest, desc.media_type, platform=desc.platform)
     point_tag(layout, new)
     return new
 
 
 def rewrite_config(layout: Path, desc: Descriptor, change) -> Descriptor:
     """Store a changed copy of DESC's config and a manifest pointing at it."""
-    manifest = oci.read_json(layout, desc)
-    config = oci.read_json(layout, Descriptor.from_json(manifest["config"]))
+    manifest = ocilayout.read_json(layout, desc)
+    config = ocilayout.read_json(layout, Descriptor.from_json(manifest["config"]))
     change(config)
-    config_desc = oci.put_json(layout, config, image.MEDIA_TYPE_CONFIG)
+    config_desc = ocilayout.put_json(layout, config, image.MEDIA_TYPE_CONFIG)
     return rewrite_manifest(layout, desc, lambda m: m.update(config=config_desc.to_json()))
 
 
@@ -74,9 +74,9 @@ def test_verifies_every_image_and_nested_indexes(tmp_path):
     build = tmp_path / "build"
     amd = build_image(build, [{"a": b"1"}, {"b": b"2"}])
     arm = build_image(build, [{"a": b"1"}, {"c": b"3"}], arch="armhf")
-    index = oci.put_json(build, image.make_index([amd, arm]), image.MEDIA_TYPE_INDEX)
-    oci.write(build, index, tmp_path / "out", "multi")
-    oci.write(build, amd, tmp_path / "out", "amd")
+    index = ocilayout.put_json(build, image.make_index([amd, arm]), image.MEDIA_TYPE_INDEX)
+    ocilayout.write(build, index, tmp_path / "out", "multi")
+    ocilayout.write(build, amd, tmp_path / "out", "amd")
     report = verify(parse_reference(f"oci:{tmp_path / 'out'}"))
     assert report.tags == ["amd", "multi"]
     assert (report.manifests, report.layers) == (3, 3)
@@ -86,20 +86,20 @@ def test_a_shared_layer_is_hashed_once_but_checked_against_every_config(tmp_path
     build = tmp_path / "build"
     good = build_image(build, [{"a": b"1"}])
     other = build_image(build, [{"a": b"1"}], created=9)
-    oci.write(build, good, tmp_path / "out", "good")
-    oci.write(build, other, tmp_path / "out", "other")
+    ocilayout.write(build, good, tmp_path / "out", "good")
+    ocilayout.write(build, other, tmp_path / "out", "other")
     assert verify(f"oci:{tmp_path / 'out'}").layers == 1
     wrong = image.sha256_digest(b"not the tar")
     bad = rewrite_config(build, other, lambda c: c["rootfs"].update(diff_ids=[wrong]))
-    oci.write(build, bad, tmp_path / "out", "other")
+    ocilayout.write(build, bad, tmp_path / "out", "other")
     with pytest.raises(ImageError, match=f"config says {wrong}"):
         verify(f"oci:{tmp_path / 'out'}")
 
 
 def test_flipped_byte_in_a_layer(tmp_path):
     layout, desc = tagged(tmp_path)
-    layer = oci.children(layout, desc)[1]
-    flip_last_byte(oci.blob_path(layout, layer.digest))
+    layer = ocilayout.children(layout, desc)[1]
+    flip_last_byte(ocilayout.blob_path(layout, layer.digest))
     with pytest.raises(ImageError) as info:
         verify(f"oci:{layout}:t")
     message = str(info.value)
@@ -153,8 +153,8 @@ def test_index_json_schema_violation(tmp_path):
 
 def test_manifest_media_type_must_match_its_descriptor(tmp_path):
     layout, desc = tagged(tmp_path)
-    manifest = oci.read_json(layout, desc)
-    lying = oci.put_json(layout, manifest, image.MEDIA_TYPE_DOCKER_MANIFEST)
+    manifest = ocilayout.read_json(layout, desc)
+    lying = ocilayout.put_json(layout, manifest, image.MEDIA_TYPE_DOCKER_MANIFEST)
     point_tag(layout, lying)
     expected = f"document says mediaType {image.MEDIA_TYPE_MANIFEST}, its descriptor {image.MEDIA_TYPE_DOCKER_MANIFEST}"
     with pytest.raises(ImageError, match=re.escape(expected)):
@@ -170,7 +170,7 @@ def test_layer_media_type_must_be_a_layer_type(tmp_path):
 
 def test_layer_that_does_not_decompress(tmp_path):
     layout, desc = tagged(tmp_path, media_type=image.MEDIA_TYPE_LAYER)
-    layer = oci.children(layout, desc)[1]
+    layer = ocilayout.children(layout, desc)[1]
     rewrite_manifest(layout, desc, lambda m: m["layers"][0].update(mediaType=image.MEDIA_TYPE_LAYER_GZIP))
     with pytest.raises(ImageError, match=f"{layer.hex} .*cannot decompress \\(gzip\\)"):
         verify(f"oci:{layout}:t")
@@ -178,7 +178,7 @@ def test_layer_that_does_not_decompress(tmp_path):
 
 def test_truncated_gzip_layer_reports_the_digest_first(tmp_path):
     layout, desc = tagged(tmp_path)
-    path = oci.blob_path(layout, oci.children(layout, desc)[1].digest)
+    path = ocilayout.blob_path(layout, ocilayout.children(layout, desc)[1].digest)
     data = path.read_bytes()
     os.unlink(path)
     path.write_bytes(data[: len(data) // 2])
@@ -190,7 +190,7 @@ def test_platform_must_match_the_config(tmp_path):
     build = tmp_path / "build"
     desc = build_image(build, arch="arm64")
     wrong = Descriptor(desc.media_type, desc.digest, desc.size, platform=image.debian_platform("amd64"))
-    oci.write(build, wrong, tmp_path / "out", "t")
+    ocilayout.write(build, wrong, tmp_path / "out", "t")
     with pytest.raises(ImageError, match="descriptor platform linux/amd64 but config says linux/arm64/v8"):
         verify(f"oci:{tmp_path / 'out'}:t")
 
@@ -204,8 +204,8 @@ def test_layer_count_must_match_diff_ids(tmp_path):
 
 def test_missing_blob_and_missing_layout(tmp_path):
     layout, desc = tagged(tmp_path)
-    config = oci.children(layout, desc)[0]
-    oci.blob_path(layout, config.digest).unlink()
+    config = ocilayout.children(layout, desc)[0]
+    ocilayout.blob_path(layout, config.digest).unlink()
     with pytest.raises(ImageError, match=f"{config.hex} \\(config of manifest .*blob is missing"):
         verify(f"oci:{layout}:t")
     with pytest.raises(ImageError, match="not an OCI image layout"):
@@ -215,7 +215,7 @@ def test_missing_blob_and_missing_layout(tmp_path):
 
 
 def test_empty_layout_is_not_an_image(tmp_path):
-    oci.init_layout(tmp_path)
+    ocilayout.init_layout(tmp_path)
     with pytest.raises(ImageError, match="holds no images"):
         verify(f"oci:{tmp_path}")
 
@@ -230,11 +230,11 @@ def test_oci_archive(tmp_path):
     desc = build_image(build)
     oci_archive.write(build, desc, tmp_path / "a.tar", "t")
     assert verify(f"oci-archive:{tmp_path / 'a.tar'}:t").manifests == 1
-    layer = oci.children(build, desc)[1]
-    flip_last_byte(oci.blob_path(build, layer.digest))
-    shutil.copy(oci.blob_path(build, layer.digest), tmp_path / "bad")
+    layer = ocilayout.children(build, desc)[1]
+    flip_last_byte(ocilayout.blob_path(build, layer.digest))
+    shutil.copy(ocilayout.blob_path(build, layer.digest), tmp_path / "bad")
     with oci_archive.read(tmp_path / "a.tar") as (layout, _):
-        shutil.copy(tmp_path / "bad", oci.blob_path(layout, layer.digest))
+        shutil.copy(tmp_path / "bad", ocilayout.blob_path(layout, layer.digest))
         oci_archive.tar_layout(layout, tmp_path / "b.tar")
     with pytest.raises(ImageError, match=f"{tmp_path / 'b.tar'}/blobs/sha256/{layer.hex} .*digest mismatch"):
         verify(f"oci-archive:{tmp_path / 'b.tar'}")

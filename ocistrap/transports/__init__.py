@@ -11,9 +11,7 @@ the transports share.
 """
 
 import importlib
-import os
 import re
-import secrets
 import shutil
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +22,8 @@ from typing import IO, NoReturn, Protocol, cast
 
 from ocistrap import log as logging
 from ocistrap.errors import TransportError, UsageError
-from ocistrap.image import Descriptor, is_ref_name
+from ocistrap.oci.image import Descriptor, is_ref_name
+from ocistrap.oci.ocilayout import Referrer
 
 TABLE: dict[str, str] = {
     "oci": "oci",
@@ -96,16 +95,6 @@ class Context:
 
     tls_verify: bool | None = None
     log: logging.Log = field(default_factory=logging.get)
-
-
-@dataclass(frozen=True)
-class Referrer:
-    """An artifact manifest in a build's layout that refers to one of its images (an SBOM
-    today; signatures and attestations next). Stores of plain files may also keep its one
-    layer beside the image as ``TAG.FILE_NAME``."""
-
-    manifest: Descriptor
-    file_name: str
 
 
 class SavedImage(Protocol):
@@ -274,43 +263,6 @@ def not_readable(ref: Reference) -> NoReturn:
     """What ``open_image`` raises for transports that cannot be read back."""
     raise BadReference(f"cannot read images from {ref.transport}: here",
                        hint="give an oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or registry image")
-
-
-@contextmanager
-def replacing(final: Path, *, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside FINAL; on success rename it over FINAL, else remove it.
-
-    Readers therefore see either the old FINAL or the complete new one, never a part.
-    The temporary file is created with the umask's permissions, like any new file.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.parent / f".{final.name}.{secrets.token_hex(8)}.tmp"
-    if directory:
-        temp.mkdir(0o777)
-    else:
-        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
-    try:
-        yield temp
-        if not directory:
-            _fsync(temp)
-        os.replace(temp, final)
-    except BaseException:
-        if temp.is_dir() and not temp.is_symlink():
-            shutil.rmtree(temp, ignore_errors=True)
-        else:
-            temp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace PATH by a file holding DATA, atomically."""
-    with replacing(path) as temp:
-        temp.write_bytes(data)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 def plain_tarinfo(info: tarfile.TarInfo) -> tarfile.TarInfo:

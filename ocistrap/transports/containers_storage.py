@@ -17,18 +17,18 @@ import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ocistrap.image import Descriptor
+from ocistrap.oci import ocilayout
+from ocistrap.oci.image import Descriptor
+from ocistrap.oci.ocilayout import Referrer
 from ocistrap.transports import (
     BadReference,
     Context,
     ImageStore,
     Reference,
-    Referrer,
     Shape,
     TransportError,
     docker_archive,
     not_readable,
-    oci,
     split_docker_reference,
 )
 
@@ -66,7 +66,7 @@ def store(layout: Path, desc: Descriptor, name: str) -> str:
     with tempfile.TemporaryDirectory(prefix=".ocistrap-storage-", dir=layout.parent) as tmp:
         staging = Path(tmp)
         if tool == "skopeo":
-            oci.write(layout, desc, staging / "layout", "image")
+            ocilayout.write(layout, desc, staging / "layout", "image")
             argv = ["skopeo", "copy", "--quiet", f"oci:{staging / 'layout'}:image", f"containers-storage:{name}"]
         else:
             docker_archive.write(layout, desc, staging / "image.tar", [name])

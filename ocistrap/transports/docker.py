@@ -10,17 +10,10 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from ocistrap.image import ANNOTATION_REF_NAME, INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, Descriptor
-from ocistrap.transports import (
-    BadReference,
-    Context,
-    Reference,
-    Referrer,
-    Shape,
-    TransportError,
-    registry,
-    split_docker_reference,
-)
+from ocistrap.oci.image import ANNOTATION_REF_NAME, INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, Descriptor
+from ocistrap.oci.ocilayout import Referrer
+from ocistrap.transports import BadReference, Context, Reference, Shape, TransportError, split_docker_reference
+from ocistrap.transports.registry import api, attachments, upload
 
 
 def parse(details: str, text: str) -> Reference:
@@ -39,7 +32,7 @@ def check(ref: Reference, shape: Shape) -> None:
 
 
 def write_image(layout: Path, desc: Descriptor, ref: Reference, ctx: Context) -> None:
-    registry.push(layout, desc, ref, tls_verify=ctx.tls_verify)
+    upload.push(layout, desc, ref, tls_verify=ctx.tls_verify)
 
 
 @contextmanager
@@ -48,7 +41,7 @@ def open_image(ref: Reference, ctx: Context) -> Iterator["RegistryStore"]:
 
 
 def attach(layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
-    registry.push_referrer(layout, referrer.manifest, ref, tls_verify=ctx.tls_verify)
+    attachments.push_referrer(layout, referrer.manifest, ref, tls_verify=ctx.tls_verify)
     return True
 
 
@@ -60,7 +53,7 @@ class RegistryStore:
     def __init__(self, ref: Reference, ctx: Context) -> None:
         self.ref = ref
         self.ctx = ctx
-        self.repo, self.target = registry.open_repository(ref, tls_verify=ctx.tls_verify)
+        self.repo, self.target = api.open_repository(ref, tls_verify=ctx.tls_verify)
         self.shown = str(self.target)
         self.fetched: dict[str, bytes] = {}
 
@@ -95,7 +88,7 @@ class RegistryStore:
 
     def referrers(self, subject: Descriptor, artifact_type: str) -> list[Descriptor]:
         pinned = Reference("docker", name=self.ref.name, digest=subject.digest)
-        entries = registry.list_referrers(pinned, artifact_type=artifact_type, tls_verify=self.ctx.tls_verify)
+        entries = attachments.list_referrers(pinned, artifact_type=artifact_type, tls_verify=self.ctx.tls_verify)
         return [Descriptor.from_json(e) for e in entries]
 
     def saved_images(self) -> list[Any]:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from ocistrap.image import (
+from ocistrap.oci import ocilayout
+from ocistrap.oci.image import (
     CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     LAYER_COMPRESSION,
@@ -24,17 +25,15 @@ from ocistrap.image import (
     Descriptor,
     canonical_json,
 )
+from ocistrap.oci.ocilayout import Referrer, replacing
 from ocistrap.transports import (
     BadReference,
     Context,
     Reference,
-    Referrer,
     Shape,
     TransportError,
     extract_archive,
-    oci,
     plain_tarinfo,
-    replacing,
     require_path,
     split_docker_reference,
 )
@@ -69,7 +68,7 @@ class DockerArchive:
 def write(layout_src: Path, desc: Descriptor, dest_file: Path, repo_tags: Sequence[str] = ()) -> None:
     """Write the single-platform image DESC of LAYOUT_SRC as a docker-archive at DEST_FILE."""
     manifest_desc = _single_manifest(layout_src, desc)
-    manifest = oci.read_json(layout_src, manifest_desc)
+    manifest = ocilayout.read_json(layout_src, manifest_desc)
     config = Descriptor.from_json(manifest["config"])
     layers = [Descriptor.from_json(d) for d in manifest["layers"]]
     if config.media_type not in CONFIG_MEDIA_TYPES:
@@ -82,8 +81,8 @@ def write(layout_src: Path, desc: Descriptor, dest_file: Path, repo_tags: Sequen
     entry = {"Config": f"{config.hex}.json", "RepoTags": list(repo_tags), "Layers": list(members)[1:]}
     with replacing(dest_file) as temp, tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, blob in members.items():
-            path = oci.blob_path(layout_src, blob.digest)
-            oci.check_blob(path, blob)
+            path = ocilayout.blob_path(layout_src, blob.digest)
+            ocilayout.check_blob(path, blob)
             tar.add(path, arcname=name, recursive=False, filter=plain_tarinfo)
         _add_bytes(tar, MANIFEST_FILE, canonical_json([entry]))
 
@@ -92,7 +91,7 @@ def _single_manifest(layout: Path, desc: Descriptor) -> Descriptor:
     if desc.media_type in MANIFEST_MEDIA_TYPES:
         return desc
     if desc.media_type in INDEX_MEDIA_TYPES:
-        manifests = oci.children(layout, desc)
+        manifests = ocilayout.children(layout, desc)
         if len(manifests) == 1:
             return _single_manifest(layout, manifests[0])
         platforms = ", ".join(str(m.platform) for m in manifests)

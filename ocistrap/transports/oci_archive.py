@@ -18,17 +18,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ocistrap.image import Descriptor
+from ocistrap.oci import ocilayout
+from ocistrap.oci.image import Descriptor
+from ocistrap.oci.ocilayout import Referrer, replacing
 from ocistrap.transports import (
     Context,
     Reference,
-    Referrer,
     TransportError,
     extract_archive,
     oci,
     parse_layout,
     plain_tarinfo,
-    replacing,
     show_layout,
 )
 
@@ -47,7 +47,7 @@ def write(layout_src: Path, desc: Descriptor, dest_file: Path, tag: str | None =
     dest_file.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest_file.name}.", dir=dest_file.parent) as work:
         layout = Path(work) / "layout"
-        oci.write(layout_src, desc, layout, tag or default_name(dest_file))
+        ocilayout.write(layout_src, desc, layout, tag or default_name(dest_file))
         with replacing(dest_file) as temp:
             tar_layout(layout, temp)
 
@@ -64,7 +64,7 @@ def tar_layout(layout: Path, dest: Path) -> None:
 def read(archive: Path, tag: str | None = None) -> Iterator[tuple[Path, Descriptor]]:
     """Unpack ARCHIVE into a temporary layout and yield (layout, descriptor of TAG) while it exists."""
     with _unpacked(archive) as layout:
-        yield oci.read(layout, tag)
+        yield ocilayout.read(layout, tag)
 
 
 @contextmanager

@@ -9,19 +9,18 @@ import shutil
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ocistrap.image import LAYER_COMPRESSION, MANIFEST_MEDIA_TYPES, Descriptor
-from ocistrap.layer import decompressed
+from ocistrap.oci import ocilayout
+from ocistrap.oci.blobwriter import decompressed
+from ocistrap.oci.image import LAYER_COMPRESSION, MANIFEST_MEDIA_TYPES, Descriptor
+from ocistrap.oci.ocilayout import Referrer, replacing
 from ocistrap.transports import (
     BadReference,
     Context,
     ImageStore,
     Reference,
-    Referrer,
     Shape,
     TransportError,
     not_readable,
-    oci,
-    replacing,
     require_path,
 )
 
@@ -45,12 +44,12 @@ def check(ref: Reference, shape: Shape) -> None:
 
 def write_image(layout: Path, desc: Descriptor, ref: Reference, ctx: Context) -> None:
     assert ref.path is not None
-    layers = oci.children(layout, desc)[1:] if desc.media_type in MANIFEST_MEDIA_TYPES else []
+    layers = ocilayout.children(layout, desc)[1:] if desc.media_type in MANIFEST_MEDIA_TYPES else []
     if len(layers) != 1:
         raise TransportError(f"{ref}: a plain rootfs tarball needs a single-platform, single-layer image")
     compression = LAYER_COMPRESSION[layers[0].media_type]
     with (replacing(ref.path) as tmp, open(tmp, "wb") as out,
-          open(oci.blob_path(layout, layers[0].digest), "rb") as blob):
+          open(ocilayout.blob_path(layout, layers[0].digest), "rb") as blob):
         shutil.copyfileobj(decompressed(blob, compression), out, 1 << 20)
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ocistrap import mirrorauth, schema
+from ocistrap import schema
+from ocistrap.debian import mirrorauth
 from ocistrap.errors import ArchiveError
 
 

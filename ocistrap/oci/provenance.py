@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ocistrap import __version__, schema, signature
-from ocistrap.image import canonical_json, parse_digest, rfc3339
-from ocistrap.keys import PrivateKey, PublicKey
-from ocistrap.lock import Lockfile
+from ocistrap import __version__, schema
+from ocistrap.debian.lock import Lockfile
+from ocistrap.oci import signature
+from ocistrap.oci.image import canonical_json, parse_digest, rfc3339
+from ocistrap.oci.keys import PrivateKey, PublicKey
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from ocistrap import inroot
+from ocistrap.rootfs import inroot
 
 CONFIG_PATH = "etc/dpkg/dpkg.cfg.d/ocistrap-slim"
 _WILDCARDS = "*?[\\"
@@ -77,7 +77,7 @@ def prune(root: Path, rules: Sequence[Rule] = RULES) -> int:
     """Remove from the tree ROOT what dpkg would skip under RULES; return how many entries went.
 
     Directories go only once empty, so nothing an include rule keeps is lost. The tree's
-    symlinks are the packages': every path is resolved inside ROOT (ocistrap.inroot) and the
+    symlinks are the packages': every path is resolved inside ROOT (ocistrap.rootfs.inroot) and the
     walk never follows one.
     """
     removed = 0

@@ -330,7 +330,7 @@ class _Tree:
 def resolve_dir(fd: int, path: str, *, create: bool = False) -> str:
     """The symlink-free path, relative to the root descriptor FD, of directory PATH resolved
     as if that root were ``/`` (missing directories made when CREATE); FileNotFoundError if it
-    cannot be (missing, not a directory, a loop). ocistrap.inroot's fallback without openat2."""
+    cannot be (missing, not a directory, a loop). ocistrap.rootfs.inroot's fallback without openat2."""
     try:
         return _Tree(fd=fd, same_owner=False).resolve(path, create=create)
     except Refused as e:

@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-from ocistrap import archive, openpgp
-from ocistrap.archive import Package, Release
-from ocistrap.cache import Cache
+from ocistrap.debian import archive, openpgp
+from ocistrap.debian.archive import Package, Release
+from ocistrap.debian.cache import Cache
+from ocistrap.debian.fetch import RELEASE_LIMIT, Fetcher, NotFound, sha256_hex
 from ocistrap.errors import ArchiveError
-from ocistrap.fetch import RELEASE_LIMIT, Fetcher, NotFound, sha256_hex
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")

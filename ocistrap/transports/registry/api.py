@@ -1,4 +1,4 @@
-"""Registries (``docker://[HOST[:PORT]/]NAME[:TAG][@DIGEST]``): push, pull-for-verify, referrers, login.
+"""The registry API client (``docker://[HOST[:PORT]/]NAME[:TAG][@DIGEST]``): sessions, auth, blobs, manifests, login.
 
 The OCI distribution protocol as ocistrap needs it:
 
@@ -38,15 +38,13 @@ host over plain http gets none, and a 401 from elsewhere is not answered.
 A token service (the challenge's realm) gets the Basic credentials only when
 the challenge names it, and never over http when the registry is https.
 
-Credentials (see ``ocistrap.auth``) never appear in messages or logs: only
+Credentials (see ``ocistrap.transports.registry.auth``) never appear in messages or logs: only
 the user name and where it came from are ever named.
 """
 
-import hashlib
 import io
 import ipaddress
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,26 +54,32 @@ from urllib.parse import urljoin
 
 import oras.auth.utils
 
-from ocistrap import auth, http, log
+from ocistrap import http, log
 from ocistrap.errors import CredentialsError, TransportError
 from ocistrap.http import RetryPolicy, Transient
-from ocistrap.image import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, MEDIA_TYPE_INDEX, Descriptor, canonical_json
-from ocistrap.transports import Reference, atomic_write_bytes, oci
+from ocistrap.oci.image import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, MEDIA_TYPE_INDEX, Descriptor
+from ocistrap.transports import Reference
+from ocistrap.transports.registry import auth
 
 MANIFEST_ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES))
 TIMEOUTS = http.Timeouts(connect=30, read=300, deadline=300, stall=60)
+
+
 """The timeouts every registry uses unless given others (tests make them short)."""
 MAX_REDIRECTS = http.MAX_REDIRECTS
 MANIFEST_LIMIT = 4 << 20
+
+
 """The largest manifest or index read (containerd's limit)."""
 CONFIG_LIMIT = 16 << 20
+
+
 """The largest image config read into memory."""
 TOKEN_LIMIT = 1 << 20
 ERROR_LIMIT = 64 << 10
-_RECORD_LIMIT = 5000
-
-
 RETRY = RetryPolicy()
+
+
 """The policy every registry uses unless given another (tests make it fast)."""
 
 
@@ -134,12 +138,6 @@ def is_loopback(registry: str) -> bool:
 
 def _api_host(registry: str) -> str:
     return "registry-1.docker.io" if registry == auth.DOCKER_HUB else registry
-
-
-def referrers_tag(digest: str) -> str:
-    """The fallback tag under which a registry without the referrers API keeps DIGEST's referrers."""
-    algorithm, _, hex_part = digest.partition(":")
-    return f"{algorithm}-{hex_part}"[:128]
 
 
 # --- the choke point -----------------------------------------------------------------------
@@ -556,264 +554,6 @@ def open_repository(ref: Reference, *, tls_verify: bool | None = None) -> tuple[
     """A session on the repository a ``docker://`` reference names, with stored credentials."""
     target = target_of(ref)
     return Repository(Registry.for_target(target, tls_verify=tls_verify), target.repository), target
-
-
-# --- remembering where blobs went, for cross-repository mounts ---------------------------------
-
-
-class MountRecord:
-    """A small local record of which repository of each registry we pushed each blob to."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        self.path = path or cache / "ocistrap" / "pushed-blobs.json"
-
-    def load(self) -> dict[str, dict[str, str]]:
-        try:
-            doc = json.loads(self.path.read_bytes())
-        except (OSError, ValueError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
-
-    def source(self, registry: str, digest: str, repository: str) -> str | None:
-        """Another repository of REGISTRY we pushed DIGEST to, if any."""
-        found = self.load().get(registry, {}).get(digest)
-        return found if isinstance(found, str) and found != repository else None
-
-    def add(self, registry: str, repository: str, digests: list[str]) -> None:
-        """Note that REPOSITORY of REGISTRY now has DIGESTS (best effort; a lost entry only costs a mount)."""
-        doc = self.load()
-        blobs = doc.setdefault(registry, {})
-        for digest in digests:
-            blobs.pop(digest, None)
-            blobs[digest] = repository
-        doc[registry] = dict(list(blobs.items())[-_RECORD_LIMIT:])
-        try:
-            atomic_write_bytes(self.path, canonical_json(doc))
-        except OSError as exc:
-            log.get().detail(f"{self.path}: cannot record pushed blobs: {exc.strerror}")
-
-
-# --- pushing ---------------------------------------------------------------------------------
-
-
-@dataclass
-class PushStats:
-    """What a push did, blob by blob."""
-
-    uploaded: int = 0
-    uploaded_bytes: int = 0
-    present: int = 0
-    mounted: int = 0
-    manifests: int = 0
-
-    def summary(self) -> str:
-        return (
-            f"{self.uploaded} blob(s) uploaded ({self.uploaded_bytes} bytes), {self.present} already there, "
-            f"{self.mounted} mounted, {self.manifests} manifest(s) stored"
-        )
-
-
-def _is_manifest(desc: Descriptor) -> bool:
-    return desc.media_type in MANIFEST_MEDIA_TYPES or desc.media_type in INDEX_MEDIA_TYPES
-
-
-class _Pusher:
-    """Pushes images of one layout into one repository: blobs first, manifests after, root last."""
-
-    def __init__(self, repo: Repository, layout: Path, record: MountRecord) -> None:
-        self.repo = repo
-        self.layout = layout
-        self.record = record
-        self.stats = PushStats()
-
-    def push(self, desc: Descriptor, reference: str) -> http.Response:
-        """Push DESC and all below it; store the root manifest at REFERENCE and return the answer."""
-        nodes = oci.reachable(self.layout, desc)
-        blobs = [n for n in nodes if not _is_manifest(n)]
-        for blob in blobs:
-            self.blob(blob)
-        self.record.add(self.repo.registry.name, self.repo.name, [b.digest for b in blobs])
-        for manifest in nodes[:-1]:
-            if _is_manifest(manifest):
-                self.manifest(manifest, manifest.digest)
-        return self.manifest(desc, reference)
-
-    def blob(self, desc: Descriptor) -> None:
-        path = oci.blob_path(self.layout, desc.digest)
-        if not path.is_file() or path.stat().st_size != desc.size:
-            raise TransportError(f"{path}: blob {desc.digest} ({desc.media_type}) is missing or has the wrong size")
-        size = self.repo.blob_size(desc.digest)
-        if size is not None:
-            if size != desc.size:
-                raise TransportError(
-                    f"{self.repo.registry.name}/{self.repo.name}: blob {desc.digest} is {size} bytes there, "
-                    f"{desc.size} here"
-                )
-            self.stats.present += 1
-            return
-        source = self.record.source(self.repo.registry.name, desc.digest, self.repo.name)
-        if self.repo.upload_blob(path, desc, source):
-            self.stats.mounted += 1
-            log.get().detail(f"mounted {desc.digest} from {source}")
-        else:
-            self.stats.uploaded += 1
-            self.stats.uploaded_bytes += desc.size
-            log.get().detail(f"uploaded {desc.digest} ({desc.size} bytes)")
-
-    def manifest(self, desc: Descriptor, reference: str) -> http.Response:
-        data = _manifest_bytes(self.layout, desc)
-        response = self.repo.put_manifest(reference, data, desc.media_type)
-        answered = response.headers.get("Docker-Content-Digest")
-        if answered is not None and answered != desc.digest:
-            raise TransportError(
-                f"{self.repo.registry.name}/{self.repo.name}: the registry answered digest {answered} "
-                f"for manifest {desc.digest}"
-            )
-        self.stats.manifests += 1
-        return response
-
-
-def _manifest_bytes(layout: Path, desc: Descriptor) -> bytes:
-    oci.read_json(layout, desc)
-    return oci.blob_path(layout, desc.digest).read_bytes()
-
-
-def _check_stored(repo: Repository, reference: str, desc: Descriptor) -> None:
-    """Read REFERENCE back and make sure it is exactly the manifest we pushed."""
-    found = repo.get_manifest(reference, accept=desc.media_type)
-    if found is None:
-        raise TransportError(f"{repo.registry.name}/{repo.name}: {reference} is missing right after it was pushed")
-    digest = "sha256:" + hashlib.sha256(found[0]).hexdigest()
-    if digest != desc.digest:
-        raise TransportError(
-            f"{repo.registry.name}/{repo.name}:{reference} reads back as {digest}, not the pushed {desc.digest}",
-            hint="another push to the same tag may have raced this one",
-        )
-
-
-def push(layout: Path, desc: Descriptor, ref: Reference, *, tls_verify: bool | None = None) -> str:
-    """Push the image (manifest or index) DESC of LAYOUT to the ``docker://`` REF; return its digest.
-
-    REF's tag receives the image once every blob and child manifest is in
-    place; a REF with only a digest must name DESC's digest. Stored
-    credentials are used (see ``ocistrap.auth``).
-    """
-    repo, target = open_repository(ref, tls_verify=tls_verify)
-    if target.digest is not None and target.digest != desc.digest:
-        raise TransportError(f"{ref}: names digest {target.digest}, but the image is {desc.digest}")
-    reference = target.tag or desc.digest
-    pusher = _Pusher(repo, layout, MountRecord())
-    pusher.push(desc, reference)
-    _check_stored(repo, reference, desc)
-    log.get().info(f"pushed {desc.digest} to {target}: {pusher.stats.summary()}")
-    return desc.digest
-
-
-def copy_blob(source: Repository, dest: Repository, desc: Descriptor) -> str:
-    """Make blob DESC of SOURCE present in DEST; say how: ``present``, ``mounted`` or ``copied``.
-
-    Within one registry the blob is mounted; across registries (or where a
-    mount is refused) it streams from one to the other without touching disk.
-    """
-    size = dest.blob_size(desc.digest)
-    if size is not None:
-        if size != desc.size:
-            raise TransportError(f"{dest.registry.name}/{dest.name}: blob {desc.digest} is {size} bytes there, "
-                                f"{desc.size} in {source.registry.name}/{source.name}")
-        return "present"
-    same_registry = source.registry.name == dest.registry.name
-    if dest.upload_stream(lambda: source.stream_blob(desc), desc, source.name if same_registry else None):
-        return "mounted"
-    return "copied"
-
-
-def store_manifest(repo: Repository, reference: str, data: bytes, media_type: str) -> Descriptor:
-    """Store manifest or index DATA at REFERENCE (tag or digest) of REPO and read it back."""
-    desc = Descriptor.of(data, media_type)
-    answered = repo.put_manifest(reference, data, media_type).headers.get("Docker-Content-Digest")
-    if answered is not None and answered != desc.digest:
-        raise TransportError(f"{repo.registry.name}/{repo.name}: the registry answered digest {answered} "
-                            f"for manifest {desc.digest}")
-    _check_stored(repo, reference, desc)
-    return desc
-
-
-# --- referrers ---------------------------------------------------------------------------------
-
-
-def _referrer_entry(layout: Path, desc: Descriptor) -> tuple[dict[str, Any], Descriptor]:
-    """The referrers-index entry for artifact manifest DESC, and the subject it refers to."""
-    doc = oci.read_json(layout, desc)
-    subject = doc.get("subject")
-    if not isinstance(subject, dict):
-        raise TransportError(f"manifest {desc.digest} has no subject: it does not refer to any image")
-    entry = desc.to_json()
-    entry.pop("platform", None)
-    artifact_type = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
-    if artifact_type:
-        entry["artifactType"] = artifact_type
-    if doc.get("annotations"):
-        entry["annotations"] = doc["annotations"]
-    return entry, Descriptor.from_json(subject)
-
-
-def push_referrer(layout: Path, desc: Descriptor, ref: Reference, *, tls_verify: bool | None = None) -> str:
-    """Push artifact manifest DESC of LAYOUT (an SBOM, a signature) into REF's repository.
-
-    DESC's ``subject`` names the image it is about. Registries with the
-    referrers API index it themselves (they answer ``OCI-Subject``); for the
-    others the ``sha256-<hex>`` tag's index is extended, as OCI 1.1 specifies.
-    REF's tag is not touched. Returns DESC's digest.
-    """
-    entry, subject = _referrer_entry(layout, desc)
-    repo, target = open_repository(ref, tls_verify=tls_verify)
-    answer = _Pusher(repo, layout, MountRecord()).push(desc, desc.digest)
-    if answer.headers.get("OCI-Subject") != subject.digest:
-        _add_to_referrers_tag(repo, subject.digest, entry)
-    log.get().info(f"attached {entry.get('artifactType', desc.media_type)} {desc.digest} to {subject.digest}")
-    return desc.digest
-
-
-def _add_to_referrers_tag(repo: Repository, subject: str, entry: dict[str, Any]) -> None:
-    """Add ENTRY to the fallback index tagged ``sha256-<hex>`` (created if missing).
-
-    Two clients extending it at the same moment can lose an entry: the
-    fallback schema has no locking, which the OCI spec accepts.
-    """
-    tag = referrers_tag(subject)
-    found = repo.get_manifest(tag, accept=MEDIA_TYPE_INDEX)
-    entries = _index_entries(found[0], f"{repo.registry.name}/{repo.name}:{tag}") if found else []
-    if any(e.get("digest") == entry["digest"] for e in entries):
-        return
-    index = {"schemaVersion": 2, "mediaType": MEDIA_TYPE_INDEX, "manifests": [*entries, entry]}
-    repo.put_manifest(tag, canonical_json(index), MEDIA_TYPE_INDEX)
-
-
-def list_referrers(
-    ref: Reference, *, artifact_type: str | None = None, tls_verify: bool | None = None
-) -> list[dict[str, Any]]:
-    """The descriptors (JSON) of artifacts referring to the image REF names, optionally of one type.
-
-    Uses the referrers API when the registry has it, the ``sha256-<hex>`` tag otherwise.
-    """
-    repo, target = open_repository(ref, tls_verify=tls_verify)
-    subject = target.digest or _resolve_digest(repo, target)
-    entries = repo.referrers_api(subject, artifact_type)
-    if entries is None:
-        found = repo.get_manifest(referrers_tag(subject), accept=MEDIA_TYPE_INDEX)
-        entries = _index_entries(found[0], f"{target.registry}/{target.repository}:{referrers_tag(subject)}") if found else []
-    if artifact_type:
-        entries = [e for e in entries if e.get("artifactType") == artifact_type]
-    return entries
-
-
-def _resolve_digest(repo: Repository, target: Target) -> str:
-    assert target.tag is not None
-    found = repo.get_manifest(target.tag)
-    if found is None:
-        raise TransportError(f"{target}: no such image")
-    return "sha256:" + hashlib.sha256(found[0]).hexdigest()
 
 
 # --- login ---------------------------------------------------------------------------------------

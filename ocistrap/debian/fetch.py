@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from ocistrap import http, log
-from ocistrap.cache import CHUNK, Cache, file_sha256, hash_open
+from ocistrap.debian.cache import CHUNK, Cache, file_sha256, hash_open
+from ocistrap.debian.mirrorauth import MirrorLogins
 from ocistrap.errors import ArchiveError
-from ocistrap.mirrorauth import MirrorLogins
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ class Wanted:
 
 class Fetcher:
     """One HTTP session with retry policy; ``offline`` refuses any network use. LOGINS are sent
-    with each request, redirected ones too, only where they apply (ocistrap.mirrorauth)."""
+    with each request, redirected ones too, only where they apply (ocistrap.debian.mirrorauth)."""
 
     def __init__(self, *, offline: bool = False, attempts: int = 4, timeout: float = 30.0,
                  deadline: float = 300.0, stall: float = 60.0, backoff: float = 0.5, jobs: int = 8,

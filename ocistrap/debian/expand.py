@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ocistrap.cache import Cache, link_private, open_verified
+from ocistrap.debian.cache import Cache, link_private, open_verified
 from ocistrap.errors import ArchiveError
 
 MAGIC = b"!<arch>\n"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ocistrap.errors import OcistrapError
-from ocistrap.image import (
+from ocistrap.oci.image import (
     MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_MANIFEST,
     Descriptor,
@@ -25,9 +25,9 @@ from ocistrap.image import (
     make_manifest,
     parse_digest,
 )
-from ocistrap.keys import PrivateKey, PublicKey
+from ocistrap.oci.keys import PrivateKey, PublicKey
 from ocistrap.transports import BadReference, split_docker_reference
-from ocistrap.transports.registry import split_name
+from ocistrap.transports.registry.api import split_name
 
 MEDIA_TYPE_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 ANNOTATION_SIGNATURE = "dev.cosignproject.cosign/signature"

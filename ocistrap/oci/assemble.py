@@ -4,10 +4,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ocistrap import image
-from ocistrap.image import Descriptor
-from ocistrap.layer import LayerBlob
-from ocistrap.transports import oci
+from ocistrap.oci import image, ocilayout
+from ocistrap.oci.blobwriter import LayerBlob
+from ocistrap.oci.image import Descriptor
 
 ANNOTATION_LOCK = "dev.ocistrap.lockfile.digest"
 ANNOTATION_RELEASE = "dev.ocistrap.release.sha256"
@@ -65,15 +64,15 @@ def write_image(layout: Path, arch: str, layers: Sequence[Layer], *, epoch: int,
         env=options.full_env(), cmd=options.cmd, entrypoint=options.entrypoint,
         workdir=options.workdir, user=options.user, labels=options.labels,
         history=[layer.created_by for layer in layers])
-    config_desc = oci.put_json(layout, config, image.MEDIA_TYPE_CONFIG)
+    config_desc = ocilayout.put_json(layout, config, image.MEDIA_TYPE_CONFIG)
     layer_descs = [Descriptor(media_type=layer.blob.media_type, digest=layer.blob.digest,
                               size=layer.blob.size) for layer in layers]
     annotations = {**provenance.annotations(image.rfc3339(epoch)), **options.annotations}
     manifest = image.make_manifest(config_desc, layer_descs, annotations)
-    return oci.put_json(layout, manifest, image.MEDIA_TYPE_MANIFEST,
+    return ocilayout.put_json(layout, manifest, image.MEDIA_TYPE_MANIFEST,
                         platform=image.debian_platform(arch))
 
 
 def write_index(layout: Path, manifests: Sequence[Descriptor], annotations: Mapping[str, str]) -> Descriptor:
     """One index over per-architecture manifests, so one tag serves every platform."""
-    return oci.put_json(layout, image.make_index(manifests, annotations), image.MEDIA_TYPE_INDEX)
+    return ocilayout.put_json(layout, image.make_index(manifests, annotations), image.MEDIA_TYPE_INDEX)

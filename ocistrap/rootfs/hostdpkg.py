@@ -14,7 +14,7 @@ The host's dpkg is used only if it is of the target's release series (1.21.x
 with 1.21.y): within a series the database it writes and the files it unpacks
 are the target dpkg's own (tests/test_e2e_foreign.py compares the trees);
 otherwise the caller keeps the emulated dpkg. The host's dpkg runs in a view
-of its own (sandbox.host_view_run): the tree at /target, the target's /etc and
+of its own (spawn.host_view_run): the tree at /target, the target's /etc and
 /root in place of the host's, so it reads the target's dpkg configuration,
 ~/.dpkg.cfg and user and group names exactly as a dpkg chrooted into ROOT
 would, and of the host only its system directories, read-only. dpkg follows
@@ -28,8 +28,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ocistrap import inroot, sandbox
 from ocistrap.errors import BuildError
+from ocistrap.rootfs import inroot, spawn
 
 VERSION_LINE = re.compile(r"\bversion (\S+) \((\S+)\)")
 STATUS = "var/lib/dpkg/status"
@@ -96,7 +96,7 @@ def probe(root: Path, env: Mapping[str, str]) -> tuple[str, str] | None:
     if None in tools:
         return None
     try:
-        done = [sandbox.host_view_run(root, [str(tool), "--version"], env=env, stdout=subprocess.PIPE,
+        done = [spawn.host_view_run(root, [str(tool), "--version"], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL) for tool in tools]
     except BuildError:
         return None
@@ -109,10 +109,10 @@ def unpack(root: Path, paths: Sequence[str], env: Mapping[str, str]) -> int:
 
     dpkg --root follows every symlink on the way to a path it writes, the packages' too
     (`usr/share -> /home/you`), and runs preinst scripts chrooted into the root with all of
-    root's capabilities; so it runs in sandbox.host_view_run's view, where nothing of the
+    root's capabilities; so it runs in spawn.host_view_run's view, where nothing of the
     caller's is to be found."""
     dpkg = shutil.which("dpkg") or "dpkg"
-    target = sandbox.VIEW_TARGET
+    target = spawn.VIEW_TARGET
     argv = [dpkg, f"--root={target}", f"--log={target}/var/log/dpkg.log", "--unpack", "--force-depends",
             "--force-unsafe-io", *(f"{target}/{p.lstrip('/')}" for p in paths)]
-    return sandbox.host_view_run(root, argv, env=env).returncode
+    return spawn.host_view_run(root, argv, env=env).returncode

@@ -12,7 +12,7 @@ component through its directory's descriptor without following it.
 
 Where openat2 is missing (Linux < 5.6, or a seccomp policy that refuses it)
 the directories are resolved by the unpacker's own resolution
-(ocistrap.unpack.resolve_dir), one component at a time, the same rules in
+(ocistrap.rootfs.unpack.resolve_dir), one component at a time, the same rules in
 user space.
 """
 
@@ -105,7 +105,7 @@ class Tree:
             except FileNotFoundError:
                 if not create:
                     raise
-        from ocistrap import unpack  # not at the top: the sandbox's helper imports this module
+        from ocistrap.rootfs import unpack
         real = unpack.resolve_dir(self.fd, path, create=create) or "."
         if self.openat2:
             return _openat2(self.fd, real, _DIR | os.O_NOFOLLOW)

@@ -11,7 +11,7 @@ Layout under the cache root:
                      so that ``--offline`` can find it without a lockfile
   parsed/HEX.marshal a parsed Packages index, keyed by the index's SHA256
   derived/KIND/HEX   a file made from blob HEX (KIND "expanded": the .deb with its
-                     data uncompressed, see ocistrap.expand), and HEX.tag beside it
+                     data uncompressed, see ocistrap.debian.expand), and HEX.tag beside it
   locks/HEX          an empty file whose flock marks partial/HEX as being written
   locks/in-use       flocked shared by every process using the cache, exclusively
                      by ``ocistrap cache prune``: nothing is pruned from under a build

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
 
 from ocistrap.errors import BuildError
-
-from . import sandbox
+from ocistrap.rootfs import spawn
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -808,7 +807,7 @@ def start(proc: str) -> Recorder:
     PROC is a proc file system mounted for the current PID namespace.
     """
     program = filter_program(host_arches())
-    pid, ours = sandbox.fork_with_channel(lambda channel: _serve(channel, proc))
+    pid, ours = spawn.fork_with_channel(lambda channel: _serve(channel, proc))
     try:
         listener = install_filter(program)
     except BaseException:

@@ -1,0 +1,1 @@
+"""The Debian side: signed archive metadata, downloads, the cache, resolution and lockfiles."""

@@ -1,0 +1,226 @@
+"""Install a locked package set into a staging root inside the sandbox, then stream it out.
+
+Two halves talk through pipes: ``bootstrap()`` runs on the host as the
+caller, starts ``python -m ocistrap.rootfs.innerboot`` inside the user namespace with
+the plan on stdin, and hands the tar stream it writes on stdout to a sink.
+The inner half (``run_inner``) is "root" in the namespace: it unpacks the
+essential packages, installs them with dpkg in a chroot (maintainer scripts
+run, owners are real), installs the rest in Pre-Depends order, resets host
+identity files, and writes the tree as a tar stream. The tree never appears
+on the host: it lives on a tmpfs of the namespace (or in --workdir, removed
+from inside).
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, BinaryIO, Generic, NamedTuple, TypeVar
+
+from ocistrap import log
+from ocistrap.errors import BuildError, OcistrapError
+from ocistrap.rootfs import buildmode, idmaps, spawn
+from ocistrap.rootfs.bootplan import INNER_ERROR, Plan
+from ocistrap.rootfs.innerboot import read_phases
+
+T = TypeVar("T")
+
+
+"""The directories usrmerge's convert-usrmerge moves into /usr."""
+
+
+# ---- outer half: runs on the host as the caller ----
+
+class Installed(NamedTuple, Generic[T]):
+    """What SINK made of each layer, and the mode that built them (a fallback holds for
+    the next architecture)."""
+
+    layers: list[T]
+    mode: buildmode.BuildMode
+
+
+def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, mode: buildmode.BuildMode,
+              remove_on_exit: Path | None = None,
+              ready: Callable[[], Iterable[object]] | None = None) -> Installed[T]:
+    """Run the plan inside a fresh sandbox and feed each layer's tar stream to SINK, in order.
+
+    MODE (buildmode.decide_mode) says how the sandbox runs; when newuidmap refuses the
+    caller's ranges, its fallback (if auto left one) takes over. READY, if given,
+    yields once per package of the plan (essential first, then the rest) as its
+    file becomes usable: the sandbox starts before the last ones are expanded.
+    """
+    while True:
+        log.get().info(f"sandbox: {mode.name} mode ({mode.reason})")
+        try:
+            layers = RUNNERS[mode.kind.runner](replace(plan, record_owners=mode.records_owners), sink,
+                                               maps=mode.maps, remove_on_exit=remove_on_exit, ready=ready)
+            return Installed(layers, mode)
+        except idmaps.MapRefused as e:
+            mode = mode.fallback(e)
+
+
+def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: idmaps.IdMaps,
+               remove_on_exit: Path | None, ready: Callable[[], Iterable[object]] | None) -> list[T]:
+    """Each layer travels through its own pipe, so the streams need no framing:
+    the inner half closes one pipe before it starts writing the next. The
+    sandbox deletes REMOVE_ON_EXIT (the staging directory) when it ends,
+    even if this process is killed.
+    """
+    out = log.get()
+    pipes = [os.pipe() for _ in range(plan.layer_count)]
+    announcer = _Announcer(ready)
+    phases_r, phases_w = os.pipe()
+    plan = replace(plan, layer_fds=[w for _, w in pipes], ready_fd=announcer.inner_fd, phases_fd=phases_w)
+    child_fds = [*plan.layer_fds, *announcer.inner_fds, phases_w]
+    readers = [os.fdopen(r, "rb") for r, _ in pipes]
+    phases = os.fdopen(phases_r, "rb")
+    with tempfile.TemporaryFile(prefix="ocistrap-bootstrap-", suffix=".log") as errors:
+        try:
+            proc = spawn.spawn([sys.executable, "-m", "ocistrap.rootfs.innerboot"], stdin=subprocess.PIPE,
+                                 stdout=None if out.debug else errors,
+                                 stderr=None if out.debug else errors, pass_fds=child_fds,
+                                 maps=maps, remove_on_exit=remove_on_exit)
+        except BaseException:
+            for reader in readers:
+                reader.close()
+            phases.close()
+            raise
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+            announcer.start()
+        assert proc.stdin is not None
+        progress = _ConfigureProgress(errors, len(plan.essential) + len(plan.rest))
+        try:
+            proc.stdin.write(plan.dumps())
+            proc.stdin.close()
+            progress.start()
+            results = []
+            for reader in readers:
+                with out.step("unpacking and configuring"):
+                    reader.peek(1)  # the inside streams a layer once its tree is ready
+                    for name, seconds in read_phases(phases.readline()):
+                        out.record(name, seconds)
+                results.append(sink(reader))
+        except BaseException as e:
+            proc.kill()
+            proc.wait()
+            announcer.raise_failure()
+            if isinstance(e, OcistrapError) and (inner := _inner_error(errors)):
+                # the stream ended early because the inside failed, and said why
+                raise BuildError(f"installing the packages failed: {inner}",
+                                     hint="run with --debug to see the whole log") from e
+            raise
+        finally:
+            progress.stop()
+            for reader in readers:
+                reader.close()
+            phases.close()
+        status = proc.wait()
+        if status != 0:
+            announcer.raise_failure()
+            raise BuildError(f"installing the packages failed (exit status {status}): "
+                                 f"{_tail(errors)}", hint="run with --debug to see the whole log")
+    return results
+
+
+# buildmode.ModeKind.runner -> how that kind runs a plan.
+RUNNERS: dict[str, Callable[..., list[Any]]] = {"namespace": _bootstrap}
+
+
+class _Announcer:
+    """Tells the inner half, one byte per package in plan order, which packages are ready. Its
+    thread owns the pipe's write end and closes it when done (at the end, when the inside is
+    gone, or when making a package failed, whose error the outer half then raises)."""
+
+    def __init__(self, ready: Callable[[], Iterable[object]] | None) -> None:
+        self.ready = ready
+        self.error: BaseException | None = None
+        self.inner_fds: list[int] = []
+        self.inner_fd = -1
+        if ready is not None:
+            self.inner_fd, self.fd = os.pipe()
+            self.inner_fds = [self.inner_fd]
+
+    def start(self) -> None:
+        if self.ready is not None:
+            threading.Thread(target=self._run, name="announce-ready", daemon=True).start()
+
+    def _run(self) -> None:
+        assert self.ready is not None
+        try:
+            for _ in self.ready():
+                os.write(self.fd, b".")
+        except BrokenPipeError:
+            pass
+        except BaseException as e:
+            self.error = e
+        finally:
+            os.close(self.fd)
+
+    def raise_failure(self) -> None:
+        """Raise the error that stopped the packages from being made ready, if one did, with the
+        cause it had (a full disk, say), not the early end of the layer stream it led to."""
+        if isinstance(self.error, OcistrapError):
+            raise self.error
+
+
+SETTING_UP = b"Setting up "
+
+
+def count_configured(chunk: bytes) -> tuple[int, bytes]:
+    """How many complete lines of CHUNK are dpkg's "Setting up PACKAGE" (one per package
+    configured), and the incomplete last line to prepend to the next chunk."""
+    *lines, rest = chunk.split(b"\n")
+    return sum(line.startswith(SETTING_UP) for line in lines), rest
+
+
+class _ConfigureProgress:
+    """Packages configured n/N for the live display, read from dpkg's output in the inner
+    half's log while it grows (the log is all the outer half sees of the inside)."""
+
+    INTERVAL = 0.25
+
+    def __init__(self, log_file: BinaryIO, total: int) -> None:
+        self.fd = log_file.fileno()
+        self.meter = log.get().meter(total)
+        self.offset = 0
+        self.rest = b""
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="configure-progress", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def _run(self) -> None:
+        while not self.done.wait(self.INTERVAL):
+            data = os.pread(self.fd, 1 << 20, self.offset)
+            if not data:
+                continue
+            self.offset += len(data)
+            count, self.rest = count_configured(self.rest + data)
+            if count:
+                self.meter.add(items=count)
+
+
+def _inner_error(log_file: BinaryIO) -> str:
+    """The error the inner half printed before it gave up ("" if none)."""
+    log_file.seek(0)
+    lines = log_file.read().decode("utf-8", "replace").splitlines()
+    return next((line for line in reversed(lines) if line.startswith(INNER_ERROR)), "")
+
+
+def _tail(log_file: BinaryIO, lines: int = 1) -> str:
+    log_file.seek(0)
+    text = log_file.read().decode("utf-8", "replace").strip().splitlines()
+    useful = [line for line in text if line.strip()]
+    return " | ".join(useful[-lines:]) if useful else "no output"

@@ -1,0 +1,184 @@
+"""The build mode, decided once: which sandbox kind runs the bootstrap, why, and its fallback."""
+
+import json
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
+
+from ocistrap.errors import BuildError
+from ocistrap.rootfs.idmaps import (
+    SUBGID,
+    SUBORDINATE_IDS,
+    SUBUID,
+    IdMaps,
+    _mappers,
+    _maps,
+    _read_subid_file,
+    current_user,
+    find_mapper,
+)
+from ocistrap.rootfs.spawn import helper_argv, read_sysctls, userns_advice
+
+MODES = ("auto", "unshare", "single-uid")
+
+
+class HostProbe(Protocol):
+    """The facts about this host that decide the build mode (a fake one in tests)."""
+
+    def identity(self) -> tuple[str, int, int]: ...
+    def userns_problem(self) -> str | None: ...
+    def subid_text(self, kind: Literal["uid", "gid"]) -> str: ...
+    def mapper(self, name: str) -> tuple[str | None, str | None]: ...
+
+
+class SystemProbe:
+    """This machine and this caller, probed for real (the user namespace probe only once)."""
+
+    def __init__(self) -> None:
+        self._userns: tuple[str | None] | None = None
+
+    def identity(self) -> tuple[str, int, int]:
+        return current_user()
+
+    def userns_problem(self) -> str | None:
+        if self._userns is None:
+            self._userns = (probe_userns(),)
+        return self._userns[0]
+
+    def subid_text(self, kind: Literal["uid", "gid"]) -> str:
+        return _read_subid_file(SUBUID if kind == "uid" else SUBGID)
+
+    def mapper(self, name: str) -> tuple[str | None, str | None]:
+        return find_mapper(name)
+
+
+@dataclass(frozen=True)
+class ModeKind:
+    """One way to build. PROBE returns the id maps it needs on a host or raises BuildError
+    naming what is missing and the fix; RUNNER names bootstrap's runner for it. WORKS is
+    the reason when auto takes it first, COST what a fallback to it gives up."""
+
+    name: str
+    probe: Callable[[HostProbe], IdMaps]
+    runner: str
+    records_owners: bool
+    works: str = ""
+    cost: str = ""
+
+    def because(self, problem: str) -> str:
+        return f"{problem}; {self.cost}" if self.cost else problem
+
+
+def _require_userns(host: HostProbe) -> None:
+    problem = host.userns_problem()
+    if problem:
+        raise BuildError(problem)
+
+
+def _unshare_maps(host: HostProbe) -> IdMaps:
+    _require_userns(host)
+    maps = host_maps(host)
+    _mappers(host.mapper)
+    return maps
+
+
+def _single_uid_maps(host: HostProbe) -> IdMaps:
+    _require_userns(host)
+    _, uid, gid = host.identity()
+    return IdMaps.single(uid, gid)
+
+
+UNSHARE = ModeKind("unshare", _unshare_maps, "namespace", records_owners=False,
+                   works=f"{1 + SUBORDINATE_IDS} ids mapped from /etc/subuid and /etc/subgid")
+SINGLE_UID = ModeKind("single-uid", _single_uid_maps, "namespace", records_owners=True,
+                      cost="owners are recorded instead of applied")
+
+# The kinds `--mode auto` tries, the fastest faithful one first.
+AUTO_ORDER = (UNSHARE, SINGLE_UID)
+KINDS = {k.name: k for k in AUTO_ORDER}
+
+
+@dataclass(frozen=True)
+class BuildMode:
+    """How a build's sandbox runs, and why (for the log and `ocistrap doctor`): decided once
+    by ``decide_mode`` and passed down to every architecture's bootstrap.
+
+    FALLBACKS are the kinds auto may still turn to (probed already) when this one fails
+    at run time; FELL_BACK_FROM names the kind it replaced.
+    """
+
+    kind: ModeKind
+    maps: IdMaps
+    reason: str
+    fallbacks: tuple["BuildMode", ...] = ()
+    fell_back_from: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+    @property
+    def records_owners(self) -> bool:
+        return self.kind.records_owners
+
+    def fallback(self, problem: BuildError) -> "BuildMode":
+        """The mode to build in now that PROBLEM stopped this one; raises PROBLEM when the
+        mode was requested explicitly (no fallbacks)."""
+        if not self.fallbacks:
+            raise problem
+        after, *rest = self.fallbacks
+        return replace(after, reason=after.kind.because(problem.message), fallbacks=tuple(rest),
+                       fell_back_from=self.name)
+
+    def describe(self) -> str:
+        """The verdict in one line."""
+        if self.fell_back_from:
+            return f"{self.name}, because {self.reason} (fix that to build in {self.fell_back_from} mode)"
+        return f"{self.name}: {self.reason}"
+
+
+def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> BuildMode:
+    """The build mode for REQUESTED (one of MODES) on HOST (this machine): the one decision.
+
+    "auto" takes the first kind of AUTO_ORDER whose probe passes, saying why the ones
+    before it could not; a requested kind raises what it is missing, naming the fix.
+    """
+    if requested not in MODES:
+        raise BuildError(f"unknown mode {requested!r}", hint=f"use one of {', '.join(MODES)}")
+    host = SystemProbe() if host is None else host
+    if requested != "auto":
+        kind = KINDS[requested]
+        return BuildMode(kind, kind.probe(host), f"requested with --mode {requested}")
+    usable: list[BuildMode] = []
+    problems: list[BuildError] = []
+    for kind in AUTO_ORDER:
+        try:
+            usable.append(BuildMode(kind, kind.probe(host), kind.works))
+        except BuildError as e:
+            problems.append(e)
+    if not usable:
+        raise problems[-1]
+    first, *rest = usable
+    if first.kind is AUTO_ORDER[0]:
+        return replace(first, fallbacks=tuple(rest))
+    return replace(first, reason=first.kind.because(problems[0].message), fallbacks=tuple(rest),
+                   fell_back_from=AUTO_ORDER[0].name)
+
+
+def host_maps(host: HostProbe) -> IdMaps:
+    """The caller's id maps from HOST's subordinate id files (raises with advice)."""
+    user, uid, gid = host.identity()
+    return _maps(host.subid_text("uid"), host.subid_text("gid"), user=user, uid=uid, gid=gid,
+                 paths=(SUBUID, SUBGID))
+
+
+def probe_userns() -> str | None:
+    """None if this host lets the caller create user and mount namespaces, else what to do."""
+    result = subprocess.run(helper_argv("probe"), capture_output=True)
+    message = json.loads(result.stdout or b"null")
+    if message is None and result.returncode == 0:
+        return None
+    if message is None:
+        return f"the user namespace probe failed: {result.stderr.decode(errors='replace').strip()}"
+    return userns_advice(message["errno"], read_sysctls())

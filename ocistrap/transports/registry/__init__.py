@@ -1,0 +1,1 @@
+"""The registry client: the distribution API, pushing, referrers and credentials."""
