@@ -22,6 +22,7 @@ from lockfetch_support import (  # noqa: F401  (fixtures)
 )
 
 from ocistrap.debian import archive as archive_module
+from ocistrap.debian import cache as cache_module
 from ocistrap.debian.cache import Cache
 from ocistrap.debian.fetch import Fetcher, Wanted
 from ocistrap.errors import ArchiveError
@@ -424,3 +425,15 @@ def test_a_derived_file_that_fails_after_it_was_written_leaves_no_temp_file(tmp_
         cache.derive("expanded", "ab" * 32, lambda out: out.write(b"x" * 100_000))
     assert list((cache.root / "partial").iterdir()) == []
     assert list((cache.root / "derived" / "expanded").iterdir()) == []
+
+
+@pytest.mark.parametrize(("uid_map", "seen"), [
+    ("         0          0 4294967295\n", 0),
+    ("         0       1000          1\n", 65534),
+    ("         0     100000      65536\n", 65534),
+    ("      1000          0          1\n         0     100000       1000\n", 1000),
+])
+def test_root_of_the_host_as_a_user_namespace_shows_it(uid_map: str, seen: int) -> None:
+    """Inside `unshare --map-current-user` (a CI container) / belongs to the overflow uid: that is
+    root of the host, not another user, so a cache below it is not refused."""
+    assert cache_module.root_seen_as(uid_map, 65534) == seen

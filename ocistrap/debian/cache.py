@@ -27,8 +27,9 @@ and is renamed into place; identical content makes a concurrent rename harmless.
 The one shared file, partial/HEX, is only touched under its lock.
 
 Only its owner may write a cache: a directory of the layout that is a symbolic
-link, belongs to another user (root aside) or that others may write is refused,
-and so is a way to it that others may change (see ``check_directory``). Files
+link, belongs to another user (root aside: in a user namespace, whatever uid root
+shows as there) or that others may write is refused, and so is a way to it that
+others may change (see ``check_directory``). Files
 are opened without following symbolic links, and one that others may write is
 not used. What is verified is used through the same open file (``open_verified``,
 ``open_derived``, ``link_private``), never reopened by name.
@@ -36,6 +37,7 @@ not used. What is verified is used through the same open file (``open_verified``
 
 import errno
 import fcntl
+import functools
 import hashlib
 import hmac
 import marshal
@@ -119,7 +121,7 @@ class Untrusted(Exception):
 
 def trusted(st: os.stat_result) -> bool:
     """Whether ST is a regular file that no other user than its owner, this user or root, may write."""
-    return stat.S_ISREG(st.st_mode) and st.st_uid in (os.geteuid(), 0) and not st.st_mode & 0o022
+    return stat.S_ISREG(st.st_mode) and st.st_uid in (os.geteuid(), host_root()) and not st.st_mode & 0o022
 
 
 def open_trusted(path: Path) -> BinaryIO:
@@ -186,7 +188,7 @@ def directory_problem(st: os.stat_result, *, sticky_ok: bool = False) -> str | N
         return "it is a symbolic link"
     if not stat.S_ISDIR(st.st_mode):
         return "it is not a directory"
-    if st.st_uid not in (os.geteuid(), 0):
+    if st.st_uid not in (os.geteuid(), host_root()):
         return f"it belongs to another user (uid {st.st_uid})"
     if st.st_mode & 0o022 and not (sticky_ok and st.st_mode & stat.S_ISVTX):
         return WRITABLE
@@ -194,6 +196,29 @@ def directory_problem(st: os.stat_result, *, sticky_ok: bool = False) -> str | N
 
 
 WRITABLE = "other users may write to it"
+
+
+def root_seen_as(uid_map: str, overflow: int) -> int:
+    """The uid the host's root shows as in a user namespace with UID_MAP (its
+    /proc/self/uid_map): its inner id if mapped, else OVERFLOW, as the kernel shows any
+    unmapped owner. In a namespace that maps only its user (a CI container, `unshare
+    --map-current-user`), / and /home then belong to OVERFLOW."""
+    for line in uid_map.splitlines():
+        inner, outer, count = (int(field) for field in line.split())
+        if outer <= 0 < outer + count:
+            return inner - outer
+    return overflow
+
+
+@functools.cache
+def host_root() -> int:
+    """root_seen_as for this process (0 where /proc says nothing)."""
+    try:
+        uid_map = Path("/proc/self/uid_map").read_text()
+        overflow = int(Path("/proc/sys/kernel/overflowuid").read_text())
+    except (OSError, ValueError):
+        return 0
+    return root_seen_as(uid_map, overflow)
 
 
 def check_directory(root: Path) -> None:
