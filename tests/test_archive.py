@@ -531,15 +531,16 @@ def test_real_bookworm_packages_match_python_debian() -> None:
 
 
 @pytest.mark.network
-def test_real_sid_packages_parse_fast() -> None:
-    """sid's 65 MB index; its Valid-Until has passed on the frozen mirror, which must be noticed."""
+def test_real_sid_packages_parse() -> None:
+    """sid's 65 MB index, and its Valid-Until noticed once passed (how fast it parses is for `make bench`:
+    a timed test fails on a busy machine)."""
     release, base = debian_release("sid")
+    assert release.valid_until is not None
     with pytest.raises(ArchiveError, match="--no-check-valid-until"):
-        check_valid_until(release, datetime(2030, 1, 1, tzinfo=timezone.utc), allow_expired=False, what=base)
+        check_valid_until(release, release.valid_until + timedelta(seconds=1), allow_expired=False, what=base)
     data = fetch_index("sid")
     start = time.perf_counter()
     packages = parse_packages(data, what="sid main/binary-amd64")
     elapsed = time.perf_counter() - start
     print(f"parsed {len(packages)} stanzas ({len(data) >> 20} MiB) of sid in {elapsed:.2f} s")
     assert len(packages) > 70_000
-    assert elapsed < 5.0
