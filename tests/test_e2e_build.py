@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -29,6 +30,7 @@ from e2e_helpers import (  # noqa: F401  (fixtures)
     descendants,
     installed,
     locked,
+    member_name,
     mmdebstrap,
     mmdebstrap_differences,
     ocistrap,
@@ -208,6 +210,21 @@ def test_rebuild_with_source_date_epoch_is_identical(main_build, build):
     first, second = build("epoch-1", epoch=SOURCE_DATE_EPOCH), build("epoch-2", epoch=SOURCE_DATE_EPOCH)
     assert first.digest == second.digest != main_build.digest
     assert created(first) == datetime.fromtimestamp(int(SOURCE_DATE_EPOCH), timezone.utc)
+
+
+def last_password_changes(rootfs: Path) -> set[str]:
+    with tarfile.open(rootfs) as tar:
+        shadow = tar.extractfile(next(m for m in tar if member_name(m.name) == "etc/shadow"))
+        assert shadow is not None
+        return {line.split(":")[2] for line in shadow.read().decode().splitlines()}
+
+
+def test_maintainer_scripts_date_by_the_epoch_not_the_clock(main_build, build, locked):
+    """shadow's postinst dates every account's last password change by SOURCE_DATE_EPOCH when set:
+    with the build's clock, a lock rebuilt on another day gave another image (it did, before)."""
+    epoch_build = build("epoch-1", epoch=SOURCE_DATE_EPOCH)
+    assert last_password_changes(epoch_build.rootfs) == {str(int(SOURCE_DATE_EPOCH) // 86400)}
+    assert last_password_changes(main_build.rootfs) == {str(int(release_time(locked("bookworm")).timestamp()) // 86400)}
 
 
 def test_zstd_rebuild_of_an_image_with_systemd_is_identical(build):

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, NoReturn
@@ -66,6 +66,7 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     owners = _start_recorder(root.parent) if plan.record_owners else None
     ready = _Ready(plan.ready_fd)
     phases = Phases(plan.phases_fd)
+    env = chroot_env(plan.epoch)
     try:
         _setup(root, plan)
         aliased = merged_usr_aliases(plan)
@@ -80,10 +81,10 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
             group = [d for d in plan.rest if d.layer == number]
             with _chroot(root, plan, first_round=number == 0):
                 if number == 0:
-                    _dpkg_install(root, plan.essential, phases)
+                    _dpkg_install(root, plan.essential, phases, env)
                 ready.wait(len(plan.essential) + len(plan.rest))
                 for batch in install_batches(group, installed):
-                    _dpkg_install(root, batch, phases)
+                    _dpkg_install(root, batch, phases, env)
             installed += group
             _finish(root, plan, [d for d in installed if d in plan.rest])
             restat = owners.records().apply if owners else tarstream.unchanged
@@ -298,15 +299,21 @@ def _undivert_daemons(root: Path) -> None:
             (root.parent / "fake-start-stop-daemon").unlink()
 
 
-def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases) -> None:
+def chroot_env(epoch: int) -> dict[str, str]:
+    """The environment of dpkg and the maintainer scripts: SOURCE_DATE_EPOCH makes what they
+    date by the clock (shadow's last password change in /etc/shadow) the same on every day."""
+    return {**CHROOT_ENV, "SOURCE_DATE_EPOCH": str(epoch)}
+
+
+def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases, env: Mapping[str, str]) -> None:
     if not debs:
         return
     paths = [f"/{DEBS_MOUNT}/{Path(d.path).name}" for d in debs]
     # no fsync: the staging root is thrown away if anything fails
-    if _host_dpkg_unpacks(root, debs):
-        _dpkg_install_foreign(root, debs, paths, phases)
+    if _host_dpkg_unpacks(root, debs, env):
+        _dpkg_install_foreign(root, debs, paths, phases, env)
         return
-    returncode = _dpkg_timed(root, ["--install", "--force-depends", "--force-unsafe-io", *paths], phases)
+    returncode = _dpkg_timed(root, ["--install", "--force-depends", "--force-unsafe-io", *paths], phases, env)
     if returncode != 0:
         raise BuildError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
 
@@ -314,7 +321,7 @@ def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases) -> None:
 CONFIGURE_STARTS = b"processing: configure: "
 
 
-def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases) -> int:
+def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases, env: Mapping[str, str]) -> int:
     """Run the target's dpkg with ARGS; add the time until it starts configuring (its status fd
     says "processing: configure:") to unpacking, the rest to configuring; its exit status."""
     status_r, status_w = os.pipe()
@@ -330,7 +337,7 @@ def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases) -> int:
     watcher.start()
     start = time.monotonic()
     try:
-        result = spawn.chroot_run(root, ["dpkg", f"--status-fd={status_w}", *args], env=CHROOT_ENV, check=False,
+        result = spawn.chroot_run(root, ["dpkg", f"--status-fd={status_w}", *args], env=env, check=False,
                                     pass_fds=(status_w,))
     finally:
         os.close(status_w)
@@ -342,21 +349,22 @@ def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases) -> int:
     return result.returncode
 
 
-def _host_dpkg_unpacks(root: Path, debs: Sequence[Deb]) -> bool:
+def _host_dpkg_unpacks(root: Path, debs: Sequence[Deb], env: Mapping[str, str]) -> bool:
     """True if the host's dpkg is to unpack DEBS, packages of a foreign architecture
     (ocistrap.rootfs.hostdpkg); the log says which dpkg does what, and why."""
     arch = debs[0].arch
     if not arch or arch == hostarch.native_arch():
         return False
     dpkg = next((d.path for d in debs if d.name == "dpkg"), None)
-    why_not = hostdpkg.refusal(hostdpkg.probe(root, CHROOT_ENV), arch, hostdpkg.target_version(root, dpkg))
+    why_not = hostdpkg.refusal(hostdpkg.probe(root, env), arch, hostdpkg.target_version(root, dpkg))
     print(f"ocistrap: {arch}: " + (f"the target's dpkg unpacks and configures, emulated: {why_not}" if why_not
                                    else "the host's dpkg unpacks, the target's configures, emulated"),
           file=sys.stderr, flush=True)
     return why_not is None
 
 
-def _dpkg_install_foreign(root: Path, debs: Sequence[Deb], paths: Sequence[str], phases: Phases) -> None:
+def _dpkg_install_foreign(root: Path, debs: Sequence[Deb], paths: Sequence[str], phases: Phases,
+                          env: Mapping[str, str]) -> None:
     """`dpkg --install` of the .debs at PATHS in two steps: the host's dpkg unpacks them natively,
     then the target's configures DEBS in the same order, as --install would have. dpkg's backup
     of its database is left as one --install leaves it, not as it was between the steps."""
@@ -364,12 +372,12 @@ def _dpkg_install_foreign(root: Path, debs: Sequence[Deb], paths: Sequence[str],
     with inroot.Tree(root) as tree:
         before = tree.read_bytes(hostdpkg.STATUS)
     with phases.timed(DPKG_UNPACKING):
-        unpacked = hostdpkg.unpack(root, paths, CHROOT_ENV)
+        unpacked = hostdpkg.unpack(root, paths, env)
     if unpacked != 0:
         raise BuildError(f"dpkg --unpack (the host's dpkg) failed for {', '.join(names)}")
     with phases.timed(DPKG_CONFIGURING):
         result = spawn.chroot_run(root, ["dpkg", "--configure", "--force-depends", "--force-unsafe-io", *names],
-                                    env=CHROOT_ENV, check=False)
+                                    env=env, check=False)
     if result.returncode != 0:
         raise BuildError(f"dpkg --configure failed for {', '.join(names)}")
     with inroot.Tree(root) as tree:
