@@ -55,3 +55,7 @@ class CredentialsError(TransportError):
     """Registry credentials cannot be found, read or stored, or the registry refused them."""
 
     exit_code = 3
+
+
+class BadReference(UsageError, TransportError):
+    """A reference the user typed is malformed or names a transport that cannot do what was asked."""

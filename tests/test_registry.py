@@ -110,7 +110,7 @@ def skopeo_inspect(ref: str, *extra: str) -> dict:
     ],
 )
 def test_split_name(name, expected):
-    assert api.split_name(name) == expected
+    assert image.split_name(name) == expected
 
 
 def test_target_of_reference():

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ocistrap.errors import ImageError
+from ocistrap.errors import BadReference, ImageError
 
 MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -286,3 +286,39 @@ def make_index(
     if annotations:
         index["annotations"] = dict(annotations)
     return index
+
+
+# ---- Docker image references ----
+
+DOCKER_HUB = "docker.io"
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_DOCKER_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?")
+
+
+def split_docker_reference(image: str, text: str | None = None) -> tuple[str, str | None, str | None]:
+    """Split ``[HOST[:PORT]/]NAME[:TAG][@DIGEST]`` into (name, tag, digest), checking the grammar."""
+    match = _DOCKER_REFERENCE.fullmatch(image)
+    if match is None or len(match.group("name")) > 255:
+        raise BadReference(
+            f"{text or image!r}: {image!r} is not a valid image name",
+            hint="names are lowercase [HOST[:PORT]/]PATH, with an optional :TAG and @DIGEST",
+        )
+    return match.group("name"), match.group("tag"), match.group("digest")
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """Split a docker name into (registry, repository) as Docker does.
+
+    The first component is a registry when it has a ``.`` or ``:`` or is
+    ``localhost``; otherwise the image is on Docker Hub, where one-component
+    names live under ``library/``.
+    """
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first, rest
+    return DOCKER_HUB, name if sep else f"library/{name}"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ocistrap.errors import OcistrapError
+from ocistrap.errors import BadReference, OcistrapError
 from ocistrap.oci.image import (
     MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_MANIFEST,
@@ -24,10 +24,10 @@ from ocistrap.oci.image import (
     canonical_json,
     make_manifest,
     parse_digest,
+    split_docker_reference,
+    split_name,
 )
 from ocistrap.oci.keys import PrivateKey, PublicKey
-from ocistrap.transports import BadReference, split_docker_reference
-from ocistrap.transports.registry.api import split_name
 
 MEDIA_TYPE_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 ANNOTATION_SIGNATURE = "dev.cosignproject.cosign/signature"

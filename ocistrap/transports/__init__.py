@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, NoReturn, Protocol, cast
 
 from ocistrap import log as logging
-from ocistrap.errors import TransportError, UsageError
+from ocistrap.errors import BadReference, TransportError
 from ocistrap.oci.image import Descriptor, is_ref_name
 from ocistrap.oci.ocilayout import Referrer
 
@@ -36,18 +36,7 @@ TABLE: dict[str, str] = {
 TRANSPORTS = tuple(TABLE)
 BARE_TRANSPORT = "docker"
 
-_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
-_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-_DOCKER_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?")
 _HOST_PORT_PATH = re.compile(r"[^/:]+:[0-9]+/")
-
-
-class BadReference(UsageError, TransportError):
-    """A reference the user typed is malformed or names a transport that cannot do what was asked."""
 
 
 @dataclass(frozen=True)
@@ -209,17 +198,6 @@ def parse_layout(transport: str, details: str, text: str) -> Reference:
 
 def show_layout(ref: Reference) -> str:
     return f"{ref.transport}:{ref.path}" + (f":{ref.tag}" if ref.tag else "")
-
-
-def split_docker_reference(image: str, text: str | None = None) -> tuple[str, str | None, str | None]:
-    """Split ``[HOST[:PORT]/]NAME[:TAG][@DIGEST]`` into (name, tag, digest), checking the grammar."""
-    match = _DOCKER_REFERENCE.fullmatch(image)
-    if match is None or len(match.group("name")) > 255:
-        raise BadReference(
-            f"{text or image!r}: {image!r} is not a valid image name",
-            hint="names are lowercase [HOST[:PORT]/]PATH, with an optional :TAG and @DIGEST",
-        )
-    return match.group("name"), match.group("tag"), match.group("digest")
 
 
 def _wrapped(ref: Reference, action: str, call: Callable[[], None]) -> None:

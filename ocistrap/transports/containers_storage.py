@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ocistrap.oci import ocilayout
-from ocistrap.oci.image import Descriptor
+from ocistrap.oci.image import Descriptor, split_docker_reference
 from ocistrap.oci.ocilayout import Referrer
 from ocistrap.transports import (
     BadReference,
@@ -29,7 +29,6 @@ from ocistrap.transports import (
     TransportError,
     docker_archive,
     not_readable,
-    split_docker_reference,
 )
 
 TOOLS = ("skopeo", "podman")

@@ -10,9 +10,15 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from ocistrap.oci.image import ANNOTATION_REF_NAME, INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, Descriptor
+from ocistrap.oci.image import (
+    ANNOTATION_REF_NAME,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    Descriptor,
+    split_docker_reference,
+)
 from ocistrap.oci.ocilayout import Referrer
-from ocistrap.transports import BadReference, Context, Reference, Shape, TransportError, split_docker_reference
+from ocistrap.transports import BadReference, Context, Reference, Shape, TransportError
 from ocistrap.transports.registry import api, attachments, upload
 
 

@@ -24,6 +24,7 @@ from ocistrap.oci.image import (
     MANIFEST_MEDIA_TYPES,
     Descriptor,
     canonical_json,
+    split_docker_reference,
 )
 from ocistrap.oci.ocilayout import Referrer, replacing
 from ocistrap.transports import (
@@ -35,7 +36,6 @@ from ocistrap.transports import (
     extract_archive,
     plain_tarinfo,
     require_path,
-    split_docker_reference,
 )
 
 MANIFEST_FILE = "manifest.json"

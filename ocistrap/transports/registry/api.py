@@ -57,7 +57,14 @@ import oras.auth.utils
 from ocistrap import http, log
 from ocistrap.errors import CredentialsError, TransportError
 from ocistrap.http import RetryPolicy, Transient
-from ocistrap.oci.image import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, MEDIA_TYPE_INDEX, Descriptor
+from ocistrap.oci.image import (
+    DOCKER_HUB,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    MEDIA_TYPE_INDEX,
+    Descriptor,
+    split_name,
+)
 from ocistrap.transports import Reference
 from ocistrap.transports.registry import auth
 
@@ -100,19 +107,6 @@ class Target:
         return text + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
 
 
-def split_name(name: str) -> tuple[str, str]:
-    """Split a docker name into (registry, repository) as Docker does.
-
-    The first component is a registry when it has a ``.`` or ``:`` or is
-    ``localhost``; otherwise the image is on Docker Hub, where one-component
-    names live under ``library/``.
-    """
-    first, sep, rest = name.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first, rest
-    return auth.DOCKER_HUB, name if sep else f"library/{name}"
-
-
 def target_of(ref: Reference) -> Target:
     """The registry target a ``docker://`` reference names."""
     if ref.transport != "docker" or not ref.name:
@@ -137,7 +131,7 @@ def is_loopback(registry: str) -> bool:
 
 
 def _api_host(registry: str) -> str:
-    return "registry-1.docker.io" if registry == auth.DOCKER_HUB else registry
+    return "registry-1.docker.io" if registry == DOCKER_HUB else registry
 
 
 # --- the choke point -----------------------------------------------------------------------

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ocistrap.errors import CredentialsError
+from ocistrap.oci.image import DOCKER_HUB
 from ocistrap.oci.ocilayout import atomic_write_bytes
 
-DOCKER_HUB = "docker.io"
 _DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
 
 
