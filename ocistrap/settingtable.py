@@ -163,7 +163,8 @@ LAYERS = Kind(
 OUTPUTS = Kind(_array(_STRING), {"action": "append", "metavar": "REF"},
                from_flag=lambda refs: tuple(parse_reference(r) for r in refs),
                from_file=lambda v, base: tuple(_output_under(base, r) for r in v), flag_note="repeatable")
-REFERENCE = Kind(_STRING, {"metavar": "REF"}, from_flag=parse_reference, from_file=_output_under)
+REFERENCE = Kind(_STRING, {"metavar": "REF"}, from_flag=parse_reference,
+                 from_file=lambda v, base: _output_under(base, v))
 WHEN = Kind({"type": "string", "pattern": "^(auto|off|[0-9]{8}T[0-9]{6}Z)$"},
             {"type": snapshot_when, "metavar": "auto|off|TIMESTAMP"})
 REGISTRIES = Kind(_array(_STRING), {"action": "append", "metavar": "REF"},
