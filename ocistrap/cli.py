@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ocistrap import (
     __version__,
+    bundle,
     combine,
     doctor,
     hostarch,
@@ -27,7 +28,8 @@ from ocistrap import (
 from ocistrap.debian import lock, locking
 from ocistrap.debian.cache import Cache, Entry, default_root
 from ocistrap.debian.fetch import Fetcher
-from ocistrap.debian.mirror import Source
+from ocistrap.debian.mirror import Source, security_mirror_for
+from ocistrap.debian.snapshot import WHEN, Snapshots
 from ocistrap.errors import ArchiveError, OcistrapError, UsageError
 from ocistrap.hostarch import native_arch
 from ocistrap.oci import keys
@@ -113,9 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_doctor)
 
     p = commands.add_parser("fetch", help="download and verify every package of a lockfile into the cache")
-    p.add_argument("lockfile", type=Path)
+    p.add_argument("lockfile", type=Path, nargs="?", help="the lockfile (with --from: default the bundle's)")
     settingtable.add_options(p, "fetch")
     p.set_defaults(run=cmd_fetch)
+
+    p = commands.add_parser("bundle", help="write a lockfile with its Releases, indices and .debs as one "
+                                           "OCI artifact, to build from without the mirror")
+    p.add_argument("lockfile", type=Path)
+    p.add_argument("-o", "--output", required=True, type=parse_reference, metavar="REF", dest="destination",
+                   help="oci:DIR[:TAG], oci-archive:FILE[:TAG] or a registry reference")
+    settingtable.add_options(p, "bundle")
+    p.set_defaults(run=cmd_bundle)
 
     p = commands.add_parser("key", help="make a key pair for signing images")
     key_commands = p.add_subparsers(dest="key_command", required=True, metavar="ACTION")
@@ -142,17 +152,43 @@ def _cache(s: settings.Settings) -> Cache:
     return Cache(s.cache_dir or default_root())
 
 
-def _fetcher(s: settings.Settings) -> Fetcher:
-    return Fetcher(offline=s.offline, logins=settings.mirror_logins(s))
+def _fetcher(s: settings.Settings, files: bundle.Bundle | None = None) -> Fetcher:
+    """The network as the settings allow it; with FILES (a bundle) no network at all."""
+    if files is not None:
+        return Fetcher(offline=True, files=files)
+    return Fetcher(offline=s.offline, logins=settings.mirror_logins(s),
+                   snapshots=Snapshots(s.snapshot_url, s.snapshot))
 
 
 def _make_lock(s: settings.Settings, fetcher: Fetcher, cache: Cache) -> lock.Lockfile:
-    source = Source(mirror=s.mirror, suite=s.suite, components=s.components, keyrings=s.keyrings,
+    mirror, security_mirror = s.mirror, s.security_mirror
+    if s.snapshot not in WHEN:  # resolve against the archive as the snapshot service keeps it then
+        snapshots = Snapshots(s.snapshot_url, s.snapshot)
+        security_mirror = snapshots.archive_url(security_mirror or security_mirror_for(mirror), s.snapshot)
+        mirror = snapshots.archive_url(mirror, s.snapshot)
+    source = Source(mirror=mirror, suite=s.suite, components=s.components, keyrings=s.keyrings,
                     check_valid_until=not s.no_check_valid_until)
     selection = locking.Selection(variant=s.variant, include=s.include, install_recommends=s.install_recommends,
                                    layers=s.layers, slim=s.slim)
     return locking.make_lock(source, selection, s.architectures or (native_arch(),), fetcher, cache,
-                              updates=not s.no_updates, security_mirror=s.security_mirror)
+                              updates=not s.no_updates, security_mirror=security_mirror)
+
+
+def _open_bundle(s: settings.Settings, stack: ExitStack) -> bundle.Bundle | None:
+    """The bundle --from names, open while STACK lasts; None without --from."""
+    if s.bundle is None:
+        return None
+    if s.trust_lock_keyring:
+        raise UsageError("--trust-lock-keyring with --from would trust keys that came with the bundle",
+                         hint="give the keyrings to trust with --keyring FILE")
+    return stack.enter_context(bundle.opened(s.bundle, transports.Context(tls_verify=s.tls_verify)))
+
+
+def _lock_of(s: settings.Settings, path: Path | None, files: bundle.Bundle | None) -> lock.Lockfile | None:
+    """The lockfile at PATH, else the bundle's; None when there is neither."""
+    if path is not None:
+        return settings.read_lockfile(path)
+    return files.lockfile() if files is not None else None
 
 
 def _settings(args: argparse.Namespace, command: str) -> settings.Settings:
@@ -176,10 +212,13 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     s = _settings(args, "fetch")
-    locked = settings.read_lockfile(args.lockfile)
     with ExitStack() as stack:
+        files = _open_bundle(s, stack)
+        locked = _lock_of(s, args.lockfile, files)
+        if locked is None:
+            raise UsageError("name a lockfile (`ocistrap fetch FILE`) or a bundle with --from")
         keyrings = _keyrings(s, locked, stack, str(args.lockfile))
-        fetched = pipeline.fetch(locked, keyrings, _fetcher(s), _cache(s))
+        fetched = pipeline.fetch(locked, keyrings, _fetcher(s, files), _cache(s))
         try:
             fetched.complete()
         finally:
@@ -252,9 +291,14 @@ def _epoch() -> int | None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     s = _settings(args, "build")
-    if s.lock is not None:
-        locked = settings.read_lockfile(s.lock)
-        settings.check_against_lock(s, locked, s.lock)
+    with ExitStack() as stack:
+        return _build(s, stack, _open_bundle(s, stack))
+
+
+def _build(s: settings.Settings, stack: ExitStack, files: bundle.Bundle | None) -> int:
+    locked = _lock_of(s, s.lock, files)
+    if locked is not None:
+        settings.check_against_lock(s, locked, s.lock or Path(str(s.bundle)))
         architectures, layers = tuple(locked.architectures), locked.layers
     elif s.suite is None:
         raise UsageError("name a suite (e.g. `ocistrap build bookworm`), a lockfile with --lock "
@@ -267,7 +311,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     transports.check(s.outputs + s.push, Shape(platforms=len(architectures), layers=len(layers) + 1))
     hostarch.require_runnable(architectures)
     mode = buildmode.decide_mode(s.mode)  # once, before any download: a mode that cannot work fails here
-    fetcher, cache = _fetcher(s), _cache(s)
+    fetcher, cache = _fetcher(s, files), _cache(s)
     if locked is None:
         locked = _make_lock(s, fetcher, cache)
     if s.write_lock is not None:
@@ -279,10 +323,18 @@ def cmd_build(args: argparse.Namespace) -> int:
     request = pipeline.BuildRequest(outputs=outputs + s.push, compression=s.compression,
                                     staging=pipeline.Staging(mode, s.staging_dir), options=options,
                                     epoch=_epoch(), tls_verify=s.tls_verify, sbom=s.sbom)
-    with ExitStack() as stack:
-        built = pipeline.build(locked, _keyrings(s, locked, stack, str(s.lock)), fetcher, cache, request)
+    built = pipeline.build(locked, _keyrings(s, locked, stack, str(s.lock)), fetcher, cache, request)
     for ref in built.outputs:
         print(f"{ref} {built.digest}")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    s = _settings(args, "bundle")
+    locked = settings.read_lockfile(args.lockfile)
+    desc = bundle.make(locked, s.keyrings, _fetcher(s), _cache(s), args.destination,
+                       transports.Context(tls_verify=s.tls_verify))
+    print(f"{args.destination} {desc.digest}")
     return 0
 
 

@@ -15,6 +15,7 @@ from ocistrap.debian.cache import Cache
 from ocistrap.debian.fetch import Fetcher, Wanted
 from ocistrap.debian.lock import Lockfile
 from ocistrap.debian.locking import check_lock_against_archive
+from ocistrap.debian.snapshot import Snapshots
 from ocistrap.errors import BuildError
 from ocistrap.oci import assemble, blobwriter, image, ocilayout, sbom
 from ocistrap.rootfs import bootplan, bootstrap, buildmode, scratchdirs, tarstream
@@ -24,9 +25,13 @@ T = TypeVar("T")
 BACKGROUND_NICE = 10
 
 
-def wanted_debs(lock: Lockfile, arch: str) -> list[Wanted]:
+def wanted_debs(lock: Lockfile, arch: str, snapshots: Snapshots = Snapshots()) -> list[Wanted]:
+    """ARCH's .debs, each with where SNAPSHOTS keeps it should the mirror have dropped it."""
+    releases = lock.architectures[arch].releases
+    snapshot = [snapshots.fallback(a.mirror, r.date) for a, r in zip(lock.archives, releases)]
     return [Wanted(url=lock.package_url(p), size=p.size, sha256=p.sha256,
-                   what=f"{p.name}_{p.version}_{p.architecture}.deb")
+                   what=f"{p.name}_{p.version}_{p.architecture}.deb",
+                   fallback=f"{snapshot[p.archive]}/{p.filename}" if snapshot[p.archive] else None)
             for p in lock.architectures[arch].packages]
 
 
@@ -72,7 +77,7 @@ def fetch(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
     fetched = Fetched(signed=signed, paths={}, pending={})
     try:
         for number, (arch, entry) in enumerate(lock.architectures.items()):
-            wanted = wanted_debs(lock, arch)
+            wanted = wanted_debs(lock, arch, fetcher.snapshots)
             with out.step(f"fetching {len(wanted)} packages for {arch}"):
                 meter = out.meter(total=len(wanted))
                 found = fetcher.download_all(wanted, cache, progress=lambda w: meter.add(1, w.size))

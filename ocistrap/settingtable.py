@@ -14,6 +14,7 @@ from typing import Any
 from ocistrap.debian.lock import LockedLayer
 from ocistrap.debian.mirror import DEFAULT_KEYRING, DEFAULT_MIRROR
 from ocistrap.debian.resolve import VARIANTS
+from ocistrap.debian.snapshot import DEFAULT_SNAPSHOT_URL, parse_when
 from ocistrap.oci import image, sbom
 from ocistrap.rootfs import buildmode
 from ocistrap.transports import BARE_TRANSPORT, BadReference, Reference, parse_reference
@@ -21,7 +22,8 @@ from ocistrap.transports import BARE_TRANSPORT, BadReference, Reference, parse_r
 SPEC_COMMANDS = ("lock", "build")
 _RESOLVE = SPEC_COMMANDS
 _BUILD = ("build",)
-_REGISTRY_COMMANDS = ("build", "push", "login", "verify", "sbom", "index")
+_REGISTRY_COMMANDS = ("build", "push", "login", "verify", "sbom", "index", "fetch", "bundle")
+_ARCHIVE_COMMANDS = (*_RESOLVE, "fetch", "bundle")
 _LAYER_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
@@ -59,6 +61,14 @@ def layer(value: str) -> LockedLayer:
     if not sep or not re.fullmatch(_LAYER_NAME, name) or not csv_list(packages):
         raise argparse.ArgumentTypeError(f"{value!r} is not NAME=PKG[,PKG...]")
     return LockedLayer(name=name, include=tuple(csv_list(packages)))
+
+
+def snapshot_when(value: str) -> str:
+    """``auto``, ``off`` or a snapshot timestamp."""
+    try:
+        return parse_when(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def pair(value: str) -> tuple[str, str]:
@@ -153,6 +163,10 @@ LAYERS = Kind(
 OUTPUTS = Kind(_array(_STRING), {"action": "append", "metavar": "REF"},
                from_flag=lambda refs: tuple(parse_reference(r) for r in refs),
                from_file=lambda v, base: tuple(_output_under(base, r) for r in v), flag_note="repeatable")
+REFERENCE = Kind(_STRING, {"metavar": "REF"}, from_flag=parse_reference,
+                 from_file=lambda v, base: _output_under(base, v))
+WHEN = Kind({"type": "string", "pattern": "^(auto|off|[0-9]{8}T[0-9]{6}Z)$"},
+            {"type": snapshot_when, "metavar": "auto|off|TIMESTAMP"})
 REGISTRIES = Kind(_array(_STRING), {"action": "append", "metavar": "REF"},
                   from_flag=lambda refs: tuple(registry_reference(r) for r in refs),
                   from_file=lambda v, _: tuple(registry_reference(r) for r in v), flag_note="repeatable")
@@ -234,11 +248,11 @@ SETTINGS: tuple[Setting, ...] = (
             "nowhere; --auth-file is the better place)", default=DEFAULT_MIRROR),
     Setting("security_mirror", TEXT, "archive URL of SUITE-security", default_text="MIRROR-security"),
     Setting("auth_files", PATHS, "mirror logins in apt's auth.conf format, read before /etc/apt/auth.conf.d/*.conf "
-            "and /etc/apt/auth.conf", flags=("--auth-file",), commands=(*_RESOLVE, "fetch"), default=(),
+            "and /etc/apt/auth.conf", flags=("--auth-file",), commands=_ARCHIVE_COMMANDS, default=(),
             metavar="FILE"),
     Setting("components", NAMES, "archive components", default=("main",)),
     Setting("keyrings", PATHS, "OpenPGP keyrings to verify the archive with", flags=("--keyring",),
-            commands=(*_RESOLVE, "fetch", "cache"), default=(DEFAULT_KEYRING,), metavar="FILE"),
+            commands=(*_ARCHIVE_COMMANDS, "cache"), default=(DEFAULT_KEYRING,), metavar="FILE"),
     Setting("architectures", NAMES, "Debian architectures", flags=("--arch",), metavar="ARCH[,ARCH]",
             default_text="the host's"),
     Setting("variant", TEXT, "package set, as mmdebstrap's --variant (minbase = required)",
@@ -291,10 +305,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mode", TEXT, "how the sandbox maps ids: unshare (a /etc/subuid range), single-uid (only "
             "your own id; owners are recorded instead of applied), or auto (unshare when possible)",
             commands=_BUILD, default="auto", choices=buildmode.MODES),
-    Setting("cache_dir", PATH, "content-addressed cache", commands=(*_RESOLVE, "fetch", "cache"), metavar="DIR",
+    Setting("cache_dir", PATH, "content-addressed cache", commands=(*_ARCHIVE_COMMANDS, "cache"), metavar="DIR",
             default_text="$XDG_CACHE_HOME/ocistrap"),
     Setting("offline", SWITCH, "never use the network; the cache must hold everything",
-            commands=(*_RESOLVE, "fetch"), default=False),
+            commands=_ARCHIVE_COMMANDS, default=False),
+    Setting("bundle", REFERENCE, "take the archive's files from this bundle (`ocistrap bundle`) instead of the "
+            "mirror, and its lockfile unless --lock is given; checked as a mirror is, no network used",
+            flags=("--from",), commands=(*_BUILD, "fetch"),
+            file_help="a bundle (`ocistrap bundle`) to take the archive's files from instead of the mirror"),
+    Setting("snapshot", WHEN, "for files of a lockfile gone from the mirror, the snapshot service: auto (as "
+            "it was at the lock's Release dates), off, or a timestamp; `lock` and `build SUITE` with a timestamp "
+            "resolve against that snapshot", commands=_ARCHIVE_COMMANDS, default="auto"),
+    Setting("snapshot_url", TEXT, "the snapshot service (snapshot.debian.org's layout: URL/archive/NAME/TIMESTAMP/)",
+            commands=_ARCHIVE_COMMANDS, default=DEFAULT_SNAPSHOT_URL),
 )
 KEYS: tuple[str, ...] = tuple(dict.fromkeys(s.key for s in SETTINGS))
 URL_KEYS = ("mirror", "security_mirror")

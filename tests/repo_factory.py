@@ -276,8 +276,8 @@ class Tamper:
     this many body bytes; delay: wait this long before answering (a large
     value is a hang); drip: send the body one byte at a time, this many
     seconds apart (each read is quick, the whole never ends); redirect: answer
-    302 to this location; times: misbehave for this many requests only, then
-    serve normally.
+    302 to this location; headers: send these too (Retry-After); times: misbehave
+    for this many requests only, then serve normally.
     """
 
     body: bytes | None = None
@@ -287,6 +287,7 @@ class Tamper:
     delay: float = 0.0
     drip: float = 0.0
     redirect: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
     times: int | None = None
 
 
@@ -356,7 +357,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = body if body is not None and status < 400 else b"error\n"
         body, status, extra = self._range(body, status)
         length = tamper.content_length if tamper.content_length is not None else len(body)
-        self._head(status, length, extra)
+        self._head(status, length, {**extra, **tamper.headers})
         if send_body and tamper.drip:
             self._drip(body, tamper.drip)
         elif send_body:

@@ -147,6 +147,9 @@ staging_dir = "staging"
 mode = "single-uid"
 cache_dir = "cache"
 offline = true
+bundle = "oci:bundles:sid"
+snapshot = "20240101T000000Z"
+snapshot_url = "http://127.0.0.1:9"
 
 [[layers]]
 name = "dev"
@@ -155,6 +158,8 @@ packages = ["gcc", "make"]
     assert set(specfile.read_spec(path)) == set(specfile.spec_schema()["properties"])
     base = tmp_path / "sub"
     s = resolved("-f", str(path))
+    assert (s.bundle.path, s.snapshot, s.snapshot_url) == (base / "bundles", "20240101T000000Z",
+                                                          "http://127.0.0.1:9")
     assert s.keyrings == (base / "keys/a.gpg", Path("/abs/b.gpg"))
     assert s.auth_files == (base / "auth.conf",)
     assert (s.lock, s.write_lock, s.staging_dir, s.cache_dir) == (

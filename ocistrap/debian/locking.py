@@ -11,6 +11,7 @@ from ocistrap.debian.cache import Cache
 from ocistrap.debian.fetch import Fetcher
 from ocistrap.debian.lock import LockedArch, LockedArchive, LockedLayer, LockedPackage, LockedRelease, Lockfile
 from ocistrap.debian.mirror import Source
+from ocistrap.debian.snapshot import Snapshots
 from ocistrap.errors import ArchiveError
 
 
@@ -138,9 +139,20 @@ def _locked(package: Package, stage: str, archive: int, *, auto: bool, layer: in
                          source=package.source, auto=auto, archive=archive, layer=layer)
 
 
-def sources_of(lock: Lockfile, keyrings: tuple[Path, ...]) -> list[Source]:
-    return [Source(mirror=a.mirror, suite=a.suite, components=lock.components, keyrings=keyrings)
-            for a in lock.archives]
+def sources_of(lock: Lockfile, keyrings: tuple[Path, ...], releases: Sequence[LockedRelease] = (),
+               snapshots: Snapshots = Snapshots()) -> list[Source]:
+    """The archives of LOCK; with their RELEASES, where SNAPSHOTS keeps them as the lock knew them."""
+    snapshot = {n: snapshots.fallback(a.mirror, r.date) for n, (a, r) in enumerate(zip(lock.archives, releases))}
+    return [Source(mirror=a.mirror, suite=a.suite, components=lock.components, keyrings=keyrings,
+                   snapshot=snapshot.get(n)) for n, a in enumerate(lock.archives)]
+
+
+def open_pinned(lock: Lockfile, arch: str, keyrings: tuple[Path, ...], fetcher: Fetcher,
+                cache: Cache) -> list[tuple[Source, mirror.SignedRelease]]:
+    """Exactly the Releases LOCK pins for ARCH, verified with KEYRINGS (their expiry not checked again)."""
+    releases = lock.architectures[arch].releases
+    return [(src, mirror.open_release(src, fetcher, cache, pin=mirror.Pin(release.path, release.sha256)))
+            for src, release in zip(sources_of(lock, keyrings, releases, fetcher.snapshots), releases)]
 
 
 def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher,
@@ -155,11 +167,9 @@ def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetch
     """
     if _vouched is not None and _vouched.lock is lock and _vouched.keyrings == keyrings:
         return _vouched.signed
-    sources = sources_of(lock, keyrings)
     signed_packages: dict[str, dict[str, Package]] = {}
     for arch, entry in lock.architectures.items():
-        opened = [(src, mirror.open_release(src, fetcher, cache, pin=mirror.Pin(release.path, release.sha256)))
-                  for src, release in zip(sources, entry.releases)]
+        opened = open_pinned(lock, arch, keyrings, fetcher, cache)
         index = {(n, p.name, p.version, p.architecture): p
                  for n, p in load_universe(opened, arch, fetcher, cache)}
         signed_packages[arch] = {}

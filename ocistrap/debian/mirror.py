@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
+from ocistrap import log
 from ocistrap.debian import archive, openpgp
 from ocistrap.debian.archive import Package, Release
 from ocistrap.debian.cache import Cache
@@ -39,6 +40,9 @@ class Source:
     components: tuple[str, ...] = ("main",)
     keyrings: tuple[Path, ...] = (DEFAULT_KEYRING,)
     check_valid_until: bool = True
+    snapshot: str | None = None
+    """Where the snapshot service keeps this archive as the lock knew it: asked for pinned files
+    the mirror no longer serves (ocistrap.debian.snapshot)."""
 
     def url(self, path: str) -> str:
         return f"{self.mirror.rstrip('/')}/{path}"
@@ -103,11 +107,12 @@ def open_release(source: Source, fetcher: Fetcher, cache: Cache, *,
     and its Valid-Until is not checked again, since the lock trusted that very
     file. Offline without a pin, the last verified InRelease of the suite is used.
     """
-    raw, path = _release_bytes(source, fetcher, cache, pin)
+    raw, path, elsewhere = _pinned_release_bytes(source, fetcher, cache, pin)
     digest = sha256_hex(raw)
     if pin is not None and digest != pin.sha256:
         raise ArchiveError(f"{source.url(path)}: the lockfile pins the Release of {source.suite} at sha256 "
-                           f"{pin.sha256}, but the mirror serves sha256 {digest}; refusing it", hint=PIN_HINT)
+                           f"{pin.sha256}, but the mirror serves sha256 {digest}; refusing it{elsewhere}",
+                           hint=PIN_HINT)
     signed, keys = _verify(source, fetcher, raw, path)
     what = source.url(path)
     release = archive.parse_release(signed.decode("utf-8", "replace"), what=what)
@@ -115,12 +120,54 @@ def open_release(source: Source, fetcher: Fetcher, cache: Cache, *,
         raise ArchiveError(
             f"{what} is signed for suite {release.suite!r} (codename {release.codename!r}), "
             f"not {source.suite!r}; refusing it", hint="the mirror may be serving another suite")
-    archive.check_valid_until(release, now or datetime.now(timezone.utc),
-                              allow_expired=pin is not None or not source.check_valid_until, what=what)
+    now = now or datetime.now(timezone.utc)
+    archive.check_valid_until(release, now, allow_expired=pin is not None or not source.check_valid_until,
+                              what=what)
+    if pin is not None and release.valid_until is not None and now > release.valid_until:
+        log.get().info(f"{what}: past its Valid-Until, accepted because the lockfile pins these very bytes")
     if cache.lookup(digest, len(raw)) is None:
         cache.put_bytes(raw, lambda data: None)
     cache.set_ref(source.ref_name, digest)
     return SignedRelease(release=release, path=path, sha256=digest, keys=tuple(keys))
+
+
+def _pinned_release_bytes(source: Source, fetcher: Fetcher, cache: Cache,
+                          pin: Pin | None) -> tuple[bytes, str, str]:
+    """The Release as _release_bytes finds it; for a PIN the mirror no longer serves (gone, or moved
+    on to a newer one), the snapshot service's copy of the archive, where one is set. The third
+    value says, for a message, why the snapshot service could not help."""
+    if pin is None or source.snapshot is None:
+        return (*_release_bytes(source, fetcher, cache, pin), "")
+    try:
+        raw, path = _release_bytes(source, fetcher, cache, pin)
+    except NotFound as missing:
+        log.get().info(f"{missing.message}; asking the snapshot service ({source.snapshot})")
+        return (*_from_snapshot(source, fetcher, cache, pin, missing.message), "")
+    if sha256_hex(raw) == pin.sha256:
+        return raw, path, ""
+    log.get().info(f"{source.url(path)}: the mirror has moved on from the pinned Release; "
+                   f"asking the snapshot service ({source.snapshot})")
+    try:
+        kept, kept_path = _release_bytes(on_snapshot(source), fetcher, cache, pin)
+    except ArchiveError as failed:
+        return raw, path, f", and the snapshot service has it not: {failed.message}"
+    if sha256_hex(kept) == pin.sha256:
+        return kept, kept_path, ""
+    return raw, path, f", nor does the snapshot service ({source.snapshot} serves sha256 {sha256_hex(kept)})"
+
+
+def _from_snapshot(source: Source, fetcher: Fetcher, cache: Cache, pin: Pin, missing: str) -> tuple[bytes, str]:
+    try:
+        return _release_bytes(on_snapshot(source), fetcher, cache, pin)
+    except ArchiveError as failed:
+        raise ArchiveError(f"{missing}; and from the snapshot service: {failed.message}",
+                           hint=failed.hint) from None
+
+
+def on_snapshot(source: Source) -> Source:
+    """SOURCE's archive as the snapshot service keeps it: the same checks, another mirror."""
+    assert source.snapshot is not None
+    return dataclasses.replace(source, mirror=source.snapshot, snapshot=None)
 
 
 def _release_bytes(source: Source, fetcher: Fetcher, cache: Cache, pin: Pin | None) -> tuple[bytes, str]:
@@ -129,10 +176,10 @@ def _release_bytes(source: Source, fetcher: Fetcher, cache: Cache, pin: Pin | No
         data = cache.read(wanted)
         if data is not None:
             return data, _stored_path(data, source)
-        if fetcher.offline:
+        if not fetcher.has_sources:
             raise ArchiveError(f"the Release of {source.suite} is not in the cache",
                                hint="run once with network access, or use the cache that made the lockfile")
-    if fetcher.offline:
+    if not fetcher.has_sources:
         raise ArchiveError(f"no verified Release of {source.suite} from {source.mirror} in the cache",
                            hint="run `ocistrap lock` once with network access")
     order = [_inline_release, _detached_release]
@@ -141,9 +188,9 @@ def _release_bytes(source: Source, fetcher: Fetcher, cache: Cache, pin: Pin | No
     for attempt in order:
         if (found := attempt(source, fetcher)) is not None:
             return found
-    raise ArchiveError(f"suite {source.suite!r} not found on {source.mirror} "
-                       f"(neither InRelease nor Release exists)",
-                       hint="check the suite name (e.g. bookworm, trixie, sid) and --mirror")
+    raise NotFound(f"suite {source.suite!r} not found on {source.mirror} "
+                   f"(neither InRelease nor Release exists)",
+                   hint="check the suite name (e.g. bookworm, trixie, sid) and --mirror")
 
 
 def _release_path(source: Source) -> str:
@@ -184,6 +231,16 @@ def _stored_path(data: bytes, source: Source) -> str:
     return f"dists/{source.suite}/{name}"
 
 
+def release_files(raw: bytes, source: Source) -> list[tuple[str, bytes]]:
+    """The files a mirror serves for the Release RAW (as the cache keeps it): InRelease, or
+    Release and Release.gpg; each with its path below the mirror."""
+    path = _stored_path(raw, source)
+    if _SEPARATOR not in raw:
+        return [(path, raw)]
+    signature, release = raw.split(_SEPARATOR, 1)
+    return [(path, release), (path + ".gpg", signature)]
+
+
 def _verify(source: Source, fetcher: Fetcher, raw: bytes, path: str) -> tuple[bytes, list[str]]:
     """The signed Release text and the fingerprints of the keys that signed it."""
     what = source.url(path)
@@ -212,7 +269,7 @@ def _component_packages(source: Source, signed: SignedRelease, component: str, a
     data = cache.read(entry.sha256)
     fetched = data is None
     if data is None:
-        data = _fetch_index(source, signed, path, entry, fetcher, what)
+        data = _fetch_index(source, signed, path, entry, fetcher)
     else:
         archive.verify_bytes(data, entry, what=what)
     with _decompressed(data, path) as pieces:
@@ -333,9 +390,41 @@ def _child_output(child: subprocess.Popen[bytes], path: str) -> Iterator[bytes]:
                            hint=archive.MIRROR_HINT)
 
 
+def index_bytes(source: Source, signed: SignedRelease, component: str, arch: str,
+                fetcher: Fetcher, cache: Cache) -> tuple[str, bytes]:
+    """The Packages index of COMPONENT/ARCH the suite's Release lists (its path below the mirror, and
+    its bytes), verified against it: from the cache, else fetched (and cached) as a build would."""
+    path, entry = archive.index_path(signed.release, component, arch)
+    full = f"dists/{source.suite}/{path}"
+    data = cache.read(entry.sha256)
+    if data is None:
+        data = _fetch_index(source, signed, path, entry, fetcher)
+        cache.put_bytes(data, lambda d: archive.verify_bytes(d, entry, what=source.url(full)))
+    archive.verify_bytes(data, entry, what=source.url(full))
+    return full, data
+
+
 def _fetch_index(source: Source, signed: SignedRelease, path: str, entry: archive.FileEntry,
-                 fetcher: Fetcher, what: str) -> bytes:
+                 fetcher: Fetcher) -> bytes:
+    """The index PATH from the mirror (by hash where offered), else, for a pinned Release whose
+    index the mirror no longer serves (gone, or replaced by a newer one), from the snapshot service."""
+    try:
+        return _fetch_index_from(source, signed, path, entry, fetcher)
+    except ArchiveError as failed:
+        if source.snapshot is None:
+            raise
+        log.get().info(f"{failed.message}; asking the snapshot service ({source.snapshot})")
+        try:
+            return _fetch_index_from(on_snapshot(source), signed, path, entry, fetcher)
+        except ArchiveError as again:
+            raise ArchiveError(f"{failed.message}; and from the snapshot service: {again.message}",
+                               hint=again.hint) from None
+
+
+def _fetch_index_from(source: Source, signed: SignedRelease, path: str, entry: archive.FileEntry,
+                      fetcher: Fetcher) -> bytes:
     base = f"dists/{source.suite}/"
+    what = source.url(base + path)
     if signed.release.acquire_by_hash:
         by_hash = base + archive.by_hash_path(path, entry)
         try:
