@@ -233,5 +233,5 @@ def _history(lock: Lockfile, arch: str) -> list[str]:
     packages = lock.architectures[arch].packages
     count = [sum(p.layer == n for p in packages) for n in range(len(lock.layers) + 1)]
     return [f"ocistrap {lock.variant}{' slim' if lock.slim else ''} {lock.suite} ({count[0]} packages)"] + [
-        f"ocistrap layer {tarstream.name}: {', '.join(tarstream.include)} ({count[n]} packages)"
+        f"ocistrap layer {layer.name}: {', '.join(layer.include)} ({count[n]} packages)"
         for n, layer in enumerate(lock.layers, start=1)]
