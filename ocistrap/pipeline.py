@@ -18,7 +18,7 @@ from ocistrap.debian.locking import check_lock_against_archive
 from ocistrap.debian.snapshot import Snapshots
 from ocistrap.errors import BuildError
 from ocistrap.oci import assemble, blobwriter, image, ocilayout, sbom
-from ocistrap.rootfs import bootplan, bootstrap, buildmode, scratchdirs, tarstream
+from ocistrap.rootfs import bootplan, bootstrap, buildmode, scratchdirs
 from ocistrap.transports import Reference
 
 T = TypeVar("T")
