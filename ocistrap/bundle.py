@@ -29,8 +29,7 @@ from ocistrap.debian.lock import Lockfile
 from ocistrap.debian.locking import check_lock_against_archive, open_pinned
 from ocistrap.errors import ArchiveError
 from ocistrap.oci import image, ocilayout
-from ocistrap.oci.image import MEDIA_TYPE_MANIFEST, Descriptor
-from ocistrap.oci.sbom import EMPTY_JSON, MEDIA_TYPE_EMPTY
+from ocistrap.oci.image import Descriptor
 from ocistrap.rootfs import scratchdirs
 from ocistrap.transports import Reference
 
@@ -96,17 +95,9 @@ def write_layout(layout: Path, lock: Lockfile, files: list[Member], *, created: 
         else:
             layers.append(_put_file(layout, member, notes))
     keys = sorted({k for entry in lock.architectures.values() for r in entry.releases for k in r.keys})
-    ocilayout.put_bytes(layout, EMPTY_JSON)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_MANIFEST,
-        "artifactType": ARTIFACT_TYPE,
-        "config": Descriptor.of(EMPTY_JSON, MEDIA_TYPE_EMPTY).to_json(),
-        "layers": [layer.to_json() for layer in layers],
-        "annotations": {image.ANNOTATION_CREATED: created, ANNOTATION_LOCKFILE: lock.digest(),
-                        **({ANNOTATION_KEYS: ",".join(keys)} if keys else {})},
-    }
-    return ocilayout.put_json(layout, manifest, MEDIA_TYPE_MANIFEST)
+    return ocilayout.put_artifact(layout, ARTIFACT_TYPE, layers, {
+        image.ANNOTATION_CREATED: created, ANNOTATION_LOCKFILE: lock.digest(),
+        **({ANNOTATION_KEYS: ",".join(keys)} if keys else {})})
 
 
 def _put_bytes(layout: Path, data: bytes, media_type: str, notes: dict[str, str]) -> Descriptor:

@@ -26,6 +26,7 @@ from ocistrap.oci.image import (
     ANNOTATION_REF_NAME,
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
+    MEDIA_TYPE_MANIFEST,
     Descriptor,
     ImageError,
     canonical_json,
@@ -67,6 +68,27 @@ def put_json(root: Path, doc: Any, media_type: str, **extra: Any) -> Descriptor:
     data = canonical_json(doc)
     put_bytes(root, data)
     return Descriptor.of(data, media_type, **extra)
+
+
+MEDIA_TYPE_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
+
+
+def put_artifact(root: Path, artifact_type: str, layers: list[Descriptor], annotations: dict[str, str], *,
+                 subject: Descriptor | None = None) -> Descriptor:
+    """Store an artifact manifest (empty config) over LAYERS, already in ROOT; return its descriptor."""
+    put_bytes(root, EMPTY_JSON)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_MANIFEST,
+        "artifactType": artifact_type,
+        "config": Descriptor.of(EMPTY_JSON, MEDIA_TYPE_EMPTY).to_json(),
+        "layers": [layer.to_json() for layer in layers],
+        "annotations": annotations,
+    }
+    if subject is not None:
+        manifest["subject"] = Descriptor(subject.media_type, subject.digest, subject.size).to_json()
+    return put_json(root, manifest, MEDIA_TYPE_MANIFEST)
 
 
 def read_json(root: Path, desc: Descriptor) -> dict[str, Any]:

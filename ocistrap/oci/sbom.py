@@ -23,7 +23,6 @@ from ocistrap.errors import ImageError
 from ocistrap.oci import ocilayout
 from ocistrap.oci.image import (
     ANNOTATION_CREATED,
-    MEDIA_TYPE_MANIFEST,
     Descriptor,
     debian_platform,
 )
@@ -31,8 +30,6 @@ from ocistrap.oci.ocilayout import Referrer
 
 FORMATS = ("spdx",)
 MEDIA_TYPE_SPDX = "application/spdx+json"
-MEDIA_TYPE_EMPTY = "application/vnd.oci.empty.v1+json"
-EMPTY_JSON = b"{}"
 _SPDX_ID = re.compile(r"[^A-Za-z0-9.-]")
 
 
@@ -134,17 +131,8 @@ def write_artifact(layout: Path, document: dict[str, Any], subject: Descriptor, 
     """Store DOCUMENT and an artifact manifest referring to SUBJECT in LAYOUT; return the manifest's descriptor."""
     data = document_bytes(document)
     ocilayout.put_bytes(layout, data)
-    ocilayout.put_bytes(layout, EMPTY_JSON)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_MANIFEST,
-        "artifactType": MEDIA_TYPE_SPDX,
-        "config": Descriptor.of(EMPTY_JSON, MEDIA_TYPE_EMPTY).to_json(),
-        "layers": [Descriptor.of(data, MEDIA_TYPE_SPDX).to_json()],
-        "subject": Descriptor(subject.media_type, subject.digest, subject.size).to_json(),
-        "annotations": {ANNOTATION_CREATED: created},
-    }
-    return ocilayout.put_json(layout, manifest, MEDIA_TYPE_MANIFEST)
+    return ocilayout.put_artifact(layout, MEDIA_TYPE_SPDX, [Descriptor.of(data, MEDIA_TYPE_SPDX)],
+                                  {ANNOTATION_CREATED: created}, subject=subject)
 
 
 def attach_all(layout: Path, lock: Lockfile, manifests: Sequence[tuple[str, Descriptor]], *,
