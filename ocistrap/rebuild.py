@@ -290,30 +290,35 @@ def _matching_digest(image: Image, rebuilt: Image) -> str:
 
 
 def compare(image: Image, rebuilt: Image) -> list[str]:
-    """What differs between IMAGE and REBUILT, platform by platform; empty when nothing does."""
+    """What differs between IMAGE and REBUILT, platform by platform (each named for an index);
+    empty when nothing does."""
     if _matching_digest(image, rebuilt) == image.digest:
         return []
+    if image.index is None:
+        mine = image.platforms[0]
+        other = next((p for p in rebuilt.platforms if p.platform == mine.platform), None)
+        return platform_differences(mine, other) if other else [f"the lockfile builds no image for {mine.platform}"]
     lines: list[str] = []
     theirs = {p.platform: p for p in rebuilt.platforms}
     for mine in image.platforms:
         other = theirs.pop(mine.platform, None)
         if other is None:
             lines.append(f"{mine.platform}: the lockfile builds no image for it")
-        elif mine.digest == mine.counterpart(other):
+        elif mine.digest == other.digest:
             lines.append(f"{mine.platform}: reproduced {mine.digest}")
         else:
-            lines += platform_differences(mine, other)
-    if image.index is not None:
-        lines += [f"{platform}: only the rebuild has an image for it" for platform in theirs]
-        if all("reproduced" in line for line in lines):
-            lines += [f"the index differs at {d}" for d in document_differences(image.index, rebuilt.index or {})]
+            lines.append(f"{mine.platform}: image {mine.digest}, rebuilt {other.digest}")
+            lines += [f"  {line}" for line in platform_differences(mine, other)]
+    lines += [f"{platform}: only the rebuild has an image for it" for platform in theirs]
+    if all(": reproduced " in line for line in lines):
+        lines += [f"the index differs at {d}" for d in document_differences(image.index, rebuilt.index or {})]
     return lines
 
 
 def platform_differences(mine: PlatformImage, other: PlatformImage) -> list[str]:
     """The first layer of MINE that the rebuild OTHER does not reproduce, with its first differing
     paths; else the config or the manifest annotations that differ."""
-    lines = [f"{mine.platform}: image {mine.digest}, rebuilt {mine.counterpart(other)}"]
+    lines = []
     if len(mine.layers) != len(other.layers):
         lines.append(f"{len(mine.layers)} layers in the image, {len(other.layers)} rebuilt")
     for number, (a, b) in enumerate(zip(mine.layers, other.layers)):
@@ -324,12 +329,11 @@ def platform_differences(mine: PlatformImage, other: PlatformImage) -> list[str]
         if a.digest != b.digest:
             return [*lines, f"{what}: the same tar, compressed to other bytes ({a.digest} in the image, "
                             f"{b.digest} rebuilt)"]
-    if len(mine.layers) != len(other.layers):
+    if lines:
         return lines
     if mine.config_digest != other.config_digest:
-        return [*lines, *(f"the config differs at {d}" for d in document_differences(mine.config, other.config))]
-    annotations = document_differences(mine.annotations, other.annotations)
-    return [*lines, *(f"the manifest annotation {d}" for d in annotations)]
+        return [f"the config differs at {d}" for d in document_differences(mine.config, other.config)]
+    return [f"the manifest annotation {d}" for d in document_differences(mine.annotations, other.annotations)]
 
 
 def layer_differences(a: Layer, b: Layer) -> list[str]:

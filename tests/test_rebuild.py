@@ -12,7 +12,7 @@ from image_helpers import build, build_image, lockfile
 
 from ocistrap import rebuild, transports
 from ocistrap.errors import ImageError, UsageError
-from ocistrap.oci import image, ocilayout, provenance, signature
+from ocistrap.oci import assemble, image, ocilayout, provenance, signature
 from ocistrap.oci.image import Descriptor
 from ocistrap.transports import parse_reference
 
@@ -93,10 +93,9 @@ def test_the_first_differing_layer_and_path_are_named(tmp_path: Path, read: Call
         ocilayout.write(tmp_path / name, desc, tmp_path / name, "x")
     mine, other = read(f"oci:{tmp_path / 'a'}:x"), read(f"oci:{tmp_path / 'b'}:x")
     lines = rebuild.compare(mine, other)
-    assert lines[0] == f"linux/amd64: image {mine.digest}, rebuilt {other.digest}"
-    assert lines[1].startswith("layer 1 (ocistrap) differs: diff_id sha256:")
-    assert lines[2].startswith("/etc/debian_version: content sha256:")
-    assert len(lines) == 3
+    assert lines[0].startswith("layer 1 (ocistrap) differs: diff_id sha256:")
+    assert lines[1].startswith("/etc/debian_version: content sha256:")
+    assert len(lines) == 2
     outcome = rebuild.Outcome("oci:a:x", mine.digest, other.digest, "x.lock (sha256:1)", tuple(lines))
     assert not outcome.reproduced
     assert outcome.report().splitlines()[0] == \
@@ -126,3 +125,19 @@ def test_a_docker_archive_is_named_and_compared_by_its_config(tmp_path: Path,
     ocilayout.write(tmp_path / "other", other, tmp_path / "other", "x")
     lines = rebuild.compare(saved, read(f"oci:{tmp_path / 'other'}:x"))
     assert lines[-1].startswith("/etc/hostname: size 9 in the image, 6 rebuilt; content sha256:")
+
+
+def test_every_platform_of_an_index_is_compared(tmp_path: Path, read: Callable[[str], rebuild.Image]) -> None:
+    locked = lockfile(("amd64", "arm64"))
+    for name in ("a", "b"):
+        layout = tmp_path / name
+        manifests = [build(layout, arch, locked) for arch in ("amd64", "arm64")]
+        if name == "b":
+            manifests[1] = build(layout, "arm64", locked, annotations={"org.example.changed": "yes"})
+        index = assemble.write_index(layout, manifests, {})
+        ocilayout.write(layout, index, layout, "both")
+    mine, other = read(f"oci:{tmp_path / 'a'}:both"), read(f"oci:{tmp_path / 'b'}:both")
+    lines = rebuild.compare(mine, other)
+    assert lines[0] == f"linux/amd64: reproduced {mine.platforms[0].digest}"
+    assert lines[1] == f"linux/arm64/v8: image {mine.platforms[1].digest}, rebuilt {other.platforms[1].digest}"
+    assert lines[2:] == ['  the manifest annotation org.example.changed: none in the image, "yes" rebuilt']
