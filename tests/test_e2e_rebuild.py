@@ -60,6 +60,15 @@ def test_a_changed_file_is_named(built: tuple[Path, Path, str], cache_dir: Path,
     assert len(difference) == 1, result.stdout
 
 
+def test_an_image_pushed_to_a_registry_is_reproduced_from_a_fresh_cache(
+        built: tuple[Path, Path, str], registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lock, layout, digest = built
+    pushed = f"{registry.host}/ocistrap-test/rebuild:{TAG}"
+    ocistrap("push", f"oci:{layout}:{TAG}", pushed)
+    result = ocistrap("verify", pushed, "--rebuild", "--lock", str(lock), "--cache-dir", str(tmp_path / "fresh"))
+    assert f"{pushed}: reproduced {digest} from {lock}" in result.stdout, result.stdout
+
+
 def change_one_file(layout: Path, tag: str, path: str) -> str:
     """Change the bytes (not the size) of PATH in the first layer of the image TAG, then make every
     digest above it consistent again (diff_id, config, manifest, index.json); return the new digest."""
