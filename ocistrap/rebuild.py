@@ -157,7 +157,7 @@ def rebuild(ref: Reference, locked: Lockfile | None, lock_name: str | None, buil
             with transports.open_image(out, ctx) as rebuilt_store:
                 rebuilt = read_image(rebuilt_store, out)
                 lines = compare(image, rebuilt)
-    notes = _lock_notes(image, locked, lock_name or "the lockfile")
+    notes = lock_notes(image, locked, lock_name or "the lockfile")
     return Outcome(str(ref), image.digest, _matching_digest(image, rebuilt), f"{lock_name} ({locked.digest()})",
                    tuple(notes + lines))
 
@@ -271,7 +271,7 @@ def _words(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(value) if value is not None else None
 
 
-def _lock_notes(image: Image, locked: Lockfile, shown: str) -> list[str]:
+def lock_notes(image: Image, locked: Lockfile, shown: str) -> list[str]:
     named = {p.annotations.get(ANNOTATION_LOCK) for p in image.platforms} - {None}
     return [f"note: the image names lockfile {n}, not {shown} ({locked.digest()})"
             for n in sorted(named) if n != locked.digest()]

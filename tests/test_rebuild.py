@@ -11,6 +11,7 @@ import pytest
 from image_helpers import build, build_image, lockfile
 
 from ocistrap import rebuild, transports
+from ocistrap.cli import main
 from ocistrap.errors import ImageError, UsageError
 from ocistrap.oci import assemble, image, ocilayout, provenance, signature
 from ocistrap.oci.image import Descriptor
@@ -141,3 +142,23 @@ def test_every_platform_of_an_index_is_compared(tmp_path: Path, read: Callable[[
     assert lines[0] == f"linux/amd64: reproduced {mine.platforms[0].digest}"
     assert lines[1] == f"linux/arm64/v8: image {mine.platforms[1].digest}, rebuilt {other.platforms[1].digest}"
     assert lines[2:] == ['  the manifest annotation org.example.changed: none in the image, "yes" rebuilt']
+
+
+def test_without_a_lock_or_an_attestation_it_is_one_line_exit_2(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    build(tmp_path / "layout", "amd64", lockfile(("amd64",)))
+    ref = f"oci:{tmp_path / 'layout'}:amd64"
+    assert main(["verify", ref, "--rebuild", "--cache-dir", str(tmp_path / "cache")]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{ref}: OK, 1 image(s)")
+    assert err.strip().splitlines() == [f"ocistrap: error: {ref} carries no provenance attestation to take the "
+                                        "lockfile from (give the lockfile with --lock FILE)"]
+
+
+def test_a_lock_that_is_not_the_images_is_noted(tmp_path: Path, read: Callable[[str], rebuild.Image]) -> None:
+    locked, other = lockfile(("amd64",)), lockfile(("amd64",), release="d" * 64)
+    build(tmp_path, "amd64", locked)
+    image_read = read(f"oci:{tmp_path}:amd64")
+    assert rebuild.lock_notes(image_read, locked, "a.lock") == []
+    assert rebuild.lock_notes(image_read, other, "b.lock") == \
+        [f"note: the image names lockfile {locked.digest()}, not b.lock ({other.digest()})"]
