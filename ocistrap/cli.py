@@ -388,6 +388,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     if args.rebuild:
         return _verify_rebuild(args)
+    _refuse_rebuild_options(args)
     locked = settings.read_lockfile(args.lock) if args.lock is not None else None
     report = verify(parse_reference(args.reference), transports.Context(tls_verify=args.tls_verify))
     print(report.summary())
@@ -395,6 +396,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         arches = check_lock(report, locked, str(args.lock))
         print(f"{report.reference}: built from {args.lock} ({locked.digest()}) for {', '.join(arches)}")
     return 0
+
+
+def _refuse_rebuild_options(args: argparse.Namespace) -> None:
+    """The options only a rebuild reads (--keyring, --cache-dir, ...) are refused without it, not ignored."""
+    given = settings.resolve(args, "verify").given - {"tls_verify"}
+    if given:
+        rows = {row.key: row for row in settingtable.rows("verify")}
+        flags = [rows[key].option_flags()[0] for key in sorted(given)]
+        raise UsageError(f"{', '.join(flags)} only go with --rebuild")
 
 
 def _verify_rebuild(args: argparse.Namespace) -> int:

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from e2e_helpers import cache_dir, member_name, ocistrap, printed_digests, work  # noqa: F401  (fixtures)
 
-from ocistrap.oci.image import ANNOTATION_REF_NAME, MEDIA_TYPE_MANIFEST
+from ocistrap.debian.lock import read as read_lock
+from ocistrap.oci import keys, ocilayout, provenance
+from ocistrap.oci.image import ANNOTATION_REF_NAME, MEDIA_TYPE_MANIFEST, Descriptor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
@@ -39,6 +41,26 @@ def test_an_image_built_from_a_lock_is_reproduced(built: tuple[Path, Path, str],
     lock, layout, digest = built
     result = ocistrap("verify", f"oci:{layout}:{TAG}", "--rebuild", "--lock", str(lock), "--cache-dir", str(cache_dir))
     assert f"oci:{layout}:{TAG}: reproduced {digest} from {lock}" in result.stdout, result.stdout
+
+
+def test_the_lock_comes_from_the_provenance_attestation(built: tuple[Path, Path, str], cache_dir: Path,
+                                                        work: Path) -> None:
+    lock, layout, digest = built
+    attested = work / "attested"
+    shutil.copytree(layout, attested)
+    locked = read_lock(lock)
+    statement = provenance.statement(f"oci:{attested}:{TAG}", digest, locked, provenance.parameters_from_lock(locked),
+                                     provenance.new_run(int(SOURCE_DATE_EPOCH)))
+    keys.generate(work / "signer.key", work / "signer.pub", "")
+    envelope = provenance.attest(keys.load_private(work / "signer.key"), statement)
+    ocilayout.put_bytes(attested, envelope)
+    subject = ocilayout.read(attested, TAG)[1]
+    artifact = ocilayout.put_artifact(attested, provenance.MEDIA_TYPE_ENVELOPE,
+                                      [Descriptor.of(envelope, provenance.MEDIA_TYPE_ENVELOPE)], {}, subject=subject)
+    ocilayout.write(attested, artifact, attested)
+    result = ocistrap("verify", f"oci:{attested}:{TAG}", "--rebuild", "--cache-dir", str(cache_dir))
+    assert f"oci:{attested}:{TAG}: reproduced {digest} from the lockfile of its provenance attestation " \
+           f"({locked.digest()})" in result.stdout, result.stdout
 
 
 def test_a_changed_file_is_named(built: tuple[Path, Path, str], cache_dir: Path, work: Path) -> None:

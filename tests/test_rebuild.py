@@ -162,3 +162,8 @@ def test_a_lock_that_is_not_the_images_is_noted(tmp_path: Path, read: Callable[[
     assert rebuild.lock_notes(image_read, locked, "a.lock") == []
     assert rebuild.lock_notes(image_read, other, "b.lock") == \
         [f"note: the image names lockfile {locked.digest()}, not b.lock ({other.digest()})"]
+
+
+def test_the_options_of_a_rebuild_are_refused_without_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", f"oci:{tmp_path}:x", "--offline", "--cache-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "ocistrap: error: --cache-dir, --offline only go with --rebuild"
