@@ -177,6 +177,8 @@ def read_image(store: ImageStore, ref: Reference) -> Image:
         index = referrers.document(store, top)
         children = [Descriptor.from_json(d) for d in index.get("manifests") or []]
         images = tuple(_manifest_image(store, d) for d in children if d.media_type in MANIFEST_MEDIA_TYPES)
+        if not images:
+            raise ImageError(f"{ref}: the index {top.digest} lists no image manifest")
         return Image(top.digest, index, images, (top, *children))
     if top.media_type not in MANIFEST_MEDIA_TYPES:
         raise ImageError(f"{ref}: media type {top.media_type} is neither an image index nor a manifest")
@@ -255,7 +257,7 @@ def recover(image: Image, locked: Lockfile) -> Recovered:
     """The settings IMAGE was built with, so that a build of LOCKED with them makes the same bytes."""
     first = image.platforms[0]
     config = first.config.get("config") or {}
-    epoch = int(datetime.fromisoformat(first.config["created"].replace("Z", "+00:00")).timestamp())
+    epoch = _epoch(first.config.get("created"), locked)
     compression = first.layers[0].compression if first.layers else "gzip"
     made_by_lock = pipeline.provenance_of(locked).annotations(rfc3339(epoch))
     annotations = {k: v for k, v in first.annotations.items()
@@ -267,11 +269,23 @@ def recover(image: Image, locked: Lockfile) -> Recovered:
     return Recovered(epoch=epoch, compression=compression or "none", options=options)
 
 
+def _epoch(created: Any, locked: Lockfile) -> int:
+    """SOURCE_DATE_EPOCH as the config's ``created`` records it; for an image that records no time,
+    what a build takes then (the Release date of LOCKED)."""
+    if created is None:
+        return pipeline.release_epoch(locked)
+    try:
+        return int(datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        raise ImageError(f"the image config's created {created!r} is no time") from None
+
+
 def _words(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(value) if value is not None else None
 
 
 def lock_notes(image: Image, locked: Lockfile, shown: str) -> list[str]:
+    """What a report says first when the image's manifests name another lockfile than the one rebuilt."""
     named = {p.annotations.get(ANNOTATION_LOCK) for p in image.platforms} - {None}
     return [f"note: the image names lockfile {n}, not {shown} ({locked.digest()})"
             for n in sorted(named) if n != locked.digest()]
