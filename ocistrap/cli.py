@@ -20,6 +20,7 @@ from ocistrap import (
     hostarch,
     log,
     pipeline,
+    rebuild,
     referrers,
     settings,
     settingtable,
@@ -91,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or a registry "
                                      "reference (docker:// optional)")
     p.add_argument("--lock", type=Path, default=None,
-                   help="also prove the image was built from this lockfile (its digest and Release in the manifest)")
+                   help="also prove the image was built from this lockfile (its digest and Release in the manifest); "
+                        "with --rebuild, the lockfile to rebuild from")
+    p.add_argument("--rebuild", action="store_true",
+                   help="build the image again from its lockfile (--lock, else its provenance attestation's) and "
+                        "compare digests; exit 1 naming the first layer and paths that differ")
     settingtable.add_options(p, "verify")
     p.set_defaults(run=cmd_verify)
 
@@ -381,6 +386,9 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.rebuild:
+        return _verify_rebuild(args)
+    _refuse_rebuild_options(args)
     locked = settings.read_lockfile(args.lock) if args.lock is not None else None
     report = verify(parse_reference(args.reference), transports.Context(tls_verify=args.tls_verify))
     print(report.summary())
@@ -388,6 +396,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
         arches = check_lock(report, locked, str(args.lock))
         print(f"{report.reference}: built from {args.lock} ({locked.digest()}) for {', '.join(arches)}")
     return 0
+
+
+def _refuse_rebuild_options(args: argparse.Namespace) -> None:
+    """The options only a rebuild reads (--keyring, --cache-dir, ...) are refused without it, not ignored."""
+    given = settings.resolve(args, "verify").given - {"tls_verify"}
+    if given:
+        rows = {row.key: row for row in settingtable.rows("verify")}
+        flags = [rows[key].option_flags()[0] for key in sorted(given)]
+        raise UsageError(f"{', '.join(flags)} only go with --rebuild")
+
+
+def _verify_rebuild(args: argparse.Namespace) -> int:
+    s = _settings(args, "verify")
+    ref = parse_reference(args.reference)
+    ctx = transports.Context(tls_verify=s.tls_verify)
+    locked = settings.read_lockfile(args.lock) if args.lock is not None else None
+    print(verify(ref, ctx).summary())
+    builder = rebuild.Builder(keyrings=s.keyrings, fetcher=_fetcher(s), cache=_cache(s), mode=s.mode,
+                              staging_dir=s.staging_dir)
+    outcome = rebuild.rebuild(ref, locked, str(args.lock) if args.lock else None, builder, ctx)
+    print(outcome.report())
+    return 0 if outcome.reproduced else 1
 
 
 def cmd_sbom(args: argparse.Namespace) -> int:

@@ -27,12 +27,9 @@ def _layer(manifest: dict[str, Any], shown: str) -> Descriptor:
 def read(ref: Reference, *, platform_arch: str | None = None, ctx: Context | None = None) -> bytes:
     """The SPDX document attached to the image REF names (for an index, to PLATFORM_ARCH's image)."""
     with transports.open_image(ref, ctx) as store:
-        images = [d for d in store.roots() if not _is_artifact(store, d)]
-        if len(images) != 1:
-            raise ImageError(f"{ref}: names {len(images)} images", hint="name one as oci:DIR:TAG")
-        subject = images[0]
+        subject = the_image(store, ref)
         if subject.media_type in INDEX_MEDIA_TYPES:
-            subject = _pick(_json(store, subject), platform_arch, str(ref))
+            subject = _pick(document(store, subject), platform_arch, str(ref))
         entries = store.referrers(subject, MEDIA_TYPE_SPDX)
         if entries is None:
             raise ImageError(f"cannot read SBOMs from {ref}: it keeps no referrers",
@@ -41,11 +38,19 @@ def read(ref: Reference, *, platform_arch: str | None = None, ctx: Context | Non
             raise ImageError(f"{ref}: no SPDX SBOM is attached to {subject.digest}",
                             hint="build with --sbom spdx to attach one")
         artifact = sorted(entries, key=lambda e: e.digest)[0]
-        layer = _layer(_json(store, artifact), str(ref))
+        layer = _layer(document(store, artifact), str(ref))
         return _checked(store.read(layer, "the SBOM"), layer, str(ref))
 
 
-def _json(store: ImageStore, desc: Descriptor) -> Any:
+def the_image(store: ImageStore, ref: Reference) -> Descriptor:
+    """The one image (manifest or index) REF names, leaving out the artifacts stored beside it."""
+    images = [d for d in store.roots() if not is_artifact(store, d)]
+    if len(images) != 1:
+        raise ImageError(f"{ref}: names {len(images)} images", hint="name one as oci:DIR:TAG")
+    return images[0]
+
+
+def document(store: ImageStore, desc: Descriptor) -> Any:
     """The document DESC of STORE, checked against its digest."""
     data = _checked(store.read(desc, "a document"), desc, store.shown)
     try:
@@ -68,8 +73,8 @@ def _pick(index: dict[str, Any], arch: str | None, shown: str) -> Descriptor:
     raise ImageError(f"{shown} has no image for {arch} ({wanted})")
 
 
-def _is_artifact(store: ImageStore, desc: Descriptor) -> bool:
-    return desc.media_type in MANIFEST_MEDIA_TYPES and "subject" in _json(store, desc)
+def is_artifact(store: ImageStore, desc: Descriptor) -> bool:
+    return desc.media_type in MANIFEST_MEDIA_TYPES and "subject" in document(store, desc)
 
 
 def _checked(content: bytes, desc: Descriptor, shown: str) -> bytes:
