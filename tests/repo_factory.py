@@ -374,10 +374,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
 
     def _read(self, path: str) -> bytes | None:
+        """The file PATH; for a directory, a page linking to what it holds (as `NAME/`: the snapshot
+        service's lists of imports are read this way)."""
         target = (self.mirror.root / path).resolve()
-        if not target.is_file() or not target.is_relative_to(self.mirror.root.resolve()):
+        if not target.is_relative_to(self.mirror.root.resolve()):
             return None
-        return target.read_bytes()
+        if target.is_dir():
+            return "".join(f'<a href="{p.name}/">{p.name}</a>\n' for p in sorted(target.iterdir())).encode()
+        return target.read_bytes() if target.is_file() else None
 
     def _range(self, body: bytes, status: int) -> tuple[bytes, int, dict[str, str]]:
         """Honour ``Range: bytes=N-``, which resuming downloads send."""

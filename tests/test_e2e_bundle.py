@@ -16,6 +16,7 @@ import os
 import shutil
 import urllib.parse
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -124,8 +125,9 @@ def moved_on(from_mirror: tuple[Path, str], cache_dir: Path, work: Path) -> Iter
     Both are made from the files the first build verified (its bundle): the mirror serves all
     but bookworm's index and one .deb, and another InRelease (a newer one would be signed by
     Debian; these bytes are never read past their digest); the snapshot service keeps bookworm's
-    pinned InRelease, index and that .deb where snapshot.debian.org keeps them, under the
-    timestamp of the lock's Release date."""
+    pinned InRelease, index and that .deb where snapshot.debian.org keeps them, in its first
+    import after the lock's Release date, between an import before it (the Release not yet
+    there) and a later one."""
     lock = lockfile.read(from_mirror[0])
     layout = work / "verified-files"
     ocistrap("bundle", str(from_mirror[0]), "--cache-dir", str(cache_dir), "-o", f"oci:{layout}:files")
@@ -134,9 +136,11 @@ def moved_on(from_mirror: tuple[Path, str], cache_dir: Path, work: Path) -> Iter
     suite_dir = main.url(f"dists/{main.suite}/")
     kept = {url for url in files if url.startswith(suite_dir)} | {lock.package_url(dropped_package(lock))}
     with serving(work / "moved-on") as mirror, serving(work / "snapshot") as snapshot:
-        archive = Snapshots(snapshot.url).archive_url(main.mirror, timestamp_of(lock.architectures["amd64"]
-                                                                                .releases[0].date))
-        stamp_dir = archive.removeprefix(snapshot.url + "/")
+        dated = datetime.fromisoformat(lock.architectures["amd64"].releases[0].date)
+        before, first, later = (timestamp_of((dated + timedelta(hours=h)).isoformat()) for h in (-6, 2, 8))
+        stamp_dir = Snapshots(snapshot.url).archive_url(main.mirror, first).removeprefix(snapshot.url + "/")
+        for other in (before, later):
+            (work / "snapshot" / stamp_dir.replace(first, other)).mkdir(parents=True)
         place(files, sorted(set(files) - kept), lambda url: served_at(mirror.root, url))
         place(files, sorted(kept), lambda url: work / "snapshot" / stamp_dir / url.removeprefix(main.mirror + "/"))
         inrelease = served_at(mirror.root, main.url(f"dists/{main.suite}/InRelease"))
@@ -159,6 +163,8 @@ def test_an_old_lock_builds_the_same_image_with_what_left_the_mirror_from_the_sn
     assert f"{suite_dir}InRelease" in snapshot.requests
     assert any(r.startswith(f"{suite_dir}main/binary-amd64/Packages") for r in snapshot.requests), snapshot.requests
     assert [r for r in snapshot.requests if r.endswith(".deb")] == [f"{kept}/{gone.filename}"]
+    assert {r for r in snapshot.requests if not r.startswith(f"{kept}/")} == {kept.rsplit("/", 1)[0] + "/"}, \
+        "besides the first import since the Release date, only the service's list of imports is read"
     asked = set(mirror.requests)
     assert all(served_at(Path(), lock.package_url(p)).as_posix() in asked
                for p in lock.architectures["amd64"].packages), "the mirror is asked first, for every .deb"
