@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 DEFAULT_SNAPSHOT_URL = "https://snapshot.debian.org"
 WHEN = ("auto", "off")
 _TIMESTAMP = re.compile(r"[0-9]{8}T[0-9]{6}Z")
-_IMPORT = re.compile(r"(?<![0-9])([0-9]{8}T[0-9]{6}Z)/")
+_IMPORT = re.compile(r"(?<![0-9])([0-9]{8}T[0-9]{6}Z)")
 _KEPT = re.compile(r"/archive/(?P<name>[^/]+)/(?P<stamp>[0-9]{8}T[0-9]{6}Z)(?:/|$)")
 
 
@@ -44,8 +44,8 @@ def archive_name(mirror: str) -> str:
 
 
 def first_import(listing: str, since: str) -> str | None:
-    """The first import at or after the timestamp SINCE that a listing page of the service links
-    to (as ``20240610T083001Z/``); None if it names none that late."""
+    """The first import at or after the timestamp SINCE that a listing page of the service names
+    (its links, ``20240610T083001Z/``); None if it names none that late."""
     return min((stamp for stamp in _IMPORT.findall(listing) if stamp >= since), default=None)
 
 
