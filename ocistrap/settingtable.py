@@ -314,8 +314,8 @@ SETTINGS: tuple[Setting, ...] = (
             "mirror, and its lockfile unless --lock is given; checked as a mirror is, no network used",
             flags=("--from",), commands=(*_BUILD, "fetch"),
             file_help="a bundle (`ocistrap bundle`) to take the archive's files from instead of the mirror"),
-    Setting("snapshot", WHEN, "for files of a lockfile gone from the mirror, the snapshot service: auto (as "
-            "it was at the lock's Release dates), off, or a timestamp; `lock` and `build SUITE` with a timestamp "
+    Setting("snapshot", WHEN, "for files of a lockfile gone from the mirror, the snapshot service: auto (its "
+            "first import after the lock's Release dates), off, or a timestamp; `lock` and `build SUITE` with a timestamp "
             "resolve against that snapshot", commands=_ARCHIVE_COMMANDS, default="auto"),
     Setting("snapshot_url", TEXT, "the snapshot service (snapshot.debian.org's layout: URL/archive/NAME/TIMESTAMP/)",
             commands=_ARCHIVE_COMMANDS, default=DEFAULT_SNAPSHOT_URL),

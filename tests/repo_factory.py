@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -344,7 +345,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._answer(send_body=True)
 
     def _answer(self, *, send_body: bool) -> None:
-        path = self.path.split("?", 1)[0].lstrip("/")
+        path = served_path(self.path)
         self.mirror.authorizations.append((path, self.headers.get("Authorization")))
         tamper = self.mirror.take_tamper(path) or Tamper()
         if tamper.delay:
@@ -373,10 +374,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
 
     def _read(self, path: str) -> bytes | None:
+        """The file PATH; for a directory, a page linking to what it holds (as `NAME/`: the snapshot
+        service's lists of imports are read this way)."""
         target = (self.mirror.root / path).resolve()
-        if not target.is_file() or not target.is_relative_to(self.mirror.root.resolve()):
+        if not target.is_relative_to(self.mirror.root.resolve()):
             return None
-        return target.read_bytes()
+        if target.is_dir():
+            return "".join(f'<a href="{p.name}/">{p.name}</a>\n' for p in sorted(target.iterdir())).encode()
+        return target.read_bytes() if target.is_file() else None
 
     def _range(self, body: bytes, status: int) -> tuple[bytes, int, dict[str, str]]:
         """Honour ``Range: bytes=N-``, which resuming downloads send."""
@@ -394,6 +399,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for name, value in extra.items():
             self.send_header(name, value)
         self.end_headers()
+
+
+def served_path(target: str) -> str:
+    """The file a request target names below the root. An absolute target (the server used as an
+    HTTP proxy: `http_proxy=URL`) names its host too: http://deb.debian.org/debian/x is
+    deb.debian.org/debian/x, so one root serves the mirrors a lockfile names at their own URLs."""
+    if target.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(target)
+        target = parts.netloc + parts.path
+    return target.split("?", 1)[0].lstrip("/")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from repo_factory import SigningKey, serving
 
 from ocistrap.bundle import ARTIFACT_TYPE, MEDIA_TYPE_DEB, MEDIA_TYPE_LOCKFILE, MEDIA_TYPE_RELEASE
 from ocistrap.debian import lock as lockfile
-from ocistrap.debian.snapshot import Snapshots, timestamp_of
+from ocistrap.debian.snapshot import Snapshots, first_import, listing_months, timestamp_of
 from ocistrap.oci import ocilayout
 from ocistrap.oci.image import MEDIA_TYPE_MANIFEST, Descriptor, canonical_json
 
@@ -190,6 +191,28 @@ def test_a_package_gone_from_the_mirror_comes_from_the_snapshot_service(locked: 
         assert_one_error(rc, err, "pins the Release")
 
 
+def _import_time(date: str, hours: float) -> str:
+    return timestamp_of((datetime.fromisoformat(date) + timedelta(hours=hours)).isoformat())
+
+
+def test_the_first_import_since_the_release_date_is_asked_not_the_one_before(locked: Archive, tmp_path: Path) -> None:
+    date = lockfile.read(locked.lockfile).architectures["amd64"].releases[0].date
+    imports = tmp_path / "snapshot" / "archive" / "debian"
+    before, after, next_one = (_import_time(date, hours) for hours in (-6, 2, 8))
+    with serving(tmp_path / "snapshot") as snapshot:
+        shutil.copytree(locked.repo.root, imports / after)  # the import that first holds the locked Release
+        (imports / before).mkdir()
+        (imports / next_one).mkdir()
+        old_dash = locked.deb("dash")
+        _move_on_without_old_dash(locked)
+        rc, _, err = locked.run("fetch", str(locked.lockfile), "--keyring", str(locked.keyring),
+                                "--cache-dir", str(tmp_path / "c"), "--snapshot-url", snapshot.url)
+        assert rc == 0, err
+        assert f"archive/debian/{after}/dists/{SUITE}/InRelease" in snapshot.requests
+        assert f"archive/debian/{after}/{old_dash}" in snapshot.requests
+        assert not [r for r in snapshot.requests if before in r or next_one in r or timestamp_of(date) in r]
+
+
 def test_a_429_from_the_snapshot_service_waits_its_retry_after(locked: Archive, tmp_path: Path) -> None:
     with serving(tmp_path / "snapshot") as snapshot:
         kept = _snapshot_of(locked, tmp_path / "snapshot")
@@ -233,6 +256,20 @@ def test_snapshot_timestamps_and_archive_names() -> None:
     assert Snapshots(when="off").fallback("http://deb.debian.org/debian", "2024-06-10T00:00:00+00:00") is None
     assert Snapshots("http://s", "20200101T000000Z").fallback("http://m/debian", "2024-06-10T00:00:00+00:00") == \
         "http://s/archive/debian/20200101T000000Z"
+
+
+def test_the_services_imports_are_read_from_its_listing_pages() -> None:
+    page = '<a href="20240610T023001Z/">x</a> <a href="20240610T083001Z/">y</a> <a href="20240610T143001Z/">z</a>'
+    assert first_import(page, "20240610T081302Z") == "20240610T083001Z"
+    assert first_import(page, "20240610T083001Z") == "20240610T083001Z"
+    assert first_import(page, "20240611T000000Z") is None
+    assert listing_months("20241231T235959Z") == [(2024, 12), (2025, 1)]
+    auto = Snapshots("http://snap.example/", "auto")
+    assert auto.listing_urls("debian", "20240610T081302Z")[0] == "http://snap.example/archive/debian/?year=2024&month=06"
+    assert auto.dated("http://snap.example/archive/debian/20240610T081302Z/pool/x.deb") == ("debian", "20240610T081302Z")
+    assert auto.dated("http://mirror.example/archive/debian/20240610T081302Z/pool/x.deb") is None
+    fixed = Snapshots("http://snap.example", "20240610T000000Z")
+    assert fixed.dated("http://snap.example/archive/debian/20240610T000000Z/pool/x.deb") is None
 
 
 def test_a_bundle_is_no_trust_root_for_its_keys(locked: Archive, tmp_path: Path) -> None:

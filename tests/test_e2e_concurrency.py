@@ -1,7 +1,11 @@
-"""Two `ocistrap build` processes at once, sharing one cache and one `oci:` layout.
+"""Three `ocistrap build` processes at once, sharing one cache and one `oci:` layout.
 
 They race for the same .deb downloads, the same layer blobs and the same
-index.json; both must succeed and the layout must hold both images whole.
+index.json; all must succeed and the layout must hold every image whole. Two
+are processes of one host; the third stands for another machine of the same
+account on a shared volume: its own state directory, so its own cache key, and
+every parsed index and expansion the others made is foreign to it (made again
+and put in their place while the others use theirs).
 """
 
 import hashlib
@@ -14,15 +18,21 @@ from pathlib import Path
 import pytest
 from e2e_helpers import ocistrap, printed_digests
 
+from ocistrap.debian.cache import default_key_file
+
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
-TAGS = ("one", "two")
+TAGS = ("one", "two", "elsewhere")
+OTHER_MACHINE = "elsewhere"
 
 
 def start_build(lockfile: Path, cache: Path, layout: Path, tag: str, tmp: Path) -> subprocess.Popen[str]:
-    """A build of LOCKFILE into oci:LAYOUT:TAG, with its own TMPDIR and a label naming TAG."""
+    """A build of LOCKFILE into oci:LAYOUT:TAG, with its own TMPDIR and a label naming TAG;
+    OTHER_MACHINE's with a state directory (and so a cache key) of its own."""
     tmp.mkdir(mode=0o700)
     env = {**os.environ, "TMPDIR": str(tmp), "XDG_RUNTIME_DIR": str(tmp)}
+    if tag == OTHER_MACHINE:
+        env["XDG_STATE_HOME"] = str(tmp / "state")
     argv = [sys.executable, "-m", "ocistrap", "build", "--lock", str(lockfile), "--cache-dir", str(cache),
             "--label", f"which={tag}", "-o", f"oci:{layout}:{tag}"]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -43,7 +53,7 @@ def blob_digests(layout: Path, digest: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def concurrent(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """Lock bookworm's essential set, then build it twice at once into one layout: (layout, tag -> digest)."""
+    """Lock bookworm's essential set, then build it thrice at once into one layout: (layout, tag -> digest)."""
     work = tmp_path_factory.mktemp("concurrency")
     cache, layout, lockfile = work / "cache", work / "layout", work / "bookworm.lock"
     ocistrap("lock", "bookworm", "--variant", "essential", "--no-updates", "--cache-dir", str(cache),
@@ -57,15 +67,15 @@ def concurrent(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     return layout, {tag: digests[f"oci:{layout}:{tag}"] for tag in TAGS}
 
 
-def test_both_builds_verify(concurrent: tuple[Path, dict[str, str]]) -> None:
+def test_every_build_verifies(concurrent: tuple[Path, dict[str, str]]) -> None:
     layout, digests = concurrent
-    assert digests["one"] != digests["two"], "the labels should make two different images"
+    assert len(set(digests.values())) == len(TAGS), "the labels should make different images"
     for tag in TAGS:
         result = ocistrap("verify", f"oci:{layout}:{tag}")
         assert "ok" in result.stdout.lower(), result.stdout
 
 
-def test_index_lists_both_tags_with_their_digests(concurrent: tuple[Path, dict[str, str]]) -> None:
+def test_index_lists_every_tag_with_its_digest(concurrent: tuple[Path, dict[str, str]]) -> None:
     layout, digests = concurrent
     index = json.loads((layout / "index.json").read_text())
     tagged = {m.get("annotations", {}).get("org.opencontainers.image.ref.name"): m["digest"]
@@ -87,3 +97,10 @@ def test_no_blob_is_lost_or_torn(concurrent: tuple[Path, dict[str, str]]) -> Non
     leftovers = [str(p.relative_to(layout)) for p in layout.rglob("*") if p.is_file()
                  and (p.parent != blobs or len(p.name) != 64) and p.name not in expected]
     assert not leftovers, f"temporary files left in the layout: {leftovers}"
+
+
+def test_the_other_machine_built_with_a_cache_key_of_its_own(concurrent: tuple[Path, dict[str, str]]) -> None:
+    layout, _ = concurrent
+    theirs = layout.parent / f"tmp-{OTHER_MACHINE}" / "state" / "ocistrap" / "cache.key"
+    assert theirs.is_file() and default_key_file().is_file()
+    assert theirs.read_bytes() != default_key_file().read_bytes()

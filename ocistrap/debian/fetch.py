@@ -16,7 +16,7 @@ from typing import IO, BinaryIO, Protocol, TypeVar
 from ocistrap import http, log
 from ocistrap.debian.cache import CHUNK, Cache, file_sha256, hash_open
 from ocistrap.debian.mirrorauth import MirrorLogins
-from ocistrap.debian.snapshot import Snapshots
+from ocistrap.debian.snapshot import Snapshots, first_import
 from ocistrap.errors import ArchiveError
 
 T = TypeVar("T")
@@ -33,6 +33,8 @@ class Mismatch(ArchiveError):
 RELEASE_LIMIT = 16 << 20
 """The largest InRelease, Release or Release.gpg accepted (Debian's largest are a few hundred KiB)."""
 INDEX_LIMIT = 256 << 20
+LISTING_LIMIT = 4 << 20
+"""The largest page of the snapshot service's imports of a month read (a few KiB)."""
 SNAPSHOT_CONNECTIONS = 2
 """At most this many requests at once to the snapshot service, which limits its clients hard."""
 
@@ -80,6 +82,8 @@ class Fetcher:
         self.retry = http.RetryPolicy(attempts=attempts, base_delay=backoff)
         self.snapshot_retry = http.RetryPolicy(attempts=max(attempts, 5), base_delay=backoff * 4, max_delay=120.0)
         self._snapshot_slots = threading.BoundedSemaphore(SNAPSHOT_CONNECTIONS)
+        self._imports: dict[tuple[str, str], str] = {}
+        self._imports_lock = threading.Lock()
         timeouts = http.Timeouts(connect=timeout, read=timeout, deadline=deadline, stall=stall)
         self.http = http.Client(error=_cannot_fetch, timeouts=timeouts, pool=jobs)
 
@@ -123,12 +127,42 @@ class Fetcher:
         # an earlier run left a wrong prefix (check_file dropped it): start afresh once
         return self._download_verified(wanted, cache)
 
+    def kept(self, url: str) -> str:
+        """URL of the snapshot service as it is asked: a timestamp ``auto`` took from a lock's
+        Release date moved to the service's first import since (the date itself names the import
+        before, which lacks that Release); every other URL as it is."""
+        dated = self.snapshots.dated(url)
+        if dated is None:
+            return url
+        name, stamp = dated
+        with self._imports_lock:
+            if dated not in self._imports:
+                self._imports[dated] = self._first_import(name, stamp)
+            first = self._imports[dated]
+        return url.replace(f"/archive/{name}/{stamp}", f"/archive/{name}/{first}", 1)
+
+    def _first_import(self, name: str, stamp: str) -> str:
+        """The service's first import of archive NAME at or after STAMP, from its listing pages;
+        STAMP itself where they cannot be read or name none (the service then picks)."""
+        for page in self.snapshots.listing_urls(name, stamp):
+            try:
+                listing = self.get(page, what=f"the snapshot service's imports of {name}", limit=LISTING_LIMIT)
+            except ArchiveError as failed:
+                log.get().info(f"{failed.message}; asking the snapshot service for {stamp} as it is")
+                return stamp
+            found = first_import(listing.decode("utf-8", "replace"), stamp)
+            if found is not None:
+                log.get().info(f"the snapshot service's first import of {name} since {stamp} is {found}")
+                return found
+        return stamp
+
     def _from_fallback(self, wanted: Wanted, cache: Cache, missing: NotFound) -> Path:
         """WANTED from the snapshot service, the mirror having answered MISSING; checked the same."""
         assert wanted.fallback is not None
-        log.get().info(f"{wanted.what}: gone from the mirror; fetching it from {http.shown(wanted.fallback)}")
+        url = self.kept(wanted.fallback)
+        log.get().info(f"{wanted.what}: gone from the mirror; fetching it from {http.shown(url)}")
         try:
-            return self._download_resuming(replace(wanted, url=wanted.fallback, fallback=None), cache)
+            return self._download_resuming(replace(wanted, url=url, fallback=None), cache)
         except ArchiveError as failed:
             raise ArchiveError(f"{missing.message}; and from the snapshot service: {failed.message}",
                                hint=failed.hint or "give --snapshot TIMESTAMP of a snapshot that holds it") from None

@@ -148,7 +148,7 @@ def _pinned_release_bytes(source: Source, fetcher: Fetcher, cache: Cache,
     log.get().info(f"{source.url(path)}: the mirror has moved on from the pinned Release; "
                    f"asking the snapshot service ({source.snapshot})")
     try:
-        kept, kept_path = _release_bytes(on_snapshot(source), fetcher, cache, pin)
+        kept, kept_path = _release_bytes(on_snapshot(source, fetcher), fetcher, cache, pin)
     except ArchiveError as failed:
         return raw, path, f", and the snapshot service has it not: {failed.message}"
     if sha256_hex(kept) == pin.sha256:
@@ -158,16 +158,16 @@ def _pinned_release_bytes(source: Source, fetcher: Fetcher, cache: Cache,
 
 def _from_snapshot(source: Source, fetcher: Fetcher, cache: Cache, pin: Pin, missing: str) -> tuple[bytes, str]:
     try:
-        return _release_bytes(on_snapshot(source), fetcher, cache, pin)
+        return _release_bytes(on_snapshot(source, fetcher), fetcher, cache, pin)
     except ArchiveError as failed:
         raise ArchiveError(f"{missing}; and from the snapshot service: {failed.message}",
                            hint=failed.hint) from None
 
 
-def on_snapshot(source: Source) -> Source:
+def on_snapshot(source: Source, fetcher: Fetcher) -> Source:
     """SOURCE's archive as the snapshot service keeps it: the same checks, another mirror."""
     assert source.snapshot is not None
-    return dataclasses.replace(source, mirror=source.snapshot, snapshot=None)
+    return dataclasses.replace(source, mirror=fetcher.kept(source.snapshot), snapshot=None)
 
 
 def _release_bytes(source: Source, fetcher: Fetcher, cache: Cache, pin: Pin | None) -> tuple[bytes, str]:
@@ -415,7 +415,7 @@ def _fetch_index(source: Source, signed: SignedRelease, path: str, entry: archiv
             raise
         log.get().info(f"{failed.message}; asking the snapshot service ({source.snapshot})")
         try:
-            return _fetch_index_from(on_snapshot(source), signed, path, entry, fetcher)
+            return _fetch_index_from(on_snapshot(source, fetcher), signed, path, entry, fetcher)
         except ArchiveError as again:
             raise ArchiveError(f"{failed.message}; and from the snapshot service: {again.message}",
                                hint=again.hint) from None
