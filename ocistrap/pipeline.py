@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ocistrap import log, transports
+from ocistrap import log, signing, transports
 from ocistrap.debian import expand, mirror
 from ocistrap.debian.archive import Package
 from ocistrap.debian.cache import Cache
@@ -17,7 +17,8 @@ from ocistrap.debian.lock import Lockfile
 from ocistrap.debian.locking import check_lock_against_archive
 from ocistrap.debian.snapshot import Snapshots
 from ocistrap.errors import BuildError
-from ocistrap.oci import assemble, blobwriter, image, ocilayout, sbom
+from ocistrap.oci import assemble, blobwriter, image, ocilayout, provenance, sbom
+from ocistrap.oci.keys import PrivateKey
 from ocistrap.rootfs import bootplan, bootstrap, buildmode, scratchdirs
 from ocistrap.transports import Reference
 
@@ -172,6 +173,8 @@ class BuildRequest:
     epoch: int | None = None
     tls_verify: bool | None = None
     sbom: str | None = None
+    signer: PrivateKey | None = None
+    run: provenance.Run | None = None
 
 
 @dataclass(frozen=True)
@@ -213,11 +216,16 @@ def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fe
         layout, manifests, provenance.annotations(image.rfc3339(epoch)))
     attached = sbom.attach_all(layout, lock, list(zip(lock.architectures, manifests)),
                                created=image.rfc3339(epoch)) if request.sbom else []
+    if request.signer is not None:
+        run = request.run or provenance.new_run(epoch)
+        attached.append(signing.attest(request.signer, layout, lock, top, signing.places(request.outputs)[0], run))
     with log.get().step("writing outputs"):
         ctx = transports.Context(tls_verify=request.tls_verify)
         for ref in request.outputs:
             transports.write(layout, top, ref, ctx)
             transports.attach(layout, attached, ref, ctx)
+            if request.signer is not None:
+                signing.sign_image(request.signer, ref, top, ctx)
     return Built(digest=top.digest, outputs=request.outputs)
 
 

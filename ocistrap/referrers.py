@@ -13,6 +13,7 @@ from ocistrap.oci.image import (
     debian_platform,
 )
 from ocistrap.oci.sbom import MEDIA_TYPE_SPDX
+from ocistrap.oci.signature import is_signature_image
 from ocistrap.transports import Context, ImageStore, Reference
 
 
@@ -69,7 +70,10 @@ def _pick(index: dict[str, Any], arch: str | None, shown: str) -> Descriptor:
 
 
 def _is_artifact(store: ImageStore, desc: Descriptor) -> bool:
-    return desc.media_type in MANIFEST_MEDIA_TYPES and "subject" in _json(store, desc)
+    if desc.media_type not in MANIFEST_MEDIA_TYPES:
+        return False
+    document = _json(store, desc)
+    return "subject" in document or is_signature_image(document)
 
 
 def _checked(content: bytes, desc: Descriptor, shown: str) -> bytes:
