@@ -4,7 +4,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -174,7 +174,6 @@ class BuildRequest:
     tls_verify: bool | None = None
     sbom: str | None = None
     signer: PrivateKey | None = None
-    run: provenance.Run | None = None
 
 
 @dataclass(frozen=True)
@@ -199,7 +198,7 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
 def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fetched, tmp: Path,
                          request: BuildRequest) -> Built:
     epoch = request.epoch if request.epoch is not None else release_epoch(lock)
-    provenance = provenance_of(lock)
+    origin = provenance_of(lock)
     layout = Path(tmp) / "layout"
     ocilayout.init_layout(layout)
     manifests = []
@@ -211,13 +210,13 @@ def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fe
         staging = replace(staging, mode=mode)  # a fallback holds for the next architecture
         layers = [assemble.Layer(blob, created_by) for blob, created_by in zip(blobs, _history(lock, arch))]
         manifests.append(assemble.write_image(layout, arch, layers, epoch=epoch, options=request.options,
-                                              provenance=provenance))
+                                              provenance=origin))
     top = manifests[0] if len(manifests) == 1 else assemble.write_index(
-        layout, manifests, provenance.annotations(image.rfc3339(epoch)))
+        layout, manifests, origin.annotations(image.rfc3339(epoch)))
     attached = sbom.attach_all(layout, lock, list(zip(lock.architectures, manifests)),
                                created=image.rfc3339(epoch)) if request.sbom else []
     if request.signer is not None:
-        run = request.run or provenance.new_run(epoch)
+        run = provenance.new_run(request.epoch if request.epoch is not None else datetime.now(timezone.utc))
         attached.append(signing.attest(request.signer, layout, lock, top, signing.places(request.outputs)[0], run))
     with log.get().step("writing outputs"):
         ctx = transports.Context(tls_verify=request.tls_verify)
