@@ -2,10 +2,10 @@
 to a docker-registry on 127.0.0.1, then judged by a real containers/image client under a policy.json
 that requires ``sigstoreSigned`` with the public key, and by `ocistrap verify --key`, case by case.
 
-The real client is trixie's skopeo (1.18), run from a trixie root file system made once per session
-with mmdebstrap and entered with ``unshare --map-root-user chroot`` (the host network, so the
-loopback registry, is shared): bookworm's skopeo 1.9 and podman 4.3 carry a Debian change that
-refuses every sigstore signature ("Debian-local change: sigstore disabled").
+The real clients are trixie's skopeo (1.18) and podman (5.4), run from a trixie root file system
+made once per session with mmdebstrap and entered with ``unshare --map-root-user chroot`` (the host
+network, so the loopback registry, is shared): bookworm's skopeo 1.9 and podman 4.3 carry a Debian
+change that refuses every sigstore signature ("Debian-local change: sigstore disabled").
 """
 
 import json
@@ -42,49 +42,69 @@ class Keys:
 
 
 @dataclass(frozen=True)
-class Skopeo:
-    """trixie's skopeo in a root file system ROOT of this account's, with a sigstoreSigned policy."""
+class Clients:
+    """trixie's skopeo and podman in a root file system ROOT of this account's, entered as root of
+    a user namespace of its own (podman's storage is vfs in ROOT, owners it cannot set ignored)."""
 
     root: Path
 
-    def copy(self, ref: str, *options: str) -> subprocess.CompletedProcess[str]:
-        target = f"/tmp/copy-{uuid.uuid4().hex}"
-        return subprocess.run(
-            ["unshare", "--map-root-user", "chroot", str(self.root), "skopeo", "--policy", "/cfg/policy.json",
-             "--registries.d", "/cfg/registries.d", "copy", "--quiet", "--src-tls-verify=false", *options,
-             f"docker://{ref}", f"dir:{target}"], capture_output=True, text=True, timeout=300)
+    def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        enter = (f"mount -t proc proc {self.root}/proc && mount --rbind /dev {self.root}/dev && "
+                 f"mount --rbind /sys {self.root}/sys && mount -t tmpfs run {self.root}/run && "
+                 f'exec chroot {self.root} env HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"')
+        return subprocess.run(["unshare", "--map-root-user", "--mount", "--pid", "--fork", "sh", "-c", enter,
+                               "sh", *argv], capture_output=True, text=True, timeout=300)
+
+    def pull(self, tool: str, ref: str, *options: str) -> subprocess.CompletedProcess[str]:
+        if tool == "podman":
+            return self.run("podman", "pull", "--quiet", "--tls-verify=false", *options, ref)
+        return self.run("skopeo", "copy", "--quiet", "--src-tls-verify=false", *options, f"docker://{ref}",
+                        f"dir:/tmp/copy-{uuid.uuid4().hex}")
 
     def require(self, registry: str, pub: Path) -> None:
         """Require sigstore signatures by PUB for REGISTRY, read from its sha256-<hex>.sig tags."""
-        config = self.root / "cfg"
+        config = self.root / "etc" / "containers"
         (config / "registries.d").mkdir(parents=True, exist_ok=True)
-        shutil.copy(pub, config / "key.pub")
-        policy = {"default": [{"type": "reject"}],
-                  "transports": {"docker": {registry: [{"type": "sigstoreSigned", "keyPath": "/cfg/key.pub",
-                                                        "signedIdentity": {"type": "matchRepoDigestOrExact"}}]},
-                                 "dir": {"": [{"type": "insecureAcceptAnything"}]}}}
-        (config / "policy.json").write_text(json.dumps(policy))
-        (config / "registries.d" / "loopback.yaml").write_text(
-            f"docker:\n  {registry}:\n    use-sigstore-attachments: true\n")
+        shutil.copy(pub, config / "ocistrap-test.pub")
+        (config / "policy.json").write_text(json.dumps(policy(registry, "/etc/containers/ocistrap-test.pub")))
+        (config / "registries.d" / "ocistrap-test.yaml").write_text(attachments(registry))
+        (config / "storage.conf").write_text('[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\n'
+                                             'graphroot = "/var/lib/containers/storage"\n'
+                                             '[storage.options]\nignore_chown_errors = "true"\n')
+        (config / "containers.conf").write_text('[containers]\nnetns = "host"\n'
+                                                '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
+
+
+def policy(registry: str, key_path: str) -> dict:
+    """containers-policy.json(5): REGISTRY's images must carry a sigstore signature by KEY_PATH."""
+    return {"default": [{"type": "reject"}],
+            "transports": {"docker": {registry: [{"type": "sigstoreSigned", "keyPath": key_path,
+                                                  "signedIdentity": {"type": "matchRepoDigestOrExact"}}]},
+                           "dir": {"": [{"type": "insecureAcceptAnything"}]}}}
+
+
+def attachments(registry: str) -> str:
+    """containers-registries.d(5): look for REGISTRY's signatures under cosign's tags."""
+    return f"docker:\n  {registry}:\n    use-sigstore-attachments: true\n"
 
 
 @pytest.fixture(scope="session")
-def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
-    """trixie's skopeo, or a skip saying why there is none."""
+def clients(tmp_path_factory: pytest.TempPathFactory) -> Clients:
+    """trixie's skopeo and podman, or a skip saying why there are none."""
     for tool in ("mmdebstrap", "unshare"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed: no skopeo that checks sigstore signatures")
-    directory = tmp_path_factory.mktemp("skopeo")
-    made = subprocess.run(["mmdebstrap", "--quiet", "--mode=unshare", "--variant=apt", "--include=skopeo",
+            pytest.skip(f"{tool} is not installed: no skopeo or podman that checks sigstore signatures")
+    directory = tmp_path_factory.mktemp("clients")
+    made = subprocess.run(["mmdebstrap", "--quiet", "--mode=unshare", "--variant=apt", "--include=skopeo,podman",
                            CLIENT_SUITE, str(directory / "root.tar")], capture_output=True, text=True, timeout=900)
     if made.returncode != 0:
-        pytest.skip(f"mmdebstrap could not make a {CLIENT_SUITE} root file system for skopeo: "
+        pytest.skip(f"mmdebstrap could not make a {CLIENT_SUITE} root file system for skopeo and podman: "
                     f"{made.stderr.strip().splitlines()[-1:]}")
     root = directory / "root"
     root.mkdir()
     subprocess.run(["tar", "-C", str(root), "--exclude=./dev/*", "-xf", str(directory / "root.tar")], check=True)
     (directory / "root.tar").unlink()
-    return Skopeo(root)
+    return Clients(root)
 
 
 @pytest.fixture(scope="module")
@@ -177,31 +197,35 @@ def test_the_build_attests_its_provenance_in_the_registry_and_the_layout(pushed:
         assert "SLSA v1 provenance signed by the given key" in result.stdout, result.stdout
 
 
+@pytest.mark.parametrize("tool", ["skopeo", "podman"])
 @pytest.mark.parametrize("case", VERDICTS)
-def test_skopeo_gives_the_same_verdicts(pushed: Pushed, pair: Keys, skopeo: Skopeo, registry: RealRegistry,
-                                        case: str) -> None:
-    skopeo.require(registry.host, pair.pub)
-    for options in ((), ("--all",)) if case == "index" else ((),):
-        result = skopeo.copy(pushed.refs[case], *options)
+def test_skopeo_and_podman_give_the_same_verdicts(pushed: Pushed, pair: Keys, clients: Clients,
+                                                  registry: RealRegistry, case: str, tool: str) -> None:
+    clients.require(registry.host, pair.pub)
+    for options in ((), ("--all",)) if case == "index" and tool == "skopeo" else ((),):
+        result = clients.pull(tool, pushed.refs[case], *options)
         if VERDICTS[case] is None:
             assert result.returncode == 0, result.stderr
         else:
             assert result.returncode != 0 and "Source image rejected" in result.stderr, result.stderr
 
 
-def test_bookworms_own_skopeo_refuses_every_sigstore_signature(pushed: Pushed, pair: Keys, tmp_path: Path,
-                                                               registry: RealRegistry) -> None:
-    """Why the real client comes from trixie: if this starts failing, bookworm's skopeo and podman can
+@pytest.mark.parametrize("tool", ["skopeo", "podman"])
+def test_bookworms_own_clients_refuse_every_sigstore_signature(pushed: Pushed, pair: Keys, tmp_path: Path,
+                                                               registry: RealRegistry, tool: str) -> None:
+    """Why the real clients come from trixie: if this starts failing, bookworm's skopeo and podman
     check the signatures themselves, and the tests above can use them."""
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed")
-    local = Skopeo(tmp_path)
-    local.require(registry.host, pair.pub)
-    policy = json.loads((tmp_path / "cfg" / "policy.json").read_text())
-    policy["transports"]["docker"][registry.host][0]["keyPath"] = str(tmp_path / "cfg" / "key.pub")
-    (tmp_path / "cfg" / "policy.json").write_text(json.dumps(policy))
-    result = subprocess.run(["skopeo", "--policy", str(tmp_path / "cfg" / "policy.json"), "--registries.d",
-                             str(tmp_path / "cfg" / "registries.d"), "copy", "--src-tls-verify=false",
-                             f"docker://{pushed.refs['signed']}", f"dir:{tmp_path / 'copy'}"],
-                            capture_output=True, text=True, timeout=300)
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    registries_d = tmp_path / ".config" / "containers" / "registries.d"  # where both look under $HOME
+    registries_d.mkdir(parents=True)
+    (tmp_path / "policy.json").write_text(json.dumps(policy(registry.host, str(pair.pub))))
+    (registries_d / "ocistrap-test.yaml").write_text(attachments(registry.host))
+    argv = {"skopeo": ["skopeo", "--policy", str(tmp_path / "policy.json"), "copy", "--src-tls-verify=false",
+                       f"docker://{pushed.refs['signed']}", f"dir:{tmp_path / 'copy'}"],
+            "podman": ["podman", "--root", str(tmp_path / "storage"), "--runroot", str(tmp_path / "run"),
+                       "--storage-driver", "vfs", "pull", "--tls-verify=false", "--signature-policy",
+                       str(tmp_path / "policy.json"), pushed.refs["signed"]]}[tool]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode != 0 and DEBIAN_REFUSAL in result.stderr, result.stderr
