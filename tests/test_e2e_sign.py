@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,9 +50,10 @@ class Clients:
     root: Path
 
     def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        enter = (f"mount -t proc proc {self.root}/proc && mount --rbind /dev {self.root}/dev && "
-                 f"mount --rbind /sys {self.root}/sys && mount -t tmpfs run {self.root}/run && "
-                 f'exec chroot {self.root} env HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"')
+        enter = (f"mount --rbind {self.root} {self.root} && mount -t proc proc {self.root}/proc && "
+                 f"mount --rbind /dev {self.root}/dev && mount --rbind /sys {self.root}/sys && "
+                 f"mount -t tmpfs run {self.root}/run && "
+                 f'exec chroot {self.root} env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"')
         return subprocess.run(["unshare", "--map-root-user", "--mount", "--pid", "--fork", "sh", "-c", enter,
                                "sh", *argv], capture_output=True, text=True, timeout=300)
 
@@ -223,9 +225,11 @@ def test_bookworms_own_clients_refuse_every_sigstore_signature(pushed: Pushed, p
     (registries_d / "ocistrap-test.yaml").write_text(attachments(registry.host))
     argv = {"skopeo": ["skopeo", "--policy", str(tmp_path / "policy.json"), "copy", "--src-tls-verify=false",
                        f"docker://{pushed.refs['signed']}", f"dir:{tmp_path / 'copy'}"],
-            "podman": ["podman", "--root", str(tmp_path / "storage"), "--runroot", str(tmp_path / "run"),
+            "podman": ["podman", "--root", str(tmp_path / "storage"), "--runroot", "RUNROOT",
                        "--storage-driver", "vfs", "pull", "--tls-verify=false", "--signature-policy",
                        str(tmp_path / "policy.json"), pushed.refs["signed"]]}[tool]
     env = {**os.environ, "HOME": str(tmp_path)}
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    with tempfile.TemporaryDirectory(dir="/tmp") as runroot:  # podman takes at most 50 characters
+        argv = [runroot if arg == "RUNROOT" else arg for arg in argv]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode != 0 and DEBIAN_REFUSAL in result.stderr, result.stderr
