@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ocistrap.errors import BadReference, OcistrapError
+from ocistrap.errors import BadReference
 from ocistrap.oci.image import (
     MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_MANIFEST,
@@ -36,7 +36,7 @@ DSSE_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
-class ImageSignatureError(OcistrapError):
+class ImageSignatureError(ImageError):
     """A signature or attestation is malformed, or not one the given key made."""
 
 
