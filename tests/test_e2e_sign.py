@@ -149,7 +149,9 @@ def pushed(registry: RealRegistry, pair: Keys, work: Path, cache_dir: Path, lock
     host = registry.host
     refs = {"signed": f"{host}/test/debian:bookworm", "unsigned": f"{host}/test/unsigned:bookworm",
             "other key": f"{host}/test/other:bookworm", "copied signature": f"{host}/test/debian:copied",
-            "index": f"{host}/test/debian:multi"}
+            "index": f"{host}/test/debian:multi", "unsigned index": f"{host}/test/unsigned:multi",
+            "index by another key": f"{host}/test/other:multi",
+            "index signature copied": f"{host}/test/debian:multi-copied"}
     layout = work / "signed"
     result = ocistrap("build", "--lock", str(locked("bookworm")), "--cache-dir", str(cache_dir),
                       "--sign", str(pair.key), "--passphrase-file", str(pair.passphrase),
@@ -168,8 +170,14 @@ def pushed(registry: RealRegistry, pair: Keys, work: Path, cache_dir: Path, lock
     build(work / "small", "arm64", lockfile(("arm64",)))
     ocistrap("push", f"oci:{work / 'small'}:arm64", f"{host}/test/debian:arm64", "--sign", str(pair.key),
              env={**os.environ, keys.PASSPHRASE_ENV: "correct horse"})
-    ocistrap("index", refs["index"], refs["signed"], f"{host}/test/debian:arm64",
-             "--sign", str(pair.key), "--passphrase-file", str(pair.passphrase))
+    members = (refs["signed"], f"{host}/test/debian:arm64")
+    printed = ocistrap("index", refs["index"], *members, "--sign", str(pair.key),
+                       "--passphrase-file", str(pair.passphrase)).stdout
+    ocistrap("index", refs["unsigned index"], *members)
+    ocistrap("index", refs["index by another key"], *members, "--sign", str(pair.other_key))
+    copied = ocistrap("index", refs["index signature copied"], members[0]).stdout  # an index clients can choose from
+    data, media_type = repo.get_manifest(signature.signature_tag(printed.split()[-1]))
+    repo.put_manifest(signature.signature_tag(copied.split()[-1]), data, media_type)
     return Pushed(refs, digest, layout)
 
 
@@ -179,6 +187,9 @@ VERDICTS = {
     "unsigned": "is unsigned",
     "other key": "signed, but not by the given key",
     "copied signature": "the signature is for sha256:",  # ...the bookworm image's digest, not this one's
+    "unsigned index": "is unsigned",
+    "index by another key": "signed, but not by the given key",
+    "index signature copied": "the signature is for sha256:",
 }
 
 
@@ -204,7 +215,7 @@ def test_the_build_attests_its_provenance_in_the_registry_and_the_layout(pushed:
 def test_skopeo_and_podman_give_the_same_verdicts(pushed: Pushed, pair: Keys, clients: Clients,
                                                   registry: RealRegistry, case: str, tool: str) -> None:
     clients.require(registry.host, pair.pub)
-    for options in ((), ("--all",)) if case == "index" and tool == "skopeo" else ((),):
+    for options in ((), ("--all",)) if "index" in case and tool == "skopeo" else ((),):
         result = clients.pull(tool, pushed.refs[case], *options)
         if VERDICTS[case] is None:
             assert result.returncode == 0, result.stderr

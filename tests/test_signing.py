@@ -200,3 +200,9 @@ def test_key_problems_are_one_line_exit_2_and_nothing_is_pushed(registry, pair, 
     assert rc == 2 and message in err and len(err.splitlines()) == 1, err
     repo, _ = api.open_repository(parse_reference(f"{registry.host}/debian:bookworm"))
     assert repo.get_manifest("bookworm") is None
+
+    rc = main(["-q", "build", "bookworm", "--offline", "--cache-dir", str(tmp_path / "cache"), "--sign", str(key),
+               "-o", f"oci:{tmp_path}/out:{registry.host}/debian:bookworm"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists(), "refused before any work"
