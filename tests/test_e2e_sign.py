@@ -23,7 +23,8 @@ from e2e_helpers import cache_dir, locked, ocistrap, printed_digests, work  # no
 from image_helpers import build, lockfile
 from registry_fixture import RealRegistry, free_port
 
-from ocistrap.oci import keys, signature
+from ocistrap.debian import lock
+from ocistrap.oci import keys, provenance, signature
 from ocistrap.transports import parse_reference
 from ocistrap.transports.registry import api, upload
 
@@ -208,6 +209,13 @@ def test_the_build_attests_its_provenance_in_the_registry_and_the_layout(pushed:
     for ref in (pushed.refs["signed"], f"oci:{pushed.layout}:{pushed.refs['signed']}"):
         result = ocistrap("verify", ref, "--key", str(pair.pub), "--lock", str(locked("bookworm")))
         assert "SLSA v1 provenance signed by the given key" in result.stdout, result.stdout
+    envelope = (pushed.layout / f"{pushed.refs['signed'].replace('/', '_')}.{provenance.FILE_NAME}").read_bytes()
+    statement = provenance.verify(envelope, keys.load_public(pair.pub), pushed.digest)
+    lockfile_ = lock.read(locked("bookworm"))
+    debs = {d["uri"]: d["digest"]["sha256"] for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+            if d["uri"].endswith(".deb")}
+    assert debs == {lockfile_.package_url(p): p.sha256 for a in lockfile_.architectures.values() for p in a.packages}
+    assert statement["subject"][0]["name"] == pushed.refs["signed"].rsplit(":", 1)[0]
 
 
 @pytest.mark.parametrize("tool", ["skopeo", "podman"])
