@@ -20,6 +20,7 @@ from ocistrap import (
     hostarch,
     log,
     pipeline,
+    rebuild,
     referrers,
     settings,
     settingtable,
@@ -92,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reference", help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or a registry "
                                      "reference (docker:// optional)")
     p.add_argument("--lock", type=Path, default=None,
-                   help="also prove the image was built from this lockfile (its digest and Release in the manifest)")
+                   help="also prove the image was built from this lockfile (its digest and Release in the manifest); "
+                        "with --rebuild, the lockfile to rebuild from")
+    p.add_argument("--rebuild", action="store_true",
+                   help="build the image again from its lockfile (--lock, else its provenance attestation's) and "
+                        "compare digests; exit 1 naming the first layer and paths that differ")
     p.add_argument("--key", type=Path, default=None, metavar="PUB",
                    help="also prove this public key signed the image (index and every manifest) for the reference "
                         "given, and check the provenance attached to it")
@@ -394,17 +399,49 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.rebuild:
+        return _verify_rebuild(args)
+    _refuse_rebuild_options(args)
     locked = settings.read_lockfile(args.lock) if args.lock is not None else None
     key = keys.load_public(args.key) if args.key is not None else None
     ref, ctx = parse_reference(args.reference), transports.Context(tls_verify=args.tls_verify)
     report = verify(ref, ctx)
     print(report.summary())
-    for line in check_signatures(ref, key, ctx) if key is not None else []:
-        print(line)
+    _print_signatures(ref, key, ctx)
     if locked is not None:
         arches = check_lock(report, locked, str(args.lock))
         print(f"{report.reference}: built from {args.lock} ({locked.digest()}) for {', '.join(arches)}")
     return 0
+
+
+def _print_signatures(ref: transports.Reference, key: keys.PublicKey | None, ctx: transports.Context) -> None:
+    """With --key, prove who signed REF (before a rebuild trusts the lock its attestation carries)."""
+    for line in check_signatures(ref, key, ctx) if key is not None else []:
+        print(line)
+
+
+def _refuse_rebuild_options(args: argparse.Namespace) -> None:
+    """The options only a rebuild reads (--keyring, --cache-dir, ...) are refused without it, not ignored."""
+    given = settings.resolve(args, "verify").given - {"tls_verify"}
+    if given:
+        rows = {row.key: row for row in settingtable.rows("verify")}
+        flags = [rows[key].option_flags()[0] for key in sorted(given)]
+        raise UsageError(f"{', '.join(flags)} only go with --rebuild")
+
+
+def _verify_rebuild(args: argparse.Namespace) -> int:
+    s = _settings(args, "verify")
+    ref = parse_reference(args.reference)
+    ctx = transports.Context(tls_verify=s.tls_verify)
+    locked = settings.read_lockfile(args.lock) if args.lock is not None else None
+    key = keys.load_public(args.key) if args.key is not None else None
+    print(verify(ref, ctx).summary())
+    _print_signatures(ref, key, ctx)
+    builder = rebuild.Builder(keyrings=s.keyrings, fetcher=_fetcher(s), cache=_cache(s), mode=s.mode,
+                              staging_dir=s.staging_dir)
+    outcome = rebuild.rebuild(ref, locked, str(args.lock) if args.lock else None, builder, ctx)
+    print(outcome.report())
+    return 0 if outcome.reproduced else 1
 
 
 def cmd_sbom(args: argparse.Namespace) -> int:

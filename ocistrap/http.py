@@ -34,6 +34,7 @@ from typing import IO, Any, Protocol, TypeVar
 
 import requests
 import requests.adapters
+import requests.auth
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -348,6 +349,14 @@ class _Adapter(requests.adapters.HTTPAdapter):
 # --- requests and answers ----------------------------------------------------------------------
 
 
+class _OursOnly(requests.auth.AuthBase):
+    """Session-wide auth that adds nothing, so requests never looks up ~/.netrc (which would replace
+    a registry's bearer token and send a password no one asked us to send)."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
 class Client:
     """One connection pool with the policy above; ERROR builds the caller's domain error."""
 
@@ -363,6 +372,7 @@ class Client:
         self.session.headers["User-Agent"] = "ocistrap"
         self.session.headers["Accept-Encoding"] = "identity"
         self.session.verify = verify
+        self.session.auth = _OursOnly()
 
     def send(self, method: str, url: str, *, what: str, headers: dict[str, str] | None = None,
              params: dict[str, Any] | None = None, body: Any = None,

@@ -28,12 +28,9 @@ def _layer(manifest: dict[str, Any], shown: str) -> Descriptor:
 def read(ref: Reference, *, platform_arch: str | None = None, ctx: Context | None = None) -> bytes:
     """The SPDX document attached to the image REF names (for an index, to PLATFORM_ARCH's image)."""
     with transports.open_image(ref, ctx) as store:
-        images = [d for d in store.roots() if not _is_artifact(store, d)]
-        if len(images) != 1:
-            raise ImageError(f"{ref}: names {len(images)} images", hint="name one as oci:DIR:TAG")
-        subject = images[0]
+        subject = the_image(store, ref)
         if subject.media_type in INDEX_MEDIA_TYPES:
-            subject = _pick(_json(store, subject), platform_arch, str(ref))
+            subject = _pick(document(store, subject), platform_arch, str(ref))
         entries = store.referrers(subject, MEDIA_TYPE_SPDX)
         if entries is None:
             raise ImageError(f"cannot read SBOMs from {ref}: it keeps no referrers",
@@ -42,11 +39,19 @@ def read(ref: Reference, *, platform_arch: str | None = None, ctx: Context | Non
             raise ImageError(f"{ref}: no SPDX SBOM is attached to {subject.digest}",
                             hint="build with --sbom spdx to attach one")
         artifact = sorted(entries, key=lambda e: e.digest)[0]
-        layer = _layer(_json(store, artifact), str(ref))
+        layer = _layer(document(store, artifact), str(ref))
         return _checked(store.read(layer, "the SBOM"), layer, str(ref))
 
 
-def _json(store: ImageStore, desc: Descriptor) -> Any:
+def the_image(store: ImageStore, ref: Reference) -> Descriptor:
+    """The one image (manifest or index) REF names, leaving out the artifacts stored beside it."""
+    images = [d for d in store.roots() if not is_artifact(store, d)]
+    if len(images) != 1:
+        raise ImageError(f"{ref}: names {len(images)} images", hint="name one as oci:DIR:TAG")
+    return images[0]
+
+
+def document(store: ImageStore, desc: Descriptor) -> Any:
     """The document DESC of STORE, checked against its digest."""
     data = _checked(store.read(desc, "a document"), desc, store.shown)
     try:
@@ -69,11 +74,12 @@ def _pick(index: dict[str, Any], arch: str | None, shown: str) -> Descriptor:
     raise ImageError(f"{shown} has no image for {arch} ({wanted})")
 
 
-def _is_artifact(store: ImageStore, desc: Descriptor) -> bool:
+def is_artifact(store: ImageStore, desc: Descriptor) -> bool:
+    """Whether DESC is stored beside an image rather than being one: a referrer or a signature image."""
     if desc.media_type not in MANIFEST_MEDIA_TYPES:
         return False
-    document = _json(store, desc)
-    return "subject" in document or is_signature_image(document)
+    doc = document(store, desc)
+    return "subject" in doc or is_signature_image(doc)
 
 
 def _checked(content: bytes, desc: Descriptor, shown: str) -> bytes:

@@ -24,7 +24,8 @@ _RESOLVE = SPEC_COMMANDS
 _BUILD = ("build",)
 _SIGNING = ("build", "push", "index")
 _REGISTRY_COMMANDS = ("build", "push", "login", "verify", "sbom", "index", "fetch", "bundle")
-_ARCHIVE_COMMANDS = (*_RESOLVE, "fetch", "bundle")
+_REBUILD = ("verify",)
+_ARCHIVE_COMMANDS = (*_RESOLVE, "fetch", "bundle", *_REBUILD)
 _LAYER_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
@@ -307,10 +308,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("annotations", TABLE, "manifest annotation", flags=("--annotation",), commands=_BUILD,
             default=TABLE_EMPTY, metavar="KEY=VALUE", file_help="manifest annotations"),
     Setting("staging_dir", PATH, "build the tree on disk under DIR instead of in memory (big images)",
-            commands=_BUILD, metavar="DIR"),
+            commands=(*_BUILD, *_REBUILD), metavar="DIR"),
     Setting("mode", TEXT, "how the sandbox maps ids: unshare (a /etc/subuid range), single-uid (only "
             "your own id; owners are recorded instead of applied), or auto (unshare when possible)",
-            commands=_BUILD, default="auto", choices=buildmode.MODES),
+            commands=(*_BUILD, *_REBUILD), default="auto", choices=buildmode.MODES),
     Setting("cache_dir", PATH, "content-addressed cache", commands=(*_ARCHIVE_COMMANDS, "cache"), metavar="DIR",
             default_text="$XDG_CACHE_HOME/ocistrap"),
     Setting("offline", SWITCH, "never use the network; the cache must hold everything",

@@ -51,7 +51,7 @@ def attest(key: keys.PrivateKey, layout: Path, lock: Lockfile, top: Descriptor, 
 
 def attestations(store: ImageStore, top: Descriptor) -> list[Referrer]:
     """The provenance artifacts STORE keeps about TOP, to carry along when it is copied."""
-    return [Referrer(entry, provenance.FILE_NAME) for entry in store.referrers(top, provenance.MEDIA_TYPE_DSSE) or []]
+    return [Referrer(entry, provenance.FILE_NAME) for entry in store.referrers(top, provenance.MEDIA_TYPE_ENVELOPE) or []]
 
 
 def sign_image(key: keys.PrivateKey, ref: Reference, top: Descriptor, ctx: Context) -> list[str]:

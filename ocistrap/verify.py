@@ -33,7 +33,7 @@ from ocistrap.oci.image import (
     debian_platform,
 )
 from ocistrap.oci.keys import PublicKey
-from ocistrap.oci.provenance import MEDIA_TYPE_DSSE
+from ocistrap.oci.provenance import MEDIA_TYPE_ENVELOPE
 from ocistrap.oci.signature import ImageSignatureError, is_signature_image, verify_image
 from ocistrap.schema import SchemaError, validate
 from ocistrap.transports import BadReference, ImageStore, Reference, SavedImage, parse_reference
@@ -240,7 +240,7 @@ def _check_signed(store: ImageStore, digest: str, key: PublicKey, identity: str)
 def _check_provenance(store: ImageStore, top: Descriptor, key: PublicKey, shown: str) -> str:
     """One attached provenance must verify; none attached is said, not refused (the signatures
     above are the proof of origin; the provenance says what went in)."""
-    entries = store.referrers(top, MEDIA_TYPE_DSSE) or []
+    entries = store.referrers(top, MEDIA_TYPE_ENVELOPE) or []
     if not entries:
         return f"{shown}: no provenance attestation attached to {top.digest}"
     reasons = []

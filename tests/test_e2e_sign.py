@@ -218,6 +218,15 @@ def test_the_build_attests_its_provenance_in_the_registry_and_the_layout(pushed:
     assert statement["subject"][0]["name"] == pushed.refs["signed"].rsplit(":", 1)[0]
 
 
+def test_verify_rebuild_takes_the_lock_from_the_signed_attestation(pushed: Pushed, pair: Keys,
+                                                                   cache_dir: Path) -> None:
+    result = ocistrap("verify", pushed.refs["signed"], "--key", str(pair.pub), "--rebuild",
+                      "--cache-dir", str(cache_dir))
+    assert "SLSA v1 provenance signed by the given key" in result.stdout
+    assert f"reproduced {pushed.digest} from the lockfile of its provenance attestation" in result.stdout, \
+        result.stdout
+
+
 @pytest.mark.parametrize("tool", ["skopeo", "podman"])
 @pytest.mark.parametrize("case", VERDICTS)
 def test_skopeo_and_podman_give_the_same_verdicts(pushed: Pushed, pair: Keys, clients: Clients,

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +85,7 @@ class Server:
     def __init__(self) -> None:
         self.mode = "ok"
         self.sent = 0
+        self.authorizations: list[str | None] = []
         self.stop = threading.Event()
         owner = self
 
@@ -102,6 +104,7 @@ class Server:
 
     def answer(self, handler: BaseHTTPRequestHandler) -> None:
         body = b"x" * 200
+        self.authorizations.append(handler.headers.get("Authorization"))
         if self.mode.startswith("redirect "):
             handler.send_response(302)
             handler.send_header("Location", self.mode.removeprefix("redirect "))
@@ -145,6 +148,16 @@ def server() -> Iterator[Server]:
         found.httpd.server_close()
 
 
+class _Fixed:
+    """Credentials that give every request the same header."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def header_for(self, url: str) -> str | None:
+        return self.value
+
+
 def client(**timeouts: float) -> http.Client:
     return http.Client(error=OcistrapError, timeouts=http.Timeouts(**timeouts))
 
@@ -185,3 +198,19 @@ def test_a_refused_redirect_is_named_without_its_query(server: Server) -> None:
                                             "ftp://storage.example/blob \\(only http->http") as info:
         client().send("GET", server.url + "/b?state=s3cr3t", what="blob")
     assert "s3cr3t" not in str(info.value)
+
+
+def test_a_netrc_entry_for_the_host_is_never_sent(server: Server, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logins come from auth.conf/--auth-file only: ~/.netrc would replace a registry's bearer token."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password s3cr3t\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with client().send("GET", server.url, what="ok") as response:
+        response.read(200, "ok")
+    token = _Fixed("Bearer t0ken")
+    with client().send("GET", server.url, what="ok", authorization=token) as response:
+        response.read(200, "ok")
+    assert server.authorizations == [None, "Bearer t0ken"]

@@ -50,3 +50,20 @@ def test_no_module_imports_one_of_a_later_layer(path: Path) -> None:
 def test_subpackage_init_only_marks_the_package(path: Path) -> None:
     body = ast.parse(path.read_text()).body
     assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+
+
+def stranded_docstrings(source: str) -> list[int]:
+    """Lines of module-level strings that neither open the module nor sit right under an assignment."""
+    body = ast.parse(source).body
+    return [node.lineno for before, node in zip(body, body[1:])
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+            and not (isinstance(before, (ast.Assign, ast.AnnAssign)) and before.end_lineno == node.lineno - 1)]
+
+
+def test_a_stranded_docstring_is_found() -> None:
+    assert stranded_docstrings('"""m"""\nA = 1\n"""a"""\n\n\n"""lost"""\nB = 2\n') == [6]
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: module_name(p))
+def test_constants_keep_their_docstrings(path: Path) -> None:
+    assert not stranded_docstrings(path.read_text()), "a docstring no longer under the constant it describes"

@@ -8,6 +8,7 @@ import pytest
 
 from ocistrap import schema
 from ocistrap.debian.lock import LockedArch, LockedArchive, LockedLayer, LockedPackage, LockedRelease, Lockfile
+from ocistrap.errors import ImageError
 from ocistrap.oci import keys, provenance, signature
 
 DIGEST = "sha256:" + "12" * 32
@@ -108,3 +109,31 @@ def test_attestation_refusals(signer: keys.PrivateKey, tmp_path: Path) -> None:
     broken["predicate"]["buildDefinition"].pop("buildType")
     with pytest.raises(signature.ImageSignatureError, match="buildDefinition"):
         provenance.verify(signature.dsse_envelope(signer, json.dumps(broken).encode()), signer.public, DIGEST)
+
+
+def test_the_statement_carries_the_lockfile_itself() -> None:
+    document = make()
+    assert provenance.lockfile_bytes(document) == LOCK.dumps()
+    resource = document["predicate"]["buildDefinition"]["externalParameters"]["lockfile"]
+    assert resource["mediaType"] == provenance.MEDIA_TYPE_LOCKFILE
+    assert resource["digest"]["sha256"] == LOCK.digest().removeprefix("sha256:")
+
+
+def test_a_lockfile_that_is_not_the_stated_one_is_refused() -> None:
+    other = make()
+    other_lock = provenance.lockfile_resource(Lockfile(**{**vars(LOCK), "include": ("nano",)}))
+    other["predicate"]["buildDefinition"]["externalParameters"]["lockfile"]["content"] = other_lock["content"]
+    with pytest.raises(ImageError, match="not to the digest"):
+        provenance.lockfile_bytes(other)
+    del other["predicate"]["buildDefinition"]["externalParameters"]["lockfile"]
+    with pytest.raises(ImageError, match="carries no lockfile"):
+        provenance.lockfile_bytes(other)
+
+
+def test_an_unverified_statement_is_read_from_any_envelope(signer: keys.PrivateKey) -> None:
+    assert provenance.unverified_statement(provenance.attest(signer, make())) == make()
+    with pytest.raises(ImageError, match="not a DSSE envelope"):
+        provenance.unverified_statement(b"{}")
+    wrong = signature.dsse_envelope(signer, json.dumps(make()).encode(), payload_type="text/plain")
+    with pytest.raises(ImageError, match="payload type"):
+        provenance.unverified_statement(wrong)

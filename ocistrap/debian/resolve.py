@@ -36,8 +36,6 @@ from ocistrap.debian.versions import _version_compare, version_satisfies
 from ocistrap.errors import ArchiveError
 
 VARIANTS = ("essential", "minbase", "required", "buildd", "important", "standard", "custom")
-
-
 """mmdebstrap's variants that install packages (``minbase`` is ``required``)."""
 _STAGE2_PRIORITIES = {
     "required": ("required",),

@@ -28,8 +28,11 @@ MEDIA_TYPES: dict[str, str] = {
     "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
 }
 GZIP_LEVEL = 4
+"""zlib's first lazy-matching level: half the CPU of level 6 for layers 3 % larger (a 170 MB
+minbase tree: 2.2 against 4.4 CPU-s), and smaller than the greedy levels 1-3 at the same speed."""
 ZSTD_LEVEL = 3
 PIPE_SIZE = 1 << 20
+"""Capacity asked for a pipe carrying a tar stream, so the writer is not woken every 64 KiB."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ apart from the signature the key makes; ``verify`` gives back the statement
 only when the key signed it, it matches the schemas and it is about the image.
 """
 
+import base64
+import binascii
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -16,6 +19,7 @@ from typing import Any
 
 from ocistrap import __version__, schema
 from ocistrap.debian.lock import Lockfile
+from ocistrap.errors import ImageError
 from ocistrap.oci import ocilayout, signature
 from ocistrap.oci.image import Descriptor, canonical_json, parse_digest, rfc3339
 from ocistrap.oci.keys import PrivateKey, PublicKey
@@ -24,7 +28,9 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://ocistrap.dev/buildtypes/debian-image/v1"
 BUILDER_ID = "https://ocistrap.dev/builder/local"
-MEDIA_TYPE_DSSE = "application/vnd.dsse.envelope.v1+json"
+MEDIA_TYPE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"
+MEDIA_TYPE_LOCKFILE = "application/vnd.ocistrap.lockfile.v1+json"
+LOCKFILE_NAME = "ocistrap.debian.lock"
 ANNOTATION_PREDICATE_TYPE = "in-toto.io/predicate-type"
 FILE_NAME = "provenance.dsse.json"
 
@@ -63,7 +69,7 @@ def statement(name: str, digest: str, lock: Lockfile, parameters: Mapping[str, A
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": dict(parameters),
+                "externalParameters": {**parameters, "lockfile": lockfile_resource(lock)},
                 "internalParameters": {"lockfile": {"sha256": parse_digest(lock.digest())}},
                 "resolvedDependencies": resolved_dependencies(lock),
             },
@@ -75,6 +81,52 @@ def statement(name: str, digest: str, lock: Lockfile, parameters: Mapping[str, A
     }
     validate(document)
     return document
+
+
+def lockfile_resource(lock: Lockfile) -> dict[str, Any]:
+    """The lockfile itself, its canonical bytes inline: all a rebuild needs (`verify --rebuild`),
+    where the dependencies below name only what it pins."""
+    data = lock.dumps()
+    return {"name": LOCKFILE_NAME, "mediaType": MEDIA_TYPE_LOCKFILE,
+            "digest": {"sha256": hashlib.sha256(data).hexdigest()}, "content": base64.b64encode(data).decode()}
+
+
+def lockfile_bytes(document: Mapping[str, Any]) -> bytes:
+    """The lockfile a statement carries, checked against the digests it states for it."""
+    definition = document.get("predicate", {}).get("buildDefinition", {})
+    resource = definition.get("externalParameters", {}).get("lockfile")
+    if not isinstance(resource, dict) or not isinstance(resource.get("content"), str):
+        raise ImageError("the provenance statement carries no lockfile",
+                         hint="give the lockfile with --lock FILE")
+    try:
+        data = base64.b64decode(resource["content"], validate=True)
+    except binascii.Error:
+        raise ImageError("the provenance statement's lockfile is not base64") from None
+    digest = hashlib.sha256(data).hexdigest()
+    stated = {resource.get("digest", {}).get("sha256"), definition.get("internalParameters", {})
+              .get("lockfile", {}).get("sha256")}
+    if stated != {digest}:
+        raise ImageError(f"the provenance statement's lockfile hashes to sha256:{digest}, not to the digest "
+                         f"the statement gives for it")
+    return data
+
+
+def unverified_statement(envelope: bytes) -> dict[str, Any]:
+    """The statement of a DSSE ENVELOPE without checking who signed it: for a rebuild, whose verdict
+    comes from comparing digests, not from trusting the signer (`verify --key` checks the signer)."""
+    try:
+        document = json.loads(envelope)
+        body = json.loads(base64.b64decode(document["payload"], validate=True))
+        kind = document["payloadType"]
+    except (ValueError, KeyError, TypeError):
+        raise ImageError("the attestation is not a DSSE envelope of a JSON statement") from None
+    if kind != signature.DSSE_PAYLOAD_TYPE:
+        raise ImageError(f"the attestation's payload type is {kind!r}, not {signature.DSSE_PAYLOAD_TYPE!r}")
+    try:
+        validate(body)
+    except schema.SchemaError as e:
+        raise ImageError(e.message) from None
+    return body
 
 
 def resolved_dependencies(lock: Lockfile) -> list[dict[str, Any]]:
@@ -113,9 +165,9 @@ def attest(key: PrivateKey, document: Mapping[str, Any]) -> bytes:
 
 def write_artifact(layout: Path, envelope: bytes, subject: Descriptor) -> Descriptor:
     """Store ENVELOPE in LAYOUT as an artifact referring to SUBJECT (attached as the SBOM is)."""
-    layer = Descriptor.of(envelope, MEDIA_TYPE_DSSE, annotations={ANNOTATION_PREDICATE_TYPE: PREDICATE_TYPE})
+    layer = Descriptor.of(envelope, MEDIA_TYPE_ENVELOPE, annotations={ANNOTATION_PREDICATE_TYPE: PREDICATE_TYPE})
     ocilayout.put_bytes(layout, envelope)
-    return ocilayout.put_artifact(layout, MEDIA_TYPE_DSSE, [layer], {ANNOTATION_PREDICATE_TYPE: PREDICATE_TYPE},
+    return ocilayout.put_artifact(layout, MEDIA_TYPE_ENVELOPE, [layer], {ANNOTATION_PREDICATE_TYPE: PREDICATE_TYPE},
                                   subject=subject)
 
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the inner half starts faster without the lockfile's schema 
 
 DEBS_MOUNT = "var/cache/ocistrap-debs"
 MERGED_USR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libo32", "libx32")
+"""The directories usrmerge's convert-usrmerge moves into /usr."""
 INNER_ERROR = "ocistrap (inside the sandbox): "
 
 

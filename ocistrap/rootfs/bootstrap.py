@@ -30,9 +30,6 @@ from ocistrap.rootfs.innerboot import read_phases
 T = TypeVar("T")
 
 
-"""The directories usrmerge's convert-usrmerge moves into /usr."""
-
-
 # ---- outer half: runs on the host as the caller ----
 
 class Installed(NamedTuple, Generic[T]):

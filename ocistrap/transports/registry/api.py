@@ -70,23 +70,15 @@ from ocistrap.transports.registry import auth
 
 MANIFEST_ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES))
 TIMEOUTS = http.Timeouts(connect=30, read=300, deadline=300, stall=60)
-
-
 """The timeouts every registry uses unless given others (tests make them short)."""
 MAX_REDIRECTS = http.MAX_REDIRECTS
 MANIFEST_LIMIT = 4 << 20
-
-
 """The largest manifest or index read (containerd's limit)."""
 CONFIG_LIMIT = 16 << 20
-
-
 """The largest image config read into memory."""
 TOKEN_LIMIT = 1 << 20
 ERROR_LIMIT = 64 << 10
 RETRY = RetryPolicy()
-
-
 """The policy every registry uses unless given another (tests make it fast)."""
 
 
