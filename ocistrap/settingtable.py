@@ -293,8 +293,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sbom", TEXT, "attach an SBOM of the installed packages to each image (registries and oci: outputs)",
             commands=_BUILD, choices=sbom.FORMATS),
     Setting("sign", PATH, "sign each manifest and index written or pushed with this ECDSA P-256 private key "
-            "(`ocistrap key generate`), as cosign and podman check them, and attach the build's SLSA provenance "
-            "signed with it", commands=_SIGNING, metavar="KEY"),
+            "(`ocistrap key generate`), as cosign and podman check them; a build also attaches its SLSA "
+            "provenance signed with it", commands=_SIGNING, metavar="KEY"),
     Setting("passphrase_file", PATH, "the signing key's passphrase: the first line of FILE (else "
             "$OCISTRAP_PASSWORD, else asked on the terminal)", commands=_SIGNING, metavar="FILE"),
     Setting("env", TABLE, "image environment", commands=_BUILD, default=TABLE_EMPTY, metavar="NAME=VALUE"),
