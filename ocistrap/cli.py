@@ -24,6 +24,7 @@ from ocistrap import (
     referrers,
     settings,
     settingtable,
+    signing,
     transports,
 )
 from ocistrap.debian import lock, locking
@@ -38,7 +39,7 @@ from ocistrap.oci.assemble import ImageOptions
 from ocistrap.rootfs import buildmode
 from ocistrap.transports import BadReference, Shape, parse_reference
 from ocistrap.transports.registry import api
-from ocistrap.verify import check_lock, verify
+from ocistrap.verify import check_lock, check_signatures, verify
 
 
 def add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, defaults: bool) -> None:
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true",
                    help="build the image again from its lockfile (--lock, else its provenance attestation's) and "
                         "compare digests; exit 1 naming the first layer and paths that differ")
+    p.add_argument("--key", type=Path, default=None, metavar="PUB",
+                   help="also prove this public key signed the image (index and every manifest) for the reference "
+                        "given, and check the provenance attached to it")
     settingtable.add_options(p, "verify")
     p.set_defaults(run=cmd_verify)
 
@@ -314,6 +318,9 @@ def _build(s: settings.Settings, stack: ExitStack, files: bundle.Bundle | None) 
     if s.trust_lock_keyring and locked is None:
         raise UsageError("--trust-lock-keyring needs --lock FILE: the keyrings it trusts come from that lockfile")
     transports.check(s.outputs + s.push, Shape(platforms=len(architectures), layers=len(layers) + 1))
+    if s.sign is not None:
+        signing.places(s.outputs + s.push)
+    signer = signing.load_key(s.sign, s.passphrase_file)
     hostarch.require_runnable(architectures)
     mode = buildmode.decide_mode(s.mode)  # once, before any download: a mode that cannot work fails here
     fetcher, cache = _fetcher(s, files), _cache(s)
@@ -327,7 +334,7 @@ def _build(s: settings.Settings, stack: ExitStack, files: bundle.Bundle | None) 
         workdir=s.workdir, user=s.user, labels=s.labels, annotations=s.annotations)
     request = pipeline.BuildRequest(outputs=outputs + s.push, compression=s.compression,
                                     staging=pipeline.Staging(mode, s.staging_dir), options=options,
-                                    epoch=_epoch(), tls_verify=s.tls_verify, sbom=s.sbom)
+                                    epoch=_epoch(), tls_verify=s.tls_verify, sbom=s.sbom, signer=signer)
     built = pipeline.build(locked, _keyrings(s, locked, stack, str(s.lock)), fetcher, cache, request)
     for ref in built.outputs:
         print(f"{ref} {built.digest}")
@@ -357,6 +364,9 @@ def cmd_push(args: argparse.Namespace) -> int:
     """Copy an image from a layout or archive to any place (a registry, most often)."""
     source, destination = parse_reference(args.source), parse_reference(args.destination)
     ctx = transports.Context(tls_verify=args.tls_verify)
+    if args.sign is not None:
+        signing.places([destination])
+    signer = signing.load_key(args.sign, args.passphrase_file)
     with transports.open_image(source, ctx) as store:
         if store.layout is None:
             raise BadReference(f"{source}: push copies from an image layout, and cannot read images from "
@@ -365,6 +375,9 @@ def cmd_push(args: argparse.Namespace) -> int:
         if len(roots) != 1:
             raise BadReference(f"{source} holds {len(roots)} images", hint="name one as oci:DIR:TAG")
         transports.write(store.layout, roots[0], destination, ctx)
+        transports.attach(store.layout, signing.attestations(store, roots[0]), destination, ctx)
+        if signer is not None:
+            signing.sign_image(signer, destination, roots[0], ctx)
     print(f"{destination} {roots[0].digest}")
     return 0
 
@@ -390,12 +403,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _verify_rebuild(args)
     _refuse_rebuild_options(args)
     locked = settings.read_lockfile(args.lock) if args.lock is not None else None
-    report = verify(parse_reference(args.reference), transports.Context(tls_verify=args.tls_verify))
+    key = keys.load_public(args.key) if args.key is not None else None
+    ref, ctx = parse_reference(args.reference), transports.Context(tls_verify=args.tls_verify)
+    report = verify(ref, ctx)
     print(report.summary())
+    _print_signatures(ref, key, ctx)
     if locked is not None:
         arches = check_lock(report, locked, str(args.lock))
         print(f"{report.reference}: built from {args.lock} ({locked.digest()}) for {', '.join(arches)}")
     return 0
+
+
+def _print_signatures(ref: transports.Reference, key: keys.PublicKey | None, ctx: transports.Context) -> None:
+    """With --key, prove who signed REF (before a rebuild trusts the lock its attestation carries)."""
+    for line in check_signatures(ref, key, ctx) if key is not None else []:
+        print(line)
 
 
 def _refuse_rebuild_options(args: argparse.Namespace) -> None:
@@ -412,7 +434,9 @@ def _verify_rebuild(args: argparse.Namespace) -> int:
     ref = parse_reference(args.reference)
     ctx = transports.Context(tls_verify=s.tls_verify)
     locked = settings.read_lockfile(args.lock) if args.lock is not None else None
+    key = keys.load_public(args.key) if args.key is not None else None
     print(verify(ref, ctx).summary())
+    _print_signatures(ref, key, ctx)
     builder = rebuild.Builder(keyrings=s.keyrings, fetcher=_fetcher(s), cache=_cache(s), mode=s.mode,
                               staging_dir=s.staging_dir)
     outcome = rebuild.rebuild(ref, locked, str(args.lock) if args.lock else None, builder, ctx)
@@ -429,7 +453,10 @@ def cmd_sbom(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     destination = settingtable.registry_reference(args.destination)
+    signer = signing.load_key(args.sign, args.passphrase_file)
     desc = combine.push_index(destination, [settingtable.registry_reference(i) for i in args.images], tls_verify=args.tls_verify)
+    if signer is not None:
+        signing.sign_image(signer, destination, desc, transports.Context(tls_verify=args.tls_verify))
     print(f"{destination} {desc.digest}")
     return 0
 

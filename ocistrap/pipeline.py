@@ -4,11 +4,11 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ocistrap import log, transports
+from ocistrap import log, signing, transports
 from ocistrap.debian import expand, mirror
 from ocistrap.debian.archive import Package
 from ocistrap.debian.cache import Cache
@@ -17,7 +17,8 @@ from ocistrap.debian.lock import Lockfile
 from ocistrap.debian.locking import check_lock_against_archive
 from ocistrap.debian.snapshot import Snapshots
 from ocistrap.errors import BuildError
-from ocistrap.oci import assemble, blobwriter, image, ocilayout, sbom
+from ocistrap.oci import assemble, blobwriter, image, ocilayout, provenance, sbom
+from ocistrap.oci.keys import PrivateKey
 from ocistrap.rootfs import bootplan, bootstrap, buildmode, scratchdirs
 from ocistrap.transports import Reference
 
@@ -172,6 +173,7 @@ class BuildRequest:
     epoch: int | None = None
     tls_verify: bool | None = None
     sbom: str | None = None
+    signer: PrivateKey | None = None
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
 def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fetched, tmp: Path,
                          request: BuildRequest) -> Built:
     epoch = request.epoch if request.epoch is not None else release_epoch(lock)
-    provenance = provenance_of(lock)
+    origin = provenance_of(lock)
     layout = Path(tmp) / "layout"
     ocilayout.init_layout(layout)
     manifests = []
@@ -208,16 +210,21 @@ def _install_and_deliver(lock: Lockfile, keyrings: tuple[Path, ...], fetched: Fe
         staging = replace(staging, mode=mode)  # a fallback holds for the next architecture
         layers = [assemble.Layer(blob, created_by) for blob, created_by in zip(blobs, _history(lock, arch))]
         manifests.append(assemble.write_image(layout, arch, layers, epoch=epoch, options=request.options,
-                                              provenance=provenance))
+                                              provenance=origin))
     top = manifests[0] if len(manifests) == 1 else assemble.write_index(
-        layout, manifests, provenance.annotations(image.rfc3339(epoch)))
+        layout, manifests, origin.annotations(image.rfc3339(epoch)))
     attached = sbom.attach_all(layout, lock, list(zip(lock.architectures, manifests)),
                                created=image.rfc3339(epoch)) if request.sbom else []
+    if request.signer is not None:
+        run = provenance.new_run(request.epoch if request.epoch is not None else datetime.now(timezone.utc))
+        attached.append(signing.attest(request.signer, layout, lock, top, signing.places(request.outputs)[0], run))
     with log.get().step("writing outputs"):
         ctx = transports.Context(tls_verify=request.tls_verify)
         for ref in request.outputs:
             transports.write(layout, top, ref, ctx)
             transports.attach(layout, attached, ref, ctx)
+            if request.signer is not None:
+                signing.sign_image(request.signer, ref, top, ctx)
     return Built(digest=top.digest, outputs=request.outputs)
 
 

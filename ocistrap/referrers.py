@@ -13,6 +13,7 @@ from ocistrap.oci.image import (
     debian_platform,
 )
 from ocistrap.oci.sbom import MEDIA_TYPE_SPDX
+from ocistrap.oci.signature import is_signature_image
 from ocistrap.transports import Context, ImageStore, Reference
 
 
@@ -74,7 +75,11 @@ def _pick(index: dict[str, Any], arch: str | None, shown: str) -> Descriptor:
 
 
 def is_artifact(store: ImageStore, desc: Descriptor) -> bool:
-    return desc.media_type in MANIFEST_MEDIA_TYPES and "subject" in document(store, desc)
+    """Whether DESC is stored beside an image rather than being one: a referrer or a signature image."""
+    if desc.media_type not in MANIFEST_MEDIA_TYPES:
+        return False
+    doc = document(store, desc)
+    return "subject" in doc or is_signature_image(doc)
 
 
 def _checked(content: bytes, desc: Descriptor, shown: str) -> bytes:

@@ -22,6 +22,7 @@ from ocistrap.transports import BARE_TRANSPORT, BadReference, Reference, parse_r
 SPEC_COMMANDS = ("lock", "build")
 _RESOLVE = SPEC_COMMANDS
 _BUILD = ("build",)
+_SIGNING = ("build", "push", "index")
 _REGISTRY_COMMANDS = ("build", "push", "login", "verify", "sbom", "index", "fetch", "bundle")
 _REBUILD = ("verify",)
 _ARCHIVE_COMMANDS = (*_RESOLVE, "fetch", "bundle", *_REBUILD)
@@ -291,6 +292,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("compression", TEXT, "layer compression", commands=_BUILD, default="gzip", choices=("gzip", "zstd")),
     Setting("sbom", TEXT, "attach an SBOM of the installed packages to each image (registries and oci: outputs)",
             commands=_BUILD, choices=sbom.FORMATS),
+    Setting("sign", PATH, "sign each manifest and index written or pushed with this ECDSA P-256 private key "
+            "(`ocistrap key generate`), as cosign and podman check them; a build also attaches its SLSA "
+            "provenance signed with it", commands=_SIGNING, metavar="KEY"),
+    Setting("passphrase_file", PATH, "the signing key's passphrase: the first line of FILE (else "
+            "$OCISTRAP_PASSWORD, else asked on the terminal)", commands=_SIGNING, metavar="FILE"),
     Setting("env", TABLE, "image environment", commands=_BUILD, default=TABLE_EMPTY, metavar="NAME=VALUE"),
     Setting("cmd", WORDS, "image Cmd", commands=_BUILD, default=image.DEFAULT_CMD,
             file_help='image Cmd, e.g. ["bash", "-l"]'),

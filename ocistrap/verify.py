@@ -19,6 +19,7 @@ import zstandard
 from ocistrap import transports
 from ocistrap.debian.lock import Lockfile
 from ocistrap.errors import TransportError
+from ocistrap.oci import provenance
 from ocistrap.oci.assemble import ANNOTATION_LOCK, ANNOTATION_RELEASE
 from ocistrap.oci.blobwriter import decompressed
 from ocistrap.oci.image import (
@@ -31,6 +32,9 @@ from ocistrap.oci.image import (
     Platform,
     debian_platform,
 )
+from ocistrap.oci.keys import PublicKey
+from ocistrap.oci.provenance import MEDIA_TYPE_ENVELOPE
+from ocistrap.oci.signature import ImageSignatureError, is_signature_image, verify_image
 from ocistrap.schema import SchemaError, validate
 from ocistrap.transports import BadReference, ImageStore, Reference, SavedImage, parse_reference
 
@@ -117,7 +121,8 @@ class _Checker:
         doc = self.document(desc, "oci-manifest", where)
         here = f"manifest {desc.digest}"
         config_desc = self._descriptor(doc["config"], here)
-        if config_desc.media_type not in CONFIG_MEDIA_TYPES and ("subject" in doc or "artifactType" in doc):
+        if is_signature_image(doc) or (config_desc.media_type not in CONFIG_MEDIA_TYPES
+                                       and ("subject" in doc or "artifactType" in doc)):
             self.artifact(doc, f"artifact {desc.digest}")
             return
         if config_desc.media_type not in CONFIG_MEDIA_TYPES:
@@ -181,6 +186,78 @@ class _Checker:
             return Descriptor.from_json(doc)
         except ImageError as exc:
             raise ImageError(f"{where}: {exc}") from None
+
+
+def check_signatures(ref: Reference, key: PublicKey, ctx: transports.Context | None = None) -> list[str]:
+    """Prove that KEY signed the image REF names as REF, and each manifest of an index, as podman's
+    ``sigstoreSigned`` policy with ``matchRepoDigestOrExact`` would; then check the provenance
+    attached to it, if any: signed by KEY and about this image. Returns what was proven, a line each;
+    refusals raise ImageSignatureError naming the first signature that failed."""
+    place = transports.signature_place(ref)
+    if place is None:
+        raise ImageSignatureError(f"{ref}: names no image reference to check signatures against",
+                                  hint="give a registry reference or oci:DIR:NAME:TAG")
+    try:
+        with transports.open_image(ref, ctx) as store:
+            roots = store.roots()
+            if len(roots) != 1:
+                raise ImageError(f"{ref} holds {len(roots)} images", hint="name one")
+            top = roots[0]
+            digests = [top.digest, *index_members(store, top)]
+            for digest in digests:
+                _check_signed(store, digest, key, place.identity)
+            proven = [f"{ref}: {len(digests)} digest(s) signed by the given key for {place.identity}"]
+            return proven + [_check_provenance(store, top, key, str(ref))]
+    except BadReference as exc:
+        raise ImageError(exc.message, hint=exc.hint) from exc
+
+
+def index_members(store: ImageStore, top: Descriptor) -> list[str]:
+    """The digests of the image manifests the index TOP lists (none when TOP is a manifest)."""
+    if top.media_type not in INDEX_MEDIA_TYPES:
+        return []
+    document = _load_json(_read_checked(store, top, "the index"), store.blob_name(top))
+    entries = [Descriptor.from_json(d) for d in document.get("manifests") or []]
+    return [e.digest for e in entries if e.media_type in MANIFEST_MEDIA_TYPES]
+
+
+def _read_checked(store: ImageStore, desc: Descriptor, where: str) -> bytes:
+    data = store.read(desc, where)
+    problem = _digest_mismatch(desc, len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+    if problem is not None:
+        raise ImageError(f"{store.blob_name(desc)} ({where}): {problem}")
+    return data
+
+
+def _check_signed(store: ImageStore, digest: str, key: PublicKey, identity: str) -> None:
+    found = store.signatures(digest)
+    manifest = store.read(found, "the signatures") if found is not None else None
+    verdict = verify_image(manifest, lambda layer: store.read(layer, "a signature"), key, digest, identity)
+    if not verdict.ok:
+        raise ImageSignatureError(verdict.reason)
+
+
+def _check_provenance(store: ImageStore, top: Descriptor, key: PublicKey, shown: str) -> str:
+    """One attached provenance must verify; none attached is said, not refused (the signatures
+    above are the proof of origin; the provenance says what went in)."""
+    entries = store.referrers(top, MEDIA_TYPE_ENVELOPE) or []
+    if not entries:
+        return f"{shown}: no provenance attestation attached to {top.digest}"
+    reasons = []
+    for entry in sorted(entries, key=lambda e: e.digest):
+        layers = _load_json(_read_checked(store, entry, "the attestation"), store.blob_name(entry)).get("layers") or []
+        if len(layers) != 1:
+            reasons.append(f"{shown}: the attestation {entry.digest} has {len(layers)} layers, not one")
+            continue
+        layer = Descriptor.from_json(layers[0])
+        try:
+            statement = provenance.verify(_read_checked(store, layer, "the attestation"), key, top.digest)
+        except ImageSignatureError as exc:
+            reasons.append(f"{shown}: {exc.message}")
+            continue
+        count = len(statement["predicate"]["buildDefinition"]["resolvedDependencies"])
+        return f"{shown}: SLSA v1 provenance signed by the given key, {count} resolved dependencies"
+    raise ImageSignatureError(reasons[0])
 
 
 def _config_platform(config: dict[str, Any]) -> Platform:

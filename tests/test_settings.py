@@ -136,6 +136,8 @@ push = ["registry.example/debian:sid", "docker://other.example/x"]
 tls_verify = false
 compression = "zstd"
 sbom = "spdx"
+sign = "keys/signing.key"
+passphrase_file = "/abs/passphrase"
 env = { A = "1" }
 cmd = ["bash", "-l"]
 entrypoint = ["/usr/bin/env"]
@@ -164,6 +166,7 @@ packages = ["gcc", "make"]
     assert s.auth_files == (base / "auth.conf",)
     assert (s.lock, s.write_lock, s.staging_dir, s.cache_dir) == (
         base / "my.lock", base / "../written.lock", base / "staging", base / "cache")
+    assert (s.sign, s.passphrase_file) == (base / "keys/signing.key", Path("/abs/passphrase"))
     assert [str(o) for o in s.outputs] == [
         f"oci:{base}/images:sid", f"docker-archive:{base}/d.tar:me/debian:sid", "tar:/abs/root.tar",
         "containers-storage:localhost/debian:sid", f"oci-archive:{Path.home()}/img.tar"]

@@ -14,13 +14,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from ocistrap import __version__, schema
 from ocistrap.debian.lock import Lockfile
 from ocistrap.errors import ImageError
-from ocistrap.oci import signature
-from ocistrap.oci.image import canonical_json, parse_digest, rfc3339
+from ocistrap.oci import ocilayout, signature
+from ocistrap.oci.image import Descriptor, canonical_json, parse_digest, rfc3339
 from ocistrap.oci.keys import PrivateKey, PublicKey
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -30,6 +31,8 @@ BUILDER_ID = "https://ocistrap.dev/builder/local"
 MEDIA_TYPE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"
 MEDIA_TYPE_LOCKFILE = "application/vnd.ocistrap.lockfile.v1+json"
 LOCKFILE_NAME = "ocistrap.debian.lock"
+ANNOTATION_PREDICATE_TYPE = "in-toto.io/predicate-type"
+FILE_NAME = "provenance.dsse.json"
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,14 @@ def validate(document: Any) -> None:
 def attest(key: PrivateKey, document: Mapping[str, Any]) -> bytes:
     """DOCUMENT in a DSSE envelope signed by KEY."""
     return signature.dsse_envelope(key, canonical_json(document))
+
+
+def write_artifact(layout: Path, envelope: bytes, subject: Descriptor) -> Descriptor:
+    """Store ENVELOPE in LAYOUT as an artifact referring to SUBJECT (attached as the SBOM is)."""
+    layer = Descriptor.of(envelope, MEDIA_TYPE_ENVELOPE, annotations={ANNOTATION_PREDICATE_TYPE: PREDICATE_TYPE})
+    ocilayout.put_bytes(layout, envelope)
+    return ocilayout.put_artifact(layout, MEDIA_TYPE_ENVELOPE, [layer], {ANNOTATION_PREDICATE_TYPE: PREDICATE_TYPE},
+                                  subject=subject)
 
 
 def verify(envelope: bytes, key: PublicKey, digest: str) -> dict[str, Any]:

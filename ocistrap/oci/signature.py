@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ocistrap.errors import BadReference, OcistrapError
+from ocistrap.errors import BadReference
 from ocistrap.oci.image import (
     MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_MANIFEST,
@@ -36,7 +36,7 @@ DSSE_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
-class ImageSignatureError(OcistrapError):
+class ImageSignatureError(ImageError):
     """A signature or attestation is malformed, or not one the given key made."""
 
 
@@ -92,6 +92,13 @@ class SignedPayload:
 
     def descriptor(self) -> Descriptor:
         return Descriptor.of(self.payload, MEDIA_TYPE_SIMPLESIGNING, annotations={ANNOTATION_SIGNATURE: self.signature})
+
+    def verifies(self, key: PublicKey) -> bool:
+        """Whether KEY made this signature over the payload."""
+        try:
+            return key.verify(self.payload, base64.b64decode(self.signature, validate=True))
+        except binascii.Error:
+            return False
 
 
 def sign(key: PrivateKey, reference: str, digest: str) -> SignedPayload:
@@ -160,11 +167,8 @@ _KEY, _PAYLOAD, _DIGEST, _REFERENCE = 3, 2, 1, 0
 def _judge(layer: Descriptor, read_blob: Callable[[Descriptor], bytes], key: PublicKey,
            digest: str, reference: str) -> tuple[int, str] | None:
     data = read_blob(layer)
-    try:
-        signature = base64.b64decode(layer.annotations.get(ANNOTATION_SIGNATURE, ""), validate=True)
-    except binascii.Error:
-        signature = b""
-    if Descriptor.of(data, layer.media_type).digest != layer.digest or not key.verify(data, signature):
+    signed = SignedPayload(payload=data, signature=layer.annotations.get(ANNOTATION_SIGNATURE, ""))
+    if Descriptor.of(data, layer.media_type).digest != layer.digest or not signed.verifies(key):
         return _KEY, f"{reference}: signed, but not by the given key"
     try:
         signed_reference, signed_digest = parse_payload(data)
@@ -175,6 +179,24 @@ def _judge(layer: Descriptor, read_blob: Callable[[Descriptor], bytes], key: Pub
     if not reference_matches(signed_reference, reference):
         return _REFERENCE, f"{reference}: the signature is for {signed_reference}, which does not match"
     return None
+
+
+def stored_signatures(manifest: bytes, read_blob: Callable[[Descriptor], bytes]) -> list[SignedPayload]:
+    """The signatures of the signature image MANIFEST whose payloads match their digests (to keep
+    them when another is added)."""
+    found = []
+    for layer in _signature_layers(manifest):
+        data = read_blob(layer)
+        if Descriptor.of(data, layer.media_type).digest == layer.digest and ANNOTATION_SIGNATURE in layer.annotations:
+            found.append(SignedPayload(payload=data, signature=layer.annotations[ANNOTATION_SIGNATURE]))
+    return found
+
+
+def is_signature_image(document: Any) -> bool:
+    """Whether the manifest DOCUMENT is a signature image (its layers are simple-signing payloads)."""
+    layers = document.get("layers") if isinstance(document, dict) else None
+    return bool(layers) and all(isinstance(d, dict) and d.get("mediaType") == MEDIA_TYPE_SIMPLESIGNING
+                                for d in layers)
 
 
 def _signature_layers(manifest: bytes) -> list[Descriptor]:

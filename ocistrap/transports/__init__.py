@@ -16,7 +16,7 @@ import shutil
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, NoReturn, Protocol, cast
 
@@ -77,6 +77,20 @@ class Shape:
 
 
 @dataclass(frozen=True)
+class SignaturePlace:
+    """Where signatures of an image go: IDENTITY is the docker reference (``NAME:TAG``) their
+    payload names, as a consumer pulls the image; the signature image tagged T is written to
+    BASE with the tag PREFIX + T (a layout's tags are whole references, a registry's are not)."""
+
+    identity: str
+    base: Reference
+    prefix: str = ""
+
+    def reference(self, tag: str) -> Reference:
+        return replace(self.base, tag=self.prefix + tag, digest=None)
+
+
+@dataclass(frozen=True)
 class Context:
     """The options every transport call gets. TLS_VERIFY: None verifies certificates
     except for loopback registries (see ``transports.registry``, which also finds the
@@ -128,6 +142,10 @@ class ImageStore(Protocol):
     def saved_images(self) -> Sequence[SavedImage]:
         """Images stored without a manifest (empty for OCI stores)."""
 
+    def signatures(self, digest: str) -> Descriptor | None:
+        """The signature image kept for the manifest DIGEST beside the image the reference names
+        (cosign's ``sha256-<hex>.sig`` tag); None when there is none or the store keeps none."""
+
 
 class Transport(Protocol):
     """What each transport module implements (module-level functions)."""
@@ -149,6 +167,10 @@ class Transport(Protocol):
 
     def attach(self, layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
         """Store REFERRER of LAYOUT at REF beside its image; False where REF keeps no referrers."""
+
+    def signature_place(self, ref: Reference) -> "SignaturePlace | None":
+        """Which identity signatures of the image at REF name and where they go; None where
+        REF names no docker reference or keeps no signatures."""
 
 
 def lookup(transport: str) -> Transport:
@@ -228,6 +250,17 @@ def attach(layout: Path, referrers: Sequence[Referrer], ref: Reference, ctx: Con
         _wrapped(ref, "attach to", lambda: kept.append(transport.attach(layout, referrer, ref, ctx)))
     if not all(kept):
         ctx.log.info(f"{ref}: keeps no referrers, so the SBOM is not attached there")
+
+
+def signature_place(ref: Reference) -> SignaturePlace | None:
+    """Where REF keeps signatures and which identity they name; None where it cannot keep them."""
+    return lookup(ref.transport).signature_place(ref)
+
+
+def write_signature(layout: Path, desc: Descriptor, place: SignaturePlace, tag: str,
+                    ctx: Context | None = None) -> None:
+    """Store the signature image DESC of LAYOUT at PLACE, under TAG (``sha256-<hex>.sig``)."""
+    write(layout, desc, place.reference(tag), ctx)
 
 
 @contextmanager

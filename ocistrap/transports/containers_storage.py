@@ -113,6 +113,11 @@ def open_image(ref: Reference, ctx: Context) -> AbstractContextManager[ImageStor
     not_readable(ref)
 
 
+def signature_place(ref: Reference) -> None:
+    """Signatures in containers-storage are podman's own business (podman push --sign-by-sigstore)."""
+    return None
+
+
 def attach(layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
     """containers/storage keeps referrers only through its own tools' signature stores."""
     return False

@@ -18,7 +18,8 @@ from ocistrap.oci.image import (
     split_docker_reference,
 )
 from ocistrap.oci.ocilayout import Referrer
-from ocistrap.transports import BadReference, Context, Reference, Shape, TransportError
+from ocistrap.oci.signature import signature_tag
+from ocistrap.transports import BadReference, Context, Reference, Shape, SignaturePlace, TransportError
 from ocistrap.transports.registry import api, attachments, upload
 
 
@@ -44,6 +45,13 @@ def write_image(layout: Path, desc: Descriptor, ref: Reference, ctx: Context) ->
 @contextmanager
 def open_image(ref: Reference, ctx: Context) -> Iterator["RegistryStore"]:
     yield RegistryStore(ref, ctx)
+
+
+def signature_place(ref: Reference) -> SignaturePlace:
+    """Signatures name the reference as pushed or pulled (``NAME:TAG``, else ``NAME@DIGEST``) and
+    live in the same repository under cosign's ``sha256-<hex>.sig`` tags."""
+    identity = f"{ref.name}:{ref.tag}" if ref.tag else ref.image()
+    return SignaturePlace(identity, ref)
 
 
 def attach(layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
@@ -99,3 +107,11 @@ class RegistryStore:
 
     def saved_images(self) -> list[Any]:
         return []
+
+    def signatures(self, digest: str) -> Descriptor | None:
+        found = self.repo.get_manifest(signature_tag(digest))
+        if found is None:
+            return None
+        desc = Descriptor.of(*found)
+        self.fetched[desc.digest] = found[0]
+        return desc

@@ -195,6 +195,11 @@ def open_image(ref: Reference, ctx: Context) -> Iterator["SavedStore"]:
         yield SavedStore(archive, str(ref.path))
 
 
+def signature_place(ref: Reference) -> None:
+    """Docker save's format has no place for signatures."""
+    return None
+
+
 def attach(layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
     """``docker save`` archives have no manifests, so nothing can refer to one."""
     return False
@@ -225,3 +230,6 @@ class SavedStore:
 
     def saved_images(self) -> list[DockerImage]:
         return self.archive.images
+
+    def signatures(self, digest: str) -> None:
+        return None

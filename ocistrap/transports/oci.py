@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ocistrap.errors import BadReference
 from ocistrap.oci.image import (
     MANIFEST_MEDIA_TYPES,
     Descriptor,
+    split_docker_reference,
 )
 from ocistrap.oci.ocilayout import (
     LAYOUT_FILE,
@@ -26,9 +28,19 @@ from ocistrap.oci.ocilayout import (
     load_index,
     read,
     read_json,
+    tags,
     write,
 )
-from ocistrap.transports import Context, Reference, Shape, TransportError, parse_layout, show_layout
+from ocistrap.oci.signature import signature_tag
+from ocistrap.transports import (
+    Context,
+    Reference,
+    Shape,
+    SignaturePlace,
+    TransportError,
+    parse_layout,
+    show_layout,
+)
 
 # --- the transport (``oci:DIR[:TAG]``) ----------------------------------------------------------
 
@@ -62,8 +74,29 @@ def attach(layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bo
     layers = children(layout, referrer.manifest)[1:]
     if len(layers) == 1:
         content = blob_path(layout, layers[0].digest).read_bytes()
-        atomic_write_bytes(ref.path / f"{ref.tag or 'image'}.{referrer.file_name}", content)
+        atomic_write_bytes(ref.path / _layer_file(ref.tag, referrer.file_name), content)
     return True
+
+
+def signature_place(ref: Reference) -> SignaturePlace | None:
+    """A layout tag that is a whole ``NAME:TAG`` reference names the identity; the signature image
+    is tagged ``NAME:sha256-<hex>.sig`` beside it."""
+    name = _signed_name(ref.tag)
+    return None if name is None or ref.tag is None else SignaturePlace(ref.tag, ref, prefix=f"{name}:")
+
+
+def _signed_name(tag: str | None) -> str | None:
+    """NAME of a layout tag that is a ``NAME:TAG`` docker reference, else None."""
+    try:
+        name, tagged, digest = split_docker_reference(tag or "")
+    except BadReference:
+        return None
+    return name if tagged is not None and digest is None else None
+
+
+def _layer_file(tag: str | None, file_name: str) -> str:
+    """The plain file beside a layout's image for a referrer's layer; a tag may hold '/'."""
+    return f"{(tag or 'image').replace('/', '_')}.{file_name}"
 
 
 @dataclass(frozen=True)
@@ -109,6 +142,10 @@ class LayoutStore:
 
     def saved_images(self) -> list[Any]:
         return []
+
+    def signatures(self, digest: str) -> Descriptor | None:
+        name = _signed_name(self.tag)
+        return None if name is None else tags(self.root).get(f"{name}:{signature_tag(digest)}")
 
     def _path(self, desc: Descriptor, where: str) -> Path:
         path = blob_path(self.root, desc.digest)

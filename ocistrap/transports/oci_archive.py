@@ -101,6 +101,11 @@ def open_image(ref: Reference, ctx: Context) -> Iterator[oci.LayoutStore]:
         yield oci.LayoutStore(layout, ref.tag, str(ref.path))
 
 
+def signature_place(ref: Reference) -> None:
+    """An archive is written whole: no signature image is added to it afterwards."""
+    return None
+
+
 def attach(layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
     """An archive is written whole, once: it keeps no referrers."""
     return False

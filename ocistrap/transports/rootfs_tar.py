@@ -57,5 +57,10 @@ def open_image(ref: Reference, ctx: Context) -> AbstractContextManager[ImageStor
     not_readable(ref)
 
 
+def signature_place(ref: Reference) -> None:
+    """A plain tarball has no place for signatures."""
+    return None
+
+
 def attach(layout: Path, referrer: Referrer, ref: Reference, ctx: Context) -> bool:
     return False
