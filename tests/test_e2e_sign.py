@@ -46,14 +46,16 @@ class Keys:
 @dataclass(frozen=True)
 class Clients:
     """trixie's skopeo and podman in a root file system ROOT of this account's, entered as root of
-    a user namespace of its own (podman's storage is vfs in ROOT, owners it cannot set ignored)."""
+    a user namespace of its own (podman's storage is vfs in ROOT, owners it cannot set ignored; a
+    /dev/shm of its own, as podman as "root" takes the host's /dev/shm/libpod_lock, which another
+    account's podman may own)."""
 
     root: Path
 
     def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         enter = (f"mount --rbind {self.root} {self.root} && mount -t proc proc {self.root}/proc && "
                  f"mount --rbind /dev {self.root}/dev && mount --rbind /sys {self.root}/sys && "
-                 f"mount -t tmpfs run {self.root}/run && "
+                 f"mount -t tmpfs run {self.root}/run && mount -t tmpfs shm {self.root}/dev/shm && "
                  f'exec chroot {self.root} env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"')
         return subprocess.run(["unshare", "--map-root-user", "--mount", "--pid", "--fork", "sh", "-c", enter,
                                "sh", *argv], capture_output=True, text=True, timeout=300)
