@@ -56,6 +56,30 @@ def launch(argv: Sequence[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any 
                       preexec_fn=die_with_parent)
 
 
+SHM = Path("/dev/shm")
+MEMORY_STAGING_FREE = 2 << 30
+
+
+def memory_staging(mountinfo: str, free: int, path: Path = SHM, needed: int = MEMORY_STAGING_FREE) -> Path | None:
+    """PATH if it is a tmpfs (per MOUNTINFO, /proc/self/mountinfo) with FREE >= NEEDED bytes: root
+    mode cannot mount the tmpfs the other modes stage in, and dpkg's fsyncs of its database make
+    a disk slower by half (bookworm minbase here); a container's 64 MiB /dev/shm is too small."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" in fields and len(fields) > 4 and fields[4] == str(path) and fields[fields.index("-") + 1] == "tmpfs":
+            return path if free >= needed else None
+    return None
+
+
+def staging_base() -> Path | None:
+    """memory_staging for this host."""
+    try:
+        st = os.statvfs(SHM)
+        return memory_staging(Path("/proc/self/mountinfo").read_text(), st.f_bavail * st.f_frsize)
+    except OSError:
+        return None
+
+
 def _enter(root: str) -> None:
     """In the child, before exec: into ROOT, without the capabilities that leave it (where root
     may drop them: CAP_SETPCAP)."""

@@ -273,7 +273,7 @@ def _probe() -> None:
         step = "mount"
         mount(None, "/", None, MS_REC | MS_PRIVATE)
     except OSError as e:
-        print(json.dumps({"step": step, "errno": e.errno}))
+        print(json.dumps({"step": step, "errno": e.errno}), flush=True)  # os._exit flushes nothing
         os._exit(1)
     os._exit(0)
 
