@@ -4,6 +4,9 @@ by a sysctl or a limit, made but without capabilities under AppArmor), as pure f
 
 import errno
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from host_helpers import CONTAINER_CAPS, HOST_MAP, FakeHost
@@ -177,3 +180,17 @@ def test_doctor_in_a_container_says_root_mode_and_why_in_one_line() -> None:
     assert found["user namespaces"].detail.startswith("not needed in root mode: a seccomp filter")
     assert found["build mode"].detail.startswith("root, because a seccomp filter")
     assert "\n" not in found["build mode"].detail
+
+
+# ---- the probe, for real ----
+
+@pytest.mark.userns
+def test_the_probe_names_a_seccomp_filter_that_refuses_namespaces() -> None:
+    """Under the filter Docker's default profile applies (tests/docker_seccomp.py), as this account."""
+    helper = Path(__file__).resolve().parent / "docker_seccomp.py"
+    script = "from ocistrap.rootfs import buildmode; print(buildmode.probe_userns())"
+    result = subprocess.run([sys.executable, str(helper), sys.executable, "-c", script], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("a seccomp filter refuses to make user namespaces"), result.stdout
+    assert buildmode.probe_userns() is None
