@@ -3,8 +3,8 @@
 Without CAP_SYS_ADMIN nothing can be mounted, so the staging root is a directory on disk,
 the packages are copied into it instead of bind-mounted, the chroot gets device
 nodes made with mknod instead of the host's, and no /proc, /sys or devpts. Every process of
-the build is in one process group that dies with the caller and is killed when the build
-ends; owners are real, so nothing is recorded.
+the build is in one session and process group without a terminal, which dies with the caller
+and is killed when the build ends; owners are real, so nothing is recorded.
 """
 
 import errno
@@ -48,11 +48,11 @@ class GroupPopen(subprocess.Popen):
 
 def launch(argv: Sequence[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any = None, stderr: Any = None,
            pass_fds: Sequence[int] = (), env: Mapping[str, str] | None = None, **_ignored: Any) -> GroupPopen:
-    """Start ARGV as this process (root), in a process group of its own that dies with the
-    calling thread; the counterpart of spawn.spawn, whose id maps and removal root mode needs
+    """Start ARGV as this process (root), in a session of its own (no controlling terminal to
+    reach through /dev/tty) whose process group dies with the calling thread; the counterpart of spawn.spawn, whose id maps and removal root mode needs
     not (the caller removes the staging directory)."""
     return GroupPopen(list(argv), stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=tuple(pass_fds),
-                      env=sandbox_env(os.environ if env is None else env), process_group=0,
+                      env=sandbox_env(os.environ if env is None else env), start_new_session=True,
                       preexec_fn=die_with_parent)
 
 
