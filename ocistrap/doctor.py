@@ -136,7 +136,7 @@ def checks(arch: Sequence[str], *, mode: str = "auto", host: Host | None = None)
            check_mapper(host, "newuidmap"), check_mapper(host, "newgidmap")]
     chosen, verdict = check_mode(mode, host)
     userns = check_userns(host)
-    if chosen is not None and host.identity()[1] == 0:
+    if host.identity()[1] == 0:
         ids = [c if c.ok else Check(c.name, True, "not needed: root writes its own id maps") for c in ids]
     elif chosen is not None and idmaps.writes_own_maps(chosen.maps, host.identity()[1]):
         ids = [_not_needed(c, chosen.name) for c in ids]

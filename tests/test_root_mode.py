@@ -7,7 +7,9 @@ container is stood for by `setpriv --bounding-set -sys_admin` and tests/docker_s
 that no container engine is needed; the tree must still be mmdebstrap's.
 """
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -116,3 +118,54 @@ def test_what_a_maintainer_script_sees_in_root_mode(builds, tmp_path: Path) -> N
     assert devices == sorted(["fd", "full", "null", "random", "stderr", "stdin", "stdout", "tty", "urandom", "zero"])
     assert listed == "0"  # /proc and /sys are empty
     assert sorted(os.listdir(tree / "dev")) == []  # the nodes are gone again
+
+
+# ---- a real container ----
+
+CLONE_NEW_FLAGS = (0x00020000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x02000000)
+
+
+def docker_like_profile() -> dict:
+    """A seccomp profile for podman that refuses what Docker's default refuses a container
+    without CAP_SYS_ADMIN: namespaces and mounts (podman's own default allows them)."""
+    rules = [{"names": ["unshare", "mount", "umount2", "setns", "pivot_root"], "action": "SCMP_ACT_ERRNO",
+              "errnoRet": 1},
+             {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]
+    rules += [{"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+               "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}
+              for flag in CLONE_NEW_FLAGS]
+    return {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules}
+
+
+@pytest.mark.e2e
+@pytest.mark.network
+@pytest.mark.skipif(shutil.which("podman") is None or shutil.which("runc") is None, reason="needs podman and runc")
+def test_root_of_a_real_container_builds_the_same_image(builds, work: Path) -> None:
+    """Rootful podman with Docker's refusals: this checkout and its venv (on /usr/bin/python3)
+    mounted into an image ocistrap built (bookworm with python3, gpgv and the keyring). Without
+    CAP_MKNOD (podman's default) nothing can build, and the one line says so; with it, root mode
+    builds the host's image byte for byte."""
+    base = work / "podman"
+    (base / "out").mkdir(parents=True)
+    profile = base / "seccomp.json"
+    profile.write_text(json.dumps(docker_like_profile()))
+    image = "localhost/ocistrap-root-test:bookworm"
+    ocistrap("build", "bookworm", "--variant", "minbase", "--include", "python3,gpgv,debian-archive-keyring",
+             "-o", f"docker-archive:{base / 'runner.tar'}:{image}")
+    podman = ["podman", "--root", str(base / "storage"), "--runroot", str(base / "run"), "--cgroup-manager=cgroupfs",
+              "--runtime", "runc", "--events-backend", "file"]
+    subprocess.run([*podman, "load", "-q", "-i", str(base / "runner.tar")], check=True, capture_output=True)
+    checkout = HERE.parent
+    run = [*podman, "run", "--rm", "--network", "host", "--security-opt", f"seccomp={profile}",
+           # this host refuses runc's raising of the open-files and process limits
+           "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
+           "-v", f"{checkout}:{checkout}:ro", "-v", f"{sys.prefix}:{sys.prefix}:ro", "-v", f"{base / 'out'}:/out"]
+    build = [f"{sys.prefix}/bin/python", "-m", "ocistrap", "build", "bookworm", "--variant", "minbase",
+             "-o", "tar:/out/rootfs.tar"]
+    refused = subprocess.run([*run, image, *build], capture_output=True, text=True)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].endswith("run the container with `--cap-add MKNOD`")
+    built = subprocess.run([*run, "--cap-add", "MKNOD", image, *build], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    assert "sandbox: root mode (a seccomp filter refuses to make user namespaces" in built.stderr
+    assert printed_digests(built.stdout)["tar:/out/rootfs.tar"] == builds["unshare"][2]

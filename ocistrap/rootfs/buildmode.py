@@ -179,20 +179,30 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
     if requested != "auto":
         kind = KINDS[requested]
         return BuildMode(kind, kind.probe(host), f"requested with --mode {requested}")
+    uid = host.identity()[1]
     usable: list[BuildMode] = []
-    problems: list[BuildError] = []
+    problems: dict[str, BuildError] = {}
     for kind in AUTO_ORDER:
         try:
-            usable.append(BuildMode(kind, kind.probe(host), kind.works_for(host.identity()[1])))
+            usable.append(BuildMode(kind, kind.probe(host), kind.works_for(uid)))
         except BuildError as e:
-            problems.append(e)
+            problems[kind.name] = e
     if not usable:
-        raise problems[-1]
+        raise _nothing_builds(problems, uid)
     first, *rest = usable
     if first.kind is AUTO_ORDER[0]:
         return replace(first, fallbacks=tuple(rest))
-    return replace(first, reason=first.kind.because(problems[0].message), fallbacks=tuple(rest),
+    first_problem = problems[AUTO_ORDER[0].name]
+    return replace(first, reason=first.kind.because(first_problem.message), fallbacks=tuple(rest),
                    fell_back_from=AUTO_ORDER[0].name)
+
+
+def _nothing_builds(problems: dict[str, BuildError], uid: int) -> BuildError:
+    """Why no kind can build, in one line: for root, the namespace's refusal and what root mode
+    lacks (a container run without CAP_MKNOD, say); for anyone else, the last kind's problem."""
+    if uid == 0 and UNSHARE.name in problems and ROOT.name in problems:
+        return BuildError(f"{problems[UNSHARE.name].message}; root mode cannot build either: {problems[ROOT.name]}")
+    return list(problems.values())[-1]
 
 
 def host_maps(host: HostProbe) -> IdMaps:

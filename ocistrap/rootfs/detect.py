@@ -155,8 +155,8 @@ def root_problem(uid: int, caps: int, uid_map: str, gid_map: str) -> str | None:
     missing = [name for name, bit in ROOT_CAPS.items() if not caps >> bit & 1]
     if missing:
         return ("root lacks the capabilities " + ", ".join(f"CAP_{m.upper()}" for m in missing)
-                + " that root mode needs (a container's root has them by default): run the container "
-                "without dropping them, e.g. `--cap-add " + ",".join(m.upper() for m in missing) + "`")
+                + " that root mode needs (Docker gives a container's root all of them, podman all but "
+                "CAP_MKNOD): run the container with `--cap-add " + ",".join(m.upper() for m in missing) + "`")
     try:
         root_maps(uid_map, gid_map)
     except BuildError as e:
