@@ -3,6 +3,7 @@ results alone (root with and without user namespaces, namespaces refused by a se
 by a sysctl or a limit, made but without capabilities under AppArmor), as pure functions."""
 
 import errno
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from host_helpers import CONTAINER_CAPS, HOST_MAP, FakeHost
 
-from ocistrap import doctor
+from ocistrap import cli, doctor
 from ocistrap.errors import BuildError
 from ocistrap.rootfs import buildmode, detect
 from ocistrap.rootfs.detect import UsernsProbe
@@ -203,3 +204,11 @@ def test_the_probe_names_a_seccomp_filter_that_refuses_namespaces() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("a seccomp filter refuses to make user namespaces"), result.stdout
     assert buildmode.probe_userns() is None
+
+
+def test_doctor_writes_the_apparmor_profile_and_says_how_to_load_it(tmp_path: Path, capsys) -> None:
+    target = tmp_path / "ocistrap.profile"
+    assert cli.main(["doctor", "--apparmor-profile", str(target)]) == 0
+    assert f" {os.path.realpath(sys.executable)} flags=(unconfined)" in target.read_text()
+    out = capsys.readouterr().out
+    assert out.startswith(f"wrote {target}: ") and "sudo apparmor_parser -r /etc/apparmor.d/ocistrap" in out
