@@ -10,9 +10,11 @@ that no container engine is needed; the tree must still be mmdebstrap's.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,11 +22,14 @@ import pytest
 from e2e_helpers import (  # noqa: F401  (fixtures)
     CONFIGS,
     cache_dir,
+    descendants,
     locked,
     mmdebstrap,
     mmdebstrap_differences,
     ocistrap,
     printed_digests,
+    start_interruptible,
+    wait_gone,
     work,
 )
 
@@ -118,6 +123,45 @@ def test_what_a_maintainer_script_sees_in_root_mode(builds, tmp_path: Path) -> N
     assert devices == sorted(["fd", "full", "null", "random", "stderr", "stdin", "stdout", "tty", "urandom", "zero"])
     assert listed == "0"  # /proc and /sys are empty
     assert sorted(os.listdir(tree / "dev")) == []  # the nodes are gone again
+
+
+@pytest.mark.e2e
+@pytest.mark.network
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_root_mode_build_killed_while_dpkg_runs_leaves_nothing(signum, locked, cache_dir, work) -> None:
+    """No init of a namespace removes the staging tree in root mode: the inner half does when
+    its caller dies, and the caller does otherwise."""
+    base = work / f"killed-{signum.name}"
+    staging = base / "staging"
+    staging.mkdir(parents=True)
+    argv = [*CONTAINER_ROOT, sys.executable, "-m", "ocistrap", "build", "--lock", str(locked("bookworm")),
+            "--cache-dir", str(cache_dir), "--staging-dir", str(staging), "-o", f"oci:{base / 'layout'}:test"]
+    proc = start_interruptible(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while "dpkg" not in descendants(proc.pid).values():
+            assert proc.poll() is None and time.monotonic() < deadline, "dpkg never ran"
+            time.sleep(0.05)
+        building = descendants(proc.pid)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)  # as Ctrl-C in a terminal: the whole foreground group
+        else:
+            proc.send_signal(signum)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert wait_gone(building) == {}, f"processes outlived the build: {wait_gone(building, 0)}"
+    assert wait_empty(staging) == [], "the staging directory was left behind"
+    assert not (base / "layout").exists()
+
+
+def wait_empty(path: Path, timeout: float = 10.0) -> list[str]:
+    """What is still in PATH after TIMEOUT seconds (the inner half removes it after its caller died)."""
+    deadline = time.monotonic() + timeout
+    while (left := os.listdir(path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
 
 
 # ---- a real container ----

@@ -63,6 +63,8 @@ MESSAGE_SIZE = 1 << 16
 def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     """Build the tree described by PLAN, writing the base layer and each diff layer to OUTS."""
     root = Path(plan.staging)
+    if not plan.mounts:
+        plainroot.clean_up_when_orphaned(root.parent)
     mounting.mount_staging(root, tmpfs=plan.tmpfs)
     owners = _start_recorder(root.parent) if plan.record_owners else None
     ready = _Ready(plan.ready_fd)

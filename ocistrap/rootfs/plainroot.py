@@ -53,7 +53,39 @@ def launch(argv: Sequence[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any 
     not (the caller removes the staging directory)."""
     return GroupPopen(list(argv), stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=tuple(pass_fds),
                       env=sandbox_env(os.environ if env is None else env), start_new_session=True,
-                      preexec_fn=die_with_parent)
+                      preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+
+
+def clean_up_when_orphaned(scratch: Path) -> None:
+    """In the inner half: when the caller dies (the SIGTERM launch asked for), kill the rest of the
+    build and remove SCRATCH, the staging directory, as the sandbox's init does in the other
+    modes; the caller removes it in every other case."""
+    parent = os.getppid()
+
+    def on_term(signum: int, _frame: object) -> None:
+        if os.getppid() == parent:
+            raise SystemExit(128 + signum)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for _ in range(3):
+            _kill_group_but_me()
+        shutil.rmtree(scratch, ignore_errors=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def _kill_group_but_me() -> None:
+    """SIGKILL every other process of this process group (this one leads its session, so it cannot
+    leave the group to killpg it)."""
+    me, group = os.getpid(), os.getpgid(0)
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.getpgid(int(name)) == group:
+                os.kill(int(name), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
 
 
 SHM = Path("/dev/shm")
