@@ -1,7 +1,8 @@
 """Run a command as Docker's default seccomp profile confines a container without CAP_SYS_ADMIN:
 unshare, mount, umount2, setns and pivot_root fail with EPERM, clone with a CLONE_NEW* flag too,
 and clone3 with ENOSYS (so that libc falls back to clone). Used with `capsh --drop=cap_sys_admin`
-to stand for a container's root on a host where that needs no container engine.
+to stand for a container's root on a host where that needs no container engine; podman_profile()
+gives the same rules to a real container.
 
     python3 tests/docker_seccomp.py ARGV...
 """
@@ -22,7 +23,8 @@ AUDIT_ARCH_X86_64 = 0xC000003E
 # x86_64 numbers: the only architecture this host (and this stand-in) has
 REFUSED = {"unshare": 272, "mount": 165, "umount2": 166, "setns": 308, "pivot_root": 155}
 CLONE, CLONE3 = 56, 435
-CLONE_NEW = 0x00020000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x02000000
+CLONE_NEW_FLAGS = (0x00020000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x02000000)
+CLONE_NEW = sum(CLONE_NEW_FLAGS)
 
 BPF_LD_W_ABS, BPF_JEQ_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x45, 0x06
 
@@ -51,6 +53,16 @@ def program() -> bytes:
         insn(BPF_RET_K, SECCOMP_RET_ALLOW),
         insn(BPF_RET_K, SECCOMP_RET_ERRNO | errno.EPERM),  # eperm_at
     ])
+
+
+def podman_profile() -> dict:
+    """The same refusals as a seccomp profile for podman (whose own default allows namespaces)."""
+    rules = [{"names": list(REFUSED), "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM},
+             {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS}]
+    rules += [{"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM,
+               "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}
+              for flag in CLONE_NEW_FLAGS]
+    return {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules}
 
 
 class SockFprog(ctypes.Structure):

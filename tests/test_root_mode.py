@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import docker_seccomp
 import pytest
 from e2e_helpers import (  # noqa: F401  (fixtures)
     CONFIGS,
@@ -166,21 +167,6 @@ def wait_empty(path: Path, timeout: float = 10.0) -> list[str]:
 
 # ---- a real container ----
 
-CLONE_NEW_FLAGS = (0x00020000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x02000000)
-
-
-def docker_like_profile() -> dict:
-    """A seccomp profile for podman that refuses what Docker's default refuses a container
-    without CAP_SYS_ADMIN: namespaces and mounts (podman's own default allows them)."""
-    rules = [{"names": ["unshare", "mount", "umount2", "setns", "pivot_root"], "action": "SCMP_ACT_ERRNO",
-              "errnoRet": 1},
-             {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]
-    rules += [{"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
-               "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}
-              for flag in CLONE_NEW_FLAGS]
-    return {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules}
-
-
 @pytest.mark.e2e
 @pytest.mark.network
 @pytest.mark.skipif(shutil.which("podman") is None or shutil.which("runc") is None, reason="needs podman and runc")
@@ -192,7 +178,7 @@ def test_root_of_a_real_container_builds_the_same_image(builds, work: Path) -> N
     base = work / "podman"
     (base / "out").mkdir(parents=True)
     profile = base / "seccomp.json"
-    profile.write_text(json.dumps(docker_like_profile()))
+    profile.write_text(json.dumps(docker_seccomp.podman_profile()))
     image = "localhost/ocistrap-root-test:bookworm"
     ocistrap("build", "bookworm", "--variant", "minbase", "--include", "python3,gpgv,debian-archive-keyring",
              "-o", f"docker-archive:{base / 'runner.tar'}:{image}")
