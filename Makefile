@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: deps venv test test-here test-nosubid-here unit unit-here demo demo-here bench bench-here clean
+.PHONY: deps venv test test-root test-here test-nosubid-here unit unit-here demo demo-here bench bench-here clean
 
 deps:
 	sh scripts/host-deps.sh
@@ -18,10 +18,15 @@ $(BIN)/ocistrap: pyproject.toml
 venv: $(BIN)/ocistrap
 
 # As root this re-runs itself as an unprivileged account with subuids, then runs the
-# single-uid end-to-end test as a second account that has none.
+# single-uid end-to-end test as a second account that has none, then root's own modes as root.
 test: deps
 	sh scripts/as-user.sh test-here
 	OCISTRAP_TEST_USER=ocistrap-nosubid OCISTRAP_TEST_SUBIDS=none sh scripts/as-user.sh test-nosubid-here
+	@if [ "$$(id -u)" -eq 0 ]; then $(MAKE) test-root; fi
+
+# The tests of root's own modes (marker root), as root: nothing else may run as root.
+test-root: venv
+	$(BIN)/python -m pytest -ra -m root $(PYTEST_ARGS)
 
 test-here: venv
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)

@@ -36,7 +36,7 @@ from ocistrap.errors import ArchiveError, OcistrapError, UsageError
 from ocistrap.hostarch import native_arch
 from ocistrap.oci import keys
 from ocistrap.oci.assemble import ImageOptions
-from ocistrap.rootfs import buildmode
+from ocistrap.rootfs import buildmode, detect
 from ocistrap.transports import BadReference, Shape, parse_reference
 from ocistrap.transports.registry import api
 from ocistrap.verify import check_lock, check_signatures, verify
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", type=settingtable.csv_list, default=None, help="architectures you intend to build")
     p.add_argument("--mode", choices=buildmode.MODES, default="auto",
                    help="the sandbox mode you intend to build in (default: auto)")
+    p.add_argument("--apparmor-profile", type=Path, metavar="FILE",
+                   help="write an AppArmor profile that lets ocistrap's interpreter make user namespaces "
+                        "(for kernel.apparmor_restrict_unprivileged_userns=1) to FILE, and check nothing")
     p.set_defaults(run=cmd_doctor)
 
     p = commands.add_parser("fetch", help="download and verify every package of a lockfile into the cache")
@@ -462,9 +465,23 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.apparmor_profile is not None:
+        return write_apparmor_profile(args.apparmor_profile)
     results = doctor.checks(args.arch or [native_arch()], mode=args.mode)
     print(doctor.format_checks(results))
     return 0 if all(c.ok for c in results) else 1
+
+
+def write_apparmor_profile(path: Path) -> int:
+    """The profile for the interpreter that runs ocistrap (it makes the namespaces), and how to load it."""
+    executable = os.path.realpath(sys.executable)
+    try:
+        path.write_text(detect.apparmor_profile(executable))
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}") from e
+    print(f"wrote {path}: an AppArmor profile that lets {executable} make user namespaces; load it with "
+          f"`sudo install -m 644 {path} /etc/apparmor.d/ocistrap && sudo apparmor_parser -r /etc/apparmor.d/ocistrap`")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

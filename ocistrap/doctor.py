@@ -50,7 +50,7 @@ def check_userns(host: Host) -> Check:
     problem = host.userns_problem()
     if problem:
         return Check("user namespaces", False, problem)
-    return Check("user namespaces", True, "an unprivileged user and mount namespace can be created")
+    return Check("user namespaces", True, "a user and mount namespace can be created")
 
 
 def check_subids(host: Host, kind: Literal["uid", "gid"]) -> Check:
@@ -126,19 +126,25 @@ def _not_needed(check: Check, mode: str) -> Check:
 def checks(arch: Sequence[str], *, mode: str = "auto", host: Host | None = None) -> list[Check]:
     """Everything a build for the architectures ARCH in MODE needs, checked on HOST (this machine).
 
-    In a mode that maps only the caller (single-uid) a missing subordinate range or id mapper
-    is no failure.
+    In a mode that maps only the caller (single-uid), and for root (who writes its own maps),
+    a missing subordinate range or id mapper is no failure; in a mode without a namespace
+    (root), refused user namespaces are none either.
     """
     host = SystemHost() if host is None else host
     native = host.native_arch()
     ids = [check_subids(host, "uid"), check_subids(host, "gid"),
            check_mapper(host, "newuidmap"), check_mapper(host, "newgidmap")]
     chosen, verdict = check_mode(mode, host)
-    if chosen is not None and chosen.maps.is_single:
+    userns = check_userns(host)
+    if host.identity()[1] == 0:
+        ids = [c if c.ok else Check(c.name, True, "not needed: root writes its own id maps") for c in ids]
+    elif chosen is not None and idmaps.writes_own_maps(chosen.maps, host.identity()[1]):
         ids = [_not_needed(c, chosen.name) for c in ids]
+    if chosen is not None and not chosen.kind.namespace:
+        userns = _not_needed(userns, chosen.name)
     return [
         Check("native architecture", True, native),
-        check_userns(host),
+        userns,
         *ids,
         verdict,
         *([check_seccomp(host)] if chosen is not None and chosen.records_owners else []),

@@ -19,7 +19,7 @@ from ocistrap.debian.snapshot import Snapshots
 from ocistrap.errors import BuildError
 from ocistrap.oci import assemble, blobwriter, image, ocilayout, provenance, sbom
 from ocistrap.oci.keys import PrivateKey
-from ocistrap.rootfs import bootplan, bootstrap, buildmode, scratchdirs
+from ocistrap.rootfs import bootplan, bootstrap, buildmode, plainroot, scratchdirs
 from ocistrap.transports import Reference
 
 T = TypeVar("T")
@@ -137,7 +137,8 @@ def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
 def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging, *, epoch: int,
                   keyrings: tuple[Path, ...], sink: Callable[[BinaryIO], T]) -> bootstrap.Installed[T]:
     """Install ARCH's packages in a sandbox and pass each layer's tar stream to SINK."""
-    base = staging.workdir or Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    base = staging.workdir or (None if staging.mode.kind.namespace else plainroot.staging_base()) or \
+        Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
     with scratchdirs.scratch_dir(base, "ocistrap-staging-") as tmp:
         root = tmp / "root"
         root.mkdir()

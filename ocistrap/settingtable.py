@@ -309,8 +309,9 @@ SETTINGS: tuple[Setting, ...] = (
             default=TABLE_EMPTY, metavar="KEY=VALUE", file_help="manifest annotations"),
     Setting("staging_dir", PATH, "build the tree on disk under DIR instead of in memory (big images)",
             commands=(*_BUILD, *_REBUILD), metavar="DIR"),
-    Setting("mode", TEXT, "how the sandbox maps ids: unshare (a /etc/subuid range), single-uid (only "
-            "your own id; owners are recorded instead of applied), or auto (unshare when possible)",
+    Setting("mode", TEXT, "how the sandbox maps ids: unshare (a /etc/subuid range; as root, ids map to "
+            "themselves), root (uid 0 without any namespace, as in a container), single-uid (only "
+            "your own id; owners are recorded instead of applied), or auto (the first that works here)",
             commands=(*_BUILD, *_REBUILD), default="auto", choices=buildmode.MODES),
     Setting("cache_dir", PATH, "content-addressed cache", commands=(*_ARCHIVE_COMMANDS, "cache"), metavar="DIR",
             default_text="$XDG_CACHE_HOME/ocistrap"),

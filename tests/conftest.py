@@ -26,10 +26,14 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Builds and namespaces prove nothing as root: refuse to run those tests so."""
-    if os.geteuid() != 0:
-        return
-    reason = "builds and user namespaces must be tested as an unprivileged account: run `make test` or `make unit`"
+    """Builds and namespaces prove nothing as root: refuse to run those tests so; but those of
+    root's own modes (marker root) run only as root."""
+    as_root = os.geteuid() == 0
+    unprivileged = "builds and user namespaces must be tested as an unprivileged account: run `make test` or `make unit`"
+    root_only = "tests root's own build modes: run as root with `make test-root` (part of `make test`)"
     for item in items:
-        if "e2e" in item.keywords or "userns" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason=reason))
+        if "root" in item.keywords:
+            if not as_root:
+                item.add_marker(pytest.mark.skip(reason=root_only))
+        elif as_root and ("e2e" in item.keywords or "userns" in item.keywords):
+            item.add_marker(pytest.mark.skip(reason=unprivileged))

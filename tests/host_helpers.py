@@ -11,6 +11,9 @@ ARM64_ENTRY = ("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n
                "offset 0\nmagic 7f454c460201010000000000000000000200b700\n")
 FULL = idmaps.IdMaps(uid=(idmaps.IdRange(0, 1000, 1), idmaps.IdRange(1, 100000, 65535)),
                       gid=(idmaps.IdRange(0, 1000, 1), idmaps.IdRange(1, 100000, 65535)))
+HOST_MAP = "         0          0 4294967295\n"
+# a container's root: every capability Docker gives it by default (CAP_SYS_ADMIN is not one)
+CONTAINER_CAPS = sum(1 << bit for bit in (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31))
 MAPPERS = {"newuidmap": ("/usr/bin/newuidmap", None), "newgidmap": ("/usr/bin/newgidmap", None)}
 
 
@@ -31,6 +34,8 @@ class FakeHost:
     tools: dict[str, str] = field(default_factory=lambda: {"gpgv": "/usr/bin/gpgv"})
     keyring_readable: bool = True
     arch: str = "amd64"
+    caps: int = 0
+    maps: dict[str, str] = field(default_factory=lambda: {"uid": HOST_MAP, "gid": HOST_MAP})
 
     def identity(self) -> tuple[str, int, int]:
         return self.user, *self.ids
@@ -43,6 +48,12 @@ class FakeHost:
 
     def mapper(self, name: str) -> tuple[str | None, str | None]:
         return self.mappers[name]
+
+    def capabilities(self) -> int:
+        return self.caps
+
+    def id_map(self, kind: Literal["uid", "gid"]) -> str:
+        return self.maps[kind]
 
     def which(self, name: str) -> str | None:
         return self.tools.get(name)

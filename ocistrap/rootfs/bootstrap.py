@@ -11,6 +11,7 @@ on the host: it lives on a tmpfs of the namespace (or in --workdir, removed
 from inside).
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from typing import Any, BinaryIO, Generic, NamedTuple, TypeVar
 
 from ocistrap import log
 from ocistrap.errors import BuildError, OcistrapError
-from ocistrap.rootfs import buildmode, idmaps, spawn
+from ocistrap.rootfs import buildmode, idmaps, plainroot, spawn
 from ocistrap.rootfs.bootplan import INNER_ERROR, Plan
 from ocistrap.rootfs.innerboot import read_phases
 
@@ -53,19 +54,23 @@ def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, mode: buildmode.Buil
     while True:
         log.get().info(f"sandbox: {mode.name} mode ({mode.reason})")
         try:
-            layers = RUNNERS[mode.kind.runner](replace(plan, record_owners=mode.records_owners), sink,
-                                               maps=mode.maps, remove_on_exit=remove_on_exit, ready=ready)
+            kind = mode.kind
+            layers = RUNNERS[kind.runner](replace(plan, record_owners=mode.records_owners, mounts=kind.namespace,
+                                                  tmpfs=plan.tmpfs and kind.namespace), sink,
+                                          maps=mode.maps, remove_on_exit=remove_on_exit, ready=ready)
             return Installed(layers, mode)
         except idmaps.MapRefused as e:
             mode = mode.fallback(e)
 
 
 def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: idmaps.IdMaps,
-               remove_on_exit: Path | None, ready: Callable[[], Iterable[object]] | None) -> list[T]:
+               remove_on_exit: Path | None, ready: Callable[[], Iterable[object]] | None,
+               launch: Callable[..., subprocess.Popen] = spawn.spawn) -> list[T]:
     """Each layer travels through its own pipe, so the streams need no framing:
     the inner half closes one pipe before it starts writing the next. The
     sandbox deletes REMOVE_ON_EXIT (the staging directory) when it ends,
-    even if this process is killed.
+    even if this process is killed. LAUNCH starts the inner half: in a sandbox
+    (spawn.spawn), or as root without one (plainroot.launch).
     """
     out = log.get()
     pipes = [os.pipe() for _ in range(plan.layer_count)]
@@ -77,10 +82,10 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: idmaps.IdMaps
     phases = os.fdopen(phases_r, "rb")
     with tempfile.TemporaryFile(prefix="ocistrap-bootstrap-", suffix=".log") as errors:
         try:
-            proc = spawn.spawn([sys.executable, "-m", "ocistrap.rootfs.innerboot"], stdin=subprocess.PIPE,
-                                 stdout=None if out.debug else errors,
-                                 stderr=None if out.debug else errors, pass_fds=child_fds,
-                                 maps=maps, remove_on_exit=remove_on_exit)
+            proc = launch([sys.executable, "-m", "ocistrap.rootfs.innerboot"], stdin=subprocess.PIPE,
+                          stdout=None if out.debug else errors,
+                          stderr=None if out.debug else errors, pass_fds=child_fds,
+                          maps=maps, remove_on_exit=remove_on_exit)
         except BaseException:
             for reader in readers:
                 reader.close()
@@ -126,7 +131,8 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: idmaps.IdMaps
 
 
 # buildmode.ModeKind.runner -> how that kind runs a plan.
-RUNNERS: dict[str, Callable[..., list[Any]]] = {"namespace": _bootstrap}
+RUNNERS: dict[str, Callable[..., list[Any]]] = {"namespace": _bootstrap,
+                                                "root": functools.partial(_bootstrap, launch=plainroot.launch)}
 
 
 class _Announcer:

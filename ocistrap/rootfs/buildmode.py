@@ -1,12 +1,14 @@
 """The build mode, decided once: which sandbox kind runs the bootstrap, why, and its fallback."""
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from ocistrap.errors import BuildError
+from ocistrap.rootfs import detect
 from ocistrap.rootfs.idmaps import (
     SUBGID,
     SUBORDINATE_IDS,
@@ -18,9 +20,9 @@ from ocistrap.rootfs.idmaps import (
     current_user,
     find_mapper,
 )
-from ocistrap.rootfs.spawn import helper_argv, read_sysctls, userns_advice
+from ocistrap.rootfs.spawn import helper_argv, read_sysctls
 
-MODES = ("auto", "unshare", "single-uid")
+MODES = ("auto", "unshare", "root", "single-uid")
 
 
 class HostProbe(Protocol):
@@ -30,6 +32,8 @@ class HostProbe(Protocol):
     def userns_problem(self) -> str | None: ...
     def subid_text(self, kind: Literal["uid", "gid"]) -> str: ...
     def mapper(self, name: str) -> tuple[str | None, str | None]: ...
+    def capabilities(self) -> int: ...
+    def id_map(self, kind: Literal["uid", "gid"]) -> str: ...
 
 
 class SystemProbe:
@@ -52,12 +56,18 @@ class SystemProbe:
     def mapper(self, name: str) -> tuple[str | None, str | None]:
         return find_mapper(name)
 
+    def capabilities(self) -> int:
+        return detect.effective_caps(detect.read_proc("status"))
+
+    def id_map(self, kind: Literal["uid", "gid"]) -> str:
+        return detect.read_proc(f"{kind}_map")
+
 
 @dataclass(frozen=True)
 class ModeKind:
     """One way to build. PROBE returns the id maps it needs on a host or raises BuildError
     naming what is missing and the fix; RUNNER names bootstrap's runner for it. WORKS is
-    the reason when auto takes it first, COST what a fallback to it gives up."""
+    the reason when auto takes it first (WORKS_AS_ROOT, if set, for root), COST what a fallback to it gives up."""
 
     name: str
     probe: Callable[[HostProbe], IdMaps]
@@ -65,6 +75,11 @@ class ModeKind:
     records_owners: bool
     works: str = ""
     cost: str = ""
+    namespace: bool = True
+    works_as_root: str = ""
+
+    def works_for(self, uid: int) -> str:
+        return self.works_as_root if uid == 0 and self.works_as_root else self.works
 
     def because(self, problem: str) -> str:
         return f"{problem}; {self.cost}" if self.cost else problem
@@ -78,6 +93,8 @@ def _require_userns(host: HostProbe) -> None:
 
 def _unshare_maps(host: HostProbe) -> IdMaps:
     _require_userns(host)
+    if host.identity()[1] == 0:
+        return detect.root_maps(host.id_map("uid"), host.id_map("gid"))
     maps = host_maps(host)
     _mappers(host.mapper)
     return maps
@@ -89,13 +106,25 @@ def _single_uid_maps(host: HostProbe) -> IdMaps:
     return IdMaps.single(uid, gid)
 
 
+def _root_maps(host: HostProbe) -> IdMaps:
+    _, uid, _ = host.identity()
+    problem = detect.root_problem(uid, host.capabilities(), host.id_map("uid"), host.id_map("gid"))
+    if problem:
+        raise BuildError(problem)
+    return detect.root_maps(host.id_map("uid"), host.id_map("gid"))
+
+
 UNSHARE = ModeKind("unshare", _unshare_maps, "namespace", records_owners=False,
-                   works=f"{1 + SUBORDINATE_IDS} ids mapped from /etc/subuid and /etc/subgid")
+                   works=f"{1 + SUBORDINATE_IDS} ids mapped from /etc/subuid and /etc/subgid",
+                   works_as_root=f"root maps ids 0-{SUBORDINATE_IDS} to themselves (its own map, no newuidmap)")
+ROOT = ModeKind("root", _root_maps, "root", records_owners=False, namespace=False,
+                works="uid 0 with a container's default capabilities, no namespace",
+                cost="root mode: a plain chroot with device nodes made by mknod, no /proc, /sys or devpts")
 SINGLE_UID = ModeKind("single-uid", _single_uid_maps, "namespace", records_owners=True,
                       cost="owners are recorded instead of applied")
 
-# The kinds `--mode auto` tries, the fastest faithful one first.
-AUTO_ORDER = (UNSHARE, SINGLE_UID)
+# The kinds `--mode auto` tries, the fastest faithful one first (root's probe passes only for root).
+AUTO_ORDER = (UNSHARE, ROOT, SINGLE_UID)
 KINDS = {k.name: k for k in AUTO_ORDER}
 
 
@@ -150,20 +179,30 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
     if requested != "auto":
         kind = KINDS[requested]
         return BuildMode(kind, kind.probe(host), f"requested with --mode {requested}")
+    uid = host.identity()[1]
     usable: list[BuildMode] = []
-    problems: list[BuildError] = []
+    problems: dict[str, BuildError] = {}
     for kind in AUTO_ORDER:
         try:
-            usable.append(BuildMode(kind, kind.probe(host), kind.works))
+            usable.append(BuildMode(kind, kind.probe(host), kind.works_for(uid)))
         except BuildError as e:
-            problems.append(e)
+            problems[kind.name] = e
     if not usable:
-        raise problems[-1]
+        raise _nothing_builds(problems, uid)
     first, *rest = usable
     if first.kind is AUTO_ORDER[0]:
         return replace(first, fallbacks=tuple(rest))
-    return replace(first, reason=first.kind.because(problems[0].message), fallbacks=tuple(rest),
+    first_problem = problems[AUTO_ORDER[0].name]
+    return replace(first, reason=first.kind.because(first_problem.message), fallbacks=tuple(rest),
                    fell_back_from=AUTO_ORDER[0].name)
+
+
+def _nothing_builds(problems: dict[str, BuildError], uid: int) -> BuildError:
+    """Why no kind can build, in one line: for root, the namespace's refusal and what root mode
+    lacks (a container run without CAP_MKNOD, say); for anyone else, the last kind's problem."""
+    if uid == 0 and UNSHARE.name in problems and ROOT.name in problems:
+        return BuildError(f"{problems[UNSHARE.name].message}; root mode cannot build either: {problems[ROOT.name]}")
+    return list(problems.values())[-1]
 
 
 def host_maps(host: HostProbe) -> IdMaps:
@@ -174,11 +213,20 @@ def host_maps(host: HostProbe) -> IdMaps:
 
 
 def probe_userns() -> str | None:
-    """None if this host lets the caller create user and mount namespaces, else what to do."""
+    """None if this host lets the caller create user and mount namespaces, else what stops it
+    and the fix (detect.userns_verdict)."""
+    return detect.userns_verdict(userns_probe())
+
+
+def userns_probe() -> detect.UsernsProbe:
+    """Try to make a user and mount namespace (in a helper process) and gather what tells its
+    failures apart."""
     result = subprocess.run(helper_argv("probe"), capture_output=True)
     message = json.loads(result.stdout or b"null")
+    facts = {"sysctls": read_sysctls(), "seccomp": detect.seccomp_filtered(detect.read_proc("status")),
+             "root": os.geteuid() == 0}
     if message is None and result.returncode == 0:
-        return None
+        return detect.UsernsProbe(**facts)
     if message is None:
-        return f"the user namespace probe failed: {result.stderr.decode(errors='replace').strip()}"
-    return userns_advice(message["errno"], read_sysctls())
+        return detect.UsernsProbe("probe", detail=result.stderr.decode(errors="replace").strip(), **facts)
+    return detect.UsernsProbe(message.get("step", "unshare"), message["errno"], **facts)

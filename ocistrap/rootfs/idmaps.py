@@ -284,8 +284,14 @@ class MapRefused(BuildError):
     """newuidmap or newgidmap would not write the maps."""
 
 
+def writes_own_maps(maps: IdMaps, euid: int) -> bool:
+    """Whether the caller (EUID) writes MAPS itself: only itself mapped, or as root, who may map
+    any of its ids; else newuidmap and newgidmap do."""
+    return maps.is_single or euid == 0
+
+
 def _write_maps(pid: int, maps: IdMaps) -> None:
-    if maps.is_single:
+    if writes_own_maps(maps, os.geteuid()):
         _write_own_maps(pid, maps)
         return
     newuidmap, newgidmap = _mappers()
@@ -298,12 +304,19 @@ def _write_maps(pid: int, maps: IdMaps) -> None:
                                hint=f"check the ranges for you in /etc/sub{kind}")
 
 
+def map_lines(ranges: Sequence[IdRange]) -> str:
+    """The text of a uid_map or gid_map: one ``inner outer count`` line a range, written at once."""
+    return "".join(f"{r.inner} {r.outer} {r.count}\n" for r in ranges)
+
+
 def _write_own_maps(pid: int, maps: IdMaps) -> None:
-    """Map the caller alone, as any process may for its own child namespace (setgroups denied)."""
+    """Map the caller alone, as any process may for its own child namespace (setgroups denied),
+    or, as root, any ids of its own namespace (setgroups left allowed)."""
     proc = Path(f"/proc/{pid}")
     try:
-        (proc / "setgroups").write_text("deny")
-        (proc / "uid_map").write_text(" ".join(map_args(maps.uid)) + "\n")
-        (proc / "gid_map").write_text(" ".join(map_args(maps.gid)) + "\n")
+        if maps.is_single:
+            (proc / "setgroups").write_text("deny")
+        (proc / "uid_map").write_text(map_lines(maps.uid))
+        (proc / "gid_map").write_text(map_lines(maps.gid))
     except OSError as e:
-        raise BuildError(f"cannot map your own uid and gid into the sandbox: {e.strerror}") from e
+        raise MapRefused(f"cannot write the sandbox's id maps {map_lines(maps.uid).strip()!r}: {e.strerror}") from e

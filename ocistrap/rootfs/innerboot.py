@@ -5,11 +5,12 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, NoReturn
@@ -17,7 +18,7 @@ from typing import BinaryIO, NoReturn
 from ocistrap import hostarch
 from ocistrap.debian import expand
 from ocistrap.errors import BuildError, OcistrapError
-from ocistrap.rootfs import hostdpkg, inroot, mounting, recorder, slim, spawn, syscalls, tarstream, unpack
+from ocistrap.rootfs import hostdpkg, inroot, mounting, plainroot, recorder, slim, spawn, syscalls, tarstream, unpack
 from ocistrap.rootfs.bootplan import (
     DEBS_MOUNT,
     INNER_ERROR,
@@ -62,6 +63,8 @@ MESSAGE_SIZE = 1 << 16
 def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     """Build the tree described by PLAN, writing the base layer and each diff layer to OUTS."""
     root = Path(plan.staging)
+    if not plan.mounts:
+        plainroot.clean_up_when_orphaned(root.parent)
     mounting.mount_staging(root, tmpfs=plan.tmpfs)
     owners = _start_recorder(root.parent) if plan.record_owners else None
     ready = _Ready(plan.ready_fd)
@@ -81,10 +84,10 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
             group = [d for d in plan.rest if d.layer == number]
             with _chroot(root, plan, first_round=number == 0):
                 if number == 0:
-                    _dpkg_install(root, plan.essential, phases, env)
+                    _dpkg_install(root, plan.essential, phases, env, plan)
                 ready.wait(len(plan.essential) + len(plan.rest))
                 for batch in install_batches(group, installed):
-                    _dpkg_install(root, batch, phases, env)
+                    _dpkg_install(root, batch, phases, env, plan)
             installed += group
             _finish(root, plan, [d for d in installed if d in plan.rest])
             restat = owners.records().apply if owners else tarstream.unchanged
@@ -177,8 +180,16 @@ def _chroot(root: Path, plan: Plan, *, first_round: bool) -> Iterator[None]:
 
     The first round installs dpkg itself, so start-stop-daemon is moved aside as
     mmdebstrap does; later rounds cover it with a bind mount instead, which leaves
-    the real file untouched and so out of the diff layers.
+    the real file untouched and so out of the diff layers. In root mode nothing can be
+    mounted: devices are made and the packages copied in (ocistrap.rootfs.plainroot), and
+    start-stop-daemon is moved aside in every round.
     """
+    if not plan.mounts:
+        with plainroot.prepared(root, DEBS_MOUNT):
+            _divert_daemons(root, move=True)
+            yield
+            _undivert_daemons(root)
+        return
     with inroot.Tree(root) as tree:
         tree.mkdir(DEBS_MOUNT)
         debs = Path(tree.mount_point(DEBS_MOUNT))
@@ -305,15 +316,20 @@ def chroot_env(epoch: int) -> dict[str, str]:
     return {**CHROOT_ENV, "SOURCE_DATE_EPOCH": str(epoch)}
 
 
-def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases, env: Mapping[str, str]) -> None:
+def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases, env: Mapping[str, str], plan: Plan) -> None:
+    """dpkg --install of DEBS in the chroot; in root mode (no mounts) the packages are copied in
+    first and the host's dpkg, which needs a namespace to be confined, is not used."""
     if not debs:
         return
     paths = [f"/{DEBS_MOUNT}/{Path(d.path).name}" for d in debs]
-    # no fsync: the staging root is thrown away if anything fails
-    if _host_dpkg_unpacks(root, debs, env):
+    if not plan.mounts:
+        plainroot.provide(root, DEBS_MOUNT, [d.path for d in debs])
+    elif _host_dpkg_unpacks(root, debs, env):
         _dpkg_install_foreign(root, debs, paths, phases, env)
         return
-    returncode = _dpkg_timed(root, ["--install", "--force-depends", "--force-unsafe-io", *paths], phases, env)
+    run = spawn.chroot_run if plan.mounts else plainroot.chroot_run
+    # no fsync: the staging root is thrown away if anything fails
+    returncode = _dpkg_timed(root, ["--install", "--force-depends", "--force-unsafe-io", *paths], phases, env, run)
     if returncode != 0:
         raise BuildError(f"dpkg --install failed for {', '.join(d.name for d in debs)}")
 
@@ -321,7 +337,8 @@ def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases, env: Mapping[
 CONFIGURE_STARTS = b"processing: configure: "
 
 
-def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases, env: Mapping[str, str]) -> int:
+def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases, env: Mapping[str, str],
+                run: Callable[..., subprocess.CompletedProcess] = spawn.chroot_run) -> int:
     """Run the target's dpkg with ARGS; add the time until it starts configuring (its status fd
     says "processing: configure:") to unpacking, the rest to configuring; its exit status."""
     status_r, status_w = os.pipe()
@@ -337,8 +354,7 @@ def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases, env: Mapping[st
     watcher.start()
     start = time.monotonic()
     try:
-        result = spawn.chroot_run(root, ["dpkg", f"--status-fd={status_w}", *args], env=env, check=False,
-                                    pass_fds=(status_w,))
+        result = run(root, ["dpkg", f"--status-fd={status_w}", *args], env=env, check=False, pass_fds=(status_w,))
     finally:
         os.close(status_w)
         watcher.join()

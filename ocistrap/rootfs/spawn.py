@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from ocistrap.errors import BuildError, OcistrapError
-from ocistrap.rootfs import inroot
-from ocistrap.rootfs.idmaps import SYSTEM_PATH, IdMaps, _mappers, _write_maps, load_maps
+from ocistrap.rootfs import detect, inroot
+from ocistrap.rootfs.idmaps import SYSTEM_PATH, IdMaps, _mappers, _write_maps, load_maps, writes_own_maps
 from ocistrap.rootfs.mounting import _detach_mounts, _remount_readonly
 from ocistrap.rootfs.syscalls import (
     CAP_SYS_CHROOT,
@@ -106,24 +106,11 @@ def read_sysctls(names: Sequence[str] = USERNS_SYSCTLS) -> dict[str, str]:
 
 def userns_advice(err: int, sysctls: Mapping[str, str]) -> str:
     """Why creating a user namespace failed with ERR, and what to enable."""
-    persist = "and persist it in /etc/sysctl.d/"
-    if sysctls.get("kernel.unprivileged_userns_clone") == "0":
-        return ("unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0): "
-                f"run `sudo sysctl -w kernel.unprivileged_userns_clone=1` {persist}")
-    if sysctls.get("user.max_user_namespaces") == "0":
-        return ("user namespaces are disabled (user.max_user_namespaces=0): "
-                f"run `sudo sysctl -w user.max_user_namespaces=15000` {persist}")
-    if sysctls.get("kernel.apparmor_restrict_unprivileged_userns") == "1":
-        return ("AppArmor restricts unprivileged user namespaces "
-                "(kernel.apparmor_restrict_unprivileged_userns=1, as on Ubuntu 24.04): run "
-                f"`sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` {persist}, "
-                "or give the Python interpreter an AppArmor profile that allows `userns,`")
-    if err == errno.ENOSPC:
-        return ("the limit of user namespaces is reached (user.max_user_namespaces): "
-                "raise it with `sudo sysctl -w user.max_user_namespaces=15000`")
-    return (f"cannot create a user namespace: {os.strerror(err)}; the kernel may lack "
-            "CONFIG_USER_NS, or a container runtime's seccomp policy forbids unshare "
-            "(run ocistrap on the host, or give the container its own user namespaces)")
+    problem = detect.userns_verdict(detect.UsernsProbe(
+        "unshare", err, sysctls=sysctls, seccomp=detect.seccomp_filtered(detect.read_proc("status")),
+        root=os.geteuid() == 0))
+    assert problem is not None
+    return problem
 
 
 def sandbox_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -155,8 +142,8 @@ def _raise_for(message: dict[str, Any], argv: Sequence[str]) -> NoReturn:
         raise BuildError(userns_advice(err, read_sysctls()))
     if step == "exec":
         raise BuildError(f"cannot run {argv[0]} in the sandbox: {os.strerror(err)}")
-    if err == errno.EPERM and read_sysctls().get("kernel.apparmor_restrict_unprivileged_userns") == "1":
-        raise BuildError(userns_advice(err, read_sysctls()))
+    if err == errno.EPERM and read_sysctls().get(detect.APPARMOR_SYSCTL) == "1":
+        raise BuildError(detect.created_without_capabilities(step, err, read_sysctls()))
     raise BuildError(f"setting up the sandbox failed at {step}: {os.strerror(err)}")
 
 
@@ -198,7 +185,7 @@ def spawn(argv: Sequence[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any =
     Until then the sandbox holds a shared flock(2) on the directory.
     """
     maps = load_maps() if maps is None else maps
-    if not maps.is_single:
+    if not writes_own_maps(maps, os.geteuid()):
         _mappers()
     remove = None if remove_on_exit is None else Path(remove_on_exit).resolve()
     keep, init_gone = _removal_fds(remove) if remove is not None else ((), None)
@@ -275,13 +262,28 @@ def _helper_main(args: list[str]) -> None:
 
 
 def _probe() -> None:
+    """Make a user and mount namespace, map this process's own ids in it and make its mounts
+    private; on failure print which step failed and how (detect.UsernsProbe)."""
+    uid, gid = os.geteuid(), os.getegid()
+    step = "unshare"
     try:
         unshare(CLONE_NEWUSER | CLONE_NEWNS)
+        step = "map"
+        _write_self_maps(uid, gid)
+        step = "mount"
         mount(None, "/", None, MS_REC | MS_PRIVATE)
     except OSError as e:
-        print(json.dumps({"errno": e.errno}))
+        print(json.dumps({"step": step, "errno": e.errno}), flush=True)  # os._exit flushes nothing
         os._exit(1)
     os._exit(0)
+
+
+def _write_self_maps(uid: int, gid: int) -> None:
+    """Map UID and GID to root of the namespace just made, from inside it: what needs the
+    namespace's own capabilities (which AppArmor's restriction withholds)."""
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"0 {uid} 1\n")
+    Path("/proc/self/gid_map").write_text(f"0 {gid} 1\n")
 
 
 def _helper_run(parent: int, up: int, down: int) -> None:
