@@ -165,6 +165,19 @@ def test_userns_advice_for_an_exhausted_limit() -> None:
     assert "raise it" in spawn.userns_advice(errno.ENOSPC, {"user.max_user_namespaces": "5"})
 
 
+def test_the_isolated_helper_finds_this_source_tree_without_an_installed_copy(monkeypatch) -> None:
+    """ocistrap run from a source tree (PYTHONPATH, as in the Docker test) by an interpreter
+    that has no copy installed: the helper's `-I` drops PYTHONPATH, so only the path it inserts
+    finds the package (it once inserted the package itself, and every probe failed)."""
+    bare = "/usr/bin/python3"
+    alone = subprocess.run([bare, "-I", "-c", "import ocistrap"], capture_output=True, cwd="/")
+    if alone.returncode == 0:
+        pytest.skip(f"{bare} has ocistrap installed: it cannot show what the helper's own path finds")
+    monkeypatch.setattr(sys, "executable", bare)
+    result = subprocess.run(spawn.helper_argv("probe"), capture_output=True, text=True, cwd="/")
+    assert result.stderr == "" and result.returncode in (0, 1)
+
+
 # ---- mountinfo ----
 
 MOUNTINFO = r"""

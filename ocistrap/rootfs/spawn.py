@@ -124,7 +124,7 @@ def sandbox_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 def helper_argv(mode: str, *args: str) -> list[str]:
     """Start this module in an isolated interpreter that still finds this package."""
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    package_parent = str(Path(__file__).resolve().parents[2])
     boot = (f"import sys; sys.path.insert(0, {package_parent!r}); "
             "from ocistrap.rootfs.spawn import _helper_main; _helper_main(sys.argv[1:])")
     return [sys.executable, "-I", "-c", boot, mode, *args]
