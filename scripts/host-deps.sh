@@ -3,7 +3,7 @@
 set -eu
 PACKAGES="python3 python3-venv python3-pip uidmap gpgv gnupg openssl debian-archive-keyring
 dpkg-dev xz-utils zstd mmdebstrap docker-registry apache2-utils podman runc skopeo
-umoci buildah git make ca-certificates qemu-user-static binfmt-support arch-test sqv"
+umoci buildah git make ca-certificates qemu-user-static binfmt-support arch-test sqv docker.io"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

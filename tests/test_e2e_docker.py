@@ -1,0 +1,149 @@
+"""ocistrap in real Docker containers (Debian's docker.io engine, a daemon of this session's own),
+with Docker's default seccomp profile and default capabilities: no user namespace, no mount.
+
+The container image is one ocistrap builds (bookworm with python3, gpgv, the archive keyring and
+ca-certificates), loaded from its docker-archive: output; ocistrap runs in it from this checkout
+and the test venv (on /usr/bin/python3, which is bookworm's python3.11 in the image too), both
+mounted read-only at their own paths. Every build in a container is compared with the host's build
+of the same lock (root's unshare mode, which gives the same image as an account's).
+
+Root-only (marker root): starting a Docker engine needs root. `make test-root` runs it.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from dockerd_fixture import Docker, dockerd  # noqa: F401  (fixture)
+from e2e_helpers import cache_dir, locked, ocistrap, printed_digests, work  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.network]
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+EPOCH = "1700000000"
+RUNNER = "localhost/ocistrap-runner:bookworm"
+RUNNER_PACKAGES = "python3,gpgv,debian-archive-keyring,ca-certificates"
+SECCOMP_REFUSAL = ("a seccomp filter refuses to make user namespaces (the default profile of Docker and of "
+                   "Kubernetes' RuntimeDefault does)")
+
+# `docker run` flags of each kind of user in a container; the issue's restricted account drops
+# every capability as a Kubernetes "restricted" pod does.
+USERS: dict[str, tuple[str, ...]] = {
+    "root": (),
+    "account": ("--user", "1000:1000"),
+    "account-restricted": ("--user", "1000:1000", "--cap-drop=ALL", "--security-opt", "no-new-privileges"),
+}
+# The mode `--mode auto` picks there under Docker's default profile; None: there is no mode for
+# that user, and ocistrap refuses in one line before anything is downloaded. When the mode
+# without any namespace for an account lands, set both accounts to its name: the same tests then
+# demand that doctor names it and that it builds the host's image byte for byte.
+MODE_IN_CONTAINER: dict[str, str | None] = {"root": "root", "account": None, "account-restricted": None}
+
+
+@pytest.fixture(scope="session")
+def runner(dockerd: Docker, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:  # noqa: F811
+    """The image ocistrap runs in, built by ocistrap on the host and `docker load`ed; it must
+    import ocistrap and its dependencies from the mounted checkout and venv."""
+    base = tmp_path_factory.mktemp("runner")
+    lock = base / "runner.lock"
+    ocistrap("lock", "bookworm", "--include", RUNNER_PACKAGES, "--cache-dir", str(cache_dir), "-o", str(lock))
+    archive = base / "runner.tar"
+    ocistrap("build", "--lock", str(lock), "--cache-dir", str(cache_dir), "-o", f"docker-archive:{archive}:{RUNNER}")
+    dockerd("load", "--quiet", "--input", str(archive))
+    archive.unlink()
+    imports = in_container(dockerd, (), "-c", "import ocistrap.cli, debian, jsonschema, oras, zstandard")
+    assert imports.returncode == 0, f"ocistrap does not import in {RUNNER}:\n{imports.stderr}"
+    return RUNNER
+
+
+def in_container(docker: Docker, flags: Sequence[str], *args: str,
+                 mounts: Sequence[Path] = ()) -> subprocess.CompletedProcess[str]:
+    """`docker run` of the venv's python with ARGS in the runner image, with Docker's default
+    seccomp profile and capabilities (but FLAGS), the host's network, this checkout and the venv
+    read-only and MOUNTS writable, each at its own path."""
+    volumes = [f"{CHECKOUT}:{CHECKOUT}:ro", f"{sys.prefix}:{sys.prefix}:ro", *(f"{m}:{m}" for m in mounts)]
+    return docker("run", "--rm", "--network", "host", "--env", f"SOURCE_DATE_EPOCH={EPOCH}",
+                  *(f"--volume={v}" for v in volumes), *flags, RUNNER, f"{sys.prefix}/bin/python", *args,
+                  check=False)
+
+
+@pytest.fixture(scope="module")
+def minbase(locked: Callable[[str], Path], cache_dir: Path, work: Path) -> tuple[Path, str]:  # noqa: F811
+    """The lock of bookworm minbase made on the host, and the digest of the host's build of it."""
+    lock = locked("bookworm")
+    layout = work / "host-layout"
+    result = ocistrap("build", "--mode", "unshare", "--lock", str(lock), "--cache-dir", str(cache_dir),
+                      "-o", f"oci:{layout}:bookworm", env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH})
+    return lock, printed_digests(result.stdout)[f"oci:{layout}:bookworm"]
+
+
+def user_dir(work: Path, who: str) -> Path:
+    """A directory of WHO's own for its outputs and cache, with the host's lock in it."""
+    path = work / who
+    path.mkdir()
+    if USERS[who]:
+        uid, gid = USERS[who][1].split(":")
+        os.chown(path, int(uid), int(gid))
+    return path
+
+
+def doctor_lines(stdout: str) -> dict[str, str]:
+    """Each checked item of `ocistrap doctor` by its name: `ok    build mode   …` -> `build mode`."""
+    lines = {}
+    for line in stdout.splitlines():
+        verdict, _, rest = line.partition(" ")
+        if verdict in ("ok", "FAIL"):
+            name = " ".join(rest.split()[:2])
+            lines[name] = line
+    return lines
+
+
+@pytest.mark.parametrize("who", USERS)
+def test_doctor_in_a_container_names_the_seccomp_refusal_and_the_mode(who: str, dockerd: Docker,  # noqa: F811
+                                                                     runner: str) -> None:
+    result = in_container(dockerd, USERS[who], "-m", "ocistrap", "doctor")
+    assert "Traceback" not in result.stderr
+    build = doctor_lines(result.stdout)["build mode"]
+    assert SECCOMP_REFUSAL in build
+    mode = MODE_IN_CONTAINER[who]
+    if mode is None:
+        assert result.returncode == 1
+        assert build.split(None, 3)[:3] == ["FAIL", "build", "mode"]
+        assert build.split(None, 3)[3].startswith("no mode can build here (")
+    else:
+        assert result.returncode == 0, result.stdout
+        assert build.split(None, 3)[:3] == ["ok", "build", "mode"]
+        assert build.split(None, 3)[3].startswith(f"{mode}, because {SECCOMP_REFUSAL}")
+
+
+@pytest.mark.parametrize("who", USERS)
+def test_auto_builds_the_host_s_image_in_a_container_or_refuses_in_one_line(
+        who: str, dockerd: Docker, runner: str, minbase: tuple[Path, str], work: Path) -> None:  # noqa: F811
+    """Root of a container builds bookworm minbase from the host's lock in root mode, saying why,
+    into a bind-mounted oci: layout, and gets the host's digest; an account either does the same
+    in its mode or, where it has none, is refused in one line naming the seccomp filter and leaves
+    nothing behind."""
+    lock, host_digest = minbase
+    out = user_dir(work, who)
+    shutil.copy(lock, out / "bookworm.lock")
+    os.chown(out / "bookworm.lock", out.stat().st_uid, out.stat().st_gid)
+    layout = f"oci:{out / 'layout'}:bookworm"
+    result = in_container(dockerd, USERS[who], "-m", "ocistrap", "build", "--lock", str(out / "bookworm.lock"),
+                          "--cache-dir", str(out / "cache"), "-o", layout, mounts=[out])
+    assert "Traceback" not in result.stderr
+    mode = MODE_IN_CONTAINER[who]
+    if mode is None:
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.splitlines() == [f"ocistrap: error: {SECCOMP_REFUSAL}: run the container with a profile "
+                                              "that allows unshare, e.g. `--security-opt seccomp=unconfined`, or "
+                                              "build in another mode"]
+        assert sorted(os.listdir(out)) == ["bookworm.lock"]
+    else:
+        assert result.returncode == 0, result.stderr
+        said = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("sandbox: ")]
+        assert len(said) == 1 and said[0].startswith(f"sandbox: {mode} mode ({SECCOMP_REFUSAL}"), said
+        assert printed_digests(result.stdout) == {layout: host_digest}
