@@ -119,6 +119,14 @@ def check_seccomp(host: Host) -> Check:
                  "builds need: give the account a subordinate id range for unshare mode")
 
 
+def check_chrootless(host: Host) -> Check:
+    problem = host.chrootless_problem()
+    if problem:
+        return Check("chrootless mode", False, problem)
+    return Check("chrootless mode", True, "the host's dpkg can install from outside the tree, owners recorded "
+                                          "(maintainer scripts then run on this host as you)")
+
+
 def _not_needed(check: Check, mode: str) -> Check:
     return check if check.ok else Check(check.name, True, f"not needed in {mode} mode: {check.detail}")
 
@@ -136,11 +144,15 @@ def checks(arch: Sequence[str], *, mode: str = "auto", host: Host | None = None)
     chosen, verdict = check_mode(mode, host)
     if chosen is not None and chosen.maps.is_single:
         ids = [_not_needed(c, chosen.name) for c in ids]
+    chrootless = check_chrootless(host)
+    if chosen is not None and chosen.kind is not buildmode.CHROOTLESS:
+        chrootless = _not_needed(chrootless, chosen.name)
     return [
         Check("native architecture", True, native),
         check_userns(host),
         *ids,
         verdict,
+        chrootless,
         *([check_seccomp(host)] if chosen is not None and chosen.records_owners else []),
         check_verifier(host),
         check_keyring(host),

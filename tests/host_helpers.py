@@ -31,6 +31,7 @@ class FakeHost:
     tools: dict[str, str] = field(default_factory=lambda: {"gpgv": "/usr/bin/gpgv"})
     keyring_readable: bool = True
     arch: str = "amd64"
+    chrootless: str | None = None
 
     def identity(self) -> tuple[str, int, int]:
         return self.user, *self.ids
@@ -55,3 +56,6 @@ class FakeHost:
 
     def native_arch(self) -> str:
         return self.arch
+
+    def chrootless_problem(self) -> str | None:
+        return self.chrootless

@@ -48,6 +48,7 @@ class Plan:
     record_owners: bool = False
     ready_fd: int = -1
     phases_fd: int = -1
+    chrootless: bool = False
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self)).encode()

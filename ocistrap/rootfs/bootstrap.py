@@ -12,6 +12,7 @@ from inside).
 """
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,11 +65,12 @@ def bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, mode: buildmode.Buil
 
 
 def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: idmaps.IdMaps,
-               remove_on_exit: Path | None, ready: Callable[[], Iterable[object]] | None) -> list[T]:
+               remove_on_exit: Path | None, ready: Callable[[], Iterable[object]] | None,
+               start: Callable[..., subprocess.Popen] = spawn.spawn) -> list[T]:
     """Each layer travels through its own pipe, so the streams need no framing:
     the inner half closes one pipe before it starts writing the next. The
     sandbox deletes REMOVE_ON_EXIT (the staging directory) when it ends,
-    even if this process is killed.
+    even if this process is killed. START runs the inner half (in a sandbox: spawn.spawn).
     """
     out = log.get()
     pipes = [os.pipe() for _ in range(plan.layer_count)]
@@ -80,7 +82,7 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: idmaps.IdMaps
     phases = os.fdopen(phases_r, "rb")
     with tempfile.TemporaryFile(prefix="ocistrap-bootstrap-", suffix=".log") as errors:
         try:
-            proc = spawn.spawn([sys.executable, "-m", "ocistrap.rootfs.innerboot"], stdin=subprocess.PIPE,
+            proc = start([sys.executable, "-m", "ocistrap.rootfs.innerboot"], stdin=subprocess.PIPE,
                                  stdout=None if out.debug else errors,
                                  stderr=None if out.debug else errors, pass_fds=child_fds,
                                  maps=maps, remove_on_exit=remove_on_exit)
@@ -128,8 +130,36 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: idmaps.IdMaps
     return results
 
 
+class _HostGroup(subprocess.Popen):
+    """The inner half started with no namespace, in a process group of its own: kill() ends the
+    group (the recorder, the bootstrap, dpkg and the maintainer scripts), not just its leader."""
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _start_on_host(argv: list[str], *, maps: idmaps.IdMaps, remove_on_exit: Path | None,
+                   **popen: Any) -> subprocess.Popen:
+    """spawn.spawn's counterpart for chrootless mode: the inner half runs here, as the caller;
+    the staging directory is the caller's to remove (the pipeline's scratch directory)."""
+    del maps, remove_on_exit
+    try:
+        return _HostGroup(argv, start_new_session=True, **popen)
+    except OSError as e:
+        raise BuildError(f"cannot start the bootstrap: {e.strerror}") from e
+
+
+def _bootstrap_chrootless(plan: Plan, sink: Callable[[BinaryIO], T], **kwargs: Any) -> list[T]:
+    """No namespace: the host's dpkg installs into the staging directory from outside (see
+    innerboot, Plan.chrootless), the recorder keeping owners and devices."""
+    return _bootstrap(replace(plan, chrootless=True, tmpfs=False), sink, start=_start_on_host, **kwargs)
+
+
 # buildmode.ModeKind.runner -> how that kind runs a plan.
-RUNNERS: dict[str, Callable[..., list[Any]]] = {"namespace": _bootstrap}
+RUNNERS: dict[str, Callable[..., list[Any]]] = {"namespace": _bootstrap, "chrootless": _bootstrap_chrootless}
 
 
 class _Announcer:

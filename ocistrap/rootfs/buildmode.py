@@ -4,9 +4,11 @@ import json
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal, Protocol
 
 from ocistrap.errors import BuildError
+from ocistrap.rootfs import hostdpkg
 from ocistrap.rootfs.idmaps import (
     SUBGID,
     SUBORDINATE_IDS,
@@ -20,7 +22,7 @@ from ocistrap.rootfs.idmaps import (
 )
 from ocistrap.rootfs.spawn import helper_argv, read_sysctls, userns_advice
 
-MODES = ("auto", "unshare", "single-uid")
+MODES = ("auto", "unshare", "single-uid", "chrootless")
 
 
 class HostProbe(Protocol):
@@ -30,6 +32,7 @@ class HostProbe(Protocol):
     def userns_problem(self) -> str | None: ...
     def subid_text(self, kind: Literal["uid", "gid"]) -> str: ...
     def mapper(self, name: str) -> tuple[str | None, str | None]: ...
+    def chrootless_problem(self) -> str | None: ...
 
 
 class SystemProbe:
@@ -51,6 +54,9 @@ class SystemProbe:
 
     def mapper(self, name: str) -> tuple[str | None, str | None]:
         return find_mapper(name)
+
+    def chrootless_problem(self) -> str | None:
+        return recording_problem(_read(SECCOMP_ACTIONS), _read(PTRACE_SCOPE)) or hostdpkg.chrootless_problem()
 
 
 @dataclass(frozen=True)
@@ -89,13 +95,26 @@ def _single_uid_maps(host: HostProbe) -> IdMaps:
     return IdMaps.single(uid, gid)
 
 
+def _chrootless_maps(host: HostProbe) -> IdMaps:
+    problem = host.chrootless_problem()
+    if problem:
+        raise BuildError(f"chrootless mode cannot build here: {problem}")
+    _, uid, gid = host.identity()
+    return IdMaps.single(uid, gid)
+
+
 UNSHARE = ModeKind("unshare", _unshare_maps, "namespace", records_owners=False,
                    works=f"{1 + SUBORDINATE_IDS} ids mapped from /etc/subuid and /etc/subgid")
 SINGLE_UID = ModeKind("single-uid", _single_uid_maps, "namespace", records_owners=True,
                       cost="owners are recorded instead of applied")
 
+CHROOTLESS = ModeKind("chrootless", _chrootless_maps, "chrootless", records_owners=True,
+                      works="no user namespace is needed",
+                      cost="the host's dpkg installs from outside the tree and maintainer scripts run on "
+                           "this host as you (no chroot); owners are recorded")
+
 # The kinds `--mode auto` tries, the fastest faithful one first.
-AUTO_ORDER = (UNSHARE, SINGLE_UID)
+AUTO_ORDER = (UNSHARE, SINGLE_UID, CHROOTLESS)
 KINDS = {k.name: k for k in AUTO_ORDER}
 
 
@@ -142,7 +161,8 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
     """The build mode for REQUESTED (one of MODES) on HOST (this machine): the one decision.
 
     "auto" takes the first kind of AUTO_ORDER whose probe passes, saying why the ones
-    before it could not; a requested kind raises what it is missing, naming the fix.
+    before it could not (chrootless only when no user namespace can be made); a requested
+    kind raises what it is missing, naming the fix.
     """
     if requested not in MODES:
         raise BuildError(f"unknown mode {requested!r}", hint=f"use one of {', '.join(MODES)}")
@@ -158,8 +178,13 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
         except BuildError as e:
             problems.append(e)
     if not usable:
-        raise problems[-1]
+        first_problem, last_problem = problems[0], problems[-1]
+        if last_problem.message == first_problem.message:
+            raise first_problem
+        raise BuildError(f"{first_problem.message}; {last_problem.message}", hint=first_problem.hint)
     first, *rest = usable
+    # a failure at run time inside a namespace never turns into running maintainer scripts on the host
+    rest = [m for m in rest if m.kind.runner == first.kind.runner]
     if first.kind is AUTO_ORDER[0]:
         return replace(first, fallbacks=tuple(rest))
     return replace(first, reason=first.kind.because(problems[0].message), fallbacks=tuple(rest),
@@ -182,3 +207,31 @@ def probe_userns() -> str | None:
     if message is None:
         return f"the user namespace probe failed: {result.stderr.decode(errors='replace').strip()}"
     return userns_advice(message["errno"], read_sysctls())
+
+
+SECCOMP_ACTIONS = Path("/proc/sys/kernel/seccomp/actions_avail")
+PTRACE_SCOPE = Path("/proc/sys/kernel/yama/ptrace_scope")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def recording_problem(seccomp_actions: str | None, ptrace_scope: str | None) -> str | None:
+    """Why owners cannot be recorded without a user namespace (None: they can), from the kernel's
+    seccomp actions and Yama's ptrace_scope (None: no Yama). The recorder answers chown and
+    mknod through seccomp user notification and reads the callers' memory, which Yama allows
+    an unprivileged process only for its descendants (scope 1) or not at all (2, 3)."""
+    if "user_notif" not in (seccomp_actions or "").split():
+        return "this kernel lacks seccomp user notification (Linux 5.5 or later)"
+    scope = (ptrace_scope or "0").strip()
+    if scope == "2":
+        return ("Yama's kernel.yama.ptrace_scope is 2 (admin-only attach), so the owner recorder cannot read "
+                "dpkg's calls: `sudo sysctl kernel.yama.ptrace_scope=1`")
+    if scope == "3":
+        return ("Yama's kernel.yama.ptrace_scope is 3 (no attach), so the owner recorder cannot read dpkg's "
+                "calls; that holds until the next reboot with a lower value")
+    return None

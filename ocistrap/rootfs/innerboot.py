@@ -5,11 +5,12 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, NoReturn
@@ -62,8 +63,8 @@ MESSAGE_SIZE = 1 << 16
 def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     """Build the tree described by PLAN, writing the base layer and each diff layer to OUTS."""
     root = Path(plan.staging)
-    mounting.mount_staging(root, tmpfs=plan.tmpfs)
-    owners = _start_recorder(root.parent) if plan.record_owners else None
+    mounting.mount_staging(root, tmpfs=plan.tmpfs and not plan.chrootless)
+    owners = _start_recorder(root.parent, chrootless=plan.chrootless) if plan.record_owners else None
     ready = _Ready(plan.ready_fd)
     phases = Phases(plan.phases_fd)
     env = chroot_env(plan.epoch)
@@ -71,7 +72,7 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
         _setup(root, plan)
         aliased = merged_usr_aliases(plan)
         with phases.timed(UNPACKING_ESSENTIAL):
-            _extract_all(plan.essential, root, ready, aliased)
+            _extract_all(plan.essential, root, ready, aliased, chrootless=plan.chrootless)
         unpack.alias_usr_only(root, aliased)
         if plan.slim:
             slim.prune(root)
@@ -81,10 +82,10 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
             group = [d for d in plan.rest if d.layer == number]
             with _chroot(root, plan, first_round=number == 0):
                 if number == 0:
-                    _dpkg_install(root, plan.essential, phases, env)
+                    _dpkg_install(root, plan.essential, phases, env, chrootless=plan.chrootless)
                 ready.wait(len(plan.essential) + len(plan.rest))
                 for batch in install_batches(group, installed):
-                    _dpkg_install(root, batch, phases, env)
+                    _dpkg_install(root, batch, phases, env, chrootless=plan.chrootless)
             installed += group
             _finish(root, plan, [d for d in installed if d in plan.rest])
             restat = owners.records().apply if owners else tarstream.unchanged
@@ -162,9 +163,13 @@ class _Ready:
             self.count += len(data)
 
 
-def _start_recorder(scratch: Path) -> recorder.Recorder:
+def _start_recorder(scratch: Path, *, chrootless: bool) -> recorder.Recorder:
     """Record owners and devices from here on (see ocistrap.rootfs.recorder); the supervisor finds
-    processes through a proc file system of this PID namespace, outside the tree."""
+    processes through a proc file system of this PID namespace, outside the tree. CHROOTLESS
+    (no namespace): the host's /proc, the caller's own ids stand for 0:0, and the supervisor
+    stays this process, the bootstrap going on in its child (recorder.start_above)."""
+    if chrootless:
+        return recorder.start_above("/proc", (os.getuid(), os.getgid()))
     proc = scratch / "proc"
     proc.mkdir(exist_ok=True)
     mounting.mount_proc(proc)
@@ -177,8 +182,13 @@ def _chroot(root: Path, plan: Plan, *, first_round: bool) -> Iterator[None]:
 
     The first round installs dpkg itself, so start-stop-daemon is moved aside as
     mmdebstrap does; later rounds cover it with a bind mount instead, which leaves
-    the real file untouched and so out of the diff layers.
+    the real file untouched and so out of the diff layers. Without a chroot (chrootless),
+    there is nothing to prepare: the host's dpkg reads the packages where they are, and the
+    scripts run the host's programs, not the tree's.
     """
+    if plan.chrootless:
+        yield
+        return
     with inroot.Tree(root) as tree:
         tree.mkdir(DEBS_MOUNT)
         debs = Path(tree.mount_point(DEBS_MOUNT))
@@ -210,15 +220,16 @@ def _setup(root: Path, plan: Plan) -> None:
 
 
 def _extract_all(debs: Sequence[Deb], root: Path, ready: _Ready | None = None,
-                 aliased: Sequence[str] = ()) -> None:
+                 aliased: Sequence[str] = (), *, chrootless: bool = False) -> None:
     """Unpack DEBS' data in order as mmdebstrap does (keeping merged-/usr symlinks, making
     ALIASED ones when missing), with the
     member checks of ocistrap.rootfs.unpack, in a child chrooted into ROOT: a member that got past
     them still could not reach the host files that root of the namespace may write.
 
     DEBS are expanded (ocistrap.debian.expand): the child reads each plain data.tar straight from
-    the file, through a descriptor positioned at it."""
-    pid, ours = spawn.fork_with_channel(lambda channel: _unpacker(root, channel, aliased),
+    the file, through a descriptor positioned at it. CHROOTLESS: no chroot can be had; the
+    child unpacks below ROOT, applying the owners (which the recorder records)."""
+    pid, ours = spawn.fork_with_channel(lambda channel: _unpacker(root, channel, aliased, chrootless),
                                           socket.SOCK_SEQPACKET)
     try:
         with ours:
@@ -242,14 +253,15 @@ def _check_unpacked(deb: Deb, reply: str) -> None:
                          f"cannot unpack {deb.name}: the unpacking process died")
 
 
-def _unpacker(root: Path, channel: socket.socket, aliased: Sequence[str]) -> NoReturn:
+def _unpacker(root: Path, channel: socket.socket, aliased: Sequence[str], chrootless: bool) -> NoReturn:
     """The chrooted child: unpack each stream the parent sends, answer DONE or why it failed.
 
     It runs only code already imported: after chroot() the host's Python is out of reach.
     """
     try:
-        os.chroot(root)
-        os.chdir("/")
+        if not chrootless:
+            os.chroot(root)
+        os.chdir(root if chrootless else "/")
         os.umask(0o022)
         while True:
             message, fds, _, _ = socket.recv_fds(channel, MESSAGE_SIZE, 1)
@@ -257,8 +269,8 @@ def _unpacker(root: Path, channel: socket.socket, aliased: Sequence[str]) -> NoR
                 break
             size, name = message.decode().split(" ", 1)
             with os.fdopen(fds[0], "rb") as stream:
-                unpack.unpack(expand.Bounded(stream, int(size)), "/", package=name,  # type: ignore[arg-type]
-                              aliased=aliased)
+                unpack.unpack(expand.Bounded(stream, int(size)), ".", package=name,  # type: ignore[arg-type]
+                              aliased=aliased, same_owner=True if chrootless else None)
             channel.send(DONE.encode())
     except unpack.UnpackError as e:
         channel.send((REFUSED if e.refused else FAILED).encode() + str(e).encode())
@@ -305,11 +317,18 @@ def chroot_env(epoch: int) -> dict[str, str]:
     return {**CHROOT_ENV, "SOURCE_DATE_EPOCH": str(epoch)}
 
 
-def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases, env: Mapping[str, str]) -> None:
+def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases, env: Mapping[str, str], *,
+                  chrootless: bool = False) -> None:
     if not debs:
         return
-    paths = [f"/{DEBS_MOUNT}/{Path(d.path).name}" for d in debs]
+    paths = [d.path if chrootless else f"/{DEBS_MOUNT}/{Path(d.path).name}" for d in debs]
     # no fsync: the staging root is thrown away if anything fails
+    if chrootless:
+        returncode = _dpkg_timed(root, ["--install", "--force-depends", "--force-unsafe-io", *paths], phases, env,
+                                 run=_host_dpkg_run(root))
+        if returncode != 0:
+            raise BuildError(f"dpkg --install (the host's dpkg, chrootless) failed for {', '.join(d.name for d in debs)}")
+        return
     if _host_dpkg_unpacks(root, debs, env):
         _dpkg_install_foreign(root, debs, paths, phases, env)
         return
@@ -321,9 +340,21 @@ def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases, env: Mapping[
 CONFIGURE_STARTS = b"processing: configure: "
 
 
-def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases, env: Mapping[str, str]) -> int:
-    """Run the target's dpkg with ARGS; add the time until it starts configuring (its status fd
-    says "processing: configure:") to unpacking, the rest to configuring; its exit status."""
+def _host_dpkg_run(root: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """How chrootless mode runs dpkg: the host's, on ROOT from outside (as `mmdebstrap
+    --mode=chrootless` does); dpkg gives the maintainer scripts DPKG_ROOT and runs them here."""
+    def run(argv: Sequence[str], *, env: Mapping[str, str], pass_fds: Sequence[int]) -> subprocess.CompletedProcess:
+        dpkg, *args = argv
+        return subprocess.run([shutil.which(dpkg) or dpkg, *hostdpkg.chrootless_options(root), *args],
+                              env=dict(env), stdin=subprocess.DEVNULL, pass_fds=tuple(pass_fds), check=False)
+    return run
+
+
+def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases, env: Mapping[str, str], *,
+                run: Callable[..., subprocess.CompletedProcess] | None = None) -> int:
+    """Run the target's dpkg with ARGS (or the one RUN runs); add the time until it starts
+    configuring (its status fd says "processing: configure:") to unpacking, the rest to
+    configuring; its exit status."""
     status_r, status_w = os.pipe()
     configuring: list[float] = []
 
@@ -337,8 +368,9 @@ def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases, env: Mapping[st
     watcher.start()
     start = time.monotonic()
     try:
-        result = spawn.chroot_run(root, ["dpkg", f"--status-fd={status_w}", *args], env=env, check=False,
-                                    pass_fds=(status_w,))
+        argv = ["dpkg", f"--status-fd={status_w}", *args]
+        result = (run(argv, env=env, pass_fds=(status_w,)) if run else
+                  spawn.chroot_run(root, argv, env=env, check=False, pass_fds=(status_w,)))
     finally:
         os.close(status_w)
         watcher.join()
@@ -450,9 +482,12 @@ def _passwd_uid(tree: inroot.Tree, user: str) -> int | None:
 def _main() -> int:
     """Entry point inside the sandbox: layers go to the pipes the plan names;
     stdout becomes stderr so that no child's output goes anywhere unexpected. Maintainer
-    scripts run as this uid, so this process, whose root is the host's, is made undumpable."""
-    syscalls.make_undumpable()
+    scripts run as this uid, so this process, whose root is the host's, is made undumpable
+    (not in chrootless mode: there the scripts run as the caller anyway, and the recorder,
+    without privilege, must read this process's memory)."""
     plan = Plan.loads(sys.stdin.buffer.read())
+    if not plan.chrootless:
+        syscalls.make_undumpable()
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
