@@ -342,11 +342,13 @@ CONFIGURE_STARTS = b"processing: configure: "
 
 def _host_dpkg_run(root: Path) -> Callable[..., subprocess.CompletedProcess]:
     """How chrootless mode runs dpkg: the host's, on ROOT from outside (as `mmdebstrap
-    --mode=chrootless` does); dpkg gives the maintainer scripts DPKG_ROOT and runs them here."""
+    --mode=chrootless` does); dpkg gives the maintainer scripts DPKG_ROOT and runs them here.
+    HOME is the tree's /root, whose ~/.dpkg.cfg a chrooted dpkg would read."""
     def run(argv: Sequence[str], *, env: Mapping[str, str], pass_fds: Sequence[int]) -> subprocess.CompletedProcess:
         dpkg, *args = argv
         return subprocess.run([shutil.which(dpkg) or dpkg, *hostdpkg.chrootless_options(root), *args],
-                              env=dict(env), stdin=subprocess.DEVNULL, pass_fds=tuple(pass_fds), check=False)
+                              env={**env, "HOME": f"{root}/root"}, stdin=subprocess.DEVNULL,
+                              pass_fds=tuple(pass_fds), check=False)
     return run
 
 

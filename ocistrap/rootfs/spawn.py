@@ -279,7 +279,7 @@ def _probe() -> None:
         unshare(CLONE_NEWUSER | CLONE_NEWNS)
         mount(None, "/", None, MS_REC | MS_PRIVATE)
     except OSError as e:
-        print(json.dumps({"errno": e.errno}))
+        print(json.dumps({"errno": e.errno}), flush=True)  # os._exit does not flush a pipe
         os._exit(1)
     os._exit(0)
 
