@@ -788,6 +788,7 @@ sh("mknod", "mknod dev c 1 3 && chown 0:6 dev && stat -c %F:%t:%T:%u:%g dev")
 sh("setid", "touch s && chown 0:42 s && chmod 2755 s && stat -c %a:%u:%g s")
 sh("mode0", "touch z && chmod 0 z && chown 0:5 z && stat -c %a:%g z")
 sh("daemon", "(setsid sh -c 'sleep 0.2; chown 7:7 plain' &) ; sleep 0.5; stat -c %u:%g plain")
+sh("lingering", "setsid sleep 300 >/dev/null 2>&1 & echo $!")
 records = rec.records()
 out["shown"] = {n: [records.apply(os.lstat(n)).st_uid, records.apply(os.lstat(n)).st_gid,
                     stat.filemode(records.apply(os.lstat(n)).st_mode)] for n in sorted(os.listdir("."))}
@@ -846,3 +847,14 @@ def test_live_host_a_daemonized_process_is_still_answered(live_host: dict[str, A
     child subreaper, so Yama's ptrace_scope 1 still lets the supervisor read its calls."""
     _host_child(live_host, "daemon")
     assert live_host["shown"]["plain"][:2] == [7, 7]
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="outside a namespace the caller must not be root")
+def test_live_host_nothing_outlives_the_bootstrap(live_host: dict[str, Any]) -> None:
+    """No PID namespace ends what a maintainer script left running: the supervisor does."""
+    pid = int(_host_child(live_host, "lingering")[0])
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return
+    assert state in ("Z", "X"), f"process {pid} still runs"

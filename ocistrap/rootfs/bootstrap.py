@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, NamedTuple, TypeVar
 
-from ocistrap import log
+from ocistrap import hostarch, log
 from ocistrap.errors import BuildError, OcistrapError
 from ocistrap.rootfs import buildmode, idmaps, spawn
 from ocistrap.rootfs.bootplan import INNER_ERROR, Plan
@@ -154,7 +154,12 @@ def _start_on_host(argv: list[str], *, maps: idmaps.IdMaps, remove_on_exit: Path
 
 def _bootstrap_chrootless(plan: Plan, sink: Callable[[BinaryIO], T], **kwargs: Any) -> list[T]:
     """No namespace: the host's dpkg installs into the staging directory from outside (see
-    innerboot, Plan.chrootless), the recorder keeping owners and devices."""
+    innerboot, Plan.chrootless), the recorder keeping owners and devices. The host's dpkg
+    installs only packages of its own architecture."""
+    native = hostarch.native_arch()
+    if plan.arch != native:
+        raise BuildError(f"chrootless mode builds only this host's architecture ({native}), not {plan.arch}",
+                         hint=f"build {plan.arch} with --mode unshare or single-uid (user namespaces and qemu-user)")
     return _bootstrap(replace(plan, chrootless=True, tmpfs=False), sink, start=_start_on_host, **kwargs)
 
 

@@ -898,10 +898,36 @@ def _prctl(option: int, value: int) -> None:
 
 
 def _exit_with(child: int) -> NoReturn:
-    """Wait for CHILD and exit as it did (128+N if signal N killed it)."""
+    """Wait for CHILD and exit as it did (128+N if signal N killed it), ending first what it left
+    running (a daemon a maintainer script started): no PID namespace does that here."""
     _, status = os.waitpid(child, 0)
+    _end_orphans()
     code = os.waitstatus_to_exitcode(status)
     os._exit(code if code >= 0 else 128 - code)
+
+
+def _end_orphans() -> None:
+    """Kill and reap this subreaper's children until none is left (their own children come
+    to it in turn)."""
+    me = os.getpid()
+    while True:
+        try:
+            with open(f"/proc/{me}/task/{me}/children") as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
 
 def _serve(control: socket.socket, proc: str, *, bootstrap: int | None = None, base: tuple[int, int] = (0, 0),
