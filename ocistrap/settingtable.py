@@ -303,7 +303,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("staging_dir", PATH, "build the tree on disk under DIR instead of in memory (big images)",
             commands=_BUILD, metavar="DIR"),
     Setting("mode", TEXT, "how the sandbox maps ids: unshare (a /etc/subuid range), single-uid (only "
-            "your own id; owners are recorded instead of applied), or auto (unshare when possible)",
+            "your own id; owners are recorded instead of applied), chrootless (no user namespace: the host's "
+            "dpkg installs from outside, maintainer scripts run on the host as you), or auto (unshare when "
+            "possible, chrootless only when no namespace can be made)",
             commands=_BUILD, default="auto", choices=buildmode.MODES),
     Setting("cache_dir", PATH, "content-addressed cache", commands=(*_ARCHIVE_COMMANDS, "cache"), metavar="DIR",
             default_text="$XDG_CACHE_HOME/ocistrap"),
