@@ -6,6 +6,8 @@ so mmdebstrap's, tests/test_e2e_build.py): types, modes, owners, set-id bits, de
 targets, hard links, file contents.
 """
 
+import shutil
+import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
@@ -13,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from e2e_helpers import (  # noqa: F401  (fixtures)
+    MERGED_USR,
     cache_dir,
     content_differences,
+    host_specific,
     locked,
     ocistrap,
     printed_digests,
@@ -99,3 +103,31 @@ def test_unshare_mode_fails_at_once_naming_the_cause(tmp_path: Path, locked: Cal
         "or give the container its own user namespaces)"]
     assert not (tmp_path / "out.tar").exists()
     assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*")), "it downloaded before refusing"
+
+
+# What merging /usr before unpacking changes, against a tree that is not merged (mmdebstrap's
+# chrootless mode leaves bookworm unmerged: usrmerge's conversion does not run without a chroot).
+MERGE_TRACES = {"usr/lib64", "etc/ld.so.cache", "etc/shells", "var/lib/shells.state"}
+
+
+def test_tree_equals_mmdebstraps_chrootless_tree_but_for_the_usr_merge(chrootless: tuple[Path, str],
+                                                                      work: Path) -> None:
+    """`mmdebstrap --mode=chrootless` under fakeroot, the reference for this mode: every entry of
+    its /bin, /sbin and /lib is ours under /usr; the rest is equal but for what the merge changes."""
+    if shutil.which("mmdebstrap") is None or shutil.which("fakeroot") is None:
+        pytest.skip("needs mmdebstrap and fakeroot")
+    theirs_tar = work / "mmdebstrap-chrootless.tar"
+    subprocess.run(["fakeroot", "mmdebstrap", "--mode=chrootless", "--variant=minbase", "--quiet", "bookworm",
+                    str(theirs_tar)], check=True)
+    ours, theirs = read_tree(chrootless[0]), read_tree(theirs_tar)
+    tops = {d.strip("/").removeprefix("usr/") for d in MERGED_USR}
+    unmerged = {p for p in theirs.entries if p.split("/")[0] in tops}
+    assert unmerged, "mmdebstrap merged /usr: this test's premise is gone"
+    assert [p for p in unmerged if "/" in p and theirs.entries[p].kind != "dir"
+            and ours.entries.get(f"usr/{p}") != theirs.entries[p]] == []
+    moved = {f"usr/{p}" for p in unmerged}
+
+    def ignore(path: str) -> bool:
+        return host_specific(path) or path in unmerged or path in moved or path in MERGE_TRACES
+    assert tree_differences(ours, theirs, ignore) == []
+    assert content_differences(chrootless[0], theirs_tar, ignore) == []
