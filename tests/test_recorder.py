@@ -858,3 +858,22 @@ def test_live_host_nothing_outlives_the_bootstrap(live_host: dict[str, Any]) -> 
     except FileNotFoundError:
         return
     assert state in ("Z", "X"), f"process {pid} still runs"
+
+
+@pytest.mark.parametrize("statx", [None, (0, 0xFFF)])
+def test_raw_identity_is_what_os_stat_says(sample: Path, statx: tuple[int, int] | None) -> None:
+    st = os.stat(sample)
+    raw = recorder._raw_stat(str(sample), None, True, statx)
+    assert recorder.raw_identity(raw, statx=statx is not None) == ((st.st_dev, st.st_ino), st.st_uid, st.st_gid)
+
+
+def test_records_show_the_trees_own_ids_as_root_and_keep_others() -> None:
+    records = Records(base=(1000, 1001))
+    mine, other = _st(uid=1000, gid=1001), _st(ino=2, uid=1000, gid=5)
+    assert records.shown(mine) == Recorded(0, 0) and records.apply(mine).st_uid == 0
+    assert records.shown(other) == Recorded(0, 5)
+    records.chown(mine, None, 42)
+    assert records.table == {(7, 1): Recorded(0, 42)}
+    records.chown(mine, 0, 0)
+    assert records.table == {} and records.shifts_owners
+    assert Records.loads(records.dumps()).base == (1000, 1001)

@@ -253,7 +253,10 @@ class Records:
 
     def _unrecorded(self, st: os.stat_result) -> tuple[int, int]:
         """ST's owner as the image shows it when nothing was recorded for it."""
-        return (0 if st.st_uid == self.base[0] else st.st_uid, 0 if st.st_gid == self.base[1] else st.st_gid)
+        return self._shifted(st.st_uid, st.st_gid)
+
+    def _shifted(self, uid: int, gid: int) -> tuple[int, int]:
+        return 0 if uid == self.base[0] else uid, 0 if gid == self.base[1] else gid
 
     def owner(self, st: os.stat_result) -> tuple[int, int]:
         found = self.table.get((st.st_dev, st.st_ino))
@@ -261,11 +264,15 @@ class Records:
 
     def shown(self, st: os.stat_result) -> Recorded | None:
         """What a stat of ST must answer instead of the kernel's (None: the kernel's answer holds)."""
-        found = self.table.get((st.st_dev, st.st_ino))
+        return self.shown_by((st.st_dev, st.st_ino), st.st_uid, st.st_gid)
+
+    def shown_by(self, key: Key, uid: int, gid: int) -> Recorded | None:
+        """shown() of the inode KEY that the kernel says UID and GID own."""
+        found = self.table.get(key)
         if found is not None:
             return found
-        owner = self._unrecorded(st)
-        return None if owner == (st.st_uid, st.st_gid) else Recorded(*owner)
+        owner = self._shifted(uid, gid)
+        return None if owner == (uid, gid) else Recorded(*owner)
 
     def chown(self, st: os.stat_result, uid: int | None, gid: int | None) -> None:
         old = self.table.get((st.st_dev, st.st_ino))
@@ -365,6 +372,22 @@ def _shown(found: Recorded, mode: int, size: int, rdev: tuple[int, int]) -> tupl
     if found.kind:
         return found.kind | stat.S_IMODE(mode), 0, (os.major(found.rdev), os.minor(found.rdev))
     return mode, size, rdev
+
+
+STATX_INO, STATX_DEV_MAJOR = 32, 136
+
+
+def raw_identity(raw: bytes, *, statx: bool) -> tuple[Key, int, int]:
+    """(st_dev, st_ino), uid and gid of RAW, the host's `struct stat` (or `struct statx`), as
+    os.stat gives them: what Records.shown_by looks up."""
+    if statx:
+        ino, = struct.unpack_from("=Q", raw, STATX_INO)
+        major, minor = struct.unpack_from("=II", raw, STATX_DEV_MAJOR)
+        uid, gid = struct.unpack_from("=II", raw, STATX_UID)
+        return (os.makedev(major, minor), ino), uid, gid
+    layout = _HOST_LAYOUT
+    dev, ino = struct.unpack_from("=QQ", raw, 0)
+    return (dev, ino), struct.unpack_from("=I", raw, layout.uid)[0], struct.unpack_from("=I", raw, layout.gid)[0]
 
 
 def patch_stat(raw: bytes, layout: StatLayout, found: Recorded) -> bytes:
@@ -551,16 +574,16 @@ class Supervisor:
     def _stat(self, ctx: "_Context", call: Stat) -> int | None:
         """Answer for a recorded inode (or one owned by the tree's own ids, shown as 0:0); let
         the kernel answer (and fail) for all others."""
+        if call.statx is None and call.arch not in STAT_LAYOUTS:
+            return None
         try:
-            st = ctx.run(call.target, lambda p, d, f: os.stat(p, dir_fd=d, follow_symlinks=f))
+            raw = ctx.run(call.target, lambda p, d, f: _raw_stat(p, d, f, call.statx))
         except OSError:
             return None
-        assert isinstance(st, os.stat_result)
-        found = self.records.shown(st)
-        if found is None or (call.statx is None and call.arch not in STAT_LAYOUTS):
-            return None
-        raw = ctx.run(call.target, lambda p, d, f: _raw_stat(p, d, f, call.statx))
         assert isinstance(raw, bytes)
+        found = self.records.shown_by(*raw_identity(raw, statx=call.statx is not None))
+        if found is None:
+            return None
         if call.statx:
             ctx.write(call.buffer, patch_statx(raw, found))
         else:
@@ -617,6 +640,7 @@ class Supervisor:
 
 
 _HOST_STAT = SYSCALLS[NATIVE_AUDIT_ARCH.get(os.uname().machine, AUDIT_ARCH_X86_64)]
+_HOST_LAYOUT = STAT_LAYOUTS[NATIVE_AUDIT_ARCH.get(os.uname().machine, AUDIT_ARCH_X86_64)]
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -671,6 +695,18 @@ class _IoVec(ctypes.Structure):
 _libc.process_vm_readv.restype = ctypes.c_ssize_t
 _libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong,
                                    ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_ulong]
+
+
+_libc.process_vm_writev.restype = ctypes.c_ssize_t
+_libc.process_vm_writev.argtypes = _libc.process_vm_readv.argtypes
+
+
+def _write_memory(pid: int, address: int, data: bytes) -> None:
+    """DATA into process PID at ADDRESS (one system call, no /proc/PID/mem to open)."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    local, remote = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(data)), _IoVec(address, len(data))
+    if _libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) != len(data):
+        raise OSError(errno.EFAULT, "short write")
 
 
 def _read_memory(pid: int, address: int, size: int) -> bytes:
@@ -774,12 +810,7 @@ class _Context:
     def write(self, address: int, data: bytes) -> None:
         """Put DATA into the caller's memory at ADDRESS (the buffer its call passed)."""
         self.confirm()
-        fd = os.open(f"{self.base}/mem", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            if os.pwrite(fd, data, address) != len(data):
-                raise OSError(errno.EFAULT, "short write")
-        finally:
-            os.close(fd)
+        _write_memory(self.pid, address, data)
 
     def lstat(self, where: Where) -> os.stat_result | None:
         try:
