@@ -22,6 +22,7 @@ the tree's symlinks (a package's `usr/share -> /home/you` included) wherever
 they lead; there they lead to nothing of the caller's.
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -147,6 +148,29 @@ def _config_texts() -> dict[str, str]:
     return texts
 
 
+MERGED = ("bin", "sbin", "lib")
+BIARCH = ("lib32", "libx32", "libo32")
+
+
+def host_layout_problem(root: Path = Path("/"), uid: int | None = None) -> str | None:
+    """Why bookworm's usrmerge postinst, which ignores DPKG_ROOT and inspects the host's /, would
+    act on this host (None: it finds nothing to do): it converts a host whose /bin, /sbin or /lib
+    is not merged, and removes /lib32, /libx32 or /libo32 when the tree's packages do not own
+    them. As root it could; so chrootless mode refuses root, too (UID: the caller's)."""
+    if (os.geteuid() if uid is None else uid) == 0:
+        return ("it does not run as root: maintainer scripts that ignore DPKG_ROOT (bookworm's usrmerge) would "
+                "change this system; build as an unprivileged user")
+    unmerged = [f"/{d}" for d in MERGED if (root / d).exists() and (root / d).resolve() != root / "usr" / d]
+    if unmerged:
+        return (f"this host's {', '.join(unmerged)} are not merged into /usr, and usrmerge's postinst (which "
+                "ignores DPKG_ROOT) would try to convert the host")
+    biarch = [f"/{d}" for d in BIARCH if (root / d).exists() or (root / d).is_symlink()]
+    if biarch:
+        return (f"this host has {', '.join(biarch)}, which usrmerge's postinst (it ignores DPKG_ROOT) would try "
+                "to remove from the host")
+    return None
+
+
 def chrootless_problem() -> str | None:
     """Why the host's dpkg cannot install a tree from outside (None: it can): it is missing,
     too old to run maintainer scripts without a chroot, or its configuration, which dpkg reads
@@ -160,6 +184,9 @@ def chrootless_problem() -> str | None:
                                                       check=False).stdout)
         return (f"the host's dpkg {version[0] if version else '(unknown version)'} cannot run maintainer scripts "
                 "without a chroot (--force-script-chrootless needs dpkg 1.18.5 or later)")
+    layout = host_layout_problem()
+    if layout:
+        return layout
     filtering = config_filters(_config_texts())
     if filtering:
         return (f"the host's dpkg configuration filters paths ({', '.join(filtering)}), which dpkg applies to the "
