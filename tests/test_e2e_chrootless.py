@@ -6,24 +6,31 @@ so mmdebstrap's, tests/test_e2e_build.py): types, modes, owners, set-id bits, de
 targets, hard links, file contents.
 """
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from e2e_helpers import (  # noqa: F401  (fixtures)
     MERGED_USR,
+    HostDirs,
     cache_dir,
     content_differences,
+    descendants,
     host_specific,
     locked,
     ocistrap,
     printed_digests,
     read_tree,
+    start_interruptible,
     tree_differences,
+    wait_gone,
     work,
 )
 
@@ -131,3 +138,33 @@ def test_tree_equals_mmdebstraps_chrootless_tree_but_for_the_usr_merge(chrootles
         return host_specific(path) or path in unmerged or path in moved or path in MERGE_TRACES
     assert tree_differences(ours, theirs, ignore) == []
     assert content_differences(chrootless[0], theirs_tar, ignore) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=lambda s: s.name)
+def test_interrupted_build_leaves_no_process(signum: signal.Signals, locked: Callable[[str], Path],
+                                            cache_dir: Path, work: Path) -> None:
+    """No PID namespace ends dpkg and the maintainer scripts here: killing ocistrap (SIGKILL:
+    the bootstrap's leader dies with it and kills its group) or Ctrl-C must still end them."""
+    base = work / f"chrootless-{signum.name}"
+    host = HostDirs.under(base)
+    argv = [*NO_USERNS, sys.executable, "-m", "ocistrap", "build", "--lock", str(locked("bookworm")),
+            "--cache-dir", str(cache_dir), "-o", f"oci:{base / 'layout'}:test"]
+    proc = start_interruptible(argv, env=host.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while "dpkg" not in descendants(proc.pid).values():
+            assert proc.poll() is None and time.monotonic() < deadline, "dpkg never ran"
+            time.sleep(0.05)
+        running = descendants(proc.pid)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    if signum == signal.SIGINT:
+        assert proc.returncode == 130 and err.decode().strip().splitlines()[-1] == "ocistrap: interrupted", err
+    assert wait_gone(running) == {}, f"processes outlived the build: {wait_gone(running, 0)}"
+    assert not (base / "layout").exists()

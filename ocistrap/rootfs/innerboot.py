@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -481,14 +482,27 @@ def _passwd_uid(tree: inroot.Tree, user: str) -> int | None:
     return None
 
 
+def _end_group_with(parent: int) -> None:
+    """Without a namespace nothing ends dpkg and the scripts when ocistrap is killed: this process
+    (the leader of their process group, and the recorder's supervisor) kills the group when
+    PARENT, the ocistrap that started it, goes."""
+    signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
+    syscalls.die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent:
+        os.killpg(0, signal.SIGKILL)
+
+
 def _main() -> int:
     """Entry point inside the sandbox: layers go to the pipes the plan names;
     stdout becomes stderr so that no child's output goes anywhere unexpected. Maintainer
     scripts run as this uid, so this process, whose root is the host's, is made undumpable
     (not in chrootless mode: there the scripts run as the caller anyway, and the recorder,
     without privilege, must read this process's memory)."""
+    parent = os.getppid()
     plan = Plan.loads(sys.stdin.buffer.read())
-    if not plan.chrootless:
+    if plan.chrootless:
+        _end_group_with(parent)
+    else:
         syscalls.make_undumpable()
     os.dup2(2, 1)
     sys.stdout = sys.stderr
