@@ -113,7 +113,7 @@ def check_mode(requested: str, host: Host) -> tuple[buildmode.BuildMode | None, 
 def check_seccomp(host: Host) -> Check:
     actions = (host.read_text(SECCOMP_ACTIONS) or "").split()
     if "user_notif" in actions:
-        return Check("seccomp user notification", True, "available: single-uid builds can record owners")
+        return Check("seccomp user notification", True, "available: owners can be recorded (single-uid and chrootless builds)")
     return Check("seccomp user notification", False,
                  "this kernel lacks seccomp user notification (Linux 5.5 or later), which single-uid "
                  "builds need: give the account a subordinate id range for unshare mode")

@@ -66,14 +66,15 @@ def chrootless(locked: Callable[[str], Path], cache_dir: Path, work: Path) -> tu
 
 def test_auto_picks_chrootless_and_says_why(chrootless: tuple[Path, str]) -> None:
     log = chrootless[1]
-    assert "sandbox: chrootless mode (cannot create a user namespace: Operation not permitted" in log
-    assert "maintainer scripts run on this host as you (no chroot)" in log
+    line = next(line for line in log.splitlines() if "sandbox: " in line)
+    assert line.strip().startswith("sandbox: chrootless mode (") and "user namespace" in line, line
+    assert "maintainer scripts run on this host as you (no chroot)" in line
 
 
 def test_doctor_says_what_the_build_does() -> None:
     out = ocistrap("doctor", via=NO_USERNS, check=False).stdout  # fails: user namespaces are refused
     line = next(line for line in out.splitlines() if " build mode " in line)
-    assert line.split(None, 3)[3].startswith("chrootless, because cannot create a user namespace")
+    assert line.split(None, 3)[3].startswith("chrootless, because ") and "user namespace" in line, line
     assert any(line.startswith("ok") and " chrootless mode " in line for line in out.splitlines())
 
 
@@ -104,10 +105,9 @@ def test_unshare_mode_fails_at_once_naming_the_cause(tmp_path: Path, locked: Cal
     result = ocistrap("build", "--lock", str(locked("bookworm")), "--cache-dir", str(tmp_path / "cache"),
                       "--mode", "unshare", "-o", f"tar:{tmp_path / 'out.tar'}", check=False, via=NO_USERNS)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [
-        "ocistrap: error: cannot create a user namespace: Operation not permitted; the kernel may lack "
-        "CONFIG_USER_NS, or a container runtime's seccomp policy forbids unshare (run ocistrap on the host, "
-        "or give the container its own user namespaces)"]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ocistrap: error: ") and "user namespace" in lines[0], lines
+    assert "Operation not permitted" in lines[0] or "seccomp" in lines[0], lines
     assert not (tmp_path / "out.tar").exists()
     assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*")), "it downloaded before refusing"
 

@@ -10,6 +10,10 @@ and later gives the layer writer a table that overrides the owners and types it
 sees. The filter is inherited by every child and cannot be bypassed by static
 binaries, emulated (qemu-user) ones or a cleared environment, which is why this
 is used rather than an LD_PRELOAD library such as fakeroot.
+
+Without any user namespace (chrootless mode) the same calls fail with EPERM, and
+are answered the same way; there the caller's own uid and gid stand for root
+(Records' BASE), and the supervisor is the bootstrap's ancestor (start_above).
 """
 
 from __future__ import annotations
