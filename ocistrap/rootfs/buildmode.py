@@ -184,7 +184,7 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
         raise BuildError(f"{first_problem.message}; {last_problem.message}", hint=first_problem.hint)
     first, *rest = usable
     # a failure at run time inside a namespace never turns into running maintainer scripts on the host
-    rest = [m for m in rest if m.kind.runner == first.kind.runner]
+    rest = [m for m in rest if m.kind is not CHROOTLESS]
     if first.kind is AUTO_ORDER[0]:
         return replace(first, fallbacks=tuple(rest))
     return replace(first, reason=first.kind.because(problems[0].message), fallbacks=tuple(rest),
