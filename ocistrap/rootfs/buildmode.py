@@ -121,10 +121,10 @@ def _root_maps(host: HostProbe) -> IdMaps:
 
 
 def _chrootless_maps(host: HostProbe) -> IdMaps:
-    problem = host.chrootless_problem()
+    _, uid, gid = host.identity()
+    problem = hostdpkg.NOT_AS_ROOT if uid == 0 else host.chrootless_problem()
     if problem:
         raise BuildError(f"chrootless mode cannot build here: {problem}")
-    _, uid, gid = host.identity()
     return IdMaps.single(uid, gid)
 
 

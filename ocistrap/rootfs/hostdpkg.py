@@ -152,14 +152,17 @@ MERGED = ("bin", "sbin", "lib")
 BIARCH = ("lib32", "libx32", "libo32")
 
 
+NOT_AS_ROOT = ("it does not run as root: maintainer scripts that ignore DPKG_ROOT (bookworm's usrmerge) would "
+               "change this system; build as an unprivileged user")
+
+
 def host_layout_problem(root: Path = Path("/"), uid: int | None = None) -> str | None:
     """Why bookworm's usrmerge postinst, which ignores DPKG_ROOT and inspects the host's /, would
     act on this host (None: it finds nothing to do): it converts a host whose /bin, /sbin or /lib
     is not merged, and removes /lib32, /libx32 or /libo32 when the tree's packages do not own
     them. As root it could; so chrootless mode refuses root, too (UID: the caller's)."""
     if (os.geteuid() if uid is None else uid) == 0:
-        return ("it does not run as root: maintainer scripts that ignore DPKG_ROOT (bookworm's usrmerge) would "
-                "change this system; build as an unprivileged user")
+        return NOT_AS_ROOT
     unmerged = [f"/{d}" for d in MERGED if (root / d).exists() and (root / d).resolve() != root / "usr" / d]
     if unmerged:
         return (f"this host's {', '.join(unmerged)} are not merged into /usr, and usrmerge's postinst (which "
