@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 from ocistrap import hostarch
 from ocistrap.errors import BuildError
 from ocistrap.hostarch import Check, native_arch
-from ocistrap.rootfs import buildmode, idmaps
+from ocistrap.rootfs import buildmode, detect, idmaps
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
@@ -95,7 +95,7 @@ def check_binfmt(host: Host, arch: str, native: str) -> Check:
     return hostarch.binfmt_check(arch, native, host.read_text)
 
 
-SECCOMP_ACTIONS = Path("/proc/sys/kernel/seccomp/actions_avail")
+SECCOMP_ACTIONS = detect.SECCOMP_ACTIONS
 
 
 def check_mode(requested: str, host: Host) -> tuple[buildmode.BuildMode | None, Check]:
@@ -113,10 +113,18 @@ def check_mode(requested: str, host: Host) -> tuple[buildmode.BuildMode | None, 
 def check_seccomp(host: Host) -> Check:
     actions = (host.read_text(SECCOMP_ACTIONS) or "").split()
     if "user_notif" in actions:
-        return Check("seccomp user notification", True, "available: single-uid builds can record owners")
+        return Check("seccomp user notification", True, "available: owners can be recorded (single-uid and chrootless builds)")
     return Check("seccomp user notification", False,
                  "this kernel lacks seccomp user notification (Linux 5.5 or later), which single-uid "
                  "builds need: give the account a subordinate id range for unshare mode")
+
+
+def check_chrootless(host: Host) -> Check:
+    problem = host.chrootless_problem()
+    if problem:
+        return Check("chrootless mode", False, problem)
+    return Check("chrootless mode", True, "the host's dpkg can install from outside the tree, owners recorded "
+                                          "(maintainer scripts then run on this host as you)")
 
 
 def _not_needed(check: Check, mode: str) -> Check:
@@ -142,11 +150,15 @@ def checks(arch: Sequence[str], *, mode: str = "auto", host: Host | None = None)
         ids = [_not_needed(c, chosen.name) for c in ids]
     if chosen is not None and not chosen.kind.namespace:
         userns = _not_needed(userns, chosen.name)
+    chrootless = check_chrootless(host)
+    if chosen is not None and chosen.kind is not buildmode.CHROOTLESS:
+        chrootless = _not_needed(chrootless, chosen.name)
     return [
         Check("native architecture", True, native),
         userns,
         *ids,
         verdict,
+        chrootless,
         *([check_seccomp(host)] if chosen is not None and chosen.records_owners else []),
         check_verifier(host),
         check_keyring(host),

@@ -311,7 +311,9 @@ SETTINGS: tuple[Setting, ...] = (
             commands=(*_BUILD, *_REBUILD), metavar="DIR"),
     Setting("mode", TEXT, "how the sandbox maps ids: unshare (a /etc/subuid range; as root, ids map to "
             "themselves), root (uid 0 without any namespace, as in a container), single-uid (only "
-            "your own id; owners are recorded instead of applied), or auto (the first that works here)",
+            "your own id; owners are recorded instead of applied), chrootless (no user namespace: the host's "
+            "dpkg installs from outside, maintainer scripts run on the host as you), or auto (the first that "
+            "works here; chrootless only when no namespace can be made)",
             commands=(*_BUILD, *_REBUILD), default="auto", choices=buildmode.MODES),
     Setting("cache_dir", PATH, "content-addressed cache", commands=(*_ARCHIVE_COMMANDS, "cache"), metavar="DIR",
             default_text="$XDG_CACHE_HOME/ocistrap"),

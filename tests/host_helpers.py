@@ -36,6 +36,7 @@ class FakeHost:
     arch: str = "amd64"
     caps: int = 0
     maps: dict[str, str] = field(default_factory=lambda: {"uid": HOST_MAP, "gid": HOST_MAP})
+    chrootless: str | None = None
 
     def identity(self) -> tuple[str, int, int]:
         return self.user, *self.ids
@@ -66,3 +67,6 @@ class FakeHost:
 
     def native_arch(self) -> str:
         return self.arch
+
+    def chrootless_problem(self) -> str | None:
+        return self.chrootless

@@ -15,7 +15,7 @@ def test_a_healthy_host_passes_every_check() -> None:
     results = doctor.checks(["amd64", "arm64", "i386"], host=FakeHost())
     assert [c.name for c in results] == [
         "native architecture", "user namespaces", "subuid", "subgid", "newuidmap", "newgidmap",
-        "build mode", "signature verifier", "archive keyring", "binfmt amd64", "binfmt arm64", "binfmt i386"]
+        "build mode", "chrootless mode", "signature verifier", "archive keyring", "binfmt amd64", "binfmt arm64", "binfmt i386"]
     assert all(c.ok for c in results), doctor.format_checks(results)
     found = _by_name(results)
     assert found["native architecture"].detail == "amd64"
@@ -115,9 +115,25 @@ def test_unshare_mode_fails_without_a_range() -> None:
     assert not found["newuidmap"].ok
 
 
-def test_refused_user_namespaces_leave_no_mode() -> None:
+def test_refused_user_namespaces_without_a_usable_host_dpkg_leave_no_mode() -> None:
+    found = _by_name(doctor.checks([], host=FakeHost(userns="enable it", chrootless="the host has no dpkg")))
+    assert found["build mode"] == Check(
+        "build mode", False, "no mode can build here (enable it; chrootless mode cannot build here: the host has no dpkg)")
+    assert found["chrootless mode"] == Check("chrootless mode", False, "the host has no dpkg")
+
+
+def test_refused_user_namespaces_leave_chrootless_mode_and_say_what_it_trusts() -> None:
     found = _by_name(doctor.checks([], host=FakeHost(userns="enable it")))
-    assert found["build mode"] == Check("build mode", False, "no mode can build here (enable it)")
+    assert found["build mode"].ok
+    assert found["build mode"].detail.startswith("chrootless, because enable it; ")
+    assert "maintainer scripts run on this host as you" in found["build mode"].detail
+    assert found["chrootless mode"].ok and "not needed" not in found["chrootless mode"].detail
+
+
+def test_chrootless_problems_are_not_failures_when_another_mode_builds() -> None:
+    found = _by_name(doctor.checks([], host=FakeHost(chrootless="Yama's kernel.yama.ptrace_scope is 3")))
+    assert found["chrootless mode"].ok
+    assert found["chrootless mode"].detail == "not needed in unshare mode: Yama's kernel.yama.ptrace_scope is 3"
 
 
 HOSTS = {
@@ -127,6 +143,7 @@ HOSTS = {
     "no newuidmap": FakeHost(mappers={"newuidmap": (None, "install uidmap"),
                                       "newgidmap": ("/usr/bin/newgidmap", None)}),
     "userns refused": FakeHost(userns="enable it"),
+    "userns refused, no host dpkg": FakeHost(userns="enable it", chrootless="the host has no dpkg"),
 }
 
 

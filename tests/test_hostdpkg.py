@@ -85,3 +85,39 @@ def test_target_version_of_the_deb_being_installed(tmp_path: Path) -> None:
     subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(package), str(tmp_path / "dpkg.deb")],
                    check=True, capture_output=True)
     assert hostdpkg.target_version(tmp_path, str(tmp_path / "dpkg.deb")) == "1.21.22"
+
+
+def _host(tmp_path: Path, links: dict[str, str], dirs: tuple[str, ...] = ()) -> Path:
+    for name in ("usr/bin", "usr/sbin", "usr/lib", "usr/lib64", *dirs):
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+    for name, target in links.items():
+        (tmp_path / name).symlink_to(target)
+    return tmp_path
+
+
+MERGED_HOST = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+
+
+def test_a_merged_host_without_biarch_directories_is_safe_for_usrmerges_postinst(tmp_path: Path) -> None:
+    assert hostdpkg.host_layout_problem(_host(tmp_path, MERGED_HOST), uid=1000) is None
+
+
+def test_root_is_refused_whatever_the_host(tmp_path: Path) -> None:
+    assert "does not run as root" in (hostdpkg.host_layout_problem(_host(tmp_path, MERGED_HOST), uid=0) or "")
+
+
+def test_an_unmerged_host_is_refused(tmp_path: Path) -> None:
+    problem = hostdpkg.host_layout_problem(_host(tmp_path, {"lib": "usr/lib"}, dirs=("bin", "sbin")), uid=1000)
+    assert problem is not None and "/bin, /sbin are not merged" in problem
+
+
+def test_a_host_with_lib32_is_refused(tmp_path: Path) -> None:
+    problem = hostdpkg.host_layout_problem(_host(tmp_path, {**MERGED_HOST, "lib32": "usr/lib32"}), uid=1000)
+    assert problem is not None and "/lib32" in problem
+
+
+def test_path_filters_in_the_hosts_dpkg_configuration_are_found() -> None:
+    texts = {"/etc/dpkg/dpkg.cfg": "# comment\nlog /var/log/dpkg.log\n",
+             "/etc/dpkg/dpkg.cfg.d/docker": "path-exclude /usr/share/doc/*\n",
+             "/etc/dpkg/dpkg.cfg.d/speed": "force-unsafe-io\n"}
+    assert hostdpkg.config_filters(texts) == ["/etc/dpkg/dpkg.cfg.d/docker"]

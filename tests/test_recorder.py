@@ -765,3 +765,115 @@ def test_live_fstat_of_closed_fd_fails_with_ebadf(live: dict[str, Any]) -> None:
 def test_live_fchown_of_at_fdcwd_fails_with_ebadf(live: dict[str, Any]) -> None:
     assert live["bugs"]["fchown_at_fdcwd"] == errno.EBADF
     assert live["bugs_dir_recorded"] is False
+
+
+# ---- end to end: no namespace at all (chrootless mode), the supervisor the bootstrap's ancestor ----
+
+LIVE_HOST = r'''
+import json, os, stat, subprocess, sys
+from ocistrap.rootfs import recorder
+
+os.chdir(sys.argv[1])
+me = (os.getuid(), os.getgid())
+rec = recorder.start_above("/proc", me)
+out = {"supervisor_is_parent": os.getppid() != 1}
+
+def sh(name, cmd):
+    r = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=10)
+    out[name] = [r.returncode, r.stdout.strip(), r.stderr.strip()]
+
+sh("chown", "touch f && chown 42:43 f && stat -c %u:%g f")
+sh("plain", "touch plain && stat -c %u:%g plain && cp -p plain copy && stat -c %u:%g copy")
+sh("mknod", "mknod dev c 1 3 && chown 0:6 dev && stat -c %F:%t:%T:%u:%g dev")
+sh("setid", "touch s && chown 0:42 s && chmod 2755 s && stat -c %a:%u:%g s")
+sh("mode0", "touch z && chmod 0 z && chown 0:5 z && stat -c %a:%g z")
+sh("daemon", "(setsid sh -c 'sleep 0.2; chown 7:7 plain' &) ; sleep 0.5; stat -c %u:%g plain")
+sh("lingering", "setsid sleep 300 >/dev/null 2>&1 & echo $!")
+records = rec.records()
+out["shown"] = {n: [records.apply(os.lstat(n)).st_uid, records.apply(os.lstat(n)).st_gid,
+                    stat.filemode(records.apply(os.lstat(n)).st_mode)] for n in sorted(os.listdir("."))}
+out["really"] = {n: [os.lstat(n).st_uid, os.lstat(n).st_gid] for n in ("f", "dev")}
+out["me"] = me
+rec.close()
+print(json.dumps(out))
+'''
+
+
+@pytest.fixture(scope="module")
+def live_host(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Run LIVE_HOST once where no user namespace can be made (tests/no_userns.py), as the caller."""
+    where = tmp_path_factory.mktemp("recorder-host")
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "no_userns.py"), sys.executable, "-c",
+                           LIVE_HOST, str(where)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _host_child(live: dict[str, Any], name: str) -> list[str]:
+    rc, out, err = live[name]
+    assert rc == 0, f"{name}: {err}"
+    return out.splitlines()
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="outside a namespace the caller must not be root")
+def test_live_host_chown_and_mknod_succeed_and_are_recorded(live_host: dict[str, Any]) -> None:
+    assert live_host["supervisor_is_parent"]
+    assert _host_child(live_host, "chown") == ["42:43"]
+    assert _host_child(live_host, "mknod") == ["character special file:1:3:0:6"]
+    assert live_host["shown"]["f"] == [42, 43, "-rw-r--r--"]
+    assert live_host["shown"]["dev"] == [0, 6, "crw-r--r--"]
+    assert live_host["really"] == {"f": live_host["me"], "dev": live_host["me"]}
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="outside a namespace the caller must not be root")
+def test_live_host_the_callers_own_files_show_as_root(live_host: dict[str, Any]) -> None:
+    """What nobody chowned is the caller's on disk and root's in the image and to stat; so a copy
+    that keeps owners (cp -p chowns to what stat said) stays root's."""
+    assert _host_child(live_host, "plain")[1] == "0:0"
+    assert live_host["shown"]["copy"][:2] == [0, 0]
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="outside a namespace the caller must not be root")
+def test_live_host_set_id_bits_and_unreadable_files(live_host: dict[str, Any]) -> None:
+    assert _host_child(live_host, "setid") == ["2755:0:42"]
+    assert live_host["shown"]["s"] == [0, 42, "-rwxr-sr-x"]
+    assert _host_child(live_host, "mode0") == ["0:5"]
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="outside a namespace the caller must not be root")
+def test_live_host_a_daemonized_process_is_still_answered(live_host: dict[str, Any]) -> None:
+    """A process that left its parent (setsid, double fork) is reparented to the supervisor, a
+    child subreaper, so Yama's ptrace_scope 1 still lets the supervisor read its calls."""
+    _host_child(live_host, "daemon")
+    assert live_host["shown"]["plain"][:2] == [7, 7]
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="outside a namespace the caller must not be root")
+def test_live_host_nothing_outlives_the_bootstrap(live_host: dict[str, Any]) -> None:
+    """No PID namespace ends what a maintainer script left running: the supervisor does."""
+    pid = int(_host_child(live_host, "lingering")[0])
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return
+    assert state in ("Z", "X"), f"process {pid} still runs"
+
+
+@pytest.mark.parametrize("statx", [None, (0, 0xFFF)])
+def test_raw_identity_is_what_os_stat_says(sample: Path, statx: tuple[int, int] | None) -> None:
+    st = os.stat(sample)
+    raw = recorder._raw_stat(str(sample), None, True, statx)
+    assert recorder.raw_identity(raw, statx=statx is not None) == ((st.st_dev, st.st_ino), st.st_uid, st.st_gid)
+
+
+def test_records_show_the_trees_own_ids_as_root_and_keep_others() -> None:
+    records = Records(base=(1000, 1001))
+    mine, other = _st(uid=1000, gid=1001), _st(ino=2, uid=1000, gid=5)
+    assert records.shown(mine) == Recorded(0, 0) and records.apply(mine).st_uid == 0
+    assert records.shown(other) == Recorded(0, 5)
+    records.chown(mine, None, 42)
+    assert records.table == {(7, 1): Recorded(0, 42)}
+    records.chown(mine, 0, 0)
+    assert records.table == {} and records.shifts_owners
+    assert Records.loads(records.dumps()).base == (1000, 1001)

@@ -16,7 +16,7 @@ from e2e_helpers import start_interruptible
 from host_helpers import FULL, FakeHost
 
 from ocistrap.errors import BuildError
-from ocistrap.rootfs import buildmode, idmaps, mounting, scratchdirs, spawn, syscalls
+from ocistrap.rootfs import buildmode, detect, idmaps, mounting, scratchdirs, spawn, syscalls
 from ocistrap.rootfs.idmaps import IdMaps, IdRange, SubIdRange
 
 SUBUID = """\
@@ -623,10 +623,41 @@ def test_single_uid_mode_needs_no_range_nor_mapper() -> None:
     assert mode.name == "single-uid" and mode.maps == idmaps.IdMaps.single(5, 6)
 
 
-@pytest.mark.parametrize("requested", [m for m in buildmode.MODES if m != "root"])
-def test_no_mode_builds_when_user_namespaces_are_refused(requested: str) -> None:
+@pytest.mark.parametrize("requested", [m for m in buildmode.MODES if m not in ("root", "chrootless")])
+def test_no_namespace_mode_builds_when_user_namespaces_are_refused(requested: str) -> None:
     with pytest.raises(BuildError, match=re.escape(REFUSED)):
-        buildmode.decide_mode(requested, FakeHost(userns=REFUSED, subuid=""))
+        buildmode.decide_mode(requested, FakeHost(userns=REFUSED, subuid="", chrootless="no dpkg"))
+
+
+def test_auto_turns_to_chrootless_when_user_namespaces_are_refused_and_says_why() -> None:
+    mode = buildmode.decide_mode("auto", FakeHost(userns=REFUSED, subuid="", ids=(5, 6)))
+    assert mode.kind is buildmode.CHROOTLESS and mode.records_owners and mode.fallbacks == ()
+    assert mode.describe().startswith(f"chrootless, because {REFUSED}; the host's dpkg installs from outside")
+    assert mode.describe().endswith("(fix that to build in unshare mode)")
+
+
+def test_auto_prefers_a_namespace_to_chrootless() -> None:
+    mode = buildmode.decide_mode("auto", FakeHost(subuid=""))
+    assert mode.name == "single-uid" and mode.fallbacks == ()
+
+
+def test_chrootless_mode_names_what_the_host_lacks() -> None:
+    with pytest.raises(BuildError, match="chrootless mode cannot build here: the host has no dpkg"):
+        buildmode.decide_mode("chrootless", FakeHost(chrootless="the host has no dpkg"))
+
+
+@pytest.mark.parametrize(("actions", "scope", "problem"), [
+    ("kill_process kill_thread trap errno user_notif trace log allow", "1", None),
+    ("kill_process kill_thread trap errno user_notif trace log allow", None, None),
+    ("kill_process kill_thread trap errno trace log allow", "0", "seccomp user notification"),
+    (None, "0", "seccomp user notification"),
+    ("user_notif", "2", "sudo sysctl kernel.yama.ptrace_scope=1"),
+    ("user_notif", "3\n", "until the next reboot"),
+])
+def test_recording_without_a_namespace_needs_user_notification_and_a_ptrace_scope_of_at_most_1(
+        actions: str | None, scope: str | None, problem: str | None) -> None:
+    found = detect.recording_problem(actions, scope)
+    assert (found is None) if problem is None else (problem in (found or ""))
 
 
 def test_unknown_mode_is_refused() -> None:

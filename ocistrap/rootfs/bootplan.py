@@ -50,6 +50,13 @@ class Plan:
     mounts: bool = True  # False in root mode: no namespace, nothing may be mounted (ocistrap.rootfs.plainroot)
     ready_fd: int = -1
     phases_fd: int = -1
+    chrootless: bool = False
+
+    @property
+    def plain_chroot(self) -> bool:
+        """Root mode: a chroot with nothing mounted (ocistrap.rootfs.plainroot); chrootless mode
+        mounts nothing either, but has no chroot at all."""
+        return not self.mounts and not self.chrootless
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self)).encode()

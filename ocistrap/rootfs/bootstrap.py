@@ -13,6 +13,7 @@ from inside).
 
 import functools
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, NamedTuple, TypeVar
 
-from ocistrap import log
+from ocistrap import hostarch, log
 from ocistrap.errors import BuildError, OcistrapError
 from ocistrap.rootfs import buildmode, idmaps, plainroot, spawn
 from ocistrap.rootfs.bootplan import INNER_ERROR, Plan
@@ -130,9 +131,43 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: idmaps.IdMaps
     return results
 
 
+class _HostGroup(subprocess.Popen):
+    """The inner half started with no namespace, in a process group of its own: kill() ends the
+    group (the recorder, the bootstrap, dpkg and the maintainer scripts), not just its leader."""
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _start_on_host(argv: list[str], *, maps: idmaps.IdMaps, remove_on_exit: Path | None,
+                   **popen: Any) -> subprocess.Popen:
+    """spawn.spawn's counterpart for chrootless mode: the inner half runs here, as the caller;
+    the staging directory is the caller's to remove (the pipeline's scratch directory)."""
+    del maps, remove_on_exit
+    try:
+        return _HostGroup(argv, start_new_session=True, **popen)
+    except OSError as e:
+        raise BuildError(f"cannot start the bootstrap: {e.strerror}") from e
+
+
+def _bootstrap_chrootless(plan: Plan, sink: Callable[[BinaryIO], T], **kwargs: Any) -> list[T]:
+    """No namespace: the host's dpkg installs into the staging directory from outside (see
+    innerboot, Plan.chrootless), the recorder keeping owners and devices. The host's dpkg
+    installs only packages of its own architecture."""
+    native = hostarch.native_arch()
+    if plan.arch != native:
+        raise BuildError(f"chrootless mode builds only this host's architecture ({native}), not {plan.arch}",
+                         hint=f"build {plan.arch} with --mode unshare or single-uid (user namespaces and qemu-user)")
+    return _bootstrap(replace(plan, chrootless=True, tmpfs=False), sink, launch=_start_on_host, **kwargs)
+
+
 # buildmode.ModeKind.runner -> how that kind runs a plan.
 RUNNERS: dict[str, Callable[..., list[Any]]] = {"namespace": _bootstrap,
-                                                "root": functools.partial(_bootstrap, launch=plainroot.launch)}
+                                                "root": functools.partial(_bootstrap, launch=plainroot.launch),
+                                                "chrootless": _bootstrap_chrootless}
 
 
 class _Announcer:

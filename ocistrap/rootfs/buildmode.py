@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from ocistrap.errors import BuildError
-from ocistrap.rootfs import detect
+from ocistrap.rootfs import detect, hostdpkg
 from ocistrap.rootfs.idmaps import (
     SUBGID,
     SUBORDINATE_IDS,
@@ -22,7 +22,7 @@ from ocistrap.rootfs.idmaps import (
 )
 from ocistrap.rootfs.spawn import helper_argv, read_sysctls
 
-MODES = ("auto", "unshare", "root", "single-uid")
+MODES = ("auto", "unshare", "root", "single-uid", "chrootless")
 
 
 class HostProbe(Protocol):
@@ -34,6 +34,7 @@ class HostProbe(Protocol):
     def mapper(self, name: str) -> tuple[str | None, str | None]: ...
     def capabilities(self) -> int: ...
     def id_map(self, kind: Literal["uid", "gid"]) -> str: ...
+    def chrootless_problem(self) -> str | None: ...
 
 
 class SystemProbe:
@@ -61,6 +62,11 @@ class SystemProbe:
 
     def id_map(self, kind: Literal["uid", "gid"]) -> str:
         return detect.read_proc(f"{kind}_map")
+
+    def chrootless_problem(self) -> str | None:
+        return (detect.recording_problem(detect.read_sysctl(detect.SECCOMP_ACTIONS),
+                                         detect.read_sysctl(detect.PTRACE_SCOPE))
+                or hostdpkg.chrootless_problem())
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,14 @@ def _root_maps(host: HostProbe) -> IdMaps:
     return detect.root_maps(host.id_map("uid"), host.id_map("gid"))
 
 
+def _chrootless_maps(host: HostProbe) -> IdMaps:
+    _, uid, gid = host.identity()
+    problem = hostdpkg.NOT_AS_ROOT if uid == 0 else host.chrootless_problem()
+    if problem:
+        raise BuildError(f"chrootless mode cannot build here: {problem}")
+    return IdMaps.single(uid, gid)
+
+
 UNSHARE = ModeKind("unshare", _unshare_maps, "namespace", records_owners=False,
                    works=f"{1 + SUBORDINATE_IDS} ids mapped from /etc/subuid and /etc/subgid",
                    works_as_root=f"root maps ids 0-{SUBORDINATE_IDS} to themselves (its own map, no newuidmap)")
@@ -123,8 +137,14 @@ ROOT = ModeKind("root", _root_maps, "root", records_owners=False, namespace=Fals
 SINGLE_UID = ModeKind("single-uid", _single_uid_maps, "namespace", records_owners=True,
                       cost="owners are recorded instead of applied")
 
-# The kinds `--mode auto` tries, the fastest faithful one first (root's probe passes only for root).
-AUTO_ORDER = (UNSHARE, ROOT, SINGLE_UID)
+CHROOTLESS = ModeKind("chrootless", _chrootless_maps, "chrootless", records_owners=True, namespace=False,
+                      works="no user namespace is needed",
+                      cost="the host's dpkg installs from outside the tree and maintainer scripts run on "
+                           "this host as you (no chroot); owners are recorded")
+
+# The kinds `--mode auto` tries, the fastest faithful one first (root's probe passes only for root,
+# chrootless's never for root).
+AUTO_ORDER = (UNSHARE, ROOT, SINGLE_UID, CHROOTLESS)
 KINDS = {k.name: k for k in AUTO_ORDER}
 
 
@@ -171,7 +191,8 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
     """The build mode for REQUESTED (one of MODES) on HOST (this machine): the one decision.
 
     "auto" takes the first kind of AUTO_ORDER whose probe passes, saying why the ones
-    before it could not; a requested kind raises what it is missing, naming the fix.
+    before it could not (chrootless only when no user namespace can be made); a requested
+    kind raises what it is missing, naming the fix.
     """
     if requested not in MODES:
         raise BuildError(f"unknown mode {requested!r}", hint=f"use one of {', '.join(MODES)}")
@@ -190,6 +211,8 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
     if not usable:
         raise _nothing_builds(problems, uid)
     first, *rest = usable
+    # a failure at run time inside a namespace never turns into running maintainer scripts on the host
+    rest = [m for m in rest if m.kind is not CHROOTLESS]
     if first.kind is AUTO_ORDER[0]:
         return replace(first, fallbacks=tuple(rest))
     first_problem = problems[AUTO_ORDER[0].name]
@@ -198,11 +221,16 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
 
 
 def _nothing_builds(problems: dict[str, BuildError], uid: int) -> BuildError:
-    """Why no kind can build, in one line: for root, the namespace's refusal and what root mode
-    lacks (a container run without CAP_MKNOD, say); for anyone else, the last kind's problem."""
-    if uid == 0 and UNSHARE.name in problems and ROOT.name in problems:
-        return BuildError(f"{problems[UNSHARE.name].message}; root mode cannot build either: {problems[ROOT.name]}")
-    return list(problems.values())[-1]
+    """Why no kind can build, in one line: the namespace's refusal, and what the mode that needs
+    none lacks: root mode for root (a container run without CAP_MKNOD, say), chrootless mode
+    for anyone else."""
+    first = problems[AUTO_ORDER[0].name]
+    other = problems.get(ROOT.name if uid == 0 else CHROOTLESS.name)
+    if other is None or other.message == first.message:
+        return first
+    if uid == 0:
+        return BuildError(f"{first.message}; root mode cannot build either: {other}")
+    return BuildError(f"{first.message}; {other.message}", hint=first.hint)
 
 
 def host_maps(host: HostProbe) -> IdMaps:

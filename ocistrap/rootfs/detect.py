@@ -170,3 +170,32 @@ def read_proc(name: str) -> str:
         return Path("/proc/self", name).read_text()
     except OSError:
         return ""
+
+
+SECCOMP_ACTIONS = Path("/proc/sys/kernel/seccomp/actions_avail")
+PTRACE_SCOPE = Path("/proc/sys/kernel/yama/ptrace_scope")
+
+
+def read_sysctl(path: Path) -> str | None:
+    """The text of the sysctl file PATH, or None where there is none (no Yama, say)."""
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def recording_problem(seccomp_actions: str | None, ptrace_scope: str | None) -> str | None:
+    """Why owners cannot be recorded without a user namespace (None: they can), from the kernel's
+    seccomp actions and Yama's ptrace_scope (None: no Yama). The recorder answers chown and
+    mknod through seccomp user notification and reads the callers' memory, which Yama allows
+    an unprivileged process only for its descendants (scope 1) or not at all (2, 3)."""
+    if "user_notif" not in (seccomp_actions or "").split():
+        return "this kernel lacks seccomp user notification (Linux 5.5 or later)"
+    scope = (ptrace_scope or "0").strip()
+    if scope == "2":
+        return ("Yama's kernel.yama.ptrace_scope is 2 (admin-only attach), so the owner recorder cannot read "
+                "dpkg's calls: `sudo sysctl kernel.yama.ptrace_scope=1`")
+    if scope == "3":
+        return ("Yama's kernel.yama.ptrace_scope is 3 (no attach), so the owner recorder cannot read dpkg's "
+                "calls; that holds until the next reboot with a lower value")
+    return None

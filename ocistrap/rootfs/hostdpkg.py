@@ -22,6 +22,7 @@ the tree's symlinks (a package's `usr/share -> /home/you` included) wherever
 they lead; there they lead to nothing of the caller's.
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -116,3 +117,81 @@ def unpack(root: Path, paths: Sequence[str], env: Mapping[str, str]) -> int:
     argv = [dpkg, f"--root={target}", f"--log={target}/var/log/dpkg.log", "--unpack", "--force-depends",
             "--force-unsafe-io", *(f"{target}/{p.lstrip('/')}" for p in paths)]
     return spawn.host_view_run(root, argv, env=env).returncode
+
+
+# ---- chrootless mode: the host's dpkg installs into the tree from outside ----
+
+DPKG_CONFIG = (Path("/etc/dpkg/dpkg.cfg"), Path("/etc/dpkg/dpkg.cfg.d"))
+PATH_FILTERS = ("path-exclude", "path-include")
+
+
+def chrootless_options(root: Path) -> list[str]:
+    """The host's dpkg's options for installing into ROOT as the caller, as `mmdebstrap
+    --mode=chrootless` gives them: no root needed, maintainer scripts run here with DPKG_ROOT."""
+    return ["--force-not-root", "--force-script-chrootless", f"--root={root}", f"--log={root}/var/log/dpkg.log"]
+
+
+def config_filters(texts: Mapping[str, str]) -> list[str]:
+    """The files among TEXTS (path -> text of the host's dpkg configuration) that filter paths."""
+    return [path for path, text in texts.items()
+            if any(line.split(maxsplit=1)[0] in PATH_FILTERS for line in text.splitlines() if line.strip())]
+
+
+def _config_texts() -> dict[str, str]:
+    files = [DPKG_CONFIG[0], *(sorted(DPKG_CONFIG[1].iterdir()) if DPKG_CONFIG[1].is_dir() else [])]
+    texts = {}
+    for path in files:
+        try:
+            texts[str(path)] = path.read_text(errors="replace")
+        except OSError:
+            continue
+    return texts
+
+
+MERGED = ("bin", "sbin", "lib")
+BIARCH = ("lib32", "libx32", "libo32")
+
+
+NOT_AS_ROOT = ("it does not run as root: maintainer scripts that ignore DPKG_ROOT (bookworm's usrmerge) would "
+               "change this system; build as an unprivileged user")
+
+
+def host_layout_problem(root: Path = Path("/"), uid: int | None = None) -> str | None:
+    """Why bookworm's usrmerge postinst, which ignores DPKG_ROOT and inspects the host's /, would
+    act on this host (None: it finds nothing to do): it converts a host whose /bin, /sbin or /lib
+    is not merged, and removes /lib32, /libx32 or /libo32 when the tree's packages do not own
+    them. As root it could; so chrootless mode refuses root, too (UID: the caller's)."""
+    if (os.geteuid() if uid is None else uid) == 0:
+        return NOT_AS_ROOT
+    unmerged = [f"/{d}" for d in MERGED if (root / d).exists() and (root / d).resolve() != root / "usr" / d]
+    if unmerged:
+        return (f"this host's {', '.join(unmerged)} are not merged into /usr, and usrmerge's postinst (which "
+                "ignores DPKG_ROOT) would try to convert the host")
+    biarch = [f"/{d}" for d in BIARCH if (root / d).exists() or (root / d).is_symlink()]
+    if biarch:
+        return (f"this host has {', '.join(biarch)}, which usrmerge's postinst (it ignores DPKG_ROOT) would try "
+                "to remove from the host")
+    return None
+
+
+def chrootless_problem() -> str | None:
+    """Why the host's dpkg cannot install a tree from outside (None: it can): it is missing,
+    too old to run maintainer scripts without a chroot, or its configuration, which dpkg reads
+    before --root (Debian bug #808203), would leave files out of the tree."""
+    dpkg = shutil.which("dpkg")
+    if dpkg is None or shutil.which("dpkg-deb") is None:
+        return "the host has no dpkg (chrootless mode installs with the host's dpkg: `apt install dpkg`)"
+    done = subprocess.run([dpkg, "--force-help"], capture_output=True, text=True, check=False)
+    if "script-chrootless" not in done.stdout:
+        version = parse_version_output(subprocess.run([dpkg, "--version"], capture_output=True, text=True,
+                                                      check=False).stdout)
+        return (f"the host's dpkg {version[0] if version else '(unknown version)'} cannot run maintainer scripts "
+                "without a chroot (--force-script-chrootless needs dpkg 1.18.5 or later)")
+    layout = host_layout_problem()
+    if layout:
+        return layout
+    filtering = config_filters(_config_texts())
+    if filtering:
+        return (f"the host's dpkg configuration filters paths ({', '.join(filtering)}), which dpkg applies to the "
+                "tree too: remove its path-exclude lines to build in chrootless mode")
+    return None

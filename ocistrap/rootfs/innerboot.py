@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -63,10 +64,10 @@ MESSAGE_SIZE = 1 << 16
 def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     """Build the tree described by PLAN, writing the base layer and each diff layer to OUTS."""
     root = Path(plan.staging)
-    if not plan.mounts:
+    if plan.plain_chroot:
         plainroot.clean_up_when_orphaned(root.parent)
-    mounting.mount_staging(root, tmpfs=plan.tmpfs)
-    owners = _start_recorder(root.parent) if plan.record_owners else None
+    mounting.mount_staging(root, tmpfs=plan.tmpfs and not plan.chrootless)
+    owners = _start_recorder(root.parent, chrootless=plan.chrootless) if plan.record_owners else None
     ready = _Ready(plan.ready_fd)
     phases = Phases(plan.phases_fd)
     env = chroot_env(plan.epoch)
@@ -74,7 +75,7 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
         _setup(root, plan)
         aliased = merged_usr_aliases(plan)
         with phases.timed(UNPACKING_ESSENTIAL):
-            _extract_all(plan.essential, root, ready, aliased)
+            _extract_all(plan.essential, root, ready, aliased, chrootless=plan.chrootless)
         unpack.alias_usr_only(root, aliased)
         if plan.slim:
             slim.prune(root)
@@ -165,9 +166,13 @@ class _Ready:
             self.count += len(data)
 
 
-def _start_recorder(scratch: Path) -> recorder.Recorder:
+def _start_recorder(scratch: Path, *, chrootless: bool) -> recorder.Recorder:
     """Record owners and devices from here on (see ocistrap.rootfs.recorder); the supervisor finds
-    processes through a proc file system of this PID namespace, outside the tree."""
+    processes through a proc file system of this PID namespace, outside the tree. CHROOTLESS
+    (no namespace): the host's /proc, the caller's own ids stand for 0:0, and the supervisor
+    stays this process, the bootstrap going on in its child (recorder.start_above)."""
+    if chrootless:
+        return recorder.start_above("/proc", (os.getuid(), os.getgid()))
     proc = scratch / "proc"
     proc.mkdir(exist_ok=True)
     mounting.mount_proc(proc)
@@ -182,9 +187,14 @@ def _chroot(root: Path, plan: Plan, *, first_round: bool) -> Iterator[None]:
     mmdebstrap does; later rounds cover it with a bind mount instead, which leaves
     the real file untouched and so out of the diff layers. In root mode nothing can be
     mounted: devices are made and the packages copied in (ocistrap.rootfs.plainroot), and
-    start-stop-daemon is moved aside in every round.
+    start-stop-daemon is moved aside in every round. Without a chroot (chrootless), there is
+    nothing to prepare: the host's dpkg reads the packages where they are, and the scripts run
+    the host's programs, not the tree's.
     """
-    if not plan.mounts:
+    if plan.chrootless:
+        yield
+        return
+    if plan.plain_chroot:
         with plainroot.prepared(root, DEBS_MOUNT):
             _divert_daemons(root, move=True)
             yield
@@ -221,15 +231,16 @@ def _setup(root: Path, plan: Plan) -> None:
 
 
 def _extract_all(debs: Sequence[Deb], root: Path, ready: _Ready | None = None,
-                 aliased: Sequence[str] = ()) -> None:
+                 aliased: Sequence[str] = (), *, chrootless: bool = False) -> None:
     """Unpack DEBS' data in order as mmdebstrap does (keeping merged-/usr symlinks, making
     ALIASED ones when missing), with the
     member checks of ocistrap.rootfs.unpack, in a child chrooted into ROOT: a member that got past
     them still could not reach the host files that root of the namespace may write.
 
     DEBS are expanded (ocistrap.debian.expand): the child reads each plain data.tar straight from
-    the file, through a descriptor positioned at it."""
-    pid, ours = spawn.fork_with_channel(lambda channel: _unpacker(root, channel, aliased),
+    the file, through a descriptor positioned at it. CHROOTLESS: no chroot can be had; the
+    child unpacks below ROOT, applying the owners (which the recorder records)."""
+    pid, ours = spawn.fork_with_channel(lambda channel: _unpacker(root, channel, aliased, chrootless),
                                           socket.SOCK_SEQPACKET)
     try:
         with ours:
@@ -253,14 +264,15 @@ def _check_unpacked(deb: Deb, reply: str) -> None:
                          f"cannot unpack {deb.name}: the unpacking process died")
 
 
-def _unpacker(root: Path, channel: socket.socket, aliased: Sequence[str]) -> NoReturn:
+def _unpacker(root: Path, channel: socket.socket, aliased: Sequence[str], chrootless: bool) -> NoReturn:
     """The chrooted child: unpack each stream the parent sends, answer DONE or why it failed.
 
     It runs only code already imported: after chroot() the host's Python is out of reach.
     """
     try:
-        os.chroot(root)
-        os.chdir("/")
+        if not chrootless:
+            os.chroot(root)
+        os.chdir(root if chrootless else "/")
         os.umask(0o022)
         while True:
             message, fds, _, _ = socket.recv_fds(channel, MESSAGE_SIZE, 1)
@@ -268,8 +280,8 @@ def _unpacker(root: Path, channel: socket.socket, aliased: Sequence[str]) -> NoR
                 break
             size, name = message.decode().split(" ", 1)
             with os.fdopen(fds[0], "rb") as stream:
-                unpack.unpack(expand.Bounded(stream, int(size)), "/", package=name,  # type: ignore[arg-type]
-                              aliased=aliased)
+                unpack.unpack(expand.Bounded(stream, int(size)), ".", package=name,  # type: ignore[arg-type]
+                              aliased=aliased, same_owner=True if chrootless else None)
             channel.send(DONE.encode())
     except unpack.UnpackError as e:
         channel.send((REFUSED if e.refused else FAILED).encode() + str(e).encode())
@@ -317,17 +329,21 @@ def chroot_env(epoch: int) -> dict[str, str]:
 
 
 def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases, env: Mapping[str, str], plan: Plan) -> None:
-    """dpkg --install of DEBS in the chroot; in root mode (no mounts) the packages are copied in
-    first and the host's dpkg, which needs a namespace to be confined, is not used."""
+    """dpkg --install of DEBS: in the chroot; in root mode (no mounts) the packages are copied in
+    first and the host's dpkg, which needs a namespace to be confined, is not used; chrootless,
+    the host's dpkg installs them from outside the tree."""
     if not debs:
         return
+    if plan.chrootless:
+        _dpkg_install_from_outside(root, debs, phases, env)
+        return
     paths = [f"/{DEBS_MOUNT}/{Path(d.path).name}" for d in debs]
-    if not plan.mounts:
+    if plan.plain_chroot:
         plainroot.provide(root, DEBS_MOUNT, [d.path for d in debs])
     elif _host_dpkg_unpacks(root, debs, env):
         _dpkg_install_foreign(root, debs, paths, phases, env)
         return
-    run = spawn.chroot_run if plan.mounts else plainroot.chroot_run
+    run = plainroot.chroot_run if plan.plain_chroot else spawn.chroot_run
     # no fsync: the staging root is thrown away if anything fails
     returncode = _dpkg_timed(root, ["--install", "--force-depends", "--force-unsafe-io", *paths], phases, env, run)
     if returncode != 0:
@@ -335,6 +351,26 @@ def _dpkg_install(root: Path, debs: Sequence[Deb], phases: Phases, env: Mapping[
 
 
 CONFIGURE_STARTS = b"processing: configure: "
+
+
+def _dpkg_install_from_outside(root: Path, debs: Sequence[Deb], phases: Phases, env: Mapping[str, str]) -> None:
+    """Chrootless mode: the host's dpkg on ROOT from outside (as `mmdebstrap --mode=chrootless`
+    does); dpkg gives the maintainer scripts DPKG_ROOT and runs them here."""
+    paths = [d.path for d in debs]
+    returncode = _dpkg_timed(root, ["--install", "--force-depends", "--force-unsafe-io", *paths], phases, env,
+                             _host_dpkg_run)
+    if returncode != 0:
+        raise BuildError(f"dpkg --install (the host's dpkg, chrootless) failed for {', '.join(d.name for d in debs)}")
+
+
+def _host_dpkg_run(root: Path, argv: Sequence[str], *, env: Mapping[str, str], check: bool = False,
+                   pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess:
+    """spawn.chroot_run's counterpart for the host's dpkg: HOME is the tree's /root, whose
+    ~/.dpkg.cfg a chrooted dpkg would read."""
+    dpkg, *args = argv
+    return subprocess.run([shutil.which(dpkg) or dpkg, *hostdpkg.chrootless_options(root), *args],
+                          env={**env, "HOME": f"{root}/root"}, stdin=subprocess.DEVNULL,
+                          pass_fds=tuple(pass_fds), check=check)
 
 
 def _dpkg_timed(root: Path, args: Sequence[str], phases: Phases, env: Mapping[str, str],
@@ -463,12 +499,28 @@ def _passwd_uid(tree: inroot.Tree, user: str) -> int | None:
     return None
 
 
+def _end_group_with(parent: int) -> None:
+    """Without a namespace nothing ends dpkg and the scripts when ocistrap is killed: this process
+    (the leader of their process group, and the recorder's supervisor) kills the group when
+    PARENT, the ocistrap that started it, goes."""
+    signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
+    syscalls.die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent:
+        os.killpg(0, signal.SIGKILL)
+
+
 def _main() -> int:
     """Entry point inside the sandbox: layers go to the pipes the plan names;
     stdout becomes stderr so that no child's output goes anywhere unexpected. Maintainer
-    scripts run as this uid, so this process, whose root is the host's, is made undumpable."""
-    syscalls.make_undumpable()
+    scripts run as this uid, so this process, whose root is the host's, is made undumpable
+    (not in chrootless mode: there the scripts run as the caller anyway, and the recorder,
+    without privilege, must read this process's memory)."""
+    parent = os.getppid()
     plan = Plan.loads(sys.stdin.buffer.read())
+    if plan.chrootless:
+        _end_group_with(parent)
+    else:
+        syscalls.make_undumpable()
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:

@@ -10,6 +10,10 @@ and later gives the layer writer a table that overrides the owners and types it
 sees. The filter is inherited by every child and cannot be bypassed by static
 binaries, emulated (qemu-user) ones or a cleared environment, which is why this
 is used rather than an LD_PRELOAD library such as fakeroot.
+
+Without any user namespace (chrootless mode) the same calls fail with EPERM, and
+are answered the same way; there the caller's own uid and gid stand for root
+(Records' BASE), and the supervisor is the bootstrap's ancestor (start_above).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import fcntl
 import marshal
 import os
 import select
+import signal
 import socket
 import stat
 import struct
@@ -239,28 +244,50 @@ Key = tuple[int, int]
 class Records:
     """Recorded owners and device types by (st_dev, st_ino).
 
-    Only what differs from the staging tree (owned by 0:0, regular files) is kept,
-    so a `chown 0:0` of an unrecorded file costs nothing. Records of inodes that a
-    removal frees are dropped, so a reused inode number starts clean.
+    The staging tree's own owner is BASE (uid, gid): 0:0 inside a user namespace, the
+    caller's ids when the build runs in none (chrootless); the image shows BASE as 0:0.
+    Only what differs from that is kept, so a `chown 0:0` of an unrecorded file costs
+    nothing. Records of inodes that a removal frees are dropped, so a reused inode
+    number starts clean.
     """
 
-    def __init__(self, table: Mapping[Key, Recorded] | None = None) -> None:
+    def __init__(self, table: Mapping[Key, Recorded] | None = None, base: tuple[int, int] = (0, 0)) -> None:
         self.table: dict[Key, Recorded] = dict(table or {})
+        self.base = base
+
+    def _unrecorded(self, st: os.stat_result) -> tuple[int, int]:
+        """ST's owner as the image shows it when nothing was recorded for it."""
+        return self._shifted(st.st_uid, st.st_gid)
+
+    def _shifted(self, uid: int, gid: int) -> tuple[int, int]:
+        return 0 if uid == self.base[0] else uid, 0 if gid == self.base[1] else gid
 
     def owner(self, st: os.stat_result) -> tuple[int, int]:
         found = self.table.get((st.st_dev, st.st_ino))
-        return (found.uid, found.gid) if found else (st.st_uid, st.st_gid)
+        return (found.uid, found.gid) if found else self._unrecorded(st)
+
+    def shown(self, st: os.stat_result) -> Recorded | None:
+        """What a stat of ST must answer instead of the kernel's (None: the kernel's answer holds)."""
+        return self.shown_by((st.st_dev, st.st_ino), st.st_uid, st.st_gid)
+
+    def shown_by(self, key: Key, uid: int, gid: int) -> Recorded | None:
+        """shown() of the inode KEY that the kernel says UID and GID own."""
+        found = self.table.get(key)
+        if found is not None:
+            return found
+        owner = self._shifted(uid, gid)
+        return None if owner == (uid, gid) else Recorded(*owner)
 
     def chown(self, st: os.stat_result, uid: int | None, gid: int | None) -> None:
         old = self.table.get((st.st_dev, st.st_ino))
         cur_uid, cur_gid = self.owner(st)
         new = Recorded(cur_uid if uid is None else uid, cur_gid if gid is None else gid,
                        old.kind if old else 0, old.rdev if old else 0)
-        self._put((st.st_dev, st.st_ino), new)
+        self._put(st, new)
 
     def device(self, st: os.stat_result, kind: int, rdev: int) -> None:
         uid, gid = self.owner(st)
-        self._put((st.st_dev, st.st_ino), Recorded(uid, gid, kind, rdev))
+        self._put(st, Recorded(uid, gid, kind, rdev))
 
     def forget(self, st: os.stat_result) -> None:
         self.table.pop((st.st_dev, st.st_ino), None)
@@ -271,15 +298,21 @@ class Records:
     def __bool__(self) -> bool:
         return bool(self.table)
 
-    def _put(self, key: Key, value: Recorded) -> None:
-        if value == Recorded(0, 0):
+    @property
+    def shifts_owners(self) -> bool:
+        """Whether unrecorded files show another owner than the tree's (builds outside a namespace)."""
+        return self.base != (0, 0)
+
+    def _put(self, st: os.stat_result, value: Recorded) -> None:
+        key = (st.st_dev, st.st_ino)
+        if value == Recorded(*self._unrecorded(st)):
             self.table.pop(key, None)
         else:
             self.table[key] = value
 
     def apply(self, st: os.stat_result) -> os.stat_result:
         """ST as the image must show it: recorded owner, and a device where a placeholder stands."""
-        found = self.table.get((st.st_dev, st.st_ino))
+        found = self.shown(st)
         if found is None:
             return st
         mode, size, rdev = st.st_mode, st.st_size, st.st_rdev
@@ -288,11 +321,12 @@ class Records:
         return _restat(st, mode=mode, uid=found.uid, gid=found.gid, size=size, rdev=rdev)
 
     def dumps(self) -> bytes:
-        return marshal.dumps({k: tuple(v) for k, v in self.table.items()})
+        return marshal.dumps((self.base, {k: tuple(v) for k, v in self.table.items()}))
 
     @classmethod
     def loads(cls, data: bytes) -> "Records":
-        return cls({tuple(k): Recorded(*v) for k, v in marshal.loads(data).items()})
+        base, table = marshal.loads(data)
+        return cls({tuple(k): Recorded(*v) for k, v in table.items()}, base=tuple(base))
 
 
 _EXTRA_FIELDS = ("st_atime", "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
@@ -342,6 +376,22 @@ def _shown(found: Recorded, mode: int, size: int, rdev: tuple[int, int]) -> tupl
     if found.kind:
         return found.kind | stat.S_IMODE(mode), 0, (os.major(found.rdev), os.minor(found.rdev))
     return mode, size, rdev
+
+
+STATX_INO, STATX_DEV_MAJOR = 32, 136
+
+
+def raw_identity(raw: bytes, *, statx: bool) -> tuple[Key, int, int]:
+    """(st_dev, st_ino), uid and gid of RAW, the host's `struct stat` (or `struct statx`), as
+    os.stat gives them: what Records.shown_by looks up."""
+    if statx:
+        ino, = struct.unpack_from("=Q", raw, STATX_INO)
+        major, minor = struct.unpack_from("=II", raw, STATX_DEV_MAJOR)
+        uid, gid = struct.unpack_from("=II", raw, STATX_UID)
+        return (os.makedev(major, minor), ino), uid, gid
+    layout = _HOST_LAYOUT
+    dev, ino = struct.unpack_from("=QQ", raw, 0)
+    return (dev, ino), struct.unpack_from("=I", raw, layout.uid)[0], struct.unpack_from("=I", raw, layout.gid)[0]
 
 
 def patch_stat(raw: bytes, layout: StatLayout, found: Recorded) -> bytes:
@@ -463,12 +513,13 @@ class Supervisor:
     processes by their pid there.
     """
 
-    def __init__(self, listener: int, proc: str) -> None:
+    def __init__(self, listener: int, proc: str, *, bootstrap: int, base: tuple[int, int] = (0, 0)) -> None:
         self.listener = listener
         self.proc = proc
-        self.records = Records()
+        self.records = Records(base=base)
         self.real_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.parent = os.getppid()
+        self.real_root_id = _identity(os.fstat(self.real_root))
+        self.bootstrap = bootstrap
         _sync_wake_up(listener)
 
     def handle_one(self) -> None:
@@ -504,9 +555,11 @@ class Supervisor:
                 raise
 
     def _handle(self, call: Call, pid: int, notif_id: int) -> int | None:
-        if isinstance(call, (Remove, Rename, Stat)) and not self.records:
+        if isinstance(call, (Remove, Rename)) and not self.records:
             return None
-        if isinstance(call, Stat) and pid == self.parent:
+        if isinstance(call, Stat) and not (self.records or self.records.shifts_owners):
+            return None
+        if isinstance(call, Stat) and pid == self.bootstrap:
             return None  # the bootstrap itself applies the records to what it stats
         with _Context(pid, notif_id, self) as ctx:
             match call:
@@ -523,17 +576,18 @@ class Supervisor:
         return None
 
     def _stat(self, ctx: "_Context", call: Stat) -> int | None:
-        """Answer for a recorded inode; let the kernel answer (and fail) for all others."""
+        """Answer for a recorded inode (or one owned by the tree's own ids, shown as 0:0); let
+        the kernel answer (and fail) for all others."""
+        if call.statx is None and call.arch not in STAT_LAYOUTS:
+            return None
         try:
-            st = ctx.run(call.target, lambda p, d, f: os.stat(p, dir_fd=d, follow_symlinks=f))
+            raw = ctx.run(call.target, lambda p, d, f: _raw_stat(p, d, f, call.statx))
         except OSError:
             return None
-        assert isinstance(st, os.stat_result)
-        found = self.records.table.get((st.st_dev, st.st_ino))
-        if found is None or (call.statx is None and call.arch not in STAT_LAYOUTS):
-            return None
-        raw = ctx.run(call.target, lambda p, d, f: _raw_stat(p, d, f, call.statx))
         assert isinstance(raw, bytes)
+        found = self.records.shown_by(*raw_identity(raw, statx=call.statx is not None))
+        if found is None:
+            return None
         if call.statx:
             ctx.write(call.buffer, patch_statx(raw, found))
         else:
@@ -590,6 +644,7 @@ class Supervisor:
 
 
 _HOST_STAT = SYSCALLS[NATIVE_AUDIT_ARCH.get(os.uname().machine, AUDIT_ARCH_X86_64)]
+_HOST_LAYOUT = STAT_LAYOUTS[NATIVE_AUDIT_ARCH.get(os.uname().machine, AUDIT_ARCH_X86_64)]
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -613,10 +668,22 @@ def _raw_stat(path: str, dir_fd: int | None, follow: bool, statx: tuple[int, int
     return buf.raw
 
 
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
 def _drop_capabilities(path: str, dir_fd: int | None) -> None:
-    """What the kernel does on chown of a regular file: its file capabilities go."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    """What the kernel does on chown of a regular file: its file capabilities go. Only a file
+    that has them is touched: removing the attribute needs CAP_SETFCAP even when it is absent,
+    which a supervisor outside a user namespace lacks. Such a supervisor cannot open a file
+    of mode 0 (dpkg's new files, before their fchmod) either, and no file there has
+    capabilities: setting them needs CAP_SETFCAP too."""
     try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except PermissionError:
+        return
+    try:
+        os.getxattr(fd, CAPABILITY_XATTR)
         os.removexattr(fd, CAPABILITY_XATTR)
     except OSError as e:
         if e.errno not in (errno.ENODATA, errno.ENOTSUP):
@@ -632,6 +699,18 @@ class _IoVec(ctypes.Structure):
 _libc.process_vm_readv.restype = ctypes.c_ssize_t
 _libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong,
                                    ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_ulong]
+
+
+_libc.process_vm_writev.restype = ctypes.c_ssize_t
+_libc.process_vm_writev.argtypes = _libc.process_vm_readv.argtypes
+
+
+def _write_memory(pid: int, address: int, data: bytes) -> None:
+    """DATA into process PID at ADDRESS (one system call, no /proc/PID/mem to open)."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    local, remote = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(data)), _IoVec(address, len(data))
+    if _libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) != len(data):
+        raise OSError(errno.EFAULT, "short write")
 
 
 def _read_memory(pid: int, address: int, size: int) -> bytes:
@@ -656,6 +735,7 @@ class _Context:
         self.dirs: dict[int | None, int] = {}
         self.paths: dict[int, str] = {}
         self.root: int | None = None
+        self.chrooted = True
 
     def __enter__(self) -> "_Context":
         return self
@@ -720,6 +800,9 @@ class _Context:
         dir_fd = None if path.startswith("/") else self._dir(where.dirfd)
         if self.root is None:
             self.root = self._open("root")
+            self.chrooted = _identity(os.fstat(self.root)) != self.sup.real_root_id
+        if not self.chrooted:
+            return op(path, dir_fd, where.follow)
         os.fchdir(self.root)
         os.chroot(".")
         try:
@@ -731,12 +814,7 @@ class _Context:
     def write(self, address: int, data: bytes) -> None:
         """Put DATA into the caller's memory at ADDRESS (the buffer its call passed)."""
         self.confirm()
-        fd = os.open(f"{self.base}/mem", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            if os.pwrite(fd, data, address) != len(data):
-                raise OSError(errno.EFAULT, "short write")
-        finally:
-            os.close(fd)
+        _write_memory(self.pid, address, data)
 
     def lstat(self, where: Where) -> os.stat_result | None:
         try:
@@ -776,9 +854,10 @@ _LENGTH = struct.Struct("=Q")
 
 class Recorder:
     """The bootstrap's handle on its supervisor: this process and all its future children
-    are filtered; `records()` returns what has been recorded so far."""
+    are filtered; `records()` returns what has been recorded so far. PID is the supervisor's
+    when it is this process's child (start), None when it is its parent (start_above)."""
 
-    def __init__(self, pid: int, control: socket.socket) -> None:
+    def __init__(self, pid: int | None, control: socket.socket) -> None:
         self.pid, self.control = pid, control
 
     def records(self) -> Records:
@@ -788,7 +867,8 @@ class Recorder:
 
     def close(self) -> None:
         self.control.close()
-        os.waitpid(self.pid, 0)
+        if self.pid is not None:
+            os.waitpid(self.pid, 0)
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -820,29 +900,110 @@ def start(proc: str) -> Recorder:
     return Recorder(pid, ours)
 
 
-def _serve(control: socket.socket, proc: str) -> NoReturn:
-    """The supervisor process: answer notifications and table requests until the bootstrap ends.
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def start_above(proc: str, base: tuple[int, int]) -> Recorder:
+    """Like start, but this process becomes the supervisor and the bootstrap goes on in a child,
+    which is what returns (this process serves until the child ends, then exits with its
+    status). Outside a user namespace the supervisor has no CAP_SYS_PTRACE over the callers,
+    and Yama's ptrace_scope 1 then lets only an ancestor read their memory; as a child
+    subreaper it stays the ancestor of what daemonizes, too. BASE: the ids the tree's files
+    belong to, shown as 0:0 (Records)."""
+    program = filter_program(host_arches())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    child = os.fork()
+    if child != 0:
+        theirs.close()
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        _serve(ours, proc, bootstrap=child, base=base, above=True)
+    ours.close()
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    listener = install_filter(program)
+    socket.send_fds(theirs, [b"L"], [listener])
+    os.close(listener)
+    _recv_exactly(theirs, 1)
+    return Recorder(None, theirs)
+
+
+def _prctl(option: int, value: int) -> None:
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
+        raise BuildError(f"prctl({option}) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def _exit_with(child: int) -> NoReturn:
+    """Wait for CHILD and exit as it did (128+N if signal N killed it), ending first what it left
+    running (a daemon a maintainer script started): no PID namespace does that here."""
+    _, status = os.waitpid(child, 0)
+    _end_orphans()
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)
+
+
+def _end_orphans() -> None:
+    """Kill and reap this subreaper's children until none is left (their own children come
+    to it in turn)."""
+    me = os.getpid()
+    while True:
+        try:
+            with open(f"/proc/{me}/task/{me}/children") as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _serve(control: socket.socket, proc: str, *, bootstrap: int | None = None, base: tuple[int, int] = (0, 0),
+           above: bool = False) -> NoReturn:
+    """The supervisor process: answer notifications and table requests until the bootstrap ends
+    (BOOTSTRAP: its pid, by default this process's parent). ABOVE: the bootstrap is this
+    process's child; its cleanup after it let go of the recorder (a tree removed) still
+    needs answers, so this process serves until the child exits, then exits as it did.
 
     It keeps no other descriptor: a copy of a layer pipe here would hold its reader off.
     """
+    bootstrap = os.getppid() if bootstrap is None else bootstrap
     try:
         os.closerange(3, control.fileno())
         os.closerange(control.fileno() + 1, 1 << 16)
         _, fds, _, _ = socket.recv_fds(control, 1, 1)
-        supervisor = Supervisor(fds[0], proc)
+        if not fds:
+            _exit_with(bootstrap) if above else os._exit(1)
+        supervisor = Supervisor(fds[0], proc, bootstrap=bootstrap, base=base)
         control.sendall(b"k")
         poller = select.poll()
         poller.register(supervisor.listener, select.POLLIN)
         poller.register(control, select.POLLIN)
+        child = os.pidfd_open(bootstrap) if above else -1
+        if above:
+            poller.register(child, select.POLLIN)
         while True:
             for fd, events in poller.poll():
                 if fd == supervisor.listener:
                     if events & select.POLLIN:
                         supervisor.handle_one()
                     elif events & (select.POLLHUP | select.POLLERR):
-                        os._exit(0)
+                        if not above:
+                            os._exit(0)
+                        poller.unregister(supervisor.listener)
+                elif fd == child:
+                    _exit_with(bootstrap)
                 elif not control.recv(1):
-                    os._exit(0)
+                    if not above:
+                        os._exit(0)
+                    poller.unregister(control)
                 else:
                     data = supervisor.records.dumps()
                     control.sendall(_LENGTH.pack(len(data)) + data)
