@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time `ocistrap build --push` against the rootless pipeline people use today, side by side.
 
-Usage: bench-build.py [--runs N] [--cases minbase,large] [--foreign] [--output BENCHMARKS.md]
+Usage: bench-build.py [--runs N] [--cases minbase,large] [--foreign] [--output BENCHMARKS.md] [--root-runner SOCKET]
 
 The pipeline: `mmdebstrap --mode=unshare --variant=minbase SUITE rootfs.tar`,
 `podman import rootfs.tar`, `podman push --tls-verify=false`. Against it,
@@ -130,10 +130,13 @@ def run_ocistrap(case: Case, cache: Path, registry: RealRegistry, work: Path, en
 
 def run_root(case: Case, registry: RealRegistry, runner: Path) -> Run:
     """Root mode's run, which root's runner (scripts/bench-root.py) times as this script times the others."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.connect(str(runner))
-        connection.sendall(root_request(case.name, f"{registry.host}/bench/ocistrap-root:{case.name}"))
-        answer = json.loads(connection.makefile("rb").readline() or b'{"error": "no answer"}')
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(str(runner))
+            connection.sendall(root_request(case.name, f"{registry.host}/bench/ocistrap-root:{case.name}"))
+            answer = json.loads(connection.makefile("rb").readline() or b'{"error": "no answer"}')
+    except OSError as e:
+        raise BenchFailure(f"root's runner at {runner}: {e}") from None
     if "error" in answer:
         raise BenchFailure(f"root's runner: {answer['error']}")
     return Run(answer["wall"], answer["peak_kib"], answer["phases"])
@@ -314,7 +317,7 @@ def report(results: list[Result], runs: int, revision: str, load: str, root_miss
               "## Without a user namespace", "",
               "The warm build in the modes for where no user namespace can be made: chrootless (unprivileged;",
               "the host's dpkg installs from outside, owners recorded) is held to single-uid's ratio, root",
-              "(uid 0 with a container's capabilities, a plain chroot) to the default unshare mode's (warm).",
+              "(`--mode root` run as root: a plain chroot, no namespace) to the default unshare mode's (warm).",
               "Both ratios of a row are medians over the same rounds.", "",
               *no_namespace_table(results, root_missing), "",
               "## Every run", "", *runs_table(results), "",
