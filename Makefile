@@ -52,9 +52,12 @@ demo-here: venv
 # mmdebstrap), ending in BENCHMARKS.md. BENCH_ARGS go to scripts/bench-build.py,
 # e.g. make bench BENCH_ARGS="--runs 5 --foreign".
 BENCH_ARGS ?=
-bench: deps
+# As root, scripts/bench-root.py wraps it: it runs root mode's builds as root, at their place in
+# the account's rounds (root mode needs root; everything else runs as the account).
+ROOT_RUNNER = $(if $(filter 0,$(shell id -u)),$(BIN)/python scripts/bench-root.py --user $${OCISTRAP_TEST_USER:-ocistrap-test} --)
+bench: deps venv
 	BENCH_ARGS="$(BENCH_ARGS) --revision $$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-	    sh scripts/as-user.sh bench-here
+	    $(ROOT_RUNNER) sh scripts/as-user.sh bench-here
 	@if [ "$$(id -u)" -eq 0 ]; then \
 	    cp "$$(getent passwd $${OCISTRAP_TEST_USER:-ocistrap-test} | cut -d: -f6)/ocistrap-src/BENCHMARKS.md" . && \
 	    echo "BENCHMARKS.md copied back from the unprivileged account's tree"; fi

@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Time `ocistrap build --push` against the rootless pipeline people use today, side by side.
 
-Usage: bench-build.py [--runs N] [--cases minbase,large] [--foreign] [--output BENCHMARKS.md]
+Usage: bench-build.py [--runs N] [--cases minbase,large] [--foreign] [--output BENCHMARKS.md] [--root-runner SOCKET]
 
 The pipeline: `mmdebstrap --mode=unshare --variant=minbase SUITE rootfs.tar`,
 `podman import rootfs.tar`, `podman push --tls-verify=false`. Against it,
 `ocistrap build SUITE --variant minbase --push` with a warm package cache (one
 untimed build fills it first) and with an empty one (cold). Every run pushes
 to a fresh `docker-registry` on 127.0.0.1, so every run uploads every blob.
-Runs alternate (pipeline, warm, cold, single-uid, with the order rotated each
-round; single-uid is the warm build in `--mode single-uid`, as for an account
-without subordinate ids);
+Runs alternate (pipeline, warm, cold, single-uid, chrootless, root, with the
+order rotated each round; single-uid is the warm build in `--mode single-uid`,
+as for an account without subordinate ids; chrootless and root are the warm
+build in the modes without a user namespace, natively only: root's runs are
+made as root by scripts/bench-root.py, which `make bench` puts around this
+script when started as root and which passes --root-runner; without it the
+report says why root mode is missing);
 each ratio is ocistrap's wall time over the pipeline's wall time in the same
 round, and the summary is the median of those ratios. Every command runs
 under `/usr/bin/time`, whose maximum RSS is that of the largest process of
@@ -27,11 +31,11 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,41 +43,35 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE / "tests"))
 
-from benchlib import git_revision  # noqa: E402
+from benchlib import (  # noqa: E402
+    CASES,
+    PHASES,
+    BenchFailure,
+    Case,
+    git_revision,
+    ocistrap_argv,
+    phases,
+    root_request,
+    rotated,
+    timed,
+)
 from e2e_helpers import podman_environment  # noqa: E402
 from registry_fixture import RealRegistry, free_port  # noqa: E402
 
-TOOLS = ("pipeline", "warm", "cold", "single-uid")
+TOOLS = ("pipeline", "warm", "cold", "single-uid", "chrootless", "root")
 LABELS = {"pipeline": "mmdebstrap + podman import + push", "warm": "ocistrap, warm cache",
-          "cold": "ocistrap, cold cache", "single-uid": "ocistrap --mode single-uid, warm"}
-MODES = {"single-uid": ("--mode", "single-uid")}
+          "cold": "ocistrap, cold cache", "single-uid": "ocistrap --mode single-uid, warm",
+          "chrootless": "ocistrap --mode chrootless, warm", "root": "ocistrap --mode root (as root), warm"}
+# the modes without a user namespace (native cases only), each held to the ratio of the mode it stands in for
+BOUNDS = {"chrootless": "single-uid", "root": "warm"}
+# the runs on the account's warm cache; fill is the untimed one that fills it
+WARM = ("fill", "warm", "single-uid", "chrootless")
 PIPELINE_STEPS = ("mmdebstrap", "podman import", "podman push")
 TARGETS = {"warm": 0.40, "cold": 0.50}
 FOREIGN_TARGET = 0.50
 MEMORY_TARGET_MIB = 150
-PHASES = (("metadata", ("verifying", "reading", "resolving", "checking")), ("download", ("fetching",)),
-          ("unpack + configure", ("unpacking and configuring",)),
-          ("of which unpack", ("unpacking the essential set", "dpkg unpacking")),
-          ("of which configure", ("dpkg configuring",)), ("layer", ("writing layer",)),
-          ("push", ("writing outputs",)), ("expand (alongside)", ("expanding",)))
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    title: str
-    mmdebstrap: tuple[str, ...]
-    ocistrap: tuple[str, ...]
-    arch: str | None = None
-
-
-CASES = {
-    "minbase": Case("minbase", "bookworm minbase", (), ()),
-    "large": Case("large", "bookworm minbase + build-essential",
-                  ("--include=build-essential",), ("--include", "build-essential")),
-    "arm64": Case("arm64", "bookworm minbase, arm64 on amd64 (qemu-user)",
-                  ("--architectures=arm64",), ("--arch", "arm64"), arch="arm64"),
-}
+ROOT_MISSING = ("root mode needs root, and this bench was not started as root (`make bench` as root "
+                "times it through scripts/bench-root.py)")
 
 
 @dataclass
@@ -86,7 +84,11 @@ class Run:
 @dataclass
 class Result:
     case: Case
-    runs: dict[str, list[Run]] = field(default_factory=lambda: {t: [] for t in TOOLS})
+    tools: tuple[str, ...]
+    runs: dict[str, list[Run]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runs = {t: [] for t in self.tools}
 
     def ratios(self, tool: str) -> list[float]:
         return [r.wall / p.wall for r, p in zip(self.runs[tool], self.runs["pipeline"])]
@@ -103,19 +105,6 @@ class Result:
 
 # ---- running commands ----
 
-def timed(argv: list[str], work: Path, env: dict[str, str]) -> tuple[float, int]:
-    """Run ARGV under /usr/bin/time: its wall seconds and peak RSS in KiB. A failure stops the benchmark."""
-    report = work / "time.out"
-    started = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(report), *argv], cwd=work, env=env,
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.exit(f"bench-build: `{' '.join(argv)}` failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    wall = time.perf_counter() - started
-    (work / "last.stderr").write_text(done.stderr)
-    return wall, int(report.read_text().split()[-1])
-
-
 def run_pipeline(case: Case, registry: RealRegistry, work: Path, env: dict[str, str]) -> Run:
     rootfs = work / "rootfs.tar"
     name = f"{registry.host}/bench/mmdebstrap:{case.name}"
@@ -125,44 +114,45 @@ def run_pipeline(case: Case, registry: RealRegistry, work: Path, env: dict[str, 
         [*podman, "import", "--quiet", *(["--arch", case.arch] if case.arch else []), str(rootfs), name],
         [*podman, "push", "--quiet", "--tls-verify=false", name],
     ]
-    measured = {PIPELINE_STEPS[n]: timed(argv, work, env) for n, argv in enumerate(commands)}
+    measured = {PIPELINE_STEPS[n]: timed(argv, work, env)[:2] for n, argv in enumerate(commands)}
     subprocess.run([*podman, "rmi", "--force", name], env=env, capture_output=True, check=False)
     rootfs.unlink(missing_ok=True)
     return Run(sum(w for w, _ in measured.values()), max(p for _, p in measured.values()),
                {step: w for step, (w, _) in measured.items()})
 
 
-def ocistrap_argv(case: Case, cache: Path, target: str, tool: str = "warm") -> list[str]:
-    return [sys.executable, "-m", "ocistrap", "--log-format", "json", "--timings", "build", "bookworm",
-            "--variant", "minbase", *case.ocistrap, *MODES.get(tool, ()), "--cache-dir", str(cache),
-            "--push", target]
-
-
-def phases(stderr: str) -> dict[str, float]:
-    """Seconds per phase, from the `timings` event `--timings --log-format json` prints last."""
-    steps = next(json.loads(line)["steps"] for line in reversed(stderr.splitlines())
-                 if line.startswith("{") and json.loads(line).get("event") == "timings")
-    totals = {}
-    for phase, prefixes in PHASES:
-        totals[phase] = sum(s["seconds"] for s in steps if s["name"].startswith(prefixes))
-    return totals
-
-
 def run_ocistrap(case: Case, cache: Path, registry: RealRegistry, work: Path, env: dict[str, str],
                  tool: str) -> Run:
     target = f"{registry.host}/bench/ocistrap-{tool}:{case.name}"
-    wall, peak = timed(ocistrap_argv(case, cache, target, tool), work, env)
-    return Run(wall, peak, phases((work / "last.stderr").read_text()))
+    wall, peak, stderr = timed(ocistrap_argv(case, cache, target, tool), work, env)
+    return Run(wall, peak, phases(stderr))
 
 
-def one_run(tool: str, case: Case, warm_cache: Path, work: Path, env: dict[str, str]) -> Run:
+def run_root(case: Case, registry: RealRegistry, runner: Path) -> Run:
+    """Root mode's run, which root's runner (scripts/bench-root.py) times as this script times the others."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(str(runner))
+            connection.sendall(root_request(case.name, f"{registry.host}/bench/ocistrap-root:{case.name}"))
+            answer = json.loads(connection.makefile("rb").readline() or b'{"error": "no answer"}')
+    except OSError as e:
+        raise BenchFailure(f"root's runner at {runner}: {e}") from None
+    if "error" in answer:
+        raise BenchFailure(f"root's runner: {answer['error']}")
+    return Run(answer["wall"], answer["peak_kib"], answer["phases"])
+
+
+def one_run(tool: str, case: Case, warm_cache: Path, work: Path, env: dict[str, str],
+            runner: Path | None) -> Run:
     """TOOL's run of CASE, pushing to a registry of its own (started and stopped untimed)."""
     registry = RealRegistry(Path(tempfile.mkdtemp(prefix="registry-", dir=work)), free_port())
     registry.start()
     try:
         if tool == "pipeline":
             return run_pipeline(case, registry, work, env)
-        if tool in ("warm", "single-uid"):
+        if tool == "root" and runner is not None:
+            return run_root(case, registry, runner)
+        if tool in WARM:
             return run_ocistrap(case, warm_cache, registry, work, env, tool)
         cold = Path(tempfile.mkdtemp(prefix="cold-cache-", dir=work))
         try:
@@ -174,33 +164,28 @@ def one_run(tool: str, case: Case, warm_cache: Path, work: Path, env: dict[str, 
         shutil.rmtree(registry.root, ignore_errors=True)
 
 
-def bench_case(case: Case, runs: int, work: Path, env: dict[str, str]) -> Result:
+def case_tools(case: Case, runner: Path | None) -> tuple[str, ...]:
+    """What CASE is timed with: the modes without a user namespace only natively, root mode only with root's runner."""
+    return tuple(t for t in TOOLS if not (t in BOUNDS and case.arch) and not (t == "root" and runner is None))
+
+
+def bench_case(case: Case, runs: int, work: Path, env: dict[str, str], runner: Path | None) -> Result:
     warm = work / f"warm-cache-{case.name}"
-    print(f"{case.title}: filling the warm cache (untimed)", flush=True)
-    run_fill(case, warm, work, env)
-    result = Result(case)
+    result = Result(case, case_tools(case, runner))
+    fills = ("fill", "root") if "root" in result.tools else ("fill",)
+    whose = "the account's and root's warm caches" if len(fills) > 1 else "the warm cache"
+    print(f"{case.title}: filling {whose} (untimed)", flush=True)
+    for tool in fills:
+        one_run(tool, case, warm, work, env, runner)
     for number in range(runs):
-        order = TOOLS[number % len(TOOLS):] + TOOLS[:number % len(TOOLS)]
-        for tool in order:
-            run = one_run(tool, case, warm, work, env)
+        for tool in rotated(result.tools, number):
+            run = one_run(tool, case, warm, work, env, runner)
             result.runs[tool].append(run)
-            print(f"  {case.name} run {number + 1}/{runs}: {LABELS[tool]:34} {run.wall:6.1f} s, "
+            print(f"  {case.name} run {number + 1}/{runs}: {LABELS[tool]:38} {run.wall:6.1f} s, "
                   f"peak {run.peak_kib / 1024:5.0f} MiB", flush=True)
-        print(f"  {case.name} run {number + 1}/{runs}: ratios warm {result.ratios('warm')[-1]:.2f}, "
-              f"cold {result.ratios('cold')[-1]:.2f}, single-uid {result.ratios('single-uid')[-1]:.2f}",
-              flush=True)
+        print(f"  {case.name} run {number + 1}/{runs}: ratios "
+              + ", ".join(f"{t} {result.ratios(t)[-1]:.2f}" for t in result.tools[1:]), flush=True)
     return result
-
-
-def run_fill(case: Case, warm: Path, work: Path, env: dict[str, str]) -> None:
-    warm.mkdir(exist_ok=True)
-    registry = RealRegistry(Path(tempfile.mkdtemp(prefix="registry-", dir=work)), free_port())
-    registry.start()
-    try:
-        run_ocistrap(case, warm, registry, work, env, "fill")
-    finally:
-        registry.kill()
-        shutil.rmtree(registry.root, ignore_errors=True)
 
 
 # ---- the report ----
@@ -250,13 +235,37 @@ def summary_table(results: list[Result]) -> list[str]:
     return lines
 
 
+def no_namespace_table(results: list[Result], root_missing: str) -> list[str]:
+    """The modes without a user namespace, each against the ratio of the mode it stands in for (same rounds)."""
+    lines = ["| case | mode | warm median | ratio (median) | held to | its ratio | within | peak RSS |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in (r for r in results if not r.case.arch):
+        for mode, bound in BOUNDS.items():
+            held = f"{bound} | {statistics.median(r.ratios(bound)):.2f}×"
+            if mode not in r.tools:
+                lines.append(f"| {r.case.title} | {mode} | — | — | {held} | not timed: {root_missing} | — |")
+                continue
+            ratio, limit = statistics.median(r.ratios(mode)), statistics.median(r.ratios(bound))
+            lines.append(f"| {r.case.title} | {mode} | {r.median(mode):.1f} s | **{ratio:.2f}×** | {held} "
+                         f"| {'yes' if ratio <= limit else 'no'} | {r.peak_mib(mode):.0f} MiB |")
+    return lines
+
+
+def tools_of(results: list[Result]) -> tuple[str, ...]:
+    """The tools any of RESULTS was timed with, in the order of TOOLS."""
+    return tuple(t for t in TOOLS if any(t in r.tools for r in results))
+
+
 def runs_table(results: list[Result]) -> list[str]:
-    lines = ["| case | run | pipeline | warm | cold | single-uid | warm/pipeline | cold/pipeline | single-uid/pipeline |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    tools = tools_of(results)
+    lines = ["| case | run | " + " | ".join(tools) + " | " + " | ".join(f"{t}/pipeline" for t in tools[1:]) + " |",
+             "|---|---|" + "---|" * (2 * len(tools) - 1)]
     for r in results:
-        for n, (p, w, c, u) in enumerate(zip(*(r.runs[t] for t in TOOLS)), start=1):
-            lines.append(f"| {r.case.name} | {n} | {p.wall:.1f} s | {w.wall:.1f} s | {c.wall:.1f} s | {u.wall:.1f} s "
-                         f"| {w.wall / p.wall:.2f} | {c.wall / p.wall:.2f} | {u.wall / p.wall:.2f} |")
+        for n in range(len(r.runs["pipeline"])):
+            walls = [r.runs[t][n].wall if t in r.tools else None for t in tools]
+            lines.append(f"| {r.case.name} | {n + 1} | "
+                         + " | ".join("—" if w is None else f"{w:.1f} s" for w in walls) + " | "
+                         + " | ".join("—" if w is None else f"{w / walls[0]:.2f}" for w in walls[1:]) + " |")
     return lines
 
 
@@ -272,7 +281,7 @@ def phase_table(results: list[Result]) -> list[str]:
     names = [phase for phase, _ in PHASES]
     lines = ["| case | cache | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in results:
-        for tool in ("warm", "cold", "single-uid"):
+        for tool in r.tools[1:]:
             lines.append(f"| {r.case.name} | {tool} | "
                          + " | ".join(f"{r.phase_median(tool, p):.1f} s" for p in names) + " |")
     return lines
@@ -286,23 +295,32 @@ def commands(results: list[Result]) -> list[str]:
         arch = f" --arch {c.arch}" if c.arch else ""
         oc = " ".join(("ocistrap build bookworm --variant minbase", *c.ocistrap,
                        "--push 127.0.0.1:PORT/bench/ocistrap:" + c.name))
+        modes = [] if c.arch else [f"{oc} --mode {m}" + (" (as root)" if m == "root" else "") for m in BOUNDS]
         lines += [f"{c.title}:", "", "```sh", mm, f"podman import{arch} rootfs.tar 127.0.0.1:PORT/bench/mmdebstrap:{c.name}",
-                  f"podman push --tls-verify=false 127.0.0.1:PORT/bench/mmdebstrap:{c.name}", oc, "```", ""]
+                  f"podman push --tls-verify=false 127.0.0.1:PORT/bench/mmdebstrap:{c.name}", oc, *modes, "```", ""]
     return lines
 
 
-def report(results: list[Result], runs: int, revision: str, load: str, profile: str) -> str:
+def report(results: list[Result], runs: int, revision: str, load: str, root_missing: str) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# Benchmarks", "",
              "Written by `make bench` (scripts/bench-build.py); the profile section is kept from the previous",
-             "file. Wall times of whole commands as an unprivileged user, each run pushing to its own",
+             "file. Wall times of whole commands as an unprivileged user (root mode's as root, run by",
+             "scripts/bench-root.py at its place in each round), each run pushing to its own",
              "`docker-registry` on 127.0.0.1; runs alternate and each ratio compares runs of the same round.",
              "Peak RSS is `/usr/bin/time`'s maximum resident set size: that of the largest process of the",
              f"command's tree (target: ocistrap's under {MEMORY_TARGET_MIB} MiB).", "",
              f"- date: {when}; {runs} run(s) per tool and case; load average before/after: {load}"]
     lines += [f"- machine: {'; '.join(machine())}"]
     lines += [f"- {v}" for v in versions(revision)]
-    lines += ["", "## Summary", "", *summary_table(results), "", "## Every run", "", *runs_table(results), "",
+    lines += ["", "## Summary", "", *summary_table(results), "",
+              "## Without a user namespace", "",
+              "The warm build in the modes for where no user namespace can be made: chrootless (unprivileged;",
+              "the host's dpkg installs from outside, owners recorded) is held to single-uid's ratio, root",
+              "(`--mode root` run as root: a plain chroot, no namespace) to the default unshare mode's (warm).",
+              "Both ratios of a row are medians over the same rounds.", "",
+              *no_namespace_table(results, root_missing), "",
+              "## Every run", "", *runs_table(results), "",
               "## Where ocistrap's time goes (median seconds per phase, from `--timings`)", "",
               "metadata: verifying Release files, reading indices, resolving, checking the lock; download:",
               "fetching (and re-hashing cached) .debs; unpack + configure: from the sandbox's start until the",
@@ -316,7 +334,7 @@ def report(results: list[Result], runs: int, revision: str, load: str, profile: 
               *phase_table(results), "",
               "The pipeline's commands (median seconds):", "", *pipeline_table(results), "",
               "## Commands", "", *commands(results)]
-    return "\n".join(lines).rstrip() + "\n" + profile
+    return "\n".join(lines).rstrip() + "\n"
 
 
 PROFILE_MARK = "\n## Profile"
@@ -379,6 +397,8 @@ def main() -> int:
     parser.add_argument("--no-output", action="store_true", help="print only")
     parser.add_argument("--revision", default=None, help="source revision to name (default: git rev-parse)")
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--root-runner", type=Path, default=None,
+                        help="socket of root's runner timing root mode (scripts/bench-root.py; `make bench` as root)")
     args = parser.parse_args()
     names = [n.strip() for n in args.cases.split(",") if n.strip()] + (["arm64"] if args.foreign else [])
     unknown = [n for n in names if n not in CASES]
@@ -390,18 +410,22 @@ def main() -> int:
     load_before = load_average()
     work = args.work or Path(tempfile.mkdtemp(prefix="ocistrap-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    root_missing = "" if args.root_runner else ROOT_MISSING
     try:
-        results = [bench_case(CASES[n], args.runs, work, env) for n in dict.fromkeys(names)]
+        results = [bench_case(CASES[n], args.runs, work, env, args.root_runner) for n in dict.fromkeys(names)]
+    except BenchFailure as e:
+        sys.exit(f"bench-build: {e}")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n".join(["", *summary_table(results), "", *phase_table(results)]))
+    print("\n".join(["", *summary_table(results), "", *no_namespace_table(results, root_missing), "",
+                      *phase_table(results)]))
     if not args.no_output:
         revision, load = args.revision or git_revision(), f"{load_before} / {load_average()}"
         native, foreign = [r for r in results if not r.case.arch], [r for r in results if r.case.arch]
         kept_native, kept_foreign = kept_parts(args.output)
         args.output.write_text(
-            (report(native, args.runs, revision, load, "") if native else kept_native)
+            (report(native, args.runs, revision, load, root_missing) if native else kept_native)
             + ("\n" + foreign_section(foreign, args.runs, revision, load) if foreign else kept_foreign)
             + kept_profile(args.output))
         print(f"\nwrote {args.output}")
