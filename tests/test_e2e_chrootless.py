@@ -1,5 +1,5 @@
 """Building where no user namespace can be made, as in a `docker run` job or a restricted pod:
-the unprivileged account runs ocistrap under tests/no_userns.py (Docker's default seccomp
+the unprivileged account runs ocistrap under tests/docker_seccomp.py (Docker's default seccomp
 profile refuses unshare, clone with CLONE_NEW*, setns and mount), `auto` picks chrootless
 mode and says why, and the tree equals the one unshare mode builds from the same lock (and
 so mmdebstrap's, tests/test_e2e_build.py): types, modes, owners, set-id bits, devices, link
@@ -36,7 +36,7 @@ from e2e_helpers import (  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
-NO_USERNS = (sys.executable, str(Path(__file__).parent / "no_userns.py"))
+NO_USERNS = (sys.executable, str(Path(__file__).parent / "docker_seccomp.py"))
 # Directories that are mount points of the chroot in a namespace build (its /proc, /dev, /tmp
 # ...): made and emptied again there, they carry the build's epoch as mtime; without a chroot
 # nothing touches them after unpacking, and they keep the package's.

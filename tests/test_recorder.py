@@ -801,9 +801,9 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def live_host(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run LIVE_HOST once where no user namespace can be made (tests/no_userns.py), as the caller."""
+    """Run LIVE_HOST once where no user namespace can be made (tests/docker_seccomp.py), as the caller."""
     where = tmp_path_factory.mktemp("recorder-host")
-    done = subprocess.run([sys.executable, str(Path(__file__).parent / "no_userns.py"), sys.executable, "-c",
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "docker_seccomp.py"), sys.executable, "-c",
                            LIVE_HOST, str(where)], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert done.returncode == 0, done.stderr
