@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -387,11 +388,14 @@ def arm64_runnable() -> bool:
 ROOT_PODMAN_LIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
 
 
-def root_podman(base: Path) -> list[str]:
-    """Root's podman with its storage and run directory under BASE, so that it shares nothing
-    with the machine's own, on runc and cgroupfs as these machines need (ENVIRONMENT.md)."""
-    return ["podman", "--root", str(base / "storage"), "--runroot", str(base / "run"), "--cgroup-manager=cgroupfs",
-            "--runtime", "runc", "--events-backend", "file"]
+@pytest.fixture
+def root_podman(tmp_path: Path) -> Iterator[list[str]]:
+    """Root's podman with storage and run directory of the test's own, so that it shares nothing
+    with the machine's, on runc and cgroupfs as these machines need (ENVIRONMENT.md); the run
+    directory's path must be short (podman refuses one over 50 characters)."""
+    with tempfile.TemporaryDirectory(prefix="ocistrap-podman-", ignore_cleanup_errors=True) as run:
+        yield ["podman", "--root", str(tmp_path / "podman-storage"), "--runroot", run, "--cgroup-manager=cgroupfs",
+               "--runtime", "runc", "--events-backend", "file"]
 
 
 # ---- rootless podman ----

@@ -201,7 +201,8 @@ def archive_digest(archive: Path, tag: str) -> str:
 
 
 def test_a_docker_build_step_writes_an_oci_archive_the_host_verifies_and_runs(
-        dockerd: Docker, runner: str, minbase: tuple[Path, str], work: Path) -> None:  # noqa: F811
+        dockerd: Docker, runner: str, minbase: tuple[Path, str], work: Path,  # noqa: F811
+        root_podman: list[str]) -> None:  # noqa: F811
     """A RUN step (Docker's classic builder: root, default seccomp profile and capabilities) builds
     the host's lock in root mode into an oci-archive:; taken out of the built image with
     `docker create` and `docker cp`, it verifies on the host, has the host's digest and runs."""
@@ -225,7 +226,7 @@ def test_a_docker_build_step_writes_an_oci_archive_the_host_verifies_and_runs(
         dockerd("rm", container)
     ocistrap("verify", f"oci-archive:{archive}:bookworm")
     assert archive_digest(archive, "bookworm") == host_digest
-    ran = subprocess.run([*root_podman(base / "podman"), "run", "--rm", "--network", "host", *ROOT_PODMAN_LIMITS,
+    ran = subprocess.run([*root_podman, "run", "--rm", "--network", "host", *ROOT_PODMAN_LIMITS,
                           f"oci-archive:{archive}:bookworm", "cat", "/etc/debian_version"],
                          capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
@@ -239,7 +240,8 @@ FLEET_CACHE = "ocistrap-fleet-cache"
 
 @pytest.mark.skipif(hostarch.native_arch() != "amd64", reason="the fleet pairs amd64 with arm64 under qemu")
 def test_a_fleet_of_containers_builds_two_suites_for_two_architectures_into_one_index_each(
-        dockerd: Docker, runner: str, registry, cache_dir: Path, work: Path) -> None:  # noqa: F811
+        dockerd: Docker, runner: str, registry, cache_dir: Path, work: Path,  # noqa: F811
+        root_podman: list[str]) -> None:  # noqa: F811
     """Four containers (root, Docker's default seccomp profile and capabilities: root mode; arm64
     through the host's qemu binfmt handler, registered with F) build bookworm and trixie for amd64
     and arm64 at once, from locks made on the host and one cache volume they share, each pushing
@@ -271,12 +273,11 @@ def test_a_fleet_of_containers_builds_two_suites_for_two_architectures_into_one_
         assert result.returncode == 0, (job, result.stderr)
         assert list(printed_digests(result.stdout)) == [f"docker://{registry.host}/debian:{job[0]}-{job[1]}"]
 
-    podman = root_podman(work / "fleet-podman")
     for suite in FLEET_SUITES:
         ocistrap("index", f"{registry.host}/debian:{suite}",
                  *(f"{registry.host}/debian:{suite}-{arch}" for arch in FLEET_ARCHES))
         for arch in FLEET_ARCHES:
-            ran = subprocess.run([*podman, "run", "--rm", "--network", "host", *ROOT_PODMAN_LIMITS,
+            ran = subprocess.run([*root_podman, "run", "--rm", "--network", "host", *ROOT_PODMAN_LIMITS,
                                   "--tls-verify=false", "--pull=always", "--arch", arch,
                                   f"{registry.host}/debian:{suite}", "dpkg", "--print-architecture"],
                                  capture_output=True, text=True)

@@ -172,7 +172,8 @@ def wait_empty(path: Path, timeout: float = 10.0) -> list[str]:
 @pytest.mark.e2e
 @pytest.mark.network
 @pytest.mark.skipif(shutil.which("podman") is None or shutil.which("runc") is None, reason="needs podman and runc")
-def test_root_of_a_real_container_builds_the_same_image(builds, work: Path) -> None:
+def test_root_of_a_real_container_builds_the_same_image(builds, work: Path,
+                                                        root_podman: list[str]) -> None:  # noqa: F811
     """Rootful podman with Docker's refusals: this checkout and its venv (on /usr/bin/python3)
     mounted into an image ocistrap built (bookworm with python3, gpgv and the keyring). Without
     CAP_MKNOD (podman's default) nothing can build, and the one line says so; with it, root mode
@@ -184,7 +185,7 @@ def test_root_of_a_real_container_builds_the_same_image(builds, work: Path) -> N
     image = "localhost/ocistrap-root-test:bookworm"
     ocistrap("build", "bookworm", "--variant", "minbase", "--include", "python3,gpgv,debian-archive-keyring",
              "-o", f"docker-archive:{base / 'runner.tar'}:{image}")
-    podman = root_podman(base)
+    podman = root_podman
     subprocess.run([*podman, "load", "-q", "-i", str(base / "runner.tar")], check=True, capture_output=True)
     checkout = HERE.parent
     run = [*podman, "run", "--rm", "--network", "host", "--security-opt", f"seccomp={profile}", *ROOT_PODMAN_LIMITS,
