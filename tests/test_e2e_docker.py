@@ -252,10 +252,11 @@ def test_a_fleet_of_containers_builds_two_suites_for_two_architectures_into_one_
     locks = work / "fleet"
     locks.mkdir()
     jobs = [(suite, arch) for suite in FLEET_SUITES for arch in FLEET_ARCHES]
-    for suite, arch in jobs:
-        ocistrap("lock", suite, "--variant", "essential", "--arch", arch, "--no-updates",
-                 "--cache-dir", str(cache_dir), "-o", str(locks / f"{suite}-{arch}.lock"))
-    dockerd("volume", "create", FLEET_CACHE)
+
+    def lock(job: tuple[str, str]) -> subprocess.CompletedProcess[str]:
+        suite, arch = job
+        return ocistrap("lock", suite, "--variant", "essential", "--arch", arch, "--no-updates",
+                        "--cache-dir", str(cache_dir), "-o", str(locks / f"{suite}-{arch}.lock"))
 
     def build(job: tuple[str, str]) -> subprocess.CompletedProcess[str]:
         suite, arch = job
@@ -263,8 +264,10 @@ def test_a_fleet_of_containers_builds_two_suites_for_two_architectures_into_one_
                             "--lock", str(locks / f"{suite}-{arch}.lock"), "--cache-dir", "/cache",
                             "--push", f"{registry.host}/debian:{suite}-{arch}", mounts=[locks])
 
+    dockerd("volume", "create", FLEET_CACHE)
     try:
         with ThreadPoolExecutor(len(jobs)) as pool:
+            list(pool.map(lock, jobs))
             results = dict(zip(jobs, pool.map(build, jobs)))
     finally:
         dockerd("volume", "rm", FLEET_CACHE, check=False)
