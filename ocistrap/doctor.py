@@ -25,6 +25,7 @@ class Host(buildmode.HostProbe, Protocol):
     def read_text(self, path: Path) -> str | None: ...
     def readable(self, path: Path) -> bool: ...
     def native_arch(self) -> str: ...
+    def runs_foreign(self, arch: str) -> bool | None: ...
 
 
 class SystemHost(buildmode.SystemProbe):
@@ -44,6 +45,9 @@ class SystemHost(buildmode.SystemProbe):
 
     def native_arch(self) -> str:
         return native_arch()
+
+    def runs_foreign(self, arch: str) -> bool | None:
+        return hostarch.runs_here(arch)
 
 
 def check_userns(host: Host) -> Check:
@@ -92,7 +96,7 @@ def check_keyring(host: Host, keyring: Path = KEYRING) -> Check:
 
 
 def check_binfmt(host: Host, arch: str, native: str) -> Check:
-    return hostarch.binfmt_check(arch, native, host.read_text)
+    return hostarch.binfmt_check(arch, native, host.read_text, host.runs_foreign)
 
 
 SECCOMP_ACTIONS = detect.SECCOMP_ACTIONS

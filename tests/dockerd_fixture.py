@@ -31,7 +31,10 @@ class Docker:
         return self.root / "docker.sock"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "DOCKER_HOST": f"unix://{self.socket}", "DOCKER_CONFIG": str(self.root / "client")}
+        """The client's environment; `docker build` is the classic builder, which the 20.10 engine
+        uses by default (a newer client would take BuildKit where its buildx plugin is installed)."""
+        return {**os.environ, "DOCKER_HOST": f"unix://{self.socket}", "DOCKER_CONFIG": str(self.root / "client"),
+                "DOCKER_BUILDKIT": "0"}
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(["docker", *args], capture_output=True, text=True, env=self.env())

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 from debian.deb822 import Deb822
+
+from ocistrap import doctor, hostarch
 
 FROZEN_MIRROR_APTOPT = 'Acquire::Check-Valid-Until "false"'
 
@@ -372,6 +375,27 @@ def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> dict[int, str]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)
+
+
+def arm64_runnable() -> bool:
+    """Whether the host's qemu-aarch64 binfmt handler runs arm64 binaries (in chroots and containers too: flag F)."""
+    return doctor.check_binfmt(doctor.SystemHost(), "arm64", hostarch.native_arch()).ok
+
+
+# ---- rootful podman (tests that run as root) ----
+
+# this host refuses runc's raising of the open-files and process limits
+ROOT_PODMAN_LIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
+
+
+@pytest.fixture
+def root_podman(tmp_path: Path) -> Iterator[list[str]]:
+    """Root's podman with storage and run directory of the test's own, so that it shares nothing
+    with the machine's, on runc and cgroupfs as these machines need (ENVIRONMENT.md); the run
+    directory's path must be short (podman refuses one over 50 characters)."""
+    with tempfile.TemporaryDirectory(prefix="ocistrap-podman-", ignore_cleanup_errors=True) as run:
+        yield ["podman", "--root", str(tmp_path / "podman-storage"), "--runroot", run, "--cgroup-manager=cgroupfs",
+               "--runtime", "runc", "--events-backend", "file"]
 
 
 # ---- rootless podman ----

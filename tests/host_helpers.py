@@ -37,6 +37,7 @@ class FakeHost:
     caps: int = 0
     maps: dict[str, str] = field(default_factory=lambda: {"uid": HOST_MAP, "gid": HOST_MAP})
     chrootless: str | None = None
+    runs: bool | None = None
 
     def identity(self) -> tuple[str, int, int]:
         return self.user, *self.ids
@@ -67,6 +68,9 @@ class FakeHost:
 
     def native_arch(self) -> str:
         return self.arch
+
+    def runs_foreign(self, arch: str) -> bool | None:
+        return self.runs
 
     def chrootless_problem(self) -> str | None:
         return self.chrootless

@@ -60,6 +60,26 @@ def test_binfmt_problems(entry: str | None, mounted: bool, expected: str) -> Non
     assert not check.ok and expected in check.detail
 
 
+def test_binfmt_that_cannot_be_read_is_tried_with_a_program() -> None:
+    """In a container /proc has no binfmt_misc, yet the host's handlers run its programs."""
+    hidden = FakeHost(files={}, runs=True)
+    check = doctor.check_binfmt(hidden, "arm64", "amd64")
+    assert check.ok and "an arm64 program ran" in check.detail
+    refused = doctor.check_binfmt(FakeHost(files={}, runs=False), "arm64", "amd64")
+    assert not refused.ok and "binfmt_misc is not mounted" in refused.detail
+    assert not doctor.check_binfmt(FakeHost(files={}, runs=None), "arm64", "amd64").ok
+
+
+def test_the_arm64_program_runs_exactly_where_binfmt_misc_says_arm64_runs() -> None:
+    """The program tried where binfmt_misc cannot be read: on this host, whose binfmt_misc can be
+    read, it must run exactly when the handler's entry says arm64 runs."""
+    host = doctor.SystemHost()
+    if host.read_text(hostarch.BINFMT_DIR / "status") is None or hostarch.native_arch() != "amd64":
+        pytest.skip("needs an amd64 host whose binfmt_misc is mounted")
+    assert hostarch.runs_here("arm64") == doctor.check_binfmt(host, "arm64", "amd64").ok
+    assert hostarch.runs_here("vax") is None
+
+
 def test_binfmt_of_an_unknown_architecture() -> None:
     assert not hostarch.binfmt_verdict("vax", "amd64", None, True).ok
 

@@ -9,6 +9,7 @@ import pytest
 from debian.deb822 import Deb822
 from e2e_helpers import (
     PODMAN,
+    arm64_runnable,
     installed,
     mmdebstrap_differences,
     ocistrap,
@@ -19,17 +20,13 @@ from e2e_helpers import (
 )
 from registry_fixture import registry  # noqa: F401  (fixture)
 
-from ocistrap import doctor, hostarch
+from ocistrap import hostarch
 from ocistrap.rootfs import hostdpkg
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 EM_AARCH64 = 183
 NATIVE_UNPACK = "ocistrap: arm64: the host's dpkg unpacks, the target's configures, emulated"
-
-
-def arm64_runnable() -> bool:
-    return doctor.check_binfmt(doctor.SystemHost(), "arm64", hostarch.native_arch()).ok
 
 
 def blob(layout: Path, digest: str) -> dict:

@@ -22,6 +22,7 @@ import docker_seccomp
 import pytest
 from e2e_helpers import (  # noqa: F401  (fixtures)
     CONFIGS,
+    ROOT_PODMAN_LIMITS,
     cache_dir,
     descendants,
     locked,
@@ -29,6 +30,7 @@ from e2e_helpers import (  # noqa: F401  (fixtures)
     mmdebstrap_differences,
     ocistrap,
     printed_digests,
+    root_podman,
     start_interruptible,
     wait_gone,
     work,
@@ -170,7 +172,8 @@ def wait_empty(path: Path, timeout: float = 10.0) -> list[str]:
 @pytest.mark.e2e
 @pytest.mark.network
 @pytest.mark.skipif(shutil.which("podman") is None or shutil.which("runc") is None, reason="needs podman and runc")
-def test_root_of_a_real_container_builds_the_same_image(builds, work: Path) -> None:
+def test_root_of_a_real_container_builds_the_same_image(builds, work: Path,
+                                                        root_podman: list[str]) -> None:  # noqa: F811
     """Rootful podman with Docker's refusals: this checkout and its venv (on /usr/bin/python3)
     mounted into an image ocistrap built (bookworm with python3, gpgv and the keyring). Without
     CAP_MKNOD (podman's default) nothing can build, and the one line says so; with it, root mode
@@ -182,13 +185,10 @@ def test_root_of_a_real_container_builds_the_same_image(builds, work: Path) -> N
     image = "localhost/ocistrap-root-test:bookworm"
     ocistrap("build", "bookworm", "--variant", "minbase", "--include", "python3,gpgv,debian-archive-keyring",
              "-o", f"docker-archive:{base / 'runner.tar'}:{image}")
-    podman = ["podman", "--root", str(base / "storage"), "--runroot", str(base / "run"), "--cgroup-manager=cgroupfs",
-              "--runtime", "runc", "--events-backend", "file"]
+    podman = root_podman
     subprocess.run([*podman, "load", "-q", "-i", str(base / "runner.tar")], check=True, capture_output=True)
     checkout = HERE.parent
-    run = [*podman, "run", "--rm", "--network", "host", "--security-opt", f"seccomp={profile}",
-           # this host refuses runc's raising of the open-files and process limits
-           "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
+    run = [*podman, "run", "--rm", "--network", "host", "--security-opt", f"seccomp={profile}", *ROOT_PODMAN_LIMITS,
            "-v", f"{checkout}:{checkout}:ro", "-v", f"{sys.prefix}:{sys.prefix}:ro", "-v", f"{base / 'out'}:/out"]
     build = [f"{sys.prefix}/bin/python", "-m", "ocistrap", "build", "bookworm", "--variant", "minbase",
              "-o", "tar:/out/rootfs.tar"]
