@@ -283,7 +283,8 @@ def _unpacker(root: Path, channel: socket.socket, aliased: Sequence[str], chroot
             size, name = message.decode().split(" ", 1)
             with os.fdopen(fds[0], "rb") as stream:
                 unpack.unpack(expand.Bounded(stream, int(size)), ".", package=name,  # type: ignore[arg-type]
-                              aliased=aliased, same_owner=True if chrootless else None)
+                              aliased=aliased, same_owner=True if chrootless else None,
+                              own_shown_as_root=chrootless)
             channel.send(DONE.encode())
     except unpack.UnpackError as e:
         channel.send((REFUSED if e.refused else FAILED).encode() + str(e).encode())
