@@ -270,6 +270,19 @@ def test_as_root_owners_setuid_bits_and_capabilities_are_applied(scene: Scene) -
     assert (own.st_uid, own.st_gid) == (5, 6)
 
 
+def test_where_own_ids_stand_for_root_only_other_owners_and_directories_are_chowned(
+        scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+    chowned: list[tuple[int, int]] = []
+    monkeypatch.setattr(unpack.os, "chown", lambda _path, uid, gid, **_kw: chowned.append((uid, gid)))
+    monkeypatch.setattr(unpack.os, "fchown", lambda _fd, uid, gid: chowned.append((uid, gid)))
+    data = tar_bytes(d("./etc/"), f("./etc/x"), sym("./l", "etc/x"), M("./etc/shadow", data=b"s", uid=0, gid=42),
+                     M("./own", tarfile.SYMTYPE, link="etc", uid=5, gid=6))
+    scene.unpack(data, same_owner=True, own_shown_as_root=True)
+    assert sorted(chowned) == [(0, 0), (0, 42), (5, 6)]
+    scene.unpack(tar_bytes(f("./etc/x")), same_owner=True, own_shown_as_root=False)
+    assert sorted(chowned) == [(0, 0), (0, 0), (0, 42), (5, 6)]
+
+
 # ---- what a package may not do ----
 
 @pytest.mark.parametrize("name", ["../outside/pwned", "./../outside/pwned", "usr/../../outside/pwned",

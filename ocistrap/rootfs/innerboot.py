@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
@@ -75,7 +75,7 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
         _setup(root, plan)
         aliased = merged_usr_aliases(plan)
         with phases.timed(UNPACKING_ESSENTIAL):
-            _extract_all(plan.essential, root, ready, aliased, chrootless=plan.chrootless)
+            _extract_all(plan.essential, root, ready, aliased, chrootless=plan.chrootless, owners=owners)
         unpack.alias_usr_only(root, aliased)
         if plan.slim:
             slim.prune(root)
@@ -231,7 +231,8 @@ def _setup(root: Path, plan: Plan) -> None:
 
 
 def _extract_all(debs: Sequence[Deb], root: Path, ready: _Ready | None = None,
-                 aliased: Sequence[str] = (), *, chrootless: bool = False) -> None:
+                 aliased: Sequence[str] = (), *, chrootless: bool = False,
+                 owners: recorder.Recorder | None = None) -> None:
     """Unpack DEBS' data in order as mmdebstrap does (keeping merged-/usr symlinks, making
     ALIASED ones when missing), with the
     member checks of ocistrap.rootfs.unpack, in a child chrooted into ROOT: a member that got past
@@ -239,11 +240,12 @@ def _extract_all(debs: Sequence[Deb], root: Path, ready: _Ready | None = None,
 
     DEBS are expanded (ocistrap.debian.expand): the child reads each plain data.tar straight from
     the file, through a descriptor positioned at it. CHROOTLESS: no chroot can be had; the
-    child unpacks below ROOT, applying the owners (which the recorder records)."""
+    child unpacks below ROOT, applying the owners (which the recorder records). OWNERS: the
+    recorder, which leaves the child's stat calls to the kernel (it reads no owners from them)."""
     pid, ours = spawn.fork_with_channel(lambda channel: _unpacker(root, channel, aliased, chrootless),
                                           socket.SOCK_SEQPACKET)
     try:
-        with ours:
+        with ours, owners.unfaked_stats(pid) if owners else nullcontext():
             for number, deb in enumerate(debs, 1):
                 if ready:
                     ready.wait(number)
@@ -281,7 +283,8 @@ def _unpacker(root: Path, channel: socket.socket, aliased: Sequence[str], chroot
             size, name = message.decode().split(" ", 1)
             with os.fdopen(fds[0], "rb") as stream:
                 unpack.unpack(expand.Bounded(stream, int(size)), ".", package=name,  # type: ignore[arg-type]
-                              aliased=aliased, same_owner=True if chrootless else None)
+                              aliased=aliased, same_owner=True if chrootless else None,
+                              own_shown_as_root=chrootless)
             channel.send(DONE.encode())
     except unpack.UnpackError as e:
         channel.send((REFUSED if e.refused else FAILED).encode() + str(e).encode())

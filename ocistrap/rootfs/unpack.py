@@ -110,6 +110,7 @@ class _Tree:
 
     fd: int
     same_owner: bool
+    fresh_shown_as_root: bool = False
     aliased: frozenset[str] = frozenset()
     dirs: dict[str, str] = field(default_factory=lambda: {"": ""})
     own_escaping_links: set[str] = field(default_factory=set)
@@ -255,7 +256,7 @@ class _Tree:
         fd = self.create(path, lambda: os.open(path, _NEW_FILE, 0o600, dir_fd=self.fd))
         try:
             written = _copy(tar, member, fd)
-            self.finish_fd(fd, member)
+            self.finish_fd(fd, member, fresh=True)
         finally:
             os.close(fd)
         self.files.add(name)
@@ -264,7 +265,7 @@ class _Tree:
     def symlink(self, name: str, member: tarfile.TarInfo) -> None:
         path = self.new_path(name)
         self.create(path, lambda: os.symlink(member.linkname, path, dir_fd=self.fd))
-        if self.same_owner:
+        if self.chowns(member, fresh=True):
             os.chown(path, *_owned(member), dir_fd=self.fd, follow_symlinks=False)
         mtime = _mtime_ns(member)
         os.utime(path, ns=(mtime, mtime), dir_fd=self.fd, follow_symlinks=False)
@@ -300,9 +301,14 @@ class _Tree:
             self.clear(path)
             return make()
 
-    def finish_fd(self, fd: int, member: tarfile.TarInfo) -> None:
+    def chowns(self, member: tarfile.TarInfo, *, fresh: bool) -> bool:
+        """Whether MEMBER's owner is to be applied; a FRESH file (made by this unpack) that is to be
+        0:0 needs no chown where the caller's own ids stand for root (fresh_shown_as_root)."""
+        return self.same_owner and not (fresh and self.fresh_shown_as_root and _owned(member) == (0, 0))
+
+    def finish_fd(self, fd: int, member: tarfile.TarInfo, *, fresh: bool = False) -> None:
         """Owner, then mode (chown clears set-id bits), then xattrs (chown clears capabilities), then mtime."""
-        if self.same_owner:
+        if self.chowns(member, fresh=fresh):
             os.fchown(fd, *_owned(member))
         os.fchmod(fd, member.mode & 0o7777)
         if self.same_owner:
@@ -364,18 +370,20 @@ def _copy(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> int:
 
 
 def unpack(stream: BinaryIO, root: str | Path, *, package: str, same_owner: bool | None = None,
-           max_members: int = MAX_MEMBERS, aliased: Collection[str] = ()) -> Unpacked:
+           max_members: int = MAX_MEMBERS, aliased: Collection[str] = (), own_shown_as_root: bool = False) -> Unpacked:
     """Unpack the tar STREAM (a .deb's data, as `dpkg-deb --fsys-tarfile` writes it) into ROOT.
 
     SAME_OWNER (default: when running as root) applies the archive's owners and
     xattrs. ALIASED: the top-level directories to make as merged /usr has them
-    (``bin -> usr/bin``) when missing. Raises UnpackError naming PACKAGE and the member for anything refused
+    (``bin -> usr/bin``) when missing. OWN_SHOWN_AS_ROOT: the caller's ids are shown as 0:0
+    (chrootless mode's recorder), so what this unpack creates already has that owner and only
+    other owners are applied: each chown costs a round trip to the recorder. Raises UnpackError naming PACKAGE and the member for anything refused
     or unreadable; what was unpacked before stays (the caller throws the tree away).
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    tree = _Tree(fd=fd, same_owner=same_owner, aliased=frozenset(aliased))
+    tree = _Tree(fd=fd, same_owner=same_owner, fresh_shown_as_root=own_shown_as_root, aliased=frozenset(aliased))
     count = written = 0
     name = ""
     try:
