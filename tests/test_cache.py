@@ -43,6 +43,14 @@ def leftovers(cache: Cache) -> list[Path]:
 # the store itself
 
 
+def test_a_relative_cache_directory_gives_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blob paths go to programs with another working directory (the host's dpkg in chrootless mode)."""
+    monkeypatch.chdir(tmp_path)
+    cache = Cache(Path("cache"), key_file=tmp_path / "key")
+    path = cache.put_bytes(b"x", lambda data: None)
+    assert cache.root == tmp_path / "cache" and path.is_absolute()
+
+
 def test_put_bytes_stores_under_the_sha256(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c")
     path = cache.put_bytes(b"verified", lambda data: None)

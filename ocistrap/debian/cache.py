@@ -246,8 +246,10 @@ class Cache:
     """The verified store; see the module docstring for its layout."""
 
     def __init__(self, root: Path, key_file: Path | None = None, *, exclusive: bool = False) -> None:
-        """EXCLUSIVE: this process alone may use the cache (to prune it); raise if another does."""
-        self.root = root
+        """EXCLUSIVE: this process alone may use the cache (to prune it); raise if another does.
+        ROOT is made absolute: its paths are handed to programs that run elsewhere (the host's
+        dpkg in chrootless mode, the sandbox)."""
+        root = self.root = root.absolute()
         try:
             root.mkdir(parents=True, exist_ok=True, mode=0o755)
             for sub in LAYOUT:
