@@ -1,11 +1,11 @@
-from ocistrap.rootfs import idmaps
-
 """A fake host for the build mode's decision and for `ocistrap doctor` (buildmode.HostProbe,
 doctor.Host): every fact a verdict depends on is a field."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from ocistrap.rootfs import idmaps
 
 ARM64_ENTRY = ("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\n"
                "offset 0\nmagic 7f454c460201010000000000000000000200b700\n")

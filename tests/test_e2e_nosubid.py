@@ -1,5 +1,3 @@
-from ocistrap.rootfs import idmaps
-
 """An account with no /etc/subuid or /etc/subgid entry, as in CI pods: doctor and the build
 choose single-uid mode by themselves, and the image still has the right owners.
 
@@ -14,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from e2e_helpers import ocistrap, printed_digests
+
+from ocistrap.rootfs import idmaps
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network, pytest.mark.nosubid]
 
