@@ -366,6 +366,15 @@ def descendants(pid: int) -> dict[int, str]:
     return found
 
 
+def wait_for_dpkg(proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Return once the build runs dpkg (inside its sandbox, or on the host in chrootless mode)."""
+    deadline = time.monotonic() + timeout
+    while "dpkg" not in descendants(proc.pid).values():
+        assert proc.poll() is None, f"the build ended ({proc.returncode}) before dpkg ran"
+        assert time.monotonic() < deadline, "dpkg never started"
+        time.sleep(0.05)
+
+
 def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> dict[int, str]:
     """Those of PIDS still alive after TIMEOUT seconds."""
     pids = set(pids)

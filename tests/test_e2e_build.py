@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -40,6 +39,7 @@ from e2e_helpers import (  # noqa: F401  (fixtures)
     read_tree,
     run,
     start_interruptible,
+    wait_for_dpkg,
     wait_gone,
     work,
 )
@@ -319,15 +319,6 @@ def test_successful_build_leaves_nothing(main_build, cache_dir):
     assert list(main_build.host.runtime.iterdir()) == []
     assert list(main_build.host.tmp.iterdir()) == []
     assert_nothing_foreign(main_build.host.tmp, main_build.host.runtime, cache_dir, main_build.layout.parent)
-
-
-def wait_for_dpkg(proc: subprocess.Popen, timeout: float = 180) -> None:
-    """Return once the build runs dpkg inside its sandbox."""
-    deadline = time.monotonic() + timeout
-    while "dpkg" not in descendants(proc.pid).values():
-        assert proc.poll() is None, f"the build ended ({proc.returncode}) before dpkg ran"
-        assert time.monotonic() < deadline, "dpkg never started"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("signum,staging", [

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from e2e_helpers import (  # noqa: F401  (fixtures)
     read_tree,
     start_interruptible,
     tree_differences,
+    wait_for_dpkg,
     wait_gone,
     work,
 )
@@ -151,10 +151,7 @@ def test_interrupted_build_leaves_no_process(signum: signal.Signals, locked: Cal
             "--cache-dir", str(cache_dir), "-o", f"oci:{base / 'layout'}:test"]
     proc = start_interruptible(argv, env=host.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while "dpkg" not in descendants(proc.pid).values():
-            assert proc.poll() is None and time.monotonic() < deadline, "dpkg never ran"
-            time.sleep(0.05)
+        wait_for_dpkg(proc, timeout=120)
         running = descendants(proc.pid)
         if signum == signal.SIGINT:
             os.killpg(proc.pid, signum)

@@ -32,6 +32,7 @@ from e2e_helpers import (  # noqa: F401  (fixtures)
     printed_digests,
     root_podman,
     start_interruptible,
+    wait_for_dpkg,
     wait_gone,
     work,
 )
@@ -141,10 +142,7 @@ def test_a_root_mode_build_killed_while_dpkg_runs_leaves_nothing(signum, locked,
             "--cache-dir", str(cache_dir), "--staging-dir", str(staging), "-o", f"oci:{base / 'layout'}:test"]
     proc = start_interruptible(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
-        while "dpkg" not in descendants(proc.pid).values():
-            assert proc.poll() is None and time.monotonic() < deadline, "dpkg never ran"
-            time.sleep(0.05)
+        wait_for_dpkg(proc)
         building = descendants(proc.pid)
         if signum == signal.SIGINT:
             os.killpg(proc.pid, signum)  # as Ctrl-C in a terminal: the whole foreground group
