@@ -99,9 +99,6 @@ def check_binfmt(host: Host, arch: str, native: str) -> Check:
     return hostarch.binfmt_check(arch, native, host.read_text, host.runs_foreign)
 
 
-SECCOMP_ACTIONS = detect.SECCOMP_ACTIONS
-
-
 def check_mode(requested: str, host: Host) -> tuple[buildmode.BuildMode | None, Check]:
     """The mode a build will use, as the build decides it (buildmode.decide_mode; None if no
     mode can build), and the check that says why."""
@@ -115,8 +112,7 @@ def check_mode(requested: str, host: Host) -> tuple[buildmode.BuildMode | None, 
 
 
 def check_seccomp(host: Host) -> Check:
-    actions = (host.read_text(SECCOMP_ACTIONS) or "").split()
-    if "user_notif" in actions:
+    if detect.user_notif_available(host.read_text(detect.SECCOMP_ACTIONS)):
         return Check("seccomp user notification", True, "available: owners can be recorded (single-uid and chrootless builds)")
     return Check("seccomp user notification", False,
                  "this kernel lacks seccomp user notification (Linux 5.5 or later), which single-uid "

@@ -184,12 +184,18 @@ def read_sysctl(path: Path) -> str | None:
         return None
 
 
+def user_notif_available(seccomp_actions: str | None) -> bool:
+    """Whether the kernel's seccomp actions (SECCOMP_ACTIONS' text) include user notification,
+    which the owner recorder answers calls through."""
+    return "user_notif" in (seccomp_actions or "").split()
+
+
 def recording_problem(seccomp_actions: str | None, ptrace_scope: str | None) -> str | None:
     """Why owners cannot be recorded without a user namespace (None: they can), from the kernel's
     seccomp actions and Yama's ptrace_scope (None: no Yama). The recorder answers chown and
     mknod through seccomp user notification and reads the callers' memory, which Yama allows
     an unprivileged process only for its descendants (scope 1) or not at all (2, 3)."""
-    if "user_notif" not in (seccomp_actions or "").split():
+    if not user_notif_available(seccomp_actions):
         return "this kernel lacks seccomp user notification (Linux 5.5 or later)"
     scope = (ptrace_scope or "0").strip()
     if scope == "2":
