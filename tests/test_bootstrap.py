@@ -1,5 +1,8 @@
 import io
+import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -7,9 +10,9 @@ import pytest
 from host_helpers import FakeHost
 from image_helpers import layer_tar, lockfile
 
-from ocistrap import pipeline
+from ocistrap import log, pipeline
 from ocistrap.debian.lock import LockedArchive
-from ocistrap.errors import BuildError
+from ocistrap.errors import BuildError, OcistrapError
 from ocistrap.rootfs import bootplan, bootstrap, buildmode, idmaps, innerboot
 from ocistrap.rootfs.bootplan import Deb, Plan
 
@@ -76,14 +79,43 @@ def test_the_tree_is_merged_up_front_only_when_usrmerge_would_merge_it() -> None
 
 
 def test_count_configured_counts_whole_setting_up_lines() -> None:
-    count, rest = bootstrap.count_configured(b"Unpacking x (1) ...\nSetting up x (1) ...\nSetting up y (2) ...\nSett")
-    assert (count, rest) == (2, b"Sett")
-    count, rest = bootstrap.count_configured(rest + b"ing up z (3) ...\nProcessing triggers for z\n")
-    assert (count, rest) == (1, b"")
+    lines, rest = bootstrap.complete_lines(b"Unpacking x (1) ...\nSetting up x (1) ...\nSetting up y (2) ...\nSett")
+    assert (bootstrap.count_configured(lines), rest) == (2, b"Sett")
+    lines, rest = bootstrap.complete_lines(rest + b"ing up z (3) ...\nProcessing triggers for z\n")
+    assert (bootstrap.count_configured(lines), rest) == (1, b"")
 
 
 def test_count_configured_ignores_setting_up_inside_a_line() -> None:
-    assert bootstrap.count_configured(b"debconf: Setting up frontend\n  Setting up x\n") == (0, b"")
+    lines, rest = bootstrap.complete_lines(b"debconf: Setting up frontend\n  Setting up x\n")
+    assert (bootstrap.count_configured(lines), rest) == (0, b"")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_inner_log_counts_packages_and_echoes_lines_only_with_debug(tmp_path, debug: bool) -> None:
+    """With --debug the inside's output still goes to the log file (whose last error line the
+    outer half raises) and reaches stderr as the log's own detail lines, the unfinished last
+    line included; without it, only the count."""
+    stream = io.StringIO()
+    previous = log.get()
+    out = log.configure(debug=debug, log_format="json", stream=stream)
+    try:
+        with open(tmp_path / "inner.log", "w+b") as inner:
+            follower = bootstrap._InnerLog(inner, total=2)
+            follower.INTERVAL = 0.01
+            follower.start()
+            inner.write(b"Setting up x (1) ...\n")
+            inner.flush()
+            inner.write(b"Setting up y (2) ...\nocistrap-inner: error: dpkg failed")
+            inner.flush()
+            follower.stop()
+            assert follower.meter.done == 2
+    finally:
+        log._current = previous
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    details = [e["text"] for e in events if e["event"] == "detail"]
+    assert details == (["Setting up x (1) ...", "Setting up y (2) ...", "ocistrap-inner: error: dpkg failed"]
+                       if debug else [])
+    assert out.debug is debug
 
 
 def refusing_runner(tried: list[tuple[bool, bool]], stream=lambda plan: f"layer of {plan.arch}"):
@@ -202,3 +234,36 @@ def test_a_second_architecture_does_not_retry_unshare_after_a_fallback(monkeypat
     built = pipeline.build(locked, (), None, SimpleNamespace(root=tmp_path), request)  # type: ignore[arg-type]
     assert tried == [(False, False), (True, True), (True, True)]
     assert built.digest.startswith("sha256:")
+
+
+def failing_inside(message: str):
+    """A launch for _bootstrap whose inner half reads the plan, prints MESSAGE as the inside's
+    error (INNER_ERROR) and exits with status 1 without streaming a layer."""
+    code = ("import sys; sys.stdin.buffer.read(); "
+            f"print({bootplan.INNER_ERROR + message!r}, file=sys.stderr); sys.exit(1)")
+
+    def launch(argv, *, stdin, stdout, stderr, pass_fds, **_ignored):
+        return subprocess.Popen([sys.executable, "-c", code], stdin=stdin, stdout=stdout, stderr=stderr,
+                                pass_fds=pass_fds)
+    return launch
+
+
+def empty_layer_refused(stream) -> None:
+    if not stream.read(1):
+        raise OcistrapError("the layer tar stream ended early after 0 bytes")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_the_inside_error_is_what_a_failed_install_says_also_with_debug(debug: bool) -> None:
+    """The layer stream ends early because the inside gave up: the user is told the inside's
+    reason, with --debug too (whose output once went to the terminal only, leaving the outer
+    half nothing to quote but the early end)."""
+    previous = log.get()
+    log.configure(debug=debug, stream=io.StringIO())
+    try:
+        with pytest.raises(BuildError, match="installing the packages failed: .*dpkg: error processing x"):
+            bootstrap._bootstrap(PLAN, empty_layer_refused, maps=None,
+                                 remove_on_exit=None, ready=None,
+                                 launch=failing_inside("dpkg: error processing x"))
+    finally:
+        log._current = previous

@@ -84,8 +84,7 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: idmaps.IdMaps
     with tempfile.TemporaryFile(prefix="ocistrap-bootstrap-", suffix=".log") as errors:
         try:
             proc = launch([sys.executable, "-m", "ocistrap.rootfs.innerboot"], stdin=subprocess.PIPE,
-                          stdout=None if out.debug else errors,
-                          stderr=None if out.debug else errors, pass_fds=child_fds,
+                          stdout=errors, stderr=errors, pass_fds=child_fds,
                           maps=maps, remove_on_exit=remove_on_exit)
         except BaseException:
             for reader in readers:
@@ -97,7 +96,7 @@ def _bootstrap(plan: Plan, sink: Callable[[BinaryIO], T], *, maps: idmaps.IdMaps
                 os.close(fd)
             announcer.start()
         assert proc.stdin is not None
-        progress = _ConfigureProgress(errors, len(plan.essential) + len(plan.rest))
+        progress = _InnerLog(errors, len(plan.essential) + len(plan.rest))
         try:
             proc.stdin.write(plan.dumps())
             proc.stdin.close()
@@ -210,26 +209,33 @@ class _Announcer:
 SETTING_UP = b"Setting up "
 
 
-def count_configured(chunk: bytes) -> tuple[int, bytes]:
-    """How many complete lines of CHUNK are dpkg's "Setting up PACKAGE" (one per package
-    configured), and the incomplete last line to prepend to the next chunk."""
+def complete_lines(chunk: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines of CHUNK, and the incomplete last one to prepend to the next chunk."""
     *lines, rest = chunk.split(b"\n")
-    return sum(line.startswith(SETTING_UP) for line in lines), rest
+    return lines, rest
 
 
-class _ConfigureProgress:
-    """Packages configured n/N for the live display, read from dpkg's output in the inner
-    half's log while it grows (the log is all the outer half sees of the inside)."""
+def count_configured(lines: Iterable[bytes]) -> int:
+    """How many of LINES are dpkg's "Setting up PACKAGE" (one per package configured)."""
+    return sum(line.startswith(SETTING_UP) for line in lines)
+
+
+class _InnerLog:
+    """Follows the inner half's log, all the outer half sees of the inside, while it grows:
+    packages configured n/N for the live display and, with --debug, each line as a detail of
+    the log (the log stays whole for the error the inside gives up with, and JSON output stays
+    one object per line)."""
 
     INTERVAL = 0.25
 
     def __init__(self, log_file: BinaryIO, total: int) -> None:
         self.fd = log_file.fileno()
-        self.meter = log.get().meter(total)
+        self.out = log.get()
+        self.meter = self.out.meter(total)
         self.offset = 0
         self.rest = b""
         self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="configure-progress", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="inner-log", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -241,13 +247,23 @@ class _ConfigureProgress:
 
     def _run(self) -> None:
         while not self.done.wait(self.INTERVAL):
-            data = os.pread(self.fd, 1 << 20, self.offset)
-            if not data:
-                continue
+            self._follow()
+        self._follow()
+        if self.rest:
+            self._show([self.rest])
+
+    def _follow(self) -> None:
+        while data := os.pread(self.fd, 1 << 20, self.offset):
             self.offset += len(data)
-            count, self.rest = count_configured(self.rest + data)
-            if count:
+            lines, self.rest = complete_lines(self.rest + data)
+            if count := count_configured(lines):
                 self.meter.add(items=count)
+            self._show(lines)
+
+    def _show(self, lines: list[bytes]) -> None:
+        if self.out.debug:
+            for line in lines:
+                self.out.detail(line.decode("utf-8", "replace"))
 
 
 def _inner_error(log_file: BinaryIO) -> str:
