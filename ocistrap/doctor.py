@@ -120,7 +120,7 @@ def check_seccomp(host: Host) -> Check:
 
 
 def check_chrootless(host: Host) -> Check:
-    problem = host.chrootless_problem()
+    problem = buildmode.chrootless_problem(host)
     if problem:
         return Check("chrootless mode", False, problem)
     return Check("chrootless mode", True, "the host's dpkg can install from outside the tree, owners recorded "

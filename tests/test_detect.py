@@ -14,7 +14,7 @@ from host_helpers import CONTAINER_CAPS, HOST_MAP, FakeHost
 
 from ocistrap import cli, doctor
 from ocistrap.errors import BuildError
-from ocistrap.rootfs import buildmode, detect
+from ocistrap.rootfs import buildmode, detect, hostdpkg
 from ocistrap.rootfs.detect import UsernsProbe
 from ocistrap.rootfs.idmaps import IdMaps, IdRange, writes_own_maps
 
@@ -133,8 +133,9 @@ def test_root_without_user_namespaces_builds_in_root_mode_and_says_why() -> None
     mode = buildmode.decide_mode("auto", root_host(userns=SECCOMP_REFUSAL))
     assert (mode.name, mode.fell_back_from, mode.records_owners, mode.kind.namespace) == ("root", "unshare", False, False)
     line = mode.describe()
-    assert line.startswith("root, because a seccomp filter refuses to make user namespaces")
-    assert "no /proc, /sys or devpts" in line and line.endswith("(fix that to build in unshare mode)")
+    assert line.startswith("root, because unshare mode cannot build here: a seccomp filter refuses to make user "
+                           "namespaces")
+    assert line.endswith("; root mode: a plain chroot with device nodes made by mknod, no /proc, /sys or devpts")
 
 
 PODMAN_CAPS = CONTAINER_CAPS & ~(1 << 27) & ~(1 << 13) & ~(1 << 29)  # podman 4's default: no MKNOD
@@ -151,6 +152,13 @@ def test_root_without_its_capabilities_nor_namespaces_cannot_build_and_says_both
     found = _by_name(root_host(caps=PODMAN_CAPS, userns=SECCOMP_REFUSAL))
     assert not found["build mode"].ok and "--cap-add MKNOD" in found["build mode"].detail
     assert found["subuid"].ok and found["newgidmap"].ok
+    assert not found["chrootless mode"].ok and found["chrootless mode"].detail == hostdpkg.NOT_AS_ROOT
+
+
+def test_doctor_tells_root_that_chrootless_mode_is_not_for_it_even_when_another_mode_builds() -> None:
+    found = _by_name(root_host(userns=SECCOMP_REFUSAL))
+    assert found["build mode"].detail.startswith("root, because")
+    assert found["chrootless mode"].detail == f"not needed in root mode: {hostdpkg.NOT_AS_ROOT}"
 
 
 def test_root_in_a_container_that_maps_too_few_ids_is_refused_both_ways() -> None:
@@ -188,7 +196,7 @@ def test_doctor_in_a_container_says_root_mode_and_why_in_one_line() -> None:
     found = _by_name(root_host(userns=SECCOMP_REFUSAL))
     assert all(c.ok for c in found.values()), found
     assert found["user namespaces"].detail.startswith("not needed in root mode: a seccomp filter")
-    assert found["build mode"].detail.startswith("root, because a seccomp filter")
+    assert found["build mode"].detail.startswith("root, because unshare mode cannot build here: a seccomp filter")
     assert "\n" not in found["build mode"].detail
 
 

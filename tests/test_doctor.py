@@ -113,8 +113,9 @@ def test_auto_mode_falls_back_to_single_uid_and_says_why() -> None:
     results = doctor.checks([], host=host)
     found = _by_name(results)
     assert all(c.ok for c in results), doctor.format_checks(results)
-    assert found["build mode"].detail.startswith("single-uid, because /etc/subuid has no range for alice")
-    assert found["build mode"].detail.endswith("(fix that to build in unshare mode)")
+    assert found["build mode"].detail.startswith(
+        "single-uid, because unshare mode cannot build here: /etc/subuid has no range for alice")
+    assert found["build mode"].detail.endswith("; single-uid mode: owners are recorded instead of applied")
     assert found["subuid"].detail.startswith("not needed in single-uid mode: ")
     assert found["seccomp user notification"].ok
 
@@ -145,7 +146,7 @@ def test_refused_user_namespaces_without_a_usable_host_dpkg_leave_no_mode() -> N
 def test_refused_user_namespaces_leave_chrootless_mode_and_say_what_it_trusts() -> None:
     found = _by_name(doctor.checks([], host=FakeHost(userns="enable it")))
     assert found["build mode"].ok
-    assert found["build mode"].detail.startswith("chrootless, because enable it; ")
+    assert found["build mode"].detail.startswith("chrootless, because unshare mode cannot build here: enable it; chrootless mode: ")
     assert "maintainer scripts run on this host as you" in found["build mode"].detail
     assert found["chrootless mode"].ok and "not needed" not in found["chrootless mode"].detail
 

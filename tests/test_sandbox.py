@@ -157,7 +157,10 @@ def test_mapper_verdicts() -> None:
      "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
     ({}, "seccomp"),
 ])
-def test_userns_advice_names_what_to_enable(sysctls: dict[str, str], expected: str) -> None:
+def test_userns_advice_names_what_to_enable(sysctls: dict[str, str], expected: str, monkeypatch) -> None:
+    """For an unprivileged caller, whichever account runs the tests (root ignores
+    unprivileged_userns_clone, and the advice says so)."""
+    monkeypatch.setattr(spawn.os, "geteuid", lambda: 1000)
     assert expected in spawn.userns_advice(errno.EPERM, sysctls)
 
 
@@ -595,7 +598,7 @@ def test_auto_mode_falls_back_to_single_uid_and_says_why() -> None:
     assert mode.name == "single-uid" and mode.records_owners
     assert mode.maps == idmaps.IdMaps.single(1000, 1001) and mode.maps.is_single
     assert mode.reason == ("/etc/subuid has no range for alice; the sandbox needs 65536 subordinate uids; "
-                           "owners are recorded instead of applied")
+                           "single-uid mode: owners are recorded instead of applied")
     assert mode.fell_back_from == "unshare" and mode.fallbacks == ()
 
 
@@ -632,8 +635,8 @@ def test_no_namespace_mode_builds_when_user_namespaces_are_refused(requested: st
 def test_auto_turns_to_chrootless_when_user_namespaces_are_refused_and_says_why() -> None:
     mode = buildmode.decide_mode("auto", FakeHost(userns=REFUSED, subuid="", ids=(5, 6)))
     assert mode.kind is buildmode.CHROOTLESS and mode.records_owners and mode.fallbacks == ()
-    assert mode.describe().startswith(f"chrootless, because {REFUSED}; the host's dpkg installs from outside")
-    assert mode.describe().endswith("(fix that to build in unshare mode)")
+    assert mode.describe().startswith(f"chrootless, because unshare mode cannot build here: {REFUSED}; "
+                                      "chrootless mode: the host's dpkg installs from outside")
 
 
 def test_auto_prefers_a_namespace_to_chrootless() -> None:
@@ -669,8 +672,8 @@ def test_a_fallback_at_run_time_says_why_and_is_not_offered_twice() -> None:
     refused = idmaps.MapRefused("newuidmap refused the uid map 0 1000 1: write failed")
     mode = buildmode.decide_mode("auto", FakeHost()).fallback(refused)
     assert (mode.name, mode.fell_back_from) == ("single-uid", "unshare")
-    assert mode.reason == "newuidmap refused the uid map 0 1000 1: write failed; owners are recorded instead of applied"
-    assert mode.describe().startswith("single-uid, because newuidmap refused")
+    assert mode.reason == "newuidmap refused the uid map 0 1000 1: write failed; single-uid mode: owners are recorded instead of applied"
+    assert mode.describe().startswith("single-uid, because unshare mode cannot build here: newuidmap refused")
     with pytest.raises(idmaps.MapRefused):
         mode.fallback(refused)
 

@@ -88,7 +88,8 @@ class ModeKind:
         return self.works_as_root if uid == 0 and self.works_as_root else self.works
 
     def because(self, problem: str) -> str:
-        return f"{problem}; {self.cost}" if self.cost else problem
+        """The reason for falling back to this kind: PROBLEM, and what this kind gives up."""
+        return f"{problem}; {self.name} mode: {self.cost}" if self.cost else problem
 
 
 def _require_userns(host: HostProbe) -> None:
@@ -120,9 +121,14 @@ def _root_maps(host: HostProbe) -> IdMaps:
     return detect.root_maps(host.id_map("uid"), host.id_map("gid"))
 
 
+def chrootless_problem(host: HostProbe) -> str | None:
+    """What stops chrootless mode on HOST (None if nothing): never for root."""
+    return hostdpkg.NOT_AS_ROOT if host.identity()[1] == 0 else host.chrootless_problem()
+
+
 def _chrootless_maps(host: HostProbe) -> IdMaps:
     _, uid, gid = host.identity()
-    problem = hostdpkg.NOT_AS_ROOT if uid == 0 else host.chrootless_problem()
+    problem = chrootless_problem(host)
     if problem:
         raise BuildError(f"chrootless mode cannot build here: {problem}")
     return IdMaps.single(uid, gid)
@@ -133,7 +139,7 @@ UNSHARE = ModeKind("unshare", _unshare_maps, "namespace", records_owners=False,
                    works_as_root=f"root maps ids 0-{SUBORDINATE_IDS} to themselves (its own map, no newuidmap)")
 ROOT = ModeKind("root", _root_maps, "root", records_owners=False, namespace=False,
                 works="uid 0 with a container's default capabilities, no namespace",
-                cost="root mode: a plain chroot with device nodes made by mknod, no /proc, /sys or devpts")
+                cost="a plain chroot with device nodes made by mknod, no /proc, /sys or devpts")
 SINGLE_UID = ModeKind("single-uid", _single_uid_maps, "namespace", records_owners=True,
                       cost="owners are recorded instead of applied")
 
@@ -183,7 +189,7 @@ class BuildMode:
     def describe(self) -> str:
         """The verdict in one line."""
         if self.fell_back_from:
-            return f"{self.name}, because {self.reason} (fix that to build in {self.fell_back_from} mode)"
+            return f"{self.name}, because {self.fell_back_from} mode cannot build here: {self.reason}"
         return f"{self.name}: {self.reason}"
 
 
