@@ -1,5 +1,6 @@
 """The one HTTP layer's policies (pure), and its deadline and caps against a local server."""
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -169,6 +170,43 @@ def test_a_dripping_body_is_cut_off_at_the_deadline(server: Server) -> None:
     with pytest.raises(http.Transient, match="timed out: no complete answer within 1 s"):
         response.read(1000, "drip")
     assert 0.9 < time.monotonic() - started < 10  # the message names the deadline; a busy machine may be slow
+
+
+@pytest.fixture
+def dripping_tls_server() -> Iterator[str]:
+    """An https:// address whose server answers a TLS handshake one byte of a never-finished
+    ServerHello every 0.2 s (each read well within the read timeout), for 8 s at most."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            for byte in (b"\x16\x03\x03\x40\x00" + b"\x02" * 40):
+                if stop.wait(0.2):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_a_dripping_tls_handshake_ends_within_the_connect_timeout(dripping_tls_server: str) -> None:
+    """Python bounds the whole handshake by the socket's timeout, the connect timeout (urllib3
+    shakes hands before the request is bound to its deadline): a server that answers a byte at
+    a time cannot hold a download past it."""
+    started = time.monotonic()
+    with pytest.raises(http.Transient, match="timed out"):
+        client(connect=1.0, read=10.0, deadline=30.0).send("GET", dripping_tls_server, what="handshake")
+    assert time.monotonic() - started < 4  # the server drips for 9 s
 
 
 def test_a_large_body_must_keep_moving(server: Server) -> None:
