@@ -153,6 +153,7 @@ class Faults:
     huge: str | None = None  # "manifest", "error" (to a manifest PUT) or "token": a 100 MiB answer
     drip: float = 0.0  # manifest GETs: the body one byte at a time, this many seconds apart
     upload_to: str | None = None  # uploads go to this other origin (as Location)
+    token_delay: float = 0.0  # the token service answers this many seconds late
 
 
 @dataclass
@@ -163,7 +164,7 @@ class FakeState:
     uploads: dict[str, bytearray] = field(default_factory=dict)
     log: list[tuple[str, str]] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
-    auth: str | None = None
+    auth: str | None = None  # "basic", "bearer" (one token for all), "bearer-scoped" (a token per repository)
     seen_authorization: list[str] = field(default_factory=list)
     referrers_api: bool = False
     referrers: dict[str, list[dict]] = field(default_factory=dict)
@@ -256,6 +257,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.state.auth is None:
             return True
         given = self.headers.get("Authorization", "")
+        if self.state.auth == "bearer-scoped":
+            return self._scoped(given)
         if self.state.auth == "bearer":
             if given == f"Bearer {_TOKEN}":
                 return True
@@ -270,7 +273,23 @@ class _Handler(BaseHTTPRequestHandler):
                     "application/json", WWW_Authenticate=challenge)
         return False
 
+    def _scoped(self, given: str) -> bool:
+        """As distribution's token auth: /v2/ takes any token, a repository's path one whose
+        scopes name that repository (the challenge says which)."""
+        name = next((m["name"] for pattern in (_UPLOADS, _BLOB, _MANIFEST, _REFERRERS)
+                     if (m := pattern.fullmatch(urlsplit(self.path).path))), None)
+        scope = f"repository:{name}:pull" if name else None
+        prefix = f"Bearer {_TOKEN}."
+        if given.startswith(prefix) and (scope is None or scope in given.removeprefix(prefix).split("+")):
+            return True
+        challenge = f'Bearer realm="http://{self.headers["Host"]}/token",service="fake"'
+        self._body()
+        self._reply(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
+                    "application/json", WWW_Authenticate=challenge + (f',scope="{scope}"' if scope else ""))
+        return False
+
     def _token(self) -> None:
+        time.sleep(self.state.faults.token_delay)
         if self.state.faults.token_503:
             self.state.faults.token_503 -= 1
             return self._reply(503, b"try later", "text/plain")
@@ -279,7 +298,9 @@ class _Handler(BaseHTTPRequestHandler):
         expected = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
         if self.headers.get("Authorization") != f"Basic {expected}":
             return self._reply(401, b'{"details":"bad credentials"}', "application/json")
-        self._reply(200, json.dumps({"token": _TOKEN}).encode(), "application/json")
+        scopes = parse_qs(urlsplit(self.path).query).get("scope", [])
+        token = f"{_TOKEN}.{'+'.join(sorted(scopes))}" if self.state.auth == "bearer-scoped" else _TOKEN
+        self._reply(200, json.dumps({"token": token}).encode(), "application/json")
 
     def _blob(self, digest: str) -> None:
         data = self.state.blobs.get(digest)

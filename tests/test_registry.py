@@ -404,6 +404,34 @@ def test_bearer_token_auth(tmp_path, fake_registry, monkeypatch):
     assert len(challenged) == 1, "a token, once obtained, is sent with every later request"
 
 
+def test_threads_sharing_a_session_fetch_one_token_per_new_scope(fake_registry):
+    """A bundle reads on 8 threads through one registry session: the challenge they meet at once
+    is answered with one token, and a thread's wider token is never replaced by a narrower one
+    that another thread fetched (a token per repository, handed out slowly, as from a real
+    token service under load)."""
+    fake_registry.state.auth = "bearer-scoped"
+    fake_registry.state.faults.token_delay = 0.3
+    session = api.Registry(fake_registry.host, credentials=auth.Credentials(REGISTRY_USER, REGISTRY_PASSWORD))
+    start = threading.Barrier(8)
+    failures: list[BaseException] = []
+
+    def read(name: str) -> None:
+        start.wait()
+        try:
+            for _ in range(3):
+                assert api.Repository(session, name).get_manifest("t") is None
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=read, args=("ab"[n % 2],)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(fake_registry.requests("GET", "^/token")) == 3  # /v2/'s, then one per repository
+
+
 def test_bearer_wrong_password_is_not_shown(tmp_path, fake_registry, monkeypatch):
     fake_registry.state.auth = "bearer"
     auth_file(tmp_path, monkeypatch, fake_registry.host, "wrong-Pa55word-xyz")

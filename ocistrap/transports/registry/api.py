@@ -45,6 +45,7 @@ the user name and where it came from are ever named.
 import io
 import ipaddress
 import json
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -154,6 +155,8 @@ class Registry:
         self._authorization: str | None = None
         self._scopes: set[str] = set()
         self._pinged = False
+        self._ping_lock = threading.Lock()
+        self._auth_lock = threading.Lock()
 
     @classmethod
     def for_target(cls, target: Target, *, tls_verify: bool | None = None) -> "Registry":
@@ -164,16 +167,18 @@ class Registry:
         return TransportError(f"{self.name}: {message}", hint=hint)
 
     def ping(self) -> None:
-        """Check the registry speaks the v2 API (answering its challenge), choosing http for insecure ones."""
-        if self._pinged:
-            return
-        self._pinged = True
-        if self._insecure and self.base.startswith("https://"):
-            try:
-                self.http.send("GET", self.base + "/v2/", what="GET /v2/").close()
-            except (Transient, TransportError):
-                self.base = "http://" + self.base.removeprefix("https://")
-        self.request("GET", "/v2/", expect=(200,)).close()
+        """Check the registry speaks the v2 API (answering its challenge), choosing http for insecure
+        ones; once per session, the other threads of a session waiting for it."""
+        with self._ping_lock:
+            if self._pinged:
+                return
+            self._pinged = True
+            if self._insecure and self.base.startswith("https://"):
+                try:
+                    self.http.send("GET", self.base + "/v2/", what="GET /v2/").close()
+                except (Transient, TransportError):
+                    self.base = "http://" + self.base.removeprefix("https://")
+            self.request("GET", "/v2/", expect=(200,)).close()
 
     def request(
         self,
@@ -196,17 +201,18 @@ class Registry:
         With LIMIT, the body of an expected answer is read (capped) into ``.body``
         within the attempt, so a connection broken while reading it is retried.
         """
-        if not self._pinged and path != "/v2/":
+        if path != "/v2/":
             self.ping()
         url = path if "://" in path else self.base + path
         action = what or f"{method} {http.shown(url)}"
 
         def attempt() -> http.Response:
-            response = self._send(method, url, headers, params, body, stream, action)
+            sent = self._authorization
+            response = self._send(method, url, headers, params, body, stream, action, sent)
             if response.status_code == 401 and response.headers.get("WWW-Authenticate"):
                 self._refuse_foreign_challenge(response)
-                self._answer(response.headers["WWW-Authenticate"], response)
-                response = self._send(method, url, headers, params, body, stream, action)
+                self._answer(response.headers["WWW-Authenticate"], response, sent)
+                response = self._send(method, url, headers, params, body, stream, action, self._authorization)
             if limit is not None and response.status_code in expect:
                 response.body = response.read(limit, action)
             return response
@@ -236,9 +242,10 @@ class Registry:
         body: bytes | Callable[[], Any] | None,
         stream: bool,
         what: str,
+        value: str | None,
     ) -> http.Response:
         data = body() if callable(body) else body
-        authorization = http.Authorization.for_url(self.base, self._authorization) if self._authorization else None
+        authorization = http.Authorization.for_url(self.base, value) if value else None
         try:
             return self.http.send(method, url, what=what, headers=headers, params=params, body=data,
                                   authorization=authorization, large=stream or hasattr(data, "read"))
@@ -253,18 +260,34 @@ class Registry:
             raise TransportError(f"{self.name}: {http.shown(response.url)}, where the registry sent us, asks for "
                                 "credentials; ocistrap sends them only to the registry itself")
 
-    def _answer(self, challenge: str, response: http.Response) -> None:
-        """Answer a WWW-Authenticate challenge: Basic with our credentials, Bearer with a fresh token."""
+    def _answer(self, challenge: str, response: http.Response, sent: str | None) -> None:
+        """Answer a WWW-Authenticate challenge to a request sent with SENT: Basic with our
+        credentials, Bearer with a fresh token. One thread at a time: a thread that finds the
+        challenge answered meanwhile by another takes that answer, and each token covers every
+        scope asked for before it, so a later token never narrows an earlier one."""
         response.close()
         scheme = challenge.split(None, 1)[0].lower()
+        with self._auth_lock:
+            if self._authorization != sent and self._answered(scheme, challenge):
+                return
+            self._authorization = self._authorization_for(scheme, challenge)
+
+    def _answered(self, scheme: str, challenge: str) -> bool:
+        """Whether the session's authorization already answers CHALLENGE (its scheme, its scopes)."""
+        current = (self._authorization or "").split(None, 1)[0].lower()
+        if scheme != "bearer":
+            return current == scheme
+        scope = oras.auth.utils.parse_auth_header(challenge).scope
+        return current == "bearer" and set((scope or "").split()) <= self._scopes
+
+    def _authorization_for(self, scheme: str, challenge: str) -> str:
         if scheme == "basic":
             if self.credentials is None:
                 raise self._login_needed()
-            self._authorization = f"Basic {self.credentials.basic()}"
-        elif scheme == "bearer":
-            self._authorization = f"Bearer {self._token(challenge)}"
-        else:
-            raise TransportError(f"{self.name}: unsupported authentication scheme {scheme!r}")
+            return f"Basic {self.credentials.basic()}"
+        if scheme == "bearer":
+            return f"Bearer {self._token(challenge)}"
+        raise TransportError(f"{self.name}: unsupported authentication scheme {scheme!r}")
 
     def _token(self, challenge: str) -> str:
         """A bearer token for every scope this session was challenged for, from the challenge's realm.
