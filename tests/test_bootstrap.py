@@ -94,7 +94,7 @@ def test_count_configured_ignores_setting_up_inside_a_line() -> None:
 def test_inner_log_counts_packages_and_echoes_lines_only_with_debug(tmp_path, debug: bool) -> None:
     """With --debug the inside's output still goes to the log file (whose last error line the
     outer half raises) and reaches stderr as the log's own detail lines, the unfinished last
-    line included; without it, only the count."""
+    line included; without it, only the count. The inside's own notices are messages either way."""
     stream = io.StringIO()
     previous = log.get()
     out = log.configure(debug=debug, log_format="json", stream=stream)
@@ -103,7 +103,7 @@ def test_inner_log_counts_packages_and_echoes_lines_only_with_debug(tmp_path, de
             follower = bootstrap._InnerLog(inner, total=2)
             follower.INTERVAL = 0.01
             follower.start()
-            inner.write(b"Setting up x (1) ...\n")
+            inner.write(b"Setting up x (1) ...\nocistrap: arm64: the host's dpkg unpacks\n")
             inner.flush()
             inner.write(b"Setting up y (2) ...\nocistrap-inner: error: dpkg failed")
             inner.flush()
@@ -115,6 +115,7 @@ def test_inner_log_counts_packages_and_echoes_lines_only_with_debug(tmp_path, de
     details = [e["text"] for e in events if e["event"] == "detail"]
     assert details == (["Setting up x (1) ...", "Setting up y (2) ...", "ocistrap-inner: error: dpkg failed"]
                        if debug else [])
+    assert [e["text"] for e in events if e["event"] == "info"] == ["arm64: the host's dpkg unpacks"]
     assert out.debug is debug
 
 

@@ -207,6 +207,7 @@ class _Announcer:
 
 
 SETTING_UP = b"Setting up "
+NOTICE = "ocistrap: "
 
 
 def complete_lines(chunk: bytes) -> tuple[list[bytes], bytes]:
@@ -222,9 +223,10 @@ def count_configured(lines: Iterable[bytes]) -> int:
 
 class _InnerLog:
     """Follows the inner half's log, all the outer half sees of the inside, while it grows:
-    packages configured n/N for the live display and, with --debug, each line as a detail of
-    the log (the log stays whole for the error the inside gives up with, and JSON output stays
-    one object per line)."""
+    packages configured n/N for the live display, the inside's own notices ("ocistrap: ...",
+    which dpkg unpacks a foreign architecture, a /sys left empty) as messages of the log and,
+    with --debug, every other line as a detail (the log stays whole for the error the inside
+    gives up with, and JSON output stays one object per line)."""
 
     INTERVAL = 0.25
 
@@ -261,9 +263,11 @@ class _InnerLog:
             self._show(lines)
 
     def _show(self, lines: list[bytes]) -> None:
-        if self.out.debug:
-            for line in lines:
-                self.out.detail(line.decode("utf-8", "replace"))
+        for line in (raw.decode("utf-8", "replace") for raw in lines):
+            if line.startswith(NOTICE):
+                self.out.info(line.removeprefix(NOTICE))
+            else:
+                self.out.detail(line)
 
 
 def _inner_error(log_file: BinaryIO) -> str:
