@@ -511,15 +511,18 @@ class Supervisor:
     """Answers the notifications of one listener fd, keeping the Records.
 
     PROC is a proc file system of the sandbox's PID namespace: notifications name
-    processes by their pid there.
+    processes by their pid there. CHROOTS: whether callers may be chrooted, so that their
+    paths are resolved from their own root; outside a user namespace (chrootless) no
+    process can chroot, and the supervisor cannot either.
     """
 
-    def __init__(self, listener: int, proc: str, *, bootstrap: int, base: tuple[int, int] = (0, 0)) -> None:
+    def __init__(self, listener: int, proc: str, *, bootstrap: int, base: tuple[int, int] = (0, 0),
+                 chroots: bool = True) -> None:
         self.listener = listener
         self.proc = proc
         self.records = Records(base=base)
+        self.chroots = chroots
         self.real_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.real_root_id = _identity(os.fstat(self.real_root))
         self.bootstrap = bootstrap
         self.unfaked: set[int] = set()
         _sync_wake_up(listener)
@@ -582,14 +585,24 @@ class Supervisor:
         the kernel answer (and fail) for all others."""
         if call.statx is None and call.arch not in STAT_LAYOUTS:
             return None
+        def raw_stat(path: str, dir_fd: int | None, follow: bool) -> bytes:
+            return _raw_stat(path, dir_fd, follow, call.statx)
+
         try:
-            raw = ctx.run(call.target, lambda p, d, f: _raw_stat(p, d, f, call.statx))
+            if self.records.shifts_owners:  # nearly every inode is shown otherwise: one call
+                raw = ctx.run(call.target, raw_stat)
+                assert isinstance(raw, bytes)
+                found = self.records.shown_by(*raw_identity(raw, statx=call.statx is not None))
+            else:  # few are recorded: os.stat, cheaper by half, decides
+                st = ctx.run(call.target, lambda p, d, f: os.stat(p, dir_fd=d, follow_symlinks=f))
+                assert isinstance(st, os.stat_result)
+                found = self.records.shown(st)
+                raw = ctx.run(call.target, raw_stat) if found is not None else b""
         except OSError:
             return None
-        assert isinstance(raw, bytes)
-        found = self.records.shown_by(*raw_identity(raw, statx=call.statx is not None))
         if found is None:
             return None
+        assert isinstance(raw, bytes)
         if call.statx:
             ctx.write(call.buffer, patch_statx(raw, found))
         else:
@@ -668,10 +681,6 @@ def _raw_stat(path: str, dir_fd: int | None, follow: bool, statx: tuple[int, int
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return buf.raw
-
-
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
 
 
 def _drop_capabilities(path: str, dir_fd: int | None) -> None:
@@ -768,7 +777,6 @@ class _Context:
         self.dirs: dict[int | None, int] = {}
         self.paths: dict[int, str] = {}
         self.root: int | None = None
-        self.chrooted = True
 
     def __enter__(self) -> "_Context":
         return self
@@ -831,13 +839,10 @@ class _Context:
         if not path:
             raise OSError(errno.ENOENT, "empty path")
         dir_fd = None if path.startswith("/") else self._dir(where.dirfd)
-        if self.chrooted and self.root is None:
-            self.chrooted = self._root_id() != self.sup.real_root_id
-            if self.chrooted:
-                self.root = self._open("root")
-        if not self.chrooted:
+        if not self.sup.chroots:
             return op(path, dir_fd, where.follow)
-        assert self.root is not None
+        if self.root is None:
+            self.root = self._open("root")
         os.fchdir(self.root)
         os.chroot(".")
         try:
@@ -845,15 +850,6 @@ class _Context:
         finally:
             os.fchdir(self.sup.real_root)
             os.chroot(".")
-
-    def _root_id(self) -> tuple[int, int]:
-        """The identity of the caller's root directory, in one call (most callers are not chrooted:
-        opening it for nothing cost three)."""
-        try:
-            return _identity(os.stat(f"{self.base}/root"))
-        except OSError:
-            self.confirm()
-            raise
 
     def write(self, address: int, data: bytes) -> None:
         """Put DATA into the caller's memory at ADDRESS (the buffer its call passed)."""
@@ -1042,7 +1038,7 @@ def _serve(control: socket.socket, proc: str, *, bootstrap: int | None = None, b
         _, fds, _, _ = socket.recv_fds(control, 1, 1)
         if not fds:
             _exit_with(bootstrap) if above else os._exit(1)
-        supervisor = Supervisor(fds[0], proc, bootstrap=bootstrap, base=base)
+        supervisor = Supervisor(fds[0], proc, bootstrap=bootstrap, base=base, chroots=not above)
         control.sendall(b"k")
         poller = select.poll()
         poller.register(supervisor.listener, select.POLLIN)
