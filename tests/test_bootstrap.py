@@ -119,6 +119,24 @@ def test_inner_log_counts_packages_and_echoes_lines_only_with_debug(tmp_path, de
     assert out.debug is debug
 
 
+def test_what_the_inside_notices_is_a_message_of_the_log(tmp_path, capsys) -> None:
+    """bootplan.notice, as the inside calls it, prints what the outer half's follower shows as a
+    message (not a detail for --debug only)."""
+    bootplan.notice("leaving /sys empty")
+    printed = capsys.readouterr().err.encode()
+    stream = io.StringIO()
+    previous = log.get()
+    log.configure(log_format="json", stream=stream)
+    try:
+        lines, _ = bootstrap.complete_lines(printed)
+        with open(tmp_path / "inner.log", "w+b") as inner:
+            bootstrap._InnerLog(inner, total=1)._show(lines)
+    finally:
+        log._current = previous
+    assert [(e["event"], e["text"]) for e in map(json.loads, stream.getvalue().splitlines())] == [
+        ("info", "leaving /sys empty")]
+
+
 def refusing_runner(tried: list[tuple[bool, bool]], stream=lambda plan: f"layer of {plan.arch}"):
     """A runner for the namespace kinds whose newuidmap refuses every full map; it passes
     STREAM(plan) to the sink as the one layer."""

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Generic, NamedTuple, TypeVar
 from ocistrap import hostarch, log
 from ocistrap.errors import BuildError, OcistrapError
 from ocistrap.rootfs import buildmode, idmaps, plainroot, spawn
-from ocistrap.rootfs.bootplan import INNER_ERROR, Plan
+from ocistrap.rootfs.bootplan import INNER_ERROR, NOTICE, Plan
 from ocistrap.rootfs.innerboot import read_phases
 
 T = TypeVar("T")
@@ -207,7 +207,6 @@ class _Announcer:
 
 
 SETTING_UP = b"Setting up "
-NOTICE = "ocistrap: "
 
 
 def complete_lines(chunk: bytes) -> tuple[list[bytes], bytes]:

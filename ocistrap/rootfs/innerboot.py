@@ -28,6 +28,7 @@ from ocistrap.rootfs.bootplan import (
     extended_states,
     install_batches,
     merged_usr_aliases,
+    notice,
 )
 
 POLICY_RC_D = "#!/bin/sh\n# installed by ocistrap while building: no daemon starts\nexit 101\n"
@@ -412,9 +413,8 @@ def _host_dpkg_unpacks(root: Path, debs: Sequence[Deb], env: Mapping[str, str]) 
         return False
     dpkg = next((d.path for d in debs if d.name == "dpkg"), None)
     why_not = hostdpkg.refusal(hostdpkg.probe(root, env), arch, hostdpkg.target_version(root, dpkg))
-    print(f"ocistrap: {arch}: " + (f"the target's dpkg unpacks and configures, emulated: {why_not}" if why_not
-                                   else "the host's dpkg unpacks, the target's configures, emulated"),
-          file=sys.stderr, flush=True)
+    notice(f"{arch}: " + (f"the target's dpkg unpacks and configures, emulated: {why_not}" if why_not
+                          else "the host's dpkg unpacks, the target's configures, emulated"))
     return why_not is None
 
 

@@ -3,12 +3,12 @@
 import errno
 import os
 import stat
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from ocistrap.errors import BuildError
 from ocistrap.rootfs import inroot
+from ocistrap.rootfs.bootplan import notice
 from ocistrap.rootfs.idmaps import inner_id_mapped
 from ocistrap.rootfs.syscalls import (
     MNT_DETACH,
@@ -162,15 +162,13 @@ def _bind_sys(target: Path) -> None:
     try:
         mount("/sys", target, None, MS_BIND | MS_REC)
     except OSError as e:
-        print(f"ocistrap: leaving {target} empty: the kernel refused to bind /sys ({e.strerror})",
-              file=sys.stderr)
+        notice(f"leaving {target} empty: the kernel refused to bind /sys ({e.strerror})")
         return
     try:
         _remount_readonly(target)
     except OSError as e:
         umount(target, MNT_DETACH)
-        print(f"ocistrap: leaving {target} empty: cannot make a /sys bind read-only "
-              f"({e.strerror})", file=sys.stderr)
+        notice(f"leaving {target} empty: cannot make a /sys bind read-only ({e.strerror})")
 
 
 def _unescape_mountinfo(field: str) -> str:

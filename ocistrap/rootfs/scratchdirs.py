@@ -3,7 +3,6 @@
 import fcntl
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,7 +70,7 @@ def _sweep(parent: Path, prefix: str) -> None:
                 log.get().info(f"removing {path}, left behind by an interrupted build")
                 _discard(path)
         except (OSError, BuildError) as e:
-            print(f"ocistrap: warning: cannot remove {path}: {e}", file=sys.stderr)
+            log.get().info(f"warning: cannot remove {path}: {e}")
         finally:
             os.close(fd)
 

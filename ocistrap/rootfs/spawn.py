@@ -34,6 +34,7 @@ from typing import IO, Any, NoReturn
 
 from ocistrap.errors import BuildError, OcistrapError
 from ocistrap.rootfs import detect, inroot
+from ocistrap.rootfs.bootplan import notice
 from ocistrap.rootfs.idmaps import SYSTEM_PATH, IdMaps, _mappers, _write_maps, load_maps, writes_own_maps
 from ocistrap.rootfs.mounting import _detach_mounts, _remount_readonly
 from ocistrap.rootfs.syscalls import (
@@ -426,7 +427,7 @@ def _kill_namespace(deadline: float) -> None:
         except ChildProcessError:
             return
         signal.sigtimedwait({signal.SIGCHLD}, 0.1)
-    print("ocistrap: processes of the sandbox did not die", file=sys.stderr)
+    notice("processes of the sandbox did not die")
 
 
 def _remove(path: str) -> None:
@@ -438,11 +439,10 @@ def _remove(path: str) -> None:
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 env={"PATH": SYSTEM_PATH}, timeout=REMOVE_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as e:
-        print(f"ocistrap: cannot remove {path}: {e}", file=sys.stderr)
+        notice(f"cannot remove {path}: {e}")
         return
     if result.returncode != 0:
-        print(f"ocistrap: cannot remove {path} (rm exited with status {result.returncode})",
-              file=sys.stderr)
+        notice(f"cannot remove {path} (rm exited with status {result.returncode})")
 
 
 def _exec_payload(argv: list[str], env: dict[str, str], up: int, lifeline: int) -> None:
@@ -524,7 +524,7 @@ def _nested_main(kind: str, root: str, argv: list[str]) -> NoReturn:
     try:
         unshare(CLONE_NEWPID | CLONE_NEWNS)
     except OSError as e:
-        print(f"ocistrap: cannot run {argv[0]} in {root}: {e.strerror}", file=sys.stderr)
+        notice(f"cannot run {argv[0]} in {root}: {e.strerror}")
         os._exit(126)
     child = os.fork()
     if child == 0:
@@ -534,10 +534,10 @@ def _nested_main(kind: str, root: str, argv: list[str]) -> NoReturn:
             NESTED[kind](root)
             os.execvp(argv[0], argv)
         except OSError as e:
-            print(f"ocistrap: cannot run {argv[0]} in {root}: {e.strerror}", file=sys.stderr)
+            notice(f"cannot run {argv[0]} in {root}: {e.strerror}")
             os._exit(127 if e.errno == errno.ENOENT else 126)
         except OcistrapError as e:
-            print(f"ocistrap: cannot run {argv[0]} in {root}: {e}", file=sys.stderr)
+            notice(f"cannot run {argv[0]} in {root}: {e}")
         os._exit(126)
     _, status = os.waitpid(child, 0)
     os._exit(_exit_code(status))
