@@ -1,4 +1,9 @@
-"""The command line: parse arguments, call the pipeline, turn errors into one line."""
+"""The command line: parse arguments, call the pipeline, turn errors into one line.
+
+A command imports the modules only it needs when it runs (the bootstrap, signing, the registry
+client): `ocistrap lock` and `--help` do not pay for them at start-up."""
+
+from __future__ import annotations
 
 import argparse
 import errno
@@ -11,36 +16,22 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ocistrap import (
-    __version__,
-    bundle,
-    combine,
-    doctor,
-    hostarch,
-    log,
-    pipeline,
-    rebuild,
-    referrers,
-    settings,
-    settingtable,
-    signing,
-    transports,
-)
+from ocistrap import __version__, log, settings, settingtable, transports
 from ocistrap.debian import lock, locking
 from ocistrap.debian.cache import Cache, Entry, default_root
 from ocistrap.debian.fetch import Fetcher
 from ocistrap.debian.mirror import Source, security_mirror_for
 from ocistrap.debian.snapshot import WHEN, Snapshots
 from ocistrap.errors import ArchiveError, OcistrapError, UsageError
-from ocistrap.hostarch import native_arch
+from ocistrap.hostarch import native_arch, require_runnable
 from ocistrap.oci import keys
-from ocistrap.oci.assemble import ImageOptions
 from ocistrap.rootfs import buildmode, detect
 from ocistrap.transports import BadReference, Shape, parse_reference
-from ocistrap.transports.registry import api
-from ocistrap.verify import check_lock, check_signatures, verify
 
+if TYPE_CHECKING:
+    from ocistrap.bundle import Bundle
 
 def add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, defaults: bool) -> None:
     """The options of every command, before or after its name (as podman takes them). After it
@@ -164,7 +155,7 @@ def _cache(s: settings.Settings) -> Cache:
     return Cache(s.cache_dir or default_root())
 
 
-def _fetcher(s: settings.Settings, files: bundle.Bundle | None = None) -> Fetcher:
+def _fetcher(s: settings.Settings, files: Bundle | None = None) -> Fetcher:
     """The network as the settings allow it; with FILES (a bundle) no network at all."""
     if files is not None:
         return Fetcher(offline=True, files=files)
@@ -186,17 +177,19 @@ def _make_lock(s: settings.Settings, fetcher: Fetcher, cache: Cache) -> lock.Loc
                               updates=not s.no_updates, security_mirror=security_mirror)
 
 
-def _open_bundle(s: settings.Settings, stack: ExitStack) -> bundle.Bundle | None:
+def _open_bundle(s: settings.Settings, stack: ExitStack) -> Bundle | None:
     """The bundle --from names, open while STACK lasts; None without --from."""
     if s.bundle is None:
         return None
     if s.trust_lock_keyring:
         raise UsageError("--trust-lock-keyring with --from would trust keys that came with the bundle",
                          hint="give the keyrings to trust with --keyring FILE")
+    from ocistrap import bundle
+
     return stack.enter_context(bundle.opened(s.bundle, transports.Context(tls_verify=s.tls_verify)))
 
 
-def _lock_of(s: settings.Settings, path: Path | None, files: bundle.Bundle | None) -> lock.Lockfile | None:
+def _lock_of(s: settings.Settings, path: Path | None, files: Bundle | None) -> lock.Lockfile | None:
     """The lockfile at PATH, else the bundle's; None when there is neither."""
     if path is not None:
         return settings.read_lockfile(path)
@@ -223,6 +216,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from ocistrap import pipeline
+
     s = _settings(args, "fetch")
     with ExitStack() as stack:
         files = _open_bundle(s, stack)
@@ -307,7 +302,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         return _build(s, stack, _open_bundle(s, stack))
 
 
-def _build(s: settings.Settings, stack: ExitStack, files: bundle.Bundle | None) -> int:
+def _build(s: settings.Settings, stack: ExitStack, files: Bundle | None) -> int:
+    from ocistrap import pipeline, signing
+    from ocistrap.oci.assemble import ImageOptions
+
     locked = _lock_of(s, s.lock, files)
     if locked is not None:
         settings.check_against_lock(s, locked, s.lock or Path(str(s.bundle)))
@@ -324,7 +322,7 @@ def _build(s: settings.Settings, stack: ExitStack, files: bundle.Bundle | None) 
     if s.sign is not None:
         signing.places(s.outputs + s.push)
     signer = signing.load_key(s.sign, s.passphrase_file)
-    hostarch.require_runnable(architectures)
+    require_runnable(architectures)
     mode = buildmode.decide_mode(s.mode)  # once, before any download: a mode that cannot work fails here
     fetcher, cache = _fetcher(s, files), _cache(s)
     if locked is None:
@@ -345,6 +343,8 @@ def _build(s: settings.Settings, stack: ExitStack, files: bundle.Bundle | None) 
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
+    from ocistrap import bundle
+
     s = _settings(args, "bundle")
     locked = settings.read_lockfile(args.lockfile)
     desc = bundle.make(locked, s.keyrings, _fetcher(s), _cache(s), args.destination,
@@ -365,6 +365,8 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Copy an image from a layout or archive to any place (a registry, most often)."""
+    from ocistrap import signing
+
     source, destination = parse_reference(args.source), parse_reference(args.destination)
     ctx = transports.Context(tls_verify=args.tls_verify)
     if args.sign is not None:
@@ -386,6 +388,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
+    from ocistrap.transports.registry import api
+
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -396,12 +400,16 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
+    from ocistrap.transports.registry import api
+
     path = api.logout(args.registry)
     print(f"Removed the credentials for {args.registry} from {path}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ocistrap.verify import check_lock, verify
+
     if args.rebuild:
         return _verify_rebuild(args)
     _refuse_rebuild_options(args)
@@ -419,6 +427,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _print_signatures(ref: transports.Reference, key: keys.PublicKey | None, ctx: transports.Context) -> None:
     """With --key, prove who signed REF (before a rebuild trusts the lock its attestation carries)."""
+    from ocistrap.verify import check_signatures
+
     for line in check_signatures(ref, key, ctx) if key is not None else []:
         print(line)
 
@@ -433,6 +443,9 @@ def _refuse_rebuild_options(args: argparse.Namespace) -> None:
 
 
 def _verify_rebuild(args: argparse.Namespace) -> int:
+    from ocistrap import rebuild
+    from ocistrap.verify import verify
+
     s = _settings(args, "verify")
     ref = parse_reference(args.reference)
     ctx = transports.Context(tls_verify=s.tls_verify)
@@ -448,6 +461,8 @@ def _verify_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_sbom(args: argparse.Namespace) -> int:
+    from ocistrap import referrers
+
     ref = parse_reference(args.reference)
     ctx = transports.Context(tls_verify=args.tls_verify)
     sys.stdout.buffer.write(referrers.read(ref, platform_arch=args.arch, ctx=ctx))
@@ -455,6 +470,8 @@ def cmd_sbom(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from ocistrap import combine, signing
+
     destination = settingtable.registry_reference(args.destination)
     signer = signing.load_key(args.sign, args.passphrase_file)
     desc = combine.push_index(destination, [settingtable.registry_reference(i) for i in args.images], tls_verify=args.tls_verify)
@@ -467,6 +484,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     if args.apparmor_profile is not None:
         return write_apparmor_profile(args.apparmor_profile)
+    from ocistrap import doctor
+
     results = doctor.checks(args.arch or [native_arch()], mode=args.mode)
     print(doctor.format_checks(results))
     return 0 if all(c.ok for c in results) else 1
