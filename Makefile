@@ -56,7 +56,7 @@ BENCH_ARGS ?=
 # the account's rounds (root mode needs root; everything else runs as the account).
 ROOT_RUNNER = $(if $(filter 0,$(shell id -u)),$(BIN)/python scripts/bench-root.py --user $${OCISTRAP_TEST_USER:-ocistrap-test} --)
 bench: deps venv
-	BENCH_ARGS="$(BENCH_ARGS) --revision $$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+	BENCH_REVISION="$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
 	    $(ROOT_RUNNER) sh scripts/as-user.sh bench-here
 	@if [ "$$(id -u)" -eq 0 ]; then \
 	    cp "$$(getent passwd $${OCISTRAP_TEST_USER:-ocistrap-test} | cut -d: -f6)/ocistrap-src/BENCHMARKS.md" . && \

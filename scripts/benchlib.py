@@ -2,6 +2,7 @@
 account's bench (scripts/bench-build.py) asks root's runner (scripts/bench-root.py)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -52,7 +53,10 @@ class RootRequest:
 
 
 def git_revision() -> str:
-    """The checkout's short commit, for the report; "unknown" outside git."""
+    """The checkout's short commit, for the report: $BENCH_REVISION (`make bench` names the commit
+    of the tree it copies to the account, which has no .git), else git's; "unknown" outside git."""
+    if os.environ.get("BENCH_REVISION"):
+        return os.environ["BENCH_REVISION"]
     done = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(CHECKOUT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True, check=False)
     return done.stdout.strip() or "unknown"
