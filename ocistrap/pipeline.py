@@ -134,12 +134,50 @@ def make_plan(lock: Lockfile, arch: str, fetched: Fetched, staging_dir: Path, *,
                           slim=lock.slim)
 
 
+def staging_base(staging: Staging) -> Path:
+    """Where the staging directory is made: --staging-dir; in a namespace (whose tmpfs the tree is
+    in) $XDG_RUNTIME_DIR or the temporary directory; without one /dev/shm where it serves
+    (plainroot.staging_base), else the first of those two and /var/tmp that a tree can be built in
+    (a systemd host mounts /run/user/0 and a tmpfs /tmp nodev, where root mode's /dev would not open)."""
+    if staging.workdir is not None:
+        return staging.workdir
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if staging.mode.kind.namespace:
+        return Path(runtime or tempfile.gettempdir())
+    memory = plainroot.staging_base(device_nodes=_makes_devices(staging))
+    if memory is not None:
+        return memory
+    candidates = [Path(p) for p in (runtime, tempfile.gettempdir(), "/var/tmp") if p]
+    return next((c for c in candidates if c.is_dir() and _staging_problem(c, staging) is None), candidates[0])
+
+
+def _makes_devices(staging: Staging) -> bool:
+    """Whether the tree holds device nodes that are opened (root mode's /dev, made with mknod)."""
+    return staging.mode.kind is buildmode.ROOT
+
+
+def _staging_problem(path: Path, staging: Staging) -> str | None:
+    try:
+        flags = os.statvfs(path).f_flag
+    except OSError:
+        return None  # making the directory there names the error
+    return plainroot.staging_problem(path, flags, device_nodes=_makes_devices(staging))
+
+
+def check_staging(staging: Staging) -> None:
+    """Refuse, before anything is fetched, a staging directory no tree can be built in (a noexec
+    /tmp of a container, say); in a namespace's own tmpfs any will do."""
+    if staging.mode.kind.namespace and staging.workdir is None:
+        return
+    problem = _staging_problem(staging_base(staging), staging)
+    if problem is not None:
+        raise BuildError(problem, hint="stage on another file system: --staging-dir DIR (or TMPDIR)")
+
+
 def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging, *, epoch: int,
                   keyrings: tuple[Path, ...], sink: Callable[[BinaryIO], T]) -> bootstrap.Installed[T]:
     """Install ARCH's packages in a sandbox and pass each layer's tar stream to SINK."""
-    base = staging.workdir or (None if staging.mode.kind.namespace else plainroot.staging_base()) or \
-        Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    with scratchdirs.scratch_dir(base, "ocistrap-staging-") as tmp:
+    with scratchdirs.scratch_dir(staging_base(staging), "ocistrap-staging-") as tmp:
         root = tmp / "root"
         root.mkdir()
         plan = make_plan(lock, arch, fetched, root, tmpfs=staging.workdir is None, epoch=epoch,
@@ -188,6 +226,7 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
     """Fetch, install, layer, wrap and deliver: the whole of `ocistrap build` after locking.
     Everything happens in a scratch directory of this build, which holds the packages it
     installs, and is gone (with every expansion finished or stopped) before this returns."""
+    check_staging(request.staging)
     with scratchdirs.scratch_dir(cache.root / "partial", "build-") as tmp:
         fetched = fetch(lock, keyrings, fetcher, cache, private=tmp / "debs")
         try:

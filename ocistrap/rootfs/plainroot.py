@@ -92,22 +92,43 @@ SHM = Path("/dev/shm")
 MEMORY_STAGING_FREE = 2 << 30
 
 
-def memory_staging(mountinfo: str, free: int, path: Path = SHM, needed: int = MEMORY_STAGING_FREE) -> Path | None:
-    """PATH if it is a tmpfs (per MOUNTINFO, /proc/self/mountinfo) with FREE >= NEEDED bytes: root
-    mode cannot mount the tmpfs the other modes stage in, and dpkg's fsyncs of its database make
-    a disk slower by half (bookworm minbase here); a container's 64 MiB /dev/shm is too small."""
+def memory_staging(mountinfo: str, free: int, path: Path = SHM, needed: int = MEMORY_STAGING_FREE, *,
+                   device_nodes: bool = False) -> Path | None:
+    """PATH if it is a tmpfs (per MOUNTINFO, /proc/self/mountinfo; the last mount there is the one
+    seen) with FREE >= NEEDED bytes, mounted without noexec (and without nodev for DEVICE_NODES,
+    root mode's): root mode and chrootless mode cannot mount the tmpfs the other modes stage in, and
+    dpkg's fsyncs of its database make a disk slower by half (bookworm minbase here); a container's
+    64 MiB /dev/shm is too small, and Docker mounts even a larger one (--shm-size) noexec and nodev,
+    where no maintainer script could run (systemd mounts a host's nodev)."""
+    seen = None
     for line in mountinfo.splitlines():
         fields = line.split()
-        if "-" in fields and len(fields) > 4 and fields[4] == str(path) and fields[fields.index("-") + 1] == "tmpfs":
-            return path if free >= needed else None
+        if "-" in fields and len(fields) > 5 and fields[4] == str(path):
+            seen = fields
+    refused = {"noexec", "nodev"} if device_nodes else {"noexec"}
+    if seen is None or seen[seen.index("-") + 1] != "tmpfs" or set(seen[5].split(",")) & refused:
+        return None
+    return path if free >= needed else None
+
+
+def staging_problem(path: Path, flags: int, *, device_nodes: bool) -> str | None:
+    """Why no tree can be built in PATH, whose file system has statvfs FLAGS (None if it can): without
+    a namespace's tmpfs dpkg and the maintainer scripts run from the tree itself, and root mode's
+    /dev nodes (DEVICE_NODES) are opened there."""
+    if flags & os.ST_NOEXEC:
+        return f"{path} is on a file system mounted noexec: dpkg's maintainer scripts cannot run from a tree staged there"
+    if device_nodes and flags & os.ST_NODEV:
+        return (f"{path} is on a file system mounted nodev: the device nodes root mode makes in a tree staged there "
+                "(/dev/null) cannot be opened")
     return None
 
 
-def staging_base() -> Path | None:
+def staging_base(*, device_nodes: bool) -> Path | None:
     """memory_staging for this host."""
     try:
         st = os.statvfs(SHM)
-        return memory_staging(Path("/proc/self/mountinfo").read_text(), st.f_bavail * st.f_frsize)
+        return memory_staging(Path("/proc/self/mountinfo").read_text(), st.f_bavail * st.f_frsize,
+                              device_nodes=device_nodes)
     except OSError:
         return None
 
