@@ -2,6 +2,7 @@
 looking for what a build left on the host."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -462,3 +463,63 @@ def podman_images() -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     remove_podman_images(names)
+
+
+# ---- ocistrap inside containers ----
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+RUNNER = "localhost/ocistrap-runner:bookworm"
+"""The image ocistrap runs in inside containers: bookworm with what it needs of the system; ocistrap
+itself comes from this checkout and the test venv, bound in read-only at their own paths."""
+RUNNER_PACKAGES = "python3,gpgv,debian-archive-keyring,ca-certificates"
+STEP_EPOCH = "1700000000"
+PODMAN_STEP = """FROM {runner}
+ENV SOURCE_DATE_EPOCH={epoch}
+RUN ["{python}", "-m", "ocistrap", "build", "--lock", "{lock}", "--cache-dir", "/tmp/cache", \\
+     "-o", "oci-archive:{out}/image.tar:bookworm"]
+"""
+
+
+def runner_lock(cache_dir: Path, directory: Path) -> Path:
+    """The lock of the RUNNER image, made in DIRECTORY."""
+    lock = directory / "runner.lock"
+    ocistrap("lock", "bookworm", "--include", RUNNER_PACKAGES, "--cache-dir", str(cache_dir), "-o", str(lock))
+    return lock
+
+
+def archive_digest(archive: Path, tag: str) -> str:
+    """The digest an oci-archive's index.json gives the image tagged TAG."""
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        assert member is not None
+        index = json.load(member)
+    refs = {m.get("annotations", {}).get("org.opencontainers.image.ref.name"): m["digest"] for m in index["manifests"]}
+    return refs[tag]
+
+
+def podman_build_step(podman: Sequence[str], lock: Path, base: Path,
+                      env: Mapping[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`podman build` (PODMAN, as root or the account) of a Containerfile FROM the RUNNER whose RUN
+    step builds LOCK into BASE/out/image.tar (a directory bound into the step): its result and the
+    archive's path."""
+    out = base / "out"
+    out.mkdir(parents=True)
+    (base / "Containerfile").write_text(PODMAN_STEP.format(runner=RUNNER, epoch=STEP_EPOCH, lock=lock, out=out,
+                                                           python=f"{sys.prefix}/bin/python"))
+    volumes = [f"{CHECKOUT}:{CHECKOUT}:ro", f"{sys.prefix}:{sys.prefix}:ro", f"{lock.parent}:{lock.parent}:ro",
+               f"{out}:{out}"]
+    result = subprocess.run([*podman, "build", "--network", "host", "--pull=never", "--layers=false",
+                             *(f"--volume={v}" for v in volumes), "--file", str(base / "Containerfile"), str(base)],
+                            capture_output=True, text=True, env=None if env is None else dict(env))
+    return result, out / "image.tar"
+
+
+OWN_MAP_STEP = ["sandbox: unshare mode (root maps ids 0-65535 to themselves (its own map, no newuidmap))",
+                "the chroot's /proc is this container's: the kernel refuses a new one where parts of /proc are masked"]
+"""What a RUN step of podman build says of its sandbox: its root makes a user namespace with its own
+map, and podman's masks of the container's /proc make the kernel refuse a new proc."""
+
+
+def sandbox_lines(output: str) -> list[str]:
+    """The lines of a build's OUTPUT that say how its sandbox runs."""
+    return [line.strip() for line in output.splitlines() if "sandbox: " in line or "/proc is this" in line]

@@ -5,7 +5,8 @@ The container image is one ocistrap builds (bookworm with python3, gpgv, the arc
 ca-certificates), loaded from its docker-archive: output; ocistrap runs in it from this checkout
 and the test venv (on /usr/bin/python3, which is bookworm's python3.11 in the image too), both
 mounted read-only at their own paths. Root of the container builds in root mode, an account
-(`--user`, also without any capability) in chrootless mode; every build in a container is compared
+(`--user`) and the restricted pod of examples/kubernetes-job.yaml (its security settings as Docker
+flags: no capability, no new privileges, a read-only root) in chrootless mode; every build in a container is compared
 with the host's build of the same lock (root's unshare mode, which gives the same image as an
 account's).
 
@@ -17,26 +18,33 @@ architecture, stand for the CI jobs of the issue.
 Root-only (marker root): starting a Docker engine needs root. `make test-root` runs it.
 """
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import kube_pod
 import pytest
 from dockerd_fixture import Docker, dockerd  # noqa: F401  (fixture)
 from e2e_helpers import (  # noqa: F401  (fixtures)
+    CHECKOUT,
+    OWN_MAP_STEP,
     ROOT_PODMAN_LIMITS,
+    RUNNER,
+    STEP_EPOCH,
+    archive_digest,
     arm64_runnable,
     cache_dir,
     locked,
     ocistrap,
+    podman_build_step,
     printed_digests,
     root_podman,
+    runner_lock,
+    sandbox_lines,
     work,
 )
 from registry_fixture import registry  # noqa: F401  (fixture)
@@ -45,35 +53,36 @@ from ocistrap import hostarch
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.network]
 
-CHECKOUT = Path(__file__).resolve().parent.parent
-EPOCH = "1700000000"
-RUNNER = "localhost/ocistrap-runner:bookworm"
-RUNNER_PACKAGES = "python3,gpgv,debian-archive-keyring,ca-certificates"
 SECCOMP_REFUSAL = ("a seccomp filter refuses to make user namespaces (the default profile of Docker and of "
                    "Kubernetes' RuntimeDefault does)")
 
-# `docker run` flags of each kind of user in a container; the issue's restricted account drops
-# every capability as a Kubernetes "restricted" pod does.
+# `docker run` flags of each kind of user in a container; the restricted pod is the pod of
+# examples/kubernetes-job.yaml (tests/kube_pod.py): uid 1000, every capability dropped, no new
+# privileges, a read-only root with tmpfs volumes for its home, /tmp and /dev/shm.
 USERS: dict[str, tuple[str, ...]] = {
     "root": (),
     "account": ("--user", "1000:1000"),
-    "account-restricted": ("--user", "1000:1000", "--cap-drop=ALL", "--security-opt", "no-new-privileges"),
+    "restricted-pod": tuple(kube_pod.docker_flags(kube_pod.job())),
 }
 # The mode `--mode auto` picks there under Docker's default profile, which refuses user namespaces.
-MODE_IN_CONTAINER = {"root": "root", "account": "chrootless", "account-restricted": "chrootless"}
+MODE_IN_CONTAINER = {"root": "root", "account": "chrootless", "restricted-pod": "chrootless"}
 
 
 @pytest.fixture(scope="session")
-def runner(dockerd: Docker, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:  # noqa: F811
-    """The image ocistrap runs in, built by ocistrap on the host and `docker load`ed; it must
-    import ocistrap and its dependencies from the mounted checkout and venv."""
+def runner_archive(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """The image ocistrap runs in, built by ocistrap on the host as a docker-archive: tagged RUNNER."""
     base = tmp_path_factory.mktemp("runner")
-    lock = base / "runner.lock"
-    ocistrap("lock", "bookworm", "--include", RUNNER_PACKAGES, "--cache-dir", str(cache_dir), "-o", str(lock))
+    lock = runner_lock(cache_dir, base)
     archive = base / "runner.tar"
     ocistrap("build", "--lock", str(lock), "--cache-dir", str(cache_dir), "-o", f"docker-archive:{archive}:{RUNNER}")
-    dockerd("load", "--quiet", "--input", str(archive))
-    archive.unlink()
+    return archive
+
+
+@pytest.fixture(scope="session")
+def runner(dockerd: Docker, runner_archive: Path) -> str:  # noqa: F811
+    """The runner image `docker load`ed; it must import ocistrap and its dependencies from the
+    mounted checkout and venv."""
+    dockerd("load", "--quiet", "--input", str(runner_archive))
     imports = in_container(dockerd, (), "-c", "import ocistrap.cli, debian, jsonschema, oras, zstandard")
     assert imports.returncode == 0, f"ocistrap does not import in {RUNNER}:\n{imports.stderr}"
     return RUNNER
@@ -85,7 +94,7 @@ def in_container(docker: Docker, flags: Sequence[str], *args: str,
     seccomp profile and capabilities (but FLAGS), the host's network, this checkout and the venv
     read-only and MOUNTS writable, each at its own path."""
     volumes = [f"{CHECKOUT}:{CHECKOUT}:ro", f"{sys.prefix}:{sys.prefix}:ro", *(f"{m}:{m}" for m in mounts)]
-    return docker("run", "--rm", "--network", "host", "--env", f"SOURCE_DATE_EPOCH={EPOCH}",
+    return docker("run", "--rm", "--network", "host", "--env", f"SOURCE_DATE_EPOCH={STEP_EPOCH}",
                   *(f"--volume={v}" for v in volumes), *flags, RUNNER, f"{sys.prefix}/bin/python", *args,
                   check=False)
 
@@ -96,7 +105,7 @@ def minbase(locked: Callable[[str], Path], cache_dir: Path, work: Path) -> tuple
     lock = locked("bookworm")
     layout = work / "host-layout"
     result = ocistrap("build", "--mode", "unshare", "--lock", str(lock), "--cache-dir", str(cache_dir),
-                      "-o", f"oci:{layout}:bookworm", env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH})
+                      "-o", f"oci:{layout}:bookworm", env={**os.environ, "SOURCE_DATE_EPOCH": STEP_EPOCH})
     return lock, printed_digests(result.stdout)[f"oci:{layout}:bookworm"]
 
 
@@ -186,18 +195,8 @@ def build_context(path: Path, runner: str, lock: Path) -> Path:
         shutil.copytree(source, path / "root" / source.relative_to("/"), symlinks=True, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(lock, path / "bookworm.lock")
-    (path / "Dockerfile").write_text(DOCKERFILE.format(runner=runner, epoch=EPOCH, python=f"{sys.prefix}/bin/python"))
+    (path / "Dockerfile").write_text(DOCKERFILE.format(runner=runner, epoch=STEP_EPOCH, python=f"{sys.prefix}/bin/python"))
     return path
-
-
-def archive_digest(archive: Path, tag: str) -> str:
-    """The digest an oci-archive's index.json gives the image tagged TAG."""
-    with tarfile.open(archive) as tar:
-        member = tar.extractfile("index.json")
-        assert member is not None
-        index = json.load(member)
-    refs = {m.get("annotations", {}).get("org.opencontainers.image.ref.name"): m["digest"] for m in index["manifests"]}
-    return refs[tag]
 
 
 def test_a_docker_build_step_writes_an_oci_archive_the_host_verifies_and_runs(
@@ -286,3 +285,22 @@ def test_a_fleet_of_containers_builds_two_suites_for_two_architectures_into_one_
                                  capture_output=True, text=True)
             assert ran.returncode == 0, (suite, arch, ran.stderr)
             assert ran.stdout.strip() == arch, (suite, arch, ran.stdout)
+
+
+
+def test_a_podman_build_step_builds_in_unshare_mode_with_the_container_s_proc(
+        runner_archive: Path, minbase: tuple[Path, str], work: Path, root_podman: list[str]) -> None:  # noqa: F811
+    """A RUN step of root's `podman build` (the container's root, podman's default capabilities
+    and seccomp profile, which lets it make user namespaces): root maps its own ids and builds in
+    unshare mode; the kernel refuses a new /proc where podman masks parts of the container's, so
+    the chroot gets the container's /proc. The archive, written to a directory bound into the
+    step, has the host's digest."""
+    lock, host_digest = minbase
+    subprocess.run([*root_podman, "load", "--quiet", "--input", str(runner_archive)], check=True, capture_output=True)
+    result, archive = podman_build_step(root_podman, lock, work / "podman-build")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Traceback" not in output
+    assert sandbox_lines(output) == OWN_MAP_STEP
+    ocistrap("verify", f"oci-archive:{archive}:bookworm")
+    assert archive_digest(archive, "bookworm") == host_digest

@@ -60,9 +60,29 @@ def mount_staging(path: Path, *, tmpfs: bool = True) -> None:
         _mount_or_fail("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
 
 
+MASKED_PROC_HINT = ("run the container with its /proc unmasked (podman: --security-opt unmask=ALL, docker: "
+                    "--security-opt systempaths=unconfined), or build in another mode")
+
+
+def try_mount_proc(target: Path | str) -> bool:
+    """Mount a proc file system of the current PID namespace at TARGET; False where the kernel
+    refuses one because parts of the caller's /proc are masked (podman and docker cover
+    /proc/kcore and others in a container, and a new proc would show them)."""
+    try:
+        mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        return True
+    except OSError as e:
+        if e.errno == errno.EPERM:
+            return False
+        raise BuildError(f"cannot mount proc on {target}: {e.strerror}") from e
+
+
 def mount_proc(target: Path) -> None:
-    """A proc file system of the current PID namespace at TARGET."""
-    _mount_or_fail("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    """A proc file system of the current PID namespace at TARGET (for the owner recorder, which
+    finds processes by their numbers in this namespace: no other proc will do)."""
+    if not try_mount_proc(target):
+        raise BuildError(f"cannot mount proc on {target}: parts of this container's /proc are masked",
+                         hint=MASKED_PROC_HINT)
 
 
 def bind_mount(source: Path, target: Path, *, readonly: bool = False) -> None:
@@ -140,7 +160,7 @@ def _prepare(root: Path) -> None:
                 tree.symlink(target, f"dev/{name}")
         _real_dir(tree, "dev/shm", 0o1777)
         _mount_or_fail("tmpfs", _point(tree, "dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-        _mount_or_fail("proc", _point(tree, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        proc_or_bound(_point(tree, "proc"))
         _bind_sys(_point(tree, "sys"))
 
 
@@ -156,6 +176,22 @@ def _real_dir(tree: inroot.Tree, rel: str, mode: int) -> None:
 
 def _point(tree: inroot.Tree, rel: str) -> Path:
     return Path(tree.mount_point(rel))
+
+
+def proc_or_bound(target: Path | str, *, quiet: bool = False) -> None:
+    """A proc of the current PID namespace at TARGET; where a container's masks forbid one
+    (try_mount_proc), the caller's /proc bound there with its masks: a process's /proc/self is
+    still its own, but the container's other processes are listed too."""
+    if try_mount_proc(target):
+        return
+    try:
+        mount("/proc", target, None, MS_BIND | MS_REC)
+    except OSError as e:
+        raise BuildError(f"cannot mount proc on {target}, nor bind this container's /proc there: {e.strerror}",
+                         hint=MASKED_PROC_HINT) from e
+    if not quiet:
+        notice(f"the chroot's /proc is this container's: the kernel refuses a new one where parts of /proc "
+               "are masked")
 
 
 def _bind_sys(target: Path) -> None:

@@ -36,7 +36,7 @@ from ocistrap.errors import BuildError, OcistrapError
 from ocistrap.rootfs import detect, inroot
 from ocistrap.rootfs.bootplan import notice
 from ocistrap.rootfs.idmaps import SYSTEM_PATH, IdMaps, _mappers, _write_maps, load_maps, writes_own_maps
-from ocistrap.rootfs.mounting import _detach_mounts, _remount_readonly
+from ocistrap.rootfs.mounting import MASKED_PROC_HINT, _detach_mounts, _remount_readonly, proc_or_bound, try_mount_proc
 from ocistrap.rootfs.syscalls import (
     CAP_SYS_CHROOT,
     CAP_SYS_PTRACE,
@@ -46,7 +46,6 @@ from ocistrap.rootfs.syscalls import (
     MNT_DETACH,
     MS_BIND,
     MS_NODEV,
-    MS_NOEXEC,
     MS_NOSUID,
     MS_PRIVATE,
     MS_REC,
@@ -544,7 +543,11 @@ def _nested_main(kind: str, root: str, argv: list[str]) -> NoReturn:
 
 
 def _enter_chroot(root: str) -> None:
-    mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    """A /proc of this PID namespace, else (a container's masked /proc) the one prepare_chroot left."""
+    proc = os.path.join(root, "proc")
+    if not try_mount_proc(proc) and not os.path.ismount(proc):
+        raise BuildError(f"cannot mount proc on {proc}: parts of this container's /proc are masked",
+                         hint=MASKED_PROC_HINT)
     os.chroot(root)
     os.chdir("/")
     drop_bounding(CHROOT_DROPPED_CAPS)
@@ -585,7 +588,7 @@ def _enter_view(root: str) -> None:
     os.close(os.open(os.path.join(VIEW, "dev/null"), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
     mount("/dev/null", os.path.join(VIEW, "dev/null"), None, MS_BIND)
     for proc in ("proc", "target/proc"):
-        mount("proc", os.path.join(VIEW, proc), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        proc_or_bound(os.path.join(VIEW, proc), quiet=True)
     os.chdir(VIEW)
     ok_or_raise(libc.syscall(_PIVOT_ROOT[platform.machine()], b".", b"."))
     umount(".", MNT_DETACH)
