@@ -88,4 +88,6 @@ def test_every_example_locks_as_it_says(tmp_path, cache_dir):
     assert {"build-essential", "gcc", "make"} <= in_layer
     assert locks["debian-trixie-slim"].slim and locks["debian-trixie-slim"].suite == "trixie"
     assert set(locks["debian-bookworm-multiarch"].architectures) == {"amd64", "arm64"}
+    runner = {p.name for arch in locks["ocistrap-runner"].architectures.values() for p in arch.packages}
+    assert {"python3", "python3-venv", "dpkg", "gpgv", "debian-archive-keyring", "ca-certificates"} <= runner
     assert not any(EXAMPLES.glob("*.lock")), "-o overrides the spec's lock key"
