@@ -515,11 +515,12 @@ def podman_build_step(podman: Sequence[str], lock: Path, base: Path,
 
 
 OWN_MAP_STEP = ["sandbox: unshare mode (root maps ids 0-65535 to themselves (its own map, no newuidmap))",
-                "the chroot's /proc is this container's: the kernel refuses a new one where parts of /proc are masked"]
+                "leaving the chroot's /proc empty: the kernel refuses a new one where parts of this container's "
+                "/proc are masked"]
 """What a RUN step of podman build says of its sandbox: its root makes a user namespace with its own
 map, and podman's masks of the container's /proc make the kernel refuse a new proc."""
 
 
 def sandbox_lines(output: str) -> list[str]:
     """The lines of a build's OUTPUT that say how its sandbox runs."""
-    return [line.strip() for line in output.splitlines() if "sandbox: " in line or "/proc is this" in line]
+    return [line.strip() for line in output.splitlines() if "sandbox: " in line or "/proc empty" in line]

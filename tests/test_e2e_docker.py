@@ -293,7 +293,7 @@ def test_a_podman_build_step_builds_in_unshare_mode_with_the_container_s_proc(
     """A RUN step of root's `podman build` (the container's root, podman's default capabilities
     and seccomp profile, which lets it make user namespaces): root maps its own ids and builds in
     unshare mode; the kernel refuses a new /proc where podman masks parts of the container's, so
-    the chroot gets the container's /proc. The archive, written to a directory bound into the
+    the chroot's /proc is left empty, as in root mode. The archive, written to a directory bound into the
     step, has the host's digest."""
     lock, host_digest = minbase
     subprocess.run([*root_podman, "load", "--quiet", "--input", str(runner_archive)], check=True, capture_output=True)

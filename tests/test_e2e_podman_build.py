@@ -1,7 +1,7 @@
 """ocistrap in a RUN step of the account's rootless `podman build`, as a Containerfile build job
 runs it: the step's root (the account's ids, 65536 of them from /etc/subuid) makes a user namespace
 with its own map, and podman's masks of the container's /proc make the kernel refuse a new proc, so
-the chroot gets the container's. The image the step writes is the host's, byte for byte.
+the chroot's /proc is left empty (as in root mode). The image the step writes is the host's, byte for byte.
 
 Root's `podman build` is tested in tests/test_e2e_docker.py (root only).
 """

@@ -160,7 +160,7 @@ def _prepare(root: Path) -> None:
                 tree.symlink(target, f"dev/{name}")
         _real_dir(tree, "dev/shm", 0o1777)
         _mount_or_fail("tmpfs", _point(tree, "dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-        proc_or_bound(_point(tree, "proc"))
+        proc_or_empty(_point(tree, "proc"))
         _bind_sys(_point(tree, "sys"))
 
 
@@ -178,20 +178,14 @@ def _point(tree: inroot.Tree, rel: str) -> Path:
     return Path(tree.mount_point(rel))
 
 
-def proc_or_bound(target: Path | str, *, quiet: bool = False) -> None:
+def proc_or_empty(target: Path | str, *, quiet: bool = False) -> None:
     """A proc of the current PID namespace at TARGET; where a container's masks forbid one
-    (try_mount_proc), the caller's /proc bound there with its masks: a process's /proc/self is
-    still its own, but the container's other processes are listed too."""
-    if try_mount_proc(target):
-        return
-    try:
-        mount("/proc", target, None, MS_BIND | MS_REC)
-    except OSError as e:
-        raise BuildError(f"cannot mount proc on {target}, nor bind this container's /proc there: {e.strerror}",
-                         hint=MASKED_PROC_HINT) from e
-    if not quiet:
-        notice(f"the chroot's /proc is this container's: the kernel refuses a new one where parts of /proc "
-               "are masked")
+    (try_mount_proc), TARGET stays an empty directory, as in root mode. Not the container's /proc
+    bound instead: it would list the container's other processes, and a script of the same uid
+    could reach their files through /proc/PID/root."""
+    if not try_mount_proc(target) and not quiet:
+        notice("leaving the chroot's /proc empty: the kernel refuses a new one where parts of this "
+               "container's /proc are masked")
 
 
 def _bind_sys(target: Path) -> None:

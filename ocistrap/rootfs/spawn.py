@@ -36,7 +36,7 @@ from ocistrap.errors import BuildError, OcistrapError
 from ocistrap.rootfs import detect, inroot
 from ocistrap.rootfs.bootplan import notice
 from ocistrap.rootfs.idmaps import SYSTEM_PATH, IdMaps, _mappers, _write_maps, load_maps, writes_own_maps
-from ocistrap.rootfs.mounting import MASKED_PROC_HINT, _detach_mounts, _remount_readonly, proc_or_bound, try_mount_proc
+from ocistrap.rootfs.mounting import _detach_mounts, _remount_readonly, proc_or_empty
 from ocistrap.rootfs.syscalls import (
     CAP_SYS_CHROOT,
     CAP_SYS_PTRACE,
@@ -543,11 +543,8 @@ def _nested_main(kind: str, root: str, argv: list[str]) -> NoReturn:
 
 
 def _enter_chroot(root: str) -> None:
-    """A /proc of this PID namespace, else (a container's masked /proc) the one prepare_chroot left."""
-    proc = os.path.join(root, "proc")
-    if not try_mount_proc(proc) and not os.path.ismount(proc):
-        raise BuildError(f"cannot mount proc on {proc}: parts of this container's /proc are masked",
-                         hint=MASKED_PROC_HINT)
+    """A /proc of this PID namespace; an empty one where a container's masks forbid it (prepare_chroot said so)."""
+    proc_or_empty(os.path.join(root, "proc"), quiet=True)
     os.chroot(root)
     os.chdir("/")
     drop_bounding(CHROOT_DROPPED_CAPS)
@@ -588,7 +585,7 @@ def _enter_view(root: str) -> None:
     os.close(os.open(os.path.join(VIEW, "dev/null"), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
     mount("/dev/null", os.path.join(VIEW, "dev/null"), None, MS_BIND)
     for proc in ("proc", "target/proc"):
-        proc_or_bound(os.path.join(VIEW, proc), quiet=True)
+        proc_or_empty(os.path.join(VIEW, proc), quiet=True)
     os.chdir(VIEW)
     ok_or_raise(libc.syscall(_PIVOT_ROOT[platform.machine()], b".", b"."))
     umount(".", MNT_DETACH)
