@@ -26,6 +26,7 @@ class FakeHost:
     subuid: str = "alice:100000:65536\n"
     subgid: str = "alice:100000:65536\n"
     userns: str | None = None
+    own_proc: str | None = None
     mappers: dict[str, tuple[str | None, str | None]] = field(default_factory=lambda: dict(MAPPERS))
     files: dict[str, str] = field(default_factory=lambda: {
         "/proc/sys/fs/binfmt_misc/status": "enabled\n",
@@ -44,6 +45,9 @@ class FakeHost:
 
     def userns_problem(self) -> str | None:
         return self.userns
+
+    def own_proc_problem(self) -> str | None:
+        return self.own_proc
 
     def subid_text(self, kind: Literal["uid", "gid"]) -> str:
         return self.subuid if kind == "uid" else self.subgid

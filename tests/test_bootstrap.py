@@ -13,7 +13,7 @@ from image_helpers import layer_tar, lockfile
 from ocistrap import log, pipeline
 from ocistrap.debian.lock import LockedArchive
 from ocistrap.errors import BuildError, OcistrapError
-from ocistrap.rootfs import bootplan, bootstrap, buildmode, idmaps, innerboot
+from ocistrap.rootfs import bootplan, bootstrap, buildmode, idmaps, innerboot, innerlog
 from ocistrap.rootfs.bootplan import Deb, Plan
 
 
@@ -120,9 +120,9 @@ def test_inner_log_counts_packages_and_echoes_lines_only_with_debug(tmp_path, de
 
 
 def test_what_the_inside_notices_is_a_message_of_the_log(tmp_path, capsys) -> None:
-    """bootplan.notice, as the inside calls it, prints what the outer half's follower shows as a
+    """innerlog.notice, as the inside calls it, prints what the outer half's follower shows as a
     message (not a detail for --debug only)."""
-    bootplan.notice("leaving /sys empty")
+    innerlog.notice("leaving /sys empty")
     printed = capsys.readouterr().err.encode()
     stream = io.StringIO()
     previous = log.get()
@@ -259,7 +259,7 @@ def failing_inside(message: str):
     """A launch for _bootstrap whose inner half reads the plan, prints MESSAGE as the inside's
     error (INNER_ERROR) and exits with status 1 without streaming a layer."""
     code = ("import sys; sys.stdin.buffer.read(); "
-            f"print({bootplan.INNER_ERROR + message!r}, file=sys.stderr); sys.exit(1)")
+            f"print({innerlog.INNER_ERROR + message!r}, file=sys.stderr); sys.exit(1)")
 
     def launch(argv, *, stdin, stdout, stderr, pass_fds, **_ignored):
         return subprocess.Popen([sys.executable, "-c", code], stdin=stdin, stdout=stdout, stderr=stderr,

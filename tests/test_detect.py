@@ -179,6 +179,27 @@ def test_requested_root_mode() -> None:
     assert (mode.name, mode.reason, mode.fallbacks) == ("root", "requested with --mode root", ())
 
 
+MASKED_PROC = detect.own_proc_verdict(UsernsProbe(proc_errno=errno.EPERM))
+
+
+def test_a_masked_proc_is_named_with_its_fix_only_where_namespaces_work() -> None:
+    assert MASKED_PROC.startswith("parts of this container's /proc are masked")
+    assert "--security-opt unmask=ALL (podman)" in MASKED_PROC and "systempaths=unconfined" in MASKED_PROC
+    assert detect.own_proc_verdict(UsernsProbe()) is None
+    assert detect.own_proc_verdict(UsernsProbe("unshare", errno.EPERM, proc_errno=errno.EPERM)) is None
+    assert detect.own_proc_verdict(UsernsProbe(proc_errno=errno.ENOENT)).endswith("No such file or directory")
+
+
+def test_an_account_in_a_podman_container_without_ranges_builds_chrootless() -> None:
+    """Namespaces can be made, but single-uid mode's recorder needs a proc of its own, which podman's
+    masks forbid: auto passes it over for chrootless mode and says why."""
+    mode = buildmode.decide_mode("auto", FakeHost(subuid="", subgid="", own_proc=MASKED_PROC))
+    assert mode.name == "chrootless"
+    assert f"single-uid mode cannot build here either: {MASKED_PROC}" in mode.reason
+    with_ranges = buildmode.decide_mode("auto", FakeHost(own_proc=MASKED_PROC))
+    assert (with_ranges.name, with_ranges.fallbacks) == ("unshare", ())
+
+
 # ---- doctor for root ----
 
 def _by_name(host: FakeHost, mode: str = "auto") -> dict[str, doctor.Check]:
@@ -212,6 +233,13 @@ def test_the_probe_names_a_seccomp_filter_that_refuses_namespaces() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("a seccomp filter refuses to make user namespaces"), result.stdout
     assert buildmode.probe_userns() is None
+
+
+@pytest.mark.userns
+def test_the_probe_mounts_a_proc_of_its_own_where_nothing_is_masked() -> None:
+    probe = buildmode.userns_probe()
+    assert (probe.step, probe.proc_errno) == (None, 0)
+    assert detect.own_proc_verdict(probe) is None
 
 
 def test_doctor_writes_the_apparmor_profile_and_says_how_to_load_it(tmp_path: Path, capsys) -> None:

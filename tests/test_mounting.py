@@ -6,7 +6,7 @@ import errno
 import pytest
 
 from ocistrap.errors import BuildError
-from ocistrap.rootfs import bootplan, mounting
+from ocistrap.rootfs import innerlog, mounting
 
 
 def refusing(code: int):
@@ -19,7 +19,7 @@ def test_a_masked_proc_leaves_the_chroot_s_proc_empty_and_says_so(monkeypatch: p
                                                                  tmp_path) -> None:
     monkeypatch.setattr(mounting, "mount", refusing(errno.EPERM))
     mounting.proc_or_empty(tmp_path)
-    assert capsys.readouterr().err == (f"{bootplan.NOTICE}leaving the chroot's /proc empty: the kernel refuses a new "
+    assert capsys.readouterr().err == (f"{innerlog.NOTICE}leaving the chroot's /proc empty: the kernel refuses a new "
                                        "one where parts of this container's /proc are masked\n")
     mounting.proc_or_empty(tmp_path, quiet=True)
     assert capsys.readouterr().err == ""

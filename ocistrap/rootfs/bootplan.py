@@ -1,7 +1,6 @@
 """What the bootstrap is asked to do: the plan passed from the host to the inside, and its pure parts."""
 
 import json
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -15,15 +14,6 @@ if TYPE_CHECKING:  # the inner half starts faster without the lockfile's schema 
 DEBS_MOUNT = "var/cache/ocistrap-debs"
 MERGED_USR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libo32", "libx32")
 """The directories usrmerge's convert-usrmerge moves into /usr."""
-INNER_ERROR = "ocistrap (inside the sandbox): "
-NOTICE = "ocistrap: "
-"""How a line of the inside's log starts that the caller shows as a message (bootstrap._InnerLog)."""
-
-
-def notice(text: str) -> None:
-    """Tell the user TEXT from inside the sandbox, with or without --debug: the caller reads the
-    inside's log and shows a line starting with NOTICE as a message of its own."""
-    print(f"{NOTICE}{text}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from typing import Any, BinaryIO, Generic, NamedTuple, TypeVar
 from ocistrap import hostarch, log
 from ocistrap.errors import BuildError, OcistrapError
 from ocistrap.rootfs import buildmode, idmaps, plainroot, spawn
-from ocistrap.rootfs.bootplan import INNER_ERROR, NOTICE, Plan
+from ocistrap.rootfs.bootplan import Plan
 from ocistrap.rootfs.innerboot import read_phases
+from ocistrap.rootfs.innerlog import INNER_ERROR, NOTICE
 
 T = TypeVar("T")
 

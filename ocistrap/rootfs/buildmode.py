@@ -30,6 +30,7 @@ class HostProbe(Protocol):
 
     def identity(self) -> tuple[str, int, int]: ...
     def userns_problem(self) -> str | None: ...
+    def own_proc_problem(self) -> str | None: ...
     def subid_text(self, kind: Literal["uid", "gid"]) -> str: ...
     def mapper(self, name: str) -> tuple[str | None, str | None]: ...
     def capabilities(self) -> int: ...
@@ -41,15 +42,21 @@ class SystemProbe:
     """This machine and this caller, probed for real (the user namespace probe only once)."""
 
     def __init__(self) -> None:
-        self._userns: tuple[str | None] | None = None
+        self._userns: detect.UsernsProbe | None = None
 
     def identity(self) -> tuple[str, int, int]:
         return current_user()
 
-    def userns_problem(self) -> str | None:
+    def _probe(self) -> detect.UsernsProbe:
         if self._userns is None:
-            self._userns = (probe_userns(),)
-        return self._userns[0]
+            self._userns = userns_probe()
+        return self._userns
+
+    def userns_problem(self) -> str | None:
+        return detect.userns_verdict(self._probe())
+
+    def own_proc_problem(self) -> str | None:
+        return detect.own_proc_verdict(self._probe())
 
     def subid_text(self, kind: Literal["uid", "gid"]) -> str:
         return _read_subid_file(SUBUID if kind == "uid" else SUBGID)
@@ -109,6 +116,8 @@ def _unshare_maps(host: HostProbe) -> IdMaps:
 
 def _single_uid_maps(host: HostProbe) -> IdMaps:
     _require_userns(host)
+    if problem := host.own_proc_problem():
+        raise BuildError(problem)
     _, uid, gid = host.identity()
     return IdMaps.single(uid, gid)
 
@@ -197,7 +206,8 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
     """The build mode for REQUESTED (one of MODES) on HOST (this machine): the one decision.
 
     "auto" takes the first kind of AUTO_ORDER whose probe passes, saying why the ones
-    before it could not (chrootless only when no user namespace can be made); a requested
+    before it could not (chrootless only when no user namespace can be made, or none that
+    single-uid mode can use); a requested
     kind raises what it is missing, naming the fix.
     """
     if requested not in MODES:
@@ -221,9 +231,11 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
     rest = [m for m in rest if m.kind is not CHROOTLESS]
     if first.kind is AUTO_ORDER[0]:
         return replace(first, fallbacks=tuple(rest))
-    first_problem = problems[AUTO_ORDER[0].name]
-    return replace(first, reason=first.kind.because(first_problem.message), fallbacks=tuple(rest),
-                   fell_back_from=AUTO_ORDER[0].name)
+    why = problems[AUTO_ORDER[0].name].message
+    single = problems.get(SINGLE_UID.name)
+    if first.kind is CHROOTLESS and single is not None and single.message not in why:
+        why += f"; single-uid mode cannot build here either: {single.message}"
+    return replace(first, reason=first.kind.because(why), fallbacks=tuple(rest), fell_back_from=AUTO_ORDER[0].name)
 
 
 def _nothing_builds(problems: dict[str, BuildError], uid: int) -> BuildError:
@@ -263,4 +275,6 @@ def userns_probe() -> detect.UsernsProbe:
         return detect.UsernsProbe(**facts)
     if message is None:
         return detect.UsernsProbe("probe", detail=result.stderr.decode(errors="replace").strip(), **facts)
+    if "proc_errno" in message:
+        return detect.UsernsProbe(proc_errno=message["proc_errno"], **facts)
     return detect.UsernsProbe(message.get("step", "unshare"), message["errno"], **facts)

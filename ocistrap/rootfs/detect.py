@@ -29,7 +29,8 @@ class UsernsProbe:
     """What trying to make a user and mount namespace gave. STEP is where it failed (None: it
     worked): "unshare", "map" (writing the namespace's own uid_map), "mount", or "probe" (the
     probe itself broke; DETAIL says how); ERRNO is the error there. SYSCTLS are the kernel's
-    switches for user namespaces; SECCOMP whether a seccomp filter confines the caller."""
+    switches for user namespaces; SECCOMP whether a seccomp filter confines the caller. PROC_ERRNO
+    is why a proc of a PID namespace made in it could not be mounted (0: it could)."""
 
     step: str | None = None
     errno: int = 0
@@ -37,6 +38,7 @@ class UsernsProbe:
     sysctls: Mapping[str, str] = field(default_factory=dict)
     seccomp: bool = False
     root: bool = False
+    proc_errno: int = 0
 
 
 def userns_verdict(probe: UsernsProbe) -> str | None:
@@ -65,6 +67,18 @@ def userns_verdict(probe: UsernsProbe) -> str | None:
     return (f"cannot create a user namespace: {os.strerror(probe.errno)}; the kernel may lack "
             "CONFIG_USER_NS, or a container runtime's seccomp policy forbids unshare (run ocistrap "
             "on the host, or give the container its own user namespaces)")
+
+
+def own_proc_verdict(probe: UsernsProbe) -> str | None:
+    """None if a namespace made here can have a proc of its own (single-uid mode's owner recorder
+    finds processes by their numbers in it), else why not and the fix, in one line."""
+    if probe.step is not None or not probe.proc_errno:
+        return None
+    if probe.proc_errno == errno.EPERM:
+        return ("parts of this container's /proc are masked, so a namespace made here cannot have a proc of "
+                "its own: run the container with --security-opt unmask=ALL (podman) or "
+                "--security-opt systempaths=unconfined (docker)")
+    return f"a namespace made here cannot have a proc of its own: {os.strerror(probe.proc_errno)}"
 
 
 def created_without_capabilities(step: str, err: int, sysctls: Mapping[str, str]) -> str:

@@ -22,14 +22,13 @@ from ocistrap.errors import BuildError, OcistrapError
 from ocistrap.rootfs import hostdpkg, inroot, mounting, plainroot, recorder, slim, spawn, syscalls, tarstream, unpack
 from ocistrap.rootfs.bootplan import (
     DEBS_MOUNT,
-    INNER_ERROR,
     Deb,
     Plan,
     extended_states,
     install_batches,
     merged_usr_aliases,
-    notice,
 )
+from ocistrap.rootfs.innerlog import INNER_ERROR, notice
 
 POLICY_RC_D = "#!/bin/sh\n# installed by ocistrap while building: no daemon starts\nexit 101\n"
 FAKE_START_STOP_DAEMON = "#!/bin/sh\necho 'Warning: fake start-stop-daemon called, doing nothing' >&2\n"
@@ -190,10 +189,12 @@ def _chroot(root: Path, plan: Plan, *, first_round: bool) -> Iterator[None]:
     mounted: devices are made and the packages copied in (ocistrap.rootfs.plainroot), and
     start-stop-daemon is moved aside in every round. Without a chroot (chrootless), there is
     nothing to prepare: the host's dpkg reads the packages where they are, and the scripts run
-    the host's programs, not the tree's.
+    the host's programs, not the tree's; /dev and /tmp are then touched as the other modes leave
+    them, so that every mode gives the same image.
     """
     if plan.chrootless:
         yield
+        _touch(root, CHROOT_TOUCHED)
         return
     if plan.plain_chroot:
         with plainroot.prepared(root, DEBS_MOUNT):
@@ -297,6 +298,20 @@ def _unpacker(root: Path, channel: socket.socket, aliased: Sequence[str], chroot
 
 
 POLICY, SSD, SSD_REAL = "usr/sbin/policy-rc.d", "sbin/start-stop-daemon", "sbin/start-stop-daemon.REAL"
+
+
+CHROOT_TOUCHED = ("dev", "tmp")
+"""What a round in a chroot modifies in every mode that has one: /dev (the placeholders for the
+host's device nodes, or the nodes root mode makes, come and go) and /tmp (the scripts' files)."""
+
+
+def _touch(root: Path, rels: Sequence[str]) -> None:
+    """Set the times of the directories RELS of ROOT to now (the layer clamps them to the epoch)."""
+    with inroot.Tree(root) as tree:
+        for rel in rels:
+            if tree.is_dir(rel):
+                with tree.entry(rel) as (fd, base):
+                    os.utime(base, dir_fd=fd, follow_symlinks=False)
 
 
 def _divert_daemons(root: Path, *, move: bool) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ocistrap.errors import BuildError
 from ocistrap.rootfs import inroot
-from ocistrap.rootfs.bootplan import notice
 from ocistrap.rootfs.idmaps import inner_id_mapped
+from ocistrap.rootfs.innerlog import notice
 from ocistrap.rootfs.syscalls import (
     MNT_DETACH,
     MS_BIND,

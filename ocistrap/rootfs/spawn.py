@@ -34,8 +34,8 @@ from typing import IO, Any, NoReturn
 
 from ocistrap.errors import BuildError, OcistrapError
 from ocistrap.rootfs import detect, inroot
-from ocistrap.rootfs.bootplan import notice
 from ocistrap.rootfs.idmaps import SYSTEM_PATH, IdMaps, _mappers, _write_maps, load_maps, writes_own_maps
+from ocistrap.rootfs.innerlog import notice
 from ocistrap.rootfs.mounting import _detach_mounts, _remount_readonly, proc_or_empty
 from ocistrap.rootfs.syscalls import (
     CAP_SYS_CHROOT,
@@ -46,6 +46,7 @@ from ocistrap.rootfs.syscalls import (
     MNT_DETACH,
     MS_BIND,
     MS_NODEV,
+    MS_NOEXEC,
     MS_NOSUID,
     MS_PRIVATE,
     MS_REC,
@@ -263,7 +264,9 @@ def _helper_main(args: list[str]) -> None:
 
 def _probe() -> None:
     """Make a user and mount namespace, map this process's own ids in it and make its mounts
-    private; on failure print which step failed and how (detect.UsernsProbe)."""
+    private; on failure print which step failed and how (detect.UsernsProbe). Then mount a proc of
+    a PID namespace made in it (what a container that masks parts of its /proc refuses), and print
+    the error if that fails."""
     uid, gid = os.geteuid(), os.getegid()
     step = "unshare"
     try:
@@ -272,9 +275,18 @@ def _probe() -> None:
         _write_self_maps(uid, gid)
         step = "mount"
         mount(None, "/", None, MS_REC | MS_PRIVATE)
+        unshare(CLONE_NEWPID)
     except OSError as e:
         print(json.dumps({"step": step, "errno": e.errno}), flush=True)  # os._exit flushes nothing
         os._exit(1)
+    child = os.fork()
+    if child == 0:
+        try:
+            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        except OSError as e:
+            print(json.dumps({"proc_errno": e.errno}), flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
     os._exit(0)
 
 
