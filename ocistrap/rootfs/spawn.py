@@ -275,6 +275,7 @@ def _probe() -> None:
         _write_self_maps(uid, gid)
         step = "mount"
         mount(None, "/", None, MS_REC | MS_PRIVATE)
+        step = "making a PID namespace"
         unshare(CLONE_NEWPID)
     except OSError as e:
         print(json.dumps({"step": step, "errno": e.errno}), flush=True)  # os._exit flushes nothing
