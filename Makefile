@@ -28,8 +28,11 @@ test: deps
 test-root: venv
 	$(BIN)/python -m pytest -ra -m root $(PYTEST_ARGS)
 
+# The account's suite runs in PYTEST_JOBS processes (pytest-xdist), each taking a whole test file
+# at a time, so a module's fixtures are made once; PYTEST_JOBS=0 runs it in one process.
+PYTEST_JOBS ?= 2
 test-here: venv
-	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 test-nosubid-here: venv
 	$(BIN)/python -m pytest -ra -m nosubid tests/test_e2e_nosubid.py

@@ -48,4 +48,4 @@ exec runuser -u "$user" -- env -i HOME="$home" USER="$user" LOGNAME="$user" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     XDG_RUNTIME_DIR="$runtime" LANG=C.UTF-8 CI="${CI:-}" OCISTRAP_TEST_SMALLFS="${OCISTRAP_TEST_SMALLFS:-}" \
     PYTEST_ARGS="${PYTEST_ARGS:-}" BENCH_ARGS="${BENCH_ARGS:-}" \
-    BENCH_REVISION="${BENCH_REVISION:-}" make -C "$dest" "$target"
+    BENCH_REVISION="${BENCH_REVISION:-}" PYTEST_JOBS="${PYTEST_JOBS:-2}" make -C "$dest" "$target"
