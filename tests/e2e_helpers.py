@@ -501,16 +501,21 @@ def podman_build_step(podman: Sequence[str], lock: Path, base: Path,
                       env: Mapping[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], Path]:
     """`podman build` (PODMAN, as root or the account) of a Containerfile FROM the RUNNER whose RUN
     step builds LOCK into BASE/out/image.tar (a directory bound into the step): its result and the
-    archive's path."""
+    archive's path. The image it makes is removed again."""
     out = base / "out"
     out.mkdir(parents=True)
     (base / "Containerfile").write_text(PODMAN_STEP.format(runner=RUNNER, epoch=STEP_EPOCH, lock=lock, out=out,
                                                            python=f"{sys.prefix}/bin/python"))
     volumes = [f"{CHECKOUT}:{CHECKOUT}:ro", f"{sys.prefix}:{sys.prefix}:ro", f"{lock.parent}:{lock.parent}:ro",
                f"{out}:{out}"]
+    built = base / "image-id"
+    environment = None if env is None else dict(env)
     result = subprocess.run([*podman, "build", "--network", "host", "--pull=never", "--layers=false",
-                             *(f"--volume={v}" for v in volumes), "--file", str(base / "Containerfile"), str(base)],
-                            capture_output=True, text=True, env=None if env is None else dict(env))
+                             "--iidfile", str(built), *(f"--volume={v}" for v in volumes),
+                             "--file", str(base / "Containerfile"), str(base)],
+                            capture_output=True, text=True, env=environment)
+    if built.exists():  # the image the step made (the build's archive included) is of no further use
+        subprocess.run([*podman, "rmi", "--force", built.read_text().strip()], capture_output=True, env=environment)
     return result, out / "image.tar"
 
 
