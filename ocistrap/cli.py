@@ -33,6 +33,7 @@ from ocistrap.transports import BadReference, Shape, parse_reference
 if TYPE_CHECKING:
     from ocistrap.bundle import Bundle
 
+
 def add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, defaults: bool) -> None:
     """The options of every command, before or after its name (as podman takes them). After it
     they default to nothing, so that they do not undo the same option given before it."""

@@ -227,12 +227,12 @@ def test_doctor_in_a_container_says_root_mode_and_why_in_one_line() -> None:
 def test_the_probe_names_a_seccomp_filter_that_refuses_namespaces() -> None:
     """Under the filter Docker's default profile applies (tests/docker_seccomp.py), as this account."""
     helper = Path(__file__).resolve().parent / "docker_seccomp.py"
-    script = "from ocistrap.rootfs import buildmode; print(buildmode.probe_userns())"
+    script = "from ocistrap.rootfs import buildmode; print(buildmode.SystemProbe().userns_problem())"
     result = subprocess.run([sys.executable, str(helper), sys.executable, "-c", script], capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("a seccomp filter refuses to make user namespaces"), result.stdout
-    assert buildmode.probe_userns() is None
+    assert buildmode.SystemProbe().userns_problem() is None
 
 
 @pytest.mark.userns

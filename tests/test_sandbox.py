@@ -332,7 +332,7 @@ def test_missing_subuid_entry_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.userns
 def test_probe_userns_finds_user_namespaces_usable() -> None:
-    assert buildmode.probe_userns() is None
+    assert buildmode.SystemProbe().userns_problem() is None
 
 
 @pytest.mark.userns

@@ -258,12 +258,6 @@ def host_maps(host: HostProbe) -> IdMaps:
                  paths=(SUBUID, SUBGID))
 
 
-def probe_userns() -> str | None:
-    """None if this host lets the caller create user and mount namespaces, else what stops it
-    and the fix (detect.userns_verdict)."""
-    return detect.userns_verdict(userns_probe())
-
-
 def userns_probe() -> detect.UsernsProbe:
     """Try to make a user and mount namespace (in a helper process) and gather what tells its
     failures apart."""

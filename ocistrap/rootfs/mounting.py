@@ -64,12 +64,15 @@ MASKED_PROC_HINT = ("run the container with its /proc unmasked (podman: --securi
                     "--security-opt systempaths=unconfined), or build in another mode")
 
 
+PROC_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+
 def try_mount_proc(target: Path | str) -> bool:
     """Mount a proc file system of the current PID namespace at TARGET; False where the kernel
     refuses one because parts of the caller's /proc are masked (podman and docker cover
     /proc/kcore and others in a container, and a new proc would show them)."""
     try:
-        mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount("proc", target, "proc", PROC_FLAGS)
         return True
     except OSError as e:
         if e.errno == errno.EPERM:

@@ -36,7 +36,7 @@ from ocistrap.errors import BuildError, OcistrapError
 from ocistrap.rootfs import detect, inroot
 from ocistrap.rootfs.idmaps import SYSTEM_PATH, IdMaps, _mappers, _write_maps, load_maps, writes_own_maps
 from ocistrap.rootfs.innerlog import notice
-from ocistrap.rootfs.mounting import _detach_mounts, _remount_readonly, proc_or_empty
+from ocistrap.rootfs.mounting import PROC_FLAGS, _detach_mounts, _remount_readonly, proc_or_empty
 from ocistrap.rootfs.syscalls import (
     CAP_SYS_CHROOT,
     CAP_SYS_PTRACE,
@@ -46,7 +46,6 @@ from ocistrap.rootfs.syscalls import (
     MNT_DETACH,
     MS_BIND,
     MS_NODEV,
-    MS_NOEXEC,
     MS_NOSUID,
     MS_PRIVATE,
     MS_REC,
@@ -283,7 +282,7 @@ def _probe() -> None:
     child = os.fork()
     if child == 0:
         try:
-            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            mount("proc", "/proc", "proc", PROC_FLAGS)
         except OSError as e:
             print(json.dumps({"proc_errno": e.errno}), flush=True)
         os._exit(0)
