@@ -209,6 +209,43 @@ def test_records_are_by_device_and_inode() -> None:
     assert records.owner(_st(1, dev=8, uid=3, gid=4)) == (3, 4)
 
 
+def test_records_know_which_file_systems_they_hold_inodes_of() -> None:
+    """What lets removals on a lasting file system go unexamined (Supervisor's LASTING)."""
+    records = Records()
+    assert not records.outside(None) and not records.outside(7)
+    records.chown(_st(1, dev=7), 5, 6)
+    records.chown(_st(2, dev=7), 5, 6)
+    assert records.outside(None) and records.outside(8) and not records.outside(7)
+    records.chown(_st(3, dev=8), 5, 6)
+    assert records.outside(7) and records.outside(8)
+    records.chown(_st(3, dev=8), 0, 0)
+    assert not records.outside(7)
+    records.forget(_st(1, dev=7))
+    records.forget(_st(1, dev=7))
+    assert not records.outside(7) and records.outside(8)
+    records.forget(_st(2, dev=7))
+    assert not records.outside(8) and records.devices == {}
+    assert Records.loads(Records({(9, 1): Recorded(1, 1)}).dumps()).outside(7)
+
+
+def test_lasting_device_is_a_tmpfs_s_own() -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or _fs_type(shm) != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm")
+    assert recorder.lasting_device(shm) == os.stat(shm).st_dev
+    here = Path(__file__).parent
+    if _fs_type(here) != "tmpfs":
+        assert recorder.lasting_device(here) is None
+    with pytest.raises(FileNotFoundError):
+        recorder.lasting_device(shm / "no such directory")
+
+
+def _fs_type(path: Path) -> str:
+    """The file system type coreutils' stat names for PATH."""
+    return subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def test_records_device_and_its_owner() -> None:
     records = Records()
     f = _st()
@@ -858,6 +895,49 @@ def test_live_host_nothing_outlives_the_bootstrap(live_host: dict[str, Any]) -> 
     except FileNotFoundError:
         return
     assert state in ("Z", "X"), f"process {pid} still runs"
+
+
+LASTING = r'''
+import json, os, shutil, subprocess, sys, tempfile
+from ocistrap.rootfs import recorder
+
+shm, disk = tempfile.mkdtemp(dir="/dev/shm"), sys.argv[1]
+os.chdir(shm)
+rec = recorder.start_above("/proc", (os.getuid(), os.getgid()), recorder.lasting_device(shm))
+
+def sh(cmd):
+    subprocess.run(["sh", "-c", cmd], check=True)
+
+def recorded(ino):
+    return (os.stat(shm).st_dev, ino) in rec.records().table
+
+sh("touch a && chown 5:5 a")
+a = os.lstat("a").st_ino
+sh("rm a && touch b")
+out = {"lingers": recorded(a), "reused": os.lstat("b").st_ino == a,
+       "b": rec.records().apply(os.lstat("b")).st_uid}
+sh(f"touch {disk}/x && chown 6:6 {disk}/x && touch c && chown 7:7 c")
+c = os.lstat("c").st_ino
+sh("rm c")
+out["dropped"] = not recorded(c)
+rec.close()
+shutil.rmtree(shm)
+print(json.dumps(out))
+'''
+
+
+def test_live_removals_on_a_lasting_file_system_go_unexamined(tmp_path: Path) -> None:
+    """On a tmpfs, which never hands a freed inode number out again, a removal is let through
+    while nothing outside it is recorded (a stale record can then reach no other file); once a
+    file elsewhere is, removals are examined again and free their records."""
+    if not Path("/dev/shm").is_dir() or _fs_type(Path("/dev/shm")) != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm")
+    if _fs_type(tmp_path) == "tmpfs":
+        pytest.skip("the temporary directory is on a tmpfs too")
+    done = subprocess.run([sys.executable, "-c", LASTING, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"lingers": True, "reused": False, "b": 0, "dropped": True}
 
 
 @pytest.mark.parametrize("statx", [None, (0, 0xFFF)])

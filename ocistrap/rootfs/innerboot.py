@@ -67,7 +67,7 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     if plan.plain_chroot:
         plainroot.clean_up_when_orphaned(root.parent)
     mounting.mount_staging(root, tmpfs=plan.tmpfs and not plan.chrootless)
-    owners = _start_recorder(root.parent, chrootless=plan.chrootless) if plan.record_owners else None
+    owners = _start_recorder(root, chrootless=plan.chrootless) if plan.record_owners else None
     ready = _Ready(plan.ready_fd)
     phases = Phases(plan.phases_fd)
     env = chroot_env(plan.epoch)
@@ -166,17 +166,19 @@ class _Ready:
             self.count += len(data)
 
 
-def _start_recorder(scratch: Path, *, chrootless: bool) -> recorder.Recorder:
-    """Record owners and devices from here on (see ocistrap.rootfs.recorder); the supervisor finds
-    processes through a proc file system of this PID namespace, outside the tree. CHROOTLESS
-    (no namespace): the host's /proc, the caller's own ids stand for 0:0, and the supervisor
-    stays this process, the bootstrap going on in its child (recorder.start_above)."""
+def _start_recorder(root: Path, *, chrootless: bool) -> recorder.Recorder:
+    """Record owners and devices of the tree at ROOT from here on (see ocistrap.rootfs.recorder);
+    the supervisor finds processes through a proc file system of this PID namespace, outside
+    the tree. CHROOTLESS (no namespace): the host's /proc, the caller's own ids stand for 0:0,
+    and the supervisor stays this process, the bootstrap going on in its child
+    (recorder.start_above)."""
+    lasting = recorder.lasting_device(root)
     if chrootless:
-        return recorder.start_above("/proc", (os.getuid(), os.getgid()))
-    proc = scratch / "proc"
+        return recorder.start_above("/proc", (os.getuid(), os.getgid()), lasting)
+    proc = root.parent / "proc"
     proc.mkdir(exist_ok=True)
     mounting.mount_proc(proc)
-    return recorder.start(str(proc))
+    return recorder.start(str(proc), lasting)
 
 
 @contextmanager

@@ -30,13 +30,15 @@ import stat
 import struct
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from ocistrap.errors import BuildError
-from ocistrap.rootfs import spawn
+from ocistrap.rootfs import spawn, syscalls
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -65,6 +67,7 @@ AT_EMPTY_PATH = 0x1000
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 PATH_MAX = 4096
+PAGE = 4096
 KILLED_BY_CHOWN = stat.S_ISUID | stat.S_ISGID
 CAPABILITY_XATTR = "security.capability"
 
@@ -255,6 +258,11 @@ class Records:
     def __init__(self, table: Mapping[Key, Recorded] | None = None, base: tuple[int, int] = (0, 0)) -> None:
         self.table: dict[Key, Recorded] = dict(table or {})
         self.base = base
+        self.devices = Counter(dev for dev, _ in self.table)
+
+    def outside(self, dev: int | None) -> bool:
+        """Whether an inode of another file system than DEV (any, if None) is recorded."""
+        return len(self.devices) > (dev in self.devices)
 
     def _unrecorded(self, st: os.stat_result) -> tuple[int, int]:
         """ST's owner as the image shows it when nothing was recorded for it."""
@@ -291,7 +299,13 @@ class Records:
         self._put(st, Recorded(uid, gid, kind, rdev))
 
     def forget(self, st: os.stat_result) -> None:
-        self.table.pop((st.st_dev, st.st_ino), None)
+        self._drop((st.st_dev, st.st_ino))
+
+    def _drop(self, key: Key) -> None:
+        if self.table.pop(key, None) is not None:
+            self.devices[key[0]] -= 1
+            if not self.devices[key[0]]:
+                del self.devices[key[0]]
 
     def __contains__(self, st: os.stat_result) -> bool:
         return (st.st_dev, st.st_ino) in self.table
@@ -307,8 +321,10 @@ class Records:
     def _put(self, st: os.stat_result, value: Recorded) -> None:
         key = (st.st_dev, st.st_ino)
         if value == Recorded(*self._unrecorded(st)):
-            self.table.pop(key, None)
+            self._drop(key)
         else:
+            if key not in self.table:
+                self.devices[st.st_dev] += 1
             self.table[key] = value
 
     def apply(self, st: os.stat_result) -> os.stat_result:
@@ -456,6 +472,14 @@ def filter_program(arches: tuple[int, ...]) -> bytes:
     return b"".join(blocks) + _insn(BPF_RET_K, SECCOMP_RET_ALLOW)
 
 
+def lasting_device(path: str | Path) -> int | None:
+    """The device of PATH's file system if it never gives a freed inode number out again, else
+    None. tmpfs numbers inodes from a counter of its own (shmem_reserve_inode), so a record of
+    an inode there cannot pass to a later file; ext4 and most others hand a freed number to
+    the next file at once."""
+    return os.stat(path).st_dev if syscalls.fs_type(path) == syscalls.TMPFS_MAGIC else None
+
+
 def host_arches(machine: str | None = None) -> tuple[int, ...]:
     native = NATIVE_AUDIT_ARCH.get(machine or os.uname().machine)
     if native is None:
@@ -513,15 +537,19 @@ class Supervisor:
     PROC is a proc file system of the sandbox's PID namespace: notifications name
     processes by their pid there. CHROOTS: whether callers may be chrooted, so that their
     paths are resolved from their own root; outside a user namespace (chrootless) no
-    process can chroot, and the supervisor cannot either.
+    process can chroot, and the supervisor cannot either. LASTING: the device of a file
+    system that never gives a freed inode number out again (see lasting_device), whose
+    records need not be dropped when a removal frees their inode: while no other is
+    recorded, a removal (dpkg tries tens of thousands) is let through unexamined.
     """
 
     def __init__(self, listener: int, proc: str, *, bootstrap: int, base: tuple[int, int] = (0, 0),
-                 chroots: bool = True) -> None:
+                 chroots: bool = True, lasting: int | None = None) -> None:
         self.listener = listener
         self.proc = proc
         self.records = Records(base=base)
         self.chroots = chroots
+        self.lasting = lasting
         self.real_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.bootstrap = bootstrap
         self.unfaked: set[int] = set()
@@ -539,8 +567,6 @@ class Supervisor:
         call = decode(arch, nr, tuple(args))
         try:
             result = None if call is None else self._handle(call, pid, notif_id)
-            if os.environ.get("TRACE_REC"):
-                print("REC", pid, call, result, len(self.records.table), file=sys.stderr)
         except _Gone:
             return
         except OSError as e:
@@ -560,7 +586,7 @@ class Supervisor:
                 raise
 
     def _handle(self, call: Call, pid: int, notif_id: int) -> int | None:
-        if isinstance(call, (Remove, Rename)) and not self.records:
+        if isinstance(call, (Remove, Rename)) and not self.records.outside(self.lasting):
             return None
         if isinstance(call, Stat) and not (self.records or self.records.shifts_owners):
             return None
@@ -670,17 +696,20 @@ def _raw_stat(path: str, dir_fd: int | None, follow: bool, statx: tuple[int, int
     at = ctypes.c_int(AT_FDCWD if dir_fd is None else dir_fd)
     name = os.fsencode(path)
     if statx is None:
-        buf = ctypes.create_string_buffer(max(l.length for l in STAT_LAYOUTS.values()))
-        result = _libc.syscall(ctypes.c_long(_HOST_STAT["newfstatat"]), at, name, buf, ctypes.c_int(flags))
+        result = _libc.syscall(_NEWFSTATAT, at, name, _stat_buf, ctypes.c_int(flags))
+        length = _HOST_LAYOUT.length
     else:
-        buf = ctypes.create_string_buffer(STATX_LENGTH)
         sync = statx[0] & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)
-        result = _libc.syscall(ctypes.c_long(_HOST_STAT["statx"]), at, name, ctypes.c_int(sync | flags),
-                               ctypes.c_uint(statx[1]), buf)
+        result = _libc.syscall(_STATX, at, name, ctypes.c_int(sync | flags), ctypes.c_uint(statx[1]), _stat_buf)
+        length = STATX_LENGTH
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return buf.raw
+    return ctypes.string_at(_stat_buf, length)
+
+
+_NEWFSTATAT, _STATX = ctypes.c_long(_HOST_STAT["newfstatat"]), ctypes.c_long(_HOST_STAT["statx"])
+_stat_buf = ctypes.create_string_buffer(STATX_LENGTH)
 
 
 def _drop_capabilities(path: str, dir_fd: int | None) -> None:
@@ -721,18 +750,33 @@ _libc.process_vm_writev.argtypes = _libc.process_vm_readv.argtypes
 _VM_REFUSALS = (errno.EPERM, errno.ENOSYS)
 
 
-def _vm_transfer(call: Callable[..., int], pid: int, buf: ctypes.Array, address: int, size: int) -> int | None:
-    """CALL (process_vm_readv or _writev) of SIZE bytes between BUF and PID's ADDRESS: the
-    bytes moved, -1 for a bad address, None where a seccomp filter refuses the call."""
-    local, remote = _IoVec(ctypes.cast(buf, ctypes.c_void_p), size), _IoVec(address, size)
-    n = call(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-    return None if n < 0 and ctypes.get_errno() in _VM_REFUSALS else n
+class _Transfer:
+    """One process_vm_readv/_writev between a buffer of this process and another's memory, with
+    the buffers and vectors made once: the supervisor moves a path and a stat answer per call."""
+
+    def __init__(self, call: Callable[..., int], size: int) -> None:
+        self.call, self.buf = call, ctypes.create_string_buffer(size)
+        self.local, self.remote = _IoVec(ctypes.addressof(self.buf), 0), _IoVec(0, 0)
+        self.local_p, self.remote_p = ctypes.pointer(self.local), ctypes.pointer(self.remote)
+
+    def __call__(self, pid: int, address: int, size: int) -> int | None:
+        """SIZE bytes between the buffer and PID's ADDRESS: the bytes moved, -1 for a bad
+        address, None where a seccomp filter refuses the call."""
+        self.local.len = self.remote.len = size
+        self.remote.base = address
+        n = self.call(pid, self.local_p, 1, self.remote_p, 1, 0)
+        return None if n < 0 and ctypes.get_errno() in _VM_REFUSALS else n
+
+
+_reader = _Transfer(_libc.process_vm_readv, PAGE)
+_writer = _Transfer(_libc.process_vm_writev, STATX_LENGTH)
 
 
 def _write_memory(pid: int, address: int, data: bytes, mem: str) -> None:
-    """DATA into process PID at ADDRESS: one system call, or through its /proc/PID/mem file MEM
-    where process_vm_writev is refused."""
-    n = _vm_transfer(_libc.process_vm_writev, pid, ctypes.create_string_buffer(data, len(data)), address, len(data))
+    """DATA (at most STATX_LENGTH bytes) into process PID at ADDRESS: one system call, or through
+    its /proc/PID/mem file MEM where process_vm_writev is refused."""
+    ctypes.memmove(_writer.buf, data, len(data))
+    n = _writer(pid, address, len(data))
     if n is None:
         fd = os.open(mem, os.O_WRONLY | os.O_CLOEXEC)
         try:
@@ -746,10 +790,9 @@ def _write_memory(pid: int, address: int, data: bytes, mem: str) -> None:
 
 
 def _read_memory(pid: int, address: int, size: int, mem: str) -> bytes:
-    """SIZE bytes of process PID at ADDRESS (fewer at the end of a mapping): one system call, or
-    through its /proc/PID/mem file MEM where process_vm_readv is refused."""
-    buf = ctypes.create_string_buffer(size)
-    n = _vm_transfer(_libc.process_vm_readv, pid, buf, address, size)
+    """SIZE bytes (at most a page) of process PID at ADDRESS (fewer at the end of a mapping):
+    one system call, or through its /proc/PID/mem file MEM where process_vm_readv is refused."""
+    n = _reader(pid, address, size)
     if n is None:
         fd = os.open(mem, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -759,7 +802,7 @@ def _read_memory(pid: int, address: int, size: int, mem: str) -> bytes:
         finally:
             os.close(fd)
     else:
-        data = buf.raw[:max(n, 0)]
+        data = ctypes.string_at(_reader.buf, n) if n > 0 else b""
     if not data:
         raise OSError(errno.EFAULT, "bad address")
     return data
@@ -822,7 +865,7 @@ class _Context:
             if len(data) >= PATH_MAX:
                 raise OSError(errno.ENAMETOOLONG, "path too long")
             at = address + len(data)
-            data += _read_memory(self.pid, at, 4096 - at % 4096, f"{self.base}/mem")
+            data += _read_memory(self.pid, at, PAGE - at % PAGE, f"{self.base}/mem")
         self.paths[address] = os.fsdecode(data.split(b"\0", 1)[0])
         return self.paths[address]
 
@@ -938,13 +981,13 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
-def start(proc: str) -> Recorder:
+def start(proc: str, lasting: int | None = None) -> Recorder:
     """Fork the supervisor, then filter this process (which must still be single-threaded).
 
-    PROC is a proc file system mounted for the current PID namespace.
+    PROC is a proc file system mounted for the current PID namespace; LASTING: see Supervisor.
     """
     program = filter_program(host_arches())
-    pid, ours = spawn.fork_with_channel(lambda channel: _serve(channel, proc))
+    pid, ours = spawn.fork_with_channel(lambda channel: _serve(channel, proc, lasting=lasting))
     try:
         listener = install_filter(program)
     except BaseException:
@@ -961,7 +1004,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def start_above(proc: str, base: tuple[int, int]) -> Recorder:
+def start_above(proc: str, base: tuple[int, int], lasting: int | None = None) -> Recorder:
     """Like start, but this process becomes the supervisor and the bootstrap goes on in a child,
     which is what returns (this process serves until the child ends, then exits with its
     status). Outside a user namespace the supervisor has no CAP_SYS_PTRACE over the callers,
@@ -974,7 +1017,7 @@ def start_above(proc: str, base: tuple[int, int]) -> Recorder:
     if child != 0:
         theirs.close()
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
-        _serve(ours, proc, bootstrap=child, base=base, above=True)
+        _serve(ours, proc, bootstrap=child, base=base, above=True, lasting=lasting)
     ours.close()
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     listener = install_filter(program)
@@ -1023,7 +1066,7 @@ def _end_orphans() -> None:
 
 
 def _serve(control: socket.socket, proc: str, *, bootstrap: int | None = None, base: tuple[int, int] = (0, 0),
-           above: bool = False) -> NoReturn:
+           above: bool = False, lasting: int | None = None) -> NoReturn:
     """The supervisor process: answer notifications and table requests until the bootstrap ends
     (BOOTSTRAP: its pid, by default this process's parent). ABOVE: the bootstrap is this
     process's child; its cleanup after it let go of the recorder (a tree removed) still
@@ -1038,7 +1081,7 @@ def _serve(control: socket.socket, proc: str, *, bootstrap: int | None = None, b
         _, fds, _, _ = socket.recv_fds(control, 1, 1)
         if not fds:
             _exit_with(bootstrap) if above else os._exit(1)
-        supervisor = Supervisor(fds[0], proc, bootstrap=bootstrap, base=base, chroots=not above)
+        supervisor = Supervisor(fds[0], proc, bootstrap=bootstrap, base=base, chroots=not above, lasting=lasting)
         control.sendall(b"k")
         poller = select.poll()
         poller.register(supervisor.listener, select.POLLIN)

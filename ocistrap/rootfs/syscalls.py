@@ -4,6 +4,7 @@ import ctypes
 import fcntl
 import os
 import signal
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,6 +34,8 @@ MS_PRIVATE = 0x40000
 MS_RELATIME = 0x200000
 MNT_DETACH = 0x2
 
+TMPFS_MAGIC = 0x01021994
+
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
@@ -52,6 +55,8 @@ libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.unshare.argtypes = [ctypes.c_int]
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
+libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+STATFS_SIZE = 120  # struct statfs on x86_64 and aarch64; f_type, a long, comes first
 
 
 def ok_or_raise(result: int, target: str | Path | None = None) -> None:
@@ -76,6 +81,13 @@ def umount(target: str | Path, flags: int = 0) -> None:
 
 def unshare(flags: int) -> None:
     ok_or_raise(libc.unshare(flags))
+
+
+def fs_type(path: str | Path) -> int:
+    """The magic number (statfs's f_type) of the file system PATH is on."""
+    buf = ctypes.create_string_buffer(STATFS_SIZE)
+    ok_or_raise(libc.statfs(_bytes(path), buf), path)
+    return struct.unpack_from("l", buf.raw)[0]
 
 
 def die_with_parent(signum: int = signal.SIGKILL) -> None:
