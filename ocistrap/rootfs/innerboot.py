@@ -98,7 +98,8 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
                     tarstream.write_tree(root, out, epoch=plan.epoch, restat=restat)
                 else:
                     tarstream.write_diff(root, before, out, epoch=plan.epoch, restat=restat)
-            before = tarstream.snapshot(root, restat=restat)
+            if number + 1 < len(outs):
+                before = tarstream.snapshot(root, restat=restat)
     finally:
         if owners:
             owners.close()
