@@ -475,8 +475,8 @@ def filter_program(arches: tuple[int, ...]) -> bytes:
 def lasting_device(path: str | Path) -> int | None:
     """The device of PATH's file system if it never gives a freed inode number out again, else
     None. tmpfs numbers inodes from a counter of its own (shmem_reserve_inode), so a record of
-    an inode there cannot pass to a later file; ext4 and most others hand a freed number to
-    the next file at once."""
+    an inode there cannot pass to a later file (the counter wraps only after 2^32 files on a
+    mount without inode64); ext4 and most others hand a freed number to the next file at once."""
     return os.stat(path).st_dev if syscalls.fs_type(path) == syscalls.TMPFS_MAGIC else None
 
 
