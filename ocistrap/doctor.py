@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 from ocistrap import hostarch
 from ocistrap.errors import BuildError
 from ocistrap.hostarch import Check, native_arch
-from ocistrap.rootfs import buildmode, detect, idmaps
+from ocistrap.rootfs import buildmode, detect, hostdpkg, idmaps
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
@@ -123,8 +123,11 @@ def check_chrootless(host: Host) -> Check:
     problem = buildmode.chrootless_problem(host)
     if problem:
         return Check("chrootless mode", False, problem)
+    names = sorted(hostdpkg.host_release_names(hostdpkg.read_os_release() or ""))
+    release = f"this host's own release, {' or '.join(names)}" if names else "this host's own release (unknown here)"
     return Check("chrootless mode", True, "the host's dpkg can install from outside the tree, owners recorded "
-                                          "(maintainer scripts then run on this host as you)")
+                                          "(maintainer scripts then run on this host as you, with its tools: "
+                                          f"auto builds only {release}, in this mode)")
 
 
 def _not_needed(check: Check, mode: str) -> Check:

@@ -19,7 +19,7 @@ from ocistrap.debian.snapshot import Snapshots
 from ocistrap.errors import BuildError
 from ocistrap.oci import assemble, blobwriter, image, ocilayout, provenance, sbom
 from ocistrap.oci.keys import PrivateKey
-from ocistrap.rootfs import bootplan, bootstrap, buildmode, plainroot, scratchdirs
+from ocistrap.rootfs import bootplan, bootstrap, buildmode, hostdpkg, plainroot, scratchdirs
 from ocistrap.transports import Reference
 
 T = TypeVar("T")
@@ -174,6 +174,22 @@ def check_staging(staging: Staging) -> None:
         raise BuildError(problem, hint="stage on another file system: --staging-dir DIR (or TMPDIR)")
 
 
+def check_release(lock: Lockfile, mode: buildmode.BuildMode, os_release: str | None) -> None:
+    """Chrootless mode builds the tree the other modes build only of the host's own release (the
+    maintainer scripts run the host's tools; OS_RELEASE: its os-release text): auto refuses
+    another before any download, and --mode chrootless builds it after saying so."""
+    if mode.kind is not buildmode.CHROOTLESS:
+        return
+    problem = hostdpkg.release_problem(os_release, lock.suite_names(), lock.codename)
+    if problem is None:
+        return
+    if mode.explicit:
+        log.get().info(f"warning: {problem}")
+        return
+    raise BuildError(problem, hint=f"build on a {lock.codename} host or from a {lock.codename} runner image "
+                                   "(examples/ocistrap-runner.toml), or give --mode chrootless to build it anyway")
+
+
 def run_bootstrap(lock: Lockfile, arch: str, fetched: Fetched, staging: Staging, *, epoch: int,
                   keyrings: tuple[Path, ...], sink: Callable[[BinaryIO], T]) -> bootstrap.Installed[T]:
     """Install ARCH's packages in a sandbox and pass each layer's tar stream to SINK."""
@@ -227,6 +243,7 @@ def build(lock: Lockfile, keyrings: tuple[Path, ...], fetcher: Fetcher, cache: C
     Everything happens in a scratch directory of this build, which holds the packages it
     installs, and is gone (with every expansion finished or stopped) before this returns."""
     check_staging(request.staging)
+    check_release(lock, request.staging.mode, hostdpkg.read_os_release())
     with scratchdirs.scratch_dir(cache.root / "partial", "build-") as tmp:
         fetched = fetch(lock, keyrings, fetcher, cache, private=tmp / "debs")
         try:

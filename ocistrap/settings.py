@@ -102,11 +102,6 @@ def _main_releases(locked: lock.Lockfile) -> list[lock.LockedRelease]:
     return [entry.releases[0] for entry in locked.architectures.values() if entry.releases]
 
 
-def _suite_names(locked: lock.Lockfile) -> tuple[str, ...]:
-    """The names the lock's suite goes by: as locked, and as its signed Release says (suite, codename)."""
-    return (locked.suite, *(name for r in _main_releases(locked) for name in (r.suite, r.codename)))
-
-
 def _security_mirror(locked: lock.Lockfile) -> str | None:
     return next((a.mirror for a in locked.archives[1:] if a.suite.endswith("-security")), None)
 
@@ -118,7 +113,7 @@ def _left_out_updates(locked: lock.Lockfile) -> bool | None:
 
 
 LOCKED: Mapping[str, Locked] = MappingProxyType({
-    "suite": Locked(_suite_names, lambda given, names: given in names),
+    "suite": Locked(lock.Lockfile.suite_names, lambda given, names: given in names),
     "mirror": Locked(lambda lk: lk.mirror, _same_url),
     "security_mirror": Locked(_security_mirror, _same_url),
     "components": Locked(lambda lk: lk.components),

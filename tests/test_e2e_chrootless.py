@@ -34,6 +34,8 @@ from e2e_helpers import (  # noqa: F401  (fixtures)
     work,
 )
 
+from ocistrap.rootfs import hostdpkg
+
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 NO_USERNS = (sys.executable, str(Path(__file__).parent / "docker_seccomp.py"))
@@ -72,6 +74,22 @@ def test_doctor_says_what_the_build_does() -> None:
     line = next(line for line in out.splitlines() if " build mode " in line)
     assert line.split(None, 3)[3].startswith("chrootless, because ") and "user namespace" in line, line
     assert any(line.startswith("ok") and " chrootless mode " in line for line in out.splitlines())
+
+
+def test_auto_refuses_another_release_than_the_host_s_before_any_download(
+        locked: Callable[[str], Path], cache_dir: Path, work: Path) -> None:
+    """The maintainer scripts would run this host's tools on another release's tree: auto says so
+    in one line, naming the fix, and fetches nothing."""
+    other = "sid" if "sid" not in hostdpkg.host_release_names(hostdpkg.read_os_release() or "") else "bookworm"
+    out = work / "other-release"
+    out.mkdir()
+    result = ocistrap("build", "--lock", str(locked(other)), "--cache-dir", str(cache_dir), "-o",
+                      f"tar:{out / 'rootfs.tar'}", via=NO_USERNS, check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and f"a {other} tree would not be the one the other modes make" in errors[0], result.stderr
+    assert "--mode chrootless" in errors[0] and "Traceback" not in result.stderr
+    assert "fetching" not in result.stderr and list(out.iterdir()) == []
 
 
 def test_tree_equals_the_unshare_build(chrootless: tuple[Path, str], unshare_tree: Path) -> None:

@@ -121,3 +121,30 @@ def test_path_filters_in_the_hosts_dpkg_configuration_are_found() -> None:
              "/etc/dpkg/dpkg.cfg.d/docker": "path-exclude /usr/share/doc/*\n",
              "/etc/dpkg/dpkg.cfg.d/speed": "force-unsafe-io\n"}
     assert hostdpkg.config_filters(texts) == ["/etc/dpkg/dpkg.cfg.d/docker"]
+
+
+BOOKWORM = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\n' \
+           'VERSION_CODENAME=bookworm\nID=debian\n'
+TESTING = 'PRETTY_NAME="Debian GNU/Linux forky/sid"\nNAME="Debian GNU/Linux"\nVERSION_CODENAME=forky\nID=debian\n'
+NOBLE = 'PRETTY_NAME="Ubuntu 24.04.1 LTS"\nVERSION_CODENAME=noble\nID=ubuntu\nUBUNTU_CODENAME=noble\n'
+
+
+def test_host_release_names() -> None:
+    assert hostdpkg.host_release_names(BOOKWORM) == {"bookworm"}
+    assert hostdpkg.host_release_names(TESTING) == {"forky", "sid"}
+    assert hostdpkg.host_release_names(NOBLE) == {"noble"}
+    assert hostdpkg.host_release_names("") == set()
+    assert hostdpkg.host_release_names("VERSION_CODENAME=''\n# a comment\n") == set()
+
+
+def test_chrootless_builds_only_the_host_s_own_release() -> None:
+    assert hostdpkg.release_problem(BOOKWORM, ("bookworm", "oldstable", "bookworm"), "bookworm") is None
+    assert hostdpkg.release_problem(BOOKWORM, ("oldstable", "oldstable", "bookworm"), "bookworm") is None
+    assert hostdpkg.release_problem(TESTING, ("sid", "unstable", "sid"), "sid") is None
+    assert hostdpkg.release_problem(TESTING, ("testing", "testing", "forky"), "forky") is None
+    trixie = hostdpkg.release_problem(BOOKWORM, ("trixie", "stable", "trixie"), "trixie")
+    assert trixie is not None and "bookworm's" in trixie and "a trixie tree" in trixie
+    assert "bookworm" in (hostdpkg.release_problem(NOBLE, ("bookworm",), "bookworm") or "")
+    assert "noble's" in (hostdpkg.release_problem(NOBLE, ("bookworm",), "bookworm") or "")
+    unknown = hostdpkg.release_problem(None, ("bookworm",), "bookworm")
+    assert unknown is not None and "unknown" in unknown

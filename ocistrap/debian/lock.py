@@ -122,6 +122,17 @@ class Lockfile:
     slim: bool = False
     keyrings: tuple[EmbeddedKeyring, ...] = ()
 
+    def suite_names(self) -> tuple[str, ...]:
+        """The names the suite goes by: as locked, and as its signed Release says (suite, codename)."""
+        releases = [entry.releases[0] for entry in self.architectures.values() if entry.releases]
+        return (self.suite, *(name for r in releases for name in (r.suite, r.codename)))
+
+    @property
+    def codename(self) -> str:
+        """The release's codename as its signed Release gives it (the suite as locked, if none does)."""
+        return next((r.codename for entry in self.architectures.values() for r in entry.releases[:1]
+                     if r.codename), self.suite)
+
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {
             "lockfileVersion": 1,

@@ -169,7 +169,7 @@ class BuildMode:
     by ``decide_mode`` and passed down to every architecture's bootstrap.
 
     FALLBACKS are the kinds auto may still turn to (probed already) when this one fails
-    at run time; FELL_BACK_FROM names the kind it replaced.
+    at run time; FELL_BACK_FROM names the kind it replaced; EXPLICIT: asked for by name.
     """
 
     kind: ModeKind
@@ -177,6 +177,7 @@ class BuildMode:
     reason: str
     fallbacks: tuple["BuildMode", ...] = ()
     fell_back_from: str | None = None
+    explicit: bool = False
 
     @property
     def name(self) -> str:
@@ -215,7 +216,7 @@ def decide_mode(requested: str = "auto", host: HostProbe | None = None) -> Build
     host = SystemProbe() if host is None else host
     if requested != "auto":
         kind = KINDS[requested]
-        return BuildMode(kind, kind.probe(host), f"requested with --mode {requested}")
+        return BuildMode(kind, kind.probe(host), f"requested with --mode {requested}", explicit=True)
     uid = host.identity()[1]
     usable: list[BuildMode] = []
     problems: dict[str, BuildError] = {}

@@ -195,3 +195,42 @@ def chrootless_problem() -> str | None:
         return (f"the host's dpkg configuration filters paths ({', '.join(filtering)}), which dpkg applies to the "
                 "tree too: remove its path-exclude lines to build in chrootless mode")
     return None
+
+
+OS_RELEASE = (Path("/etc/os-release"), Path("/usr/lib/os-release"))
+
+
+def host_release_names(os_release: str) -> set[str]:
+    """The Debian release names of a host, from its os-release text: its VERSION_CODENAME, and
+    sid for a testing host (their base-files are one, PRETTY_NAME "... forky/sid")."""
+    fields = dict(line.split("=", 1) for line in os_release.splitlines() if "=" in line)
+    values = {key: value.strip().strip("\"'") for key, value in fields.items()}
+    names = {values["VERSION_CODENAME"]} if values.get("VERSION_CODENAME") else set()
+    if values.get("PRETTY_NAME", "").endswith("/sid"):
+        names.add("sid")
+    return names
+
+
+def release_problem(os_release: str | None, target: Sequence[str], shown: str) -> str | None:
+    """Why chrootless mode would not build the tree the other modes build of the release SHOWN,
+    which goes by the names TARGET, on a host whose os-release text is OS_RELEASE
+    (None: none found); None when the host is that release. The maintainer scripts run the
+    host's tools: tried here, a bookworm host's trixie tree differs from the namespace modes' in
+    /etc/ld.so.cache (the host's ldconfig), /etc/shells (its add-shell) and the PAM
+    configuration (its pam-auth-update)."""
+    host = host_release_names(os_release) if os_release is not None else set()
+    if host & set(target):
+        return None
+    what = f"this host's tools, {' and '.join(sorted(host))}'s," if host else "the tools of this host, whose release is unknown,"
+    return (f"chrootless mode runs the maintainer scripts with {what} so a {shown} tree would not be the one "
+            f"the other modes make (ld.so.cache, /etc/shells and the PAM configuration differ)")
+
+
+def read_os_release() -> str | None:
+    """This host's os-release text (None if it has none)."""
+    for path in OS_RELEASE:
+        try:
+            return path.read_text(errors="replace")
+        except OSError:
+            continue
+    return None
