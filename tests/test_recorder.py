@@ -983,3 +983,12 @@ def test_the_caller_s_memory_is_reached_where_a_seccomp_filter_refuses_process_v
     result = subprocess.run([sys.executable, str(helper), sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "b'/etc/passwd\\x00'", "0"]
+
+
+def test_the_supervisor_s_buffers_refuse_what_does_not_fit() -> None:
+    """They are made once (recorder._Transfer): a path is read a page at most, a stat answer
+    written whole; anything larger is an error, never a write past their end."""
+    with pytest.raises(ValueError, match="do not fit"):
+        recorder._write_memory(os.getpid(), 0, b"x" * (recorder.STATX_LENGTH + 1), "/proc/self/mem")
+    with pytest.raises(ValueError, match="do not fit"):
+        recorder._read_memory(os.getpid(), 0, recorder.PAGE + 1, "/proc/self/mem")

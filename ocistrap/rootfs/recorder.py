@@ -762,10 +762,20 @@ class _Transfer:
     def __call__(self, pid: int, address: int, size: int) -> int | None:
         """SIZE bytes between the buffer and PID's ADDRESS: the bytes moved, -1 for a bad
         address, None where a seccomp filter refuses the call."""
+        self._fits(size)
         self.local.len = self.remote.len = size
         self.remote.base = address
         n = self.call(pid, self.local_p, 1, self.remote_p, 1, 0)
         return None if n < 0 and ctypes.get_errno() in _VM_REFUSALS else n
+
+    def load(self, data: bytes) -> None:
+        """Put DATA into the buffer, for a write."""
+        self._fits(len(data))
+        ctypes.memmove(self.buf, data, len(data))
+
+    def _fits(self, size: int) -> None:
+        if size > len(self.buf):
+            raise ValueError(f"{size} bytes do not fit the {len(self.buf)}-byte buffer")
 
 
 _reader = _Transfer(_libc.process_vm_readv, PAGE)
@@ -775,7 +785,7 @@ _writer = _Transfer(_libc.process_vm_writev, STATX_LENGTH)
 def _write_memory(pid: int, address: int, data: bytes, mem: str) -> None:
     """DATA (at most STATX_LENGTH bytes) into process PID at ADDRESS: one system call, or through
     its /proc/PID/mem file MEM where process_vm_writev is refused."""
-    ctypes.memmove(_writer.buf, data, len(data))
+    _writer.load(data)
     n = _writer(pid, address, len(data))
     if n is None:
         fd = os.open(mem, os.O_WRONLY | os.O_CLOEXEC)
