@@ -98,17 +98,13 @@ def _same_set(given: Iterable[str], locked: Iterable[str]) -> bool:
     return set(given) == set(locked)
 
 
-def _main_releases(locked: lock.Lockfile) -> list[lock.LockedRelease]:
-    return [entry.releases[0] for entry in locked.architectures.values() if entry.releases]
-
-
 def _security_mirror(locked: lock.Lockfile) -> str | None:
     return next((a.mirror for a in locked.archives[1:] if a.suite.endswith("-security")), None)
 
 
 def _left_out_updates(locked: lock.Lockfile) -> bool | None:
     """Whether a stable release was locked without its -updates and -security suites."""
-    stable = any(r.suite in STABLE_SUITES for r in _main_releases(locked))
+    stable = any(r.suite in STABLE_SUITES for r in locked.main_releases())
     return len(locked.archives) == 1 if stable else None
 
 

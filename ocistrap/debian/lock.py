@@ -122,16 +122,18 @@ class Lockfile:
     slim: bool = False
     keyrings: tuple[EmbeddedKeyring, ...] = ()
 
+    def main_releases(self) -> list[LockedRelease]:
+        """The signed Release of the main suite, as each architecture locked it."""
+        return [entry.releases[0] for entry in self.architectures.values() if entry.releases]
+
     def suite_names(self) -> tuple[str, ...]:
         """The names the suite goes by: as locked, and as its signed Release says (suite, codename)."""
-        releases = [entry.releases[0] for entry in self.architectures.values() if entry.releases]
-        return (self.suite, *(name for r in releases for name in (r.suite, r.codename)))
+        return (self.suite, *(name for r in self.main_releases() for name in (r.suite, r.codename)))
 
     @property
     def codename(self) -> str:
         """The release's codename as its signed Release gives it (the suite as locked, if none does)."""
-        return next((r.codename for entry in self.architectures.values() for r in entry.releases[:1]
-                     if r.codename), self.suite)
+        return next((r.codename for r in self.main_releases() if r.codename), self.suite)
 
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {

@@ -221,7 +221,8 @@ def release_problem(os_release: str | None, target: Sequence[str], shown: str) -
     host = host_release_names(os_release) if os_release is not None else set()
     if host & set(target):
         return None
-    what = f"this host's tools, {' and '.join(sorted(host))}'s," if host else "the tools of this host, whose release is unknown,"
+    what = (f"this host's tools, {' and '.join(sorted(host))}'s," if host
+            else "the tools of this host, whose release is unknown,")
     return (f"chrootless mode runs the maintainer scripts with {what} so a {shown} tree would not be the one "
             f"the other modes make (ld.so.cache, /etc/shells and the PAM configuration differ)")
 
