@@ -4,8 +4,18 @@ from pathlib import Path
 import pytest
 from registry_fixture import auth_registry, fake_registry, registry  # noqa: F401  (docker-registry and fake registries)
 from repo_factory import *  # noqa: F401,F403  (signed test repository and hostile mirror fixtures)
+from tmp_hygiene import remove_tree, stale_runs, temproot
 
 from ocistrap.transports.registry import api
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before the session's directory is made: earlier sessions' directories go, but the last
+    one (what a failure left to read). Once, in the controlling process, not in each worker."""
+    if hasattr(config, "workerinput") or config.option.basetemp:
+        return
+    for stale in stale_runs(temproot(), keep=1):
+        remove_tree(stale)
 
 
 @pytest.fixture(scope="session", autouse=True)
