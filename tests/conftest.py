@@ -1,4 +1,5 @@
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,22 @@ def cache_key_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The cache's HMAC key (ocistrap.cache.default_key_file) in a directory of this session,
     not in the account's own state: one key for every test and every command they run."""
     os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+
+
+@pytest.fixture(autouse=True)
+def working_directory_kept() -> Iterator[None]:
+    """A test that leaves the process in another directory breaks every later test of its
+    worker (a passing test's tmp_path is removed): it fails, and the directory is put back."""
+    before = os.getcwd()
+    yield
+    try:
+        after: str | None = os.getcwd()
+    except FileNotFoundError:
+        after = None
+    if after != before:
+        os.chdir(before)
+        pytest.fail(f"the test left the working directory at {after or 'a removed directory'}: "
+                    "use monkeypatch.chdir")
 
 
 @pytest.fixture

@@ -56,11 +56,12 @@ def test_absolute_and_dotdot_symlinks_resolve_inside_the_root(tmp_path: Path, ou
 
 
 @BOTH
-def test_a_magic_link_is_not_followed(tmp_path: Path, outside: Path, use_openat2: bool) -> None:
+def test_a_magic_link_is_not_followed(tmp_path: Path, outside: Path, use_openat2: bool,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     root = _root(tmp_path)
     (root / "usr").mkdir()
     (root / "usr/share").symlink_to("/proc/self/cwd")
-    os.chdir(outside)
+    monkeypatch.chdir(outside)
     with inroot.Tree(root, use_openat2=use_openat2) as tree:
         with pytest.raises(OSError):
             tree.read_text("usr/share/dpkg.log")
