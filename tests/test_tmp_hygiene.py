@@ -1,5 +1,7 @@
 """The test session's own clean-up: nothing a build test leaves may pile up on the disk."""
 
+import os
+import subprocess
 from pathlib import Path
 
 from tmp_hygiene import remove_tree, stale_runs
@@ -39,3 +41,18 @@ def test_stale_runs_are_the_garbage_and_all_but_the_newest_numbered_runs(tmp_pat
     assert stale == ["garbage-1234", "pytest-9", "pytest-10"]
     assert [path.name for path in stale_runs(tmp_path, keep=0)][-1] == "pytest-11"
     assert stale_runs(tmp_path / "absent", keep=1) == []
+
+
+def test_a_run_whose_session_is_alive_stays(tmp_path: Path) -> None:
+    for name, pid in (("pytest-1", os.getpid()), ("pytest-2", _a_dead_pid()), ("pytest-3", None),
+                      ("pytest-4", None)):
+        (tmp_path / name).mkdir()
+        if pid is not None:
+            (tmp_path / name / ".lock").write_text(str(pid))
+    assert [path.name for path in stale_runs(tmp_path, keep=1)] == ["pytest-2", "pytest-3"]
+
+
+def _a_dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid

@@ -42,14 +42,30 @@ def _writable(directory: Path, me: int) -> None:
 
 def stale_runs(root: Path, keep: int) -> list[Path]:
     """garbage-* and all but the newest keep numbered runs (pytest-N): the last failure stays
-    to be read, older ones go."""
+    to be read, older ones go, but never one a session still running uses (another `make unit`
+    of this account, say)."""
     if not root.is_dir():
         return []
     numbered = sorted((entry for entry in root.iterdir() if _run_number(entry.name) is not None),
                       key=lambda entry: _run_number(entry.name))
     garbage = [entry for entry in root.iterdir() if entry.name.startswith("garbage-")]
     old = numbered[:-keep] if keep else numbered
-    return sorted(garbage) + [entry for entry in old if not entry.is_symlink()]
+    return sorted(garbage) + [entry for entry in old if not entry.is_symlink() and not _in_use(entry)]
+
+
+def _in_use(run: Path) -> bool:
+    """pytest's lock of a numbered run holds its session's pid until that session exits."""
+    try:
+        pid = int((run / ".lock").read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another account's
+    return True
 
 
 def _run_number(name: str) -> int | None:
