@@ -298,7 +298,7 @@ def packages_from_columns(columns: list[list[Any]]) -> list[Package]:
     dataclass's ``__init__`` calls ``object.__setattr__`` once per field, which
     took twice as long for an index of 63,000 packages.
     """
-    with _cyclic_gc_paused():
+    with cyclic_gc_paused():
         packages = list(map(object.__new__, itertools.repeat(Package, len(columns[0]))))
         for name, values in zip(PACKAGE_COLUMNS, columns, strict=True):
             collections.deque(map(getattr(Package, name).__set__, packages, values), maxlen=0)
@@ -317,7 +317,7 @@ def parse_package_columns(data: bytes | Iterable[bytes], *, what: str) -> list[l
     """
     columns: list[list[Any]] = [[] for _ in PACKAGE_COLUMNS]
     share: dict[str | None, str] = {None: ""}
-    with _cyclic_gc_paused():
+    with cyclic_gc_paused():
         for text in _texts([data] if isinstance(data, bytes) else data):
             for column, part in zip(columns, _text_columns(text, what, share)):
                 column.extend(part)
@@ -325,10 +325,11 @@ def parse_package_columns(data: bytes | Iterable[bytes], *, what: str) -> list[l
 
 
 @contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
+def cyclic_gc_paused() -> Iterator[None]:
     """No cyclic garbage collection meanwhile: parsing makes a few tuples per stanza that hold
     only strings, and collecting them again and again took a sixth of the parsing time. They
-    are freed by reference counting all the same."""
+    are freed by reference counting all the same. Work on a whole index's packages (reading one
+    from the cache, indexing it, resolving) makes tens of thousands of such objects too."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ocistrap import log
 from ocistrap.debian import mirror, resolve
-from ocistrap.debian.archive import Package
+from ocistrap.debian.archive import Package, cyclic_gc_paused
 from ocistrap.debian.cache import Cache
 from ocistrap.debian.fetch import Fetcher
 from ocistrap.debian.lock import LockedArch, LockedArchive, LockedLayer, LockedPackage, LockedRelease, Lockfile
@@ -75,12 +75,13 @@ def make_lock(source: Source, selection: Selection, architectures: tuple[str, ..
     locked: dict[str, LockedArch] = {}
     signed: dict[str, dict[str, Package]] = {}
     for arch in architectures:
-        with out.step(f"reading package indices for {arch}"):
-            numbered = load_universe(opened, arch, fetcher, cache)
-        with out.step(f"resolving {selection.variant} for {arch}"):
-            packages, signed[arch] = _resolve_layers(resolve.Universe((p for _, p in numbered), arch),
-                                                     selection, archive_of={id(p): n for n, p in numbered})
-        del numbered
+        with cyclic_gc_paused():
+            with out.step(f"reading package indices for {arch}"):
+                numbered = load_universe(opened, arch, fetcher, cache)
+            with out.step(f"resolving {selection.variant} for {arch}"):
+                packages, signed[arch] = _resolve_layers(resolve.Universe((p for _, p in numbered), arch),
+                                                         selection, archive_of={id(p): n for n, p in numbered})
+            del numbered
         mirror.give_back_freed_memory()  # the universe is gone: later phases peaked ~15 MiB higher
         essential = sum(p.stage == "essential" for p in packages)
         out.info(f"{arch}: {essential} essential + {len(packages) - essential} more packages")
@@ -170,8 +171,9 @@ def check_lock_against_archive(lock: Lockfile, keyrings: tuple[Path, ...], fetch
     signed_packages: dict[str, dict[str, Package]] = {}
     for arch, entry in lock.architectures.items():
         opened = open_pinned(lock, arch, keyrings, fetcher, cache)
-        index = {(n, p.name, p.version, p.architecture): p
-                 for n, p in load_universe(opened, arch, fetcher, cache)}
+        with cyclic_gc_paused():
+            index = {(n, p.name, p.version, p.architecture): p
+                     for n, p in load_universe(opened, arch, fetcher, cache)}
         signed_packages[arch] = {}
         for p in entry.packages:
             match = index.get((p.archive, p.name, p.version, p.architecture))
