@@ -158,3 +158,21 @@ def test_the_policy_rc_d_diversion_writes_only_into_the_tree(tmp_path: Path, out
     innerboot._undivert_daemons(root)
     assert _snapshot(outside) == before
     assert not (root / "usr/sbin/policy-rc.d").exists()
+
+
+def test_finishing_the_tree_removes_the_ssh_host_keys_and_says_so(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    root = _root(tmp_path)
+    ssh = root / "etc/ssh"
+    ssh.mkdir(parents=True)
+    kept = ("sshd_config", "moduli", "ssh_config", "ssh_host_keys_readme")
+    for name in (*kept, "ssh_host_rsa_key", "ssh_host_rsa_key.pub", "ssh_host_ed25519_key",
+                 "ssh_host_ed25519_key.pub", "ssh_host_ecdsa_key", "ssh_host_ecdsa_key.pub"):
+        (ssh / name).write_text(name)
+    plan = bootplan.Plan(arch="amd64", essential=[], rest=[], sources="Types: deb\n", staging=str(root),
+                          tmpfs=False, epoch=0, debs_dir=str(tmp_path))
+    innerboot._finish(root, plan, [])
+    assert sorted(os.listdir(ssh)) == sorted(kept)
+    assert capsys.readouterr().err.count("ocistrap: removed the SSH host keys") == 1
+    innerboot._finish(root, plan, [])
+    assert capsys.readouterr().err == ""

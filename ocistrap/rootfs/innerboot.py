@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -51,6 +52,7 @@ VOLATILE = ("var/log/dpkg.log", "var/log/apt/history.log", "var/log/apt/term.log
             "var/lib/dbus/machine-id", "etc/resolv.conf", "etc/hostname",
             "var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin")
 FSTAB = "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"
+SSH_HOST_KEY = re.compile(r"ssh_host_[a-z0-9]+_key(?:\.pub)?")
 APT_LOCKS = ("var/cache/apt/archives/lock", "var/lib/apt/lists/lock")
 APT_PARTIAL = ("var/cache/apt/archives/partial", "var/lib/apt/lists/partial")
 
@@ -468,12 +470,26 @@ def _finish(root: Path, plan: Plan, rest: Sequence[Deb]) -> None:
             tree.unlink(rel)
         if tree.exists("etc/machine-id"):
             _ensure_file(tree, "etc/machine-id", "")
+        _drop_ssh_host_keys(tree)
         for d in ("var/lib/apt/lists", "var/cache/apt/archives"):
             tree.empty(d, keep={"partial", "lock"})
         if not tree.exists("etc/fstab"):
             _ensure_file(tree, "etc/fstab", FSTAB)
         if tree.exists("usr/bin/apt-get"):
             _apt_state(tree, rest)
+
+
+def _drop_ssh_host_keys(tree: inroot.Tree) -> None:
+    """The host keys openssh-server's postinst makes go, as they go from Debian's cloud images:
+    every container of the image would present one private key, and no two builds would be equal."""
+    if not tree.is_dir("etc/ssh"):
+        return
+    keys = sorted(name for name in tree.listdir("etc/ssh") if SSH_HOST_KEY.fullmatch(name))
+    for name in keys:
+        tree.unlink(f"etc/ssh/{name}")
+    if keys:
+        notice("removed the SSH host keys openssh-server's postinst made (each container would share them, "
+               "and no two builds would be equal): `ssh-keygen -A` makes a container its own where it starts")
 
 
 def _apt_state(tree: inroot.Tree, rest: Sequence[Deb]) -> None:
