@@ -28,9 +28,11 @@ CHANGED = "etc/debian_version"
 
 @pytest.fixture(scope="module")
 def built(work: Path, cache_dir: Path) -> tuple[Path, Path, str]:
-    """bookworm minbase locked, then built from the lock into an oci: layout: (lock, layout, digest)."""
+    """bookworm minbase with openssh-server (its postinst generates random host keys, which the
+    build removes) locked, then built from the lock into an oci: layout: (lock, layout, digest)."""
     lock = work / "bookworm.lock"
-    ocistrap("lock", "bookworm", "--variant", "minbase", "--cache-dir", str(cache_dir), "-o", str(lock))
+    ocistrap("lock", "bookworm", "--variant", "minbase", "--include", "openssh-server", "--cache-dir", str(cache_dir),
+             "-o", str(lock))
     layout = work / "image"
     result = ocistrap("build", "--lock", str(lock), "--cache-dir", str(cache_dir), "-o", f"oci:{layout}:{TAG}",
                       env={**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH})
