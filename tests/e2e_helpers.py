@@ -521,7 +521,8 @@ def podman_build_step(podman: Sequence[str], lock: Path, base: Path,
 
 OWN_MAP_STEP = ["sandbox: unshare mode (root maps ids 0-65535 to themselves (its own map, no newuidmap))",
                 "leaving the chroot's /proc empty: the kernel refuses a new one where parts of this container's "
-                "/proc are masked"]
+                "/proc are masked; maintainer scripts that need one do less (systemd's runs systemd-tmpfiles), and "
+                "the tree then differs from a host build"]
 """What a RUN step of podman build says of its sandbox: its root makes a user namespace with its own
 map, and podman's masks of the container's /proc make the kernel refuse a new proc."""
 

@@ -20,7 +20,9 @@ def test_a_masked_proc_leaves_the_chroot_s_proc_empty_and_says_so(monkeypatch: p
     monkeypatch.setattr(mounting, "mount", refusing(errno.EPERM))
     mounting.proc_or_empty(tmp_path)
     assert capsys.readouterr().err == (f"{innerlog.NOTICE}leaving the chroot's /proc empty: the kernel refuses a new "
-                                       "one where parts of this container's /proc are masked\n")
+                                       "one where parts of this container's /proc are masked; maintainer scripts "
+                                       "that need one do less (systemd's runs systemd-tmpfiles), and the tree then "
+                                       "differs from a host build\n")
     mounting.proc_or_empty(tmp_path, quiet=True)
     assert capsys.readouterr().err == ""
     assert list(tmp_path.iterdir()) == []

@@ -188,7 +188,8 @@ def proc_or_empty(target: Path | str, *, quiet: bool = False) -> None:
     could reach their files through /proc/PID/root."""
     if not try_mount_proc(target) and not quiet:
         notice("leaving the chroot's /proc empty: the kernel refuses a new one where parts of this "
-               "container's /proc are masked")
+               "container's /proc are masked; maintainer scripts that need one do less (systemd's runs "
+               "systemd-tmpfiles), and the tree then differs from a host build")
 
 
 def _bind_sys(target: Path) -> None:
