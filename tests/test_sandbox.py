@@ -3,6 +3,7 @@ import fcntl
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -278,6 +279,14 @@ def test_spawn_runs_as_root_with_the_full_map() -> None:
 
 
 @pytest.mark.userns
+def test_the_sandbox_names_its_host_localhost_whatever_the_machine_is_called() -> None:
+    if socket.gethostname() == spawn.HOSTNAME:
+        pytest.skip("this machine is called localhost itself")
+    proc = spawn.spawn(["uname", "-n"], stdout=subprocess.PIPE)
+    assert proc.communicate(timeout=30)[0].decode() == "localhost\n" and proc.returncode == 0
+
+
+@pytest.mark.userns
 def test_the_sandbox_has_no_network() -> None:
     result = _inside("""
         import socket
@@ -289,7 +298,26 @@ def test_the_sandbox_has_no_network() -> None:
     """)
     assert result.returncode == 0, result.stderr
     interfaces, failure = result.stdout.splitlines()
-    assert interfaces == "['lo']" and failure.endswith("Error")
+    assert interfaces == "['lo']" and failure == "ConnectionRefusedError"
+
+
+@pytest.mark.userns
+def test_the_sandbox_s_loopback_interface_is_up_and_carries_connections() -> None:
+    result = _inside("""
+        import errno
+        import socket
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            with socket.create_connection(server.getsockname(), timeout=5) as client:
+                conn, _ = server.accept()
+                client.sendall(b"ping")
+                print(conn.recv(4).decode())
+        try:
+            socket.create_connection(("192.0.2.1", 80), timeout=5)
+        except OSError as e:
+            print(errno.errorcode[e.errno])
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ping", "ENETUNREACH"]
 
 
 @pytest.mark.userns

@@ -52,6 +52,7 @@ from ocistrap.rootfs.syscalls import (
     NAMESPACES,
     die_with_parent,
     drop_bounding,
+    interface_up,
     libc,
     make_undumpable,
     mount,
@@ -72,6 +73,12 @@ HOST_ENV = frozenset({"SSH_AUTH_SOCK", "SSH_AGENT_PID", "GPG_AGENT_INFO", "DBUS_
                       "DBUS_SYSTEM_BUS_ADDRESS", "XDG_RUNTIME_DIR", "DISPLAY", "WAYLAND_DISPLAY",
                       "XAUTHORITY", "DOCKER_HOST", "CONTAINER_HOST", "PODMAN_HOST", "KRB5CCNAME",
                       "PULSE_SERVER", "SESSION_MANAGER", "TMUX", "STY"})
+HOSTNAME = "localhost"
+"""The host name maintainer scripts see (the UTS namespace's): postfix's writes it into main.cf,
+ssl-cert's into its certificate. The building machine's would make the image differ from machine
+to machine and tell who built it; "localhost" is one every /etc/hosts resolves. The network
+namespace has its loopback interface up, as a container's has: postfix's newaliases stops
+when no interface is."""
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ)
 INIT_SIGNALS = {signal.SIGCHLD, *FORWARDED_SIGNALS}
@@ -325,6 +332,10 @@ def _helper_run(parent: int, up: int, down: int) -> None:
         os.setresuid(0, 0, 0)
         step = "making mounts private"
         mount(None, "/", None, MS_REC | MS_PRIVATE)
+        step = "naming the namespace's host"
+        socket.sethostname(HOSTNAME)
+        step = "bringing up the loopback interface"
+        interface_up("lo")
     except OSError as e:
         _send(up, step=step, errno=e.errno)
         os._exit(1)

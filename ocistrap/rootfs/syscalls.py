@@ -1,9 +1,11 @@
-"""The few system calls Python does not wrap (mount, umount2, unshare, prctl), through libc."""
+"""The few system calls Python does not wrap (mount, umount2, unshare, prctl), through libc,
+and the one ioctl it needs (an interface's flags)."""
 
 import ctypes
 import fcntl
 import os
 import signal
+import socket
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,6 +41,11 @@ TMPFS_MAGIC = 0x01021994
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+IFREQ_FLAGS = struct.Struct("16sh22x")  # struct ifreq: the name, then ifr_flags in its 24-byte union
 
 CAP_SYS_CHROOT = 18
 CAP_SYS_PTRACE = 19
@@ -88,6 +95,13 @@ def fs_type(path: str | Path) -> int:
     buf = ctypes.create_string_buffer(STATFS_SIZE)
     ok_or_raise(libc.statfs(_bytes(path), buf), path)
     return struct.unpack_from("l", buf.raw)[0]
+
+
+def interface_up(name: str) -> None:
+    """Bring network interface NAME up (ip link set NAME up), in this network namespace."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        _, flags = IFREQ_FLAGS.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, IFREQ_FLAGS.pack(name.encode(), 0)))
+        fcntl.ioctl(sock, SIOCSIFFLAGS, IFREQ_FLAGS.pack(name.encode(), flags | IFF_UP))
 
 
 def die_with_parent(signum: int = signal.SIGKILL) -> None:
