@@ -160,19 +160,25 @@ def test_the_policy_rc_d_diversion_writes_only_into_the_tree(tmp_path: Path, out
     assert not (root / "usr/sbin/policy-rc.d").exists()
 
 
-def test_finishing_the_tree_removes_the_ssh_host_keys_and_says_so(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_finishing_the_tree_removes_generated_keys_and_says_so(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     root = _root(tmp_path)
-    ssh = root / "etc/ssh"
-    ssh.mkdir(parents=True)
-    kept = ("sshd_config", "moduli", "ssh_config", "ssh_host_keys_readme")
-    for name in (*kept, "ssh_host_rsa_key", "ssh_host_rsa_key.pub", "ssh_host_ed25519_key",
-                 "ssh_host_ed25519_key.pub", "ssh_host_ecdsa_key", "ssh_host_ecdsa_key.pub"):
-        (ssh / name).write_text(name)
+    kept = ("etc/ssh/sshd_config", "etc/ssh/moduli", "etc/ssh/ssh_host_keys_readme", "etc/ssl/certs/ca.pem",
+            "etc/ssl/private/mine.key")
+    generated = ("etc/ssh/ssh_host_rsa_key", "etc/ssh/ssh_host_rsa_key.pub", "etc/ssh/ssh_host_ed25519_key",
+                 "etc/ssh/ssh_host_ed25519_key.pub", "etc/ssh/ssh_host_ecdsa_key", "etc/ssh/ssh_host_ecdsa_key.pub",
+                 "etc/ssl/private/ssl-cert-snakeoil.key", "etc/ssl/certs/ssl-cert-snakeoil.pem")
+    for rel in (*kept, *generated):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
     plan = bootplan.Plan(arch="amd64", essential=[], rest=[], sources="Types: deb\n", staging=str(root),
                           tmpfs=False, epoch=0, debs_dir=str(tmp_path))
     innerboot._finish(root, plan, [])
-    assert sorted(os.listdir(ssh)) == sorted(kept)
-    assert capsys.readouterr().err.count("ocistrap: removed the SSH host keys") == 1
+    assert all((root / rel).exists() for rel in kept) and not any((root / rel).exists() for rel in generated)
+    said = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in said] == [
+        "ocistrap: removed the SSH host keys openssh-server's postinst made",
+        "ocistrap: removed the snakeoil key and certificate ssl-cert's postinst made"]
+    assert "`make-ssl-cert generate-default-snakeoil` makes a container its own" in said[1]
     innerboot._finish(root, plan, [])
     assert capsys.readouterr().err == ""

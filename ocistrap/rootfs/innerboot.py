@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
@@ -52,7 +53,28 @@ VOLATILE = ("var/log/dpkg.log", "var/log/apt/history.log", "var/log/apt/term.log
             "var/lib/dbus/machine-id", "etc/resolv.conf", "etc/hostname",
             "var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin")
 FSTAB = "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"
-SSH_HOST_KEY = re.compile(r"ssh_host_[a-z0-9]+_key(?:\.pub)?")
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Keys a postinst generates with fresh randomness, and the command that makes new ones."""
+
+    what: str
+    files: tuple[tuple[str, re.Pattern[str]], ...]  # (directory in the tree, file names)
+    remake: str
+
+
+# They go, as they go from Debian's cloud images: every container of the image would present one
+# private key, and no two builds would be equal.
+GENERATED_KEYS = (
+    Generated("the SSH host keys openssh-server's postinst made",
+              (("etc/ssh", re.compile(r"ssh_host_[a-z0-9]+_key(?:\.pub)?")),), "ssh-keygen -A"),
+    Generated("the snakeoil key and certificate ssl-cert's postinst made",
+              (("etc/ssl/private", re.compile(r"ssl-cert-snakeoil\.key")),
+               ("etc/ssl/certs", re.compile(r"ssl-cert-snakeoil\.pem"))),
+              "make-ssl-cert generate-default-snakeoil"),
+)
+
 APT_LOCKS = ("var/cache/apt/archives/lock", "var/lib/apt/lists/lock")
 APT_PARTIAL = ("var/cache/apt/archives/partial", "var/lib/apt/lists/partial")
 
@@ -470,7 +492,7 @@ def _finish(root: Path, plan: Plan, rest: Sequence[Deb]) -> None:
             tree.unlink(rel)
         if tree.exists("etc/machine-id"):
             _ensure_file(tree, "etc/machine-id", "")
-        _drop_ssh_host_keys(tree)
+        _drop_generated_keys(tree)
         for d in ("var/lib/apt/lists", "var/cache/apt/archives"):
             tree.empty(d, keep={"partial", "lock"})
         if not tree.exists("etc/fstab"):
@@ -479,17 +501,16 @@ def _finish(root: Path, plan: Plan, rest: Sequence[Deb]) -> None:
             _apt_state(tree, rest)
 
 
-def _drop_ssh_host_keys(tree: inroot.Tree) -> None:
-    """The host keys openssh-server's postinst makes go, as they go from Debian's cloud images:
-    every container of the image would present one private key, and no two builds would be equal."""
-    if not tree.is_dir("etc/ssh"):
-        return
-    keys = sorted(name for name in tree.listdir("etc/ssh") if SSH_HOST_KEY.fullmatch(name))
-    for name in keys:
-        tree.unlink(f"etc/ssh/{name}")
-    if keys:
-        notice("removed the SSH host keys openssh-server's postinst made (each container would share them, "
-               "and no two builds would be equal): `ssh-keygen -A` makes a container its own where it starts")
+def _drop_generated_keys(tree: inroot.Tree) -> None:
+    """GENERATED_KEYS leave the tree, each kind with a line in the log."""
+    for generated in GENERATED_KEYS:
+        found = [f"{directory}/{name}" for directory, names in generated.files if tree.is_dir(directory)
+                 for name in sorted(tree.listdir(directory)) if names.fullmatch(name)]
+        for rel in found:
+            tree.unlink(rel)
+        if found:
+            notice(f"removed {generated.what} (each container would share them, and no two builds would be "
+                   f"equal): `{generated.remake}` makes a container its own where it starts")
 
 
 def _apt_state(tree: inroot.Tree, rest: Sequence[Deb]) -> None:
