@@ -111,6 +111,13 @@ class Renderer(Protocol):
     def close(self) -> None: ...
 
 
+def write_line(stream: TextIO, line: str) -> None:
+    """LINE and its newline in one write: a signal (Ctrl-C raising KeyboardInterrupt) can fall
+    between two lines, never inside one, so the error line after it stays a line of its own."""
+    stream.write(line + "\n")
+    stream.flush()
+
+
 class Silent:
     """``--quiet``: only errors."""
 
@@ -118,8 +125,9 @@ class Silent:
         self.stream = stream
 
     def emit(self, event: Event) -> None:
-        if event.kind == "error":
-            print(format_text(event), file=self.stream, flush=True)
+        line = format_text(event) if event.kind == "error" else None
+        if line is not None:
+            write_line(self.stream, line)
 
     def close(self) -> None:
         pass
@@ -134,7 +142,7 @@ class Plain:
     def emit(self, event: Event) -> None:
         line = format_text(event)
         if line is not None:
-            print(line, file=self.stream, flush=True)
+            write_line(self.stream, line)
 
     def close(self) -> None:
         pass
@@ -199,7 +207,7 @@ class JsonLines:
             if not complete and event.at - self.last.get(event.text, float("-inf")) < self.interval:
                 return
             self.last[event.text] = event.at
-        print(format_json(event), file=self.stream, flush=True)
+        write_line(self.stream, format_json(event))
 
     def close(self) -> None:
         pass

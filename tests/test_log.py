@@ -110,6 +110,30 @@ def test_json_lines_one_object_per_event_with_its_fields_only():
         {"event": "error", "text": "error: bad", "depth": 0, "at": 102.0}]
 
 
+class _Writes(io.StringIO):
+    """A stream that keeps each write() call apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+@pytest.mark.parametrize("renderer", [log.JsonLines, log.Plain, log.Silent])
+def test_a_line_is_one_write_so_an_interrupt_cannot_split_it(renderer) -> None:
+    """Ctrl-C raises KeyboardInterrupt between Python-level calls: with the newline written apart
+    (print), the error line the interrupt ends with was once glued to the line it cut."""
+    stream = _Writes()
+    out, _, _ = make_log(renderer=renderer(stream))
+    with out.step("installing"):
+        out.info("note")
+    out.error("interrupted")
+    assert stream.calls and all(call.endswith("\n") and call.count("\n") == 1 for call in stream.calls)
+
+
 def test_json_progress_is_throttled_but_the_last_is_kept():
     stream = io.StringIO()
     out, _, ticks = make_log(renderer=log.JsonLines(stream, interval=1.0))
