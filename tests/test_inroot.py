@@ -182,3 +182,10 @@ def test_finishing_the_tree_removes_generated_keys_and_says_so(tmp_path: Path,
     assert "`make-ssl-cert generate-default-snakeoil` makes a container its own" in said[1]
     innerboot._finish(root, plan, [])
     assert capsys.readouterr().err == ""
+
+
+def test_identity_notes_say_what_the_scripts_get_instead() -> None:
+    assert innerboot.identity_notes("localhost", True) == []
+    named, down = innerboot.identity_notes("buildah-1234", False)
+    assert named.startswith("maintainer scripts see the host name buildah-1234, not localhost: the kernel refused")
+    assert down.startswith("the sandbox's loopback interface is down")

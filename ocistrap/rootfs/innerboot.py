@@ -91,6 +91,9 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     if plan.plain_chroot:
         plainroot.clean_up_when_orphaned(root.parent)
     mounting.mount_staging(root, tmpfs=plan.tmpfs and not plan.chrootless)
+    if plan.mounts and not plan.chrootless:
+        for note in identity_notes(socket.gethostname(), bool(syscalls.interface_flags("lo") & syscalls.IFF_UP)):
+            notice(note)
     owners = _start_recorder(root, chrootless=plan.chrootless) if plan.record_owners else None
     ready = _Ready(plan.ready_fd)
     phases = Phases(plan.phases_fd)
@@ -499,6 +502,20 @@ def _finish(root: Path, plan: Plan, rest: Sequence[Deb]) -> None:
             _ensure_file(tree, "etc/fstab", FSTAB)
         if tree.exists("usr/bin/apt-get"):
             _apt_state(tree, rest)
+
+
+def identity_notes(hostname: str, loopback_up: bool) -> list[str]:
+    """What the maintainer scripts of a namespace mode get where the sandbox could not give them
+    its own host name and a loopback interface that is up (spawn.HOSTNAME): the log's lines."""
+    notes = []
+    if hostname != spawn.HOSTNAME:
+        notes.append(f"maintainer scripts see the host name {hostname}, not {spawn.HOSTNAME}: the kernel refused "
+                     "naming the sandbox's (a seccomp filter, as in a podman build step), so a script that writes "
+                     "it into the tree (postfix's, ssl-cert's) makes the image differ from machine to machine")
+    if not loopback_up:
+        notes.append("the sandbox's loopback interface is down: the kernel refused bringing it up, so a script "
+                     "that needs it (postfix's newaliases) fails")
+    return notes
 
 
 def _drop_generated_keys(tree: inroot.Tree) -> None:

@@ -78,7 +78,7 @@ HOSTNAME = "localhost"
 ssl-cert's into its certificate. The building machine's would make the image differ from machine
 to machine and tell who built it; "localhost" is one every /etc/hosts resolves. The network
 namespace has its loopback interface up, as a container's has: postfix's newaliases stops
-when no interface is."""
+when no interface is. Both are best effort (innerboot.identity_notes says what the scripts get instead)."""
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ)
 INIT_SIGNALS = {signal.SIGCHLD, *FORWARDED_SIGNALS}
@@ -332,13 +332,10 @@ def _helper_run(parent: int, up: int, down: int) -> None:
         os.setresuid(0, 0, 0)
         step = "making mounts private"
         mount(None, "/", None, MS_REC | MS_PRIVATE)
-        step = "naming the namespace's host"
-        socket.sethostname(HOSTNAME)
-        step = "bringing up the loopback interface"
-        interface_up("lo")
     except OSError as e:
         _send(up, step=step, errno=e.errno)
         os._exit(1)
+    _name_host_and_loopback()
     lifeline_r, lifeline_w = os.pipe()
     init = os.fork()
     if init == 0:
@@ -350,6 +347,16 @@ def _helper_run(parent: int, up: int, down: int) -> None:
     _forward_signals(init)
     _, status = os.waitpid(init, 0)
     os._exit(_exit_code(status))
+
+
+def _name_host_and_loopback() -> None:
+    """HOSTNAME and lo up, where a seccomp filter lets them be (a podman build step's refuses
+    sethostname): the inner half says what the scripts get instead (innerboot)."""
+    for step in (lambda: socket.sethostname(HOSTNAME), lambda: interface_up("lo")):
+        try:
+            step()
+        except PermissionError:
+            pass
 
 
 def _exit_code(status: int) -> int:

@@ -97,11 +97,16 @@ def fs_type(path: str | Path) -> int:
     return struct.unpack_from("l", buf.raw)[0]
 
 
+def interface_flags(name: str) -> int:
+    """The flags (IFF_*) of network interface NAME in this network namespace."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        return IFREQ_FLAGS.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, IFREQ_FLAGS.pack(name.encode(), 0)))[1]
+
+
 def interface_up(name: str) -> None:
     """Bring network interface NAME up (ip link set NAME up), in this network namespace."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        _, flags = IFREQ_FLAGS.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, IFREQ_FLAGS.pack(name.encode(), 0)))
-        fcntl.ioctl(sock, SIOCSIFFLAGS, IFREQ_FLAGS.pack(name.encode(), flags | IFF_UP))
+        fcntl.ioctl(sock, SIOCSIFFLAGS, IFREQ_FLAGS.pack(name.encode(), interface_flags(name) | IFF_UP))
 
 
 def die_with_parent(signum: int = signal.SIGKILL) -> None:
