@@ -46,7 +46,7 @@ class Plan:
     layer_fds: list[int] = field(default_factory=list)
     slim: bool = False
     record_owners: bool = False
-    mounts: bool = True  # False in root mode: no namespace, nothing may be mounted (ocistrap.rootfs.plainroot)
+    mounts: bool = True  # False without a namespace (root mode: rootfs.plainroot; chrootless): nothing is mounted
     ready_fd: int = -1
     phases_fd: int = -1
     chrootless: bool = False

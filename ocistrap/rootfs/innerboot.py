@@ -91,7 +91,7 @@ def run_inner(plan: Plan, outs: Sequence[BinaryIO]) -> None:
     if plan.plain_chroot:
         plainroot.clean_up_when_orphaned(root.parent)
     mounting.mount_staging(root, tmpfs=plan.tmpfs and not plan.chrootless)
-    if plan.mounts and not plan.chrootless:
+    if plan.mounts:
         for note in identity_notes(socket.gethostname(), bool(syscalls.interface_flags("lo") & syscalls.IFF_UP)):
             notice(note)
     owners = _start_recorder(root, chrootless=plan.chrootless) if plan.record_owners else None
